@@ -1,0 +1,140 @@
+//! The audit record: one per event, keyed by event id, on the compacted audit topic.
+//!
+//! It says what happened to the event and why: the outcome, the dead-letter reason or the
+//! policy decision with the policy revision, the action and what it produced, the worker, and
+//! how long each stage took. It never carries the event's data.
+
+use serde::{Deserialize, Serialize};
+
+use crate::action::ActionReport;
+use crate::event::Mode;
+use crate::policy::Decision;
+
+/// What happened to an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The policy allowed it and its action completed.
+    Actioned,
+    /// The policy denied it (or failed closed); no action ran.
+    Denied,
+    /// It could not be processed and went to the dead-letter topic.
+    DeadLettered,
+}
+
+impl Outcome {
+    /// The outcome's name as recorded.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Actioned => "actioned",
+            Self::Denied => "denied",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// Why a record went to the dead-letter topic. The codes are stable, for machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterReason {
+    /// Larger than `roles.actions.max_event_bytes`.
+    TooLarge,
+    /// Not a CloudEvent (bad bytes, missing attributes, bad time).
+    Undecodable,
+    /// No schema and no action for its type.
+    UnknownType,
+    /// `data` violates the type's schema.
+    SchemaInvalid,
+}
+
+impl DeadLetterReason {
+    /// The stable reason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Undecodable => "undecodable",
+            Self::UnknownType => "unknown_type",
+            Self::SchemaInvalid => "schema_invalid",
+        }
+    }
+}
+
+/// Microseconds spent in each stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Decoding.
+    pub decode: u64,
+    /// Schema validation.
+    pub validate: u64,
+    /// Policy evaluation.
+    pub policy: u64,
+    /// The inline action.
+    pub action: u64,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRecord {
+    /// The event id, when the event had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// The event type.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub ty: Option<String>,
+    /// The event source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The event subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The event time as the producer wrote it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<String>,
+    /// The content mode it arrived in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Topic of the input record.
+    pub topic: String,
+    /// Partition of the input record.
+    pub partition: i32,
+    /// Offset of the input record.
+    pub offset: i64,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Why it was dead-lettered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DeadLetterReason>,
+    /// Detail of the dead-letter reason (never the payload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The policy decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    /// Content hash of the policy set that decided.
+    pub policy_revision: String,
+    /// The action that ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionReport>,
+    /// The worker that processed it.
+    pub worker: String,
+    /// When it was processed (RFC 3339).
+    pub processed_at: String,
+    /// Stage timings.
+    pub timings_us: Timings,
+}
+
+impl AuditRecord {
+    /// The record key: the event id, or `topic/partition/offset` when there is no usable id.
+    pub fn key(&self) -> String {
+        match &self.event_id {
+            Some(id) => id.clone(),
+            None => format!("{}/{}/{}", self.topic, self.partition, self.offset),
+        }
+    }
+
+    /// The record value (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        // A struct of strings, numbers and JSON maps always serialises.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}

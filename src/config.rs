@@ -1,0 +1,400 @@
+//! Configuration: the file as written ([`RawConfig`]), environment overrides, and the validated
+//! [`Config`] that has compiled the schemas, loaded the policies and checked cross-field rules.
+
+mod env;
+mod raw;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use raw::{RawAction, RawActionsRole, RawConfig, RawKafka, RawPolicy, RawRoles, RawSchemas, RawTopics};
+
+use crate::action::{Action, ActionKind, ActionTable};
+use crate::policy::{PolicyError, PolicySet};
+use crate::schema::{SchemaError, SchemaRegistry};
+
+/// Why the configuration is unusable. Each message names the offending value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("config {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the key and line.
+        message: String,
+    },
+    /// A `REFLEX_*` variable matches no key.
+    #[error("environment variable {name} matches no configuration key (see config/reflex.toml for the keys)")]
+    UnknownEnv {
+        /// The variable.
+        name: String,
+    },
+    /// A `REFLEX_*` variable has a value of the wrong type.
+    #[error("environment variable {name}=\"{value}\" must be {expected}")]
+    BadEnv {
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// A key has a value outside its range.
+    #[error("config key {key} = {value} is invalid: {why}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// The value.
+        value: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// One event type is claimed by two actions.
+    #[error("event type \"{ty}\" has two actions: \"{first}\" and \"{second}\"; keep exactly one")]
+    TwoActions {
+        /// The type.
+        ty: String,
+        /// One action.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// An event type with a schema has no action.
+    #[error("event type \"{ty}\" (schema {schema}) has no action: add it to the `types` of one [actions.<name>]")]
+    NoAction {
+        /// The type.
+        ty: String,
+        /// Its schema file.
+        schema: PathBuf,
+    },
+    /// An action names a type that has no schema.
+    #[error("event type \"{ty}\" of action \"{action}\" has no schema: add {dir}/{ty}.json")]
+    NoSchema {
+        /// The type.
+        ty: String,
+        /// The action naming it.
+        action: String,
+        /// The schema directory.
+        dir: PathBuf,
+    },
+    /// An action is not well-formed.
+    #[error("action \"{action}\": {why}")]
+    Action {
+        /// The action.
+        action: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A schema failed to load.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// The policies failed to load.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// Kafka connection settings.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Client id.
+    pub client_id: String,
+    /// Extra librdkafka properties.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Topic names and creation settings.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Event topics.
+    pub events: Vec<String>,
+    /// Audit topic.
+    pub audit: String,
+    /// Dead-letter topic.
+    pub dlq: String,
+    /// Create missing topics at start-up.
+    pub create_missing: bool,
+    /// Partitions of created topics.
+    pub partitions: i32,
+    /// Replication factor of created topics.
+    pub replication_factor: i32,
+}
+
+/// Settings of the actions role.
+#[derive(Debug, Clone)]
+pub struct ActionsRole {
+    /// Consumer group id.
+    pub group_id: String,
+    /// Largest event processed.
+    pub max_event_bytes: usize,
+    /// Most messages awaiting acknowledgement.
+    pub max_in_flight: usize,
+    /// Drain deadline at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// A validated configuration, with schemas compiled and policies loaded.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Kafka settings.
+    pub kafka: KafkaConfig,
+    /// Topics.
+    pub topics: Topics,
+    /// The actions role.
+    pub actions_role: ActionsRole,
+    /// Compiled schemas.
+    pub schemas: Arc<SchemaRegistry>,
+    /// Loaded policies.
+    pub policy: PolicySet,
+    /// The one action of each event type.
+    pub actions: Arc<ActionTable>,
+    /// The schema directory, resolved.
+    pub schema_dir: PathBuf,
+    /// The policy directory, resolved.
+    pub policy_dir: PathBuf,
+}
+
+impl Config {
+    /// Reads `path`, applies the process's `REFLEX_*` variables, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text, path, std::env::vars())
+    }
+
+    /// Parses `text` (as if read from `path`), applies `vars`, and validates.
+    pub fn from_toml<I>(text: &str, path: &Path, vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let parse_err = |message: String| ConfigError::Parse { path: path.to_owned(), message };
+        // Parse once strictly so unknown keys are reported against the file, then merge the
+        // file over the defaults so every key exists for the environment overrides.
+        let _: RawConfig = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        let mut tree = toml::Value::try_from(RawConfig::default()).map_err(|e| parse_err(e.to_string()))?;
+        let file: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        merge(&mut tree, file);
+        env::apply(&mut tree, vars)?;
+        let raw: RawConfig = tree.try_into().map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        Self::validate(raw, path, &base)
+    }
+
+    fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Self, ConfigError> {
+        if raw.topics.events.is_empty() {
+            return Err(ConfigError::Invalid { key: "topics.events", value: "[]".into(), why: "name at least one event topic" });
+        }
+        if raw.topics.partitions < 1 {
+            return Err(ConfigError::Invalid {
+                key: "topics.partitions",
+                value: raw.topics.partitions.to_string(),
+                why: "must be at least 1",
+            });
+        }
+        if raw.roles.actions.max_in_flight == 0 {
+            return Err(ConfigError::Invalid { key: "roles.actions.max_in_flight", value: "0".into(), why: "must be at least 1" });
+        }
+        if raw.kafka.brokers.trim().is_empty() {
+            return Err(ConfigError::Invalid { key: "kafka.brokers", value: "\"\"".into(), why: "name at least one broker" });
+        }
+        let schema_dir = base.join(&raw.schemas.dir);
+        let policy_dir = base.join(&raw.policy.dir);
+        let schemas = SchemaRegistry::load(&schema_dir)?;
+        let policy = PolicySet::load(&policy_dir, &raw.policy.entry, raw.policy.timeout)?;
+        let actions = build_actions(&raw.actions, &schemas, &schema_dir)?;
+        Ok(Self {
+            path: path.to_owned(),
+            kafka: KafkaConfig { brokers: raw.kafka.brokers, client_id: raw.kafka.client_id, properties: raw.kafka.properties },
+            topics: Topics {
+                events: raw.topics.events,
+                audit: raw.topics.audit,
+                dlq: raw.topics.dlq,
+                create_missing: raw.topics.create_missing,
+                partitions: raw.topics.partitions,
+                replication_factor: raw.topics.replication_factor,
+            },
+            actions_role: ActionsRole {
+                group_id: raw.roles.actions.group_id,
+                max_event_bytes: raw.roles.actions.max_event_bytes,
+                max_in_flight: raw.roles.actions.max_in_flight,
+                shutdown_timeout: raw.roles.actions.shutdown_timeout,
+            },
+            schemas: Arc::new(schemas),
+            policy,
+            actions: Arc::new(actions),
+            schema_dir,
+            policy_dir,
+        })
+    }
+}
+
+/// Recursively overlays `overlay` on `base`.
+fn merge(base: &mut toml::Value, overlay: toml::Value) {
+    match (base, overlay) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Builds the type → action table and checks the one-action-per-type rule.
+fn build_actions(
+    raw: &BTreeMap<String, RawAction>,
+    schemas: &SchemaRegistry,
+    schema_dir: &Path,
+) -> Result<ActionTable, ConfigError> {
+    let mut by_type: BTreeMap<String, Arc<Action>> = BTreeMap::new();
+    for (name, spec) in raw {
+        let bad = |why: String| ConfigError::Action { action: name.clone(), why };
+        let kind = match spec.kind.as_str() {
+            "emit" => {
+                let topic = spec.topic.clone().ok_or_else(|| bad("kind \"emit\" needs `topic`".into()))?;
+                let event_type = spec.event_type.clone().ok_or_else(|| bad("kind \"emit\" needs `type`".into()))?;
+                let source = spec.source.clone().unwrap_or_else(|| format!("/reflex/actions/{name}"));
+                ActionKind::Emit { topic, event_type, source }
+            }
+            "log" => ActionKind::Log { message: spec.message.clone().unwrap_or_else(|| format!("action {name}")) },
+            other => return Err(bad(format!("unknown kind \"{other}\" (expected \"emit\" or \"log\")"))),
+        };
+        if spec.types.is_empty() {
+            return Err(bad("handles no event type: list them in `types`".into()));
+        }
+        let action = Arc::new(Action { name: name.clone(), kind });
+        for ty in &spec.types {
+            if !schemas.contains(ty) {
+                return Err(ConfigError::NoSchema { ty: ty.clone(), action: name.clone(), dir: schema_dir.to_owned() });
+            }
+            if let Some(first) = by_type.insert(ty.clone(), action.clone()) {
+                return Err(ConfigError::TwoActions { ty: ty.clone(), first: first.name.clone(), second: name.clone() });
+            }
+        }
+    }
+    for ty in schemas.types() {
+        if !by_type.contains_key(ty) {
+            let schema = schemas.path(ty).map(Path::to_owned).unwrap_or_default();
+            return Err(ConfigError::NoAction { ty: ty.to_owned(), schema });
+        }
+    }
+    Ok(ActionTable::new(by_type))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::create_dir_all(dir.path().join("schemas")).expect("mkdir");
+            std::fs::create_dir_all(dir.path().join("policies")).expect("mkdir");
+            let schema = r#"{"type":"object"}"#;
+            std::fs::write(dir.path().join("schemas/order.placed.json"), schema).expect("write");
+            std::fs::write(dir.path().join("schemas/refund.requested.json"), schema).expect("write");
+            std::fs::write(
+                dir.path().join("policies/p.rego"),
+                "package reflex\ndecision := {\"allow\": true, \"reasons\": [], \"obligations\": {}}\n",
+            )
+            .expect("write");
+            Self { dir }
+        }
+
+        fn load(&self, body: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+            let text = format!("[topics]\nevents = [\"events.orders\"]\n{body}");
+            let vars = vars.iter().map(|(a, b)| (a.to_string(), b.to_string()));
+            Config::from_toml(&text, &self.dir.path().join("reflex.toml"), vars)
+        }
+    }
+
+    const BOTH: &str = r#"
+[actions.ship]
+kind = "emit"
+types = ["order.placed"]
+topic = "events.shipments"
+type = "shipment.requested"
+[actions.note]
+kind = "log"
+types = ["refund.requested"]
+"#;
+
+    #[test]
+    fn valid_config_with_defaults_and_env() {
+        let f = Fixture::new();
+        let cfg = f.load(BOTH, &[("REFLEX_KAFKA_BROKERS", "k:1"), ("REFLEX_ROLES_ACTIONS_MAX_IN_FLIGHT", "7")]).expect("valid");
+        assert_eq!(cfg.kafka.brokers, "k:1");
+        assert_eq!(cfg.actions_role.max_in_flight, 7);
+        assert_eq!(cfg.topics.audit, "reflex.audit");
+        assert_eq!(cfg.actions_role.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.actions.get("order.placed").map(|a| a.name.as_str()), Some("ship"));
+    }
+
+    #[test]
+    fn type_with_two_actions_is_named() {
+        let f = Fixture::new();
+        let body = format!("{BOTH}\n[actions.ship2]\nkind = \"log\"\ntypes = [\"order.placed\"]\n");
+        let msg = f.load(&body, &[]).expect_err("two actions").to_string();
+        assert_eq!(msg, "event type \"order.placed\" has two actions: \"ship\" and \"ship2\"; keep exactly one");
+    }
+
+    #[test]
+    fn type_without_action_or_schema_is_named() {
+        let f = Fixture::new();
+        let only_ship = "[actions.ship]\nkind = \"log\"\ntypes = [\"order.placed\"]\n";
+        let msg = f.load(only_ship, &[]).expect_err("no action").to_string();
+        assert!(msg.starts_with("event type \"refund.requested\""), "{msg}");
+        assert!(msg.contains("has no action"), "{msg}");
+        let ghost = format!("{BOTH}\n[actions.ghost]\nkind = \"log\"\ntypes = [\"ghost.type\"]\n");
+        let msg = f.load(&ghost, &[]).expect_err("no schema").to_string();
+        assert!(msg.contains("\"ghost.type\"") && msg.contains("has no schema"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_and_bad_values_are_named() {
+        let f = Fixture::new();
+        let msg = f.load(&format!("{BOTH}\n[kafka]\nbrokerz = \"x\"\n"), &[]).expect_err("unknown key").to_string();
+        assert!(msg.contains("brokerz"), "{msg}");
+        let msg = f.load(&format!("{BOTH}\n[roles.actions]\nshutdown_timeout = \"soon\"\n"), &[]).expect_err("bad duration").to_string();
+        assert!(msg.contains("shutdown_timeout") || msg.contains("soon"), "{msg}");
+        let msg = f
+            .load(&BOTH.replace("kind = \"log\"", "kind = \"mail\""), &[])
+            .expect_err("bad kind")
+            .to_string();
+        assert!(msg.contains("\"note\"") && msg.contains("\"mail\""), "{msg}");
+    }
+
+    #[test]
+    fn broken_schema_and_rego_are_fatal() {
+        let f = Fixture::new();
+        std::fs::write(f.dir.path().join("policies/broken.rego"), "package reflex\nx := {").expect("write");
+        let msg = f.load(BOTH, &[]).expect_err("rego").to_string();
+        assert!(msg.contains("broken.rego") && msg.contains("does not parse"), "{msg}");
+        let f = Fixture::new();
+        std::fs::write(f.dir.path().join("schemas/order.placed.json"), r#"{"type":"objekt"}"#).expect("write");
+        let msg = f.load(BOTH, &[]).expect_err("schema").to_string();
+        assert!(msg.contains("order.placed") && msg.contains("does not compile"), "{msg}");
+    }
+}

@@ -1,0 +1,177 @@
+//! The configuration file as written: serde types with documented defaults.
+//!
+//! Every field here is documented in `config/reflex.toml`. Durations are written in
+//! human form (`"30s"`, `"250ms"`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file, before validation.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// How to reach the Kafka cluster.
+    pub kafka: RawKafka,
+    /// Names of the topics reflex reads and writes.
+    pub topics: RawTopics,
+    /// Settings per role.
+    pub roles: RawRoles,
+    /// Where the event schemas live.
+    pub schemas: RawSchemas,
+    /// Where the policies live and how they are evaluated.
+    pub policy: RawPolicy,
+    /// Actions by name; each names the event types it handles.
+    pub actions: BTreeMap<String, RawAction>,
+}
+
+/// `[kafka]`: connection settings shared by consumers and producers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKafka {
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// `client.id` sent to the brokers.
+    pub client_id: String,
+    /// Extra librdkafka properties applied to every client (e.g. security settings).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for RawKafka {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "reflex".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[topics]`: what reflex reads and writes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTopics {
+    /// Topics carrying business events.
+    pub events: Vec<String>,
+    /// The compacted audit topic, one record per event keyed by event id.
+    pub audit: String,
+    /// The dead-letter topic.
+    pub dlq: String,
+    /// Create missing topics at start-up.
+    pub create_missing: bool,
+    /// Partition count for topics that reflex creates.
+    pub partitions: i32,
+    /// Replication factor for topics that reflex creates.
+    pub replication_factor: i32,
+}
+
+impl Default for RawTopics {
+    fn default() -> Self {
+        Self {
+            events: Vec::new(),
+            audit: "reflex.audit".into(),
+            dlq: "reflex.dlq".into(),
+            create_missing: true,
+            partitions: 3,
+            replication_factor: 1,
+        }
+    }
+}
+
+/// `[roles]`: settings of each role.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRoles {
+    /// The actions role.
+    pub actions: RawActionsRole,
+}
+
+/// `[roles.actions]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawActionsRole {
+    /// Consumer group id.
+    pub group_id: String,
+    /// Largest event (key + value + headers) processed; larger ones go to the DLQ.
+    pub max_event_bytes: usize,
+    /// Most messages whose effects may be awaiting acknowledgement at once.
+    pub max_in_flight: usize,
+    /// How long shutdown may take to drain in-flight work.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RawActionsRole {
+    fn default() -> Self {
+        Self {
+            group_id: "reflex-actions".into(),
+            max_event_bytes: 1024 * 1024,
+            max_in_flight: 10_000,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[schemas]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSchemas {
+    /// Directory of `<event type>.json` JSON Schemas; relative to the config file.
+    pub dir: PathBuf,
+}
+
+impl Default for RawSchemas {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("schemas"),
+        }
+    }
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPolicy {
+    /// Directory of `*.rego` and `*.json` data files; relative to the config file.
+    pub dir: PathBuf,
+    /// The rule whose value is the decision.
+    pub entry: String,
+    /// Longest a single evaluation may run before it counts as a deny.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RawPolicy {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("policies"),
+            entry: "data.reflex.decision".into(),
+            timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+/// `[actions.<name>]`: one action and the event types it handles.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAction {
+    /// `emit` or `log`.
+    pub kind: String,
+    /// Event types this action handles.
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// `emit`: topic of the derived event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// `emit`: type of the derived event.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "type")]
+    pub event_type: Option<String>,
+    /// `emit`: source of the derived event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `log`: message logged for each event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

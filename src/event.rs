@@ -1,0 +1,306 @@
+//! CloudEvents 1.0 over the Kafka protocol binding: structured and binary content modes.
+//!
+//! Structured mode carries the whole event as a JSON object in the record value; binary mode
+//! carries the attributes in `ce_*` headers and `data` as the value. This module turns either
+//! into a [`CloudEvent`] and knows nothing about Kafka clients: headers arrive as name/bytes pairs.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The only CloudEvents version reflex accepts.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// Which Kafka binding content mode an event arrived in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The record value is a JSON CloudEvent.
+    Structured,
+    /// Attributes are `ce_*` headers; the value is `data`.
+    Binary,
+}
+
+/// A decoded CloudEvent whose `data` is JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CloudEvent {
+    /// `specversion`, always `1.0`.
+    pub specversion: String,
+    /// `id`, unique per `source`.
+    pub id: String,
+    /// `source`, a URI reference naming the producer.
+    pub source: String,
+    /// `type`, which selects schema, policy input shape and action.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// `subject`, the thing the event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// `time` as written by the producer (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// `datacontenttype`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<String>,
+    /// `dataschema`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataschema: Option<String>,
+    /// `data`, absent when the event carries none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    /// Extension attributes.
+    #[serde(flatten)]
+    pub extensions: BTreeMap<String, Value>,
+}
+
+/// Why a record is not a usable CloudEvent.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    /// The record has no value and no `ce_*` headers.
+    #[error("record has no value and no ce_specversion header")]
+    Empty,
+    /// The value is not JSON (structured mode) or not a JSON object.
+    #[error("value is not a JSON CloudEvent: {0}")]
+    NotJson(String),
+    /// A required attribute is missing or empty.
+    #[error("required attribute \"{0}\" is missing or empty")]
+    Missing(&'static str),
+    /// `specversion` is not `1.0`.
+    #[error("specversion \"{0}\" is not supported (only \"1.0\")")]
+    SpecVersion(String),
+    /// `time` is not an RFC 3339 timestamp.
+    #[error("time \"{0}\" is not an RFC 3339 timestamp")]
+    Time(String),
+    /// A `ce_*` header is not UTF-8.
+    #[error("header \"{0}\" is not UTF-8")]
+    HeaderNotUtf8(String),
+    /// Binary-mode data that is not JSON.
+    #[error("data with content type \"{0}\" is not JSON: {1}")]
+    DataNotJson(String, String),
+    /// `data_base64` or a non-JSON content type, which schemas cannot validate yet.
+    #[error("data of content type \"{0}\" cannot be validated against a JSON Schema")]
+    UnsupportedData(String),
+}
+
+impl CloudEvent {
+    /// Decodes a record: binary mode when a `ce_specversion` header is present, else structured.
+    pub fn decode(value: Option<&[u8]>, headers: &[(&str, &[u8])]) -> Result<(Self, Mode), DecodeError> {
+        let is_binary = headers.iter().any(|(name, _)| *name == "ce_specversion");
+        let event = if is_binary {
+            (Self::decode_binary(value, headers)?, Mode::Binary)
+        } else {
+            (Self::decode_structured(value.ok_or(DecodeError::Empty)?)?, Mode::Structured)
+        };
+        event.0.check()?;
+        Ok(event)
+    }
+
+    fn decode_structured(value: &[u8]) -> Result<Self, DecodeError> {
+        let event: Self = serde_json::from_slice(value).map_err(|e| classify_json_error(&e))?;
+        if event.extensions.contains_key("data_base64") {
+            return Err(DecodeError::UnsupportedData("application/octet-stream (data_base64)".into()));
+        }
+        Ok(event)
+    }
+
+    fn decode_binary(value: Option<&[u8]>, headers: &[(&str, &[u8])]) -> Result<Self, DecodeError> {
+        let mut event = Self {
+            specversion: String::new(),
+            id: String::new(),
+            source: String::new(),
+            ty: String::new(),
+            subject: None,
+            time: None,
+            datacontenttype: None,
+            dataschema: None,
+            data: None,
+            extensions: BTreeMap::new(),
+        };
+        for (name, raw) in headers {
+            let attr = if let Some(attr) = name.strip_prefix("ce_") {
+                attr
+            } else if name.eq_ignore_ascii_case("content-type") {
+                "datacontenttype"
+            } else {
+                continue;
+            };
+            let text = std::str::from_utf8(raw)
+                .map_err(|_| DecodeError::HeaderNotUtf8((*name).to_owned()))?
+                .to_owned();
+            match attr {
+                "specversion" => event.specversion = text,
+                "id" => event.id = text,
+                "source" => event.source = text,
+                "type" => event.ty = text,
+                "subject" => event.subject = Some(text),
+                "time" => event.time = Some(text),
+                "datacontenttype" => event.datacontenttype = Some(text),
+                "dataschema" => event.dataschema = Some(text),
+                other => {
+                    event.extensions.insert(other.to_owned(), Value::String(text));
+                }
+            }
+        }
+        if let Some(bytes) = value {
+            let ct = event.datacontenttype.as_deref().unwrap_or("application/json");
+            if !is_json_content_type(ct) {
+                return Err(DecodeError::UnsupportedData(ct.to_owned()));
+            }
+            let data = serde_json::from_slice(bytes)
+                .map_err(|e| DecodeError::DataNotJson(ct.to_owned(), e.to_string()))?;
+            event.data = Some(data);
+        }
+        Ok(event)
+    }
+
+    /// Checks the required attributes and the timestamp.
+    fn check(&self) -> Result<(), DecodeError> {
+        if self.specversion.is_empty() {
+            return Err(DecodeError::Missing("specversion"));
+        }
+        if self.specversion != SPEC_VERSION {
+            return Err(DecodeError::SpecVersion(self.specversion.clone()));
+        }
+        for (name, value) in [("id", &self.id), ("source", &self.source), ("type", &self.ty)] {
+            if value.trim().is_empty() {
+                return Err(DecodeError::Missing(name));
+            }
+        }
+        if let Some(time) = &self.time {
+            DateTime::parse_from_rfc3339(time).map_err(|_| DecodeError::Time(time.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// The event time, parsed; `None` when the producer did not set one.
+    pub fn parsed_time(&self) -> Option<DateTime<FixedOffset>> {
+        self.time.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+    }
+
+    /// Encodes the event in structured mode.
+    pub fn to_structured(&self) -> Vec<u8> {
+        // Serialising a struct of strings and JSON values cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The `ce_*` headers and value of this event in binary mode.
+    pub fn to_binary(&self) -> (Vec<(String, Vec<u8>)>, Option<Vec<u8>>) {
+        let mut headers = vec![
+            ("ce_specversion".to_owned(), self.specversion.clone().into_bytes()),
+            ("ce_id".to_owned(), self.id.clone().into_bytes()),
+            ("ce_source".to_owned(), self.source.clone().into_bytes()),
+            ("ce_type".to_owned(), self.ty.clone().into_bytes()),
+        ];
+        let optional = [("ce_subject", &self.subject), ("ce_time", &self.time), ("ce_dataschema", &self.dataschema)];
+        for (name, value) in optional {
+            if let Some(v) = value {
+                headers.push((name.to_owned(), v.clone().into_bytes()));
+            }
+        }
+        let ct = self.datacontenttype.clone().unwrap_or_else(|| "application/json".into());
+        headers.push(("content-type".to_owned(), ct.into_bytes()));
+        for (name, value) in &self.extensions {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            headers.push((format!("ce_{name}"), text.into_bytes()));
+        }
+        let value = self.data.as_ref().map(|d| d.to_string().into_bytes());
+        (headers, value)
+    }
+}
+
+fn is_json_content_type(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || essence.ends_with("+json") || essence == "text/json"
+}
+
+/// Maps serde's error for a structured event to the attribute it concerns.
+fn classify_json_error(err: &serde_json::Error) -> DecodeError {
+    let msg = err.to_string();
+    for attr in ["specversion", "id", "source", "type"] {
+        if msg.starts_with(&format!("missing field `{attr}`")) {
+            return DecodeError::Missing(attr);
+        }
+    }
+    DecodeError::NotJson(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORDER: &str = r#"{"specversion":"1.0","id":"e1","source":"/shop","type":"order.placed",
+        "time":"2026-01-01T10:00:00Z","subject":"o-1","data":{"order_id":"o-1"},"traceparent":"t"}"#;
+
+    #[test]
+    fn decodes_structured_with_extensions() {
+        let (event, mode) = CloudEvent::decode(Some(ORDER.as_bytes()), &[]).expect("valid event");
+        assert_eq!(mode, Mode::Structured);
+        assert_eq!(event.ty, "order.placed");
+        assert_eq!(event.subject.as_deref(), Some("o-1"));
+        assert_eq!(event.extensions["traceparent"], Value::String("t".into()));
+        assert_eq!(event.data, Some(serde_json::json!({"order_id": "o-1"})));
+    }
+
+    #[test]
+    fn binary_round_trip_equals_structured() {
+        let (event, _) = CloudEvent::decode(Some(ORDER.as_bytes()), &[]).expect("valid event");
+        let (headers, value) = event.to_binary();
+        let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let (back, mode) = CloudEvent::decode(value.as_deref(), &borrowed).expect("binary decodes");
+        assert_eq!(mode, Mode::Binary);
+        assert_eq!(back.id, event.id);
+        assert_eq!(back.data, event.data);
+        assert_eq!(back.datacontenttype.as_deref(), Some("application/json"));
+    }
+
+    #[test]
+    fn rejects_garbage_and_missing_attributes() {
+        assert!(matches!(CloudEvent::decode(Some(b"\xff\x00garbage"), &[]), Err(DecodeError::NotJson(_))));
+        assert_eq!(CloudEvent::decode(None, &[]), Err(DecodeError::Empty));
+        let no_id = r#"{"specversion":"1.0","source":"/s","type":"t"}"#;
+        assert_eq!(CloudEvent::decode(Some(no_id.as_bytes()), &[]), Err(DecodeError::Missing("id")));
+        let empty_type = r#"{"specversion":"1.0","id":"1","source":"/s","type":" "}"#;
+        assert_eq!(CloudEvent::decode(Some(empty_type.as_bytes()), &[]), Err(DecodeError::Missing("type")));
+        let v03 = r#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#;
+        assert_eq!(
+            CloudEvent::decode(Some(v03.as_bytes()), &[]),
+            Err(DecodeError::SpecVersion("0.3".into()))
+        );
+        let bad_time = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"yesterday"}"#;
+        assert_eq!(
+            CloudEvent::decode(Some(bad_time.as_bytes()), &[]),
+            Err(DecodeError::Time("yesterday".into()))
+        );
+    }
+
+    #[test]
+    fn binary_rejects_non_json_data_and_bad_headers() {
+        let headers: Vec<(&str, &[u8])> = vec![
+            ("ce_specversion", b"1.0"),
+            ("ce_id", b"1"),
+            ("ce_source", b"/s"),
+            ("ce_type", b"t"),
+        ];
+        assert!(matches!(
+            CloudEvent::decode(Some(b"{not json"), &headers),
+            Err(DecodeError::DataNotJson(..))
+        ));
+        let mut with_ct = headers.clone();
+        with_ct.push(("content-type", b"application/avro"));
+        assert_eq!(
+            CloudEvent::decode(Some(b"x"), &with_ct),
+            Err(DecodeError::UnsupportedData("application/avro".into()))
+        );
+        let mut bad = headers.clone();
+        bad.push(("ce_subject", b"\xff"));
+        assert_eq!(
+            CloudEvent::decode(None, &bad),
+            Err(DecodeError::HeaderNotUtf8("ce_subject".into()))
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! The Kafka layer: client settings, topic creation and delivery of output records.
+//!
+//! It knows nothing about events, schemas or policies; it moves [`OutRecord`]s and reports what
+//! the brokers said, classifying failures as retryable or permanent.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+use crate::config::{KafkaConfig, Topics};
+use crate::pipeline::OutRecord;
+
+/// Largest record reflex produces (dead letters carry the original record).
+pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
+
+/// A Kafka operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// A client could not be created from the settings.
+    #[error("cannot create Kafka {what} for brokers {brokers}: {source}")]
+    Client {
+        /// Consumer, producer or admin client.
+        what: &'static str,
+        /// The bootstrap servers.
+        brokers: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// Topic creation failed.
+    #[error("cannot create topic \"{topic}\": {message}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        message: String,
+    },
+    /// The brokers did not answer.
+    #[error("Kafka at {brokers} did not answer ({source}); is the broker running? (`make up` starts one)")]
+    Unreachable {
+        /// The bootstrap servers.
+        brokers: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+}
+
+/// Settings shared by every client; `[kafka.properties]` are applied last by [`with_properties`].
+pub fn base_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers).set("client.id", &kafka.client_id);
+    config
+}
+
+/// Applies the user's `[kafka.properties]`, which win over reflex's defaults.
+pub fn with_properties(mut config: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Consumer settings for the at-least-once recipe: auto-commit of explicitly stored offsets.
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut config = base_config(kafka);
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("fetch.message.max.bytes", MAX_MESSAGE_BYTES.to_string());
+    with_properties(config, kafka)
+}
+
+/// Producer settings: acknowledged by all in-sync replicas, idempotent, batched.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = base_config(kafka);
+    config
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string());
+    with_properties(config, kafka)
+}
+
+/// Creates a producer.
+pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaSetupError> {
+    producer_config(kafka)
+        .create()
+        .map_err(|source| KafkaSetupError::Client { what: "producer", brokers: kafka.brokers.clone(), source })
+}
+
+/// Creates every configured topic that does not exist; returns the ones created.
+/// The audit topic is compacted; the dead-letter topic accepts records as large as reflex sends.
+pub async fn ensure_topics(kafka: &KafkaConfig, topics: &Topics, extra: &[String]) -> Result<Vec<String>, KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = with_properties(base_config(kafka), kafka)
+        .create()
+        .map_err(|source| KafkaSetupError::Client { what: "admin client", brokers: kafka.brokers.clone(), source })?;
+    let max_bytes = MAX_MESSAGE_BYTES.to_string();
+    let mut specs: Vec<NewTopic<'_>> = Vec::new();
+    let replication = || TopicReplication::Fixed(topics.replication_factor);
+    for name in topics.events.iter().chain(extra) {
+        specs.push(NewTopic::new(name, topics.partitions, replication()));
+    }
+    specs.push(NewTopic::new(&topics.audit, topics.partitions, replication()).set("cleanup.policy", "compact"));
+    specs.push(NewTopic::new(&topics.dlq, topics.partitions, replication()).set("max.message.bytes", &max_bytes));
+    let options = AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(30))));
+    let results = admin
+        .create_topics(specs.iter(), &options)
+        .await
+        .map_err(|source| KafkaSetupError::Unreachable { brokers: kafka.brokers.clone(), source })?;
+    let mut created = Vec::new();
+    for result in results {
+        match result {
+            Ok(topic) => created.push(topic),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaSetupError::CreateTopic { topic, message: code.to_string() }),
+        }
+    }
+    Ok(created)
+}
+
+/// Whether a produce error may succeed if tried again.
+pub fn is_retryable(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::QueueFull | RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut)
+    )
+}
+
+/// Headers of an [`OutRecord`] as rdkafka headers.
+fn owned_headers(record: &OutRecord) -> OwnedHeaders {
+    record.headers.iter().fold(OwnedHeaders::new_with_capacity(record.headers.len()), |h, (key, value)| {
+        h.insert(Header { key, value: Some(value) })
+    })
+}
+
+/// Enqueues `record`, waiting while the local queue is full; fails on permanent errors.
+pub async fn send(producer: &FutureProducer, record: &OutRecord) -> Result<DeliveryFuture, KafkaError> {
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic).headers(owned_headers(record));
+        if let Some(key) = &record.key {
+            fr = fr.key(key.as_slice());
+        }
+        if let Some(value) = &record.value {
+            fr = fr.payload(value.as_slice());
+        }
+        match producer.send_result(fr) {
+            Ok(delivery) => return Ok(delivery),
+            Err((error, _)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
+
+/// Waits for a delivery report.
+pub async fn delivered(delivery: DeliveryFuture) -> Result<(), KafkaError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((error, _))) => Err(error),
+        Err(_) => Err(KafkaError::Canceled),
+    }
+}

@@ -1,0 +1,42 @@
+//! reflex turns business events on Kafka into governed, audited actions.
+//!
+//! Event providers publish CloudEvents to Kafka topics. reflex runs as consumer-group workers
+//! that decode each event, validate it against the schema of its type, evaluate Rego policies,
+//! run exactly one action for the type, and write one audit record per event to a compacted
+//! topic. What cannot be processed goes to a dead-letter topic with its reason: nothing is
+//! dropped silently.
+//!
+//! # Layout
+//! - [`config`]: the configuration file, `REFLEX_*` overrides and start-up validation.
+//! - [`event`]: CloudEvents 1.0 decoding, structured and binary mode.
+//! - [`schema`]: the file schema registry (JSON Schema per event type).
+//! - [`policy`]: Rego policies with regorus; the decision contract; failing closed.
+//! - [`action`]: the inline actions (`emit`, `log`) and the type → action table.
+//! - [`audit`]: the audit record and the outcome and reason codes.
+//! - [`pipeline`]: the order of the stages for one event, free of Kafka.
+//! - [`kafka`]: client settings, topic creation, delivery of output records.
+//! - [`worker`]: the actions role: the consumer loop, offset storing and shutdown.
+//! - [`produce`]: `reflex produce`, publishing CloudEvents from JSON lines.
+//! - [`summary`]: per-type counts of outcomes and reasons.
+//!
+//! # One event's way through the actions role
+//! 1. The [`worker`] polls a record and hands it to the [`pipeline`].
+//! 2. Size check, then [`event::CloudEvent::decode`]; failures become dead letters.
+//! 3. The type selects its schema ([`schema::SchemaRegistry::validate`]) and its action.
+//! 4. [`policy::Evaluator::decide`] returns allow, reasons and obligations, or a fail-closed deny.
+//! 5. Allowed events run their [`action::Action`]; denied events are only audited.
+//! 6. The worker publishes the derived, dead-letter and audit records (`acks=all`, idempotent)
+//!    and stores the record's offset only after all of them, and every earlier record of the
+//!    partition, are acknowledged.
+
+pub mod action;
+pub mod audit;
+pub mod config;
+pub mod event;
+pub mod kafka;
+pub mod pipeline;
+pub mod policy;
+pub mod produce;
+pub mod schema;
+pub mod summary;
+pub mod worker;

@@ -1,0 +1,157 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+use crate::action::{Action, ActionKind};
+use crate::policy::{Failure, PolicySet};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    processor: Processor,
+}
+
+const POLICY: &str = r#"package reflex
+decision := {"allow": count(deny) == 0, "reasons": deny, "obligations": {}}
+deny contains "amount above limit" if input.event.data.amount > 100
+deny contains msg if { input.event.data.amount == 13; msg := sprintf("%v", [1 / 0]) }
+"#;
+
+fn fixture(policy: &str) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let schemas = dir.path().join("schemas");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&schemas).expect("mkdir");
+    std::fs::create_dir_all(&policies).expect("mkdir");
+    std::fs::write(
+        schemas.join("refund.requested.json"),
+        r#"{"type":"object","required":["amount"],"properties":{"amount":{"type":"number"}}}"#,
+    )
+    .expect("write");
+    std::fs::write(policies.join("p.rego"), policy).expect("write");
+    let registry = SchemaRegistry::load(&schemas).expect("schemas");
+    let set = PolicySet::load(&policies, "data.reflex.decision", Duration::from_secs(1)).expect("policies");
+    let mut table = BTreeMap::new();
+    table.insert(
+        "refund.requested".to_owned(),
+        Arc::new(Action {
+            name: "approve".into(),
+            kind: ActionKind::Emit { topic: "refunds.approved".into(), event_type: "refund.approved".into(), source: "/r".into() },
+        }),
+    );
+    let processor = Processor::new(
+        Arc::new(registry),
+        Arc::new(ActionTable::new(table)),
+        set.evaluator(),
+        ProcessorSettings { audit_topic: "audit".into(), dlq_topic: "dlq".into(), max_event_bytes: 1024, worker: "w1".into() },
+    );
+    Fixture { _dir: dir, processor }
+}
+
+fn input<'a>(value: &'a [u8], headers: &'a [(&'a str, &'a [u8])]) -> Input<'a> {
+    Input { topic: "events", partition: 2, offset: 41, key: Some(b"k"), value: Some(value), headers, timestamp_ms: Some(1) }
+}
+
+fn refund(id: &str, data: &str) -> Vec<u8> {
+    format!(r#"{{"specversion":"1.0","id":"{id}","source":"/desk","type":"refund.requested","data":{data}}}"#).into_bytes()
+}
+
+fn header<'a>(record: &'a OutRecord, name: &str) -> Option<&'a str> {
+    record.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
+fn audit_json(p: &Processed) -> Value {
+    let last = p.records.last().expect("audit record is last");
+    assert_eq!(last.topic, "audit");
+    serde_json::from_slice(last.value.as_deref().expect("audit value")).expect("audit is json")
+}
+
+#[test]
+fn allowed_event_emits_and_audits() {
+    let mut f = fixture(POLICY);
+    let value = refund("r1", r#"{"amount": 20}"#);
+    let p = f.processor.process(&input(&value, &[]));
+    assert_eq!(p.records.len(), 2);
+    assert_eq!(p.records[0].topic, "refunds.approved");
+    let derived: Value = serde_json::from_slice(p.records[0].value.as_deref().expect("value")).expect("json");
+    assert_eq!(derived["type"], "refund.approved");
+    assert_eq!(derived["causationid"], "r1");
+    let audit = audit_json(&p);
+    assert_eq!(p.records[1].key.as_deref(), Some(&b"r1"[..]));
+    assert_eq!(audit["outcome"], "actioned");
+    assert_eq!(audit["decision"]["allow"], true);
+    assert_eq!(audit["action"]["emitted_id"], derived["id"]);
+    assert!(audit["policy_revision"].as_str().is_some_and(|r| r.starts_with("sha256:")));
+    assert!(audit.get("data").is_none(), "audit never carries data");
+}
+
+#[test]
+fn denied_event_is_audited_not_actioned() {
+    let mut f = fixture(POLICY);
+    let value = refund("r2", r#"{"amount": 500}"#);
+    let p = f.processor.process(&input(&value, &[]));
+    assert_eq!(p.records.len(), 1, "only the audit record");
+    let audit = audit_json(&p);
+    assert_eq!(audit["outcome"], "denied");
+    assert_eq!(audit["decision"]["reasons"], json!(["amount above limit"]));
+    assert!(audit.get("action").is_none());
+}
+
+#[test]
+fn policy_error_fails_closed() {
+    let mut f = fixture(POLICY);
+    let value = refund("r3", r#"{"amount": 13}"#);
+    let p = f.processor.process(&input(&value, &[]));
+    assert_eq!(p.audit.outcome, Outcome::Denied);
+    let decision = p.audit.decision.as_ref().expect("decision");
+    assert_eq!(decision.failure, Some(Failure::Error));
+}
+
+#[test]
+fn bad_records_go_to_the_dlq_with_reason() {
+    let mut f = fixture(POLICY);
+    let cases: Vec<(Vec<u8>, DeadLetterReason, Option<&str>)> = vec![
+        (b"\x00\x01not json".to_vec(), DeadLetterReason::Undecodable, None),
+        (refund("r4", r#"{"amount": "ten"}"#), DeadLetterReason::SchemaInvalid, Some("r4")),
+        (
+            br#"{"specversion":"1.0","id":"u1","source":"/s","type":"no.such.type"}"#.to_vec(),
+            DeadLetterReason::UnknownType,
+            Some("u1"),
+        ),
+        (vec![b' '; 2000], DeadLetterReason::TooLarge, None),
+    ];
+    for (value, reason, id) in cases {
+        let p = f.processor.process(&input(&value, &[("trace", b"t1")]));
+        assert_eq!(p.records.len(), 2, "{reason:?}: dead letter + audit");
+        let dlq = &p.records[0];
+        assert_eq!(dlq.topic, "dlq");
+        assert_eq!(dlq.value.as_deref(), Some(value.as_slice()), "{reason:?}: original bytes kept");
+        assert_eq!(dlq.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(header(dlq, dlq_headers::REASON), Some(reason.code()));
+        assert_eq!(header(dlq, dlq_headers::OFFSET), Some("41"));
+        assert_eq!(header(dlq, "trace"), Some("t1"), "original headers kept");
+        let audit = audit_json(&p);
+        assert_eq!(audit["outcome"], "dead_lettered");
+        assert_eq!(audit["reason"], reason.code());
+        let expected_key = id.map_or_else(|| "events/2/41".to_owned(), str::to_owned);
+        assert_eq!(p.records[1].key.as_deref(), Some(expected_key.as_bytes()), "{reason:?}");
+    }
+    let value = refund("r5", r#"{"amount": "ten"}"#);
+    let p = f.processor.process(&input(&value, &[]));
+    let error = header(&p.records[0], dlq_headers::ERROR).expect("error header");
+    assert!(error.contains("data/amount"), "{error}");
+}
+
+#[test]
+fn binary_mode_events_are_processed() {
+    let mut f = fixture(POLICY);
+    let headers: Vec<(&str, &[u8])> = vec![
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"b1"),
+        ("ce_source", b"/desk"),
+        ("ce_type", b"refund.requested"),
+        ("content-type", b"application/json"),
+    ];
+    let p = f.processor.process(&input(br#"{"amount": 1}"#, &headers));
+    assert_eq!(p.audit.outcome, Outcome::Actioned);
+    assert_eq!(p.audit.mode, Some(Mode::Binary));
+}

@@ -1,0 +1,199 @@
+//! The file schema registry: one JSON Schema per event type, compiled once at start-up.
+//!
+//! `schemas/<event type>.json` holds the schema of that type's `data`. A schema that does not
+//! parse or compile is a start-up error naming the file; validation errors carry the JSON path
+//! of the offending value, never the value itself.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Why the schema directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The directory or a file in it could not be read.
+    #[error("cannot read schema {path}: {source}")]
+    Read {
+        /// What could not be read.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A schema file is not JSON.
+    #[error("schema {path} is not valid JSON: {message}")]
+    NotJson {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A schema file is JSON but not a valid JSON Schema.
+    #[error("schema {path} for event type \"{ty}\" does not compile: {message}")]
+    Compile {
+        /// The event type.
+        ty: String,
+        /// The file.
+        path: PathBuf,
+        /// The compiler's message.
+        message: String,
+    },
+}
+
+/// One violation of an event's schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// JSON pointer to the offending value inside `data` (empty for `data` itself).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = if self.path.is_empty() { "/" } else { &self.path };
+        write!(f, "data{path}: {}", self.message)
+    }
+}
+
+/// Compiled schemas by event type.
+pub struct SchemaRegistry {
+    schemas: BTreeMap<String, Compiled>,
+}
+
+struct Compiled {
+    path: PathBuf,
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for SchemaRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistry")
+            .field("types", &self.schemas.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl SchemaRegistry {
+    /// Loads and compiles every `*.json` file in `dir`; the file stem is the event type.
+    pub fn load(dir: &Path) -> Result<Self, SchemaError> {
+        let read = |path: &Path, source| SchemaError::Read { path: path.to_owned(), source };
+        let mut schemas = BTreeMap::new();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| read(dir, e))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|ext| ext == "json"))
+            .collect();
+        entries.sort();
+        for path in entries {
+            let Some(ty) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&path).map_err(|e| read(&path, e))?;
+            let schema: Value = serde_json::from_str(&text).map_err(|e| SchemaError::NotJson {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let validator = jsonschema::options()
+                .should_validate_formats(true)
+                .build(&schema)
+                .map_err(|e| SchemaError::Compile {
+                    ty: ty.clone(),
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            schemas.insert(ty, Compiled { path, validator });
+        }
+        Ok(Self { schemas })
+    }
+
+    /// The event types that have a schema.
+    pub fn types(&self) -> impl Iterator<Item = &str> {
+        self.schemas.keys().map(String::as_str)
+    }
+
+    /// Whether `ty` has a schema.
+    pub fn contains(&self, ty: &str) -> bool {
+        self.schemas.contains_key(ty)
+    }
+
+    /// The file a type's schema came from.
+    pub fn path(&self, ty: &str) -> Option<&Path> {
+        self.schemas.get(ty).map(|c| c.path.as_path())
+    }
+
+    /// Validates `data` against the schema of `ty`. `None` if the type has no schema; otherwise
+    /// the first few violations (empty when valid).
+    pub fn validate(&self, ty: &str, data: &Value) -> Option<Vec<Violation>> {
+        let compiled = self.schemas.get(ty)?;
+        if compiled.validator.is_valid(data) {
+            return Some(Vec::new());
+        }
+        Some(
+            compiled
+                .validator
+                .iter_errors(data)
+                .take(5)
+                .map(|e| Violation {
+                    path: e.instance_path().to_string(),
+                    message: describe(&e),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A message about a validation error that does not repeat the (possibly sensitive) value.
+fn describe(error: &jsonschema::ValidationError<'_>) -> String {
+    let full = error.to_string();
+    let instance = error.instance().to_string();
+    // jsonschema's messages start with the offending value; keep only what follows it.
+    match full.strip_prefix(&instance) {
+        Some(rest) => rest.trim_start().to_owned(),
+        None => {
+            let kind = format!("{:?}", error.kind());
+            kind.split([' ', '{', '(']).next().unwrap_or("invalid").to_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn registry(files: &[(&str, &str)]) -> Result<SchemaRegistry, SchemaError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write schema");
+        }
+        SchemaRegistry::load(dir.path())
+    }
+
+    const ORDER: &str = r#"{"type":"object","required":["order_id","amount"],
+        "properties":{"order_id":{"type":"string"},"amount":{"type":"number","minimum":0}}}"#;
+
+    #[test]
+    fn validates_and_reports_path_without_value() {
+        let reg = registry(&[("order.placed.json", ORDER)]).expect("loads");
+        assert_eq!(reg.types().collect::<Vec<_>>(), ["order.placed"]);
+        assert_eq!(reg.validate("order.placed", &json!({"order_id": "o", "amount": 3})), Some(vec![]));
+        let errs = reg
+            .validate("order.placed", &json!({"order_id": "o", "amount": -12345}))
+            .expect("known type");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "/amount");
+        assert!(!errs[0].message.contains("12345"), "{}", errs[0].message);
+        assert!(errs[0].to_string().starts_with("data/amount:"), "{}", errs[0]);
+        assert_eq!(reg.validate("refund.requested", &json!({})), None);
+    }
+
+    #[test]
+    fn compile_failure_names_type_and_file() {
+        let err = registry(&[("bad.type.json", r#"{"type": 12}"#)]).expect_err("does not compile");
+        let msg = err.to_string();
+        assert!(msg.contains("\"bad.type\"") && msg.contains("bad.type.json"), "{msg}");
+        let err = registry(&[("x.json", "{nope")]).expect_err("not json");
+        assert!(err.to_string().contains("x.json"), "{err}");
+    }
+}

@@ -1,0 +1,79 @@
+//! Per-type counts of outcomes and reasons, printed when a worker stops.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::audit::{AuditRecord, Outcome};
+
+/// Name used for records whose type could not be read.
+pub const NO_TYPE: &str = "(undecodable)";
+
+/// Counts for one event type.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TypeCounts {
+    /// Allowed and actioned.
+    pub actioned: u64,
+    /// Denied by policy or failing closed.
+    pub denied: u64,
+    /// Sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Deny reasons and dead-letter reason codes, with their counts.
+    pub reasons: BTreeMap<String, u64>,
+}
+
+/// Outcome counts by event type.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Counts by event type (sorted).
+    pub types: BTreeMap<String, TypeCounts>,
+}
+
+impl Summary {
+    /// Counts one audit record.
+    pub fn record(&mut self, audit: &AuditRecord) {
+        let ty = audit.ty.as_deref().unwrap_or(NO_TYPE);
+        let counts = match self.types.get_mut(ty) {
+            Some(c) => c,
+            None => self.types.entry(ty.to_owned()).or_default(),
+        };
+        match audit.outcome {
+            Outcome::Actioned => counts.actioned += 1,
+            Outcome::Denied => {
+                counts.denied += 1;
+                for reason in audit.decision.iter().flat_map(|d| &d.reasons) {
+                    *counts.reasons.entry(format!("denied: {reason}")).or_default() += 1;
+                }
+            }
+            Outcome::DeadLettered => {
+                counts.dead_lettered += 1;
+                if let Some(reason) = audit.reason {
+                    *counts.reasons.entry(format!("dlq: {}", reason.code())).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    /// Total records counted.
+    pub fn total(&self) -> u64 {
+        self.types.values().map(|c| c.actioned + c.denied + c.dead_lettered).sum()
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self.types.keys().map(String::len).max().unwrap_or(4).max(10);
+        writeln!(f, "{:<width$}  {:>8}  {:>8}  {:>8}  {:>8}", "event type", "actioned", "denied", "dlq", "total")?;
+        let (mut a, mut d, mut q) = (0, 0, 0);
+        for (ty, c) in &self.types {
+            let total = c.actioned + c.denied + c.dead_lettered;
+            writeln!(f, "{ty:<width$}  {:>8}  {:>8}  {:>8}  {total:>8}", c.actioned, c.denied, c.dead_lettered)?;
+            for (reason, n) in &c.reasons {
+                writeln!(f, "{:<width$}    {n:>6} × {reason}", "")?;
+            }
+            (a, d, q) = (a + c.actioned, d + c.denied, q + c.dead_lettered);
+        }
+        write!(f, "{:<width$}  {a:>8}  {d:>8}  {q:>8}  {:>8}", "all", a + d + q)
+    }
+}
