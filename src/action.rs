@@ -12,7 +12,8 @@ use serde_json::Value;
 use crate::event::{CloudEvent, SPEC_VERSION};
 
 /// Namespace of derived event ids (UUID v5), so a re-delivered event derives the same id.
-const DERIVED_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d1f_3c1e_8a8e_4d2b_9a55_2f6e_0b7c_5a11);
+const DERIVED_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6d1f_3c1e_8a8e_4d2b_9a55_2f6e_0b7c_5a11);
 
 /// A named action.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +61,7 @@ pub enum Effect {
         /// Destination topic.
         topic: String,
         /// The derived event.
-        event: CloudEvent,
+        event: Box<CloudEvent>,
     },
     /// The action completed in process.
     Done,
@@ -83,15 +84,31 @@ pub struct ActionReport {
 
 impl Action {
     /// Runs the action for an allowed event.
-    pub fn run(&self, event: &CloudEvent, obligations: &serde_json::Map<String, Value>) -> (Effect, ActionReport) {
-        let mut report = ActionReport { name: self.name.clone(), kind: self.kind.name(), emitted_id: None, emitted_topic: None };
+    pub fn run(
+        &self,
+        event: &CloudEvent,
+        obligations: &serde_json::Map<String, Value>,
+    ) -> (Effect, ActionReport) {
+        let mut report = ActionReport {
+            name: self.name.clone(),
+            kind: self.kind.name(),
+            emitted_id: None,
+            emitted_topic: None,
+        };
         match &self.kind {
-            ActionKind::Emit { topic, event_type, source } => {
+            ActionKind::Emit {
+                topic,
+                event_type,
+                source,
+            } => {
                 let id = derived_id(&event.source, &event.id, &self.name);
                 let mut extensions = BTreeMap::new();
                 extensions.insert("causationid".to_owned(), Value::String(event.id.clone()));
                 if !obligations.is_empty() {
-                    extensions.insert("obligations".to_owned(), Value::String(Value::Object(obligations.clone()).to_string()));
+                    extensions.insert(
+                        "obligations".to_owned(),
+                        Value::String(Value::Object(obligations.clone()).to_string()),
+                    );
                 }
                 let derived = CloudEvent {
                     specversion: SPEC_VERSION.to_owned(),
@@ -99,7 +116,9 @@ impl Action {
                     source: source.clone(),
                     ty: event_type.clone(),
                     subject: event.subject.clone(),
-                    time: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                    time: Some(
+                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    ),
                     datacontenttype: Some("application/json".to_owned()),
                     dataschema: None,
                     data: event.data.clone(),
@@ -107,7 +126,13 @@ impl Action {
                 };
                 report.emitted_id = Some(id);
                 report.emitted_topic = Some(topic.clone());
-                (Effect::Emit { topic: topic.clone(), event: derived }, report)
+                (
+                    Effect::Emit {
+                        topic: topic.clone(),
+                        event: Box::new(derived),
+                    },
+                    report,
+                )
             }
             ActionKind::Log { message } => {
                 tracing::info!(
@@ -159,18 +184,25 @@ mod tests {
 
     fn event() -> CloudEvent {
         let json = r#"{"specversion":"1.0","id":"e1","source":"/shop","type":"order.placed","subject":"o-1","data":{"n":1}}"#;
-        CloudEvent::decode(Some(json.as_bytes()), &[]).expect("valid").0
+        CloudEvent::decode(Some(json.as_bytes()), &[])
+            .expect("valid")
+            .0
     }
 
     #[test]
     fn emit_derives_a_stable_id_and_carries_causation() {
         let action = Action {
             name: "ship".into(),
-            kind: ActionKind::Emit { topic: "out".into(), event_type: "shipment.requested".into(), source: "/reflex".into() },
+            kind: ActionKind::Emit {
+                topic: "out".into(),
+                event_type: "shipment.requested".into(),
+                source: "/reflex".into(),
+            },
         };
         let (first, report) = action.run(&event(), &serde_json::Map::new());
         let (second, _) = action.run(&event(), &serde_json::Map::new());
-        let (Effect::Emit { topic, event: a }, Effect::Emit { event: b, .. }) = (first, second) else {
+        let (Effect::Emit { topic, event: a }, Effect::Emit { event: b, .. }) = (first, second)
+        else {
             panic!("emit action must emit");
         };
         assert_eq!(topic, "out");
@@ -184,7 +216,12 @@ mod tests {
 
     #[test]
     fn log_is_done_in_process() {
-        let action = Action { name: "note".into(), kind: ActionKind::Log { message: "m".into() } };
+        let action = Action {
+            name: "note".into(),
+            kind: ActionKind::Log {
+                message: "m".into(),
+            },
+        };
         let (effect, report) = action.run(&event(), &serde_json::Map::new());
         assert_eq!(effect, Effect::Done);
         assert_eq!(report.kind, "log");

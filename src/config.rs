@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use raw::{RawAction, RawActionsRole, RawConfig, RawKafka, RawPolicy, RawRoles, RawSchemas, RawTopics};
+pub use raw::{
+    RawAction, RawActionsRole, RawConfig, RawKafka, RawPolicy, RawRoles, RawSchemas, RawTopics,
+};
 
 use crate::action::{Action, ActionKind, ActionTable};
 use crate::policy::{PolicyError, PolicySet};
@@ -111,8 +113,12 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Client id.
     pub client_id: String,
-    /// Extra librdkafka properties.
+    /// Extra librdkafka properties for every client.
     pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for consumers.
+    pub consumer: BTreeMap<String, String>,
+    /// Extra librdkafka properties for producers.
+    pub producer: BTreeMap<String, String>,
 }
 
 /// Topic names and creation settings.
@@ -171,7 +177,10 @@ pub struct Config {
 impl Config {
     /// Reads `path`, applies the process's `REFLEX_*` variables, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_toml(&text, path, std::env::vars())
     }
 
@@ -180,22 +189,32 @@ impl Config {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let parse_err = |message: String| ConfigError::Parse { path: path.to_owned(), message };
+        let parse_err = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
         // Parse once strictly so unknown keys are reported against the file, then merge the
         // file over the defaults so every key exists for the environment overrides.
         let _: RawConfig = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
-        let mut tree = toml::Value::try_from(RawConfig::default()).map_err(|e| parse_err(e.to_string()))?;
+        let mut tree =
+            toml::Value::try_from(RawConfig::default()).map_err(|e| parse_err(e.to_string()))?;
         let file: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
         merge(&mut tree, file);
         env::apply(&mut tree, vars)?;
-        let raw: RawConfig = tree.try_into().map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        let raw: RawConfig = tree
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         Self::validate(raw, path, &base)
     }
 
     fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Self, ConfigError> {
         if raw.topics.events.is_empty() {
-            return Err(ConfigError::Invalid { key: "topics.events", value: "[]".into(), why: "name at least one event topic" });
+            return Err(ConfigError::Invalid {
+                key: "topics.events",
+                value: "[]".into(),
+                why: "name at least one event topic",
+            });
         }
         if raw.topics.partitions < 1 {
             return Err(ConfigError::Invalid {
@@ -205,10 +224,18 @@ impl Config {
             });
         }
         if raw.roles.actions.max_in_flight == 0 {
-            return Err(ConfigError::Invalid { key: "roles.actions.max_in_flight", value: "0".into(), why: "must be at least 1" });
+            return Err(ConfigError::Invalid {
+                key: "roles.actions.max_in_flight",
+                value: "0".into(),
+                why: "must be at least 1",
+            });
         }
         if raw.kafka.brokers.trim().is_empty() {
-            return Err(ConfigError::Invalid { key: "kafka.brokers", value: "\"\"".into(), why: "name at least one broker" });
+            return Err(ConfigError::Invalid {
+                key: "kafka.brokers",
+                value: "\"\"".into(),
+                why: "name at least one broker",
+            });
         }
         let schema_dir = base.join(&raw.schemas.dir);
         let policy_dir = base.join(&raw.policy.dir);
@@ -217,7 +244,13 @@ impl Config {
         let actions = build_actions(&raw.actions, &schemas, &schema_dir)?;
         Ok(Self {
             path: path.to_owned(),
-            kafka: KafkaConfig { brokers: raw.kafka.brokers, client_id: raw.kafka.client_id, properties: raw.kafka.properties },
+            kafka: KafkaConfig {
+                brokers: raw.kafka.brokers,
+                client_id: raw.kafka.client_id,
+                properties: raw.kafka.properties,
+                consumer: raw.kafka.consumer,
+                producer: raw.kafka.producer,
+            },
             topics: Topics {
                 events: raw.topics.events,
                 audit: raw.topics.audit,
@@ -266,34 +299,73 @@ fn build_actions(
 ) -> Result<ActionTable, ConfigError> {
     let mut by_type: BTreeMap<String, Arc<Action>> = BTreeMap::new();
     for (name, spec) in raw {
-        let bad = |why: String| ConfigError::Action { action: name.clone(), why };
+        let bad = |why: String| ConfigError::Action {
+            action: name.clone(),
+            why,
+        };
         let kind = match spec.kind.as_str() {
             "emit" => {
-                let topic = spec.topic.clone().ok_or_else(|| bad("kind \"emit\" needs `topic`".into()))?;
-                let event_type = spec.event_type.clone().ok_or_else(|| bad("kind \"emit\" needs `type`".into()))?;
-                let source = spec.source.clone().unwrap_or_else(|| format!("/reflex/actions/{name}"));
-                ActionKind::Emit { topic, event_type, source }
+                let topic = spec
+                    .topic
+                    .clone()
+                    .ok_or_else(|| bad("kind \"emit\" needs `topic`".into()))?;
+                let event_type = spec
+                    .event_type
+                    .clone()
+                    .ok_or_else(|| bad("kind \"emit\" needs `type`".into()))?;
+                let source = spec
+                    .source
+                    .clone()
+                    .unwrap_or_else(|| format!("/reflex/actions/{name}"));
+                ActionKind::Emit {
+                    topic,
+                    event_type,
+                    source,
+                }
             }
-            "log" => ActionKind::Log { message: spec.message.clone().unwrap_or_else(|| format!("action {name}")) },
-            other => return Err(bad(format!("unknown kind \"{other}\" (expected \"emit\" or \"log\")"))),
+            "log" => ActionKind::Log {
+                message: spec
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("action {name}")),
+            },
+            other => {
+                return Err(bad(format!(
+                    "unknown kind \"{other}\" (expected \"emit\" or \"log\")"
+                )))
+            }
         };
         if spec.types.is_empty() {
             return Err(bad("handles no event type: list them in `types`".into()));
         }
-        let action = Arc::new(Action { name: name.clone(), kind });
+        let action = Arc::new(Action {
+            name: name.clone(),
+            kind,
+        });
         for ty in &spec.types {
             if !schemas.contains(ty) {
-                return Err(ConfigError::NoSchema { ty: ty.clone(), action: name.clone(), dir: schema_dir.to_owned() });
+                return Err(ConfigError::NoSchema {
+                    ty: ty.clone(),
+                    action: name.clone(),
+                    dir: schema_dir.to_owned(),
+                });
             }
             if let Some(first) = by_type.insert(ty.clone(), action.clone()) {
-                return Err(ConfigError::TwoActions { ty: ty.clone(), first: first.name.clone(), second: name.clone() });
+                return Err(ConfigError::TwoActions {
+                    ty: ty.clone(),
+                    first: first.name.clone(),
+                    second: name.clone(),
+                });
             }
         }
     }
     for ty in schemas.types() {
         if !by_type.contains_key(ty) {
             let schema = schemas.path(ty).map(Path::to_owned).unwrap_or_default();
-            return Err(ConfigError::NoAction { ty: ty.to_owned(), schema });
+            return Err(ConfigError::NoAction {
+                ty: ty.to_owned(),
+                schema,
+            });
         }
     }
     Ok(ActionTable::new(by_type))
@@ -314,7 +386,8 @@ mod tests {
             std::fs::create_dir_all(dir.path().join("policies")).expect("mkdir");
             let schema = r#"{"type":"object"}"#;
             std::fs::write(dir.path().join("schemas/order.placed.json"), schema).expect("write");
-            std::fs::write(dir.path().join("schemas/refund.requested.json"), schema).expect("write");
+            std::fs::write(dir.path().join("schemas/refund.requested.json"), schema)
+                .expect("write");
             std::fs::write(
                 dir.path().join("policies/p.rego"),
                 "package reflex\ndecision := {\"allow\": true, \"reasons\": [], \"obligations\": {}}\n",
@@ -344,12 +417,23 @@ types = ["refund.requested"]
     #[test]
     fn valid_config_with_defaults_and_env() {
         let f = Fixture::new();
-        let cfg = f.load(BOTH, &[("REFLEX_KAFKA_BROKERS", "k:1"), ("REFLEX_ROLES_ACTIONS_MAX_IN_FLIGHT", "7")]).expect("valid");
+        let cfg = f
+            .load(
+                BOTH,
+                &[
+                    ("REFLEX_KAFKA_BROKERS", "k:1"),
+                    ("REFLEX_ROLES_ACTIONS_MAX_IN_FLIGHT", "7"),
+                ],
+            )
+            .expect("valid");
         assert_eq!(cfg.kafka.brokers, "k:1");
         assert_eq!(cfg.actions_role.max_in_flight, 7);
         assert_eq!(cfg.topics.audit, "reflex.audit");
         assert_eq!(cfg.actions_role.shutdown_timeout, Duration::from_secs(30));
-        assert_eq!(cfg.actions.get("order.placed").map(|a| a.name.as_str()), Some("ship"));
+        assert_eq!(
+            cfg.actions.get("order.placed").map(|a| a.name.as_str()),
+            Some("ship")
+        );
     }
 
     #[test]
@@ -357,7 +441,10 @@ types = ["refund.requested"]
         let f = Fixture::new();
         let body = format!("{BOTH}\n[actions.ship2]\nkind = \"log\"\ntypes = [\"order.placed\"]\n");
         let msg = f.load(&body, &[]).expect_err("two actions").to_string();
-        assert_eq!(msg, "event type \"order.placed\" has two actions: \"ship\" and \"ship2\"; keep exactly one");
+        assert_eq!(
+            msg,
+            "event type \"order.placed\" has two actions: \"ship\" and \"ship2\"; keep exactly one"
+        );
     }
 
     #[test]
@@ -369,32 +456,64 @@ types = ["refund.requested"]
         assert!(msg.contains("has no action"), "{msg}");
         let ghost = format!("{BOTH}\n[actions.ghost]\nkind = \"log\"\ntypes = [\"ghost.type\"]\n");
         let msg = f.load(&ghost, &[]).expect_err("no schema").to_string();
-        assert!(msg.contains("\"ghost.type\"") && msg.contains("has no schema"), "{msg}");
+        assert!(
+            msg.contains("\"ghost.type\"") && msg.contains("has no schema"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn unknown_key_and_bad_values_are_named() {
         let f = Fixture::new();
-        let msg = f.load(&format!("{BOTH}\n[kafka]\nbrokerz = \"x\"\n"), &[]).expect_err("unknown key").to_string();
+        let msg = f
+            .load(&format!("{BOTH}\n[kafka]\nbrokerz = \"x\"\n"), &[])
+            .expect_err("unknown key")
+            .to_string();
         assert!(msg.contains("brokerz"), "{msg}");
-        let msg = f.load(&format!("{BOTH}\n[roles.actions]\nshutdown_timeout = \"soon\"\n"), &[]).expect_err("bad duration").to_string();
-        assert!(msg.contains("shutdown_timeout") || msg.contains("soon"), "{msg}");
+        let msg = f
+            .load(
+                &format!("{BOTH}\n[roles.actions]\nshutdown_timeout = \"soon\"\n"),
+                &[],
+            )
+            .expect_err("bad duration")
+            .to_string();
+        assert!(
+            msg.contains("shutdown_timeout") || msg.contains("soon"),
+            "{msg}"
+        );
         let msg = f
             .load(&BOTH.replace("kind = \"log\"", "kind = \"mail\""), &[])
             .expect_err("bad kind")
             .to_string();
-        assert!(msg.contains("\"note\"") && msg.contains("\"mail\""), "{msg}");
+        assert!(
+            msg.contains("\"note\"") && msg.contains("\"mail\""),
+            "{msg}"
+        );
     }
 
     #[test]
     fn broken_schema_and_rego_are_fatal() {
         let f = Fixture::new();
-        std::fs::write(f.dir.path().join("policies/broken.rego"), "package reflex\nx := {").expect("write");
+        std::fs::write(
+            f.dir.path().join("policies/broken.rego"),
+            "package reflex\nx := {",
+        )
+        .expect("write");
         let msg = f.load(BOTH, &[]).expect_err("rego").to_string();
-        assert!(msg.contains("broken.rego") && msg.contains("does not parse"), "{msg}");
+        assert!(
+            msg.contains("broken.rego") && msg.contains("does not parse"),
+            "{msg}"
+        );
         let f = Fixture::new();
-        std::fs::write(f.dir.path().join("schemas/order.placed.json"), r#"{"type":"objekt"}"#).expect("write");
+        std::fs::write(
+            f.dir.path().join("schemas/order.placed.json"),
+            r#"{"type":"objekt"}"#,
+        )
+        .expect("write");
         let msg = f.load(BOTH, &[]).expect_err("schema").to_string();
-        assert!(msg.contains("order.placed") && msg.contains("does not compile"), "{msg}");
+        assert!(
+            msg.contains("order.placed") && msg.contains("does not compile"),
+            "{msg}"
+        );
     }
 }

@@ -10,6 +10,9 @@ use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Record headers as owned name/value pairs.
+pub type OwnedHeaders = Vec<(String, Vec<u8>)>;
+
 /// The only CloudEvents version reflex accepts.
 pub const SPEC_VERSION: &str = "1.0";
 
@@ -86,12 +89,18 @@ pub enum DecodeError {
 
 impl CloudEvent {
     /// Decodes a record: binary mode when a `ce_specversion` header is present, else structured.
-    pub fn decode(value: Option<&[u8]>, headers: &[(&str, &[u8])]) -> Result<(Self, Mode), DecodeError> {
+    pub fn decode(
+        value: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) -> Result<(Self, Mode), DecodeError> {
         let is_binary = headers.iter().any(|(name, _)| *name == "ce_specversion");
         let event = if is_binary {
             (Self::decode_binary(value, headers)?, Mode::Binary)
         } else {
-            (Self::decode_structured(value.ok_or(DecodeError::Empty)?)?, Mode::Structured)
+            (
+                Self::decode_structured(value.ok_or(DecodeError::Empty)?)?,
+                Mode::Structured,
+            )
         };
         event.0.check()?;
         Ok(event)
@@ -100,7 +109,9 @@ impl CloudEvent {
     fn decode_structured(value: &[u8]) -> Result<Self, DecodeError> {
         let event: Self = serde_json::from_slice(value).map_err(|e| classify_json_error(&e))?;
         if event.extensions.contains_key("data_base64") {
-            return Err(DecodeError::UnsupportedData("application/octet-stream (data_base64)".into()));
+            return Err(DecodeError::UnsupportedData(
+                "application/octet-stream (data_base64)".into(),
+            ));
         }
         Ok(event)
     }
@@ -139,12 +150,17 @@ impl CloudEvent {
                 "datacontenttype" => event.datacontenttype = Some(text),
                 "dataschema" => event.dataschema = Some(text),
                 other => {
-                    event.extensions.insert(other.to_owned(), Value::String(text));
+                    event
+                        .extensions
+                        .insert(other.to_owned(), Value::String(text));
                 }
             }
         }
         if let Some(bytes) = value {
-            let ct = event.datacontenttype.as_deref().unwrap_or("application/json");
+            let ct = event
+                .datacontenttype
+                .as_deref()
+                .unwrap_or("application/json");
             if !is_json_content_type(ct) {
                 return Err(DecodeError::UnsupportedData(ct.to_owned()));
             }
@@ -163,7 +179,11 @@ impl CloudEvent {
         if self.specversion != SPEC_VERSION {
             return Err(DecodeError::SpecVersion(self.specversion.clone()));
         }
-        for (name, value) in [("id", &self.id), ("source", &self.source), ("type", &self.ty)] {
+        for (name, value) in [
+            ("id", &self.id),
+            ("source", &self.source),
+            ("type", &self.ty),
+        ] {
             if value.trim().is_empty() {
                 return Err(DecodeError::Missing(name));
             }
@@ -176,7 +196,9 @@ impl CloudEvent {
 
     /// The event time, parsed; `None` when the producer did not set one.
     pub fn parsed_time(&self) -> Option<DateTime<FixedOffset>> {
-        self.time.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        self.time
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
     }
 
     /// Encodes the event in structured mode.
@@ -186,20 +208,30 @@ impl CloudEvent {
     }
 
     /// The `ce_*` headers and value of this event in binary mode.
-    pub fn to_binary(&self) -> (Vec<(String, Vec<u8>)>, Option<Vec<u8>>) {
+    pub fn to_binary(&self) -> (OwnedHeaders, Option<Vec<u8>>) {
         let mut headers = vec![
-            ("ce_specversion".to_owned(), self.specversion.clone().into_bytes()),
+            (
+                "ce_specversion".to_owned(),
+                self.specversion.clone().into_bytes(),
+            ),
             ("ce_id".to_owned(), self.id.clone().into_bytes()),
             ("ce_source".to_owned(), self.source.clone().into_bytes()),
             ("ce_type".to_owned(), self.ty.clone().into_bytes()),
         ];
-        let optional = [("ce_subject", &self.subject), ("ce_time", &self.time), ("ce_dataschema", &self.dataschema)];
+        let optional = [
+            ("ce_subject", &self.subject),
+            ("ce_time", &self.time),
+            ("ce_dataschema", &self.dataschema),
+        ];
         for (name, value) in optional {
             if let Some(v) = value {
                 headers.push((name.to_owned(), v.clone().into_bytes()));
             }
         }
-        let ct = self.datacontenttype.clone().unwrap_or_else(|| "application/json".into());
+        let ct = self
+            .datacontenttype
+            .clone()
+            .unwrap_or_else(|| "application/json".into());
         headers.push(("content-type".to_owned(), ct.into_bytes()));
         for (name, value) in &self.extensions {
             let text = match value {
@@ -214,7 +246,12 @@ impl CloudEvent {
 }
 
 fn is_json_content_type(ct: &str) -> bool {
-    let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json" || essence.ends_with("+json") || essence == "text/json"
 }
 
@@ -250,7 +287,10 @@ mod tests {
     fn binary_round_trip_equals_structured() {
         let (event, _) = CloudEvent::decode(Some(ORDER.as_bytes()), &[]).expect("valid event");
         let (headers, value) = event.to_binary();
-        let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let borrowed: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
         let (back, mode) = CloudEvent::decode(value.as_deref(), &borrowed).expect("binary decodes");
         assert_eq!(mode, Mode::Binary);
         assert_eq!(back.id, event.id);
@@ -260,18 +300,28 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_missing_attributes() {
-        assert!(matches!(CloudEvent::decode(Some(b"\xff\x00garbage"), &[]), Err(DecodeError::NotJson(_))));
+        assert!(matches!(
+            CloudEvent::decode(Some(b"\xff\x00garbage"), &[]),
+            Err(DecodeError::NotJson(_))
+        ));
         assert_eq!(CloudEvent::decode(None, &[]), Err(DecodeError::Empty));
         let no_id = r#"{"specversion":"1.0","source":"/s","type":"t"}"#;
-        assert_eq!(CloudEvent::decode(Some(no_id.as_bytes()), &[]), Err(DecodeError::Missing("id")));
+        assert_eq!(
+            CloudEvent::decode(Some(no_id.as_bytes()), &[]),
+            Err(DecodeError::Missing("id"))
+        );
         let empty_type = r#"{"specversion":"1.0","id":"1","source":"/s","type":" "}"#;
-        assert_eq!(CloudEvent::decode(Some(empty_type.as_bytes()), &[]), Err(DecodeError::Missing("type")));
+        assert_eq!(
+            CloudEvent::decode(Some(empty_type.as_bytes()), &[]),
+            Err(DecodeError::Missing("type"))
+        );
         let v03 = r#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#;
         assert_eq!(
             CloudEvent::decode(Some(v03.as_bytes()), &[]),
             Err(DecodeError::SpecVersion("0.3".into()))
         );
-        let bad_time = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"yesterday"}"#;
+        let bad_time =
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"yesterday"}"#;
         assert_eq!(
             CloudEvent::decode(Some(bad_time.as_bytes()), &[]),
             Err(DecodeError::Time("yesterday".into()))

@@ -53,7 +53,9 @@ pub enum KafkaSetupError {
 /// Settings shared by every client; `[kafka.properties]` are applied last by [`with_properties`].
 pub fn base_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.brokers).set("client.id", &kafka.client_id);
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", &kafka.client_id);
     config
 }
 
@@ -76,7 +78,11 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.message.max.bytes", MAX_MESSAGE_BYTES.to_string());
-    with_properties(config, kafka)
+    let mut config = with_properties(config, kafka);
+    for (key, value) in &kafka.consumer {
+        config.set(key, value);
+    }
+    config
 }
 
 /// Producer settings: acknowledged by all in-sync replicas, idempotent, batched.
@@ -88,41 +94,72 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string());
-    with_properties(config, kafka)
+    let mut config = with_properties(config, kafka);
+    for (key, value) in &kafka.producer {
+        config.set(key, value);
+    }
+    config
 }
 
 /// Creates a producer.
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaSetupError> {
     producer_config(kafka)
         .create()
-        .map_err(|source| KafkaSetupError::Client { what: "producer", brokers: kafka.brokers.clone(), source })
+        .map_err(|source| KafkaSetupError::Client {
+            what: "producer",
+            brokers: kafka.brokers.clone(),
+            source,
+        })
 }
 
 /// Creates every configured topic that does not exist; returns the ones created.
 /// The audit topic is compacted; the dead-letter topic accepts records as large as reflex sends.
-pub async fn ensure_topics(kafka: &KafkaConfig, topics: &Topics, extra: &[String]) -> Result<Vec<String>, KafkaSetupError> {
+pub async fn ensure_topics(
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    extra: &[String],
+) -> Result<Vec<String>, KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> = with_properties(base_config(kafka), kafka)
         .create()
-        .map_err(|source| KafkaSetupError::Client { what: "admin client", brokers: kafka.brokers.clone(), source })?;
+        .map_err(|source| KafkaSetupError::Client {
+            what: "admin client",
+            brokers: kafka.brokers.clone(),
+            source,
+        })?;
     let max_bytes = MAX_MESSAGE_BYTES.to_string();
     let mut specs: Vec<NewTopic<'_>> = Vec::new();
     let replication = || TopicReplication::Fixed(topics.replication_factor);
     for name in topics.events.iter().chain(extra) {
         specs.push(NewTopic::new(name, topics.partitions, replication()));
     }
-    specs.push(NewTopic::new(&topics.audit, topics.partitions, replication()).set("cleanup.policy", "compact"));
-    specs.push(NewTopic::new(&topics.dlq, topics.partitions, replication()).set("max.message.bytes", &max_bytes));
-    let options = AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(30))));
+    specs.push(
+        NewTopic::new(&topics.audit, topics.partitions, replication())
+            .set("cleanup.policy", "compact"),
+    );
+    specs.push(
+        NewTopic::new(&topics.dlq, topics.partitions, replication())
+            .set("max.message.bytes", &max_bytes),
+    );
+    let options =
+        AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(30))));
     let results = admin
         .create_topics(specs.iter(), &options)
         .await
-        .map_err(|source| KafkaSetupError::Unreachable { brokers: kafka.brokers.clone(), source })?;
+        .map_err(|source| KafkaSetupError::Unreachable {
+            brokers: kafka.brokers.clone(),
+            source,
+        })?;
     let mut created = Vec::new();
     for result in results {
         match result {
             Ok(topic) => created.push(topic),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(KafkaSetupError::CreateTopic { topic, message: code.to_string() }),
+            Err((topic, code)) => {
+                return Err(KafkaSetupError::CreateTopic {
+                    topic,
+                    message: code.to_string(),
+                })
+            }
         }
     }
     Ok(created)
@@ -132,22 +169,36 @@ pub async fn ensure_topics(kafka: &KafkaConfig, topics: &Topics, extra: &[String
 pub fn is_retryable(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::QueueFull | RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut)
+        Some(
+            RDKafkaErrorCode::QueueFull
+                | RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+        )
     )
 }
 
 /// Headers of an [`OutRecord`] as rdkafka headers.
 fn owned_headers(record: &OutRecord) -> OwnedHeaders {
-    record.headers.iter().fold(OwnedHeaders::new_with_capacity(record.headers.len()), |h, (key, value)| {
-        h.insert(Header { key, value: Some(value) })
-    })
+    record.headers.iter().fold(
+        OwnedHeaders::new_with_capacity(record.headers.len()),
+        |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
+            })
+        },
+    )
 }
 
 /// Enqueues `record`, waiting while the local queue is full; fails on permanent errors.
-pub async fn send(producer: &FutureProducer, record: &OutRecord) -> Result<DeliveryFuture, KafkaError> {
+pub async fn send(
+    producer: &FutureProducer,
+    record: &OutRecord,
+) -> Result<DeliveryFuture, KafkaError> {
     let mut backoff = Duration::from_millis(1);
     loop {
-        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic).headers(owned_headers(record));
+        let mut fr: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&record.topic).headers(owned_headers(record));
         if let Some(key) = &record.key {
             fr = fr.key(key.as_slice());
         }

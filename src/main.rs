@@ -18,7 +18,13 @@ use reflex::worker::{self, RunOptions};
 #[command(name = "reflex", version, about)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, short, global = true, env = "REFLEX_CONFIG", default_value = "config/reflex.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "REFLEX_CONFIG",
+        default_value = "config/reflex.toml"
+    )]
     config: PathBuf,
     /// Log filter (tracing-subscriber syntax), e.g. `info` or `reflex=debug`.
     #[arg(long, global = true, env = "REFLEX_LOG", default_value = "info")]
@@ -88,20 +94,37 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&cli.config).with_context(|| format!("configuration {} is not usable", cli.config.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let config = Config::load(&cli.config)
+        .with_context(|| format!("configuration {} is not usable", cli.config.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     match cli.command {
         Command::Check => {
             println!("{}: ok", config.path.display());
-            println!("  schemas   {} ({} types)", config.schema_dir.display(), config.schemas.types().count());
-            println!("  policies  {} ({} modules, revision {})", config.policy_dir.display(), config.policy.modules().len(), config.policy.revision());
+            println!(
+                "  schemas   {} ({} types)",
+                config.schema_dir.display(),
+                config.schemas.types().count()
+            );
+            println!(
+                "  policies  {} ({} modules, revision {})",
+                config.policy_dir.display(),
+                config.policy.modules().len(),
+                config.policy.revision()
+            );
             for (ty, action) in config.actions.iter() {
                 println!("  {ty} -> {} ({})", action.name, action.kind.name());
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Topics => {
-            let created = runtime.block_on(reflex::kafka::ensure_topics(&config.kafka, &config.topics, &[]))?;
+            let created = runtime.block_on(reflex::kafka::ensure_topics(
+                &config.kafka,
+                &config.topics,
+                &[],
+            ))?;
             if created.is_empty() {
                 println!("all topics exist");
             }
@@ -110,7 +133,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { role: Role::Actions, drain, worker_id } => {
+        Command::Run {
+            role: Role::Actions,
+            drain,
+            worker_id,
+        } => {
             let worker_id = worker_id.unwrap_or_else(default_worker_id);
             let shutdown = CancellationToken::new();
             let summary = runtime.block_on(async {
@@ -120,14 +147,28 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Produce { topic, no_validate, binary, file } => {
-            let options = ProduceOptions { topic, validate: !no_validate, binary };
+        Command::Produce {
+            topic,
+            no_validate,
+            binary,
+            file,
+        } => {
+            let options = ProduceOptions {
+                topic,
+                validate: !no_validate,
+                binary,
+            };
             let report = match file.filter(|f| f.as_os_str() != "-") {
                 Some(path) => {
-                    let f = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+                    let f = std::fs::File::open(&path)
+                        .with_context(|| format!("cannot open {}", path.display()))?;
                     runtime.block_on(produce::produce(&config, &options, BufReader::new(f)))?
                 }
-                None => runtime.block_on(produce::produce(&config, &options, std::io::stdin().lock()))?,
+                None => runtime.block_on(produce::produce(
+                    &config,
+                    &options,
+                    std::io::stdin().lock(),
+                ))?,
             };
             for (line, reason) in report.rejected.iter().take(20) {
                 eprintln!("line {line}: rejected: {reason}");
@@ -137,13 +178,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             eprintln!("{report}");
             let ok = report.rejected.is_empty() && report.failed.is_empty();
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
 
 fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "reflex".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "reflex".into());
     format!("{host}-{}", std::process::id())
 }
 
@@ -167,8 +214,11 @@ async fn signal_shutdown(token: CancellationToken) {
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

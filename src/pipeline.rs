@@ -149,8 +149,18 @@ impl Processor {
 
         let size = input.size();
         if size > self.max_event_bytes {
-            let why = format!("record is {size} bytes, above roles.actions.max_event_bytes = {}", self.max_event_bytes);
-            return self.dead_letter(input, audit, records, DeadLetterReason::TooLarge, why, timings);
+            let why = format!(
+                "record is {size} bytes, above roles.actions.max_event_bytes = {}",
+                self.max_event_bytes
+            );
+            return self.dead_letter(
+                input,
+                audit,
+                records,
+                DeadLetterReason::TooLarge,
+                why,
+                timings,
+            );
         }
 
         let started = Instant::now();
@@ -158,7 +168,16 @@ impl Processor {
         timings.decode = micros(started);
         let (event, mode) = match decoded {
             Ok(ok) => ok,
-            Err(e) => return self.dead_letter(input, audit, records, DeadLetterReason::Undecodable, e.to_string(), timings),
+            Err(e) => {
+                return self.dead_letter(
+                    input,
+                    audit,
+                    records,
+                    DeadLetterReason::Undecodable,
+                    e.to_string(),
+                    timings,
+                )
+            }
         };
         audit.event_id = Some(event.id.clone());
         audit.ty = Some(event.ty.clone());
@@ -169,7 +188,14 @@ impl Processor {
 
         let Some(action) = self.actions.get(&event.ty).cloned() else {
             let why = format!("event type \"{}\" has no schema and no action", event.ty);
-            return self.dead_letter(input, audit, records, DeadLetterReason::UnknownType, why, timings);
+            return self.dead_letter(
+                input,
+                audit,
+                records,
+                DeadLetterReason::UnknownType,
+                why,
+                timings,
+            );
         };
 
         let started = Instant::now();
@@ -177,8 +203,19 @@ impl Processor {
         let violations = self.schemas.validate(&event.ty, data).unwrap_or_default();
         timings.validate = micros(started);
         if !violations.is_empty() {
-            let why = violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-            return self.dead_letter(input, audit, records, DeadLetterReason::SchemaInvalid, why, timings);
+            let why = violations
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            return self.dead_letter(
+                input,
+                audit,
+                records,
+                DeadLetterReason::SchemaInvalid,
+                why,
+                timings,
+            );
         }
 
         let started = Instant::now();
@@ -189,12 +226,22 @@ impl Processor {
             let started = Instant::now();
             let (effect, report) = action.run(&event, &decision.obligations);
             timings.action = micros(started);
-            if let Effect::Emit { topic, event: derived } = effect {
+            if let Effect::Emit {
+                topic,
+                event: derived,
+            } = effect
+            {
                 records.push(OutRecord {
                     topic,
-                    key: input.key.map(<[u8]>::to_vec).or_else(|| Some(derived.id.clone().into_bytes())),
+                    key: input
+                        .key
+                        .map(<[u8]>::to_vec)
+                        .or_else(|| Some(derived.id.clone().into_bytes())),
                     value: Some(derived.to_structured()),
-                    headers: vec![("content-type".into(), b"application/cloudevents+json".to_vec())],
+                    headers: vec![(
+                        "content-type".into(),
+                        b"application/cloudevents+json".to_vec(),
+                    )],
                 });
             }
             audit.outcome = Outcome::Actioned;
@@ -215,15 +262,33 @@ impl Processor {
         error: String,
         timings: Timings,
     ) -> Processed {
-        let mut headers: Vec<(String, Vec<u8>)> =
-            input.headers.iter().map(|(n, v)| ((*n).to_owned(), v.to_vec())).collect();
+        let mut headers: Vec<(String, Vec<u8>)> = input
+            .headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+            .collect();
         headers.extend([
-            (dlq_headers::REASON.to_owned(), reason.code().as_bytes().to_vec()),
+            (
+                dlq_headers::REASON.to_owned(),
+                reason.code().as_bytes().to_vec(),
+            ),
             (dlq_headers::ERROR.to_owned(), error.as_bytes().to_vec()),
-            (dlq_headers::TOPIC.to_owned(), input.topic.as_bytes().to_vec()),
-            (dlq_headers::PARTITION.to_owned(), input.partition.to_string().into_bytes()),
-            (dlq_headers::OFFSET.to_owned(), input.offset.to_string().into_bytes()),
-            (dlq_headers::WORKER.to_owned(), self.worker.as_bytes().to_vec()),
+            (
+                dlq_headers::TOPIC.to_owned(),
+                input.topic.as_bytes().to_vec(),
+            ),
+            (
+                dlq_headers::PARTITION.to_owned(),
+                input.partition.to_string().into_bytes(),
+            ),
+            (
+                dlq_headers::OFFSET.to_owned(),
+                input.offset.to_string().into_bytes(),
+            ),
+            (
+                dlq_headers::WORKER.to_owned(),
+                self.worker.as_bytes().to_vec(),
+            ),
         ]);
         records.push(OutRecord {
             topic: self.dlq_topic.clone(),
@@ -237,8 +302,14 @@ impl Processor {
         self.finish(audit, records, timings)
     }
 
-    fn finish(&self, mut audit: AuditRecord, mut records: Vec<OutRecord>, timings: Timings) -> Processed {
-        audit.processed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    fn finish(
+        &self,
+        mut audit: AuditRecord,
+        mut records: Vec<OutRecord>,
+        timings: Timings,
+    ) -> Processed {
+        audit.processed_at =
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         audit.timings_us = timings;
         records.push(OutRecord {
             topic: self.audit_topic.clone(),
@@ -248,7 +319,6 @@ impl Processor {
         });
         Processed { records, audit }
     }
-
 }
 
 /// The policy input document: `{event, enrichment, context}`.

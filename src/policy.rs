@@ -144,7 +144,13 @@ impl Decision {
             Some(Value::Object(o)) => o.clone(),
             Some(_) => return malformed("decision.obligations is not an object"),
         };
-        Self { allow, reasons, obligations, failure: None, detail: None }
+        Self {
+            allow,
+            reasons,
+            obligations,
+            failure: None,
+            detail: None,
+        }
     }
 }
 
@@ -182,8 +188,15 @@ impl PolicySet {
         let mut hasher = Sha256::new();
         let mut modules = Vec::new();
         for path in files {
-            let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read { path: path.clone(), source })?;
-            let rel = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let rel = path
+                .strip_prefix(dir)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
             hasher.update(rel.as_bytes());
             hasher.update([0]);
             hasher.update(text.as_bytes());
@@ -191,25 +204,38 @@ impl PolicySet {
             if path.extension().is_some_and(|e| e == "rego") {
                 engine
                     .add_policy(rel, text)
-                    .map_err(|e| PolicyError::Parse { path: path.clone(), message: e.to_string() })?;
+                    .map_err(|e| PolicyError::Parse {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
                 modules.push(path);
             } else {
-                let data = regorus::Value::from_json_str(&text)
-                    .map_err(|e| PolicyError::Data { path: path.clone(), message: e.to_string() })?;
+                let data = regorus::Value::from_json_str(&text).map_err(|e| PolicyError::Data {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
                 if data.as_object().is_err() {
-                    return Err(PolicyError::Data { path, message: "top level is not an object".into() });
+                    return Err(PolicyError::Data {
+                        path,
+                        message: "top level is not an object".into(),
+                    });
                 }
-                engine
-                    .add_data(data)
-                    .map_err(|e| PolicyError::Data { path: path.clone(), message: e.to_string() })?;
+                engine.add_data(data).map_err(|e| PolicyError::Data {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
             }
         }
         if modules.is_empty() {
             return Err(PolicyError::Empty(dir.to_owned()));
         }
-        let package = entry.rsplit_once('.').map(|(p, _)| p).unwrap_or(entry).to_owned();
+        let package = entry
+            .rsplit_once('.')
+            .map(|(p, _)| p)
+            .unwrap_or(entry)
+            .to_owned();
         let packages = engine.get_packages().unwrap_or_default();
-        if !packages.iter().any(|p| *p == package) {
+        if !packages.contains(&package) {
             return Err(PolicyError::NoEntry {
                 entry: entry.to_owned(),
                 package,
@@ -237,14 +263,26 @@ impl PolicySet {
 
     /// A per-worker evaluator with its own copy of the engine.
     pub fn evaluator(&self) -> Evaluator {
-        Evaluator { engine: self.engine.clone(), entry: self.entry.clone(), revision: self.revision.clone() }
+        Evaluator {
+            engine: self.engine.clone(),
+            entry: self.entry.clone(),
+            revision: self.revision.clone(),
+        }
     }
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::Read { path: dir.to_owned(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
     for entry in entries {
-        let path = entry.map_err(|source| PolicyError::Read { path: dir.to_owned(), source })?.path();
+        let path = entry
+            .map_err(|source| PolicyError::Read {
+                path: dir.to_owned(),
+                source,
+            })?
+            .path();
         if path.is_dir() {
             collect(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "rego" || e == "json") {
@@ -278,9 +316,16 @@ impl Evaluator {
             },
             Err(e) => {
                 let timed_out = e.chain().any(|c| {
-                    matches!(c.downcast_ref::<regorus::LimitError>(), Some(regorus::LimitError::TimeLimitExceeded { .. }))
+                    matches!(
+                        c.downcast_ref::<regorus::LimitError>(),
+                        Some(regorus::LimitError::TimeLimitExceeded { .. })
+                    )
                 }) || e.to_string().contains("exceeded time limit");
-                let failure = if timed_out { Failure::Timeout } else { Failure::Error };
+                let failure = if timed_out {
+                    Failure::Timeout
+                } else {
+                    Failure::Error
+                };
                 Decision::failed(failure, Some(e.to_string()))
             }
         }
@@ -312,12 +357,21 @@ deny contains msg if { input.amount == 13; msg := sprintf("%v", [1 / 0]) }
 
     #[test]
     fn allows_and_denies_with_data() {
-        let set = set(&[("p.rego", POLICY), ("limits.json", r#"{"limits":{"max":10}}"#)], Duration::from_secs(1))
-            .expect("loads");
+        let set = set(
+            &[
+                ("p.rego", POLICY),
+                ("limits.json", r#"{"limits":{"max":10}}"#),
+            ],
+            Duration::from_secs(1),
+        )
+        .expect("loads");
         assert!(set.revision().starts_with("sha256:"));
         let mut ev = set.evaluator();
         let d = ev.decide(input(json!({"amount": 5})));
-        assert!(d.allow && d.reasons.is_empty() && d.failure.is_none(), "{d:?}");
+        assert!(
+            d.allow && d.reasons.is_empty() && d.failure.is_none(),
+            "{d:?}"
+        );
         let d = ev.decide(input(json!({"amount": 50})));
         assert!(!d.allow);
         assert_eq!(d.reasons, ["too big"]);
@@ -326,40 +380,81 @@ deny contains msg if { input.amount == 13; msg := sprintf("%v", [1 / 0]) }
     #[test]
     fn fails_closed() {
         let undefined = "package reflex\ndecision := {\"allow\": true} if input.x == 1\n";
-        let mut ev = set(&[("p.rego", undefined)], Duration::from_secs(1)).expect("loads").evaluator();
+        let mut ev = set(&[("p.rego", undefined)], Duration::from_secs(1))
+            .expect("loads")
+            .evaluator();
         let d = ev.decide(input(json!({"x": 2})));
         assert_eq!((d.allow, d.failure), (false, Some(Failure::Undefined)));
         let malformed = "package reflex\ndecision := {\"allow\": \"yes\"}\n";
-        let mut ev = set(&[("p.rego", malformed)], Duration::from_secs(1)).expect("loads").evaluator();
-        assert_eq!(ev.decide(input(json!({}))).failure, Some(Failure::Malformed));
+        let mut ev = set(&[("p.rego", malformed)], Duration::from_secs(1))
+            .expect("loads")
+            .evaluator();
+        assert_eq!(
+            ev.decide(input(json!({}))).failure,
+            Some(Failure::Malformed)
+        );
     }
 
     #[test]
     fn revision_changes_with_content() {
-        let a = set(&[("p.rego", POLICY), ("limits.json", r#"{"limits":{"max":10}}"#)], Duration::from_secs(1))
-            .expect("loads");
-        let b = set(&[("p.rego", POLICY), ("limits.json", r#"{"limits":{"max":11}}"#)], Duration::from_secs(1))
-            .expect("loads");
+        let a = set(
+            &[
+                ("p.rego", POLICY),
+                ("limits.json", r#"{"limits":{"max":10}}"#),
+            ],
+            Duration::from_secs(1),
+        )
+        .expect("loads");
+        let b = set(
+            &[
+                ("p.rego", POLICY),
+                ("limits.json", r#"{"limits":{"max":11}}"#),
+            ],
+            Duration::from_secs(1),
+        )
+        .expect("loads");
         assert_ne!(a.revision(), b.revision());
     }
 
     #[test]
     fn load_errors_name_the_problem() {
-        let err = set(&[("bad.rego", "package reflex\ndecision := {")], Duration::from_secs(1)).expect_err("parse");
+        let err = set(
+            &[("bad.rego", "package reflex\ndecision := {")],
+            Duration::from_secs(1),
+        )
+        .expect_err("parse");
         assert!(err.to_string().contains("bad.rego"), "{err}");
-        let err = set(&[("other.rego", "package other\nx := 1\n")], Duration::from_secs(1)).expect_err("no entry");
-        assert!(err.to_string().contains("data.reflex") && err.to_string().contains("data.other"), "{err}");
+        let err = set(
+            &[("other.rego", "package other\nx := 1\n")],
+            Duration::from_secs(1),
+        )
+        .expect_err("no entry");
+        assert!(
+            err.to_string().contains("data.reflex") && err.to_string().contains("data.other"),
+            "{err}"
+        );
         let err = set(&[], Duration::from_secs(1)).expect_err("empty");
         assert!(err.to_string().contains("no *.rego"), "{err}");
     }
 
     #[test]
     fn from_document_checks_the_contract() {
-        let d = Decision::from_document(&json!({"allow": true, "reasons": ["b", "a"], "obligations": {"redact": ["x"]}}));
+        let d = Decision::from_document(
+            &json!({"allow": true, "reasons": ["b", "a"], "obligations": {"redact": ["x"]}}),
+        );
         assert_eq!(d.reasons, ["a", "b"]);
         assert!(d.allow && d.obligations.contains_key("redact"));
-        for bad in [json!(1), json!({"allow": 1}), json!({"allow": true, "reasons": [1]}), json!({"allow": true, "obligations": []})] {
-            assert_eq!(Decision::from_document(&bad).failure, Some(Failure::Malformed), "{bad}");
+        for bad in [
+            json!(1),
+            json!({"allow": 1}),
+            json!({"allow": true, "reasons": [1]}),
+            json!({"allow": true, "obligations": []}),
+        ] {
+            assert_eq!(
+                Decision::from_document(&bad).failure,
+                Some(Failure::Malformed),
+                "{bad}"
+            );
         }
     }
 }

@@ -69,12 +69,19 @@ impl std::fmt::Display for ProduceReport {
 fn check(config: &Config, event: &CloudEvent) -> Result<(), String> {
     let data = event.data.clone().unwrap_or(serde_json::Value::Null);
     match config.schemas.validate(&event.ty, &data) {
-        None => Err(format!("unknown event type \"{}\": no schema in {}", event.ty, config.schema_dir.display())),
+        None => Err(format!(
+            "unknown event type \"{}\": no schema in {}",
+            event.ty,
+            config.schema_dir.display()
+        )),
         Some(v) if !v.is_empty() => Err(format!(
             "event {} of type \"{}\" violates its schema: {}",
             event.id,
             event.ty,
-            v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
         )),
         Some(_) => Ok(()),
     }
@@ -87,7 +94,12 @@ fn to_record(config: &Config, options: &ProduceOptions, line: &str) -> Result<Ou
         Ok((event, _)) => event,
         Err(e) if options.validate => return Err(format!("not a CloudEvent: {e}")),
         Err(_) => {
-            return Ok(OutRecord { topic: options.topic.clone(), key: None, value: Some(line.as_bytes().to_vec()), headers: vec![] })
+            return Ok(OutRecord {
+                topic: options.topic.clone(),
+                key: None,
+                value: Some(line.as_bytes().to_vec()),
+                headers: vec![],
+            })
         }
     };
     if options.validate {
@@ -103,19 +115,31 @@ fn to_record(config: &Config, options: &ProduceOptions, line: &str) -> Result<Ou
         .to_vec();
     if options.binary {
         let (headers, value) = event.to_binary();
-        Ok(OutRecord { topic: options.topic.clone(), key: Some(key), value, headers })
+        Ok(OutRecord {
+            topic: options.topic.clone(),
+            key: Some(key),
+            value,
+            headers,
+        })
     } else {
         Ok(OutRecord {
             topic: options.topic.clone(),
             key: Some(key),
             value: Some(line.trim().as_bytes().to_vec()),
-            headers: vec![("content-type".into(), b"application/cloudevents+json".to_vec())],
+            headers: vec![(
+                "content-type".into(),
+                b"application/cloudevents+json".to_vec(),
+            )],
         })
     }
 }
 
 /// Reads JSON lines from `input` and publishes them.
-pub async fn produce(config: &Config, options: &ProduceOptions, input: impl BufRead) -> Result<ProduceReport, ProduceError> {
+pub async fn produce(
+    config: &Config,
+    options: &ProduceOptions,
+    input: impl BufRead,
+) -> Result<ProduceReport, ProduceError> {
     let producer = kafka::producer(&config.kafka)?;
     let started = Instant::now();
     let mut report = ProduceReport::default();
@@ -164,7 +188,10 @@ pub async fn produce(config: &Config, options: &ProduceOptions, input: impl BufR
     Ok(report)
 }
 
-fn tally(report: &mut ProduceReport, (number, result): (usize, Result<(), rdkafka::error::KafkaError>)) {
+fn tally(
+    report: &mut ProduceReport,
+    (number, result): (usize, Result<(), rdkafka::error::KafkaError>),
+) {
     match result {
         Ok(()) => report.produced += 1,
         Err(e) => report.failed.push((number, e.to_string())),

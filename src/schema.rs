@@ -51,7 +51,11 @@ pub struct Violation {
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let path = if self.path.is_empty() { "/" } else { &self.path };
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
         write!(f, "data{path}: {}", self.message)
     }
 }
@@ -77,7 +81,10 @@ impl std::fmt::Debug for SchemaRegistry {
 impl SchemaRegistry {
     /// Loads and compiles every `*.json` file in `dir`; the file stem is the event type.
     pub fn load(dir: &Path) -> Result<Self, SchemaError> {
-        let read = |path: &Path, source| SchemaError::Read { path: path.to_owned(), source };
+        let read = |path: &Path, source| SchemaError::Read {
+            path: path.to_owned(),
+            source,
+        };
         let mut schemas = BTreeMap::new();
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| read(dir, e))?
@@ -152,7 +159,10 @@ fn describe(error: &jsonschema::ValidationError<'_>) -> String {
         Some(rest) => rest.trim_start().to_owned(),
         None => {
             let kind = format!("{:?}", error.kind());
-            kind.split([' ', '{', '(']).next().unwrap_or("invalid").to_owned()
+            kind.split([' ', '{', '('])
+                .next()
+                .unwrap_or("invalid")
+                .to_owned()
         }
     }
 }
@@ -177,14 +187,21 @@ mod tests {
     fn validates_and_reports_path_without_value() {
         let reg = registry(&[("order.placed.json", ORDER)]).expect("loads");
         assert_eq!(reg.types().collect::<Vec<_>>(), ["order.placed"]);
-        assert_eq!(reg.validate("order.placed", &json!({"order_id": "o", "amount": 3})), Some(vec![]));
+        assert_eq!(
+            reg.validate("order.placed", &json!({"order_id": "o", "amount": 3})),
+            Some(vec![])
+        );
         let errs = reg
             .validate("order.placed", &json!({"order_id": "o", "amount": -12345}))
             .expect("known type");
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].path, "/amount");
         assert!(!errs[0].message.contains("12345"), "{}", errs[0].message);
-        assert!(errs[0].to_string().starts_with("data/amount:"), "{}", errs[0]);
+        assert!(
+            errs[0].to_string().starts_with("data/amount:"),
+            "{}",
+            errs[0]
+        );
         assert_eq!(reg.validate("refund.requested", &json!({})), None);
     }
 
@@ -192,7 +209,10 @@ mod tests {
     fn compile_failure_names_type_and_file() {
         let err = registry(&[("bad.type.json", r#"{"type": 12}"#)]).expect_err("does not compile");
         let msg = err.to_string();
-        assert!(msg.contains("\"bad.type\"") && msg.contains("bad.type.json"), "{msg}");
+        assert!(
+            msg.contains("\"bad.type\"") && msg.contains("bad.type.json"),
+            "{msg}"
+        );
         let err = registry(&[("x.json", "{nope")]).expect_err("not json");
         assert!(err.to_string().contains("x.json"), "{err}");
     }

@@ -43,13 +43,19 @@ impl Summary {
             Outcome::Denied => {
                 counts.denied += 1;
                 for reason in audit.decision.iter().flat_map(|d| &d.reasons) {
-                    *counts.reasons.entry(format!("denied: {reason}")).or_default() += 1;
+                    *counts
+                        .reasons
+                        .entry(format!("denied: {reason}"))
+                        .or_default() += 1;
                 }
             }
             Outcome::DeadLettered => {
                 counts.dead_lettered += 1;
                 if let Some(reason) = audit.reason {
-                    *counts.reasons.entry(format!("dlq: {}", reason.code())).or_default() += 1;
+                    *counts
+                        .reasons
+                        .entry(format!("dlq: {}", reason.code()))
+                        .or_default() += 1;
                 }
             }
         }
@@ -57,23 +63,45 @@ impl Summary {
 
     /// Total records counted.
     pub fn total(&self) -> u64 {
-        self.types.values().map(|c| c.actioned + c.denied + c.dead_lettered).sum()
+        self.types
+            .values()
+            .map(|c| c.actioned + c.denied + c.dead_lettered)
+            .sum()
     }
 }
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let width = self.types.keys().map(String::len).max().unwrap_or(4).max(10);
-        writeln!(f, "{:<width$}  {:>8}  {:>8}  {:>8}  {:>8}", "event type", "actioned", "denied", "dlq", "total")?;
+        let width = self
+            .types
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(4)
+            .max(10);
+        writeln!(
+            f,
+            "{:<width$}  {:>8}  {:>8}  {:>8}  {:>8}",
+            "event type", "actioned", "denied", "dlq", "total"
+        )?;
         let (mut a, mut d, mut q) = (0, 0, 0);
         for (ty, c) in &self.types {
             let total = c.actioned + c.denied + c.dead_lettered;
-            writeln!(f, "{ty:<width$}  {:>8}  {:>8}  {:>8}  {total:>8}", c.actioned, c.denied, c.dead_lettered)?;
+            writeln!(
+                f,
+                "{ty:<width$}  {:>8}  {:>8}  {:>8}  {total:>8}",
+                c.actioned, c.denied, c.dead_lettered
+            )?;
             for (reason, n) in &c.reasons {
                 writeln!(f, "{:<width$}    {n:>6} × {reason}", "")?;
             }
             (a, d, q) = (a + c.actioned, d + c.denied, q + c.dead_lettered);
         }
-        write!(f, "{:<width$}  {a:>8}  {d:>8}  {q:>8}  {:>8}", "all", a + d + q)
+        write!(
+            f,
+            "{:<width$}  {a:>8}  {d:>8}  {q:>8}  {:>8}",
+            "all",
+            a + d + q
+        )
     }
 }

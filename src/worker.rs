@@ -5,11 +5,16 @@
 //! flight is bounded by `roles.actions.max_in_flight`. On partition revoke and on shutdown the
 //! stored offsets are committed synchronously.
 
+// rdkafka's `KafkaError` is large; a worker error is rare and ends the worker, so it is not boxed.
+#![allow(clippy::result_large_err)]
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::Producer;
@@ -65,10 +70,16 @@ impl ClientContext for RebalanceContext {}
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
-            tracing::info!(partitions = partitions.count(), "partitions revoked; committing stored offsets");
+            tracing::info!(
+                partitions = partitions.count(),
+                "partitions revoked; committing stored offsets"
+            );
             match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => tracing::warn!(error = %e, "commit on revoke failed; uncommitted records will be re-delivered"),
+                Ok(())
+                | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "commit on revoke failed; uncommitted records will be re-delivered")
+                }
             }
         }
     }
@@ -80,7 +91,8 @@ impl ConsumerContext for RebalanceContext {
     }
 }
 
-type Completion = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, WorkerError>> + Send>>;
+type Completion =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, WorkerError>> + Send>>;
 
 /// An input record whose every effect is acknowledged.
 struct Done {
@@ -90,7 +102,11 @@ struct Done {
 }
 
 /// Runs the actions role until `shutdown` is cancelled (or, with `drain`, until caught up).
-pub async fn run(config: &Config, options: RunOptions, shutdown: CancellationToken) -> Result<Summary, WorkerError> {
+pub async fn run(
+    config: &Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<Summary, WorkerError> {
     let role = &config.actions_role;
     if config.topics.create_missing {
         let extra = emitted_topics(config);
@@ -99,13 +115,21 @@ pub async fn run(config: &Config, options: RunOptions, shutdown: CancellationTok
             tracing::info!(topics = ?created, "created topics");
         }
     }
-    let consumer: StreamConsumer<RebalanceContext> = kafka::consumer_config(&config.kafka, &role.group_id)
-        .create_with_context(RebalanceContext)
-        .map_err(|source| KafkaSetupError::Client { what: "consumer", brokers: config.kafka.brokers.clone(), source })?;
+    let consumer: StreamConsumer<RebalanceContext> =
+        kafka::consumer_config(&config.kafka, &role.group_id)
+            .create_with_context(RebalanceContext)
+            .map_err(|source| KafkaSetupError::Client {
+                what: "consumer",
+                brokers: config.kafka.brokers.clone(),
+                source,
+            })?;
     let topics: Vec<&str> = config.topics.events.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
-        .map_err(|source| WorkerError::Subscribe { topics: config.topics.events.clone(), source })?;
+        .map_err(|source| WorkerError::Subscribe {
+            topics: config.topics.events.clone(),
+            source,
+        })?;
     let producer = kafka::producer(&config.kafka)?;
     let mut processor = Processor::new(
         config.schemas.clone(),
@@ -126,6 +150,23 @@ pub async fn run(config: &Config, options: RunOptions, shutdown: CancellationTok
         "actions worker started"
     );
 
+    // Watermarks and the group's committed offsets are queried on connections of their own (a
+    // client that never joins the group), so the queries do not wait behind long-polling fetches.
+    let probe: Option<BaseConsumer> = if options.drain {
+        let mut probe_config = kafka::base_config(&config.kafka);
+        probe_config.set("group.id", &role.group_id);
+        Some(
+            kafka::with_properties(probe_config, &config.kafka)
+                .create()
+                .map_err(|source| KafkaSetupError::Client {
+                    what: "watermark probe",
+                    brokers: config.kafka.brokers.clone(),
+                    source,
+                })?,
+        )
+    } else {
+        None
+    };
     let mut summary = Summary::default();
     let mut pending: FuturesOrdered<Completion> = FuturesOrdered::new();
     let mut idle_since = Instant::now();
@@ -189,8 +230,8 @@ pub async fn run(config: &Config, options: RunOptions, shutdown: CancellationTok
                     Ok(done)
                 }));
             }
-            _ = drain_check.tick(), if options.drain && pending.is_empty() && idle_since.elapsed() > Duration::from_millis(500) => {
-                if caught_up(&consumer) {
+            _ = drain_check.tick(), if options.drain && pending.is_empty() => {
+                if idle_since.elapsed() > Duration::from_millis(500) && probe.as_ref().is_some_and(|p| caught_up(&consumer, p, &config.topics.events)) {
                     tracing::info!("all assigned partitions consumed to their end");
                     break;
                 }
@@ -222,7 +263,9 @@ pub async fn run(config: &Config, options: RunOptions, shutdown: CancellationTok
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => tracing::warn!(error = %e, "final commit failed; uncommitted records will be re-delivered"),
+        Err(e) => {
+            tracing::warn!(error = %e, "final commit failed; uncommitted records will be re-delivered")
+        }
     }
     consumer.unsubscribe();
     tracing::info!(events = summary.total(), "actions worker stopped");
@@ -245,7 +288,10 @@ fn emitted_topics(config: &Config) -> Vec<String> {
     topics
 }
 
-fn store(consumer: &StreamConsumer<RebalanceContext>, done: Result<Done, WorkerError>) -> Result<(), WorkerError> {
+fn store(
+    consumer: &StreamConsumer<RebalanceContext>,
+    done: Result<Done, WorkerError>,
+) -> Result<(), WorkerError> {
     let done = done.inspect_err(|e| tracing::error!(error = %e, "record not delivered"))?;
     if let Err(e) = consumer.store_offset(&done.topic, done.partition, done.offset) {
         // The partition was revoked meanwhile; its new owner re-processes the record.
@@ -254,28 +300,59 @@ fn store(consumer: &StreamConsumer<RebalanceContext>, done: Result<Done, WorkerE
     Ok(())
 }
 
-/// Whether every assigned partition's position has reached its high watermark.
-fn caught_up(consumer: &StreamConsumer<RebalanceContext>) -> bool {
-    let Ok(assignment) = consumer.assignment() else { return false };
+/// Whether the group has consumed every partition of `topics` to its end: assigned partitions by
+/// this worker's position, the others by the group's committed offsets. A partition still held by
+/// a member that died keeps this false until the group hands it over and it is consumed.
+fn caught_up(
+    consumer: &StreamConsumer<RebalanceContext>,
+    probe: &BaseConsumer,
+    topics: &[String],
+) -> bool {
+    let timeout = Duration::from_secs(5);
+    let Ok(assignment) = consumer.assignment() else {
+        return false;
+    };
     if assignment.count() == 0 {
         return false;
     }
-    let positions = consumer.position().ok();
-    let committed = consumer.committed(Duration::from_secs(5)).ok();
-    for elem in assignment.elements() {
-        let (topic, partition) = (elem.topic(), elem.partition());
-        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) else {
+    let mut all = rdkafka::TopicPartitionList::new();
+    for topic in topics {
+        let Ok(metadata) = probe.fetch_metadata(Some(topic), timeout) else {
             return false;
         };
-        let offset_in = |list: &Option<rdkafka::TopicPartitionList>| {
-            list.as_ref()
-                .and_then(|l| l.find_partition(topic, partition))
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                })
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                all.add_partition(topic, p.id());
+            }
+        }
+    }
+    let positions = consumer.position().ok();
+    let Ok(committed) = probe.committed_offsets(all.clone(), timeout) else {
+        return false;
+    };
+    let offset_in = |list: &rdkafka::TopicPartitionList, topic: &str, partition: i32| {
+        list.find_partition(topic, partition)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+    };
+    for elem in all.elements() {
+        let (topic, partition) = (elem.topic(), elem.partition());
+        let Ok((low, high)) = probe.fetch_watermarks(topic, partition, timeout) else {
+            return false;
         };
-        let at = offset_in(&positions).or_else(|| offset_in(&committed)).unwrap_or(low);
+        let assigned = assignment.find_partition(topic, partition).is_some();
+        let at = assigned
+            .then(|| {
+                positions
+                    .as_ref()
+                    .and_then(|p| offset_in(p, topic, partition))
+            })
+            .flatten()
+            .or_else(|| offset_in(&committed, topic, partition))
+            .unwrap_or(low);
+        tracing::debug!(topic, partition, assigned, at, high, "drain check");
         if at < high {
             return false;
         }

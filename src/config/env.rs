@@ -11,7 +11,12 @@ use toml::Value;
 use super::ConfigError;
 
 /// Variables read by the command line rather than the configuration tree.
-const CLI_VARIABLES: &[&str] = &["REFLEX_CONFIG", "REFLEX_LOG", "REFLEX_LOG_FORMAT", "REFLEX_ROLE"];
+const CLI_VARIABLES: &[&str] = &[
+    "REFLEX_CONFIG",
+    "REFLEX_LOG",
+    "REFLEX_LOG_FORMAT",
+    "REFLEX_ROLE",
+];
 
 /// Applies every `REFLEX_*` variable in `vars` to `tree`.
 pub fn apply<I>(tree: &mut Value, vars: I) -> Result<(), ConfigError>
@@ -26,7 +31,8 @@ where
             continue;
         }
         let path = path.to_ascii_lowercase();
-        let slot = find(tree, &path).ok_or_else(|| ConfigError::UnknownEnv { name: name.clone() })?;
+        let slot =
+            find(tree, &path).ok_or_else(|| ConfigError::UnknownEnv { name: name.clone() })?;
         *slot = parse_like(slot, &raw).map_err(|expected| ConfigError::BadEnv {
             name: name.clone(),
             value: raw.clone(),
@@ -123,7 +129,9 @@ mod tests {
     }
 
     fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -165,7 +173,8 @@ mod tests {
     #[test]
     fn bad_integer_names_value_and_type() {
         let mut t = tree();
-        let err = apply(&mut t, vars(&[("REFLEX_TOPICS_PARTITIONS", "many")])).expect_err("bad int");
+        let err =
+            apply(&mut t, vars(&[("REFLEX_TOPICS_PARTITIONS", "many")])).expect_err("bad int");
         let msg = err.to_string();
         assert!(msg.contains("many") && msg.contains("integer"), "{msg}");
     }

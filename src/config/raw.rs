@@ -37,6 +37,10 @@ pub struct RawKafka {
     pub client_id: String,
     /// Extra librdkafka properties applied to every client (e.g. security settings).
     pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for consumers only.
+    pub consumer: BTreeMap<String, String>,
+    /// Extra librdkafka properties for producers only.
+    pub producer: BTreeMap<String, String>,
 }
 
 impl Default for RawKafka {
@@ -45,6 +49,8 @@ impl Default for RawKafka {
             brokers: "127.0.0.1:9092".into(),
             client_id: "reflex".into(),
             properties: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
         }
     }
 }

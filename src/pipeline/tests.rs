@@ -29,26 +29,47 @@ fn fixture(policy: &str) -> Fixture {
     .expect("write");
     std::fs::write(policies.join("p.rego"), policy).expect("write");
     let registry = SchemaRegistry::load(&schemas).expect("schemas");
-    let set = PolicySet::load(&policies, "data.reflex.decision", Duration::from_secs(1)).expect("policies");
+    let set = PolicySet::load(&policies, "data.reflex.decision", Duration::from_secs(1))
+        .expect("policies");
     let mut table = BTreeMap::new();
     table.insert(
         "refund.requested".to_owned(),
         Arc::new(Action {
             name: "approve".into(),
-            kind: ActionKind::Emit { topic: "refunds.approved".into(), event_type: "refund.approved".into(), source: "/r".into() },
+            kind: ActionKind::Emit {
+                topic: "refunds.approved".into(),
+                event_type: "refund.approved".into(),
+                source: "/r".into(),
+            },
         }),
     );
     let processor = Processor::new(
         Arc::new(registry),
         Arc::new(ActionTable::new(table)),
         set.evaluator(),
-        ProcessorSettings { audit_topic: "audit".into(), dlq_topic: "dlq".into(), max_event_bytes: 1024, worker: "w1".into() },
+        ProcessorSettings {
+            audit_topic: "audit".into(),
+            dlq_topic: "dlq".into(),
+            max_event_bytes: 1024,
+            worker: "w1".into(),
+        },
     );
-    Fixture { _dir: dir, processor }
+    Fixture {
+        _dir: dir,
+        processor,
+    }
 }
 
 fn input<'a>(value: &'a [u8], headers: &'a [(&'a str, &'a [u8])]) -> Input<'a> {
-    Input { topic: "events", partition: 2, offset: 41, key: Some(b"k"), value: Some(value), headers, timestamp_ms: Some(1) }
+    Input {
+        topic: "events",
+        partition: 2,
+        offset: 41,
+        key: Some(b"k"),
+        value: Some(value),
+        headers,
+        timestamp_ms: Some(1),
+    }
 }
 
 fn refund(id: &str, data: &str) -> Vec<u8> {
@@ -56,7 +77,11 @@ fn refund(id: &str, data: &str) -> Vec<u8> {
 }
 
 fn header<'a>(record: &'a OutRecord, name: &str) -> Option<&'a str> {
-    record.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+    record
+        .headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
 
 fn audit_json(p: &Processed) -> Value {
@@ -72,7 +97,8 @@ fn allowed_event_emits_and_audits() {
     let p = f.processor.process(&input(&value, &[]));
     assert_eq!(p.records.len(), 2);
     assert_eq!(p.records[0].topic, "refunds.approved");
-    let derived: Value = serde_json::from_slice(p.records[0].value.as_deref().expect("value")).expect("json");
+    let derived: Value =
+        serde_json::from_slice(p.records[0].value.as_deref().expect("value")).expect("json");
     assert_eq!(derived["type"], "refund.approved");
     assert_eq!(derived["causationid"], "r1");
     let audit = audit_json(&p);
@@ -80,7 +106,9 @@ fn allowed_event_emits_and_audits() {
     assert_eq!(audit["outcome"], "actioned");
     assert_eq!(audit["decision"]["allow"], true);
     assert_eq!(audit["action"]["emitted_id"], derived["id"]);
-    assert!(audit["policy_revision"].as_str().is_some_and(|r| r.starts_with("sha256:")));
+    assert!(audit["policy_revision"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("sha256:")));
     assert!(audit.get("data").is_none(), "audit never carries data");
 }
 
@@ -110,8 +138,16 @@ fn policy_error_fails_closed() {
 fn bad_records_go_to_the_dlq_with_reason() {
     let mut f = fixture(POLICY);
     let cases: Vec<(Vec<u8>, DeadLetterReason, Option<&str>)> = vec![
-        (b"\x00\x01not json".to_vec(), DeadLetterReason::Undecodable, None),
-        (refund("r4", r#"{"amount": "ten"}"#), DeadLetterReason::SchemaInvalid, Some("r4")),
+        (
+            b"\x00\x01not json".to_vec(),
+            DeadLetterReason::Undecodable,
+            None,
+        ),
+        (
+            refund("r4", r#"{"amount": "ten"}"#),
+            DeadLetterReason::SchemaInvalid,
+            Some("r4"),
+        ),
         (
             br#"{"specversion":"1.0","id":"u1","source":"/s","type":"no.such.type"}"#.to_vec(),
             DeadLetterReason::UnknownType,
@@ -124,7 +160,11 @@ fn bad_records_go_to_the_dlq_with_reason() {
         assert_eq!(p.records.len(), 2, "{reason:?}: dead letter + audit");
         let dlq = &p.records[0];
         assert_eq!(dlq.topic, "dlq");
-        assert_eq!(dlq.value.as_deref(), Some(value.as_slice()), "{reason:?}: original bytes kept");
+        assert_eq!(
+            dlq.value.as_deref(),
+            Some(value.as_slice()),
+            "{reason:?}: original bytes kept"
+        );
         assert_eq!(dlq.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(header(dlq, dlq_headers::REASON), Some(reason.code()));
         assert_eq!(header(dlq, dlq_headers::OFFSET), Some("41"));
@@ -133,7 +173,11 @@ fn bad_records_go_to_the_dlq_with_reason() {
         assert_eq!(audit["outcome"], "dead_lettered");
         assert_eq!(audit["reason"], reason.code());
         let expected_key = id.map_or_else(|| "events/2/41".to_owned(), str::to_owned);
-        assert_eq!(p.records[1].key.as_deref(), Some(expected_key.as_bytes()), "{reason:?}");
+        assert_eq!(
+            p.records[1].key.as_deref(),
+            Some(expected_key.as_bytes()),
+            "{reason:?}"
+        );
     }
     let value = refund("r5", r#"{"amount": "ten"}"#);
     let p = f.processor.process(&input(&value, &[]));

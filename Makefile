@@ -1,0 +1,44 @@
+# reflex — make help lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+REFLEX := target/release/reflex
+
+.PHONY: help up down status build check demo test test-unit lint fmt clean-stack
+
+help: ## Show the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+up: ## Start the local stack (Apache Kafka 4.4.0, KRaft) and wait until it answers
+	@scripts/stack.sh up
+
+down: ## Stop the local stack
+	@scripts/stack.sh down
+
+status: ## Show what runs in the local stack
+	@scripts/stack.sh status
+
+clean-stack: ## Stop the local stack and delete its data
+	@scripts/stack.sh down --clean
+
+build: ## Build the release binary
+	$(CARGO) build --release --locked
+
+check: build ## Validate config, schemas, policies and actions (no broker needed)
+	$(REFLEX) check
+
+demo: up build ## Start the stack, push the sample events through the pipeline, print the outcome
+	@scripts/demo.sh
+
+test: up ## Run every test (unit and integration) against the local stack
+	$(CARGO) test --locked --all-targets
+
+test-unit: ## Run the unit tests only (no broker)
+	$(CARGO) test --locked --lib
+
+lint: ## rustfmt and clippy, as CI runs them
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all

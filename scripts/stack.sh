@@ -1,0 +1,464 @@
+#!/usr/bin/env bash
+# Local service stack for development and tests, without Docker.
+#
+#   scripts/stack.sh up     [SERVICE...]          start (idempotent), wait until ready
+#   scripts/stack.sh down   [--clean] [SERVICE...] stop; --clean also deletes data
+#   scripts/stack.sh status [SERVICE...]          one line per service; exit 3 unless all run
+#   scripts/stack.sh fetch  [SERVICE...]          only download what a service needs
+#
+# SERVICE defaults to all of: kafka. Each service NAME provides the functions
+# NAME_up, NAME_down, NAME_status (and optionally NAME_fetch); add new services
+# (schema registry, S3 server, ...) the same way and list them in SERVICES.
+#
+# State (jars, config, data, logs, pid files) lives in ${REFLEX_STACK_DIR:-$PWD/.stack}.
+#
+# Kafka: one KRaft node acting as broker and controller on 127.0.0.1.
+#   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_VERSION (4.4.0),
+#   KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), KAFKA_JVM_OPTS (extra), KAFKA_START_TIMEOUT (90 s).
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
+
+STACK_DIR="${REFLEX_STACK_DIR:-$PWD/.stack}"
+[[ $STACK_DIR == /* ]] || STACK_DIR="$PWD/$STACK_DIR"
+
+# Start order; `down` goes in reverse.
+SERVICES=(kafka)
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+say() { printf '%s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    sed -n '2,7s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    exit "${1:-2}"
+}
+
+need_java() {
+    command -v java >/dev/null 2>&1 ||
+        die "java not found: install a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)"
+    local ver major
+    ver="$(java -version 2>&1 | awk -F'"' '/version/ {print $2; exit}')"
+    major="${ver%%.*}"
+    [[ $major == 1 ]] && major="$(cut -d. -f2 <<<"$ver")"  # 1.8 -> 8
+    if ! [[ $major =~ ^[0-9]+$ ]] || ((major < 17)); then
+        die "java $ver is too old: Kafka needs Java 17+ (Debian: apt-get install openjdk-17-jre-headless)"
+    fi
+}
+
+need_mvn() {
+    command -v mvn >/dev/null 2>&1 ||
+        die "mvn not found: install Maven 3 to fetch the Kafka jars (Debian: apt-get install maven)"
+}
+
+# True if the process exists and is not a zombie (zombies have an empty cmdline).
+pid_alive() {
+    [[ -n $1 && -r /proc/$1/cmdline ]] && [[ -n "$(tr -d '\0' </proc/"$1"/cmdline 2>/dev/null)" ]]
+}
+
+# True if something accepts TCP connections on HOST PORT.
+# shellcheck disable=SC2016  # $0/$1 expand in the inner bash
+port_open() {
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
+}
+
+# Serialise up/down/fetch across concurrent callers (e.g. parallel test jobs).
+take_lock() {
+    mkdir -p "$STACK_DIR"
+    exec 9>"$STACK_DIR/.lock"
+    flock -w 600 9 || die "could not lock $STACK_DIR/.lock"
+}
+
+# Print the last lines of a log file to stderr, after a failure; with a byte
+# offset, only what was written after it (i.e. by the current attempt).
+show_log_tail() {
+    local f=$1 from=${2:-0} text
+    [[ -s $f ]] || return 0
+    text="$(tail -c +"$((from + 1))" "$f" | tail -n 20)"
+    [[ -n $text ]] || return 0
+    printf -- '--- last lines of %s ---\n%s\n---\n' "$f" "$text" >&2
+}
+
+file_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
+
+# ---------------------------------------------------------------------------
+# kafka
+# ---------------------------------------------------------------------------
+
+KAFKA_VERSION="${KAFKA_VERSION:-4.4.0}"
+KAFKA_HOST=127.0.0.1
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
+KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:-}"
+KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
+KAFKA_STOP_TIMEOUT=30
+
+KAFKA_DIR="$STACK_DIR/kafka"
+KAFKA_LIBS="$KAFKA_DIR/libs/$KAFKA_VERSION"    # keyed by version; survives --clean
+KAFKA_CONF="$KAFKA_DIR/config"
+KAFKA_DATA="$KAFKA_DIR/data"                   # removed by `down --clean`
+KAFKA_LOG_DIRS="$KAFKA_DATA/kraft-combined-logs"
+KAFKA_LOGS="$KAFKA_DIR/logs"
+KAFKA_PIDFILE="$KAFKA_DIR/kafka.pid"
+KAFKA_ADDR="$KAFKA_HOST:$KAFKA_PORT"
+
+[[ $KAFKA_PORT =~ ^[0-9]+$ ]] || die "KAFKA_PORT must be a port number, got '$KAFKA_PORT'"
+[[ $KAFKA_CONTROLLER_PORT =~ ^[0-9]+$ ]] ||
+    die "KAFKA_CONTROLLER_PORT must be a port number, got '$KAFKA_CONTROLLER_PORT'"
+
+# Health probe without starting a JVM: send a Kafka Metadata v4 request
+# (all topics) over /dev/tcp and require a reply listing at least one broker.
+# The broker only serves requests once it has started and registered.
+# shellcheck disable=SC2016  # the script is expanded by the inner bash
+kafka_probe() {
+    timeout 3 bash -c '
+        exec 3<>"/dev/tcp/$0/$1" || exit 1
+        # size=21 | api_key=3 (Metadata) | api_version=4 | correlation_id=42
+        # | client_id="reflex" | topics=null (-1) | allow_auto_topic_creation=false
+        printf "\x00\x00\x00\x15\x00\x03\x00\x04\x00\x00\x00\x2a\x00\x06reflex\xff\xff\xff\xff\x00" >&3
+        # reply: size(4) correlation_id(4) throttle_time_ms(4) broker_count(4) ...
+        reply=$(head -c 16 <&3 | od -An -tx1 | tr -d " \n")
+        [[ ${reply:8:8} == 0000002a && $((16#${reply:24:8})) -ge 1 ]]
+    ' "$KAFKA_HOST" "$KAFKA_PORT" 2>/dev/null
+}
+
+# Print the broker pid if one from this stack dir is running. Cleans up a
+# stale pid file; finds the broker by its config path if the pid file is lost.
+kafka_pid() {
+    local pid="" conf="$KAFKA_CONF/server.properties"
+    if [[ -f $KAFKA_PIDFILE ]]; then
+        pid="$(<"$KAFKA_PIDFILE")"
+        if pid_alive "$pid" && tr '\0' ' ' </proc/"$pid"/cmdline | grep -qF "kafka.Kafka $conf"; then
+            echo "$pid"
+            return 0
+        fi
+        say "kafka: removing stale pid file (pid ${pid:-?} is not running)" >&2
+        rm -f "$KAFKA_PIDFILE"
+    fi
+    local re
+    # shellcheck disable=SC2001  # regex-escape the path for pgrep
+    re="$(sed 's/[][\.*^$+?(){}|]/\\&/g' <<<"$conf")"
+    pid="$(pgrep -u "$(id -u)" -f -- "kafka\\.Kafka $re\$" | head -n 1 || true)"
+    if [[ -n $pid ]]; then
+        echo "$pid" >"$KAFKA_PIDFILE"
+        echo "$pid"
+        return 0
+    fi
+    return 1
+}
+
+# Download the broker + tools jars once per Kafka version (Maven reuses ~/.m2),
+# and write the logging config the CLI tools use.
+kafka_fetch() {
+    mkdir -p "$KAFKA_CONF" "$KAFKA_LOGS"
+    kafka_write_tools_log4j
+    [[ -f $KAFKA_LIBS/.complete ]] && return 0
+
+    need_mvn
+    say "kafka: fetching Kafka $KAFKA_VERSION jars with Maven (first run only)..."
+    local tmp="$KAFKA_LIBS.tmp.$$" log="$KAFKA_LOGS/fetch.log"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    if ! mvn -B -q -Dstyle.color=never -f "$REPO_DIR/stack/kafka/pom.xml" \
+        -Dkafka.version="$KAFKA_VERSION" \
+        dependency:copy-dependencies -DoutputDirectory="$tmp" -DincludeScope=runtime \
+        >"$log" 2>&1; then
+        rm -rf "$tmp"
+        show_log_tail "$log"
+        die "kafka: Maven could not fetch the Kafka $KAFKA_VERSION jars (full log: $log)"
+    fi
+    touch "$tmp/.complete"
+    rm -rf "$KAFKA_LIBS"
+    mv "$tmp" "$KAFKA_LIBS"
+    say "kafka: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars in $KAFKA_LIBS"
+}
+
+kafka_write_tools_log4j() {
+    # CLI tools: warnings and errors to stderr only (like Kafka's tools-log4j2.yaml).
+    cat >"$KAFKA_CONF/tools-log4j2.xml" <<'EOF'
+<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <Console name="stderr" target="SYSTEM_ERR">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+    </Console>
+  </Appenders>
+  <Loggers>
+    <Root level="WARN"><AppenderRef ref="stderr"/></Root>
+  </Loggers>
+</Configuration>
+EOF
+}
+
+kafka_write_config() {
+    mkdir -p "$KAFKA_CONF" "$KAFKA_LOGS" "$KAFKA_LOG_DIRS"
+    cat >"$KAFKA_CONF/server.properties" <<EOF
+# Generated by scripts/stack.sh on each start; edit the script, not this file.
+# Single-node KRaft: this process is both broker and (the only) controller.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+
+log.dirs=$KAFKA_LOG_DIRS
+
+# One replica of everything, no waiting for other members.
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+delete.topic.enable=true
+
+# Small footprint (2-core dev machines and CI).
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+log.cleaner.threads=1
+log.cleaner.dedupe.buffer.size=16777216
+log.retention.hours=24
+log.segment.bytes=134217728
+log.retention.check.interval.ms=300000
+EOF
+
+    # Broker logs go to a file in the stack dir, not the terminal.
+    cat >"$KAFKA_CONF/log4j2.xml" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders>
+    <RollingFile name="server" fileName="$KAFKA_LOGS/server.log" filePattern="$KAFKA_LOGS/server.log.%i">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+      <SizeBasedTriggeringPolicy size="50MB"/>
+      <DefaultRolloverStrategy max="3"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Root level="INFO"><AppenderRef ref="server"/></Root>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="state.change.logger" level="WARN"/>
+  </Loggers>
+</Configuration>
+EOF
+}
+
+# Format the KRaft metadata/log dir once (new cluster id, single-voter quorum).
+kafka_format() {
+    local marker="$KAFKA_DATA/controller-port"
+    if [[ -f $KAFKA_LOG_DIRS/meta.properties ]]; then
+        # The controller endpoint is recorded in the metadata log at format time.
+        local formatted
+        formatted="$(cat "$marker" 2>/dev/null || echo "$KAFKA_CONTROLLER_PORT")"
+        [[ $formatted == "$KAFKA_CONTROLLER_PORT" ]] ||
+            die "kafka: data was formatted for controller port $formatted; use KAFKA_CONTROLLER_PORT=$formatted or reset with: scripts/stack.sh down --clean kafka"
+        return 0
+    fi
+    # Kafka cluster ids are 16 random bytes, URL-safe base64 without padding;
+    # avoid a leading '-' so the id is not taken for a command-line option.
+    local id
+    id="-"
+    while [[ $id == -* ]]; do
+        id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    done
+    say "kafka: formatting storage in $KAFKA_LOG_DIRS (cluster id $id)"
+    local log="$KAFKA_LOGS/format.log"
+    if ! java -Xmx256m -Dlog4j2.configurationFile="$KAFKA_CONF/tools-log4j2.xml" -cp "$KAFKA_LIBS/*" \
+        kafka.tools.StorageTool format --config "$KAFKA_CONF/server.properties" \
+        --cluster-id "$id" --standalone >"$log" 2>&1; then
+        show_log_tail "$log"
+        die "kafka: formatting storage failed (full log: $log)"
+    fi
+    echo "$KAFKA_CONTROLLER_PORT" >"$marker"
+}
+
+# Wait until the broker answers, or fail (stopping it) with a pointer to the log.
+kafka_wait_ready() {
+    local pid=$1 log_from=${2:-0} start=$SECONDS
+    local deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+    while ! kafka_probe; do
+        if ! pid_alive "$pid"; then
+            rm -f "$KAFKA_PIDFILE"
+            show_log_tail "$KAFKA_LOGS/server.log" "$log_from"
+            show_log_tail "$KAFKA_LOGS/kafka.out"
+            die "kafka: broker exited during startup; see $KAFKA_LOGS/server.log and $KAFKA_LOGS/kafka.out"
+        fi
+        if ((SECONDS >= deadline)); then
+            show_log_tail "$KAFKA_LOGS/server.log" "$log_from"
+            kafka_stop "$pid" >&2
+            die "kafka: broker not ready on $KAFKA_ADDR after ${KAFKA_START_TIMEOUT}s (stopped it); see $KAFKA_LOGS/server.log"
+        fi
+        sleep 1
+    done
+    say "kafka: ready on $KAFKA_ADDR (pid $pid, $((SECONDS - start))s)"
+}
+
+kafka_up() {
+    need_java
+    local pid
+    if pid="$(kafka_pid)"; then
+        if kafka_probe; then
+            say "kafka: already running on $KAFKA_ADDR (pid $pid)"
+            return 0
+        fi
+        say "kafka: pid $pid is up but not answering yet; waiting"
+        kafka_wait_ready "$pid"
+        return 0
+    fi
+
+    local port
+    for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+        ! port_open "$KAFKA_HOST" "$port" ||
+            die "kafka: $KAFKA_HOST:$port is already in use by another process (a Docker Kafka? another stack dir?); stop it or set KAFKA_PORT / KAFKA_CONTROLLER_PORT"
+    done
+
+    kafka_fetch
+    kafka_write_config
+    kafka_format
+
+    say "kafka: starting broker on $KAFKA_ADDR (logs: $KAFKA_LOGS/server.log)"
+    rm -f "$KAFKA_PIDFILE"
+    local log_from
+    log_from="$(file_size "$KAFKA_LOGS/server.log")"
+    # setsid: own session, so it survives the calling shell; the inner bash
+    # records its pid and exec's java, so the pid file holds the java pid.
+    # fd 9 (the stack lock) must not leak into the long-running broker.
+    # shellcheck disable=SC2086,SC2016  # JVM opts are word lists; $$/$0 are the inner bash's
+    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$KAFKA_PIDFILE" \
+        java $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+        -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
+        -Djava.awt.headless=true $KAFKA_JVM_OPTS \
+        -Dlog4j2.configurationFile="$KAFKA_CONF/log4j2.xml" \
+        -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_CONF/server.properties" \
+        </dev/null >"$KAFKA_LOGS/kafka.out" 2>&1 9>&- &
+
+    local i
+    for i in $(seq 50); do
+        [[ -s $KAFKA_PIDFILE ]] && break
+        sleep 0.1
+    done
+    pid="$(cat "$KAFKA_PIDFILE" 2>/dev/null || true)"
+    [[ -n $pid ]] || die "kafka: broker did not start; see $KAFKA_LOGS/kafka.out"
+    kafka_wait_ready "$pid" "$log_from"
+}
+
+# SIGTERM, wait up to KAFKA_STOP_TIMEOUT s (clean shutdown), then SIGKILL.
+kafka_stop() {
+    local pid=$1 i
+    say "kafka: stopping broker (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < KAFKA_STOP_TIMEOUT * 5; i++)); do
+        pid_alive "$pid" || break
+        sleep 0.2
+    done
+    if pid_alive "$pid"; then
+        say "kafka: still running after ${KAFKA_STOP_TIMEOUT}s, sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            pid_alive "$pid" || break
+            sleep 0.1
+        done
+    fi
+    rm -f "$KAFKA_PIDFILE"
+    say "kafka: stopped"
+}
+
+kafka_down() {
+    local pid
+    if pid="$(kafka_pid)"; then
+        kafka_stop "$pid"
+    else
+        rm -f "$KAFKA_PIDFILE"
+        say "kafka: not running"
+    fi
+    if [[ ${CLEAN:-false} == true ]]; then
+        rm -rf "$KAFKA_DATA"
+        say "kafka: removed data dir $KAFKA_DATA"
+    fi
+}
+
+kafka_status() {
+    local pid
+    if ! pid="$(kafka_pid 2>/dev/null)"; then
+        printf '%-8s %-10s %s\n' kafka stopped "$KAFKA_ADDR"
+        return 1
+    fi
+    if kafka_probe; then
+        printf '%-8s %-10s %s (pid %s)\n' kafka running "$KAFKA_ADDR" "$pid"
+    else
+        printf '%-8s %-10s %s (pid %s, not answering; see %s)\n' kafka unhealthy "$KAFKA_ADDR" "$pid" "$KAFKA_LOGS/server.log"
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+main() {
+    local cmd="${1:-}"
+    [[ -n $cmd ]] || usage
+    shift
+
+    CLEAN=false
+    local arg svc selected=()
+    for arg in "$@"; do
+        case $arg in
+            --clean) CLEAN=true ;;
+            -h | --help) usage 0 ;;
+            -*) die "unknown option: $arg" ;;
+            *)
+                [[ " ${SERVICES[*]} " == *" $arg "* ]] ||
+                    die "unknown service: $arg (known: ${SERVICES[*]})"
+                selected+=("$arg")
+                ;;
+        esac
+    done
+    # Keep the canonical start order whatever order the user typed.
+    local services=()
+    for svc in "${SERVICES[@]}"; do
+        if ((${#selected[@]} == 0)) || [[ " ${selected[*]} " == *" $svc "* ]]; then
+            services+=("$svc")
+        fi
+    done
+    [[ $CLEAN == false || $cmd == down ]] || die "--clean only applies to down"
+
+    case $cmd in
+        up)
+            take_lock
+            for svc in "${services[@]}"; do "${svc}_up"; done
+            ;;
+        down)
+            take_lock
+            local i
+            for ((i = ${#services[@]} - 1; i >= 0; i--)); do "${services[i]}_down"; done
+            ;;
+        status)
+            local rc=0
+            for svc in "${services[@]}"; do "${svc}_status" || rc=3; done
+            exit "$rc"
+            ;;
+        fetch)
+            take_lock
+            for svc in "${services[@]}"; do
+                if declare -F "${svc}_fetch" >/dev/null; then "${svc}_fetch"; fi
+            done
+            ;;
+        -h | --help | help) usage 0 ;;
+        *) die "unknown command: $cmd (use up, down, status or fetch)" ;;
+    esac
+}
+
+main "$@"

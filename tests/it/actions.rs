@@ -1,0 +1,202 @@
+//! Each outcome of the actions role, end to end through a real broker.
+
+use std::time::Duration;
+
+use reflex::worker::{self, RunOptions};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
+
+async fn drain(env: &TestEnv, worker: &str) -> reflex::summary::Summary {
+    let config = env.config();
+    let options = RunOptions {
+        worker_id: worker.to_owned(),
+        drain: true,
+    };
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        worker::run(&config, options, CancellationToken::new()),
+    )
+    .await
+    .expect("worker drains within two minutes")
+    .expect("worker runs")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_outcome_is_audited_and_bad_input_is_dead_lettered() {
+    let env = TestEnv::new(2);
+    env.create_topics().await;
+    let stale_payment = json!({
+        "specversion": "1.0", "id": "pay-stale", "source": "/payments/gateway", "type": "payment.authorized",
+        "time": (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339(),
+        "data": {"payment_id": "pay-1", "order_id": "ord-1", "amount": 10.0, "currency": "EUR", "method": "card"}
+    });
+    let mut schema_invalid = order("order-invalid", "/shop/web", 10.0);
+    schema_invalid["data"]["currency"] = json!("DOGE");
+    let unknown = json!({"specversion": "1.0", "id": "unknown-1", "source": "/shop/web", "type": "order.cancelled", "data": {}});
+    let binary = Rec {
+        key: Some("binary-1".into()),
+        value: Some(br#"{"refund_id":"ref-9","order_id":"ord-9","amount":12.5,"currency":"EUR","reason":"goodwill"}"#.to_vec()),
+        headers: vec![
+            ("ce_specversion".into(), b"1.0".to_vec()),
+            ("ce_id".into(), b"refund-binary".to_vec()),
+            ("ce_source".into(), b"/support/desk".to_vec()),
+            ("ce_type".into(), b"refund.requested".to_vec()),
+            ("content-type".into(), b"application/json".to_vec()),
+        ],
+    };
+    let records = vec![
+        Rec::json("k1", &order("order-ok", "/shop/web", 99.5)),
+        Rec::json("k2", &order("order-unauthorized", "/shop/intruder", 5.0)),
+        Rec::json("k3", &refund("refund-ok", 20.0)),
+        Rec::json("k4", &refund("refund-too-big", 900.0)),
+        Rec::json("k5", &stale_payment),
+        Rec::json("k6", &schema_invalid),
+        Rec::json("k7", &unknown),
+        Rec::raw("k8", b"\x00\x00\x00\x00\x01garbage"),
+        binary,
+    ];
+    produce(&env.events, &records).await;
+
+    let summary = drain(&env, "it-worker").await;
+    assert_eq!(summary.total(), 9, "{summary}");
+
+    let audits = audits_by_key(&env.audit);
+    let outcome = |key: &str| -> Value {
+        let records = audits
+            .get(key)
+            .unwrap_or_else(|| panic!("no audit record for {key}: {audits:?}"));
+        assert_eq!(records.len(), 1, "exactly one audit record for {key}");
+        records[0].clone()
+    };
+    assert_eq!(outcome("order-ok")["outcome"], "actioned");
+    assert_eq!(outcome("order-ok")["action"]["name"], "request_shipment");
+    let denied = outcome("order-unauthorized");
+    assert_eq!(denied["outcome"], "denied");
+    assert_eq!(
+        denied["decision"]["reasons"],
+        json!(["source is not allowed to publish this event type"])
+    );
+    assert_eq!(outcome("refund-ok")["outcome"], "actioned");
+    assert_eq!(
+        outcome("refund-too-big")["decision"]["reasons"],
+        json!(["refund above the automatic approval limit"])
+    );
+    assert_eq!(
+        outcome("pay-stale")["decision"]["reasons"],
+        json!(["event older than its SLA deadline"])
+    );
+    assert_eq!(outcome("order-invalid")["reason"], "schema_invalid");
+    assert_eq!(outcome("unknown-1")["reason"], "unknown_type");
+    let binary = outcome("refund-binary");
+    assert_eq!(
+        (binary["outcome"].as_str(), binary["mode"].as_str()),
+        (Some("actioned"), Some("binary"))
+    );
+    // The undecodable record has no id: its audit key is its coordinates.
+    let coordinates: Vec<&String> = audits
+        .keys()
+        .filter(|k| k.starts_with(&format!("{}/", env.events)))
+        .collect();
+    assert_eq!(coordinates.len(), 1, "{:?}", audits.keys());
+    assert_eq!(audits[coordinates[0]][0]["reason"], "undecodable");
+    for records in audits.values() {
+        assert!(records[0]["policy_revision"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("sha256:")));
+        assert!(
+            records[0].get("data").is_none(),
+            "audit records never carry event data"
+        );
+    }
+
+    // Dead letters keep the original bytes and say why.
+    let dlq = read_all(&env.dlq);
+    assert_eq!(dlq.len(), 3, "schema-invalid, unknown type, undecodable");
+    let mut reasons: Vec<&str> = dlq
+        .iter()
+        .map(|r| r.headers["reflex_reason"].as_str())
+        .collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["schema_invalid", "undecodable", "unknown_type"]);
+    let garbage = dlq
+        .iter()
+        .find(|r| r.headers["reflex_reason"] == "undecodable")
+        .expect("undecodable dead letter");
+    assert_eq!(
+        garbage.value.as_deref(),
+        Some(&b"\x00\x00\x00\x00\x01garbage"[..])
+    );
+    assert_eq!(garbage.key.as_deref(), Some("k8"));
+    assert_eq!(garbage.headers["reflex_source_topic"], env.events);
+    let invalid = dlq
+        .iter()
+        .find(|r| r.headers["reflex_reason"] == "schema_invalid")
+        .expect("schema dead letter");
+    assert!(
+        invalid.headers["reflex_error"].contains("/currency"),
+        "{:?}",
+        invalid.headers
+    );
+
+    // Only allowed events were actioned: one shipment, two refund approvals.
+    let shipments = read_all(&env.shipments);
+    assert_eq!(shipments.len(), 1);
+    let shipment = shipments[0].json();
+    assert_eq!(shipment["type"], "shipment.requested");
+    assert_eq!(shipment["causationid"], "order-ok");
+    assert_eq!(outcome("order-ok")["action"]["emitted_id"], shipment["id"]);
+    let approved: Vec<String> = read_all(&env.refunds_approved)
+        .iter()
+        .map(|r| r.json()["causationid"].to_string())
+        .collect();
+    assert_eq!(approved.len(), 2, "{approved:?}");
+
+    // Offsets were committed: a second run of the same group finds nothing to do.
+    let again = drain(&env, "it-worker-2").await;
+    assert_eq!(
+        again.total(),
+        0,
+        "nothing is processed twice after a clean stop: {again}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_event_is_dead_lettered_whole() {
+    let env = TestEnv::new(1);
+    env.create_topics().await;
+    let mut big = order("order-big", "/shop/web", 1.0);
+    big["data"]["note"] = json!("x".repeat(100_000));
+    produce(
+        &env.events,
+        &[
+            Rec::json("big", &big),
+            Rec::json("ok", &order("order-after-big", "/shop/web", 1.0)),
+        ],
+    )
+    .await;
+    let summary = drain(&env, "it-big").await;
+    assert_eq!(summary.total(), 2);
+    let audits = audits_by_key(&env.audit);
+    assert!(
+        !audits.contains_key("order-big"),
+        "an oversized record is not decoded, so it is keyed by coordinates"
+    );
+    let by_coordinates = audits
+        .iter()
+        .find(|(k, _)| k.ends_with("/0"))
+        .expect("oversized record audited by coordinates");
+    assert_eq!(by_coordinates.1[0]["reason"], "too_large");
+    assert_eq!(
+        audits["order-after-big"][0]["outcome"], "actioned",
+        "the worker keeps going"
+    );
+    let dlq = read_all(&env.dlq);
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(
+        dlq[0].value.as_ref().map(Vec::len),
+        Some(big.to_string().len()),
+        "original bytes kept whole"
+    );
+}

@@ -1,0 +1,225 @@
+//! The command line as a user meets it: `reflex check` and `reflex produce`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use crate::common::*;
+
+fn reflex(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(reflex_bin())
+        .args(args)
+        .env("REFLEX_CONFIG", config)
+        .env("REFLEX_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("reflex starts");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("reflex exits")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let dest = to.join(path.file_name().expect("file name"));
+        if path.is_dir() {
+            copy_dir(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).expect("copy");
+        }
+    }
+}
+
+/// A copy of the repository's config, schemas and policies that a test may break.
+fn sandbox() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for d in ["config", "schemas", "policies"] {
+        copy_dir(&repo().join(d), &dir.path().join(d));
+    }
+    dir
+}
+
+fn check(dir: &Path) -> (bool, String) {
+    let out = reflex(&dir.join("config/reflex.toml"), &["check"], None);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn check_accepts_the_repository_config() {
+    let (ok, text) = check(sandbox().path());
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("order.placed -> request_shipment (emit)"),
+        "{text}"
+    );
+}
+
+/// Breaks a copy of the repository in one way.
+type Breaker = Box<dyn Fn(&Path)>;
+
+#[test]
+fn check_names_each_configuration_error() {
+    let cases: Vec<(&str, Breaker, &str)> = vec![
+        (
+            "two actions",
+            Box::new(|d: &Path| {
+                let p = d.join("config/reflex.toml");
+                let text = std::fs::read_to_string(&p).expect("read")
+                    + "\n[actions.second]\nkind = \"log\"\ntypes = [\"refund.requested\"]\n";
+                std::fs::write(p, text).expect("write");
+            }),
+            "event type \"refund.requested\" has two actions: \"approve_refund\" and \"second\"",
+        ),
+        (
+            "no action",
+            Box::new(|d: &Path| {
+                std::fs::write(d.join("schemas/invoice.sent.json"), r#"{"type":"object"}"#)
+                    .expect("write")
+            }),
+            "event type \"invoice.sent\"",
+        ),
+        (
+            "no schema",
+            Box::new(|d: &Path| {
+                std::fs::remove_file(d.join("schemas/refund.requested.json")).expect("rm")
+            }),
+            "event type \"refund.requested\" of action \"approve_refund\" has no schema",
+        ),
+        (
+            "schema does not compile",
+            Box::new(|d: &Path| {
+                std::fs::write(d.join("schemas/order.placed.json"), r#"{"type": "objekt"}"#)
+                    .expect("write")
+            }),
+            "for event type \"order.placed\" does not compile",
+        ),
+        (
+            "rego does not parse",
+            Box::new(|d: &Path| {
+                std::fs::write(
+                    d.join("policies/sla.rego"),
+                    "package reflex.sla\ndeny contains x if {",
+                )
+                .expect("write")
+            }),
+            "sla.rego does not parse",
+        ),
+    ];
+    for (name, breaker, expected) in cases {
+        let dir = sandbox();
+        breaker(dir.path());
+        let (ok, text) = check(dir.path());
+        assert!(!ok, "{name}: check must fail");
+        assert!(
+            text.contains(expected),
+            "{name}: expected {expected:?} in:\n{text}"
+        );
+    }
+    let dir = sandbox();
+    let out = Command::new(reflex_bin())
+        .args([
+            "--config",
+            &dir.path().join("config/reflex.toml").display().to_string(),
+            "check",
+        ])
+        .env("REFLEX_KAFKA_BROKRES", "x:1")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("REFLEX_KAFKA_BROKRES"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn produce_validates_unless_told_not_to() {
+    let env = TestEnv::new(1);
+    env.create_topics().await;
+    let good = order("p-1", "/shop/web", 1.0).to_string();
+    let mut bad = order("p-2", "/shop/web", 1.0);
+    bad["data"]["amount"] = serde_json::json!(-5);
+    let unknown =
+        serde_json::json!({"specversion": "1.0", "id": "p-3", "source": "/s", "type": "nope"})
+            .to_string();
+    let input = format!(
+        "{good}\n{bad}\n\nnot json\n{unknown}\n{}\n",
+        refund("p-4", 3.0)
+    );
+    let out = reflex(
+        &env.config_path,
+        &["produce", "--topic", &env.events, "-"],
+        Some(&input),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "rejected lines make the exit status non-zero"
+    );
+    assert!(
+        stderr.contains("line 2: rejected") && stderr.contains("data/amount"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 4: rejected: not a CloudEvent"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 5: rejected: unknown event type \"nope\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("produced 2 events, rejected 3, failed 0"),
+        "{stderr}"
+    );
+    let ids: Vec<String> = read_all(&env.events)
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, ["p-1", "p-4"]);
+
+    let out = reflex(
+        &env.config_path,
+        &["produce", "--topic", &env.events, "--no-validate"],
+        Some("not json\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = reflex(
+        &env.config_path,
+        &["produce", "--topic", &env.events, "--binary"],
+        Some(&format!("{good}\n")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = read_all(&env.events);
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[2].value.as_deref(), Some(&b"not json"[..]));
+    assert_eq!(
+        all[3].headers.get("ce_id").map(String::as_str),
+        Some("p-1"),
+        "binary mode puts attributes in headers"
+    );
+    assert_eq!(all[3].key.as_deref(), Some("p-1"), "key is the subject");
+}

@@ -1,0 +1,314 @@
+//! Shared helpers: unique names, a config for a test's topics, producing, and reading topics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+
+/// The broker the tests use.
+pub fn brokers() -> String {
+    std::env::var("REFLEX_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A name unique to this test run.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The topics and group of one test.
+pub struct TestEnv {
+    pub _dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub events: String,
+    pub audit: String,
+    pub dlq: String,
+    pub shipments: String,
+    pub refunds_approved: String,
+    pub group: String,
+}
+
+impl TestEnv {
+    /// A config using the repository's schemas and policies with fresh topics.
+    pub fn new(partitions: i32) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = unique("it");
+        let env = Self {
+            config_path: dir.path().join("reflex.toml"),
+            events: format!("{run}.events"),
+            audit: format!("{run}.audit"),
+            dlq: format!("{run}.dlq"),
+            shipments: format!("{run}.shipments"),
+            refunds_approved: format!("{run}.refunds"),
+            group: format!("{run}.group"),
+            _dir: dir,
+        };
+        let repo = repo();
+        let text = format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+[kafka.consumer]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+[topics]
+events = ["{events}"]
+audit = "{audit}"
+dlq = "{dlq}"
+partitions = {partitions}
+[roles.actions]
+group_id = "{group}"
+max_event_bytes = 65536
+shutdown_timeout = "20s"
+[schemas]
+dir = "{schemas}"
+[policy]
+dir = "{policies}"
+[actions.request_shipment]
+kind = "emit"
+types = ["order.placed"]
+topic = "{shipments}"
+type = "shipment.requested"
+[actions.record_payment]
+kind = "log"
+types = ["payment.authorized"]
+[actions.approve_refund]
+kind = "emit"
+types = ["refund.requested"]
+topic = "{refunds}"
+type = "refund.approved"
+"#,
+            brokers = brokers(),
+            events = env.events,
+            audit = env.audit,
+            dlq = env.dlq,
+            group = env.group,
+            schemas = repo.join("schemas").display(),
+            policies = repo.join("policies").display(),
+            shipments = env.shipments,
+            refunds = env.refunds_approved,
+        );
+        std::fs::write(&env.config_path, text).expect("write config");
+        env
+    }
+
+    /// The validated config (no `REFLEX_*` variables applied).
+    pub fn config(&self) -> reflex::config::Config {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        reflex::config::Config::from_toml(&text, &self.config_path, Vec::new())
+            .expect("test config is valid")
+    }
+
+    /// Creates the topics the worker would create.
+    pub async fn create_topics(&self) {
+        let config = self.config();
+        reflex::kafka::ensure_topics(
+            &config.kafka,
+            &config.topics,
+            &[self.shipments.clone(), self.refunds_approved.clone()],
+        )
+        .await
+        .expect("topics created");
+    }
+}
+
+/// A record to produce.
+pub struct Rec {
+    pub key: Option<String>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Rec {
+    /// A structured-mode record.
+    pub fn json(key: &str, value: &Value) -> Self {
+        Self {
+            key: Some(key.to_owned()),
+            value: Some(value.to_string().into_bytes()),
+            headers: vec![],
+        }
+    }
+
+    /// Raw bytes.
+    pub fn raw(key: &str, value: &[u8]) -> Self {
+        Self {
+            key: Some(key.to_owned()),
+            value: Some(value.to_vec()),
+            headers: vec![],
+        }
+    }
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// Produces `records` to `topic`, waiting for every acknowledgement.
+pub async fn produce(topic: &str, records: &[Rec]) {
+    let producer = producer();
+    let mut deliveries = Vec::new();
+    for r in records {
+        let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v),
+            })
+        });
+        let mut fr: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(k) = &r.key {
+            fr = fr.key(k.as_str());
+        }
+        if let Some(v) = &r.value {
+            fr = fr.payload(v.as_slice());
+        }
+        deliveries.push(
+            producer
+                .send_result(fr)
+                .map_err(|(e, _)| e)
+                .expect("enqueued"),
+        );
+    }
+    for d in deliveries {
+        d.await.expect("delivery future").expect("delivered");
+    }
+}
+
+/// A record read back.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Read {
+    /// The value as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(self.value.as_deref().expect("record has a value"))
+            .expect("value is JSON")
+    }
+}
+
+/// Reads every record currently in `topic` (all partitions, from the beginning to the end).
+pub fn read_all(topic: &str) -> Vec<Read> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = BTreeMap::new();
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .expect("watermarks");
+        if high > low {
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)
+                .expect("add partition");
+            remaining.insert(*p, high);
+        }
+    }
+    let mut out = Vec::new();
+    if remaining.is_empty() {
+        return out;
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !remaining.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out reading {topic}"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = message.expect("read");
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Read {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+        if remaining
+            .get(&m.partition())
+            .is_some_and(|high| m.offset() + 1 >= *high)
+        {
+            remaining.remove(&m.partition());
+        }
+    }
+    out
+}
+
+/// Audit records of `topic` by key (last one wins, as compaction would keep).
+pub fn audits_by_key(topic: &str) -> BTreeMap<String, Vec<Value>> {
+    let mut map: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for r in read_all(topic) {
+        map.entry(r.key.clone().expect("audit records are keyed"))
+            .or_default()
+            .push(r.json());
+    }
+    map
+}
+
+/// A valid event of a demo type.
+pub fn order(id: &str, source: &str, amount: f64) -> Value {
+    serde_json::json!({
+        "specversion": "1.0", "id": id, "source": source, "type": "order.placed", "subject": id,
+        "time": chrono::Utc::now().to_rfc3339(),
+        "data": {"order_id": "ord-1", "customer_id": "c-1", "amount": amount, "currency": "EUR",
+                 "items": [{"sku": "S-1", "quantity": 1}]}
+    })
+}
+
+/// A refund request.
+pub fn refund(id: &str, amount: f64) -> Value {
+    serde_json::json!({
+        "specversion": "1.0", "id": id, "source": "/support/desk", "type": "refund.requested",
+        "time": chrono::Utc::now().to_rfc3339(),
+        "data": {"refund_id": "ref-1", "order_id": "ord-1", "amount": amount, "currency": "EUR", "reason": "damaged"}
+    })
+}
+
+/// The path of the built `reflex` binary.
+pub fn reflex_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_reflex"))
+}

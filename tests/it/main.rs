@@ -1,0 +1,7 @@
+//! Integration tests against the real local stack that `make up` starts (Apache Kafka on
+//! 127.0.0.1:9092, or `REFLEX_TEST_BROKERS`). Every test uses its own random topics and group.
+
+mod actions;
+mod cli;
+mod common;
+mod crash;
