@@ -6,7 +6,7 @@
 #   scripts/stack.sh status [SERVICE...]          one line per service; exit 3 unless all run
 #   scripts/stack.sh fetch  [SERVICE...]          only download what a service needs
 #
-# SERVICE defaults to all of: kafka. Each service NAME provides the functions
+# SERVICE defaults to all of: kafka registry. Each service NAME provides the functions
 # NAME_up, NAME_down, NAME_status (and optionally NAME_fetch); add new services
 # (schema registry, S3 server, ...) the same way and list them in SERVICES.
 #
@@ -24,7 +24,7 @@ STACK_DIR="${REFLEX_STACK_DIR:-$PWD/.stack}"
 [[ $STACK_DIR == /* ]] || STACK_DIR="$PWD/$STACK_DIR"
 
 # Start order; `down` goes in reverse.
-SERVICES=(kafka)
+SERVICES=(kafka registry)
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -402,6 +402,9 @@ kafka_status() {
         return 1
     fi
 }
+
+# shellcheck source=scripts/stack/registry.sh
+source "$SCRIPT_DIR/stack/registry.sh"
 
 # ---------------------------------------------------------------------------
 # main

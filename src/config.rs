@@ -36,12 +36,6 @@ pub enum ConfigError {
         /// The parser's message, with the key and line.
         message: String,
     },
-    /// A `REFLEX_*` variable matches no key.
-    #[error("environment variable {name} matches no configuration key (see config/reflex.toml for the keys)")]
-    UnknownEnv {
-        /// The variable.
-        name: String,
-    },
     /// A `REFLEX_*` variable has a value of the wrong type.
     #[error("environment variable {name}=\"{value}\" must be {expected}")]
     BadEnv {
@@ -172,6 +166,8 @@ pub struct Config {
     pub schema_dir: PathBuf,
     /// The policy directory, resolved.
     pub policy_dir: PathBuf,
+    /// Problems that do not stop reflex, such as a `REFLEX_*` variable that names no key.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -200,12 +196,17 @@ impl Config {
             toml::Value::try_from(RawConfig::default()).map_err(|e| parse_err(e.to_string()))?;
         let file: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
         merge(&mut tree, file);
-        env::apply(&mut tree, vars)?;
+        let unknown = env::apply(&mut tree, vars)?;
         let raw: RawConfig = tree
             .try_into()
             .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
-        Self::validate(raw, path, &base)
+        let mut config = Self::validate(raw, path, &base)?;
+        config.warnings = unknown
+            .into_iter()
+            .map(|name| format!("environment variable {name} names no configuration key; it is ignored"))
+            .collect();
+        Ok(config)
     }
 
     fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Self, ConfigError> {
@@ -270,6 +271,7 @@ impl Config {
             actions: Arc::new(actions),
             schema_dir,
             policy_dir,
+            warnings: Vec::new(),
         })
     }
 }

@@ -96,6 +96,9 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.config)
         .with_context(|| format!("configuration {} is not usable", cli.config.display()))?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,6 +106,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check => {
             println!("{}: ok", config.path.display());
+            for warning in &config.warnings {
+                println!("  warning: {warning}");
+            }
             println!(
                 "  schemas   {} ({} types)",
                 config.schema_dir.display(),

@@ -1,8 +1,12 @@
-//! The file schema registry: one JSON Schema per event type, compiled once at start-up.
+//! The file schema registry: one schema per event type, compiled once at start-up.
 //!
-//! `schemas/<event type>.json` holds the schema of that type's `data`. A schema that does not
-//! parse or compile is a start-up error naming the file; validation errors carry the JSON path
-//! of the offending value, never the value itself.
+//! `schemas/<event type>.json` (JSON Schema) or `schemas/<event type>.avsc` (Avro) holds the
+//! schema of that type's `data`. A schema that does not parse or compile is a start-up error
+//! naming the file; validation errors carry the JSON path of the offending value, never the
+//! value itself. [`wire`] reads the Confluent wire format and [`avro`] decodes Avro datums.
+
+pub mod avro;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +31,16 @@ pub enum SchemaError {
         path: PathBuf,
         /// The parser's message.
         message: String,
+    },
+    /// Two schema files for one event type.
+    #[error("event type \"{ty}\" has two schemas: {first} and {second}; keep one")]
+    TwoSchemas {
+        /// The event type.
+        ty: String,
+        /// One file.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
     },
     /// A schema file is JSON but not a valid JSON Schema.
     #[error("schema {path} for event type \"{ty}\" does not compile: {message}")]
@@ -67,7 +81,62 @@ pub struct SchemaRegistry {
 
 struct Compiled {
     path: PathBuf,
-    validator: jsonschema::Validator,
+    text: String,
+    kind: Kind,
+}
+
+/// A compiled schema of either format.
+pub enum Kind {
+    /// A JSON Schema validator.
+    Json(Box<jsonschema::Validator>),
+    /// An Avro schema.
+    Avro(Box<apache_avro::Schema>),
+}
+
+/// The format of a schema, as the Confluent API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON Schema (`JSON`).
+    Json,
+    /// Avro (`AVRO`).
+    Avro,
+}
+
+impl Kind {
+    /// Compiles `text` of `format`.
+    pub fn compile(format: Format, text: &str) -> Result<Self, String> {
+        match format {
+            Format::Avro => avro::parse(text).map(|s| Self::Avro(Box::new(s))),
+            Format::Json => {
+                let schema: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+                jsonschema::options()
+                    .should_validate_formats(true)
+                    .build(&schema)
+                    .map(|v| Self::Json(Box::new(v)))
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Validates JSON `data`: the first few violations, empty when valid.
+    pub fn validate(&self, data: &Value) -> Vec<Violation> {
+        match self {
+            Self::Json(validator) => {
+                if validator.is_valid(data) {
+                    return Vec::new();
+                }
+                validator
+                    .iter_errors(data)
+                    .take(5)
+                    .map(|e| Violation { path: e.instance_path().to_string(), message: describe(&e) })
+                    .collect()
+            }
+            Self::Avro(schema) => match avro::validate_json(schema, data) {
+                Ok(()) => Vec::new(),
+                Err(message) => vec![Violation { path: String::new(), message }],
+            },
+        }
+    }
 }
 
 impl std::fmt::Debug for SchemaRegistry {
@@ -89,7 +158,7 @@ impl SchemaRegistry {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| read(dir, e))?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|ext| ext == "json"))
+            .filter(|p| p.extension().is_some_and(|ext| ext == "json" || ext == "avsc"))
             .collect();
         entries.sort();
         for path in entries {
@@ -97,19 +166,19 @@ impl SchemaRegistry {
                 continue;
             };
             let text = std::fs::read_to_string(&path).map_err(|e| read(&path, e))?;
-            let schema: Value = serde_json::from_str(&text).map_err(|e| SchemaError::NotJson {
+            if let Err(e) = serde_json::from_str::<Value>(&text) {
+                return Err(SchemaError::NotJson { path, message: e.to_string() });
+            }
+            let format = if path.extension().is_some_and(|e| e == "avsc") { Format::Avro } else { Format::Json };
+            let kind = Kind::compile(format, &text).map_err(|message| SchemaError::Compile {
+                ty: ty.clone(),
                 path: path.clone(),
-                message: e.to_string(),
+                message,
             })?;
-            let validator = jsonschema::options()
-                .should_validate_formats(true)
-                .build(&schema)
-                .map_err(|e| SchemaError::Compile {
-                    ty: ty.clone(),
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-            schemas.insert(ty, Compiled { path, validator });
+            if let Some(first) = schemas.get(&ty).map(|c: &Compiled| c.path.clone()) {
+                return Err(SchemaError::TwoSchemas { ty, first, second: path });
+            }
+            schemas.insert(ty, Compiled { path, text, kind });
         }
         Ok(Self { schemas })
     }
@@ -129,24 +198,21 @@ impl SchemaRegistry {
         self.schemas.get(ty).map(|c| c.path.as_path())
     }
 
+    /// The schema text and format of `ty`, as registered.
+    pub fn source(&self, ty: &str) -> Option<(Format, &str)> {
+        self.schemas.get(ty).map(|c| {
+            let format = match c.kind {
+                Kind::Json(_) => Format::Json,
+                Kind::Avro(_) => Format::Avro,
+            };
+            (format, c.text.as_str())
+        })
+    }
+
     /// Validates `data` against the schema of `ty`. `None` if the type has no schema; otherwise
     /// the first few violations (empty when valid).
     pub fn validate(&self, ty: &str, data: &Value) -> Option<Vec<Violation>> {
-        let compiled = self.schemas.get(ty)?;
-        if compiled.validator.is_valid(data) {
-            return Some(Vec::new());
-        }
-        Some(
-            compiled
-                .validator
-                .iter_errors(data)
-                .take(5)
-                .map(|e| Violation {
-                    path: e.instance_path().to_string(),
-                    message: describe(&e),
-                })
-                .collect(),
-        )
+        self.schemas.get(ty).map(|c| c.kind.validate(data))
     }
 }
 
