@@ -45,6 +45,14 @@ pub enum DeadLetterReason {
     UnknownType,
     /// `data` violates the type's schema.
     SchemaInvalid,
+    /// `data` claims the Confluent wire format but its header is malformed.
+    WireFormat,
+    /// The wire-format schema id is not in the registry (or no registry is configured).
+    SchemaNotFound,
+    /// The wire-format schema id belongs to another subject than the event type's.
+    SchemaSubjectMismatch,
+    /// The wire-format payload does not decode with its schema (truncated, trailing bytes…).
+    DataUndecodable,
 }
 
 impl DeadLetterReason {
@@ -55,6 +63,10 @@ impl DeadLetterReason {
             Self::Undecodable => "undecodable",
             Self::UnknownType => "unknown_type",
             Self::SchemaInvalid => "schema_invalid",
+            Self::WireFormat => "wire_format",
+            Self::SchemaNotFound => "schema_not_found",
+            Self::SchemaSubjectMismatch => "schema_subject_mismatch",
+            Self::DataUndecodable => "data_undecodable",
         }
     }
 }

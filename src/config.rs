@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use raw::{
-    RawAction, RawActionsRole, RawConfig, RawKafka, RawPolicy, RawRoles, RawSchemas, RawTopics,
+    RawAction, RawActionsRole, RawConfig, RawKafka, RawPolicy, RawRegistry, RawRoles, RawSchemas,
+    RawTopics,
 };
 
 use crate::action::{Action, ActionKind, ActionTable};
 use crate::policy::{PolicyError, PolicySet};
+use crate::registry::{HttpRegistry, RegistryError};
 use crate::schema::{SchemaError, SchemaRegistry};
 
 /// Why the configuration is unusable. Each message names the offending value.
@@ -95,6 +97,14 @@ pub enum ConfigError {
     /// A schema failed to load.
     #[error(transparent)]
     Schema(#[from] SchemaError),
+    /// The registry client could not be set up.
+    #[error("[registry] url = \"{url}\": {source}")]
+    Registry {
+        /// The URL.
+        url: String,
+        /// What failed.
+        source: RegistryError,
+    },
     /// The policies failed to load.
     #[error(transparent)]
     Policy(#[from] PolicyError),
@@ -166,6 +176,10 @@ pub struct Config {
     pub schema_dir: PathBuf,
     /// The policy directory, resolved.
     pub policy_dir: PathBuf,
+    /// The HTTP schema registry, when `[registry] url` is set.
+    pub registry: Option<Arc<HttpRegistry>>,
+    /// Header naming the type of plain wire-format records.
+    pub type_header: String,
     /// Problems that do not stop reflex, such as a `REFLEX_*` variable that names no key.
     pub warnings: Vec<String>,
 }
@@ -243,6 +257,13 @@ impl Config {
         let schemas = SchemaRegistry::load(&schema_dir)?;
         let policy = PolicySet::load(&policy_dir, &raw.policy.entry, raw.policy.timeout)?;
         let actions = build_actions(&raw.actions, &schemas, &schema_dir)?;
+        let registry = match raw.registry.url.trim() {
+            "" => None,
+            url => Some(Arc::new(
+                HttpRegistry::new(url, raw.registry.timeout)
+                    .map_err(|source| ConfigError::Registry { url: url.to_owned(), source })?,
+            )),
+        };
         Ok(Self {
             path: path.to_owned(),
             kafka: KafkaConfig {
@@ -271,6 +292,8 @@ impl Config {
             actions: Arc::new(actions),
             schema_dir,
             policy_dir,
+            registry,
+            type_header: raw.registry.type_header,
             warnings: Vec::new(),
         })
     }

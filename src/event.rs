@@ -24,6 +24,9 @@ pub enum Mode {
     Structured,
     /// Attributes are `ce_*` headers; the value is `data`.
     Binary,
+    /// Not a CloudEvent: a wire-format record whose envelope reflex derived (type from a header
+    /// or the schema's name, id from the record's coordinates).
+    Plain,
 }
 
 /// A decoded CloudEvent whose `data` is JSON.
@@ -113,6 +116,13 @@ impl CloudEvent {
                 "application/octet-stream (data_base64)".into(),
             ));
         }
+        Ok(event)
+    }
+
+    /// Decodes the `ce_*` headers of a binary-mode record whose value is decoded elsewhere.
+    pub fn decode_attributes(headers: &[(&str, &[u8])]) -> Result<Self, DecodeError> {
+        let event = Self::decode_binary(None, headers)?;
+        event.check()?;
         Ok(event)
     }
 

@@ -9,7 +9,8 @@
 //! # Layout
 //! - [`config`]: the configuration file, `REFLEX_*` overrides and start-up validation.
 //! - [`event`]: CloudEvents 1.0 decoding, structured and binary mode.
-//! - [`schema`]: the file schema registry (JSON Schema per event type).
+//! - [`schema`]: the file schema registry (JSON Schema or Avro per event type), the wire format.
+//! - [`registry`]: a Confluent-compatible HTTP schema registry with a cache of schemas by id.
 //! - [`policy`]: Rego policies with regorus; the decision contract; failing closed.
 //! - [`action`]: the inline actions (`emit`, `log`) and the type → action table.
 //! - [`audit`]: the audit record and the outcome and reason codes.
@@ -37,6 +38,7 @@ pub mod kafka;
 pub mod pipeline;
 pub mod policy;
 pub mod produce;
+pub mod registry;
 pub mod schema;
 pub mod summary;
 pub mod worker;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use reflex::config::Config;
 use reflex::produce::{self, ProduceOptions};
+use reflex::registry::manage;
 use reflex::worker::{self, RunOptions};
 
 /// Governed, audited actions from business events on Kafka.
@@ -79,6 +80,21 @@ enum Command {
     },
     /// Create the configured topics that do not exist yet.
     Topics,
+    /// Keep the schema registry in step with `schemas/` (needs `[registry] url`).
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemasCommand {
+    /// Each local schema, and its subject's versions in the registry.
+    List,
+    /// Check every local schema against its subject's latest version (exit 1 if incompatible).
+    Check,
+    /// Register every local schema under its subject (idempotent); prints subject, version, id.
+    Register,
 }
 
 fn main() -> ExitCode {
@@ -152,6 +168,35 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Schemas { command } => {
+            let Some(registry) = config.registry.clone() else {
+                anyhow::bail!("no schema registry configured: set [registry] url in {} or REFLEX_REGISTRY_URL", config.path.display());
+            };
+            let local = config.schemas.clone();
+            match command {
+                SchemasCommand::List => {
+                    for state in runtime.block_on(manage::list(&local, &registry))? {
+                        println!("{state}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                SchemasCommand::Register => {
+                    for v in runtime.block_on(manage::register(&local, &registry))? {
+                        println!("{:<24} version {:<3} id {}", v.subject, v.version, v.id);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                SchemasCommand::Check => {
+                    let problems = runtime.block_on(manage::check(&local, &registry))?;
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    let total = local.types().count();
+                    println!("{} of {total} schemas compatible with {}", total - problems.len(), registry.url());
+                    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+                }
+            }
         }
         Command::Produce {
             topic,

@@ -12,6 +12,7 @@ use crate::action::{ActionTable, Effect};
 use crate::audit::{AuditRecord, DeadLetterReason, Outcome, Timings};
 use crate::event::{CloudEvent, Mode};
 use crate::policy::Evaluator;
+use crate::registry::HttpRegistry;
 use crate::schema::SchemaRegistry;
 
 /// Headers reflex adds to a dead-letter record.
@@ -88,6 +89,8 @@ pub struct Processor {
     dlq_topic: String,
     max_event_bytes: usize,
     worker: String,
+    registry: Option<Arc<HttpRegistry>>,
+    type_header: String,
 }
 
 /// Settings a [`Processor`] needs besides schemas, actions and policies.
@@ -101,6 +104,10 @@ pub struct ProcessorSettings {
     pub max_event_bytes: usize,
     /// This worker's id, recorded in audit and dead-letter records.
     pub worker: String,
+    /// The schema registry for wire-format data.
+    pub registry: Option<Arc<HttpRegistry>>,
+    /// Header naming the type of plain wire-format records.
+    pub type_header: String,
 }
 
 impl Processor {
@@ -119,6 +126,8 @@ impl Processor {
             dlq_topic: settings.dlq_topic,
             max_event_bytes: settings.max_event_bytes,
             worker: settings.worker,
+            registry: settings.registry,
+            type_header: settings.type_header,
         }
     }
 
@@ -164,27 +173,27 @@ impl Processor {
         }
 
         let started = Instant::now();
-        let decoded = CloudEvent::decode(input.value, input.headers);
+        let is_wire = input.value.is_some_and(crate::schema::wire::looks_like_wire);
+        let decoded = if is_wire {
+            wire::decode(self.registry.as_deref(), &self.type_header, input)
+        } else {
+            CloudEvent::decode(input.value, input.headers).map_err(|e| wire::Rejected {
+                reason: DeadLetterReason::Undecodable,
+                error: e.to_string(),
+                event: None,
+            })
+        };
         timings.decode = micros(started);
         let (event, mode) = match decoded {
             Ok(ok) => ok,
-            Err(e) => {
-                return self.dead_letter(
-                    input,
-                    audit,
-                    records,
-                    DeadLetterReason::Undecodable,
-                    e.to_string(),
-                    timings,
-                )
+            Err(rejected) => {
+                if let Some((event, mode)) = &rejected.event {
+                    describe(&mut audit, event, *mode);
+                }
+                return self.dead_letter(input, audit, records, rejected.reason, rejected.error, timings);
             }
         };
-        audit.event_id = Some(event.id.clone());
-        audit.ty = Some(event.ty.clone());
-        audit.source = Some(event.source.clone());
-        audit.subject = event.subject.clone();
-        audit.event_time = event.time.clone();
-        audit.mode = Some(mode);
+        describe(&mut audit, &event, mode);
 
         let Some(action) = self.actions.get(&event.ty).cloned() else {
             let why = format!("event type \"{}\" has no schema and no action", event.ty);
@@ -198,9 +207,10 @@ impl Processor {
             );
         };
 
+        // Wire-format data was validated against its registered schema while decoding.
         let started = Instant::now();
         let data = event.data.as_ref().unwrap_or(&Value::Null);
-        let violations = self.schemas.validate(&event.ty, data).unwrap_or_default();
+        let violations = if is_wire { Vec::new() } else { self.schemas.validate(&event.ty, data).unwrap_or_default() };
         timings.validate = micros(started);
         if !violations.is_empty() {
             let why = violations
@@ -321,6 +331,16 @@ impl Processor {
     }
 }
 
+/// Copies the envelope into the audit record.
+fn describe(audit: &mut AuditRecord, event: &CloudEvent, mode: Mode) {
+    audit.event_id = Some(event.id.clone());
+    audit.ty = Some(event.ty.clone());
+    audit.source = Some(event.source.clone());
+    audit.subject = event.subject.clone();
+    audit.event_time = event.time.clone();
+    audit.mode = Some(mode);
+}
+
 /// The policy input document: `{event, enrichment, context}`.
 fn policy_input(event: &CloudEvent, mode: Mode, input: &Input<'_>) -> regorus::Value {
     let doc = json!({
@@ -341,6 +361,8 @@ fn policy_input(event: &CloudEvent, mode: Mode, input: &Input<'_>) -> regorus::V
 fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
+
+mod wire;
 
 #[cfg(test)]
 mod tests;

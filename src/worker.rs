@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::kafka::{self, KafkaSetupError};
 use crate::pipeline::{Input, Processor, ProcessorSettings};
+use crate::registry::{HttpRegistry, Lookup, RegistryError};
+use crate::schema::wire;
 use crate::summary::Summary;
 
 /// Why the worker stopped with an error.
@@ -140,6 +142,8 @@ pub async fn run(
             dlq_topic: config.topics.dlq.clone(),
             max_event_bytes: role.max_event_bytes,
             worker: options.worker_id.clone(),
+            registry: config.registry.clone(),
+            type_header: config.type_header.clone(),
         },
     );
     tracing::info!(
@@ -191,6 +195,11 @@ pub async fn run(
                     }
                 };
                 idle_since = Instant::now();
+                if let (Some(registry), Some(value)) = (config.registry.as_deref(), message.payload()) {
+                    if !await_schema(registry, value, &shutdown).await {
+                        break;
+                    }
+                }
                 let headers: Vec<(&str, &[u8])> = message
                     .headers()
                     .map(|h| h.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect())
@@ -270,6 +279,31 @@ pub async fn run(
     consumer.unsubscribe();
     tracing::info!(events = summary.total(), "actions worker stopped");
     result.map(|()| summary)
+}
+
+/// Makes sure the schema of a wire-format `value` is resolved (or known not to exist) before the
+/// record is processed. A registry that cannot be reached is not the event's fault: the record
+/// waits, with backoff, and the worker logs why. Returns false if shutdown came first.
+async fn await_schema(registry: &HttpRegistry, value: &[u8], shutdown: &CancellationToken) -> bool {
+    let Ok((id, _)) = wire::split(value) else { return true };
+    if !matches!(registry.lookup(id), Lookup::Unknown) {
+        return true;
+    }
+    let mut backoff = Duration::from_millis(100);
+    for attempt in 1.. {
+        match registry.resolve(id).await {
+            Ok(_) | Err(RegistryError::NotFound(_) | RegistryError::Compile { .. }) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, schema_id = id, attempt, retry_in = ?backoff, "schema registry unavailable; the event waits for its schema");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    true
 }
 
 /// Topics that emit actions write to, created with the others.

@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub schemas: RawSchemas,
     /// Where the policies live and how they are evaluated.
     pub policy: RawPolicy,
+    /// A Confluent-compatible schema registry for wire-format data.
+    pub registry: RawRegistry,
     /// Actions by name; each names the event types it handles.
     pub actions: BTreeMap<String, RawAction>,
 }
@@ -133,6 +135,25 @@ impl Default for RawSchemas {
         Self {
             dir: PathBuf::from("schemas"),
         }
+    }
+}
+
+/// `[registry]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRegistry {
+    /// Base URL of the Confluent-compatible API; empty for none.
+    pub url: String,
+    /// Timeout of one registry request.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Header naming the event type of plain (non-CloudEvents) wire-format records.
+    pub type_header: String,
+}
+
+impl Default for RawRegistry {
+    fn default() -> Self {
+        Self { url: String::new(), timeout: Duration::from_secs(5), type_header: "event_type".into() }
     }
 }
 

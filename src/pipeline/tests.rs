@@ -52,6 +52,8 @@ fn fixture(policy: &str) -> Fixture {
             dlq_topic: "dlq".into(),
             max_event_bytes: 1024,
             worker: "w1".into(),
+            registry: None,
+            type_header: "event_type".into(),
         },
     );
     Fixture {
