@@ -218,7 +218,9 @@ impl Config {
         let mut config = Self::validate(raw, path, &base)?;
         config.warnings = unknown
             .into_iter()
-            .map(|name| format!("environment variable {name} names no configuration key; it is ignored"))
+            .map(|name| {
+                format!("environment variable {name} names no configuration key; it is ignored")
+            })
             .collect();
         Ok(config)
     }
@@ -260,8 +262,12 @@ impl Config {
         let registry = match raw.registry.url.trim() {
             "" => None,
             url => Some(Arc::new(
-                HttpRegistry::new(url, raw.registry.timeout)
-                    .map_err(|source| ConfigError::Registry { url: url.to_owned(), source })?,
+                HttpRegistry::new(url, raw.registry.timeout).map_err(|source| {
+                    ConfigError::Registry {
+                        url: url.to_owned(),
+                        source,
+                    }
+                })?,
             )),
         };
         Ok(Self {

@@ -193,8 +193,16 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                         eprintln!("{p}");
                     }
                     let total = local.types().count();
-                    println!("{} of {total} schemas compatible with {}", total - problems.len(), registry.url());
-                    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+                    println!(
+                        "{} of {total} schemas compatible with {}",
+                        total - problems.len(),
+                        registry.url()
+                    );
+                    Ok(if problems.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
                 }
             }
         }

@@ -173,7 +173,9 @@ impl Processor {
         }
 
         let started = Instant::now();
-        let is_wire = input.value.is_some_and(crate::schema::wire::looks_like_wire);
+        let is_wire = input
+            .value
+            .is_some_and(crate::schema::wire::looks_like_wire);
         let decoded = if is_wire {
             wire::decode(self.registry.as_deref(), &self.type_header, input)
         } else {
@@ -190,7 +192,14 @@ impl Processor {
                 if let Some((event, mode)) = &rejected.event {
                     describe(&mut audit, event, *mode);
                 }
-                return self.dead_letter(input, audit, records, rejected.reason, rejected.error, timings);
+                return self.dead_letter(
+                    input,
+                    audit,
+                    records,
+                    rejected.reason,
+                    rejected.error,
+                    timings,
+                );
             }
         };
         describe(&mut audit, &event, mode);
@@ -210,7 +219,11 @@ impl Processor {
         // Wire-format data was validated against its registered schema while decoding.
         let started = Instant::now();
         let data = event.data.as_ref().unwrap_or(&Value::Null);
-        let violations = if is_wire { Vec::new() } else { self.schemas.validate(&event.ty, data).unwrap_or_default() };
+        let violations = if is_wire {
+            Vec::new()
+        } else {
+            self.schemas.validate(&event.ty, data).unwrap_or_default()
+        };
         timings.validate = micros(started);
         if !violations.is_empty() {
             let why = violations

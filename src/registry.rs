@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use schema_registry_converter::async_impl::schema_registry::{get_schema_by_id, post_schema, SrSettings};
+use schema_registry_converter::async_impl::schema_registry::{
+    get_schema_by_id, post_schema, SrSettings,
+};
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use serde::Deserialize;
 
@@ -84,6 +86,9 @@ pub struct SubjectVersion {
     pub version: u32,
     /// Schema id.
     pub id: u32,
+    /// The schema text.
+    #[serde(default)]
+    pub schema: String,
 }
 
 /// Client with a cache of schemas by id.
@@ -97,7 +102,9 @@ pub struct HttpRegistry {
 
 impl std::fmt::Debug for HttpRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpRegistry").field("url", &self.url).finish()
+        f.debug_struct("HttpRegistry")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
@@ -117,13 +124,25 @@ impl HttpRegistry {
     /// A client for the registry at `url` (e.g. `http://127.0.0.1:8081/apis/ccompat/v7`).
     pub fn new(url: &str, timeout: Duration) -> Result<Self, RegistryError> {
         let url = url.trim_end_matches('/').to_owned();
-        let unavailable = |message: String| RegistryError::Unavailable { url: url.clone(), message };
+        let unavailable = |message: String| RegistryError::Unavailable {
+            url: url.clone(),
+            message,
+        };
         let settings = SrSettings::new_builder(url.clone())
             .set_timeout(timeout)
             .build()
             .map_err(|e| unavailable(e.to_string()))?;
-        let http = reqwest::Client::builder().timeout(timeout).build().map_err(|e| unavailable(e.to_string()))?;
-        Ok(Self { url, settings, http, cache: RwLock::default(), missing: RwLock::default() })
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(Self {
+            url,
+            settings,
+            http,
+            cache: RwLock::default(),
+            missing: RwLock::default(),
+        })
     }
 
     /// The registry's URL.
@@ -158,14 +177,21 @@ impl HttpRegistry {
             SchemaType::Avro => Format::Avro,
             SchemaType::Json => Format::Json,
             other => {
-                return Err(RegistryError::Compile { id, message: format!("schema type {other:?} is not supported") })
+                return Err(RegistryError::Compile {
+                    id,
+                    message: format!("schema type {other:?} is not supported"),
+                })
             }
         };
         let kind = match Kind::compile(format, &fetched.schema) {
             Ok(kind) => kind,
-            Err(message) => return Err(self.remember_missing(RegistryError::Compile { id, message }, id)),
+            Err(message) => {
+                return Err(self.remember_missing(RegistryError::Compile { id, message }, id))
+            }
         };
-        let versions: Vec<IdVersion> = self.get_json(&format!("/schemas/ids/{id}/versions")).await?;
+        let versions: Vec<IdVersion> = self
+            .get_json(&format!("/schemas/ids/{id}/versions"))
+            .await?;
         let name = match &kind {
             Kind::Avro(schema) => crate::schema::avro::record_name(schema),
             Kind::Json(_) => serde_json::from_str::<serde_json::Value>(&fetched.schema)
@@ -187,7 +213,12 @@ impl HttpRegistry {
 
     /// Registers `text` under `subject` (idempotent: an identical schema keeps its id) and
     /// returns the subject's version that holds it.
-    pub async fn register(&self, subject: &str, format: Format, text: &str) -> Result<SubjectVersion, RegistryError> {
+    pub async fn register(
+        &self,
+        subject: &str,
+        format: Format,
+        text: &str,
+    ) -> Result<SubjectVersion, RegistryError> {
         let schema_type = match format {
             Format::Avro => SchemaType::Avro,
             Format::Json => SchemaType::Json,
@@ -195,14 +226,25 @@ impl HttpRegistry {
         let supplied = SuppliedSchema::new(Some(subject.to_owned()), schema_type, text.to_owned());
         post_schema(&self.settings, subject.to_owned(), supplied)
             .await
-            .map_err(|e| RegistryError::Refused { what: format!("subject \"{subject}\""), message: e.to_string() })?;
+            .map_err(|e| RegistryError::Refused {
+                what: format!("subject \"{subject}\""),
+                message: e.to_string(),
+            })?;
         self.find(subject, format, text)
             .await?
-            .ok_or_else(|| RegistryError::Refused { what: format!("subject \"{subject}\""), message: "registered schema not found".into() })
+            .ok_or_else(|| RegistryError::Refused {
+                what: format!("subject \"{subject}\""),
+                message: "registered schema not found".into(),
+            })
     }
 
     /// The version of `subject` holding exactly `text`, if registered.
-    pub async fn find(&self, subject: &str, format: Format, text: &str) -> Result<Option<SubjectVersion>, RegistryError> {
+    pub async fn find(
+        &self,
+        subject: &str,
+        format: Format,
+        text: &str,
+    ) -> Result<Option<SubjectVersion>, RegistryError> {
         let body = schema_body(format, text);
         let response = self
             .http
@@ -215,8 +257,14 @@ impl HttpRegistry {
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let response = response.error_for_status().map_err(|e| self.unavailable(e.to_string()))?;
-        response.json().await.map(Some).map_err(|e| self.unavailable(e.to_string()))
+        let response = response
+            .error_for_status()
+            .map_err(|e| self.unavailable(e.to_string()))?;
+        response
+            .json()
+            .await
+            .map(Some)
+            .map_err(|e| self.unavailable(e.to_string()))
     }
 
     /// The latest version of `subject`, if any.
@@ -230,8 +278,14 @@ impl HttpRegistry {
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let response = response.error_for_status().map_err(|e| self.unavailable(e.to_string()))?;
-        response.json().await.map(Some).map_err(|e| self.unavailable(e.to_string()))
+        let response = response
+            .error_for_status()
+            .map_err(|e| self.unavailable(e.to_string()))?;
+        response
+            .json()
+            .await
+            .map(Some)
+            .map_err(|e| self.unavailable(e.to_string()))
     }
 
     /// The compatibility level that applies to `subject` (its own or the global one).
@@ -241,7 +295,9 @@ impl HttpRegistry {
             #[serde(rename = "compatibilityLevel", alias = "compatibility")]
             level: String,
         }
-        let subject_level: Result<Level, _> = self.get_json(&format!("/config/{subject}?defaultToGlobal=true")).await;
+        let subject_level: Result<Level, _> = self
+            .get_json(&format!("/config/{subject}?defaultToGlobal=true"))
+            .await;
         match subject_level {
             Ok(l) => Ok(l.level),
             Err(_) => self.get_json::<Level>("/config").await.map(|l| l.level),
@@ -250,10 +306,18 @@ impl HttpRegistry {
 
     /// Whether `text` is compatible with the latest version of `subject` under the subject's
     /// compatibility level; the registry's messages name what is incompatible.
-    pub async fn check_compatible(&self, subject: &str, format: Format, text: &str) -> Result<Vec<String>, RegistryError> {
+    pub async fn check_compatible(
+        &self,
+        subject: &str,
+        format: Format,
+        text: &str,
+    ) -> Result<Vec<String>, RegistryError> {
         let response = self
             .http
-            .post(format!("{}/compatibility/subjects/{subject}/versions/latest?verbose=true", self.url))
+            .post(format!(
+                "{}/compatibility/subjects/{subject}/versions/latest?verbose=true",
+                self.url
+            ))
             .header("Content-Type", "application/vnd.schemaregistry.v1+json")
             .json(&schema_body(format, text))
             .send()
@@ -263,15 +327,21 @@ impl HttpRegistry {
             return Ok(Vec::new());
         }
         let status = response.status();
-        let text_body = response.text().await.map_err(|e| self.unavailable(e.to_string()))?;
-        let answer: Compatibility = serde_json::from_str(&text_body).map_err(|_| RegistryError::Refused {
-            what: format!("the compatibility check of subject \"{subject}\""),
-            message: format!("{status}: {text_body}"),
-        })?;
+        let text_body = response
+            .text()
+            .await
+            .map_err(|e| self.unavailable(e.to_string()))?;
+        let answer: Compatibility =
+            serde_json::from_str(&text_body).map_err(|_| RegistryError::Refused {
+                what: format!("the compatibility check of subject \"{subject}\""),
+                message: format!("{status}: {text_body}"),
+            })?;
         if answer.is_compatible {
             Ok(Vec::new())
         } else if answer.messages.is_empty() {
-            Ok(vec!["the registry reports it incompatible without details".to_owned()])
+            Ok(vec![
+                "the registry reports it incompatible without details".to_owned()
+            ])
         } else {
             Ok(answer.messages)
         }
@@ -282,7 +352,10 @@ impl HttpRegistry {
         self.get_json("/subjects").await
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, RegistryError> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, RegistryError> {
         let response = self
             .http
             .get(format!("{}{path}", self.url))
@@ -290,7 +363,10 @@ impl HttpRegistry {
             .await
             .and_then(reqwest::Response::error_for_status)
             .map_err(|e| self.unavailable(e.to_string()))?;
-        response.json().await.map_err(|e| self.unavailable(e.to_string()))
+        response
+            .json()
+            .await
+            .map_err(|e| self.unavailable(e.to_string()))
     }
 
     /// Caches a permanent failure for `id`, so the event is dead-lettered with it.
@@ -302,7 +378,10 @@ impl HttpRegistry {
     }
 
     fn unavailable(&self, message: String) -> RegistryError {
-        RegistryError::Unavailable { url: self.url.clone(), message }
+        RegistryError::Unavailable {
+            url: self.url.clone(),
+            message,
+        }
     }
 }
 

@@ -108,7 +108,8 @@ impl Kind {
         match format {
             Format::Avro => avro::parse(text).map(|s| Self::Avro(Box::new(s))),
             Format::Json => {
-                let schema: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+                let schema: Value =
+                    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
                 jsonschema::options()
                     .should_validate_formats(true)
                     .build(&schema)
@@ -128,12 +129,18 @@ impl Kind {
                 validator
                     .iter_errors(data)
                     .take(5)
-                    .map(|e| Violation { path: e.instance_path().to_string(), message: describe(&e) })
+                    .map(|e| Violation {
+                        path: e.instance_path().to_string(),
+                        message: describe(&e),
+                    })
                     .collect()
             }
             Self::Avro(schema) => match avro::validate_json(schema, data) {
                 Ok(()) => Vec::new(),
-                Err(message) => vec![Violation { path: String::new(), message }],
+                Err(message) => vec![Violation {
+                    path: String::new(),
+                    message,
+                }],
             },
         }
     }
@@ -158,7 +165,10 @@ impl SchemaRegistry {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| read(dir, e))?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|ext| ext == "json" || ext == "avsc"))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|ext| ext == "json" || ext == "avsc")
+            })
             .collect();
         entries.sort();
         for path in entries {
@@ -167,16 +177,27 @@ impl SchemaRegistry {
             };
             let text = std::fs::read_to_string(&path).map_err(|e| read(&path, e))?;
             if let Err(e) = serde_json::from_str::<Value>(&text) {
-                return Err(SchemaError::NotJson { path, message: e.to_string() });
+                return Err(SchemaError::NotJson {
+                    path,
+                    message: e.to_string(),
+                });
             }
-            let format = if path.extension().is_some_and(|e| e == "avsc") { Format::Avro } else { Format::Json };
+            let format = if path.extension().is_some_and(|e| e == "avsc") {
+                Format::Avro
+            } else {
+                Format::Json
+            };
             let kind = Kind::compile(format, &text).map_err(|message| SchemaError::Compile {
                 ty: ty.clone(),
                 path: path.clone(),
                 message,
             })?;
             if let Some(first) = schemas.get(&ty).map(|c: &Compiled| c.path.clone()) {
-                return Err(SchemaError::TwoSchemas { ty, first, second: path });
+                return Err(SchemaError::TwoSchemas {
+                    ty,
+                    first,
+                    second: path,
+                });
             }
             schemas.insert(ty, Compiled { path, text, kind });
         }

@@ -285,7 +285,9 @@ pub async fn run(
 /// record is processed. A registry that cannot be reached is not the event's fault: the record
 /// waits, with backoff, and the worker logs why. Returns false if shutdown came first.
 async fn await_schema(registry: &HttpRegistry, value: &[u8], shutdown: &CancellationToken) -> bool {
-    let Ok((id, _)) = wire::split(value) else { return true };
+    let Ok((id, _)) = wire::split(value) else {
+        return true;
+    };
     if !matches!(registry.lookup(id), Lookup::Unknown) {
         return true;
     }

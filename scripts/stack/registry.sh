@@ -94,13 +94,14 @@ registry_up() {
     if [[ -z ${pid:-} ]]; then
         say "registry: starting Apicurio Registry $REGISTRY_VERSION on $REGISTRY_URL (logs: $REGISTRY_LOGS/registry.log)"
         # shellcheck disable=SC2086,SC2016  # heap opts are a word list; $$/$0 are the inner bash's
-        (cd "$REGISTRY_APP" && setsid bash -c 'echo $$ >"$0"; exec "$@"' "$REGISTRY_PIDFILE" \
+        # fd 9 (the stack lock) must not leak into the long-running registry or its parent.
+        (cd "$REGISTRY_APP" && exec setsid bash -c 'echo $$ >"$0"; exec "$@"' "$REGISTRY_PIDFILE" \
             "$java" $REGISTRY_HEAP_OPTS \
             -Dquarkus.http.host="$REGISTRY_HOST" -Dquarkus.http.port="$REGISTRY_PORT" \
             -Dapicurio.rules.global.compatibility="$REGISTRY_COMPATIBILITY" \
             -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=h2 \
             "-Dapicurio.datasource.url=jdbc:h2:file:$REGISTRY_DATA/registry;DB_CLOSE_ON_EXIT=FALSE" \
-            -jar quarkus-run.jar </dev/null >"$REGISTRY_LOGS/registry.log" 2>&1 9>&- &)
+            -jar quarkus-run.jar) </dev/null >"$REGISTRY_LOGS/registry.log" 2>&1 9>&- &
         local i
         for i in $(seq 50); do
             [[ -s $REGISTRY_PIDFILE ]] && break

@@ -173,7 +173,11 @@ mod tests {
         let mut t = tree();
         let unknown = apply(&mut t, vars(&[("REFLEX_KAFKA_BROKER", "x")])).expect("applies");
         assert_eq!(unknown, ["REFLEX_KAFKA_BROKER"]);
-        assert_eq!(t["kafka"]["brokers"].as_str(), Some("a:1"), "nothing changed");
+        assert_eq!(
+            t["kafka"]["brokers"].as_str(),
+            Some("a:1"),
+            "nothing changed"
+        );
     }
 
     #[test]

@@ -153,7 +153,11 @@ pub struct RawRegistry {
 
 impl Default for RawRegistry {
     fn default() -> Self {
-        Self { url: String::new(), timeout: Duration::from_secs(5), type_header: "event_type".into() }
+        Self {
+            url: String::new(),
+            timeout: Duration::from_secs(5),
+            type_header: "event_type".into(),
+        }
     }
 }
 

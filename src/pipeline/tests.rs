@@ -141,8 +141,14 @@ fn bad_records_go_to_the_dlq_with_reason() {
     let mut f = fixture(POLICY);
     let cases: Vec<(Vec<u8>, DeadLetterReason, Option<&str>)> = vec![
         (
-            b"\x00\x01not json".to_vec(),
+            b"\x01\x02not json".to_vec(),
             DeadLetterReason::Undecodable,
+            None,
+        ),
+        (b"\x00\x00\x01".to_vec(), DeadLetterReason::WireFormat, None),
+        (
+            b"\x00\x00\x00\x00\x07avro".to_vec(),
+            DeadLetterReason::SchemaNotFound,
             None,
         ),
         (

@@ -23,18 +23,29 @@ pub struct Rejected {
 }
 
 fn reject(reason: DeadLetterReason, error: String, event: Option<(CloudEvent, Mode)>) -> Rejected {
-    Rejected { reason, error, event }
+    Rejected {
+        reason,
+        error,
+        event,
+    }
 }
 
 fn header<'a>(input: &Input<'a>, name: &str) -> Option<&'a str> {
-    input.headers.iter().find(|(n, _)| *n == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+    input
+        .headers
+        .iter()
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
 
 /// Decodes a wire-format value. The schema id must already be resolved (or known missing) in
 /// `registry`'s cache: the worker waits for the registry before it hands the record over.
-pub fn decode(registry: Option<&HttpRegistry>, type_header: &str, input: &Input<'_>) -> Result<(CloudEvent, Mode), Rejected> {
+pub fn decode(
+    registry: Option<&HttpRegistry>,
+    type_header: &str,
+    input: &Input<'_>,
+) -> Result<(CloudEvent, Mode), Rejected> {
     let value = input.value.unwrap_or_default();
-    let (id, payload) = wire::split(value).map_err(|e| reject(DeadLetterReason::WireFormat, e.to_string(), None))?;
     let binary = input.headers.iter().any(|(n, _)| *n == "ce_specversion");
     let envelope = if binary {
         let event = CloudEvent::decode_attributes(input.headers)
@@ -43,14 +54,29 @@ pub fn decode(registry: Option<&HttpRegistry>, type_header: &str, input: &Input<
     } else {
         None
     };
+    let (id, payload) = match wire::split(value) {
+        Ok(split) => split,
+        Err(e) => {
+            return Err(reject(
+                DeadLetterReason::WireFormat,
+                e.to_string(),
+                envelope,
+            ))
+        }
+    };
     let Some(registry) = registry else {
-        let why = format!("data is in wire format (schema id {id}) but no [registry] url is configured");
+        let why =
+            format!("data is in wire format (schema id {id}) but no [registry] url is configured");
         return Err(reject(DeadLetterReason::SchemaNotFound, why, envelope));
     };
     let registered = match registry.lookup(id) {
         Lookup::Found(r) => r,
         Lookup::Missing(why) => {
-            return Err(reject(DeadLetterReason::SchemaNotFound, format!("{why} (registry {})", registry.url()), envelope));
+            return Err(reject(
+                DeadLetterReason::SchemaNotFound,
+                format!("{why} (registry {})", registry.url()),
+                envelope,
+            ));
         }
         Lookup::Unknown => {
             let why = format!("schema id {id} was not resolved before decoding");
@@ -60,7 +86,9 @@ pub fn decode(registry: Option<&HttpRegistry>, type_header: &str, input: &Input<
     let (mut event, mode) = match envelope {
         Some(e) => e,
         None => {
-            let ty = header(input, type_header).map(str::to_owned).or_else(|| registered.name.clone());
+            let ty = header(input, type_header)
+                .map(str::to_owned)
+                .or_else(|| registered.name.clone());
             let Some(ty) = ty else {
                 let why = format!("plain wire-format record without a \"{type_header}\" header, and schema id {id} has no name");
                 return Err(reject(DeadLetterReason::Undecodable, why, None));
@@ -74,26 +102,47 @@ pub fn decode(registry: Option<&HttpRegistry>, type_header: &str, input: &Input<
             "schema id {id} is registered under {:?}, not under subject \"{subject}\" of event type \"{subject}\"",
             registered.subjects
         );
-        return Err(reject(DeadLetterReason::SchemaSubjectMismatch, why, Some((event, mode))));
+        return Err(reject(
+            DeadLetterReason::SchemaSubjectMismatch,
+            why,
+            Some((event, mode)),
+        ));
     }
     let data = match &registered.kind {
         Kind::Avro(schema) => avro::decode(schema, id, payload).map_err(|e| e.to_string()),
-        Kind::Json(_) => serde_json::from_slice::<Value>(payload).map_err(|e| format!("JSON data for schema id {id} does not parse: {e}")),
+        Kind::Json(_) => serde_json::from_slice::<Value>(payload)
+            .map_err(|e| format!("JSON data for schema id {id} does not parse: {e}")),
     };
     let data = match data {
         Ok(d) => d,
-        Err(why) => return Err(reject(DeadLetterReason::DataUndecodable, why, Some((event, mode)))),
+        Err(why) => {
+            return Err(reject(
+                DeadLetterReason::DataUndecodable,
+                why,
+                Some((event, mode)),
+            ))
+        }
     };
     let violations = registered.kind.validate(&data);
     if !violations.is_empty() {
-        let why = violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-        return Err(reject(DeadLetterReason::SchemaInvalid, why, Some((event, mode))));
+        let why = violations
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(reject(
+            DeadLetterReason::SchemaInvalid,
+            why,
+            Some((event, mode)),
+        ));
     }
     event.datacontenttype = Some(match registered.format {
         Format::Avro => "application/avro".to_owned(),
         Format::Json => "application/json".to_owned(),
     });
-    event.dataschema.get_or_insert_with(|| format!("{}/schemas/ids/{id}", registry.url()));
+    event
+        .dataschema
+        .get_or_insert_with(|| format!("{}/schemas/ids/{id}", registry.url()));
     event.data = Some(data);
     Ok((event, mode))
 }
@@ -110,7 +159,10 @@ fn plain_envelope(input: &Input<'_>, ty: String) -> CloudEvent {
         id: format!("{}-{}-{}", input.topic, input.partition, input.offset),
         source: format!("kafka://{}", input.topic),
         ty,
-        subject: input.key.and_then(|k| std::str::from_utf8(k).ok()).map(str::to_owned),
+        subject: input
+            .key
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .map(str::to_owned),
         time,
         datacontenttype: None,
         dataschema: None,

@@ -59,14 +59,23 @@ pub fn decode(schema: &Schema, id: u32, payload: &[u8]) -> Result<Value, AvroDec
     let value = apache_avro::reader::datum::GenericDatumReader::builder(schema)
         .build()
         .and_then(|r| r.read_value(&mut reader))
-        .map_err(|e| AvroDecodeError::Invalid { id, message: e.to_string() })?;
+        .map_err(|e| AvroDecodeError::Invalid {
+            id,
+            message: e.to_string(),
+        })?;
     if !reader.is_empty() {
-        return Err(AvroDecodeError::Trailing { id, count: reader.len() });
+        return Err(AvroDecodeError::Trailing {
+            id,
+            count: reader.len(),
+        });
     }
     // apache-avro reads a string, or a union index, cut off by the end of the input as null
     // instead of failing. A datum that decodes must therefore also re-encode to exactly the
     // bytes it came from in length, or it was truncated.
-    let truncated = || AvroDecodeError::Invalid { id, message: "datum is truncated".into() };
+    let truncated = || AvroDecodeError::Invalid {
+        id,
+        message: "datum is truncated".into(),
+    };
     if !value.validate(schema) {
         return Err(truncated());
     }
@@ -79,7 +88,9 @@ pub fn decode(schema: &Schema, id: u32, payload: &[u8]) -> Result<Value, AvroDec
 
 /// Encodes one datum.
 pub fn encode(schema: &Schema, value: AvroValue) -> apache_avro::AvroResult<Vec<u8>> {
-    GenericDatumWriter::builder(schema).build()?.write_value_to_vec(value)
+    GenericDatumWriter::builder(schema)
+        .build()?
+        .write_value_to_vec(value)
 }
 
 /// Converts an Avro value to JSON; unions collapse to their branch.
@@ -96,7 +107,11 @@ fn to_json(value: AvroValue) -> Result<Value, String> {
             }
             Ok(Value::Object(map))
         }
-        AvroValue::Array(items) => items.into_iter().map(to_json).collect::<Result<Vec<_>, _>>().map(Value::Array),
+        AvroValue::Array(items) => items
+            .into_iter()
+            .map(to_json)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
         AvroValue::Map(entries) => {
             let mut map = serde_json::Map::with_capacity(entries.len());
             for (name, v) in entries {
@@ -149,7 +164,10 @@ mod tests {
         assert_eq!(record_name(&schema).as_deref(), Some("order.placed"));
         let bytes = encode(&schema, order(Some("gift")));
         let json = decode(&schema, 3, &bytes).expect("decodes");
-        assert_eq!(json, serde_json::json!({"order_id": "ord-1", "amount": 12.5, "note": "gift"}));
+        assert_eq!(
+            json,
+            serde_json::json!({"order_id": "ord-1", "amount": 12.5, "note": "gift"})
+        );
         let json = decode(&schema, 3, &encode(&schema, order(None))).expect("decodes");
         assert_eq!(json["note"], Value::Null);
     }
@@ -159,22 +177,40 @@ mod tests {
         let schema = parse(ORDER).expect("parses");
         let bytes = encode(&schema, order(Some("gift")));
         let truncated = decode(&schema, 3, &bytes[..bytes.len() - 2]);
-        assert!(matches!(truncated, Err(AvroDecodeError::Invalid { .. })), "{truncated:?}");
+        assert!(
+            matches!(truncated, Err(AvroDecodeError::Invalid { .. })),
+            "{truncated:?}"
+        );
         // Cut just before the last union index: apache-avro alone would read it as null.
         let cut = decode(&schema, 3, &bytes[..bytes.len() - 6]);
-        assert!(matches!(cut, Err(AvroDecodeError::Invalid { .. })), "{cut:?}");
+        assert!(
+            matches!(cut, Err(AvroDecodeError::Invalid { .. })),
+            "{cut:?}"
+        );
         let mut trailing = bytes.clone();
         trailing.extend_from_slice(b"xx");
-        assert_eq!(decode(&schema, 3, &trailing), Err(AvroDecodeError::Trailing { id: 3, count: 2 }));
+        assert_eq!(
+            decode(&schema, 3, &trailing),
+            Err(AvroDecodeError::Trailing { id: 3, count: 2 })
+        );
         // A string declaring a length of about 2^62 bytes: refused, not allocated.
         let absurd = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
-        assert!(matches!(decode(&schema, 3, &absurd), Err(AvroDecodeError::Invalid { .. })));
+        assert!(matches!(
+            decode(&schema, 3, &absurd),
+            Err(AvroDecodeError::Invalid { .. })
+        ));
     }
 
     #[test]
     fn validates_json_against_avro() {
         let schema = parse(ORDER).expect("parses");
-        assert!(validate_json(&schema, &serde_json::json!({"order_id": "o", "amount": 1.0, "note": null})).is_ok());
-        assert!(validate_json(&schema, &serde_json::json!({"order_id": 5, "amount": 1.0})).is_err());
+        assert!(validate_json(
+            &schema,
+            &serde_json::json!({"order_id": "o", "amount": 1.0, "note": null})
+        )
+        .is_ok());
+        assert!(
+            validate_json(&schema, &serde_json::json!({"order_id": 5, "amount": 1.0})).is_err()
+        );
     }
 }

@@ -10,7 +10,9 @@ pub const HEADER_LEN: usize = 5;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// Fewer bytes than the header.
-    #[error("value is {0} bytes, shorter than the 5-byte wire-format header (magic byte, schema id)")]
+    #[error(
+        "value is {0} bytes, shorter than the 5-byte wire-format header (magic byte, schema id)"
+    )]
     TooShort(usize),
     /// The first byte is not the magic byte.
     #[error("magic byte is {0:#04x}, expected 0x00")]

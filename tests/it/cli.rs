@@ -140,9 +140,14 @@ fn check_names_each_configuration_error() {
         .output()
         .expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "an unknown REFLEX_* variable is a warning, not an error");
     assert!(
-        stdout.contains("warning: environment variable REFLEX_KAFKA_BROKRES names no configuration key"),
+        out.status.success(),
+        "an unknown REFLEX_* variable is a warning, not an error"
+    );
+    assert!(
+        stdout.contains(
+            "warning: environment variable REFLEX_KAFKA_BROKRES names no configuration key"
+        ),
         "{stdout}"
     );
 }

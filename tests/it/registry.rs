@@ -1,0 +1,353 @@
+//! Wire-format events through the real schema registry that `make up` starts (Apicurio Registry,
+//! Confluent API; `REFLEX_TEST_REGISTRY` overrides the URL).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use apache_avro::types::Value as AvroValue;
+use reflex::registry::HttpRegistry;
+use reflex::schema::{avro, wire, Format};
+use reflex::worker::{self, RunOptions};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
+
+/// The registry the tests use.
+pub fn registry_url() -> String {
+    std::env::var("REFLEX_TEST_REGISTRY")
+        .unwrap_or_else(|_| "http://127.0.0.1:8081/apis/ccompat/v7".into())
+}
+
+/// A test's own event types (unique subjects), schemas, an allow-all policy and topics.
+pub struct RegistryEnv {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub events: String,
+    pub audit: String,
+    pub dlq: String,
+    /// Avro type: `<run>.payment.settled`.
+    pub avro_type: String,
+    /// JSON Schema type: `<run>.order.noted`.
+    pub json_type: String,
+}
+
+pub const AVRO_FIELDS: &str = r#"[{"name":"payment_id","type":"string"},{"name":"amount","type":"double"},
+    {"name":"note","type":["null","string"],"default":null}]"#;
+
+impl RegistryEnv {
+    pub fn new(registry: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = format!("it{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let avro_type = format!("{run}.payment.settled");
+        let json_type = format!("{run}.order.noted");
+        let schemas = dir.path().join("schemas");
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&schemas).expect("mkdir");
+        std::fs::create_dir_all(&policies).expect("mkdir");
+        let avsc = format!(
+            r#"{{"type":"record","name":"settled","namespace":"{run}.payment","fields":{AVRO_FIELDS}}}"#
+        );
+        std::fs::write(schemas.join(format!("{avro_type}.avsc")), avsc).expect("write");
+        let json_schema = json!({
+            "$schema": "http://json-schema.org/draft-07/schema#", "title": json_type, "type": "object",
+            "required": ["order_id", "qty"],
+            "properties": {"order_id": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}}
+        });
+        std::fs::write(
+            schemas.join(format!("{json_type}.json")),
+            json_schema.to_string(),
+        )
+        .expect("write");
+        std::fs::write(
+            policies.join("allow.rego"),
+            "package reflex\ndecision := {\"allow\": true, \"reasons\": [], \"obligations\": {}}\n",
+        )
+        .expect("write");
+        let env = Self {
+            config_path: dir.path().join("reflex.toml"),
+            events: format!("{run}.events"),
+            audit: format!("{run}.audit"),
+            dlq: format!("{run}.dlq"),
+            avro_type,
+            json_type,
+            dir,
+        };
+        let text = format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+[kafka.consumer]
+"session.timeout.ms" = "6000"
+[topics]
+events = ["{events}"]
+audit = "{audit}"
+dlq = "{dlq}"
+partitions = 1
+[roles.actions]
+group_id = "{events}.group"
+[registry]
+url = "{registry}"
+timeout = "2s"
+[actions.note]
+kind = "log"
+types = ["{avro}", "{json}"]
+"#,
+            brokers = brokers(),
+            events = env.events,
+            audit = env.audit,
+            dlq = env.dlq,
+            avro = env.avro_type,
+            json = env.json_type,
+        );
+        std::fs::write(&env.config_path, text).expect("write config");
+        env
+    }
+
+    pub fn config(&self) -> reflex::config::Config {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        reflex::config::Config::from_toml(&text, &self.config_path, Vec::new())
+            .expect("valid config")
+    }
+
+    pub fn schema_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Registers both schemas; returns (avro id, json id).
+    pub async fn register(&self, registry: &HttpRegistry) -> (u32, u32) {
+        let config = self.config();
+        let (format, text) = config.schemas.source(&self.avro_type).expect("avro schema");
+        assert_eq!(format, Format::Avro);
+        let avro_id = registry
+            .register(&self.avro_type, format, text)
+            .await
+            .expect("registers avro")
+            .id;
+        let (format, text) = config.schemas.source(&self.json_type).expect("json schema");
+        let json_id = registry
+            .register(&self.json_type, format, text)
+            .await
+            .expect("registers json")
+            .id;
+        (avro_id, json_id)
+    }
+
+    /// The Avro schema of the Avro type.
+    pub fn avro_schema(&self) -> apache_avro::Schema {
+        let path = self
+            .dir
+            .path()
+            .join("schemas")
+            .join(format!("{}.avsc", self.avro_type));
+        avro::parse(&std::fs::read_to_string(path).expect("read avsc")).expect("parses")
+    }
+}
+
+/// An Avro `settled` datum.
+pub fn settled(schema: &apache_avro::Schema, id: &str, amount: f64) -> Vec<u8> {
+    let value = AvroValue::Record(vec![
+        ("payment_id".into(), AvroValue::String(id.into())),
+        ("amount".into(), AvroValue::Double(amount)),
+        (
+            "note".into(),
+            AvroValue::Union(1, Box::new(AvroValue::String("n".into()))),
+        ),
+    ]);
+    avro::encode(schema, value).expect("encodes")
+}
+
+fn binary(id: &str, ty: &str, value: Vec<u8>) -> Rec {
+    Rec {
+        key: Some(id.to_owned()),
+        value: Some(value),
+        headers: vec![
+            ("ce_specversion".into(), b"1.0".to_vec()),
+            ("ce_id".into(), id.as_bytes().to_vec()),
+            ("ce_source".into(), b"/payments/gateway".to_vec()),
+            ("ce_type".into(), ty.as_bytes().to_vec()),
+            ("content-type".into(), b"application/avro".to_vec()),
+        ],
+    }
+}
+
+pub async fn drain(config: &reflex::config::Config) -> reflex::summary::Summary {
+    let options = RunOptions {
+        worker_id: "it-registry".into(),
+        drain: true,
+    };
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        worker::run(config, options, CancellationToken::new()),
+    )
+    .await
+    .expect("worker drains within two minutes")
+    .expect("worker runs")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wire_format_events_decode_validate_and_dead_letter() {
+    let url = registry_url();
+    let env = RegistryEnv::new(&url);
+    let config = env.config();
+    let registry = config.registry.clone().expect("registry configured");
+    let (avro_id, json_id) = env.register(&registry).await;
+    let schema = env.avro_schema();
+    let good = settled(&schema, "pay-1", 12.5);
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"xyz");
+    // A string field declaring about 2^62 bytes.
+    let absurd = vec![0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+    let json_ok = wire::frame(
+        json_id,
+        json!({"order_id": "o-1", "qty": 2}).to_string().as_bytes(),
+    );
+    let json_bad = wire::frame(
+        json_id,
+        json!({"order_id": "o-2", "qty": 0}).to_string().as_bytes(),
+    );
+    let records = vec![
+        binary("avro-binary", &env.avro_type, wire::frame(avro_id, &good)),
+        Rec {
+            key: Some("plain-avro".into()),
+            value: Some(wire::frame(avro_id, &good)),
+            headers: vec![],
+        },
+        Rec {
+            key: Some("plain-json".into()),
+            value: Some(json_ok),
+            headers: vec![("event_type".into(), env.json_type.as_bytes().to_vec())],
+        },
+        binary("wrong-subject", &env.json_type, wire::frame(avro_id, &good)),
+        binary(
+            "unknown-id",
+            &env.avro_type,
+            wire::frame(999_999_999, &good),
+        ),
+        binary("short", &env.avro_type, vec![0, 0, 1]),
+        binary(
+            "truncated",
+            &env.avro_type,
+            wire::frame(avro_id, &good[..good.len() - 1]),
+        ),
+        binary("trailing", &env.avro_type, wire::frame(avro_id, &trailing)),
+        binary("absurd", &env.avro_type, wire::frame(avro_id, &absurd)),
+        binary("json-invalid", &env.json_type, json_bad),
+    ];
+    reflex::kafka::ensure_topics(&config.kafka, &config.topics, &[])
+        .await
+        .expect("topics");
+    produce(&env.events, &records).await;
+    let summary = drain(&config).await;
+    assert_eq!(summary.total(), 10, "{summary}");
+
+    let audits = audits_by_key(&env.audit);
+    let one = |key: &str| -> Value {
+        let r = audits
+            .get(key)
+            .unwrap_or_else(|| panic!("no audit record for {key}: {:?}", audits.keys()));
+        r[0].clone()
+    };
+    let avro_binary = one("avro-binary");
+    assert_eq!(avro_binary["outcome"], "actioned", "{avro_binary}");
+    assert_eq!(avro_binary["mode"], "binary");
+    // Plain records get their id from their coordinates and their type from the schema or a header.
+    let plain_avro = one(&format!("{}-0-1", env.events));
+    assert_eq!(
+        (plain_avro["outcome"].as_str(), plain_avro["type"].as_str()),
+        (Some("actioned"), Some(env.avro_type.as_str()))
+    );
+    assert_eq!(plain_avro["mode"], "plain");
+    let plain_json = one(&format!("{}-0-2", env.events));
+    assert_eq!(
+        (plain_json["outcome"].as_str(), plain_json["type"].as_str()),
+        (Some("actioned"), Some(env.json_type.as_str()))
+    );
+
+    let expected = BTreeMap::from([
+        ("wrong-subject", "schema_subject_mismatch"),
+        ("unknown-id", "schema_not_found"),
+        ("short", "wire_format"),
+        ("truncated", "data_undecodable"),
+        ("trailing", "data_undecodable"),
+        ("absurd", "data_undecodable"),
+        ("json-invalid", "schema_invalid"),
+    ]);
+    for (key, reason) in &expected {
+        let audit = one(key);
+        assert_eq!(audit["outcome"], "dead_lettered", "{key}: {audit}");
+        assert_eq!(audit["reason"], *reason, "{key}: {audit}");
+    }
+    let dlq = read_all(&env.dlq);
+    assert_eq!(dlq.len(), expected.len());
+    for record in &dlq {
+        let key = record.key.as_deref().unwrap_or_default();
+        assert_eq!(
+            Some(record.headers["reflex_reason"].as_str()),
+            expected.get(key).copied(),
+            "{key}"
+        );
+    }
+    let mismatch = dlq
+        .iter()
+        .find(|r| r.key.as_deref() == Some("wrong-subject"))
+        .expect("mismatch dead letter");
+    assert!(
+        mismatch.headers["reflex_error"].contains(&env.avro_type),
+        "{:?}",
+        mismatch.headers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schemas_commands_register_list_and_check() {
+    let url = registry_url();
+    let env = RegistryEnv::new(&url);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(reflex_bin())
+            .args(args)
+            .env("REFLEX_CONFIG", &env.config_path)
+            .env("REFLEX_LOG", "warn")
+            .output()
+            .expect("reflex runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = run(&["schemas", "list"]);
+    assert!(ok && text.matches("not registered").count() == 2, "{text}");
+    let (ok, first) = run(&["schemas", "register"]);
+    assert!(
+        ok && first.contains(&format!("{:<24} version 1", env.avro_type)),
+        "{first}"
+    );
+    let (ok, again) = run(&["schemas", "register"]);
+    assert!(ok);
+    assert_eq!(first, again, "registering is idempotent");
+    let (ok, text) = run(&["schemas", "check"]);
+    assert!(ok && text.contains("2 of 2 schemas compatible"), "{text}");
+
+    // A type change of an existing field is refused under BACKWARD compatibility.
+    let avsc = env
+        .schema_dir()
+        .join("schemas")
+        .join(format!("{}.avsc", env.avro_type));
+    let changed = std::fs::read_to_string(&avsc).expect("read").replace(
+        r#""name":"amount","type":"double""#,
+        r#""name":"amount","type":"string""#,
+    );
+    std::fs::write(&avsc, changed).expect("write");
+    let (ok, text) = run(&["schemas", "check"]);
+    assert!(!ok, "an incompatible schema fails the check: {text}");
+    assert!(
+        text.contains(&format!("subject \"{}\"", env.avro_type)) && text.contains("BACKWARD"),
+        "{text}"
+    );
+    assert!(
+        text.contains("amount"),
+        "the message names the incompatible field: {text}"
+    );
+}
