@@ -189,9 +189,10 @@ impl Processor {
         let (event, mode) = match decoded {
             Ok(ok) => ok,
             Err(rejected) => {
-                if let Some((event, mode)) = &rejected.event {
-                    describe(&mut audit, event, *mode);
+                if let Some(envelope) = &rejected.event {
+                    describe(&mut audit, &envelope.0, envelope.1);
                 }
+
                 return self.dead_letter(
                     input,
                     audit,

@@ -19,14 +19,14 @@ pub struct Rejected {
     /// The explanation.
     pub error: String,
     /// The envelope, when known.
-    pub event: Option<(CloudEvent, Mode)>,
+    pub event: Option<Box<(CloudEvent, Mode)>>,
 }
 
 fn reject(reason: DeadLetterReason, error: String, event: Option<(CloudEvent, Mode)>) -> Rejected {
     Rejected {
         reason,
         error,
-        event,
+        event: event.map(Box::new),
     }
 }
 
