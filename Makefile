@@ -4,12 +4,12 @@ SHELL := /bin/bash
 CARGO ?= cargo
 REFLEX := target/release/reflex
 
-.PHONY: help up down status build check demo test test-unit lint fmt clean-stack
+.PHONY: help up down status build check demo test test-unit lint fmt clean-stack pyenv
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-up: ## Start the local stack (Apache Kafka 4.4.0, KRaft) and wait until it answers
+up: ## Start the local stack (Apache Kafka 4.4.0 KRaft, Apicurio Registry 3.3.3) and wait until it answers
 	@scripts/stack.sh up
 
 down: ## Stop the local stack
@@ -30,7 +30,10 @@ check: build ## Validate config, schemas, policies and actions (no broker needed
 demo: up build ## Start the stack, push the sample events through the pipeline, print the outcome
 	@scripts/demo.sh
 
-test: up ## Run every test (unit and integration) against the local stack
+pyenv: ## Install the Python tools the tests use (confluent-kafka) into .stack/venv
+	@scripts/pyenv.sh >/dev/null
+
+test: up pyenv ## Run every test (unit and integration) against the local stack
 	$(CARGO) test --locked --all-targets
 
 test-unit: ## Run the unit tests only (no broker)

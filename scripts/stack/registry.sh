@@ -4,17 +4,18 @@
 # and run with `java -jar quarkus-run.jar`. It needs Java 21 or later: REGISTRY_JAVA, else `java`,
 # else the newest JDK under /usr/lib/jvm that is new enough. Schemas are kept in an H2 file
 # database under the stack dir, so they survive a restart (`down --clean` removes them).
-#   REGISTRY_PORT (8081), REGISTRY_VERSION (3.3.3), REGISTRY_HEAP_OPTS (-Xmx384m),
-#   REGISTRY_START_TIMEOUT (120 s), REGISTRY_COMPATIBILITY (BACKWARD).
+#   REGISTRY_PORT (8081), REGISTRY_MANAGEMENT_PORT (port + 1000), REGISTRY_VERSION (3.3.3), REGISTRY_HEAP_OPTS (-Xmx384m),
+#   REGISTRY_START_TIMEOUT (120 s), REGISTRY_COMPATIBILITY (BACKWARD), REGISTRY_APP (unpacked app dir).
 
 REGISTRY_VERSION="${REGISTRY_VERSION:-3.3.3}"
 REGISTRY_HOST=127.0.0.1
 REGISTRY_PORT="${REGISTRY_PORT:-8081}"
+REGISTRY_MANAGEMENT_PORT="${REGISTRY_MANAGEMENT_PORT:-$((REGISTRY_PORT + 1000))}"  # Quarkus health/metrics
 REGISTRY_HEAP_OPTS="${REGISTRY_HEAP_OPTS:--Xmx384m}"
 REGISTRY_START_TIMEOUT="${REGISTRY_START_TIMEOUT:-120}"
 REGISTRY_COMPATIBILITY="${REGISTRY_COMPATIBILITY:-BACKWARD}"
 REGISTRY_DIR="$STACK_DIR/registry"
-REGISTRY_APP="$REGISTRY_DIR/app/$REGISTRY_VERSION"   # keyed by version; survives --clean
+REGISTRY_APP="${REGISTRY_APP:-$REGISTRY_DIR/app/$REGISTRY_VERSION}"   # keyed by version; survives --clean
 REGISTRY_DATA="$REGISTRY_DIR/data"                    # removed by `down --clean`
 REGISTRY_LOGS="$REGISTRY_DIR/logs"
 REGISTRY_PIDFILE="$REGISTRY_DIR/registry.pid"
@@ -98,6 +99,7 @@ registry_up() {
         (cd "$REGISTRY_APP" && exec setsid bash -c 'echo $$ >"$0"; exec "$@"' "$REGISTRY_PIDFILE" \
             "$java" $REGISTRY_HEAP_OPTS \
             -Dquarkus.http.host="$REGISTRY_HOST" -Dquarkus.http.port="$REGISTRY_PORT" \
+            -Dquarkus.management.host="$REGISTRY_HOST" -Dquarkus.management.port="$REGISTRY_MANAGEMENT_PORT" \
             -Dapicurio.rules.global.compatibility="$REGISTRY_COMPATIBILITY" \
             -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=h2 \
             "-Dapicurio.datasource.url=jdbc:h2:file:$REGISTRY_DATA/registry;DB_CLOSE_ON_EXIT=FALSE" \

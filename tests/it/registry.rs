@@ -351,3 +351,206 @@ async fn schemas_commands_register_list_and_check() {
         "the message names the incompatible field: {text}"
     );
 }
+
+/// The project's Python (with confluent-kafka), from `scripts/pyenv.sh`.
+pub fn project_python() -> PathBuf {
+    let out = std::process::Command::new(repo().join("scripts/pyenv.sh"))
+        .output()
+        .expect("scripts/pyenv.sh runs");
+    assert!(
+        out.status.success(),
+        "pyenv: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(stdout.lines().last().expect("python path").trim())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_from_confluent_kafka_python_are_actioned() {
+    let url = registry_url();
+    let env = RegistryEnv::new(&url);
+    let config = env.config();
+    reflex::kafka::ensure_topics(&config.kafka, &config.topics, &[])
+        .await
+        .expect("topics");
+    let schemas = env.schema_dir().join("schemas");
+    const COUNT: usize = 20;
+    let out = std::process::Command::new(project_python())
+        .arg(repo().join("tests/it/interop_producer.py"))
+        .args([&brokers(), &url, &env.events])
+        .arg(schemas.join(format!("{}.avsc", env.avro_type)))
+        .arg(schemas.join(format!("{}.json", env.json_type)))
+        .arg(COUNT.to_string())
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "interop producer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let summary = drain(&config).await;
+    let counts = |ty: &str| summary.types.get(ty).cloned().unwrap_or_default();
+    assert_eq!(
+        counts(&env.avro_type).actioned,
+        2 * COUNT as u64,
+        "{summary}"
+    );
+    assert_eq!(counts(&env.json_type).actioned, COUNT as u64, "{summary}");
+    assert_eq!(
+        summary.total(),
+        3 * COUNT as u64,
+        "nothing dead-lettered: {summary}"
+    );
+    let audits = audits_by_key(&env.audit);
+    let ce = &audits["py-ce-3"][0];
+    assert_eq!(
+        (ce["mode"].as_str(), ce["source"].as_str()),
+        (Some("binary"), Some("/python/producer"))
+    );
+}
+
+/// A registry of the test's own (port and data), started and stopped by the project's script.
+struct OwnRegistry {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl OwnRegistry {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = 18_100 + (uuid::Uuid::new_v4().as_u128() % 800) as u16;
+        let registry = Self { dir, port };
+        registry.stack("up");
+        registry
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/apis/ccompat/v7", self.port)
+    }
+
+    fn stack(&self, command: &str) {
+        let mut cmd = std::process::Command::new(repo().join("scripts/stack.sh"));
+        cmd.args([command, "registry"])
+            .current_dir(repo())
+            .env("REFLEX_STACK_DIR", self.dir.path())
+            .env("REGISTRY_PORT", self.port.to_string());
+        let shared_app = repo().join(".stack/registry/app/3.3.3");
+        if shared_app.join("quarkus-run.jar").exists() {
+            cmd.env("REGISTRY_APP", shared_app);
+        }
+        let out = cmd.output().expect("stack.sh runs");
+        assert!(
+            out.status.success(),
+            "stack.sh {command} registry: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnRegistry {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(repo().join("scripts/stack.sh"))
+            .args(["down", "registry"])
+            .env("REFLEX_STACK_DIR", self.dir.path())
+            .env("REGISTRY_PORT", self.port.to_string())
+            .output();
+    }
+}
+
+async fn wait_for_audits(
+    topic: &str,
+    count: usize,
+    within: Duration,
+) -> BTreeMap<String, Vec<Value>> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let audits = audits_by_key(topic);
+        if audits.len() >= count {
+            return audits;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {count} audit records after {within:?}",
+            audits.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_outage_holds_uncached_schemas_and_lets_cached_ones_flow() {
+    let own = OwnRegistry::start();
+    let env = RegistryEnv::new(&own.url());
+    let config = env.config();
+    let registry = config.registry.clone().expect("registry configured");
+    let (avro_id, json_id) = env.register(&registry).await;
+    reflex::kafka::ensure_topics(&config.kafka, &config.topics, &[])
+        .await
+        .expect("topics");
+    let schema = env.avro_schema();
+    let avro_events = |from: usize| -> Vec<Rec> {
+        (from..from + 10)
+            .map(|n| {
+                binary(
+                    &format!("a-{n}"),
+                    &env.avro_type,
+                    wire::frame(avro_id, &settled(&schema, "p", 1.0)),
+                )
+            })
+            .collect()
+    };
+    produce(&env.events, &avro_events(0)).await;
+
+    let shutdown = CancellationToken::new();
+    let worker_config = config.clone();
+    let token = shutdown.clone();
+    let worker = tokio::spawn(async move {
+        let options = RunOptions {
+            worker_id: "outage".into(),
+            drain: false,
+        };
+        worker::run(&worker_config, options, token).await
+    });
+    wait_for_audits(&env.audit, 10, Duration::from_secs(60)).await;
+
+    own.stack("down");
+    // The Avro schema is cached: its events keep flowing while the registry is down.
+    produce(&env.events, &avro_events(10)).await;
+    wait_for_audits(&env.audit, 20, Duration::from_secs(30)).await;
+    // The JSON schema was never used, so it is not cached: these events wait for the registry.
+    let json_events: Vec<Rec> = (0..5)
+        .map(|n| {
+            let value = wire::frame(
+                json_id,
+                json!({"order_id": format!("o-{n}"), "qty": 1})
+                    .to_string()
+                    .as_bytes(),
+            );
+            let mut rec = binary(&format!("j-{n}"), &env.json_type, value);
+            rec.headers.retain(|(k, _)| k != "content-type");
+            rec
+        })
+        .collect();
+    produce(&env.events, &json_events).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        audits_by_key(&env.audit).len(),
+        20,
+        "events needing an uncached schema wait while the registry is down"
+    );
+    assert!(
+        read_all(&env.dlq).is_empty(),
+        "a registry outage is not the event's fault: nothing is dead-lettered"
+    );
+
+    own.stack("up");
+    let audits = wait_for_audits(&env.audit, 25, Duration::from_secs(60)).await;
+    for n in 0..5 {
+        assert_eq!(audits[&format!("j-{n}")][0]["outcome"], "actioned", "j-{n}");
+    }
+    assert!(read_all(&env.dlq).is_empty());
+    shutdown.cancel();
+    worker.await.expect("join").expect("worker stops cleanly");
+}
