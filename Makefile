@@ -27,7 +27,7 @@ build: ## Build the release binary
 check: build ## Validate config, schemas, policies and actions (no broker needed)
 	$(REFLEX) check
 
-demo: up build ## Start the stack, push the sample events through the pipeline, print the outcome
+demo: up build pyenv ## Start the stack, push the sample events through the pipeline, print the outcome
 	@scripts/demo.sh
 
 pyenv: ## Install the Python tools the tests use (confluent-kafka) into .stack/venv

@@ -25,6 +25,11 @@ step "publish them (as they are: the bad ones are bad on purpose)"
 "$reflex" --config "$config" produce --no-validate --binary --topic events.payments "$out/payments.jsonl"
 "$reflex" --config "$config" produce --no-validate --topic events.refunds "$out/refunds.jsonl"
 
+step "register the schemas in the schema registry, and publish Avro events with confluent-kafka"
+"$reflex" --config "$config" schemas register
+python="$(scripts/pyenv.sh)"
+"$python" scripts/demo-avro.py 127.0.0.1:9092 http://127.0.0.1:8081/apis/ccompat/v7 events.payments schemas/payment.settled.avsc 40
+
 step "run the actions worker until the topics are drained"
 "$reflex" --config "$config" run --role actions --drain --worker-id demo
 
