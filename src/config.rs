@@ -172,6 +172,10 @@ pub struct Config {
     pub schema_dir: PathBuf,
     /// The policy directory, resolved.
     pub policy_dir: PathBuf,
+    /// How often workers look for a changed policy set (zero: never).
+    pub policy_reload_interval: Duration,
+    /// Topic of events emitted by `emit` obligations that name none.
+    pub policy_emit_topic: String,
 }
 
 impl Config {
@@ -270,6 +274,8 @@ impl Config {
             actions: Arc::new(actions),
             schema_dir,
             policy_dir,
+            policy_reload_interval: raw.policy.reload_interval,
+            policy_emit_topic: raw.policy.emit_topic,
         })
     }
 }

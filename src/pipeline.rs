@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::action::{ActionTable, Effect};
 use crate::audit::{AuditRecord, DeadLetterReason, Outcome, Timings};
 use crate::event::{CloudEvent, Mode};
-use crate::policy::Evaluator;
+use crate::policy::{EmitObligation, Evaluator};
 use crate::schema::SchemaRegistry;
 
 /// Headers reflex adds to a dead-letter record.
@@ -88,6 +88,7 @@ pub struct Processor {
     dlq_topic: String,
     max_event_bytes: usize,
     worker: String,
+    policy_emit_topic: String,
 }
 
 /// Settings a [`Processor`] needs besides schemas, actions and policies.
@@ -101,6 +102,8 @@ pub struct ProcessorSettings {
     pub max_event_bytes: usize,
     /// This worker's id, recorded in audit and dead-letter records.
     pub worker: String,
+    /// Topic of events emitted by `emit` obligations that name none.
+    pub policy_emit_topic: String,
 }
 
 impl Processor {
@@ -119,7 +122,19 @@ impl Processor {
             dlq_topic: settings.dlq_topic,
             max_event_bytes: settings.max_event_bytes,
             worker: settings.worker,
+            policy_emit_topic: settings.policy_emit_topic,
         }
+    }
+
+    /// Decides the next records with `evaluator` (a reloaded policy set). The record being
+    /// processed, if any, finishes with the evaluator it started with.
+    pub fn set_evaluator(&mut self, evaluator: Evaluator) {
+        self.evaluator = evaluator;
+    }
+
+    /// The policy revision deciding the next record.
+    pub fn policy_revision(&self) -> &str {
+        self.evaluator.revision()
     }
 
     /// Processes one record.
@@ -219,12 +234,38 @@ impl Processor {
         }
 
         let started = Instant::now();
-        let decision = self.evaluator.decide(policy_input(&event, mode, input));
+        let now = chrono::Utc::now();
+        let decision = self
+            .evaluator
+            .decide(policy_input(&event, mode, input, &now));
         timings.policy = micros(started);
+        audit.processed_at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+
+        // Every copy of the event's data written from here on is redacted.
+        let redact = decision.redact_paths();
+        let redacted;
+        let event = if redact.is_empty() {
+            &event
+        } else {
+            redacted = redacted_event(&event, &redact);
+            &redacted
+        };
+        for (index, emit) in decision.emits().into_iter().enumerate() {
+            let derived = obligation_event(event, &emit, index, self.evaluator.revision());
+            records.push(OutRecord {
+                topic: emit.topic.unwrap_or_else(|| self.policy_emit_topic.clone()),
+                key: Some(derived.id.clone().into_bytes()),
+                value: Some(derived.to_structured()),
+                headers: vec![(
+                    "content-type".into(),
+                    b"application/cloudevents+json".to_vec(),
+                )],
+            });
+        }
 
         if decision.allow {
             let started = Instant::now();
-            let (effect, report) = action.run(&event, &decision.obligations);
+            let (effect, report) = action.run(event, &decision.obligations);
             timings.action = micros(started);
             if let Effect::Emit {
                 topic,
@@ -308,8 +349,10 @@ impl Processor {
         mut records: Vec<OutRecord>,
         timings: Timings,
     ) -> Processed {
-        audit.processed_at =
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        if audit.processed_at.is_empty() {
+            audit.processed_at =
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        }
         audit.timings_us = timings;
         records.push(OutRecord {
             topic: self.audit_topic.clone(),
@@ -321,9 +364,26 @@ impl Processor {
     }
 }
 
-/// The policy input document: `{event, enrichment, context}`.
-fn policy_input(event: &CloudEvent, mode: Mode, input: &Input<'_>) -> regorus::Value {
-    let doc = json!({
+/// The policy input document: `{event, enrichment, context}`. `now` is the moment of the
+/// decision; the audit record's `processed_at` is the same instant, so a replay can decide again
+/// with the same `context.now` (to the millisecond).
+pub fn policy_input(
+    event: &CloudEvent,
+    mode: Mode,
+    input: &Input<'_>,
+    now: &chrono::DateTime<chrono::Utc>,
+) -> regorus::Value {
+    regorus::Value::from(policy_document(event, mode, input, now))
+}
+
+/// [`policy_input`] as JSON.
+pub fn policy_document(
+    event: &CloudEvent,
+    mode: Mode,
+    input: &Input<'_>,
+    now: &chrono::DateTime<chrono::Utc>,
+) -> Value {
+    json!({
         "event": event,
         "enrichment": {},
         "context": {
@@ -332,10 +392,50 @@ fn policy_input(event: &CloudEvent, mode: Mode, input: &Input<'_>) -> regorus::V
             "offset": input.offset,
             "mode": mode,
             "kafka_timestamp_ms": input.timestamp_ms,
-            "now": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "now": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         },
-    });
-    regorus::Value::from(doc)
+    })
+}
+
+/// A copy of `event` without the fields the policy asked to redact.
+fn redacted_event(event: &CloudEvent, paths: &[&str]) -> CloudEvent {
+    let mut doc = serde_json::to_value(event).unwrap_or(Value::Null);
+    crate::policy::redact::redact(&mut doc, paths);
+    let mut copy = event.clone();
+    copy.data = doc.get_mut("data").map(Value::take);
+    copy
+}
+
+/// Namespace of the ids of events emitted by obligations (UUID v5).
+const OBLIGATION_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x3b0e_55a4_1f7c_4c8e_b1d2_7a90_c4e6_2f13);
+
+/// The CloudEvent an `emit` obligation asks for; its id is stable across re-deliveries.
+fn obligation_event(
+    event: &CloudEvent,
+    emit: &EmitObligation,
+    index: usize,
+    revision: &str,
+) -> CloudEvent {
+    let name = format!("{}\n{}\n{}\n{index}", event.source, event.id, emit.ty);
+    let mut extensions = std::collections::BTreeMap::new();
+    extensions.insert("causationid".to_owned(), Value::String(event.id.clone()));
+    extensions.insert(
+        "policyrevision".to_owned(),
+        Value::String(revision.to_owned()),
+    );
+    CloudEvent {
+        specversion: crate::event::SPEC_VERSION.to_owned(),
+        id: uuid::Uuid::new_v5(&OBLIGATION_ID_NAMESPACE, name.as_bytes()).to_string(),
+        source: "/reflex/policy".to_owned(),
+        ty: emit.ty.clone(),
+        subject: event.subject.clone(),
+        time: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        datacontenttype: Some("application/json".to_owned()),
+        dataschema: None,
+        data: Some(emit.data.clone()),
+        extensions,
+    }
 }
 
 fn micros(since: Instant) -> u64 {

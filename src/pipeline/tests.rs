@@ -52,6 +52,7 @@ fn fixture(policy: &str) -> Fixture {
             dlq_topic: "dlq".into(),
             max_event_bytes: 1024,
             worker: "w1".into(),
+            policy_emit_topic: "policy.events".into(),
         },
     );
     Fixture {
@@ -132,6 +133,61 @@ fn policy_error_fails_closed() {
     assert_eq!(p.audit.outcome, Outcome::Denied);
     let decision = p.audit.decision.as_ref().expect("decision");
     assert_eq!(decision.failure, Some(Failure::Error));
+}
+
+const OBLIGING: &str = r#"package reflex
+decision := {"allow": input.event.data.amount < 100, "reasons": [], "obligations": {
+    "redact": ["data.secret", "data.nothing.here"],
+    "emit": [e | input.event.data.amount > 50; e := {"type": "big.refund", "data": {"amount": input.event.data.amount}}],
+}}
+"#;
+
+#[test]
+fn redact_removes_fields_from_derived_events_and_emit_publishes_before_the_audit() {
+    let mut f = fixture(OBLIGING);
+    let value = refund("r7", r#"{"amount": 60, "secret": "4242"}"#);
+    let p = f.processor.process(&input(&value, &[]));
+    let topics: Vec<&str> = p.records.iter().map(|r| r.topic.as_str()).collect();
+    assert_eq!(topics, ["policy.events", "refunds.approved", "audit"]);
+    let emitted: Value =
+        serde_json::from_slice(p.records[0].value.as_deref().expect("value")).expect("json");
+    assert_eq!(emitted["type"], "big.refund");
+    assert_eq!(emitted["data"], json!({"amount": 60}));
+    assert_eq!(emitted["causationid"], "r7");
+    assert_eq!(emitted["policyrevision"], p.audit.policy_revision.as_str());
+    let derived: Value =
+        serde_json::from_slice(p.records[1].value.as_deref().expect("value")).expect("json");
+    assert_eq!(derived["data"], json!({"amount": 60}), "secret redacted");
+    // Re-processing derives the same emitted id (idempotent downstream).
+    let again = f.processor.process(&input(&value, &[]));
+    assert_eq!(again.records[0].key, p.records[0].key);
+
+    // Denied events still emit what the policy asks, and nothing else.
+    let value = refund("r8", r#"{"amount": 600, "secret": "4242"}"#);
+    let p = f.processor.process(&input(&value, &[]));
+    let topics: Vec<&str> = p.records.iter().map(|r| r.topic.as_str()).collect();
+    assert_eq!(topics, ["policy.events", "audit"]);
+    assert_eq!(p.audit.outcome, Outcome::Denied);
+}
+
+#[test]
+fn a_swapped_evaluator_decides_the_next_record_and_is_recorded() {
+    let mut f = fixture(POLICY);
+    let before = f.processor.policy_revision().to_owned();
+    let value = refund("r9", r#"{"amount": 20}"#);
+    assert_eq!(
+        f.processor.process(&input(&value, &[])).audit.outcome,
+        Outcome::Actioned
+    );
+    f.processor
+        .set_evaluator(crate::policy::Evaluator::unloaded());
+    let p = f.processor.process(&input(&value, &[]));
+    assert_eq!(p.audit.outcome, Outcome::Denied);
+    assert_eq!(p.audit.policy_revision, "none");
+    assert_ne!(before, "none");
+    let decision = p.audit.decision.expect("decision");
+    assert_eq!(decision.reasons, ["policy_not_loaded"]);
+    assert_eq!(decision.failure, Some(Failure::NoPolicy));
 }
 
 #[test]
