@@ -193,21 +193,7 @@ impl Config {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let parse_err = |message: String| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        };
-        // Parse once strictly so unknown keys are reported against the file, then merge the
-        // file over the defaults so every key exists for the environment overrides.
-        let _: RawConfig = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
-        let mut tree =
-            toml::Value::try_from(RawConfig::default()).map_err(|e| parse_err(e.to_string()))?;
-        let file: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
-        merge(&mut tree, file);
-        env::apply(&mut tree, vars)?;
-        let raw: RawConfig = tree
-            .try_into()
-            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        let raw = raw_from_toml(text, path, vars)?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         Self::validate(raw, path, &base)
     }
@@ -276,6 +262,56 @@ impl Config {
             policy_dir,
             policy_reload_interval: raw.policy.reload_interval,
             policy_emit_topic: raw.policy.emit_topic,
+        })
+    }
+}
+
+/// Parses `text` (as if read from `path`) over the defaults and applies `vars`, unvalidated.
+fn raw_from_toml<I>(text: &str, path: &Path, vars: I) -> Result<RawConfig, ConfigError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let parse_err = |message: String| ConfigError::Parse {
+        path: path.to_owned(),
+        message,
+    };
+    // Parse once strictly so unknown keys are reported against the file, then merge the
+    // file over the defaults so every key exists for the environment overrides.
+    let _: RawConfig = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+    let mut tree =
+        toml::Value::try_from(RawConfig::default()).map_err(|e| parse_err(e.to_string()))?;
+    let file: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+    merge(&mut tree, file);
+    env::apply(&mut tree, vars)?;
+    tree.try_into()
+        .map_err(|e: toml::de::Error| parse_err(e.to_string()))
+}
+
+/// Where the policies are and how they are evaluated: the `[policy]` table, resolved.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    /// The policy directory.
+    pub dir: PathBuf,
+    /// The entry rule.
+    pub entry: String,
+    /// The evaluation time limit.
+    pub timeout: Duration,
+}
+
+impl PolicySettings {
+    /// Reads only the `[policy]` table of `path` (with `REFLEX_*` overrides), without loading
+    /// the policies, so `reflex policy` commands work on a set that does not compile.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw = raw_from_toml(&text, path, std::env::vars())?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        Ok(Self {
+            dir: base.join(&raw.policy.dir),
+            entry: raw.policy.entry,
+            timeout: raw.policy.timeout,
         })
     }
 }

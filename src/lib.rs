@@ -10,13 +10,15 @@
 //! - [`config`]: the configuration file, `REFLEX_*` overrides and start-up validation.
 //! - [`event`]: CloudEvents 1.0 decoding, structured and binary mode.
 //! - [`schema`]: the file schema registry (JSON Schema per event type).
-//! - [`policy`]: Rego policies with regorus; the decision contract; failing closed.
+//! - [`policy`]: Rego policies with regorus; the decision contract (redact, emit); failing
+//!   closed; hot reload; `reflex policy test` and `eval`; shadow comparison.
 //! - [`action`]: the inline actions (`emit`, `log`) and the type → action table.
 //! - [`audit`]: the audit record and the outcome and reason codes.
 //! - [`pipeline`]: the order of the stages for one event, free of Kafka.
 //! - [`kafka`]: client settings, topic creation, delivery of output records.
 //! - [`worker`]: the actions role: the consumer loop, offset storing and shutdown.
 //! - [`produce`]: `reflex produce`, publishing CloudEvents from JSON lines.
+//! - [`replay`]: `reflex policy replay`, a candidate policy set against the recorded decisions.
 //! - [`summary`]: per-type counts of outcomes and reasons.
 //!
 //! # One event's way through the actions role
@@ -37,6 +39,7 @@ pub mod kafka;
 pub mod pipeline;
 pub mod policy;
 pub mod produce;
+pub mod replay;
 pub mod schema;
 pub mod summary;
 pub mod worker;
