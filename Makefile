@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 REFLEX := target/release/reflex
 
-.PHONY: help up down status build check demo test test-unit lint fmt clean-stack
+.PHONY: help up down status build check demo test test-unit lint fmt clean-stack opa policy-test bench-policy
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,8 +30,17 @@ check: build ## Validate config, schemas, policies and actions (no broker needed
 demo: up build ## Start the stack, push the sample events through the pipeline, print the outcome
 	@scripts/demo.sh
 
-test: up ## Run every test (unit and integration) against the local stack
+test: up opa ## Run every test (unit and integration) against the local stack
 	$(CARGO) test --locked --all-targets
+
+opa: ## Build the reference OPA (v1.22.3, Go module proxy) into .stack/bin once
+	@scripts/opa.sh >/dev/null
+
+policy-test: ## Run the Rego test_* rules and policies/tests/*.yaml cases
+	$(CARGO) run --quiet -- policy test
+
+bench-policy: opa ## Decision time per event: regorus (criterion) against opa bench, as a ratio
+	@scripts/bench-policy.sh
 
 test-unit: ## Run the unit tests only (no broker)
 	$(CARGO) test --locked --lib

@@ -5,3 +5,5 @@ mod actions;
 mod cli;
 mod common;
 mod crash;
+mod opa;
+mod policy;
