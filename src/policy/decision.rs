@@ -174,12 +174,11 @@ fn check_obligations(obligations: &Map<String, Value>) -> Result<(), &'static st
     }
     match obligations.get("emit") {
         None => {}
-        Some(Value::Array(items)) => {
-            if !items.iter().all(|i| emit_obligation(i).is_some()) {
-                return Err(
-                    "decision.obligations.emit holds an item without a string `type` (or with a non-string `topic`)",
-                );
-            }
+        Some(Value::Array(items)) if items.iter().all(|i| emit_obligation(i).is_some()) => {}
+        Some(Value::Array(_)) => {
+            return Err(
+                "decision.obligations.emit holds an item without a string `type` (or with a non-string `topic`)",
+            )
         }
         Some(_) => return Err("decision.obligations.emit is not a list"),
     }

@@ -42,6 +42,15 @@ fn bundle(files: &PolicyFiles, data: &Value, with_tests: bool) -> tempfile::Temp
     dir
 }
 
+/// The repository's policy directory, its files and the set compiled from them.
+fn repo_policies() -> (PathBuf, PolicyFiles, PolicySet) {
+    let dir = repo().join("policies");
+    let files = PolicyFiles::read(&dir).expect("policies");
+    let set = PolicySet::load(&dir, "data.reflex.decision", Duration::from_secs(5))
+        .expect("policies load");
+    (dir, files, set)
+}
+
 fn opa_decision(opa: &Path, bundle: &Path, input: &Value, entry: &str) -> Option<Value> {
     let input_file = tempfile::NamedTempFile::new().expect("input file");
     std::fs::write(input_file.path(), input.to_string()).expect("write input");
@@ -65,10 +74,7 @@ fn opa_decision(opa: &Path, bundle: &Path, input: &Value, entry: &str) -> Option
 #[test]
 fn regorus_and_opa_return_the_same_decision_for_every_case() {
     let opa = opa();
-    let dir = repo().join("policies");
-    let files = PolicyFiles::read(&dir).expect("policies");
-    let set = PolicySet::load(&dir, "data.reflex.decision", Duration::from_secs(5))
-        .expect("policies load");
+    let (dir, files, set) = repo_policies();
     let cases = all_cases(&dir).expect("cases");
     assert!(cases.len() >= 10, "the suite has cases: {}", cases.len());
     let mut compared = 0;
@@ -103,10 +109,7 @@ fn regorus_and_opa_return_the_same_decision_for_every_case() {
 #[test]
 fn opa_passes_the_rego_tests_too() {
     let opa = opa();
-    let dir = repo().join("policies");
-    let files = PolicyFiles::read(&dir).expect("policies");
-    let set = PolicySet::load(&dir, "data.reflex.decision", Duration::from_secs(5))
-        .expect("policies load");
+    let (_, files, set) = repo_policies();
     assert!(!files.tests.is_empty(), "there are Rego tests");
     let bundle = bundle(&files, &set.data(), true);
     let output = Command::new(&opa)
