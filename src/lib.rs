@@ -25,7 +25,9 @@
 //! 1. The [`worker`] polls a record and hands it to the [`pipeline`].
 //! 2. Size check, then [`event::CloudEvent::decode`]; failures become dead letters.
 //! 3. The type selects its schema ([`schema::SchemaRegistry::validate`]) and its action.
-//! 4. [`policy::Evaluator::decide`] returns allow, reasons and obligations, or a fail-closed deny.
+//! 4. [`policy::Evaluator::decide`] returns allow, reasons and obligations, or a fail-closed deny;
+//!    `redact` paths are removed from every copy of the data written, `emit` obligations become
+//!    derived events. The worker swaps in a reloaded policy set between two records.
 //! 5. Allowed events run their [`action::Action`]; denied events are only audited.
 //! 6. The worker publishes the derived, dead-letter and audit records (`acks=all`, idempotent)
 //!    and stores the record's offset only after all of them, and every earlier record of the

@@ -355,6 +355,26 @@ deny contains msg if { input.amount == 13; msg := sprintf("%v", [1 / 0]) }
     }
 
     #[test]
+    fn each_failure_kind_is_its_own_reason_and_counter() {
+        let slow = "package reflex\ndecision := {\"allow\": count([x | some x in numbers.range(1, 100000); some y in numbers.range(1, 1000); x == -y]) > 0}\n";
+        let mut ev = set(&[("p.rego", slow)], Duration::from_millis(5))
+            .expect("loads")
+            .evaluator();
+        let before = telemetry::failures(Failure::Timeout);
+        let d = ev.decide(input(json!({})));
+        assert_eq!(d.failure, Some(Failure::Timeout), "{d:?}");
+        assert_eq!(d.reasons, ["policy_timeout"]);
+        assert!(telemetry::failures(Failure::Timeout) > before);
+
+        let mut none = Evaluator::unloaded();
+        let before = telemetry::failures(Failure::NoPolicy);
+        let d = none.decide(input(json!({})));
+        assert_eq!((d.allow, d.failure), (false, Some(Failure::NoPolicy)));
+        assert_eq!(none.revision(), NO_REVISION);
+        assert!(telemetry::failures(Failure::NoPolicy) > before);
+    }
+
+    #[test]
     fn revision_changes_with_content() {
         let a = set(
             &[
