@@ -234,13 +234,7 @@ impl Config {
         let actions = build_actions(&raw.actions, &schemas, &schema_dir)?;
         Ok(Self {
             path: path.to_owned(),
-            kafka: KafkaConfig {
-                brokers: raw.kafka.brokers,
-                client_id: raw.kafka.client_id,
-                properties: raw.kafka.properties,
-                consumer: raw.kafka.consumer,
-                producer: raw.kafka.producer,
-            },
+            kafka: kafka_config(raw.kafka),
             topics: Topics {
                 events: raw.topics.events,
                 audit: raw.topics.audit,
@@ -296,6 +290,10 @@ pub struct PolicySettings {
     pub entry: String,
     /// The evaluation time limit.
     pub timeout: Duration,
+    /// Kafka settings, to read the audit topic.
+    pub kafka: KafkaConfig,
+    /// The audit topic.
+    pub audit_topic: String,
 }
 
 impl PolicySettings {
@@ -312,7 +310,19 @@ impl PolicySettings {
             dir: base.join(&raw.policy.dir),
             entry: raw.policy.entry,
             timeout: raw.policy.timeout,
+            kafka: kafka_config(raw.kafka),
+            audit_topic: raw.topics.audit,
         })
+    }
+}
+
+fn kafka_config(raw: RawKafka) -> KafkaConfig {
+    KafkaConfig {
+        brokers: raw.brokers,
+        client_id: raw.client_id,
+        properties: raw.properties,
+        consumer: raw.consumer,
+        producer: raw.producer,
     }
 }
 

@@ -18,7 +18,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::config::{Config, KafkaConfig};
 use crate::event::CloudEvent;
 use crate::kafka::{self, KafkaSetupError};
 use crate::pipeline::{policy_input, Input};
@@ -74,26 +74,32 @@ type Coordinates = (String, i32, i64);
 pub fn replay(config: &Config, options: &ReplayOptions) -> Result<ShadowReport, ReplayError> {
     let candidate = config.policy.reload_from(&options.candidate)?;
     let mut evaluator = candidate.evaluator();
-    let consumer = reader(config)?;
+    let consumer = reader(&config.kafka)?;
 
     let mut audits: HashMap<Coordinates, Value> = HashMap::new();
-    scan(&consumer, &config.topics.audit, None, None, |m| {
-        let Some(audit) = m
-            .payload()
-            .and_then(|p| serde_json::from_slice::<Value>(p).ok())
-        else {
-            return;
-        };
-        let coordinates = (
-            audit["topic"].as_str().unwrap_or_default().to_owned(),
-            audit["partition"]
-                .as_i64()
-                .and_then(|p| i32::try_from(p).ok())
-                .unwrap_or(-1),
-            audit["offset"].as_i64().unwrap_or(-1),
-        );
-        audits.insert(coordinates, audit);
-    })?;
+    scan(
+        &consumer,
+        &config.topics.audit,
+        Start::Beginning,
+        None,
+        |m| {
+            let Some(audit) = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+            else {
+                return;
+            };
+            let coordinates = (
+                audit["topic"].as_str().unwrap_or_default().to_owned(),
+                audit["partition"]
+                    .as_i64()
+                    .and_then(|p| i32::try_from(p).ok())
+                    .unwrap_or(-1),
+                audit["offset"].as_i64().unwrap_or(-1),
+            );
+            audits.insert(coordinates, audit);
+        },
+    )?;
 
     let mut report = ShadowReport::new(candidate.revision());
     let topics = if options.topics.is_empty() {
@@ -105,7 +111,7 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> Result<ShadowReport, 
         scan(
             &consumer,
             topic,
-            options.from_offset,
+            options.from_offset.map_or(Start::Beginning, Start::Offset),
             options.max_events,
             |m| {
                 let coordinates = (m.topic().to_owned(), m.partition(), m.offset());
@@ -162,8 +168,8 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> Result<ShadowReport, 
     Ok(report)
 }
 
-fn reader(config: &Config) -> Result<BaseConsumer, ReplayError> {
-    let mut settings = kafka::base_config(&config.kafka);
+fn reader(config: &KafkaConfig) -> Result<BaseConsumer, ReplayError> {
+    let mut settings = kafka::base_config(config);
     settings
         .set(
             "group.id",
@@ -175,22 +181,33 @@ fn reader(config: &Config) -> Result<BaseConsumer, ReplayError> {
             "fetch.message.max.bytes",
             kafka::MAX_MESSAGE_BYTES.to_string(),
         );
-    kafka::with_properties(settings, &config.kafka)
+    kafka::with_properties(settings, config)
         .create()
         .map_err(|source| {
             ReplayError::Setup(KafkaSetupError::Client {
                 what: "replay consumer",
-                brokers: config.kafka.brokers.clone(),
+                brokers: config.brokers.clone(),
                 source,
             })
         })
 }
 
-/// Calls `f` for every record of `topic` from `from` (or the beginning) to the end as it is now.
+/// Where a scan starts in every partition.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// The oldest record kept.
+    Beginning,
+    /// This offset (or the oldest kept, if later).
+    Offset(i64),
+    /// This many records before the end.
+    Tail(i64),
+}
+
+/// Calls `f` for every record of `topic` from `start` to the end as it is now.
 fn scan(
     consumer: &BaseConsumer,
     topic: &str,
-    from: Option<i64>,
+    from: Start,
     max: Option<usize>,
     mut f: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<(), ReplayError> {
@@ -208,7 +225,11 @@ fn scan(
         let (low, high) = consumer
             .fetch_watermarks(topic, p.id(), timeout)
             .map_err(read_err)?;
-        let start = from.map_or(low, |o| o.max(low));
+        let start = match from {
+            Start::Beginning => low,
+            Start::Offset(o) => o.max(low),
+            Start::Tail(n) => (high - n).max(low),
+        };
         if start < high {
             assignment
                 .add_partition_offset(topic, p.id(), Offset::Offset(start))
@@ -244,4 +265,60 @@ fn scan(
     }
     consumer.unassign().map_err(read_err)?;
     Ok(())
+}
+
+/// The revision a worker last decided with, as its audit records show.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerRevision {
+    /// The worker id.
+    pub worker: String,
+    /// The revision of its latest decision.
+    pub revision: String,
+    /// When it made that decision.
+    pub processed_at: String,
+}
+
+/// The revisions workers run, read from the last `tail` audit records of every partition: the
+/// audit trail is the one record every worker process writes, so it answers across processes.
+pub fn running_revisions(
+    kafka: &KafkaConfig,
+    audit_topic: &str,
+    tail: i64,
+) -> Result<Vec<WorkerRevision>, ReplayError> {
+    let consumer = reader(kafka)?;
+    let mut latest: HashMap<String, WorkerRevision> = HashMap::new();
+    scan(&consumer, audit_topic, Start::Tail(tail), None, |m| {
+        let Some(audit) = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+        else {
+            return;
+        };
+        let (Some(worker), Some(revision), Some(at)) = (
+            audit["worker"].as_str(),
+            audit["policy_revision"].as_str(),
+            audit["processed_at"].as_str(),
+        ) else {
+            return;
+        };
+        if audit.get("decision").is_none() {
+            return;
+        }
+        let newer = latest
+            .get(worker)
+            .is_none_or(|w| w.processed_at.as_str() < at);
+        if newer {
+            latest.insert(
+                worker.to_owned(),
+                WorkerRevision {
+                    worker: worker.to_owned(),
+                    revision: revision.to_owned(),
+                    processed_at: at.to_owned(),
+                },
+            );
+        }
+    })?;
+    let mut out: Vec<WorkerRevision> = latest.into_values().collect();
+    out.sort_by(|a, b| a.worker.cmp(&b.worker));
+    Ok(out)
 }

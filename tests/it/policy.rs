@@ -112,6 +112,28 @@ async fn a_reload_changes_decisions_from_one_offset_on_and_a_broken_set_changes_
         }
     }
     assert_eq!(switch, 5, "the five events before the reload were approved");
+
+    // `reflex policy status` shows the refused directory and the revision the worker ran.
+    let output = Command::new(reflex_bin())
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(["policy", "status"])
+        .output()
+        .expect("run reflex policy status");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "a refused directory exits non-zero: {stdout}"
+    );
+    assert!(
+        stdout.contains("REFUSED") && stdout.contains("broken.rego"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("reload-worker") && stdout.contains(&second),
+        "{stdout}"
+    );
+    assert!(stdout.contains("running (directory refused)"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
