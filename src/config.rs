@@ -176,6 +176,8 @@ pub struct Config {
     pub policy_reload_interval: Duration,
     /// Topic of events emitted by `emit` obligations that name none.
     pub policy_emit_topic: String,
+    /// Further topics `emit` obligations may name.
+    pub policy_emit_topics: Vec<String>,
 }
 
 impl Config {
@@ -256,6 +258,7 @@ impl Config {
             policy_dir,
             policy_reload_interval: raw.policy.reload_interval,
             policy_emit_topic: raw.policy.emit_topic,
+            policy_emit_topics: raw.policy.emit_topics,
         })
     }
 }

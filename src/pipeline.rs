@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::action::{ActionTable, Effect};
 use crate::audit::{AuditRecord, DeadLetterReason, Outcome, Timings};
 use crate::event::{CloudEvent, Mode};
-use crate::policy::{EmitObligation, Evaluator};
+use crate::policy::{telemetry, Decision, EmitObligation, Evaluator, Failure};
 use crate::schema::SchemaRegistry;
 
 /// Headers reflex adds to a dead-letter record.
@@ -89,6 +89,7 @@ pub struct Processor {
     max_event_bytes: usize,
     worker: String,
     policy_emit_topic: String,
+    policy_emit_topics: Vec<String>,
 }
 
 /// Settings a [`Processor`] needs besides schemas, actions and policies.
@@ -104,6 +105,8 @@ pub struct ProcessorSettings {
     pub worker: String,
     /// Topic of events emitted by `emit` obligations that name none.
     pub policy_emit_topic: String,
+    /// Further topics `emit` obligations may name.
+    pub policy_emit_topics: Vec<String>,
 }
 
 impl Processor {
@@ -123,6 +126,7 @@ impl Processor {
             max_event_bytes: settings.max_event_bytes,
             worker: settings.worker,
             policy_emit_topic: settings.policy_emit_topic,
+            policy_emit_topics: settings.policy_emit_topics,
         }
     }
 
@@ -235,9 +239,19 @@ impl Processor {
 
         let started = Instant::now();
         let now = chrono::Utc::now();
-        let decision = self
+        let mut decision = self
             .evaluator
             .decide(policy_input(&event, mode, input, &now));
+        if let Some(topic) = self.unknown_emit_topic(&decision) {
+            let detail = format!(
+                "an emit obligation names topic \"{topic}\", which is neither policy.emit_topic nor in policy.emit_topics"
+            );
+            telemetry::PolicyFailedClosed {
+                failure: Failure::Malformed,
+            }
+            .emit();
+            decision = Decision::failed(Failure::Malformed, Some(detail));
+        }
         timings.policy = micros(started);
         audit.processed_at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
 
@@ -292,6 +306,15 @@ impl Processor {
         }
         audit.decision = Some(decision);
         self.finish(audit, records, timings)
+    }
+
+    /// A topic an `emit` obligation names that the configuration does not allow.
+    fn unknown_emit_topic(&self, decision: &Decision) -> Option<String> {
+        decision
+            .emits()
+            .into_iter()
+            .filter_map(|e| e.topic)
+            .find(|t| *t != self.policy_emit_topic && !self.policy_emit_topics.contains(t))
     }
 
     fn dead_letter(

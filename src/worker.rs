@@ -151,6 +151,7 @@ pub async fn run(
             max_event_bytes: role.max_event_bytes,
             worker: options.worker_id.clone(),
             policy_emit_topic: config.policy_emit_topic.clone(),
+            policy_emit_topics: config.policy_emit_topics.clone(),
         },
     );
     tracing::info!(
@@ -314,6 +315,7 @@ fn emitted_topics(config: &Config) -> Vec<String> {
         })
         .collect();
     topics.push(config.policy_emit_topic.clone());
+    topics.extend(config.policy_emit_topics.iter().cloned());
     topics.sort();
     topics.dedup();
     topics.retain(|t| !config.topics.events.contains(t));

@@ -152,6 +152,8 @@ pub struct RawPolicy {
     pub reload_interval: Duration,
     /// Topic of events emitted by `emit` obligations that name none.
     pub emit_topic: String,
+    /// Further topics `emit` obligations may name (created at start-up).
+    pub emit_topics: Vec<String>,
 }
 
 impl Default for RawPolicy {
@@ -162,6 +164,7 @@ impl Default for RawPolicy {
             timeout: Duration::from_millis(100),
             reload_interval: Duration::from_secs(2),
             emit_topic: "reflex.policy.events".into(),
+            emit_topics: Vec::new(),
         }
     }
 }

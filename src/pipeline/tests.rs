@@ -53,6 +53,7 @@ fn fixture(policy: &str) -> Fixture {
             max_event_bytes: 1024,
             worker: "w1".into(),
             policy_emit_topic: "policy.events".into(),
+            policy_emit_topics: vec!["alerts".into()],
         },
     );
     Fixture {
@@ -168,6 +169,25 @@ fn redact_removes_fields_from_derived_events_and_emit_publishes_before_the_audit
     let topics: Vec<&str> = p.records.iter().map(|r| r.topic.as_str()).collect();
     assert_eq!(topics, ["policy.events", "audit"]);
     assert_eq!(p.audit.outcome, Outcome::Denied);
+}
+
+#[test]
+fn emit_to_a_topic_the_configuration_does_not_allow_fails_closed() {
+    let policy = r#"package reflex
+decision := {"allow": true, "obligations": {"emit": [{"type": "x", "topic": input.event.data.to}]}}
+"#;
+    let mut f = fixture(policy);
+    let value = refund("r10", r#"{"amount": 1, "to": "alerts"}"#);
+    let p = f.processor.process(&input(&value, &[]));
+    assert_eq!(p.audit.outcome, Outcome::Actioned);
+    assert_eq!(p.records[0].topic, "alerts");
+    let value = refund("r11", r#"{"amount": 1, "to": "nowhere"}"#);
+    let p = f.processor.process(&input(&value, &[]));
+    assert_eq!(p.audit.outcome, Outcome::Denied);
+    assert_eq!(p.records.len(), 1, "only the audit record");
+    let decision = p.audit.decision.expect("decision");
+    assert_eq!(decision.failure, Some(Failure::Malformed));
+    assert!(decision.detail.is_some_and(|d| d.contains("\"nowhere\"")));
 }
 
 #[test]
