@@ -6,7 +6,8 @@
 //! checkout`, a Kubernetes ConfigMap's symlink swap, a network file system that sends no
 //! events), and a content hash ignores touches that change nothing.
 //!
-//! A changed revision is compiled off the worker's thread. If it compiles, the new
+//! A changed revision is compiled, off the worker's thread, once it has stayed the same for one
+//! poll (a change being written file by file is not compiled half-way). If it compiles, the new
 //! [`PolicySet`] is published on a `watch` channel; the worker takes it between two records
 //! ([`PolicyWatch::changed`]), so each record is decided wholly by the revision it started on
 //! and every audit record names that revision. If it does not compile, it is refused: the
@@ -61,6 +62,7 @@ pub enum Poll {
 pub struct Reloader {
     running: Arc<PolicySet>,
     refused: Option<String>,
+    seen: Option<String>,
 }
 
 impl Reloader {
@@ -69,6 +71,7 @@ impl Reloader {
         Self {
             running,
             refused: None,
+            seen: None,
         }
     }
 
@@ -82,7 +85,8 @@ impl Reloader {
         self.refused.as_deref()
     }
 
-    /// Reads the directory's revision and compiles it when it changed.
+    /// Reads the directory's revision and compiles it when it changed and has stayed the same
+    /// since the previous poll (so a change being written file by file is not compiled half-way).
     pub fn poll(&mut self) -> Poll {
         let dir = self.running.dir().to_owned();
         let revision = match files::revision(&dir) {
@@ -101,6 +105,10 @@ impl Reloader {
             return Poll::Unchanged;
         }
         if self.refused.as_deref() == Some(revision.as_str()) {
+            return Poll::Unchanged;
+        }
+        if self.seen.as_deref() != Some(revision.as_str()) {
+            self.seen = Some(revision);
             return Poll::Unchanged;
         }
         match self.running.reload_from(&dir) {
@@ -264,6 +272,10 @@ mod tests {
         assert!(matches!(r.poll(), Poll::Unchanged));
 
         std::fs::write(dir.path().join("d.json"), "{\"max\": 5}").expect("write");
+        assert!(
+            matches!(r.poll(), Poll::Unchanged),
+            "not compiled until it settles"
+        );
         let Poll::Reloaded(second) = r.poll() else {
             panic!("a changed data file reloads");
         };
@@ -273,6 +285,10 @@ mod tests {
         assert!(!second.evaluator().decide(input).allow);
 
         std::fs::write(dir.path().join("p.rego"), "package reflex\ndecision := {").expect("write");
+        assert!(
+            matches!(r.poll(), Poll::Unchanged),
+            "not compiled until it settles"
+        );
         let Poll::Refused(e) = r.poll() else {
             panic!("a broken module is refused");
         };
