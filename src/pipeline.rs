@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::action::{ActionTable, Effect};
 use crate::audit::{AuditRecord, DeadLetterReason, Outcome, Timings};
 use crate::event::{CloudEvent, Mode};
-use crate::policy::{telemetry, Decision, EmitObligation, Evaluator, Failure};
+use crate::policy::{telemetry, Decision, Evaluator, Failure};
 use crate::schema::SchemaRegistry;
 
 /// Headers reflex adds to a dead-letter record.
@@ -261,20 +261,15 @@ impl Processor {
         let event = if redact.is_empty() {
             &event
         } else {
-            redacted = redacted_event(&event, &redact);
+            redacted = obligations::redacted(&event, &redact);
             &redacted
         };
         for (index, emit) in decision.emits().into_iter().enumerate() {
-            let derived = obligation_event(event, &emit, index, self.evaluator.revision());
-            records.push(OutRecord {
-                topic: emit.topic.unwrap_or_else(|| self.policy_emit_topic.clone()),
-                key: Some(derived.id.clone().into_bytes()),
-                value: Some(derived.to_structured()),
-                headers: vec![(
-                    "content-type".into(),
-                    b"application/cloudevents+json".to_vec(),
-                )],
-            });
+            let derived =
+                obligations::emitted_event(event, &emit, index, self.evaluator.revision());
+            let topic = emit.topic.unwrap_or_else(|| self.policy_emit_topic.clone());
+            let key = derived.id.clone().into_bytes();
+            records.push(obligations::event_record(topic, key, &derived));
         }
 
         if decision.allow {
@@ -286,18 +281,10 @@ impl Processor {
                 event: derived,
             } = effect
             {
-                records.push(OutRecord {
-                    topic,
-                    key: input
-                        .key
-                        .map(<[u8]>::to_vec)
-                        .or_else(|| Some(derived.id.clone().into_bytes())),
-                    value: Some(derived.to_structured()),
-                    headers: vec![(
-                        "content-type".into(),
-                        b"application/cloudevents+json".to_vec(),
-                    )],
-                });
+                let key = input
+                    .key
+                    .map_or_else(|| derived.id.clone().into_bytes(), <[u8]>::to_vec);
+                records.push(obligations::event_record(topic, key, &derived));
             }
             audit.outcome = Outcome::Actioned;
             audit.action = Some(report);
@@ -420,50 +407,10 @@ pub fn policy_document(
     })
 }
 
-/// A copy of `event` without the fields the policy asked to redact.
-fn redacted_event(event: &CloudEvent, paths: &[&str]) -> CloudEvent {
-    let mut doc = serde_json::to_value(event).unwrap_or(Value::Null);
-    crate::policy::redact::redact(&mut doc, paths);
-    let mut copy = event.clone();
-    copy.data = doc.get_mut("data").map(Value::take);
-    copy
-}
-
-/// Namespace of the ids of events emitted by obligations (UUID v5).
-const OBLIGATION_ID_NAMESPACE: uuid::Uuid =
-    uuid::Uuid::from_u128(0x3b0e_55a4_1f7c_4c8e_b1d2_7a90_c4e6_2f13);
-
-/// The CloudEvent an `emit` obligation asks for; its id is stable across re-deliveries.
-fn obligation_event(
-    event: &CloudEvent,
-    emit: &EmitObligation,
-    index: usize,
-    revision: &str,
-) -> CloudEvent {
-    let name = format!("{}\n{}\n{}\n{index}", event.source, event.id, emit.ty);
-    let mut extensions = std::collections::BTreeMap::new();
-    extensions.insert("causationid".to_owned(), Value::String(event.id.clone()));
-    extensions.insert(
-        "policyrevision".to_owned(),
-        Value::String(revision.to_owned()),
-    );
-    CloudEvent {
-        specversion: crate::event::SPEC_VERSION.to_owned(),
-        id: uuid::Uuid::new_v5(&OBLIGATION_ID_NAMESPACE, name.as_bytes()).to_string(),
-        source: "/reflex/policy".to_owned(),
-        ty: emit.ty.clone(),
-        subject: event.subject.clone(),
-        time: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-        datacontenttype: Some("application/json".to_owned()),
-        dataschema: None,
-        data: Some(emit.data.clone()),
-        extensions,
-    }
-}
-
 fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
+mod obligations;
 #[cfg(test)]
 mod tests;
