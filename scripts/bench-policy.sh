@@ -38,20 +38,23 @@ for case in json.load(open("benches/policy-inputs.json")):
     json.dump(case["input"], open(f"{work}/{case['name']}.input.json", "w"))
 PY
 
-echo "regorus: cargo bench --bench policy ..." >&2
-cargo bench --quiet --bench policy -- --noplot >"$work/criterion.log" 2>&1 ||
-    { cat "$work/criterion.log" >&2; exit 1; }
+echo "building the bench (release) ..." >&2
+cargo bench --quiet --bench policy --no-run >"$work/build.log" 2>&1 || { cat "$work/build.log" >&2; exit 1; }
 
+# Each input is measured by criterion and then by opa bench right after it, so both see the same
+# load on a shared machine; the ratio is the figure to read, the absolute times move with the load.
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-22s %14s %14s %14s %8s\n' input "regorus eval" "regorus decide" "opa bench" "opa/eval"
 for input in "$work"/*.input.json; do
     name="$(basename "$input" .input.json)"
+    cargo bench --quiet --bench policy -- --noplot "/${name}\$" >"$work/criterion-$name.log" 2>&1 ||
+        { cat "$work/criterion-$name.log" >&2; exit 1; }
     opa_json="$("$OPA" bench --format json --metrics=false --benchmem=false --count 3 \
         --data "$work/bundle" --input "$input" data.reflex.decision)"
     python3 - "$name" "$opa_json" "$CARGO_TARGET_DIR/criterion/policy" <<'PY'
-import json, sys
+import json, statistics, sys
 name, opa_text, root = sys.argv[1], sys.argv[2], sys.argv[3]
-# --count N prints N JSON objects one after another; take the fastest, as criterion's mean is
-# of many samples after warm-up.
+# --count N prints N JSON objects one after another (each the mean of a ~1 s run): the median.
 dec = json.JSONDecoder()
 runs, i = [], 0
 while i < len(opa_text):
@@ -60,7 +63,7 @@ while i < len(opa_text):
         continue
     obj, i = dec.raw_decode(opa_text, i)
     runs.append(obj["T"] / obj["N"])
-opa_ns = min(runs)
+opa_ns = statistics.median(runs)
 def est(kind):
     return json.load(open(f"{root}/{kind}/{name}/new/estimates.json"))["mean"]["point_estimate"]
 ev, de = est("eval"), est("decide")
@@ -68,3 +71,4 @@ us = lambda ns: f"{ns / 1000:.2f} µs"
 print(f"{name:<22} {us(ev):>14} {us(de):>14} {us(opa_ns):>14} {opa_ns / ev:>7.2f}x")
 PY
 done
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -344,38 +344,9 @@ fn policy_command(config: &Path, command: &PolicyCommand) -> anyhow::Result<Exit
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::Status { tail } => {
-            let dir = &settings.dir;
-            let on_disk = reflex::policy::files::revision(dir)?;
-            let refused = PolicySet::load(dir, &settings.entry, settings.timeout).err();
-            match &refused {
-                None => println!("{}: revision {on_disk} (compiles)", dir.display()),
-                Some(e) => {
-                    println!("{}: revision {on_disk} REFUSED: {e}", dir.display());
-                    println!("  workers keep the revision they run until it compiles");
-                }
-            }
-            let workers =
-                reflex::replay::running_revisions(&settings.kafka, &settings.audit_topic, *tail)?;
-            if workers.is_empty() {
-                println!(
-                    "no decisions in the last {tail} records of each partition of {}",
-                    settings.audit_topic
-                );
-            }
-            for w in workers {
-                let note = if w.revision == on_disk {
-                    "current"
-                } else if refused.is_some() {
-                    "running (directory refused)"
-                } else {
-                    "older (reload pending, or the worker stopped)"
-                };
-                println!(
-                    "  {:<28} {}  last decision {}  {note}",
-                    w.worker, w.revision, w.processed_at
-                );
-            }
-            Ok(if refused.is_some() {
+            let status = reflex::replay::status::status(&settings, *tail)?;
+            println!("{status}");
+            Ok(if status.refused.is_some() {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS

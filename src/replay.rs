@@ -8,6 +8,8 @@
 //! record's `processed_at` (the instant of the original decision), so time-dependent rules (the
 //! SLA) reproduce. Events without a decision (dead letters, no audit record) are counted, not
 //! compared. Reading the lake instead of the topics is future work.
+//!
+//! [`status`] reads the same audit trail for `reflex policy status`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,6 +26,8 @@ use crate::kafka::{self, KafkaSetupError};
 use crate::pipeline::{policy_input, Input};
 use crate::policy::shadow::ShadowReport;
 use crate::policy::{Decision, PolicyError};
+
+pub mod status;
 
 /// Why a replay could not run.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,9 @@ pub enum ReplayError {
     /// The candidate policy set does not load.
     #[error("candidate policy set is not usable: {0}")]
     Candidate(#[from] PolicyError),
+    /// The policy directory cannot be read.
+    #[error("cannot read the policy directory: {0}")]
+    Directory(PolicyError),
 }
 
 /// What to replay.
@@ -265,60 +272,4 @@ fn scan(
     }
     consumer.unassign().map_err(read_err)?;
     Ok(())
-}
-
-/// The revision a worker last decided with, as its audit records show.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct WorkerRevision {
-    /// The worker id.
-    pub worker: String,
-    /// The revision of its latest decision.
-    pub revision: String,
-    /// When it made that decision.
-    pub processed_at: String,
-}
-
-/// The revisions workers run, read from the last `tail` audit records of every partition: the
-/// audit trail is the one record every worker process writes, so it answers across processes.
-pub fn running_revisions(
-    kafka: &KafkaConfig,
-    audit_topic: &str,
-    tail: i64,
-) -> Result<Vec<WorkerRevision>, ReplayError> {
-    let consumer = reader(kafka)?;
-    let mut latest: HashMap<String, WorkerRevision> = HashMap::new();
-    scan(&consumer, audit_topic, Start::Tail(tail), None, |m| {
-        let Some(audit) = m
-            .payload()
-            .and_then(|p| serde_json::from_slice::<Value>(p).ok())
-        else {
-            return;
-        };
-        let (Some(worker), Some(revision), Some(at)) = (
-            audit["worker"].as_str(),
-            audit["policy_revision"].as_str(),
-            audit["processed_at"].as_str(),
-        ) else {
-            return;
-        };
-        if audit.get("decision").is_none() {
-            return;
-        }
-        let newer = latest
-            .get(worker)
-            .is_none_or(|w| w.processed_at.as_str() < at);
-        if newer {
-            latest.insert(
-                worker.to_owned(),
-                WorkerRevision {
-                    worker: worker.to_owned(),
-                    revision: revision.to_owned(),
-                    processed_at: at.to_owned(),
-                },
-            );
-        }
-    })?;
-    let mut out: Vec<WorkerRevision> = latest.into_values().collect();
-    out.sort_by(|a, b| a.worker.cmp(&b.worker));
-    Ok(out)
 }
