@@ -492,6 +492,34 @@ types = ["refund.requested"]
     }
 
     #[test]
+    fn policy_reload_and_emit_settings() {
+        let f = Fixture::new();
+        let cfg = f.load(BOTH, &[]).expect("valid");
+        assert_eq!(cfg.policy_reload_interval, Duration::from_secs(2));
+        assert_eq!(cfg.policy_emit_topic, "reflex.policy.events");
+        assert!(cfg.policy_emit_topics.is_empty());
+        let body =
+            format!("{BOTH}\n[policy]\nreload_interval = \"250ms\"\nemit_topics = [\"alerts\"]\n");
+        let cfg = f
+            .load(&body, &[("REFLEX_POLICY_EMIT_TOPIC", "breaches")])
+            .expect("valid");
+        assert_eq!(cfg.policy_reload_interval, Duration::from_millis(250));
+        assert_eq!(cfg.policy_emit_topic, "breaches");
+        assert_eq!(cfg.policy_emit_topics, ["alerts"]);
+        // The policy commands read [policy] without compiling the policies.
+        let path = f.dir.path().join("reflex.toml");
+        std::fs::write(&path, format!("[topics]\nevents = [\"e\"]\n{body}")).expect("write");
+        std::fs::write(
+            f.dir.path().join("policies/p.rego"),
+            "package reflex\nx := {",
+        )
+        .expect("write");
+        let settings = PolicySettings::load(&path).expect("settings without compiling");
+        assert_eq!(settings.dir, f.dir.path().join("policies"));
+        assert_eq!(settings.audit_topic, "reflex.audit");
+    }
+
+    #[test]
     fn type_with_two_actions_is_named() {
         let f = Fixture::new();
         let body = format!("{BOTH}\n[actions.ship2]\nkind = \"log\"\ntypes = [\"order.placed\"]\n");
