@@ -179,6 +179,17 @@ async fn replay_shows_what_a_candidate_would_change_and_reproduces_the_recorded_
         .as_f64()
         .is_some_and(|a| a >= 1200.0));
 
+    // The shipment derived from the order carries the order's data without the customer id.
+    let shipments = read_all(&env.shipments);
+    assert_eq!(shipments.len(), 1);
+    let shipment = shipments[0].json();
+    assert_eq!(shipment["causationid"], "order-ok");
+    assert_eq!(shipment["data"]["amount"], 20.0);
+    assert!(
+        shipment["data"].get("customer_id").is_none(),
+        "redacted: {shipment}"
+    );
+
     // The same policies reproduce every recorded decision, the time-dependent one included.
     let same = replay::replay(
         &config,
