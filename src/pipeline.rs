@@ -264,12 +264,20 @@ impl Processor {
             redacted = obligations::redacted(&event, &redact);
             &redacted
         };
+        // The audit record names what was emitted (type, topic, id), not the emitted data.
+        let mut emitted = Vec::new();
         for (index, emit) in decision.emits().into_iter().enumerate() {
             let derived =
                 obligations::emitted_event(event, &emit, index, self.evaluator.revision());
             let topic = emit.topic.unwrap_or_else(|| self.policy_emit_topic.clone());
+            emitted.push(json!({"type": emit.ty, "topic": topic, "id": derived.id}));
             let key = derived.id.clone().into_bytes();
             records.push(obligations::event_record(topic, key, &derived));
+        }
+        if !emitted.is_empty() {
+            decision
+                .obligations
+                .insert("emit".to_owned(), Value::Array(emitted));
         }
 
         if decision.allow {

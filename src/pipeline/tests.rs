@@ -159,6 +159,12 @@ fn redact_removes_fields_from_derived_events_and_emit_publishes_before_the_audit
     let derived: Value =
         serde_json::from_slice(p.records[1].value.as_deref().expect("value")).expect("json");
     assert_eq!(derived["data"], json!({"amount": 60}), "secret redacted");
+    // The audit record names the emitted event, without its data.
+    let audit = audit_json(&p);
+    assert_eq!(
+        audit["decision"]["obligations"]["emit"],
+        json!([{"type": "big.refund", "topic": "policy.events", "id": emitted["id"]}])
+    );
     // Re-processing derives the same emitted id (idempotent downstream).
     let again = f.processor.process(&input(&value, &[]));
     assert_eq!(again.records[0].key, p.records[0].key);
