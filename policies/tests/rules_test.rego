@@ -1,4 +1,5 @@
-# Rego unit tests (`reflex policy test`; also valid for `opa test policies`).
+# Rego unit tests, run by `reflex policy test` (and by `opa test` in the test suite, which gives
+# OPA the merged data document).
 # Loaded only by the test runner: no test module is ever part of a worker's policy set.
 package reflex.rules_test
 
