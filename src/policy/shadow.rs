@@ -52,13 +52,41 @@ pub struct ShadowReport {
     /// Counts by event type.
     pub types: BTreeMap<String, TypeShift>,
     /// `(type, before, after)` → count, for changed decisions.
-    pub transitions: BTreeMap<(String, String, String), u64>,
+    #[serde(serialize_with = "transition_list")]
+    pub transitions: BTreeMap<Transition, u64>,
     /// A few examples per transition.
-    pub examples: BTreeMap<(String, String, String), Vec<Example>>,
+    #[serde(serialize_with = "transition_list")]
+    pub examples: BTreeMap<Transition, Vec<Example>>,
     /// Records not compared, by why (no audit record, dead-lettered, undecodable...).
     pub skipped: BTreeMap<String, u64>,
     /// Recorded revisions seen, with their counts.
     pub recorded_revisions: BTreeMap<String, u64>,
+}
+
+/// `(event type, decision before, decision after)`, each decision as a [`label`].
+pub type Transition = (String, String, String);
+
+/// JSON has no tuple keys: a transition map is written as a list of
+/// `{type, before, after, value}`.
+fn transition_list<S, V>(map: &BTreeMap<Transition, V>, s: S) -> Result<S::Ok, S::Error>
+where
+    S: serde::Serializer,
+    V: Serialize,
+{
+    #[derive(Serialize)]
+    struct Entry<'a, V> {
+        #[serde(rename = "type")]
+        ty: &'a str,
+        before: &'a str,
+        after: &'a str,
+        value: &'a V,
+    }
+    s.collect_seq(map.iter().map(|((ty, before, after), value)| Entry {
+        ty,
+        before,
+        after,
+        value,
+    }))
 }
 
 /// A decision as one line: `allow`, or `deny: reason; reason`.
@@ -221,5 +249,10 @@ mod tests {
         assert!(text.contains("e.g. r0 at t/0/1"), "{text}");
         assert!(text.contains("not compared: 1 × no audit record"), "{text}");
         assert!(text.ends_with("7 of 8 decisions would change"), "{text}");
+        let json = serde_json::to_value(&r).expect("the report serialises");
+        assert_eq!(
+            json["transitions"][0],
+            json!({"type": "order", "before": "deny: too big", "after": "allow", "value": 1})
+        );
     }
 }
