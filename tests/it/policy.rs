@@ -236,6 +236,19 @@ async fn replay_shows_what_a_candidate_would_change_and_reproduces_the_recorded_
         stdout.ends_with("4 of 11 decisions would change\n"),
         "{stdout}"
     );
+    let output = Command::new(reflex_bin())
+        .args(["--config"])
+        .arg(&env.config_path)
+        .args(["policy", "replay", "--json", "--candidate"])
+        .arg(candidate.path())
+        .output()
+        .expect("run reflex policy replay --json");
+    let json: Value = serde_json::from_slice(&output.stdout).expect("replay --json prints JSON");
+    assert_eq!(
+        json["transitions"],
+        json!([{"type": "refund.requested", "before": "allow",
+                "after": "deny: refund above the automatic approval limit", "value": 4}])
+    );
     let report = replay::replay(
         &config,
         &ReplayOptions {
