@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 REFLEX := target/release/reflex
 
-.PHONY: help up down status build check demo test test-unit lint fmt clean-stack pyenv
+.PHONY: help up down status build check demo test test-unit lint fmt clean-stack pyenv opa policy-test bench-policy
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,8 +33,17 @@ demo: up build pyenv ## Start the stack, push the sample events through the pipe
 pyenv: ## Install the Python tools the tests use (confluent-kafka) into .stack/venv
 	@scripts/pyenv.sh >/dev/null
 
-test: up pyenv ## Run every test (unit and integration) against the local stack
+test: up pyenv opa ## Run every test (unit and integration) against the local stack
 	$(CARGO) test --locked --all-targets
+
+opa: ## Build the reference OPA (v1.22.3, Go module proxy) into .stack/bin once
+	@scripts/opa.sh >/dev/null
+
+policy-test: ## Run the Rego test_* rules and policies/tests/*.yaml cases
+	$(CARGO) run --quiet -- policy test
+
+bench-policy: opa ## Decision time per event: regorus (criterion) against opa bench, as a ratio
+	@scripts/bench-policy.sh
 
 test-unit: ## Run the unit tests only (no broker)
 	$(CARGO) test --locked --lib

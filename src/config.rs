@@ -182,6 +182,12 @@ pub struct Config {
     pub type_header: String,
     /// Problems that do not stop reflex, such as a `REFLEX_*` variable that names no key.
     pub warnings: Vec<String>,
+    /// How often workers look for a changed policy set (zero: never).
+    pub policy_reload_interval: Duration,
+    /// Topic of events emitted by `emit` obligations that name none.
+    pub policy_emit_topic: String,
+    /// Further topics `emit` obligations may name.
+    pub policy_emit_topics: Vec<String>,
 }
 
 impl Config {
@@ -199,21 +205,7 @@ impl Config {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let parse_err = |message: String| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        };
-        // Parse once strictly so unknown keys are reported against the file, then merge the
-        // file over the defaults so every key exists for the environment overrides.
-        let _: RawConfig = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
-        let mut tree =
-            toml::Value::try_from(RawConfig::default()).map_err(|e| parse_err(e.to_string()))?;
-        let file: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
-        merge(&mut tree, file);
-        let unknown = env::apply(&mut tree, vars)?;
-        let raw: RawConfig = tree
-            .try_into()
-            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        let (raw, unknown) = raw_from_toml(text, path, vars)?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         let mut config = Self::validate(raw, path, &base)?;
         config.warnings = unknown
@@ -272,13 +264,7 @@ impl Config {
         };
         Ok(Self {
             path: path.to_owned(),
-            kafka: KafkaConfig {
-                brokers: raw.kafka.brokers,
-                client_id: raw.kafka.client_id,
-                properties: raw.kafka.properties,
-                consumer: raw.kafka.consumer,
-                producer: raw.kafka.producer,
-            },
+            kafka: kafka_config(raw.kafka),
             topics: Topics {
                 events: raw.topics.events,
                 audit: raw.topics.audit,
@@ -301,7 +287,83 @@ impl Config {
             registry,
             type_header: raw.registry.type_header,
             warnings: Vec::new(),
+            policy_reload_interval: raw.policy.reload_interval,
+            policy_emit_topic: raw.policy.emit_topic,
+            policy_emit_topics: raw.policy.emit_topics,
         })
+    }
+}
+
+/// Parses `text` (as if read from `path`) over the defaults and applies `vars`, unvalidated;
+/// also returns the `REFLEX_*` variables that name no key.
+fn raw_from_toml<I>(
+    text: &str,
+    path: &Path,
+    vars: I,
+) -> Result<(RawConfig, Vec<String>), ConfigError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let parse_err = |message: String| ConfigError::Parse {
+        path: path.to_owned(),
+        message,
+    };
+    // Parse once strictly so unknown keys are reported against the file, then merge the
+    // file over the defaults so every key exists for the environment overrides.
+    let _: RawConfig = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+    let mut tree =
+        toml::Value::try_from(RawConfig::default()).map_err(|e| parse_err(e.to_string()))?;
+    let file: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+    merge(&mut tree, file);
+    let unknown = env::apply(&mut tree, vars)?;
+    let raw = tree
+        .try_into()
+        .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+    Ok((raw, unknown))
+}
+
+/// Where the policies are and how they are evaluated: the `[policy]` table, resolved.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    /// The policy directory.
+    pub dir: PathBuf,
+    /// The entry rule.
+    pub entry: String,
+    /// The evaluation time limit.
+    pub timeout: Duration,
+    /// Kafka settings, to read the audit topic.
+    pub kafka: KafkaConfig,
+    /// The audit topic.
+    pub audit_topic: String,
+}
+
+impl PolicySettings {
+    /// Reads only the `[policy]` table of `path` (with `REFLEX_*` overrides), without loading
+    /// the policies, so `reflex policy` commands work on a set that does not compile.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (raw, _) = raw_from_toml(&text, path, std::env::vars())?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        Ok(Self {
+            dir: base.join(&raw.policy.dir),
+            entry: raw.policy.entry,
+            timeout: raw.policy.timeout,
+            kafka: kafka_config(raw.kafka),
+            audit_topic: raw.topics.audit,
+        })
+    }
+}
+
+fn kafka_config(raw: RawKafka) -> KafkaConfig {
+    KafkaConfig {
+        brokers: raw.brokers,
+        client_id: raw.client_id,
+        properties: raw.properties,
+        consumer: raw.consumer,
+        producer: raw.producer,
     }
 }
 
@@ -465,6 +527,34 @@ types = ["refund.requested"]
             cfg.actions.get("order.placed").map(|a| a.name.as_str()),
             Some("ship")
         );
+    }
+
+    #[test]
+    fn policy_reload_and_emit_settings() {
+        let f = Fixture::new();
+        let cfg = f.load(BOTH, &[]).expect("valid");
+        assert_eq!(cfg.policy_reload_interval, Duration::from_secs(2));
+        assert_eq!(cfg.policy_emit_topic, "reflex.policy.events");
+        assert!(cfg.policy_emit_topics.is_empty());
+        let body =
+            format!("{BOTH}\n[policy]\nreload_interval = \"250ms\"\nemit_topics = [\"alerts\"]\n");
+        let cfg = f
+            .load(&body, &[("REFLEX_POLICY_EMIT_TOPIC", "breaches")])
+            .expect("valid");
+        assert_eq!(cfg.policy_reload_interval, Duration::from_millis(250));
+        assert_eq!(cfg.policy_emit_topic, "breaches");
+        assert_eq!(cfg.policy_emit_topics, ["alerts"]);
+        // The policy commands read [policy] without compiling the policies.
+        let path = f.dir.path().join("reflex.toml");
+        std::fs::write(&path, format!("[topics]\nevents = [\"e\"]\n{body}")).expect("write");
+        std::fs::write(
+            f.dir.path().join("policies/p.rego"),
+            "package reflex\nx := {",
+        )
+        .expect("write");
+        let settings = PolicySettings::load(&path).expect("settings without compiling");
+        assert_eq!(settings.dir, f.dir.path().join("policies"));
+        assert_eq!(settings.audit_topic, "reflex.audit");
     }
 
     #[test]

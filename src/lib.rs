@@ -12,19 +12,25 @@
 //! - [`schema`]: the file schema registry (JSON Schema or Avro per event type), the wire format.
 //! - [`registry`]: a Confluent-compatible HTTP schema registry with a cache of schemas by id.
 //! - [`policy`]: Rego policies with regorus; the decision contract; failing closed.
+//! - [`schema`]: the file schema registry (JSON Schema per event type).
+//! - [`policy`]: Rego policies with regorus; the decision contract (redact, emit); failing
+//!   closed; hot reload; `reflex policy test` and `eval`; shadow comparison.
 //! - [`action`]: the inline actions (`emit`, `log`) and the type → action table.
 //! - [`audit`]: the audit record and the outcome and reason codes.
 //! - [`pipeline`]: the order of the stages for one event, free of Kafka.
 //! - [`kafka`]: client settings, topic creation, delivery of output records.
 //! - [`worker`]: the actions role: the consumer loop, offset storing and shutdown.
 //! - [`produce`]: `reflex produce`, publishing CloudEvents from JSON lines.
+//! - [`replay`]: `reflex policy replay`, a candidate policy set against the recorded decisions.
 //! - [`summary`]: per-type counts of outcomes and reasons.
 //!
 //! # One event's way through the actions role
 //! 1. The [`worker`] polls a record and hands it to the [`pipeline`].
 //! 2. Size check, then [`event::CloudEvent::decode`]; failures become dead letters.
 //! 3. The type selects its schema ([`schema::SchemaRegistry::validate`]) and its action.
-//! 4. [`policy::Evaluator::decide`] returns allow, reasons and obligations, or a fail-closed deny.
+//! 4. [`policy::Evaluator::decide`] returns allow, reasons and obligations, or a fail-closed deny;
+//!    `redact` paths are removed from every copy of the data written, `emit` obligations become
+//!    derived events. The worker swaps in a reloaded policy set between two records.
 //! 5. Allowed events run their [`action::Action`]; denied events are only audited.
 //! 6. The worker publishes the derived, dead-letter and audit records (`acks=all`, idempotent)
 //!    and stores the record's offset only after all of them, and every earlier record of the
@@ -39,6 +45,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod produce;
 pub mod registry;
+pub mod replay;
 pub mod schema;
 pub mod summary;
 pub mod worker;

@@ -2,16 +2,18 @@
 //! calls into the library and maps the result to an exit code.
 
 use std::io::BufReader;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use reflex::config::Config;
+use reflex::config::{Config, PolicySettings};
+use reflex::policy::{explain, testing, PolicySet};
 use reflex::produce::{self, ProduceOptions};
 use reflex::registry::manage;
+use reflex::replay::ReplayOptions;
 use reflex::worker::{self, RunOptions};
 
 /// Governed, audited actions from business events on Kafka.
@@ -85,6 +87,11 @@ enum Command {
         #[command(subcommand)]
         command: SchemasCommand,
     },
+    /// Check, test, explain and shadow-evaluate the policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +102,64 @@ enum SchemasCommand {
     Check,
     /// Register every local schema under its subject (idempotent); prints subject, version, id.
     Register,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Compile the policy set and print its revision; exits non-zero if it does not compile
+    /// (a worker would refuse it and keep its running revision).
+    Check {
+        /// Policy directory (default: `[policy] dir` of the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The revision in the policy directory (and whether it compiles) against the revisions
+    /// workers decide with, read from the tail of the audit topic.
+    Status {
+        /// Audit records read per partition, from the end.
+        #[arg(long, default_value_t = 1000)]
+        tail: i64,
+    },
+    /// Run the Rego `test_*` rules and the cases in `tests/*.yaml`; exits non-zero on a failure.
+    Test {
+        /// Policy directory (default: `[policy] dir` of the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Decide on one event (a CloudEvent, or a full policy input `{event, context}`) and say why.
+    Eval {
+        /// JSON file; `-` reads standard input.
+        #[arg(long, short)]
+        input: PathBuf,
+        /// Policy directory (default: `[policy] dir` of the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The decision moment (`context.now`, RFC 3339) for a bare CloudEvent; default: now.
+        #[arg(long)]
+        now: Option<String>,
+        /// Print the explanation as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-decide recorded events with a candidate policy set and show what would change
+    /// against the decisions in the audit topic.
+    Replay {
+        /// The candidate policy directory.
+        #[arg(long)]
+        candidate: PathBuf,
+        /// Event topic to replay (repeatable; default: the configured event topics).
+        #[arg(long)]
+        topic: Vec<String>,
+        /// First offset to replay in every partition (default: the beginning).
+        #[arg(long)]
+        from_offset: Option<i64>,
+        /// Stop after this many events per topic.
+        #[arg(long)]
+        max_events: Option<usize>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -110,6 +175,11 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Policy { command } = &cli.command {
+        if !matches!(command, PolicyCommand::Replay { .. }) {
+            return policy_command(&cli.config, command);
+        }
+    }
     let config = Config::load(&cli.config)
         .with_context(|| format!("configuration {} is not usable", cli.config.display()))?;
     for warning in &config.warnings {
@@ -206,6 +276,31 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Policy {
+            command:
+                PolicyCommand::Replay {
+                    candidate,
+                    topic,
+                    from_offset,
+                    max_events,
+                    json,
+                },
+        } => {
+            let options = ReplayOptions {
+                candidate,
+                topics: topic,
+                from_offset,
+                max_events,
+            };
+            let report = reflex::replay::replay(&config, &options)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy { command } => policy_command(&cli.config, &command),
         Command::Produce {
             topic,
             no_validate,
@@ -244,6 +339,108 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `reflex policy check|test|eval`: these need only the `[policy]` table, so they work on a
+/// policy set that does not compile.
+fn policy_command(config: &Path, command: &PolicyCommand) -> anyhow::Result<ExitCode> {
+    let settings = PolicySettings::load(config)
+        .with_context(|| format!("configuration {} is not usable", config.display()))?;
+    let dir_or = |dir: &Option<PathBuf>| dir.clone().unwrap_or_else(|| settings.dir.clone());
+    match command {
+        PolicyCommand::Check { dir } => {
+            let dir = dir_or(dir);
+            match PolicySet::load(&dir, &settings.entry, settings.timeout) {
+                Ok(set) => {
+                    println!("{}: ok, revision {}", dir.display(), set.revision());
+                    println!("  entry     {}", set.entry());
+                    println!("  modules   {}", set.modules().len());
+                    println!("  packages  {}", set.packages().join(", "));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    let revision = reflex::policy::files::revision(&dir)
+                        .unwrap_or_else(|_| "unreadable".into());
+                    println!("{}: REFUSED, revision {revision}", dir.display());
+                    println!("  {e}");
+                    println!("  running workers keep their revision until this compiles");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        PolicyCommand::Test { dir } => {
+            let dir = dir_or(dir);
+            let report = testing::run(&dir, &settings.entry, settings.timeout)?;
+            println!("{report}");
+            Ok(if report.failed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        PolicyCommand::Eval {
+            input,
+            dir,
+            now,
+            json,
+        } => {
+            let dir = dir_or(dir);
+            let set = PolicySet::load(&dir, &settings.entry, settings.timeout)?;
+            let text = if input.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+            } else {
+                std::fs::read_to_string(input)
+                    .with_context(|| format!("cannot read {}", input.display()))?
+            };
+            let document = eval_input(&text, now.as_deref())
+                .with_context(|| format!("{} is not a usable input", input.display()))?;
+            let explanation = explain::explain(&set, &document);
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&explanation)?);
+            } else {
+                println!("{explanation}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Status { tail } => {
+            let status = reflex::replay::status::status(&settings, *tail)?;
+            println!("{status}");
+            Ok(if status.refused.is_some() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        PolicyCommand::Replay { .. } => Ok(ExitCode::FAILURE),
+    }
+}
+
+/// The policy input for `reflex policy eval`: a full input as given, or a CloudEvent decoded as
+/// the worker decodes it and wrapped as the worker wraps it.
+fn eval_input(text: &str, now: Option<&str>) -> anyhow::Result<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
+    if value.get("event").is_some() {
+        return Ok(value);
+    }
+    let (event, mode) = reflex::event::CloudEvent::decode(Some(text.as_bytes()), &[])?;
+    let now = match now {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .with_context(|| format!("--now {t} is not an RFC 3339 time"))?
+            .with_timezone(&chrono::Utc),
+        None => chrono::Utc::now(),
+    };
+    let input = reflex::pipeline::Input {
+        topic: "(eval)",
+        partition: 0,
+        offset: 0,
+        key: None,
+        value: Some(text.as_bytes()),
+        headers: &[],
+        timestamp_ms: None,
+    };
+    Ok(reflex::pipeline::policy_document(
+        &event, mode, &input, &now,
+    ))
 }
 
 fn default_worker_id() -> String {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::action::{ActionTable, Effect};
 use crate::audit::{AuditRecord, DeadLetterReason, Outcome, Timings};
 use crate::event::{CloudEvent, Mode};
-use crate::policy::Evaluator;
+use crate::policy::{telemetry, Decision, Evaluator, Failure};
 use crate::registry::HttpRegistry;
 use crate::schema::SchemaRegistry;
 
@@ -91,6 +91,8 @@ pub struct Processor {
     worker: String,
     registry: Option<Arc<HttpRegistry>>,
     type_header: String,
+    policy_emit_topic: String,
+    policy_emit_topics: Vec<String>,
 }
 
 /// Settings a [`Processor`] needs besides schemas, actions and policies.
@@ -108,6 +110,10 @@ pub struct ProcessorSettings {
     pub registry: Option<Arc<HttpRegistry>>,
     /// Header naming the type of plain wire-format records.
     pub type_header: String,
+    /// Topic of events emitted by `emit` obligations that name none.
+    pub policy_emit_topic: String,
+    /// Further topics `emit` obligations may name.
+    pub policy_emit_topics: Vec<String>,
 }
 
 impl Processor {
@@ -128,7 +134,20 @@ impl Processor {
             worker: settings.worker,
             registry: settings.registry,
             type_header: settings.type_header,
+            policy_emit_topic: settings.policy_emit_topic,
+            policy_emit_topics: settings.policy_emit_topics,
         }
+    }
+
+    /// Decides the next records with `evaluator` (a reloaded policy set). The record being
+    /// processed, if any, finishes with the evaluator it started with.
+    pub fn set_evaluator(&mut self, evaluator: Evaluator) {
+        self.evaluator = evaluator;
+    }
+
+    /// The policy revision deciding the next record.
+    pub fn policy_revision(&self) -> &str {
+        self.evaluator.revision()
     }
 
     /// Processes one record.
@@ -243,30 +262,61 @@ impl Processor {
         }
 
         let started = Instant::now();
-        let decision = self.evaluator.decide(policy_input(&event, mode, input));
+        let now = chrono::Utc::now();
+        let mut decision = self
+            .evaluator
+            .decide(policy_input(&event, mode, input, &now));
+        if let Some(topic) = self.unknown_emit_topic(&decision) {
+            let detail = format!(
+                "an emit obligation names topic \"{topic}\", which is neither policy.emit_topic nor in policy.emit_topics"
+            );
+            telemetry::PolicyFailedClosed {
+                failure: Failure::Malformed,
+            }
+            .emit();
+            decision = Decision::failed(Failure::Malformed, Some(detail));
+        }
         timings.policy = micros(started);
+        audit.processed_at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+
+        // Every copy of the event's data written from here on is redacted.
+        let redact = decision.redact_paths();
+        let redacted;
+        let event = if redact.is_empty() {
+            &event
+        } else {
+            redacted = obligations::redacted(&event, &redact);
+            &redacted
+        };
+        // The audit record names what was emitted (type, topic, id), not the emitted data.
+        let mut emitted = Vec::new();
+        for (index, emit) in decision.emits().into_iter().enumerate() {
+            let derived =
+                obligations::emitted_event(event, &emit, index, self.evaluator.revision());
+            let topic = emit.topic.unwrap_or_else(|| self.policy_emit_topic.clone());
+            emitted.push(json!({"type": emit.ty, "topic": topic, "id": derived.id}));
+            let key = derived.id.clone().into_bytes();
+            records.push(obligations::event_record(topic, key, &derived));
+        }
+        if !emitted.is_empty() {
+            decision
+                .obligations
+                .insert("emit".to_owned(), Value::Array(emitted));
+        }
 
         if decision.allow {
             let started = Instant::now();
-            let (effect, report) = action.run(&event, &decision.obligations);
+            let (effect, report) = action.run(event, &decision.obligations);
             timings.action = micros(started);
             if let Effect::Emit {
                 topic,
                 event: derived,
             } = effect
             {
-                records.push(OutRecord {
-                    topic,
-                    key: input
-                        .key
-                        .map(<[u8]>::to_vec)
-                        .or_else(|| Some(derived.id.clone().into_bytes())),
-                    value: Some(derived.to_structured()),
-                    headers: vec![(
-                        "content-type".into(),
-                        b"application/cloudevents+json".to_vec(),
-                    )],
-                });
+                let key = input
+                    .key
+                    .map_or_else(|| derived.id.clone().into_bytes(), <[u8]>::to_vec);
+                records.push(obligations::event_record(topic, key, &derived));
             }
             audit.outcome = Outcome::Actioned;
             audit.action = Some(report);
@@ -275,6 +325,15 @@ impl Processor {
         }
         audit.decision = Some(decision);
         self.finish(audit, records, timings)
+    }
+
+    /// A topic an `emit` obligation names that the configuration does not allow.
+    fn unknown_emit_topic(&self, decision: &Decision) -> Option<String> {
+        decision
+            .emits()
+            .into_iter()
+            .filter_map(|e| e.topic)
+            .find(|t| *t != self.policy_emit_topic && !self.policy_emit_topics.contains(t))
     }
 
     fn dead_letter(
@@ -332,8 +391,10 @@ impl Processor {
         mut records: Vec<OutRecord>,
         timings: Timings,
     ) -> Processed {
-        audit.processed_at =
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        if audit.processed_at.is_empty() {
+            audit.processed_at =
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        }
         audit.timings_us = timings;
         records.push(OutRecord {
             topic: self.audit_topic.clone(),
@@ -355,9 +416,26 @@ fn describe(audit: &mut AuditRecord, event: &CloudEvent, mode: Mode) {
     audit.mode = Some(mode);
 }
 
-/// The policy input document: `{event, enrichment, context}`.
-fn policy_input(event: &CloudEvent, mode: Mode, input: &Input<'_>) -> regorus::Value {
-    let doc = json!({
+/// The policy input document: `{event, enrichment, context}`. `now` is the moment of the
+/// decision; the audit record's `processed_at` is the same instant, so a replay can decide again
+/// with the same `context.now` (to the millisecond).
+pub fn policy_input(
+    event: &CloudEvent,
+    mode: Mode,
+    input: &Input<'_>,
+    now: &chrono::DateTime<chrono::Utc>,
+) -> regorus::Value {
+    regorus::Value::from(policy_document(event, mode, input, now))
+}
+
+/// [`policy_input`] as JSON.
+pub fn policy_document(
+    event: &CloudEvent,
+    mode: Mode,
+    input: &Input<'_>,
+    now: &chrono::DateTime<chrono::Utc>,
+) -> Value {
+    json!({
         "event": event,
         "enrichment": {},
         "context": {
@@ -366,16 +444,16 @@ fn policy_input(event: &CloudEvent, mode: Mode, input: &Input<'_>) -> regorus::V
             "offset": input.offset,
             "mode": mode,
             "kafka_timestamp_ms": input.timestamp_ms,
-            "now": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "now": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         },
-    });
-    regorus::Value::from(doc)
+    })
 }
 
 fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
+mod obligations;
 mod wire;
 
 #[cfg(test)]

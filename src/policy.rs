@@ -1,20 +1,38 @@
 //! Rego policies evaluated in process with regorus.
 //!
 //! `policies/` holds `*.rego` modules and `*.json` data files (each file's object is merged into
-//! `data`). They are loaded once into a template [`regorus::Engine`]; each worker clones it into
-//! an [`Evaluator`] and evaluates one entry rule (by default `data.reflex.decision`) per event.
-//! The decision contract is an object `{allow: bool, reasons: [string], obligations: object}`.
-//! Anything else fails closed: undefined, an evaluation error, the time limit, or a malformed
-//! decision is a deny with its own [`Failure`].
+//! `data`; see [`files`] for what belongs to the production set and what to the tests). They are
+//! loaded once into a template [`regorus::Engine`]; each worker clones it into an [`Evaluator`]
+//! and evaluates one entry rule (by default `data.reflex.decision`) per event. The decision
+//! contract is in [`decision`]. Anything off-contract fails closed: undefined, an evaluation
+//! error, the time limit, a malformed decision, or no policy loaded is a deny with its own
+//! [`Failure`] reason and counter ([`telemetry`]).
+//!
+//! Around that core: [`redact`] applies the `redact` obligation, [`reload`] watches the directory
+//! and swaps revisions atomically, [`testing`] runs `test_*` rules and YAML cases, [`explain`]
+//! says which rules fired, and [`shadow`] compares candidate decisions with recorded ones.
+
+pub mod decision;
+pub mod explain;
+pub mod files;
+pub mod redact;
+pub mod reload;
+pub mod shadow;
+pub mod telemetry;
+pub mod testing;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use regorus::utils::limits::ExecutionTimerConfig;
-use serde::Serialize;
-use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
+use serde_json::Value;
+
+pub use decision::{Decision, EmitObligation, Failure};
+use files::PolicyFiles;
+
+/// The revision recorded when no policy set is loaded.
+pub const NO_REVISION: &str = "none";
 
 /// Why the policy set could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -60,100 +78,6 @@ pub enum PolicyError {
     },
 }
 
-/// Why a decision is a deny without the policy saying so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Failure {
-    /// The entry rule is undefined for this input.
-    Undefined,
-    /// Evaluation raised an error.
-    Error,
-    /// Evaluation exceeded the time limit.
-    Timeout,
-    /// The entry rule's value does not follow the decision contract.
-    Malformed,
-}
-
-impl Failure {
-    /// The reason code recorded in the audit trail.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::Undefined => "policy_undefined",
-            Self::Error => "policy_error",
-            Self::Timeout => "policy_timeout",
-            Self::Malformed => "policy_malformed_decision",
-        }
-    }
-}
-
-/// The outcome of evaluating the policy for one event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Decision {
-    /// Whether the event may be actioned.
-    pub allow: bool,
-    /// Why, as the policy phrased it (or the failure's reason code).
-    pub reasons: Vec<String>,
-    /// What must be done alongside the action (e.g. `redact`), as the policy returned it.
-    pub obligations: Map<String, Value>,
-    /// Set when the deny comes from failing closed rather than from the policy.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<Failure>,
-    /// Detail of the failure (the evaluation error message).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-impl Decision {
-    /// A deny caused by a failure.
-    pub fn failed(failure: Failure, detail: Option<String>) -> Self {
-        Self {
-            allow: false,
-            reasons: vec![failure.reason().to_owned()],
-            obligations: Map::new(),
-            failure: Some(failure),
-            detail,
-        }
-    }
-
-    /// Reads a decision document; anything off-contract is a [`Failure::Malformed`] deny.
-    pub fn from_document(doc: &Value) -> Self {
-        let malformed = |why: &str| Self::failed(Failure::Malformed, Some(why.to_owned()));
-        let Some(obj) = doc.as_object() else {
-            return malformed("decision is not an object");
-        };
-        let Some(allow) = obj.get("allow").and_then(Value::as_bool) else {
-            return malformed("decision.allow is not a boolean");
-        };
-        let reasons = match obj.get("reasons") {
-            None => Vec::new(),
-            Some(Value::Array(items)) => {
-                let mut reasons = Vec::with_capacity(items.len());
-                for item in items {
-                    match item.as_str() {
-                        Some(s) => reasons.push(s.to_owned()),
-                        None => return malformed("decision.reasons holds a non-string"),
-                    }
-                }
-                reasons.sort();
-                reasons
-            }
-            Some(_) => return malformed("decision.reasons is not an array"),
-        };
-        let obligations = match obj.get("obligations") {
-            None => Map::new(),
-            Some(Value::Object(o)) => o.clone(),
-            Some(_) => return malformed("decision.obligations is not an object"),
-        };
-        Self {
-            allow,
-            reasons,
-            obligations,
-            failure: None,
-            detail: None,
-        }
-    }
-}
-
 /// The loaded policy set: a template engine and the revision it was built from.
 #[derive(Clone)]
 pub struct PolicySet {
@@ -161,6 +85,8 @@ pub struct PolicySet {
     entry: String,
     revision: String,
     modules: Vec<PathBuf>,
+    dir: PathBuf,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -174,59 +100,55 @@ impl std::fmt::Debug for PolicySet {
 }
 
 impl PolicySet {
-    /// Loads every `*.rego` and `*.json` file under `dir` (recursively, sorted by path).
+    /// Loads the production modules and data files under `dir` (see [`files`]).
     pub fn load(dir: &Path, entry: &str, timeout: Duration) -> Result<Self, PolicyError> {
-        let mut files = Vec::new();
-        collect(dir, &mut files)?;
-        files.sort();
+        let files = PolicyFiles::read(dir)?;
+        Self::compile(&files, dir, entry, timeout, false)
+    }
+
+    /// Compiles `files`; with `with_tests`, the test modules too (for `reflex policy test`).
+    pub fn compile(
+        files: &PolicyFiles,
+        dir: &Path,
+        entry: &str,
+        timeout: Duration,
+        with_tests: bool,
+    ) -> Result<Self, PolicyError> {
         let mut engine = regorus::Engine::new();
         engine.set_rego_v0(false);
         engine.set_execution_timer_config(ExecutionTimerConfig {
             limit: timeout,
             check_interval: NonZeroU32::MIN,
         });
-        let mut hasher = Sha256::new();
+        let tests: &[files::PolicyFile] = if with_tests { &files.tests } else { &[] };
         let mut modules = Vec::new();
-        for path in files {
-            let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let rel = path
-                .strip_prefix(dir)
-                .unwrap_or(&path)
-                .to_string_lossy()
-                .into_owned();
-            hasher.update(rel.as_bytes());
-            hasher.update([0]);
-            hasher.update(text.as_bytes());
-            hasher.update([0]);
-            if path.extension().is_some_and(|e| e == "rego") {
-                engine
-                    .add_policy(rel, text)
-                    .map_err(|e| PolicyError::Parse {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
-                modules.push(path);
-            } else {
-                let data = regorus::Value::from_json_str(&text).map_err(|e| PolicyError::Data {
-                    path: path.clone(),
+        for file in files.modules.iter().chain(tests) {
+            engine
+                .add_policy(file.rel.clone(), file.text.clone())
+                .map_err(|e| PolicyError::Parse {
+                    path: file.path.clone(),
                     message: e.to_string(),
                 })?;
-                if data.as_object().is_err() {
-                    return Err(PolicyError::Data {
-                        path,
-                        message: "top level is not an object".into(),
-                    });
-                }
-                engine.add_data(data).map_err(|e| PolicyError::Data {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-            }
+            modules.push(file.path.clone());
         }
-        if modules.is_empty() {
+        for file in &files.data {
+            let data =
+                regorus::Value::from_json_str(&file.text).map_err(|e| PolicyError::Data {
+                    path: file.path.clone(),
+                    message: e.to_string(),
+                })?;
+            if data.as_object().is_err() {
+                return Err(PolicyError::Data {
+                    path: file.path.clone(),
+                    message: "top level is not an object".into(),
+                });
+            }
+            engine.add_data(data).map_err(|e| PolicyError::Data {
+                path: file.path.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        if files.modules.is_empty() {
             return Err(PolicyError::Empty(dir.to_owned()));
         }
         let package = entry
@@ -246,12 +168,19 @@ impl PolicySet {
         Ok(Self {
             engine,
             entry: entry.to_owned(),
-            revision: format!("sha256:{}", hex::encode(hasher.finalize())),
+            revision: files.revision(),
             modules,
+            dir: dir.to_owned(),
+            timeout,
         })
     }
 
-    /// The content hash of every policy and data file.
+    /// Loads the policy set in `dir` with the same entry rule and time limit as this one.
+    pub fn reload_from(&self, dir: &Path) -> Result<Self, PolicyError> {
+        Self::load(dir, &self.entry, self.timeout)
+    }
+
+    /// The content hash of every production policy and data file.
     pub fn revision(&self) -> &str {
         &self.revision
     }
@@ -261,45 +190,53 @@ impl PolicySet {
         &self.modules
     }
 
+    /// The directory it was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The entry rule.
+    pub fn entry(&self) -> &str {
+        &self.entry
+    }
+
+    /// The packages its modules define (`data.…`).
+    pub fn packages(&self) -> Vec<String> {
+        self.engine.get_packages().unwrap_or_default()
+    }
+
+    /// The data document (every data file merged).
+    pub fn data(&self) -> Value {
+        serde_json::to_value(self.engine.get_data()).unwrap_or(Value::Null)
+    }
+
     /// A per-worker evaluator with its own copy of the engine.
     pub fn evaluator(&self) -> Evaluator {
         Evaluator {
-            engine: self.engine.clone(),
+            engine: Some(self.engine.clone()),
             entry: self.entry.clone(),
             revision: self.revision.clone(),
         }
     }
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::Read {
-        path: dir.to_owned(),
-        source,
-    })?;
-    for entry in entries {
-        let path = entry
-            .map_err(|source| PolicyError::Read {
-                path: dir.to_owned(),
-                source,
-            })?
-            .path();
-        if path.is_dir() {
-            collect(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "rego" || e == "json") {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
 /// Evaluates the entry rule; owned by one worker, reused for every event.
 pub struct Evaluator {
-    engine: regorus::Engine,
+    engine: Option<regorus::Engine>,
     entry: String,
     revision: String,
 }
 
 impl Evaluator {
+    /// An evaluator without a policy: every decision is a [`Failure::NoPolicy`] deny.
+    pub fn unloaded() -> Self {
+        Self {
+            engine: None,
+            entry: String::new(),
+            revision: NO_REVISION.to_owned(),
+        }
+    }
+
     /// The revision this evaluator runs.
     pub fn revision(&self) -> &str {
         &self.revision
@@ -307,13 +244,26 @@ impl Evaluator {
 
     /// Decides on one input document, failing closed.
     pub fn decide(&mut self, input: regorus::Value) -> Decision {
-        self.engine.set_input(input);
-        match self.engine.eval_rule(self.entry.clone()) {
-            Ok(regorus::Value::Undefined) => Decision::failed(Failure::Undefined, None),
-            Ok(value) => match serde_json::to_value(&value) {
-                Ok(doc) => Decision::from_document(&doc),
-                Err(e) => Decision::failed(Failure::Malformed, Some(e.to_string())),
-            },
+        let decision = match self.evaluate(input) {
+            Ok(doc) => Decision::from_document(&doc),
+            Err(failed) => failed,
+        };
+        if let Some(failure) = decision.failure {
+            telemetry::PolicyFailedClosed { failure }.emit();
+        }
+        decision
+    }
+
+    /// The entry rule's raw value (as JSON) for `input`, or the fail-closed deny.
+    pub fn evaluate(&mut self, input: regorus::Value) -> Result<Value, Decision> {
+        let Some(engine) = self.engine.as_mut() else {
+            return Err(Decision::failed(Failure::NoPolicy, None));
+        };
+        engine.set_input(input);
+        match engine.eval_rule(self.entry.clone()) {
+            Ok(regorus::Value::Undefined) => Err(Decision::failed(Failure::Undefined, None)),
+            Ok(value) => serde_json::to_value(&value)
+                .map_err(|e| Decision::failed(Failure::Malformed, Some(e.to_string()))),
             Err(e) => {
                 let timed_out = e.chain().any(|c| {
                     matches!(
@@ -326,8 +276,17 @@ impl Evaluator {
                 } else {
                     Failure::Error
                 };
-                Decision::failed(failure, Some(e.to_string()))
+                Err(Decision::failed(failure, Some(e.to_string())))
             }
+        }
+    }
+
+    /// Evaluates another rule (e.g. `data.reflex.business.deny`) on the last input.
+    pub fn eval_rule(&mut self, rule: &str) -> Option<Value> {
+        let engine = self.engine.as_mut()?;
+        match engine.eval_rule(rule.to_owned()) {
+            Ok(regorus::Value::Undefined) | Err(_) => None,
+            Ok(v) => serde_json::to_value(&v).ok(),
         }
     }
 }
@@ -396,6 +355,26 @@ deny contains msg if { input.amount == 13; msg := sprintf("%v", [1 / 0]) }
     }
 
     #[test]
+    fn each_failure_kind_is_its_own_reason_and_counter() {
+        let slow = "package reflex\ndecision := {\"allow\": count([x | some x in numbers.range(1, 100000); some y in numbers.range(1, 1000); x == -y]) > 0}\n";
+        let mut ev = set(&[("p.rego", slow)], Duration::from_millis(5))
+            .expect("loads")
+            .evaluator();
+        let before = telemetry::failures(Failure::Timeout);
+        let d = ev.decide(input(json!({})));
+        assert_eq!(d.failure, Some(Failure::Timeout), "{d:?}");
+        assert_eq!(d.reasons, ["policy_timeout"]);
+        assert!(telemetry::failures(Failure::Timeout) > before);
+
+        let mut none = Evaluator::unloaded();
+        let before = telemetry::failures(Failure::NoPolicy);
+        let d = none.decide(input(json!({})));
+        assert_eq!((d.allow, d.failure), (false, Some(Failure::NoPolicy)));
+        assert_eq!(none.revision(), NO_REVISION);
+        assert!(telemetry::failures(Failure::NoPolicy) > before);
+    }
+
+    #[test]
     fn revision_changes_with_content() {
         let a = set(
             &[
@@ -435,26 +414,5 @@ deny contains msg if { input.amount == 13; msg := sprintf("%v", [1 / 0]) }
         );
         let err = set(&[], Duration::from_secs(1)).expect_err("empty");
         assert!(err.to_string().contains("no *.rego"), "{err}");
-    }
-
-    #[test]
-    fn from_document_checks_the_contract() {
-        let d = Decision::from_document(
-            &json!({"allow": true, "reasons": ["b", "a"], "obligations": {"redact": ["x"]}}),
-        );
-        assert_eq!(d.reasons, ["a", "b"]);
-        assert!(d.allow && d.obligations.contains_key("redact"));
-        for bad in [
-            json!(1),
-            json!({"allow": 1}),
-            json!({"allow": true, "reasons": [1]}),
-            json!({"allow": true, "obligations": []}),
-        ] {
-            assert_eq!(
-                Decision::from_document(&bad).failure,
-                Some(Failure::Malformed),
-                "{bad}"
-            );
-        }
     }
 }

@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::kafka::{self, KafkaSetupError};
 use crate::pipeline::{Input, Processor, ProcessorSettings};
+use crate::policy::reload::PolicyWatch;
+use crate::policy::telemetry;
 use crate::registry::{HttpRegistry, Lookup, RegistryError};
 use crate::schema::wire;
 use crate::summary::Summary;
@@ -133,10 +135,18 @@ pub async fn run(
             source,
         })?;
     let producer = kafka::producer(&config.kafka)?;
+    // Hot reload: the watcher stops with the worker.
+    let watch_stop = shutdown.child_token();
+    let _watch_guard = watch_stop.clone().drop_guard();
+    let mut policy = PolicyWatch::spawn(
+        config.policy.clone(),
+        config.policy_reload_interval,
+        watch_stop,
+    );
     let mut processor = Processor::new(
         config.schemas.clone(),
         config.actions.clone(),
-        config.policy.evaluator(),
+        policy.evaluator(),
         ProcessorSettings {
             audit_topic: config.topics.audit.clone(),
             dlq_topic: config.topics.dlq.clone(),
@@ -144,6 +154,8 @@ pub async fn run(
             worker: options.worker_id.clone(),
             registry: config.registry.clone(),
             type_header: config.type_header.clone(),
+            policy_emit_topic: config.policy_emit_topic.clone(),
+            policy_emit_topics: config.policy_emit_topics.clone(),
         },
     );
     tracing::info!(
@@ -213,6 +225,9 @@ pub async fn run(
                     headers: &headers,
                     timestamp_ms: message.timestamp().to_millis(),
                 };
+                if let Some(evaluator) = policy.changed() {
+                    processor.set_evaluator(evaluator);
+                }
                 let processed = processor.process(&input);
                 summary.record(&processed.audit);
                 let coordinates = format!("{}/{}/{}", input.topic, input.partition, input.offset);
@@ -277,7 +292,24 @@ pub async fn run(
         }
     }
     consumer.unsubscribe();
-    tracing::info!(events = summary.total(), "actions worker stopped");
+    let counters: Vec<String> = telemetry::snapshot()
+        .iter()
+        .filter(|c| c.value > 0)
+        .map(|c| {
+            format!(
+                "{}{}={}",
+                c.name,
+                c.kind.map(|k| format!("{{kind={k}}}")).unwrap_or_default(),
+                c.value
+            )
+        })
+        .collect();
+    tracing::info!(
+        events = summary.total(),
+        policy_revision = %processor.policy_revision(),
+        policy_counters = %counters.join(" "),
+        "actions worker stopped"
+    );
     result.map(|()| summary)
 }
 
@@ -318,6 +350,8 @@ fn emitted_topics(config: &Config) -> Vec<String> {
             crate::action::ActionKind::Log { .. } => None,
         })
         .collect();
+    topics.push(config.policy_emit_topic.clone());
+    topics.extend(config.policy_emit_topics.iter().cloned());
     topics.sort();
     topics.dedup();
     topics.retain(|t| !config.topics.events.contains(t));

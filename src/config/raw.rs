@@ -172,6 +172,13 @@ pub struct RawPolicy {
     /// Longest a single evaluation may run before it counts as a deny.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How often workers look for a changed policy set; `0s` turns hot reload off.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// Topic of events emitted by `emit` obligations that name none.
+    pub emit_topic: String,
+    /// Further topics `emit` obligations may name (created at start-up).
+    pub emit_topics: Vec<String>,
 }
 
 impl Default for RawPolicy {
@@ -180,6 +187,9 @@ impl Default for RawPolicy {
             dir: PathBuf::from("policies"),
             entry: "data.reflex.decision".into(),
             timeout: Duration::from_millis(100),
+            reload_interval: Duration::from_secs(2),
+            emit_topic: "reflex.policy.events".into(),
+            emit_topics: Vec::new(),
         }
     }
 }

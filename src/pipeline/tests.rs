@@ -54,6 +54,8 @@ fn fixture(policy: &str) -> Fixture {
             worker: "w1".into(),
             registry: None,
             type_header: "event_type".into(),
+            policy_emit_topic: "policy.events".into(),
+            policy_emit_topics: vec!["alerts".into()],
         },
     );
     Fixture {
@@ -134,6 +136,86 @@ fn policy_error_fails_closed() {
     assert_eq!(p.audit.outcome, Outcome::Denied);
     let decision = p.audit.decision.as_ref().expect("decision");
     assert_eq!(decision.failure, Some(Failure::Error));
+}
+
+const OBLIGING: &str = r#"package reflex
+decision := {"allow": input.event.data.amount < 100, "reasons": [], "obligations": {
+    "redact": ["data.secret", "data.nothing.here"],
+    "emit": [e | input.event.data.amount > 50; e := {"type": "big.refund", "data": {"amount": input.event.data.amount}}],
+}}
+"#;
+
+#[test]
+fn redact_removes_fields_from_derived_events_and_emit_publishes_before_the_audit() {
+    let mut f = fixture(OBLIGING);
+    let value = refund("r7", r#"{"amount": 60, "secret": "4242"}"#);
+    let p = f.processor.process(&input(&value, &[]));
+    let topics: Vec<&str> = p.records.iter().map(|r| r.topic.as_str()).collect();
+    assert_eq!(topics, ["policy.events", "refunds.approved", "audit"]);
+    let emitted: Value =
+        serde_json::from_slice(p.records[0].value.as_deref().expect("value")).expect("json");
+    assert_eq!(emitted["type"], "big.refund");
+    assert_eq!(emitted["data"], json!({"amount": 60}));
+    assert_eq!(emitted["causationid"], "r7");
+    assert_eq!(emitted["policyrevision"], p.audit.policy_revision.as_str());
+    let derived: Value =
+        serde_json::from_slice(p.records[1].value.as_deref().expect("value")).expect("json");
+    assert_eq!(derived["data"], json!({"amount": 60}), "secret redacted");
+    // The audit record names the emitted event, without its data.
+    let audit = audit_json(&p);
+    assert_eq!(
+        audit["decision"]["obligations"]["emit"],
+        json!([{"type": "big.refund", "topic": "policy.events", "id": emitted["id"]}])
+    );
+    // Re-processing derives the same emitted id (idempotent downstream).
+    let again = f.processor.process(&input(&value, &[]));
+    assert_eq!(again.records[0].key, p.records[0].key);
+
+    // Denied events still emit what the policy asks, and nothing else.
+    let value = refund("r8", r#"{"amount": 600, "secret": "4242"}"#);
+    let p = f.processor.process(&input(&value, &[]));
+    let topics: Vec<&str> = p.records.iter().map(|r| r.topic.as_str()).collect();
+    assert_eq!(topics, ["policy.events", "audit"]);
+    assert_eq!(p.audit.outcome, Outcome::Denied);
+}
+
+#[test]
+fn emit_to_a_topic_the_configuration_does_not_allow_fails_closed() {
+    let policy = r#"package reflex
+decision := {"allow": true, "obligations": {"emit": [{"type": "x", "topic": input.event.data.to}]}}
+"#;
+    let mut f = fixture(policy);
+    let value = refund("r10", r#"{"amount": 1, "to": "alerts"}"#);
+    let p = f.processor.process(&input(&value, &[]));
+    assert_eq!(p.audit.outcome, Outcome::Actioned);
+    assert_eq!(p.records[0].topic, "alerts");
+    let value = refund("r11", r#"{"amount": 1, "to": "nowhere"}"#);
+    let p = f.processor.process(&input(&value, &[]));
+    assert_eq!(p.audit.outcome, Outcome::Denied);
+    assert_eq!(p.records.len(), 1, "only the audit record");
+    let decision = p.audit.decision.expect("decision");
+    assert_eq!(decision.failure, Some(Failure::Malformed));
+    assert!(decision.detail.is_some_and(|d| d.contains("\"nowhere\"")));
+}
+
+#[test]
+fn a_swapped_evaluator_decides_the_next_record_and_is_recorded() {
+    let mut f = fixture(POLICY);
+    let before = f.processor.policy_revision().to_owned();
+    let value = refund("r9", r#"{"amount": 20}"#);
+    assert_eq!(
+        f.processor.process(&input(&value, &[])).audit.outcome,
+        Outcome::Actioned
+    );
+    f.processor
+        .set_evaluator(crate::policy::Evaluator::unloaded());
+    let p = f.processor.process(&input(&value, &[]));
+    assert_eq!(p.audit.outcome, Outcome::Denied);
+    assert_eq!(p.audit.policy_revision, "none");
+    assert_ne!(before, "none");
+    let decision = p.audit.decision.expect("decision");
+    assert_eq!(decision.reasons, ["policy_not_loaded"]);
+    assert_eq!(decision.failure, Some(Failure::NoPolicy));
 }
 
 #[test]

@@ -34,6 +34,7 @@ pub struct TestEnv {
     pub dlq: String,
     pub shipments: String,
     pub refunds_approved: String,
+    pub policy_events: String,
     pub group: String,
 }
 
@@ -49,6 +50,7 @@ impl TestEnv {
             dlq: format!("{run}.dlq"),
             shipments: format!("{run}.shipments"),
             refunds_approved: format!("{run}.refunds"),
+            policy_events: format!("{run}.policy"),
             group: format!("{run}.group"),
             _dir: dir,
         };
@@ -73,6 +75,7 @@ shutdown_timeout = "20s"
 dir = "{schemas}"
 [policy]
 dir = "{policies}"
+emit_topic = "{policy_events}"
 [actions.request_shipment]
 kind = "emit"
 types = ["order.placed"]
@@ -96,9 +99,25 @@ type = "refund.approved"
             policies = repo.join("policies").display(),
             shipments = env.shipments,
             refunds = env.refunds_approved,
+            policy_events = env.policy_events,
         );
         std::fs::write(&env.config_path, text).expect("write config");
         env
+    }
+
+    /// Points the config at another policy directory, polled for changes every `reload`.
+    pub fn use_policies(&self, dir: &Path, reload: Duration) {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        let policies = repo().join("policies");
+        let text = text.replace(
+            &format!("dir = \"{}\"\n", policies.display()),
+            &format!(
+                "dir = \"{}\"\nreload_interval = \"{}ms\"\n",
+                dir.display(),
+                reload.as_millis()
+            ),
+        );
+        std::fs::write(&self.config_path, text).expect("write config");
     }
 
     /// The validated config (no `REFLEX_*` variables applied).
@@ -114,7 +133,11 @@ type = "refund.approved"
         reflex::kafka::ensure_topics(
             &config.kafka,
             &config.topics,
-            &[self.shipments.clone(), self.refunds_approved.clone()],
+            &[
+                self.shipments.clone(),
+                self.refunds_approved.clone(),
+                self.policy_events.clone(),
+            ],
         )
         .await
         .expect("topics created");
@@ -306,6 +329,42 @@ pub fn refund(id: &str, amount: f64) -> Value {
         "time": chrono::Utc::now().to_rfc3339(),
         "data": {"refund_id": "ref-1", "order_id": "ord-1", "amount": amount, "currency": "EUR", "reason": "damaged"}
     })
+}
+
+/// A copy of the repository's `policies/` in a new temporary directory.
+pub fn copy_policies() -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read policies") {
+            let path = entry.expect("entry").path();
+            let target = to.join(path.file_name().expect("file name"));
+            if path.is_dir() {
+                copy(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).expect("copy policy file");
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy(&repo().join("policies"), dir.path());
+    dir
+}
+
+/// Waits until `topic` holds audit records for at least `n` keys; returns them.
+pub async fn wait_for_audits(topic: &str, n: usize) -> BTreeMap<String, Vec<Value>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let audits = audits_by_key(topic);
+        if audits.len() >= n {
+            return audits;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {n} audit records in {topic} after 90 s",
+            audits.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// The path of the built `reflex` binary.

@@ -5,4 +5,6 @@ mod actions;
 mod cli;
 mod common;
 mod crash;
+mod opa;
+mod policy;
 mod registry;

@@ -1,0 +1,62 @@
+//! The obligations of a decision that the pipeline carries out: `redact` (a redacted copy of the
+//! event for everything written after the decision) and `emit` (derived events).
+
+use serde_json::Value;
+
+use super::OutRecord;
+use crate::event::CloudEvent;
+use crate::policy::EmitObligation;
+
+/// A copy of `event` without the fields the policy asked to redact.
+pub(super) fn redacted(event: &CloudEvent, paths: &[&str]) -> CloudEvent {
+    let mut doc = serde_json::to_value(event).unwrap_or(Value::Null);
+    crate::policy::redact::redact(&mut doc, paths);
+    let mut copy = event.clone();
+    copy.data = doc.get_mut("data").map(Value::take);
+    copy
+}
+
+/// Namespace of the ids of events emitted by obligations (UUID v5).
+const OBLIGATION_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x3b0e_55a4_1f7c_4c8e_b1d2_7a90_c4e6_2f13);
+
+/// The CloudEvent an `emit` obligation asks for; its id is stable across re-deliveries.
+pub(super) fn emitted_event(
+    event: &CloudEvent,
+    emit: &EmitObligation,
+    index: usize,
+    revision: &str,
+) -> CloudEvent {
+    let name = format!("{}\n{}\n{}\n{index}", event.source, event.id, emit.ty);
+    let mut extensions = std::collections::BTreeMap::new();
+    extensions.insert("causationid".to_owned(), Value::String(event.id.clone()));
+    extensions.insert(
+        "policyrevision".to_owned(),
+        Value::String(revision.to_owned()),
+    );
+    CloudEvent {
+        specversion: crate::event::SPEC_VERSION.to_owned(),
+        id: uuid::Uuid::new_v5(&OBLIGATION_ID_NAMESPACE, name.as_bytes()).to_string(),
+        source: "/reflex/policy".to_owned(),
+        ty: emit.ty.clone(),
+        subject: event.subject.clone(),
+        time: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        datacontenttype: Some("application/json".to_owned()),
+        dataschema: None,
+        data: Some(emit.data.clone()),
+        extensions,
+    }
+}
+
+/// A structured-mode CloudEvent record.
+pub(super) fn event_record(topic: String, key: Vec<u8>, event: &CloudEvent) -> OutRecord {
+    OutRecord {
+        topic,
+        key: Some(key),
+        value: Some(event.to_structured()),
+        headers: vec![(
+            "content-type".into(),
+            b"application/cloudevents+json".to_vec(),
+        )],
+    }
+}

@@ -1,0 +1,120 @@
+//! Policy telemetry: typed events whose `emit()` logs and counts.
+//!
+//! Counters are process-wide and labelled only by bounded values (the failure kind):
+//! - `reflex_policy_failures_total{kind}`: fail-closed denies, one counter per [`Failure`];
+//! - `reflex_policy_reloads_total`: policy sets swapped in by hot reload;
+//! - `reflex_policy_reloads_refused_total`: changed policy sets that did not compile.
+//!
+//! [`snapshot`] reads them all, e.g. for a worker's final log line or an exporter.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::Failure;
+
+static FAILURES: [AtomicU64; Failure::ALL.len()] = [const { AtomicU64::new(0) }; 5];
+static RELOADS: AtomicU64 = AtomicU64::new(0);
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// A decision failed closed.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyFailedClosed {
+    /// Why.
+    pub failure: Failure,
+}
+
+impl PolicyFailedClosed {
+    /// Counts it (the audit record carries the detail; logging each one would flood).
+    pub fn emit(self) {
+        FAILURES[index(self.failure)].fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(kind = self.failure.label(), "policy failed closed");
+    }
+}
+
+/// A new policy revision was swapped in.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyReloaded<'a> {
+    /// The revision that ran before.
+    pub from: &'a str,
+    /// The revision that runs now.
+    pub to: &'a str,
+}
+
+impl PolicyReloaded<'_> {
+    /// Logs and counts it.
+    pub fn emit(self) {
+        RELOADS.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(from = self.from, to = self.to, "policy reloaded");
+    }
+}
+
+/// A changed policy set was refused; the running revision stays.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyReloadRefused<'a> {
+    /// The revision that keeps running.
+    pub running: &'a str,
+    /// Why the new set was refused.
+    pub error: &'a dyn std::error::Error,
+}
+
+impl PolicyReloadRefused<'_> {
+    /// Logs (ERROR: an operator must fix the policy repository) and counts it.
+    pub fn emit(self) {
+        REFUSED.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            running = self.running,
+            error = %self.error,
+            "changed policy set refused; the running revision stays"
+        );
+    }
+}
+
+fn index(failure: Failure) -> usize {
+    Failure::ALL
+        .iter()
+        .position(|f| *f == failure)
+        .unwrap_or_default()
+}
+
+/// One counter's current value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counter {
+    /// Metric name.
+    pub name: &'static str,
+    /// The `kind` label, when the metric has one.
+    pub kind: Option<&'static str>,
+    /// The count since the process started.
+    pub value: u64,
+}
+
+/// Every policy counter.
+pub fn snapshot() -> Vec<Counter> {
+    let mut out: Vec<Counter> = Failure::ALL
+        .iter()
+        .map(|f| Counter {
+            name: "reflex_policy_failures_total",
+            kind: Some(f.label()),
+            value: FAILURES[index(*f)].load(Ordering::Relaxed),
+        })
+        .collect();
+    out.push(Counter {
+        name: "reflex_policy_reloads_total",
+        kind: None,
+        value: RELOADS.load(Ordering::Relaxed),
+    });
+    out.push(Counter {
+        name: "reflex_policy_reloads_refused_total",
+        kind: None,
+        value: REFUSED.load(Ordering::Relaxed),
+    });
+    out
+}
+
+/// The current count of fail-closed denies of one kind.
+pub fn failures(failure: Failure) -> u64 {
+    FAILURES[index(failure)].load(Ordering::Relaxed)
+}
+
+/// The current count of refused reloads.
+pub fn refused_reloads() -> u64 {
+    REFUSED.load(Ordering::Relaxed)
+}

@@ -1,0 +1,148 @@
+//! `reflex policy status`: the policy directory's revision, and whether it compiles, against the
+//! revisions workers decide with.
+//!
+//! Workers run in other processes (and on other hosts); the one record all of them write is the
+//! audit trail, and every audit record names the worker and the revision that decided. So the
+//! status reads the tail of the audit topic: each worker's latest decision tells its running
+//! revision. A directory that does not compile is what every worker refused (they keep running
+//! their revision); a worker on an older revision that compiles has a reload pending or stopped.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use rdkafka::message::Message;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{reader, scan, ReplayError, Start};
+use crate::config::{KafkaConfig, PolicySettings};
+use crate::policy::{files, PolicySet};
+
+/// The revision a worker last decided with, as its audit records show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerRevision {
+    /// The worker id.
+    pub worker: String,
+    /// The revision of its latest decision.
+    pub revision: String,
+    /// When it made that decision.
+    pub processed_at: String,
+}
+
+/// The revisions workers run, read from the last `tail` audit records of every partition: the
+/// audit trail is the one record every worker process writes, so it answers across processes.
+pub fn running_revisions(
+    kafka: &KafkaConfig,
+    audit_topic: &str,
+    tail: i64,
+) -> Result<Vec<WorkerRevision>, ReplayError> {
+    let consumer = reader(kafka)?;
+    let mut latest: HashMap<String, WorkerRevision> = HashMap::new();
+    scan(&consumer, audit_topic, Start::Tail(tail), None, |m| {
+        let Some(audit) = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+        else {
+            return;
+        };
+        let (Some(worker), Some(revision), Some(at)) = (
+            audit["worker"].as_str(),
+            audit["policy_revision"].as_str(),
+            audit["processed_at"].as_str(),
+        ) else {
+            return;
+        };
+        if audit.get("decision").is_none() {
+            return;
+        }
+        let newer = latest
+            .get(worker)
+            .is_none_or(|w| w.processed_at.as_str() < at);
+        if newer {
+            latest.insert(
+                worker.to_owned(),
+                WorkerRevision {
+                    worker: worker.to_owned(),
+                    revision: revision.to_owned(),
+                    processed_at: at.to_owned(),
+                },
+            );
+        }
+    })?;
+    let mut out: Vec<WorkerRevision> = latest.into_values().collect();
+    out.sort_by(|a, b| a.worker.cmp(&b.worker));
+    Ok(out)
+}
+
+/// The directory against the workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyStatus {
+    /// The policy directory.
+    pub dir: PathBuf,
+    /// Its revision.
+    pub revision: String,
+    /// Why it does not compile, when it does not.
+    pub refused: Option<String>,
+    /// The audit topic read.
+    pub audit_topic: String,
+    /// Records read per partition.
+    pub tail: i64,
+    /// Each worker's latest decision.
+    pub workers: Vec<WorkerRevision>,
+}
+
+/// Compiles the directory and reads the workers' revisions from the audit trail.
+pub fn status(settings: &PolicySettings, tail: i64) -> Result<PolicyStatus, ReplayError> {
+    let revision = files::revision(&settings.dir).map_err(ReplayError::Directory)?;
+    let refused = PolicySet::load(&settings.dir, &settings.entry, settings.timeout)
+        .err()
+        .map(|e| e.to_string());
+    let workers = running_revisions(&settings.kafka, &settings.audit_topic, tail)?;
+    Ok(PolicyStatus {
+        dir: settings.dir.clone(),
+        revision,
+        refused,
+        audit_topic: settings.audit_topic.clone(),
+        tail,
+        workers,
+    })
+}
+
+impl fmt::Display for PolicyStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dir = self.dir.display();
+        match &self.refused {
+            None => writeln!(f, "{dir}: revision {} (compiles)", self.revision)?,
+            Some(e) => {
+                writeln!(f, "{dir}: revision {} REFUSED: {e}", self.revision)?;
+                writeln!(f, "  workers keep the revision they run until it compiles")?;
+            }
+        }
+        if self.workers.is_empty() {
+            write!(
+                f,
+                "no decisions in the last {} records of each partition of {}",
+                self.tail, self.audit_topic
+            )?;
+        }
+        for (i, w) in self.workers.iter().enumerate() {
+            let note = if w.revision == self.revision {
+                "current"
+            } else if self.refused.is_some() {
+                "running (directory refused)"
+            } else {
+                "older (reload pending, or the worker stopped)"
+            };
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "  {:<28} {}  last decision {}  {note}",
+                w.worker, w.revision, w.processed_at
+            )?;
+        }
+        Ok(())
+    }
+}
