@@ -84,6 +84,9 @@ type = "shipment.requested"
 [actions.record_payment]
 kind = "log"
 types = ["payment.authorized"]
+[actions.record_settlement]
+kind = "log"
+types = ["payment.settled"]
 [actions.approve_refund]
 kind = "emit"
 types = ["refund.requested"]
