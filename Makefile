@@ -3,13 +3,16 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 REFLEX := target/release/reflex
+# DuckDB for Python and its httpfs extension (for s3:// lakes), from PyPI, to read the lake.
+DUCKDB_VERSION := 1.4.4
+LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSION).20260205
 
-.PHONY: help up down status build check demo test test-unit lint fmt clean-stack
+.PHONY: help up down status build check demo test test-unit lint fmt clean-stack lake-tools bench-lake
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-up: ## Start the local stack (Apache Kafka 4.4.0, KRaft) and wait until it answers
+up: ## Start the local stack (Apache Kafka 4.4.0 KRaft, s3s-fs on :8014) and wait until it answers
 	@scripts/stack.sh up
 
 down: ## Stop the local stack
@@ -27,11 +30,19 @@ build: ## Build the release binary
 check: build ## Validate config, schemas, policies and actions (no broker needed)
 	$(REFLEX) check
 
-demo: up build ## Start the stack, push the sample events through the pipeline, print the outcome
+demo: up build lake-tools ## Start the stack, push the sample events through the pipeline, print the outcome
 	@scripts/demo.sh
 
-test: up ## Run every test (unit and integration) against the local stack
+test: up lake-tools ## Run every test (unit and integration) against the local stack
 	$(CARGO) test --locked --all-targets
+
+lake-tools: ## Install DuckDB for Python (with httpfs) into the user site, to query the lake
+	@python3 -m pip show -q duckdb-ext-httpfs >/dev/null 2>&1 && \
+		python3 -c 'import sys, duckdb; sys.exit(duckdb.__version__ != "$(DUCKDB_VERSION)")' 2>/dev/null || \
+		python3 -m pip install --user --quiet --disable-pip-version-check $(LAKE_PY_PACKAGES)
+
+bench-lake: ## Criterion benchmark: demo-like events encoded to Parquet in memory
+	$(CARGO) bench --locked --bench lake
 
 test-unit: ## Run the unit tests only (no broker)
 	$(CARGO) test --locked --lib

@@ -2,6 +2,7 @@
 //! [`Config`] that has compiled the schemas, loaded the policies and checked cross-field rules.
 
 mod env;
+mod lake;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use lake::{LakeConfig, RawLake, RawLakeRole, RawLakeS3, StoreLocation};
 pub use raw::{
     RawAction, RawActionsRole, RawConfig, RawKafka, RawPolicy, RawRoles, RawSchemas, RawTopics,
 };
@@ -172,6 +174,8 @@ pub struct Config {
     pub schema_dir: PathBuf,
     /// The policy directory, resolved.
     pub policy_dir: PathBuf,
+    /// The lake role and its store.
+    pub lake: LakeConfig,
 }
 
 impl Config {
@@ -242,6 +246,7 @@ impl Config {
         let schemas = SchemaRegistry::load(&schema_dir)?;
         let policy = PolicySet::load(&policy_dir, &raw.policy.entry, raw.policy.timeout)?;
         let actions = build_actions(&raw.actions, &schemas, &schema_dir)?;
+        let lake = LakeConfig::new(raw.lake, raw.roles.lake, base)?;
         Ok(Self {
             path: path.to_owned(),
             kafka: KafkaConfig {
@@ -270,6 +275,7 @@ impl Config {
             actions: Arc::new(actions),
             schema_dir,
             policy_dir,
+            lake,
         })
     }
 }

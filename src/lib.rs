@@ -16,6 +16,7 @@
 //! - [`pipeline`]: the order of the stages for one event, free of Kafka.
 //! - [`kafka`]: client settings, topic creation, delivery of output records.
 //! - [`worker`]: the actions role: the consumer loop, offset storing and shutdown.
+//! - [`lake`]: the lake role: valid events and audit records as Parquet files for DuckDB.
 //! - [`produce`]: `reflex produce`, publishing CloudEvents from JSON lines.
 //! - [`summary`]: per-type counts of outcomes and reasons.
 //!
@@ -34,6 +35,7 @@ pub mod audit;
 pub mod config;
 pub mod event;
 pub mod kafka;
+pub mod lake;
 pub mod pipeline;
 pub mod policy;
 pub mod produce;

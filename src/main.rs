@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use reflex::config::Config;
+use reflex::lake::role::LakeRunOptions;
 use reflex::produce::{self, ProduceOptions};
 use reflex::worker::{self, RunOptions};
 
@@ -45,6 +46,7 @@ enum LogFormat {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Role {
     Actions,
+    Lake,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +81,17 @@ enum Command {
     },
     /// Create the configured topics that do not exist yet.
     Topics,
+    /// Data lake commands.
+    Lake {
+        #[command(subcommand)]
+        command: LakeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LakeCommand {
+    /// Print SQL that creates one DuckDB view per lake table (`duckdb -init <file>`).
+    Views,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +158,25 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 worker::run(&config, RunOptions { worker_id, drain }, shutdown).await
             })?;
             println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            role: Role::Lake,
+            drain,
+            worker_id: _,
+        } => {
+            let shutdown = CancellationToken::new();
+            let summary = runtime.block_on(async {
+                tokio::spawn(signal_shutdown(shutdown.clone()));
+                reflex::lake::role::run(&config, LakeRunOptions { drain }, shutdown).await
+            })?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lake {
+            command: LakeCommand::Views,
+        } => {
+            print!("{}", runtime.block_on(reflex::lake::views_sql(&config))?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Produce {

@@ -67,6 +67,7 @@ pub struct SchemaRegistry {
 
 struct Compiled {
     path: PathBuf,
+    schema: Value,
     validator: jsonschema::Validator,
 }
 
@@ -109,7 +110,14 @@ impl SchemaRegistry {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
-            schemas.insert(ty, Compiled { path, validator });
+            schemas.insert(
+                ty,
+                Compiled {
+                    path,
+                    schema,
+                    validator,
+                },
+            );
         }
         Ok(Self { schemas })
     }
@@ -127,6 +135,11 @@ impl SchemaRegistry {
     /// The file a type's schema came from.
     pub fn path(&self, ty: &str) -> Option<&Path> {
         self.schemas.get(ty).map(|c| c.path.as_path())
+    }
+
+    /// The JSON Schema of a type's `data`.
+    pub fn schema(&self, ty: &str) -> Option<&Value> {
+        self.schemas.get(ty).map(|c| &c.schema)
     }
 
     /// Validates `data` against the schema of `ty`. `None` if the type has no schema; otherwise

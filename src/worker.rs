@@ -303,8 +303,8 @@ fn store(
 /// Whether the group has consumed every partition of `topics` to its end: assigned partitions by
 /// this worker's position, the others by the group's committed offsets. A partition still held by
 /// a member that died keeps this false until the group hands it over and it is consumed.
-fn caught_up(
-    consumer: &StreamConsumer<RebalanceContext>,
+pub(crate) fn caught_up<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
     probe: &BaseConsumer,
     topics: &[String],
 ) -> bool {

@@ -5,3 +5,4 @@ mod actions;
 mod cli;
 mod common;
 mod crash;
+mod lake;
