@@ -17,7 +17,8 @@
 #   KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), KAFKA_JVM_OPTS (extra), KAFKA_START_TIMEOUT (90 s).
 #
 # S3: s3s-fs 0.14.1 (crates.io, Apache-2.0), an S3-compatible server over a directory with one
-#   folder per bucket, installed by `cargo install` into the stack dir on first use.
+#   folder per bucket, installed on first use by `cargo install` into cargo's bin directory
+#   ($CARGO_HOME/bin), so every checkout shares it; S3S_FS_BIN names another binary.
 #   S3_PORT (8014), S3_ACCESS_KEY (reflex), S3_SECRET_KEY (reflex-secret), S3_BUCKETS (lake).
 set -euo pipefail
 
@@ -420,7 +421,7 @@ S3_BUCKETS="${S3_BUCKETS:-lake}"
 S3_START_TIMEOUT=30
 
 S3_DIR="$STACK_DIR/s3"
-S3_BIN="$S3_DIR/bin/s3s-fs"                    # survives --clean
+S3_BIN="${S3S_FS_BIN:-${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs}"
 S3_DATA="$S3_DIR/data"                         # one folder per bucket; removed by `down --clean`
 S3_LOGS="$S3_DIR/logs"
 S3_PIDFILE="$S3_DIR/s3s-fs.pid"
@@ -449,12 +450,16 @@ s3_pid() {
 # Build s3s-fs once with cargo (later versions need a newer rustc than 1.95).
 s3_fetch() {
     mkdir -p "$S3_LOGS"
-    [[ -x $S3_BIN ]] && return 0
+    if [[ -x $S3_BIN ]] && [[ "$("$S3_BIN" --version 2>/dev/null)" == "s3s-fs $S3_VERSION" ]]; then
+        return 0
+    fi
+    [[ -z ${S3S_FS_BIN:-} ]] || die "s3: S3S_FS_BIN=$S3S_FS_BIN is not s3s-fs $S3_VERSION"
     command -v cargo >/dev/null 2>&1 || die "cargo not found: s3s-fs is installed with cargo install"
     say "s3: installing s3s-fs $S3_VERSION with cargo (first run only, a few minutes)..."
     local log="$S3_LOGS/install.log"
+    # Its own target dir, so it never waits for (or invalidates) the project's build.
     if ! CARGO_TARGET_DIR="$S3_DIR/build" cargo install "s3s-fs@$S3_VERSION" --features binary \
-        --locked --root "$S3_DIR" >"$log" 2>&1; then
+        --locked --force >"$log" 2>&1; then
         show_log_tail "$log"
         die "s3: cargo could not install s3s-fs $S3_VERSION (full log: $log)"
     fi
