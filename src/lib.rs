@@ -4,7 +4,8 @@
 //! that decode each event, validate it against the schema of its type, evaluate Rego policies,
 //! run exactly one action for the type, and write one audit record per event to a compacted
 //! topic. What cannot be processed goes to a dead-letter topic with its reason: nothing is
-//! dropped silently.
+//! dropped silently. The lake role, in a consumer group of its own, writes every valid event
+//! (typed by its schema) and every audit record as Parquet files on an object store for DuckDB.
 //!
 //! # Layout
 //! - [`config`]: the configuration file, `REFLEX_*` overrides and start-up validation.
@@ -29,6 +30,10 @@
 //! 6. The worker publishes the derived, dead-letter and audit records (`acks=all`, idempotent)
 //!    and stores the record's offset only after all of them, and every earlier record of the
 //!    partition, are acknowledged.
+//!
+//! The [`lake`] role reads the same topics and the audit topic again, decodes and validates each
+//! record the same way, buffers rows per partition, and writes whole Parquet files before it
+//! commits the offsets they cover.
 
 pub mod action;
 pub mod audit;

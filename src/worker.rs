@@ -153,17 +153,7 @@ pub async fn run(
     // Watermarks and the group's committed offsets are queried on connections of their own (a
     // client that never joins the group), so the queries do not wait behind long-polling fetches.
     let probe: Option<BaseConsumer> = if options.drain {
-        let mut probe_config = kafka::base_config(&config.kafka);
-        probe_config.set("group.id", &role.group_id);
-        Some(
-            kafka::with_properties(probe_config, &config.kafka)
-                .create()
-                .map_err(|source| KafkaSetupError::Client {
-                    what: "watermark probe",
-                    brokers: config.kafka.brokers.clone(),
-                    source,
-                })?,
-        )
+        Some(kafka::probe(&config.kafka, &role.group_id)?)
     } else {
         None
     };

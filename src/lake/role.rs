@@ -130,17 +130,7 @@ pub async fn run(
             source,
         })?;
     let probe: Option<BaseConsumer> = if options.drain {
-        let mut probe_config = kafka::base_config(&config.kafka);
-        probe_config.set("group.id", &lake_cfg.group_id);
-        Some(
-            kafka::with_properties(probe_config, &config.kafka)
-                .create()
-                .map_err(|source| KafkaSetupError::Client {
-                    what: "watermark probe",
-                    brokers: config.kafka.brokers.clone(),
-                    source,
-                })?,
-        )
+        Some(kafka::probe(&config.kafka, &lake_cfg.group_id)?)
     } else {
         None
     };

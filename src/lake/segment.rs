@@ -278,7 +278,10 @@ mod tests {
         s.push(&tp, 7, row(0, 1), start + Duration::from_secs(5));
         assert_eq!(s.bytes(), 3);
         assert!(s.expired(start + Duration::from_secs(14)).is_empty());
-        assert_eq!(s.expired(start + Duration::from_secs(15)), std::slice::from_ref(&tp));
+        assert_eq!(
+            s.expired(start + Duration::from_secs(15)),
+            std::slice::from_ref(&tp)
+        );
         let seg = s.take(&tp).expect("open");
         assert_eq!((seg.first_offset, seg.records), (7, 1));
     }

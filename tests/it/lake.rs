@@ -263,22 +263,15 @@ async fn kill_9_exactly_once(store: Store) {
     );
     lake.env.create_topics().await;
     const TOTAL: usize = 3000;
-    let mut valid = BTreeSet::new();
-    let mut records = Vec::new();
-    for n in 0..TOTAL {
-        let id = format!("ev-{n}");
-        let mut event = if n % 2 == 0 {
-            order(&id, "/shop/web", 10.0)
-        } else {
-            refund(&id, 10.0)
-        };
-        if n % 10 == 0 {
-            event["data"]["currency"] = json!("XXX");
-        } else {
-            valid.insert(id);
-        }
-        records.push(Rec::json(&format!("key-{}", n % 37), &event));
-    }
+    let all = crate::crash::events(0..TOTAL);
+    // Every 10th event is schema-invalid: not a lake row.
+    let valid: BTreeSet<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| n % 10 != 0)
+        .map(|(_, (id, _))| id.clone())
+        .collect();
+    let records: Vec<Rec> = all.into_iter().map(|(_, r)| r).collect();
     let topic = lake.env.events.clone();
     let producer = tokio::spawn(async move {
         for wave in records.chunks(250) {
