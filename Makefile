@@ -30,7 +30,7 @@ build: ## Build the release binary
 check: build ## Validate config, schemas, policies and actions (no broker needed)
 	$(REFLEX) check
 
-demo: up build lake-tools ## Start the stack, push the sample events through the pipeline, print the outcome
+demo: up build lake-tools ## Start the stack, push the sample events through the pipeline and the lake, query it
 	@scripts/demo.sh
 
 test: up lake-tools ## Run every test (unit and integration) against the local stack

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::encode::{encode, EncodeSettings};
 use super::segment::{file_key, Row, Segment, Segments, TopicPartition};
 use super::store::LakeStore;
-use super::table::{Coordinates, TableKind};
+use super::table::Coordinates;
 use super::{check_evolution, LakeError, Tables};
 use crate::config::Config;
 use crate::event::CloudEvent;
@@ -151,11 +151,25 @@ pub async fn run(
     let tick =
         (lake_cfg.limits.max_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut timer = tokio::time::interval(tick);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut idle_since = Instant::now();
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            // The timer first: under a steady stream it must still write quiet partitions.
+            _ = timer.tick() => {
+                lake.forget_revoked(&consumer);
+                for tp in lake.segments.expired(Instant::now()) {
+                    lake.write(&consumer, &tp).await?;
+                }
+                if idle_since.elapsed() > Duration::from_millis(500)
+                    && probe.as_ref().is_some_and(|p| crate::worker::caught_up(&consumer, p, &topics))
+                {
+                    tracing::info!("all partitions consumed to their end");
+                    break;
+                }
+            }
             message = consumer.recv() => {
                 lake.forget_revoked(&consumer);
                 let message = match message {
@@ -174,18 +188,6 @@ pub async fn run(
                     let Some(largest) = lake.segments.largest() else { break };
                     tracing::debug!(buffered = lake.segments.bytes(), "memory bound reached; writing the largest segment early");
                     lake.write(&consumer, &largest).await?;
-                }
-            }
-            _ = timer.tick() => {
-                lake.forget_revoked(&consumer);
-                for tp in lake.segments.expired(Instant::now()) {
-                    lake.write(&consumer, &tp).await?;
-                }
-                if idle_since.elapsed() > Duration::from_millis(500)
-                    && probe.as_ref().is_some_and(|p| crate::worker::caught_up(&consumer, p, &topics))
-                {
-                    tracing::info!("all partitions consumed to their end");
-                    break;
                 }
             }
         }
@@ -279,7 +281,6 @@ impl Lake<'_> {
             return None;
         }
         let t = self.tables.get(table)?;
-        debug_assert_eq!(t.kind, TableKind::Events);
         Some((table, t.event_row(&event, at, Utc::now(), &mut self.row)))
     }
 
