@@ -25,6 +25,7 @@ pub mod shape;
 pub mod store;
 pub mod table;
 pub mod views;
+pub mod write;
 
 use std::collections::HashMap;
 

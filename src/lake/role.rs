@@ -19,10 +19,11 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::encode::{encode, EncodeSettings};
-use super::segment::{file_key, Row, Segment, Segments, TopicPartition};
+use super::encode::EncodeSettings;
+use super::segment::{Row, Segment, Segments, TopicPartition};
 use super::store::LakeStore;
 use super::table::Coordinates;
+use super::write::write_segment;
 use super::{check_evolution, LakeError, Tables};
 use crate::config::Config;
 use crate::event::CloudEvent;
@@ -318,41 +319,10 @@ impl Lake<'_> {
         tp: &TopicPartition,
         segment: Segment,
     ) -> Result<(), LakeError> {
-        for ((index, hour), rows) in segment.files {
-            let Some(table) = self.tables.get(index) else {
-                continue;
-            };
-            let key = file_key(&table.name, hour, tp, rows.first_offset);
-            let metadata = vec![
-                ("reflex.topic".to_owned(), tp.0.clone()),
-                ("reflex.partition".to_owned(), tp.1.to_string()),
-                (
-                    "reflex.first_offset".to_owned(),
-                    rows.first_offset.to_string(),
-                ),
-                (
-                    "reflex.last_offset".to_owned(),
-                    rows.last_offset.to_string(),
-                ),
-            ];
-            let (name, schema, settings) =
-                (table.name.clone(), table.schema.clone(), self.settings);
-            let json = rows.json;
-            let bytes = tokio::task::spawn_blocking(move || {
-                encode(&name, &schema, &json, settings, metadata)
-            })
-            .await
-            .map_err(|e| LakeError::Task {
-                table: table.name.clone(),
-                message: e.to_string(),
-            })??;
-            let size = bytes.len();
-            self.store.put(&key, bytes).await?;
-            self.summary.files += 1;
-            self.summary.rows += rows.rows as u64;
-            self.summary.bytes += size as u64;
-            tracing::info!(table = %table.name, key = %key, rows = rows.rows, bytes = size, "lake file written");
-        }
+        let written = write_segment(&self.store, &self.tables, self.settings, tp, segment).await?;
+        self.summary.files += written.files;
+        self.summary.rows += written.rows;
+        self.summary.bytes += written.bytes;
         Ok(())
     }
 }
