@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: sample events for a web shop through the actions pipeline on the local stack.
 # Run it with `make demo`, which starts the stack and builds reflex first.
+# DEMO_LAKE=s3 make demo writes the lake to the stack's S3 server (s3s-fs) instead of ./lake.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,8 +43,12 @@ what could not be processed is in reflex.dlq with the reason in its reflex_* hea
 NOTE
 
 step "write the lake: valid events and audit records as Parquet (lake role, until drained)"
+if [[ ${DEMO_LAKE:-local} == s3 ]]; then
+    export REFLEX_LAKE_STORE=s3://lake/demo REFLEX_LAKE_S3_ENDPOINT=http://127.0.0.1:8014
+    export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-reflex}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-reflex-secret}"
+fi
 "$reflex" --config "$config" run --role lake --drain
-lake="$(sed -n 's/^store = "\(.*\)"/\1/p' "$config" | head -n 1)"
+lake="${REFLEX_LAKE_STORE:-$(sed -n 's/^store = "\(.*\)"/\1/p' "$config" | head -n 1)}"
 [[ $lake == /* || $lake == *://* ]] || lake="$(cd "$(dirname "$config")" && realpath -m "$lake")"
 if [[ -d $lake ]]; then
     printf '%s Parquet files, %s in %s\n' "$(find "$lake" -name '*.parquet' | wc -l)" \
