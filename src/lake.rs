@@ -16,6 +16,10 @@
 //!
 //! The `redact` obligation of a decision is not applied to lake rows: the lake does not read
 //! decisions before writing an event (the audit table records them).
+//!
+//! Exactly once is per Kafka record. The actions role is at-least-once, so after one of its
+//! crashes the audit topic may hold two records for one event (compaction keeps the last); the
+//! `audit` table then has both, and the one with the latest `processed_at` is the current one.
 
 pub mod encode;
 pub mod evolution;

@@ -10,6 +10,12 @@
 //! falls at the same offsets on replay; rotation by age or memory pressure may fall elsewhere,
 //! which the overwrite still covers because every file is keyed by the first offset of its
 //! (table, hour) within a segment that starts at a committed offset.
+//!
+//! What this does not cover: Kafka cannot fence a consumer the way transactions fence
+//! producers. A worker that stalls mid-write for longer than the group's session timeout loses
+//! its partitions to another worker, which re-reads from the same committed offset; if the
+//! stalled worker's write then lands after the new owner's, a file may be replaced by one with
+//! fewer rows. Keep a write well inside `session.timeout.ms` (files of tens of MB are).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
