@@ -1,7 +1,7 @@
 //! `reflex lake views`: SQL for the DuckDB CLI that creates one view per lake table.
 //!
 //! Each view reads the table's Parquet files with `hive_partitioning` (the `date` and `hour`
-//! columns come from the paths) and `union_by_name` (files written before a schema gained a
+//! columns come from the paths, typed DATE and INTEGER) and `union_by_name` (files written before a schema gained a
 //! field read together with newer ones). For an S3 store the SQL starts with the `httpfs`
 //! extension and a secret built from the endpoint settings and the `AWS_*` environment.
 
@@ -23,6 +23,10 @@ pub fn view_name(table: &str) -> String {
         })
         .collect()
 }
+
+/// How every view reads its files.
+pub const READ_OPTIONS: &str =
+    "hive_partitioning = true, union_by_name = true, hive_types = {'date': DATE, 'hour': INTEGER}";
 
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
@@ -95,7 +99,7 @@ where
     for (table, has_files) in tables {
         let glob = quote(&table_glob(&config.location, table));
         let statement = format!(
-            "CREATE OR REPLACE VIEW \"{}\" AS SELECT * FROM read_parquet({glob}, hive_partitioning = true, union_by_name = true);",
+            "CREATE OR REPLACE VIEW \"{}\" AS SELECT * FROM read_parquet({glob}, {READ_OPTIONS});",
             view_name(table)
         );
         if *has_files {
@@ -129,7 +133,7 @@ mod tests {
             &[("order.placed".into(), true), ("audit".into(), false)],
             |_| None,
         );
-        assert!(sql.contains("CREATE OR REPLACE VIEW \"order_placed\" AS SELECT * FROM read_parquet('/data/lake/order.placed/**/*.parquet', hive_partitioning = true, union_by_name = true);"), "{sql}");
+        assert!(sql.contains("CREATE OR REPLACE VIEW \"order_placed\" AS SELECT * FROM read_parquet('/data/lake/order.placed/**/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'date': DATE, 'hour': INTEGER});"), "{sql}");
         assert!(
             sql.contains("-- no files yet: CREATE OR REPLACE VIEW \"audit\""),
             "{sql}"

@@ -214,7 +214,7 @@ async fn round_trip(store: Store) {
     );
     assert_eq!(
         (row[7].clone(), row[8].clone()),
-        (json!("2026-03-04"), json!("04"))
+        (json!("2026-03-04"), json!(4))
     );
     assert_eq!(row[9], json!(lake.env.events));
     assert_eq!(row[10], json!("BIGINT"));
