@@ -154,6 +154,24 @@ pub fn wait_output(mut child: Child, limit: Duration) -> std::process::Output {
     }
 }
 
+/// Parquet files under a local directory.
+fn parquet_files(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .map(|p| {
+            if p.is_dir() {
+                parquet_files(&p)
+            } else {
+                usize::from(p.extension().is_some_and(|x| x == "parquet"))
+            }
+        })
+        .sum()
+}
+
 fn payment(id: &str) -> Value {
     json!({
         "specversion": "1.0", "id": id, "source": "/payments", "type": "payment.authorized",
@@ -326,7 +344,8 @@ async fn quiet_partition_appears_within_max_file_age() {
     let root = PathBuf::from(&lake.root).join("refund.requested");
     let mut seen = 0;
     while produced.elapsed() < Duration::from_secs(15) {
-        if root.exists() && lake.count("SELECT count(*) FROM refund_requested") == 5 {
+        // Only complete files end in .parquet (a file being written has a temporary name).
+        if parquet_files(&root) > 0 && lake.count("SELECT count(*) FROM refund_requested") == 5 {
             seen = 5;
             break;
         }
