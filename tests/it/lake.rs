@@ -401,3 +401,35 @@ async fn schema_evolution_adds_columns_and_refuses_type_changes() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_writes_buffered_rows_and_a_restart_adds_none() {
+    // Files would otherwise wait an hour: only the shutdown writes them.
+    let lake = LakeEnv::new(Store::Local, 2, "max_file_age = \"1h\"");
+    lake.env.create_topics().await;
+    let records: Vec<Rec> = (0..20)
+        .map(|n| Rec::json(&format!("k{n}"), &refund(&format!("t-{n}"), 5.0)))
+        .collect();
+    produce(&lake.env.events, &records).await;
+    let child = lake.spawn_lake(false);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let root = PathBuf::from(&lake.root);
+    assert_eq!(parquet_files(&root), 0, "nothing is written before the age");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let out = wait_output(child, Duration::from_secs(30));
+    assert!(out.status.success(), "clean exit after SIGTERM");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("20 rows"), "{summary}");
+    assert_eq!(lake.count("SELECT count(*) FROM refund_requested"), 20);
+    // The offsets were committed: a restart finds nothing new.
+    let summary = lake.drain("lake");
+    assert!(summary.contains("0 records"), "{summary}");
+    assert_eq!(
+        lake.query("SELECT count(*), count(DISTINCT id) FROM refund_requested")[0],
+        [json!(20), json!(20)]
+    );
+}
