@@ -3,13 +3,16 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 REFLEX := target/release/reflex
+# DuckDB for Python and its httpfs extension (for s3:// lakes), from PyPI, to read the lake.
+DUCKDB_VERSION := 1.4.4
+LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSION).20260205
 
-.PHONY: help up down status build check demo test test-unit lint fmt clean-stack pyenv opa policy-test bench-policy
+.PHONY: help up down status build check demo test test-unit lint fmt clean-stack pyenv opa policy-test bench-policy lake-tools bench-lake
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-up: ## Start the local stack (Apache Kafka 4.4.0 KRaft, Apicurio Registry 3.3.3) and wait until it answers
+up: ## Start the local stack (Apache Kafka 4.4.0 KRaft, Apicurio Registry 3.3.3, s3s-fs on :8014) and wait until it answers
 	@scripts/stack.sh up
 
 down: ## Stop the local stack
@@ -27,13 +30,13 @@ build: ## Build the release binary
 check: build ## Validate config, schemas, policies and actions (no broker needed)
 	$(REFLEX) check
 
-demo: up build pyenv ## Start the stack, push the sample events through the pipeline, print the outcome
+demo: up build pyenv lake-tools ## Start the stack, push the sample events through the pipeline and the lake, query it
 	@scripts/demo.sh
 
 pyenv: ## Install the Python tools the tests use (confluent-kafka) into .stack/venv
 	@scripts/pyenv.sh >/dev/null
 
-test: up pyenv opa ## Run every test (unit and integration) against the local stack
+test: up pyenv opa lake-tools ## Run every test (unit and integration) against the local stack
 	$(CARGO) test --locked --all-targets
 
 opa: ## Build the reference OPA (v1.22.3, Go module proxy) into .stack/bin once
@@ -44,6 +47,14 @@ policy-test: ## Run the Rego test_* rules and policies/tests/*.yaml cases
 
 bench-policy: opa ## Decision time per event: regorus (criterion) against opa bench, as a ratio
 	@scripts/bench-policy.sh
+
+lake-tools: ## Install DuckDB for Python (with httpfs) into the user site, to query the lake
+	@python3 -m pip show -q duckdb-ext-httpfs >/dev/null 2>&1 && \
+		python3 -c 'import sys, duckdb; sys.exit(duckdb.__version__ != "$(DUCKDB_VERSION)")' 2>/dev/null || \
+		python3 -m pip install --user --quiet --disable-pip-version-check $(LAKE_PY_PACKAGES)
+
+bench-lake: ## Criterion benchmark: demo-like events encoded to Parquet in memory
+	$(CARGO) bench --locked --bench lake
 
 test-unit: ## Run the unit tests only (no broker)
 	$(CARGO) test --locked --lib

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: sample events for a web shop through the actions pipeline on the local stack.
 # Run it with `make demo`, which starts the stack and builds reflex first.
+# DEMO_LAKE=s3 make demo writes the lake to the stack's S3 server (s3s-fs) instead of ./lake.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,4 +45,35 @@ cat <<'NOTE'
 
 Every event has one audit record in the compacted topic reflex.audit (keyed by event id);
 what could not be processed is in reflex.dlq with the reason in its reflex_* headers.
+NOTE
+
+step "write the lake: valid events and audit records as Parquet (lake role, until drained)"
+if [[ ${DEMO_LAKE:-local} == s3 ]]; then
+    export REFLEX_LAKE_STORE=s3://lake/demo REFLEX_LAKE_S3_ENDPOINT=http://127.0.0.1:8014
+    export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-reflex}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-reflex-secret}"
+fi
+"$reflex" --config "$config" run --role lake --drain
+lake="${REFLEX_LAKE_STORE:-$(sed -n 's/^store = "\(.*\)"/\1/p' "$config" | head -n 1)}"
+[[ $lake == /* || $lake == *://* ]] || lake="$(cd "$(dirname "$config")" && realpath -m "$lake")"
+if [[ -d $lake ]]; then
+    printf '%s Parquet files, %s in %s\n' "$(find "$lake" -name '*.parquet' | wc -l)" \
+        "$(du -sh "$lake" | cut -f1)" "$lake"
+fi
+
+step "query the lake with DuckDB (this run's events and decisions)"
+"$reflex" --config "$config" lake views >"$out/views.sql"
+run="$(head -n 1 "$out/orders.jsonl" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"].split("-")[0])')"
+python3 scripts/lake-sql.py "@$out/views.sql" "
+    SELECT type, count(*) AS events, count(DISTINCT id) AS distinct_ids
+    FROM read_parquet('$lake/**/*.parquet', hive_partitioning = true, union_by_name = true)
+    WHERE id LIKE '$run-%' GROUP BY 1 ORDER BY 1"
+echo
+python3 scripts/lake-sql.py "@$out/views.sql" "
+    SELECT type, outcome, coalesce(reason, decision.reasons[1], '') AS why, count(*) AS events
+    FROM audit WHERE event_id LIKE '$run-%' GROUP BY ALL ORDER BY 1, 2, 3"
+
+cat <<NOTE
+
+The views are in $out/views.sql: \`duckdb -init $out/views.sql\` (pip install duckdb-cli) opens
+them, e.g. SELECT date, hour, sum(amount) FROM order_placed GROUP BY ALL;
 NOTE

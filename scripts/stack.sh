@@ -6,7 +6,7 @@
 #   scripts/stack.sh status [SERVICE...]          one line per service; exit 3 unless all run
 #   scripts/stack.sh fetch  [SERVICE...]          only download what a service needs
 #
-# SERVICE defaults to all of: kafka registry. Each service NAME provides the functions
+# SERVICE defaults to all of: kafka registry s3. Each service NAME provides the functions
 # NAME_up, NAME_down, NAME_status (and optionally NAME_fetch); add new services
 # (schema registry, S3 server, ...) the same way and list them in SERVICES.
 #
@@ -15,6 +15,11 @@
 # Kafka: one KRaft node acting as broker and controller on 127.0.0.1.
 #   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_VERSION (4.4.0),
 #   KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), KAFKA_JVM_OPTS (extra), KAFKA_START_TIMEOUT (90 s).
+#
+# S3: s3s-fs 0.14.1 (crates.io, Apache-2.0), an S3-compatible server over a directory with one
+#   folder per bucket, installed on first use by `cargo install` into cargo's bin directory
+#   ($CARGO_HOME/bin), so every checkout shares it; S3S_FS_BIN names another binary.
+#   S3_PORT (8014), S3_ACCESS_KEY (reflex), S3_SECRET_KEY (reflex-secret), S3_BUCKETS (lake).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,7 +29,7 @@ STACK_DIR="${REFLEX_STACK_DIR:-$PWD/.stack}"
 [[ $STACK_DIR == /* ]] || STACK_DIR="$PWD/$STACK_DIR"
 
 # Start order; `down` goes in reverse.
-SERVICES=(kafka registry)
+SERVICES=(kafka registry s3)
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -405,6 +410,145 @@ kafka_status() {
 
 # shellcheck source=scripts/stack/registry.sh
 source "$SCRIPT_DIR/stack/registry.sh"
+
+# ---------------------------------------------------------------------------
+# s3 (s3s-fs)
+# ---------------------------------------------------------------------------
+
+S3_VERSION=0.14.1
+S3_HOST=127.0.0.1
+S3_PORT="${S3_PORT:-8014}"
+S3_ACCESS_KEY="${S3_ACCESS_KEY:-reflex}"
+S3_SECRET_KEY="${S3_SECRET_KEY:-reflex-secret}"
+S3_BUCKETS="${S3_BUCKETS:-lake}"
+S3_START_TIMEOUT=30
+
+S3_DIR="$STACK_DIR/s3"
+S3_BIN="${S3S_FS_BIN:-${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs}"
+S3_DATA="$S3_DIR/data"                         # one folder per bucket; removed by `down --clean`
+S3_LOGS="$S3_DIR/logs"
+S3_PIDFILE="$S3_DIR/s3s-fs.pid"
+S3_ADDR="$S3_HOST:$S3_PORT"
+
+[[ $S3_PORT =~ ^[0-9]+$ ]] || die "S3_PORT must be a port number, got '$S3_PORT'"
+
+# Any HTTP answer means the server is serving (an anonymous request gets an S3 error document).
+s3_probe() {
+    curl -s -o /dev/null -m 2 -w '%{http_code}' "http://$S3_ADDR/" 2>/dev/null | grep -qv '^000$'
+}
+
+s3_pid() {
+    local pid
+    if [[ -f $S3_PIDFILE ]]; then
+        pid="$(<"$S3_PIDFILE")"
+        if pid_alive "$pid" && tr '\0' ' ' </proc/"$pid"/cmdline | grep -qF -- "$S3_DATA"; then
+            echo "$pid"
+            return 0
+        fi
+        rm -f "$S3_PIDFILE"
+    fi
+    return 1
+}
+
+# Build s3s-fs once with cargo (later versions need a newer rustc than 1.95).
+s3_fetch() {
+    mkdir -p "$S3_LOGS"
+    if [[ -x $S3_BIN ]] && [[ "$("$S3_BIN" --version 2>/dev/null)" == "s3s-fs $S3_VERSION" ]]; then
+        return 0
+    fi
+    [[ -z ${S3S_FS_BIN:-} ]] || die "s3: S3S_FS_BIN=$S3S_FS_BIN is not s3s-fs $S3_VERSION"
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: s3s-fs is installed with cargo install"
+    say "s3: installing s3s-fs $S3_VERSION with cargo (first run only, a few minutes)..."
+    local log="$S3_LOGS/install.log"
+    # Its own target dir, so it never waits for (or invalidates) the project's build.
+    if ! CARGO_TARGET_DIR="$S3_DIR/build" cargo install "s3s-fs@$S3_VERSION" --features binary \
+        --locked --force >"$log" 2>&1; then
+        show_log_tail "$log"
+        die "s3: cargo could not install s3s-fs $S3_VERSION (full log: $log)"
+    fi
+    rm -rf "$S3_DIR/build"
+    say "s3: installed $S3_BIN"
+}
+
+s3_wait_ready() {
+    local pid=$1 start=$SECONDS
+    while ! s3_probe; do
+        if ! pid_alive "$pid"; then
+            rm -f "$S3_PIDFILE"
+            show_log_tail "$S3_LOGS/s3s-fs.log"
+            die "s3: s3s-fs exited during startup; see $S3_LOGS/s3s-fs.log"
+        fi
+        if ((SECONDS - start >= S3_START_TIMEOUT)); then
+            kill -TERM "$pid" 2>/dev/null || true
+            die "s3: not ready on $S3_ADDR after ${S3_START_TIMEOUT}s (stopped it); see $S3_LOGS/s3s-fs.log"
+        fi
+        sleep 0.2
+    done
+    say "s3: ready on http://$S3_ADDR (pid $pid, buckets: $S3_BUCKETS, access key $S3_ACCESS_KEY)"
+}
+
+s3_up() {
+    command -v curl >/dev/null 2>&1 || die "curl not found (Debian: apt-get install curl)"
+    local pid bucket
+    mkdir -p "$S3_DATA" "$S3_LOGS"
+    for bucket in $S3_BUCKETS; do mkdir -p "$S3_DATA/$bucket"; done
+    if pid="$(s3_pid)"; then
+        s3_wait_ready "$pid"
+        return 0
+    fi
+    ! port_open "$S3_HOST" "$S3_PORT" ||
+        die "s3: $S3_ADDR is already in use by another process; stop it or set S3_PORT"
+    s3_fetch
+    say "s3: starting s3s-fs on http://$S3_ADDR (data: $S3_DATA)"
+    # shellcheck disable=SC2016  # $$/$0 are the inner bash's
+    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$S3_PIDFILE" \
+        "$S3_BIN" --host "$S3_HOST" --port "$S3_PORT" \
+        --access-key "$S3_ACCESS_KEY" --secret-key "$S3_SECRET_KEY" "$S3_DATA" \
+        </dev/null >"$S3_LOGS/s3s-fs.log" 2>&1 9>&- &
+    local i
+    for i in $(seq 50); do
+        [[ -s $S3_PIDFILE ]] && break
+        sleep 0.1
+    done
+    pid="$(cat "$S3_PIDFILE" 2>/dev/null || true)"
+    [[ -n $pid ]] || die "s3: s3s-fs did not start; see $S3_LOGS/s3s-fs.log"
+    s3_wait_ready "$pid"
+}
+
+s3_down() {
+    local pid i
+    if pid="$(s3_pid)"; then
+        say "s3: stopping s3s-fs (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            pid_alive "$pid" || break
+            sleep 0.1
+        done
+        if pid_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+        rm -f "$S3_PIDFILE"
+        say "s3: stopped"
+    else
+        say "s3: not running"
+    fi
+    if [[ ${CLEAN:-false} == true ]]; then
+        rm -rf "$S3_DATA"
+        say "s3: removed data dir $S3_DATA"
+    fi
+}
+
+s3_status() {
+    local pid
+    if ! pid="$(s3_pid)"; then
+        printf '%-8s %-10s %s\n' s3 stopped "http://$S3_ADDR"
+        return 1
+    fi
+    if s3_probe; then
+        printf '%-8s %-10s %s (pid %s)\n' s3 running "http://$S3_ADDR" "$pid"
+    else
+        printf '%-8s %-10s %s (pid %s, not answering; see %s)\n' s3 unhealthy "http://$S3_ADDR" "$pid" "$S3_LOGS/s3s-fs.log"
+        return 1
+    fi
+}
 
 # ---------------------------------------------------------------------------
 # main

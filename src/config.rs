@@ -2,6 +2,7 @@
 //! [`Config`] that has compiled the schemas, loaded the policies and checked cross-field rules.
 
 mod env;
+mod lake;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use lake::{LakeConfig, RawLake, RawLakeRole, RawLakeS3, StoreLocation};
 pub use raw::{
     RawAction, RawActionsRole, RawConfig, RawKafka, RawPolicy, RawRegistry, RawRoles, RawSchemas,
     RawTopics,
@@ -188,6 +190,8 @@ pub struct Config {
     pub policy_emit_topic: String,
     /// Further topics `emit` obligations may name.
     pub policy_emit_topics: Vec<String>,
+    /// The lake role and its store.
+    pub lake: LakeConfig,
 }
 
 impl Config {
@@ -262,6 +266,7 @@ impl Config {
                 })?,
             )),
         };
+        let lake = LakeConfig::new(raw.lake, raw.roles.lake, base)?;
         Ok(Self {
             path: path.to_owned(),
             kafka: kafka_config(raw.kafka),
@@ -290,6 +295,7 @@ impl Config {
             policy_reload_interval: raw.policy.reload_interval,
             policy_emit_topic: raw.policy.emit_topic,
             policy_emit_topics: raw.policy.emit_topics,
+            lake,
         })
     }
 }

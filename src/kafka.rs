@@ -85,6 +85,23 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     config
 }
 
+/// A client for watermarks and a group's committed offsets that never joins the group, so its
+/// queries do not wait behind the long-polling fetches of the group's consumer.
+pub fn probe(
+    kafka: &KafkaConfig,
+    group_id: &str,
+) -> Result<rdkafka::consumer::BaseConsumer, KafkaSetupError> {
+    let mut config = base_config(kafka);
+    config.set("group.id", group_id);
+    with_properties(config, kafka)
+        .create()
+        .map_err(|source| KafkaSetupError::Client {
+            what: "watermark probe",
+            brokers: kafka.brokers.clone(),
+            source,
+        })
+}
+
 /// Producer settings: acknowledged by all in-sync replicas, idempotent, batched.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = base_config(kafka);

@@ -4,7 +4,8 @@
 //! that decode each event, validate it against the schema of its type, evaluate Rego policies,
 //! run exactly one action for the type, and write one audit record per event to a compacted
 //! topic. What cannot be processed goes to a dead-letter topic with its reason: nothing is
-//! dropped silently.
+//! dropped silently. The lake role, in a consumer group of its own, writes every valid event
+//! (typed by its schema) and every audit record as Parquet files on an object store for DuckDB.
 //!
 //! # Layout
 //! - [`config`]: the configuration file, `REFLEX_*` overrides and start-up validation.
@@ -20,6 +21,7 @@
 //! - [`pipeline`]: the order of the stages for one event, free of Kafka.
 //! - [`kafka`]: client settings, topic creation, delivery of output records.
 //! - [`worker`]: the actions role: the consumer loop, offset storing and shutdown.
+//! - [`lake`]: the lake role: valid events and audit records as Parquet files for DuckDB.
 //! - [`produce`]: `reflex produce`, publishing CloudEvents from JSON lines.
 //! - [`replay`]: `reflex policy replay`, a candidate policy set against the recorded decisions.
 //! - [`summary`]: per-type counts of outcomes and reasons.
@@ -35,12 +37,17 @@
 //! 6. The worker publishes the derived, dead-letter and audit records (`acks=all`, idempotent)
 //!    and stores the record's offset only after all of them, and every earlier record of the
 //!    partition, are acknowledged.
+//!
+//! The [`lake`] role reads the same topics and the audit topic again, decodes and validates each
+//! record the same way, buffers rows per partition, and writes whole Parquet files before it
+//! commits the offsets they cover.
 
 pub mod action;
 pub mod audit;
 pub mod config;
 pub mod event;
 pub mod kafka;
+pub mod lake;
 pub mod pipeline;
 pub mod policy;
 pub mod produce;

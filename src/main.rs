@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use reflex::config::{Config, PolicySettings};
+use reflex::lake::role::LakeRunOptions;
 use reflex::policy::{explain, testing, PolicySet};
 use reflex::produce::{self, ProduceOptions};
 use reflex::registry::manage;
@@ -48,6 +49,7 @@ enum LogFormat {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Role {
     Actions,
+    Lake,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +93,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Data lake commands.
+    Lake {
+        #[command(subcommand)]
+        command: LakeCommand,
     },
 }
 
@@ -160,6 +167,12 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum LakeCommand {
+    /// Print SQL that creates one DuckDB view per lake table (`duckdb -init <file>`).
+    Views,
 }
 
 fn main() -> ExitCode {
@@ -301,6 +314,25 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command } => policy_command(&cli.config, &command),
+        Command::Run {
+            role: Role::Lake,
+            drain,
+            worker_id: _,
+        } => {
+            let shutdown = CancellationToken::new();
+            let summary = runtime.block_on(async {
+                tokio::spawn(signal_shutdown(shutdown.clone()));
+                reflex::lake::role::run(&config, LakeRunOptions { drain }, shutdown).await
+            })?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lake {
+            command: LakeCommand::Views,
+        } => {
+            print!("{}", runtime.block_on(reflex::lake::views_sql(&config))?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Produce {
             topic,
             no_validate,

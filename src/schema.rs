@@ -83,6 +83,8 @@ struct Compiled {
     path: PathBuf,
     text: String,
     kind: Kind,
+    /// The schema as JSON Schema (Avro schemas translated), from which the lake derives columns.
+    json_schema: Value,
 }
 
 /// A compiled schema of either format.
@@ -199,7 +201,19 @@ impl SchemaRegistry {
                     second: path,
                 });
             }
-            schemas.insert(ty, Compiled { path, text, kind });
+            let json_schema = match &kind {
+                Kind::Avro(schema) => avro::to_json_schema(schema),
+                Kind::Json(_) => serde_json::from_str(&text).unwrap_or(Value::Null),
+            };
+            schemas.insert(
+                ty,
+                Compiled {
+                    path,
+                    text,
+                    kind,
+                    json_schema,
+                },
+            );
         }
         Ok(Self { schemas })
     }
@@ -228,6 +242,11 @@ impl SchemaRegistry {
             };
             (format, c.text.as_str())
         })
+    }
+
+    /// The JSON Schema of a type's `data` (for an Avro type, its JSON Schema equivalent).
+    pub fn schema(&self, ty: &str) -> Option<&Value> {
+        self.schemas.get(ty).map(|c| &c.json_schema)
     }
 
     /// Validates `data` against the schema of `ty`. `None` if the type has no schema; otherwise

@@ -169,17 +169,7 @@ pub async fn run(
     // Watermarks and the group's committed offsets are queried on connections of their own (a
     // client that never joins the group), so the queries do not wait behind long-polling fetches.
     let probe: Option<BaseConsumer> = if options.drain {
-        let mut probe_config = kafka::base_config(&config.kafka);
-        probe_config.set("group.id", &role.group_id);
-        Some(
-            kafka::with_properties(probe_config, &config.kafka)
-                .create()
-                .map_err(|source| KafkaSetupError::Client {
-                    what: "watermark probe",
-                    brokers: config.kafka.brokers.clone(),
-                    source,
-                })?,
-        )
+        Some(kafka::probe(&config.kafka, &role.group_id)?)
     } else {
         None
     };
@@ -373,8 +363,8 @@ fn store(
 /// Whether the group has consumed every partition of `topics` to its end: assigned partitions by
 /// this worker's position, the others by the group's committed offsets. A partition still held by
 /// a member that died keeps this false until the group hands it over and it is consumed.
-fn caught_up(
-    consumer: &StreamConsumer<RebalanceContext>,
+pub(crate) fn caught_up<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
     probe: &BaseConsumer,
     topics: &[String],
 ) -> bool {

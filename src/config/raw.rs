@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub registry: RawRegistry,
     /// Actions by name; each names the event types it handles.
     pub actions: BTreeMap<String, RawAction>,
+    /// The data lake.
+    pub lake: super::lake::RawLake,
 }
 
 /// `[kafka]`: connection settings shared by consumers and producers.
@@ -94,6 +96,8 @@ impl Default for RawTopics {
 pub struct RawRoles {
     /// The actions role.
     pub actions: RawActionsRole,
+    /// The lake role.
+    pub lake: super::lake::RawLakeRole,
 }
 
 /// `[roles.actions]`.

@@ -135,6 +135,64 @@ fn to_json(value: AvroValue) -> Result<Value, String> {
     }
 }
 
+/// The JSON Schema equivalent of an Avro schema, as the JSON form of its datums looks (see
+/// [`decode`]): records are objects, unions with null are nullable, enums and strings are
+/// strings, `int`/`long` (and the time logical types) integers, `float`/`double` numbers,
+/// arrays arrays, maps objects of values.
+pub fn to_json_schema(schema: &Schema) -> Value {
+    use serde_json::json;
+    match schema {
+        Schema::Record(record) => {
+            let properties: serde_json::Map<String, Value> = record
+                .fields
+                .iter()
+                .map(|f| (f.name.clone(), to_json_schema(&f.schema)))
+                .collect();
+            let required: Vec<&str> = record
+                .fields
+                .iter()
+                .filter(|f| !matches!(&f.schema, Schema::Union(u) if u.is_nullable()))
+                .map(|f| f.name.as_str())
+                .collect();
+            json!({"type": "object", "title": record.name.fullname(None), "properties": properties, "required": required})
+        }
+        Schema::Union(union) => {
+            let branches: Vec<&Schema> = union
+                .variants()
+                .iter()
+                .filter(|v| **v != Schema::Null)
+                .collect();
+            match branches.as_slice() {
+                [one] => {
+                    let mut inner = to_json_schema(one);
+                    if let Some(ty) = inner.get("type").and_then(Value::as_str).map(str::to_owned) {
+                        inner["type"] = json!([ty, "null"]);
+                    }
+                    inner
+                }
+                _ => json!({}),
+            }
+        }
+        Schema::Array(array) => json!({"type": "array", "items": to_json_schema(&array.items)}),
+        Schema::Map(map) => {
+            json!({"type": "object", "additionalProperties": to_json_schema(&map.types)})
+        }
+        Schema::Boolean => json!({"type": "boolean"}),
+        Schema::Int | Schema::Long | Schema::Date | Schema::TimeMillis | Schema::TimeMicros => {
+            json!({"type": "integer"})
+        }
+        Schema::TimestampMillis
+        | Schema::TimestampMicros
+        | Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros => {
+            json!({"type": "integer"})
+        }
+        Schema::Float | Schema::Double => json!({"type": "number"}),
+        Schema::String | Schema::Enum(_) | Schema::Uuid(_) => json!({"type": "string"}),
+        _ => json!({}),
+    }
+}
+
 /// Checks JSON `data` against an Avro schema (for structured events of an Avro-typed event type).
 pub fn validate_json(schema: &Schema, data: &Value) -> Result<(), String> {
     let avro = AvroValue::try_from(data.clone()).map_err(|e| e.to_string())?;

@@ -36,7 +36,7 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitSt
 }
 
 /// Events of a stream: valid orders and refunds, with every 10th schema-invalid.
-fn events(range: std::ops::Range<usize>) -> Vec<(String, Rec)> {
+pub fn events(range: std::ops::Range<usize>) -> Vec<(String, Rec)> {
     range
         .map(|n| {
             let id = format!("ev-{n}");

@@ -5,6 +5,7 @@ mod actions;
 mod cli;
 mod common;
 mod crash;
+mod lake;
 mod opa;
 mod policy;
 mod registry;

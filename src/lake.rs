@@ -1,0 +1,158 @@
+//! The data lake: valid events and audit records as Parquet files on an object store.
+//!
+//! The lake role ([`role::run`]) reads the event topics and the audit topic in its own consumer
+//! group. Each valid event becomes a row of its type's table, each audit record a row of the
+//! `audit` table. Records that the actions role dead-letters (undecodable, unknown type,
+//! schema-invalid, too large) are not lake rows: they are in the dead-letter topic, and their
+//! audit records, which say why, are in the `audit` table.
+//!
+//! Files are laid out for DuckDB's hive partitioning:
+//! `<root>/<table>/date=YYYY-MM-DD/hour=HH/<topic>-<partition>-<first offset>.parquet`, by the
+//! event's own time (the audit record's `processed_at` for the audit table), in UTC.
+//!
+//! Exactly once: rows are buffered per Kafka partition in [`segment`]s; a segment is written as
+//! whole files, and only then is the offset after it committed. See [`segment`] for why a replay
+//! after a crash rewrites the same files instead of adding rows.
+//!
+//! The `redact` obligation of a decision is not applied to lake rows: the lake does not read
+//! decisions before writing an event (the audit table records them).
+//!
+//! Exactly once is per Kafka record. The actions role is at-least-once, so after one of its
+//! crashes the audit topic may hold two records for one event (compaction keeps the last); the
+//! `audit` table then has both, and the one with the latest `processed_at` is the current one.
+
+pub mod encode;
+pub mod evolution;
+pub mod role;
+pub mod segment;
+pub mod shape;
+pub mod store;
+pub mod table;
+pub mod views;
+pub mod write;
+
+use std::collections::HashMap;
+
+use crate::config::Config;
+use crate::kafka::KafkaSetupError;
+use crate::schema::SchemaRegistry;
+use encode::EncodeError;
+use store::{LakeStore, StoreError};
+use table::Table;
+
+/// Why the lake role or a lake command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Rows could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// A schema changed the type of a column the lake already has.
+    #[error("table \"{table}\" in {location}: {changes}; the existing files would no longer read together with new ones. Keep the old type, or add the value under a new property name")]
+    TypeChanged {
+        /// The table.
+        table: String,
+        /// The store.
+        location: String,
+        /// The changes, described.
+        changes: String,
+    },
+    /// A Kafka client could not be set up.
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    /// Subscribing failed.
+    #[error("cannot subscribe to {topics:?}: {source}")]
+    Subscribe {
+        /// The topics.
+        topics: Vec<String>,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The encoding task panicked or was cancelled.
+    #[error("encoding task for table \"{table}\" failed: {message}")]
+    Task {
+        /// The table.
+        table: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// The lake's tables: one per event type with a schema, and `audit`.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    tables: Vec<Table>,
+    by_type: HashMap<String, usize>,
+}
+
+impl Tables {
+    /// The tables of every schema in `schemas`, then `audit`.
+    pub fn new(schemas: &SchemaRegistry) -> Self {
+        let mut tables: Vec<Table> = schemas
+            .types()
+            .filter_map(|ty| schemas.schema(ty).map(|s| Table::events(ty, s)))
+            .collect();
+        let by_type = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        tables.push(Table::audit());
+        Self { tables, by_type }
+    }
+
+    /// The index of an event type's table.
+    pub fn index_of(&self, ty: &str) -> Option<usize> {
+        self.by_type.get(ty).copied()
+    }
+
+    /// The index of the audit table.
+    pub fn audit_index(&self) -> usize {
+        self.tables.len() - 1
+    }
+
+    /// The table at `index`.
+    pub fn get(&self, index: usize) -> Option<&Table> {
+        self.tables.get(index)
+    }
+
+    /// Every table.
+    pub fn iter(&self) -> impl Iterator<Item = &Table> {
+        self.tables.iter()
+    }
+}
+
+/// Refuses a schema that changes the type of a column the lake's newest file of the table has.
+pub async fn check_evolution(store: &LakeStore, tables: &Tables) -> Result<(), LakeError> {
+    for table in tables.iter() {
+        let Some(existing) = store.newest_schema(&table.name).await? else {
+            continue;
+        };
+        let changes = evolution::type_changes(existing.fields(), table.schema.fields());
+        if !changes.is_empty() {
+            let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
+            return Err(LakeError::TypeChanged {
+                table: table.name.clone(),
+                location: store.location().to_owned(),
+                changes: changes.join("; "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The SQL that `reflex lake views` prints.
+pub async fn views_sql(config: &Config) -> Result<String, LakeError> {
+    let store = LakeStore::open(&config.lake)?;
+    let tables = Tables::new(&config.schemas);
+    let mut listed = Vec::new();
+    for table in tables.iter() {
+        let has_files = !store.list(&table.name).await?.is_empty();
+        listed.push((table.name.clone(), has_files));
+    }
+    Ok(views::sql(&config.lake, &listed, |name| {
+        std::env::var(name).ok()
+    }))
+}
