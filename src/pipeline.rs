@@ -454,7 +454,7 @@ fn micros(since: Instant) -> u64 {
 }
 
 mod obligations;
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;

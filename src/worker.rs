@@ -306,7 +306,11 @@ pub async fn run(
 /// Makes sure the schema of a wire-format `value` is resolved (or known not to exist) before the
 /// record is processed. A registry that cannot be reached is not the event's fault: the record
 /// waits, with backoff, and the worker logs why. Returns false if shutdown came first.
-async fn await_schema(registry: &HttpRegistry, value: &[u8], shutdown: &CancellationToken) -> bool {
+pub(crate) async fn await_schema(
+    registry: &HttpRegistry,
+    value: &[u8],
+    shutdown: &CancellationToken,
+) -> bool {
     let Ok((id, _)) = wire::split(value) else {
         return true;
     };

@@ -181,6 +181,12 @@ pub async fn run(
                     }
                 };
                 idle_since = Instant::now();
+                // Wire-format data needs its schema: wait for the registry as the actions role does.
+                if let (Some(registry), Some(value)) = (config.registry.as_deref(), message.payload()) {
+                    if !crate::worker::await_schema(registry, value, &shutdown).await {
+                        break;
+                    }
+                }
                 let tp = (message.topic().to_owned(), message.partition());
                 if lake.add(&message) {
                     lake.write(&consumer, &tp).await?;
@@ -273,13 +279,37 @@ impl Lake<'_> {
         if size > self.config.actions_role.max_event_bytes {
             return None;
         }
-        let (event, _) = CloudEvent::decode(message.payload(), &headers).ok()?;
+        let is_wire = message
+            .payload()
+            .is_some_and(crate::schema::wire::looks_like_wire);
+        let (event, _) = if is_wire {
+            // Decoded and validated against the registered schema, as in the actions role.
+            let input = crate::pipeline::Input {
+                topic: at.topic,
+                partition: at.partition,
+                offset: at.offset,
+                key: message.key(),
+                value: message.payload(),
+                headers: &headers,
+                timestamp_ms: at.timestamp_ms,
+            };
+            crate::pipeline::wire::decode(
+                self.config.registry.as_deref(),
+                &self.config.type_header,
+                &input,
+            )
+            .ok()?
+        } else {
+            CloudEvent::decode(message.payload(), &headers).ok()?
+        };
         let table = self.tables.index_of(&event.ty)?;
         static NO_DATA: serde_json::Value = serde_json::Value::Null;
         let data = event.data.as_ref().unwrap_or(&NO_DATA);
-        let violations = self.config.schemas.validate(&event.ty, data)?;
-        if !violations.is_empty() {
-            return None;
+        if !is_wire {
+            let violations = self.config.schemas.validate(&event.ty, data)?;
+            if !violations.is_empty() {
+                return None;
+            }
         }
         let t = self.tables.get(table)?;
         Some((table, t.event_row(&event, at, Utc::now(), &mut self.row)))

@@ -554,3 +554,74 @@ async fn registry_outage_holds_uncached_schemas_and_lets_cached_ones_flow() {
     shutdown.cancel();
     worker.await.expect("join").expect("worker stops cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn avro_events_become_typed_lake_rows() {
+    use crate::lake::{LakeEnv, Store};
+    let lake = LakeEnv::new(Store::Local, 1, "max_file_age = \"1s\"");
+    let text = std::fs::read_to_string(&lake.env.config_path).expect("config");
+    std::fs::write(
+        &lake.env.config_path,
+        format!("{text}\n[registry]\nurl = \"{}\"\n", registry_url()),
+    )
+    .expect("write");
+    let config = lake.env.config();
+    let registry = config.registry.clone().expect("registry configured");
+    let (format, text) = config
+        .schemas
+        .source("payment.settled")
+        .expect("the demo's Avro type");
+    let id = registry
+        .register("payment.settled", format, text)
+        .await
+        .expect("registers")
+        .id;
+    let schema = avro::parse(text).expect("parses");
+    lake.env.create_topics().await;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let records: Vec<Rec> = (0..5)
+        .map(|n| {
+            let datum = avro::encode(
+                &schema,
+                AvroValue::Record(vec![
+                    ("payment_id".into(), AvroValue::String(format!("pay-{n}"))),
+                    ("order_id".into(), AvroValue::String(format!("ord-{n}"))),
+                    ("amount".into(), AvroValue::Double(10.0 + f64::from(n))),
+                    ("currency".into(), AvroValue::Enum(0, "EUR".into())),
+                    ("settled_at".into(), AvroValue::TimestampMillis(now_ms)),
+                    (
+                        "fee".into(),
+                        AvroValue::Union(1, Box::new(AvroValue::Double(0.25))),
+                    ),
+                ]),
+            )
+            .expect("encodes");
+            let mut rec = binary(
+                &format!("settled-{n}"),
+                "payment.settled",
+                wire::frame(id, &datum),
+            );
+            rec.headers.retain(|(k, _)| k != "ce_source");
+            rec.headers
+                .push(("ce_source".into(), b"/payments/ledger".to_vec()));
+            rec
+        })
+        .collect();
+    produce(&lake.env.events, &records).await;
+    let actions = lake.drain("actions");
+    assert!(actions.contains("payment.settled"), "{actions}");
+    lake.drain("lake");
+    let rows = lake.query(
+        "SELECT count(*), sum(amount), min(currency), min(fee), count(DISTINCT id), typeof(min(amount)) FROM payment_settled",
+    );
+    assert_eq!(rows[0][0], json!(5), "{rows:?}");
+    assert_eq!(rows[0][1].as_f64(), Some(60.0), "{rows:?}");
+    assert_eq!(rows[0][2], json!("EUR"));
+    assert_eq!(rows[0][3].as_f64(), Some(0.25));
+    assert_eq!(rows[0][4], json!(5));
+    assert_eq!(
+        rows[0][5],
+        json!("DOUBLE"),
+        "Avro double is a typed DOUBLE column"
+    );
+}
