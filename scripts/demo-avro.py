@@ -7,6 +7,7 @@ usage: demo-avro.py BOOTSTRAP REGISTRY_URL TOPIC AVSC_FILE COUNT
 """
 import datetime as dt
 import json
+import os
 import random
 import sys
 
@@ -26,7 +27,7 @@ def main():
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
     ctx = SerializationContext(topic, MessageField.VALUE)
     rnd = random.Random(11)
-    run = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+    run = os.environ.get("DEMO_RUN") or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
     now = dt.datetime.now(dt.timezone.utc)
     failures = []
 

@@ -10,6 +10,7 @@ usage: demo-events.py OUT_DIR [--seed N]
 import argparse
 import datetime as dt
 import json
+import os
 import pathlib
 import random
 
@@ -38,7 +39,7 @@ def main():
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     rnd = random.Random(args.seed)
-    run = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+    run = os.environ.get("DEMO_RUN") or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
     orders, payments, refunds = [], [], []
 
     for n in range(1, 141):

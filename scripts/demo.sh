@@ -9,6 +9,8 @@ reflex=target/release/reflex
 config=config/reflex.toml
 out=target/demo
 export REFLEX_LOG="${REFLEX_LOG:-warn}"
+# One id prefix for every event this run publishes, so the lake query can pick them out.
+export DEMO_RUN="${DEMO_RUN:-$(date -u +%Y%m%d%H%M%S)}"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -62,7 +64,7 @@ fi
 
 step "query the lake with DuckDB (this run's events and decisions)"
 "$reflex" --config "$config" lake views >"$out/views.sql"
-run="$(head -n 1 "$out/orders.jsonl" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"].split("-")[0])')"
+run="$DEMO_RUN"
 python3 scripts/lake-sql.py "@$out/views.sql" "
     SELECT type, count(*) AS events, count(DISTINCT id) AS distinct_ids
     FROM read_parquet('$lake/**/*.parquet', hive_partitioning = true, union_by_name = true)
