@@ -1,4 +1,4 @@
-//! reflex turns business events on Kafka into governed, audited actions.
+//! reflex turns business events on Kafka into governed, audited actions and a queryable lake.
 //!
 //! Event providers publish CloudEvents to Kafka topics. reflex runs as consumer-group workers
 //! that decode each event, validate it against the schema of its type, evaluate Rego policies,
@@ -12,8 +12,6 @@
 //! - [`event`]: CloudEvents 1.0 decoding, structured and binary mode.
 //! - [`schema`]: the file schema registry (JSON Schema or Avro per event type), the wire format.
 //! - [`registry`]: a Confluent-compatible HTTP schema registry with a cache of schemas by id.
-//! - [`policy`]: Rego policies with regorus; the decision contract; failing closed.
-//! - [`schema`]: the file schema registry (JSON Schema per event type).
 //! - [`policy`]: Rego policies with regorus; the decision contract (redact, emit); failing
 //!   closed; hot reload; `reflex policy test` and `eval`; shadow comparison.
 //! - [`action`]: the inline actions (`emit`, `log`) and the type → action table.
@@ -28,7 +26,8 @@
 //!
 //! # One event's way through the actions role
 //! 1. The [`worker`] polls a record and hands it to the [`pipeline`].
-//! 2. Size check, then [`event::CloudEvent::decode`]; failures become dead letters.
+//! 2. Size check, then [`event::CloudEvent::decode`] (or, for wire-format data, the schema id
+//!    resolved in the [`registry`] and the data decoded); failures become dead letters.
 //! 3. The type selects its schema ([`schema::SchemaRegistry::validate`]) and its action.
 //! 4. [`policy::Evaluator::decide`] returns allow, reasons and obligations, or a fail-closed deny;
 //!    `redact` paths are removed from every copy of the data written, `emit` obligations become
@@ -39,8 +38,8 @@
 //!    partition, are acknowledged.
 //!
 //! The [`lake`] role reads the same topics and the audit topic again, decodes and validates each
-//! record the same way, buffers rows per partition, and writes whole Parquet files before it
-//! commits the offsets they cover.
+//! record the same way, applies the policy's `redact` obligation, buffers rows per partition,
+//! and writes whole Parquet files before it commits the offsets they cover.
 
 pub mod action;
 pub mod audit;

@@ -453,7 +453,7 @@ fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-mod obligations;
+pub(crate) mod obligations;
 pub(crate) mod wire;
 
 #[cfg(test)]

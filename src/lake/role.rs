@@ -97,6 +97,8 @@ struct Lake<'a> {
     settings: EncodeSettings,
     summary: LakeSummary,
     row: Vec<u8>,
+    /// Decides the `redact` obligation of each row (audit rules), as the actions role does.
+    evaluator: crate::policy::Evaluator,
 }
 
 /// Runs the lake role until `shutdown` is cancelled (or, with `drain`, until caught up).
@@ -148,6 +150,7 @@ pub async fn run(
         },
         summary: LakeSummary::default(),
         row: Vec::with_capacity(4096),
+        evaluator: config.policy.evaluator(),
     };
     let tick =
         (lake_cfg.limits.max_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -282,17 +285,17 @@ impl Lake<'_> {
         let is_wire = message
             .payload()
             .is_some_and(crate::schema::wire::looks_like_wire);
-        let (event, _) = if is_wire {
+        let input = crate::pipeline::Input {
+            topic: at.topic,
+            partition: at.partition,
+            offset: at.offset,
+            key: message.key(),
+            value: message.payload(),
+            headers: &headers,
+            timestamp_ms: at.timestamp_ms,
+        };
+        let (event, mode) = if is_wire {
             // Decoded and validated against the registered schema, as in the actions role.
-            let input = crate::pipeline::Input {
-                topic: at.topic,
-                partition: at.partition,
-                offset: at.offset,
-                key: message.key(),
-                value: message.payload(),
-                headers: &headers,
-                timestamp_ms: at.timestamp_ms,
-            };
             crate::pipeline::wire::decode(
                 self.config.registry.as_deref(),
                 &self.config.type_header,
@@ -311,8 +314,24 @@ impl Lake<'_> {
                 return None;
             }
         }
+        // The audit rules' `redact` obligation applies to lake rows too. When the policy cannot
+        // decide, nothing of `data` is written: a row without data rather than unredacted data.
+        let now = Utc::now();
+        let decision = self
+            .evaluator
+            .decide(crate::pipeline::policy_input(&event, mode, &input, &now));
+        let paths = if decision.failure.is_some() {
+            vec!["data"]
+        } else {
+            decision.redact_paths()
+        };
+        let event = if paths.is_empty() {
+            event
+        } else {
+            crate::pipeline::obligations::redacted(&event, &paths)
+        };
         let t = self.tables.get(table)?;
-        Some((table, t.event_row(&event, at, Utc::now(), &mut self.row)))
+        Some((table, t.event_row(&event, at, now, &mut self.row)))
     }
 
     /// Writes a partition's segment and commits the offset after it.

@@ -8,7 +8,7 @@ use crate::event::CloudEvent;
 use crate::policy::EmitObligation;
 
 /// A copy of `event` without the fields the policy asked to redact.
-pub(super) fn redacted(event: &CloudEvent, paths: &[&str]) -> CloudEvent {
+pub(crate) fn redacted(event: &CloudEvent, paths: &[&str]) -> CloudEvent {
     let mut doc = serde_json::to_value(event).unwrap_or(Value::Null);
     crate::policy::redact::redact(&mut doc, paths);
     let mut copy = event.clone();

@@ -237,6 +237,12 @@ async fn round_trip(store: Store) {
     assert_eq!(row[9], json!(lake.env.events));
     assert_eq!(row[10], json!("BIGINT"));
     assert_eq!(row[11], json!("TIMESTAMP WITH TIME ZONE"));
+    // The audit rules redact `data.customer_id` of orders: the lake row has the column empty.
+    assert_eq!(
+        lake.query("SELECT customer_id, order_id FROM order_placed")[0],
+        vec![Value::Null, json!("ord-1")],
+        "redacted before the row is written"
+    );
 
     // Every event has its audit record, the invalid ones included, with decisions for the valid.
     // Keyed like the audit topic: the event id, or topic/partition/offset when it has none.
