@@ -143,6 +143,12 @@ pub async fn check_evolution(store: &LakeStore, tables: &Tables) -> Result<(), L
     Ok(())
 }
 
+/// `reflex schemas check`: whether the schemas keep the column types of the lake's files.
+pub async fn check_schemas(config: &Config) -> Result<(), LakeError> {
+    let store = LakeStore::open(&config.lake)?;
+    check_evolution(&store, &Tables::new(&config.schemas)).await
+}
+
 /// The SQL that `reflex lake views` prints.
 pub async fn views_sql(config: &Config) -> Result<String, LakeError> {
     let store = LakeStore::open(&config.lake)?;

@@ -281,7 +281,16 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                         total - problems.len(),
                         registry.url()
                     );
-                    Ok(if problems.is_empty() {
+                    // A schema must also keep the types of the columns the lake already has.
+                    let lake = runtime.block_on(reflex::lake::check_schemas(&config));
+                    match &lake {
+                        Ok(()) => println!(
+                            "lake columns compatible in {}",
+                            reflex::lake::store::describe(&config.lake.location)
+                        ),
+                        Err(e) => eprintln!("{e}"),
+                    }
+                    Ok(if problems.is_empty() && lake.is_ok() {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::FAILURE

@@ -329,6 +329,10 @@ async fn schemas_commands_register_list_and_check() {
     assert_eq!(first, again, "registering is idempotent");
     let (ok, text) = run(&["schemas", "check"]);
     assert!(ok && text.contains("2 of 2 schemas compatible"), "{text}");
+    assert!(
+        text.contains("lake columns compatible"),
+        "the lake's columns are checked too: {text}"
+    );
 
     // A type change of an existing field is refused under BACKWARD compatibility.
     let avsc = env
