@@ -69,7 +69,7 @@ registry_fetch() {
     say "registry: fetching io.apicurio:apicurio-registry-app:$REGISTRY_VERSION (Maven)"
     local tmp
     tmp="$(mktemp -d "$STACK_DIR/.registry-fetch.XXXXXX")"
-    mvn -B -q dependency:copy -Dartifact="io.apicurio:apicurio-registry-app:$REGISTRY_VERSION:tar.gz:all" \
+    mvn -B -q -Dstyle.color=never dependency:copy -Dartifact="io.apicurio:apicurio-registry-app:$REGISTRY_VERSION:tar.gz:all" \
         -DoutputDirectory="$tmp" ||
         { rm -rf "$tmp"; die "registry: Maven could not fetch io.apicurio:apicurio-registry-app:$REGISTRY_VERSION:tar.gz:all"; }
     mkdir -p "$tmp/app"
