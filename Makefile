@@ -7,7 +7,7 @@ REFLEX := target/release/reflex
 DUCKDB_VERSION := 1.4.4
 LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSION).20260205
 
-.PHONY: help up down status build check demo test test-unit lint fmt clean-stack pyenv opa policy-test bench-policy lake-tools bench-lake
+.PHONY: bench help up down status build check demo test test-unit lint fmt clean-stack pyenv opa policy-test bench-policy lake-tools bench-lake
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,12 @@ bench-lake: ## Criterion benchmark: demo-like events encoded to Parquet in memor
 
 test-unit: ## Run the unit tests only (no broker)
 	$(CARGO) test --locked --lib
+
+bench: up ## Criterion micro-benchmarks, then the end-to-end load run (BENCH_EVENTS, default 1000000)
+	$(CARGO) bench --locked --bench decode --bench lake --bench policy -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) build --release --locked --example bare_consumer
+	$(CARGO) build --release --locked
+	@python3 scripts/bench.py
 
 lint: ## rustfmt and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check

@@ -28,6 +28,8 @@ pub struct TypeCounts {
 pub struct Summary {
     /// Counts by event type (sorted).
     pub types: BTreeMap<String, TypeCounts>,
+    /// Milliseconds from the first record received to the last one fully acknowledged.
+    pub busy_ms: u64,
 }
 
 impl Summary {
@@ -102,6 +104,12 @@ impl fmt::Display for Summary {
             "{:<width$}  {a:>8}  {d:>8}  {q:>8}  {:>8}",
             "all",
             a + d + q
-        )
+        )?;
+        if self.busy_ms > 0 {
+            let secs = self.busy_ms as f64 / 1000.0;
+            let rate = (a + d + q) as f64 / secs;
+            write!(f, "\n{} events in {secs:.2}s from the first record received to the last acknowledged ({rate:.0} events/s)", a + d + q)?;
+        }
+        Ok(())
     }
 }

@@ -174,6 +174,7 @@ pub async fn run(
         None
     };
     let mut summary = Summary::default();
+    let mut first_received: Option<Instant> = None;
     let mut pending: FuturesOrdered<Completion> = FuturesOrdered::new();
     let mut idle_since = Instant::now();
     let mut result = Ok(());
@@ -183,6 +184,9 @@ pub async fn run(
             biased;
             () = shutdown.cancelled() => break,
             Some(done) = pending.next(), if !pending.is_empty() => {
+                if let Some(first) = first_received {
+                    summary.busy_ms = u64::try_from(first.elapsed().as_millis()).unwrap_or(u64::MAX);
+                }
                 if let Err(e) = store(&consumer, done) {
                     result = Err(e);
                     break;
@@ -220,6 +224,7 @@ pub async fn run(
                 }
                 let processed = processor.process(&input);
                 summary.record(&processed.audit);
+                first_received.get_or_insert_with(Instant::now);
                 let coordinates = format!("{}/{}/{}", input.topic, input.partition, input.offset);
                 let mut deliveries = VecDeque::with_capacity(processed.records.len());
                 for record in &processed.records {
@@ -263,6 +268,9 @@ pub async fn run(
                 break;
             }
             Some(done) = pending.next() => {
+                if let Some(first) = first_received {
+                    summary.busy_ms = u64::try_from(first.elapsed().as_millis()).unwrap_or(u64::MAX);
+                }
                 if let Err(e) = store(&consumer, done) {
                     if result.is_ok() {
                         result = Err(e);
