@@ -245,33 +245,28 @@ impl HttpRegistry {
         format: Format,
         text: &str,
     ) -> Result<Option<SubjectVersion>, RegistryError> {
-        let body = schema_body(format, text);
-        let response = self
+        let request = self
             .http
             .post(format!("{}/subjects/{subject}", self.url))
             .header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| self.unavailable(e.to_string()))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let response = response
-            .error_for_status()
-            .map_err(|e| self.unavailable(e.to_string()))?;
-        response
-            .json()
-            .await
-            .map(Some)
-            .map_err(|e| self.unavailable(e.to_string()))
+            .json(&schema_body(format, text));
+        self.optional_json(request).await
     }
 
     /// The latest version of `subject`, if any.
     pub async fn latest(&self, subject: &str) -> Result<Option<SubjectVersion>, RegistryError> {
-        let response = self
+        let request = self
             .http
-            .get(format!("{}/subjects/{subject}/versions/latest", self.url))
+            .get(format!("{}/subjects/{subject}/versions/latest", self.url));
+        self.optional_json(request).await
+    }
+
+    /// Sends `request`; the JSON answer, or `None` on 404.
+    async fn optional_json<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Option<T>, RegistryError> {
+        let response = request
             .send()
             .await
             .map_err(|e| self.unavailable(e.to_string()))?;
