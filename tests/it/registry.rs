@@ -87,6 +87,10 @@ dlq = "{dlq}"
 partitions = 1
 [roles.actions]
 group_id = "{events}.group"
+[roles.lake]
+group_id = "{events}.lake"
+[lake]
+store = "lake"
 [registry]
 url = "{registry}"
 timeout = "2s"
@@ -412,6 +416,59 @@ async fn events_from_confluent_kafka_python_are_actioned() {
     assert_eq!(
         (ce["mode"].as_str(), ce["source"].as_str()),
         (Some("binary"), Some("/python/producer"))
+    );
+
+    // The lake holds them as typed rows.
+    let lake = tokio::time::timeout(
+        Duration::from_secs(120),
+        reflex::lake::role::run(
+            &config,
+            reflex::lake::role::LakeRunOptions { drain: true },
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("lake drains within two minutes")
+    .expect("lake runs");
+    assert_eq!(
+        lake.rows,
+        6 * COUNT as u64,
+        "{lake:?}: every event and its audit record"
+    );
+    let views = reflex::lake::views_sql(&config).await.expect("views");
+    let avro_table = env.avro_type.replace('.', "_");
+    let json_table = env.json_type.replace('.', "_");
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM {avro_table}), (SELECT typeof(min(amount)) FROM {avro_table}), \
+         (SELECT sum(amount) FROM {avro_table} WHERE source = '/python/producer'), \
+         (SELECT count(*) FROM {json_table}), (SELECT typeof(min(qty)) FROM {json_table})"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(repo().join("scripts/lake-sql.py"))
+        .args(["--json", &views, &sql])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "DuckDB: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row: Vec<Value> = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("[]"),
+    )
+    .expect("a JSON row");
+    let expected_sum: f64 = (0..COUNT).map(|n| n as f64 + 0.5).sum();
+    assert_eq!(row[0], json!(2 * COUNT), "{row:?}");
+    assert_eq!(row[1], json!("DOUBLE"));
+    assert_eq!(row[2].as_f64(), Some(expected_sum));
+    assert_eq!(row[3], json!(COUNT));
+    assert_eq!(
+        row[4],
+        json!("BIGINT"),
+        "JSON Schema integer is a typed BIGINT column"
     );
 }
 
