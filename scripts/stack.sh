@@ -90,6 +90,44 @@ show_log_tail() {
 
 file_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
 
+# Stops service NAME's process PID: SIGTERM, up to TIMEOUT seconds for a clean exit, then
+# SIGKILL; removes PIDFILE.
+stop_process() {
+    local name=$1 pid=$2 pidfile=$3 timeout=$4 i
+    say "$name: stopping (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < timeout * 10; i++)); do
+        pid_alive "$pid" || break
+        sleep 0.1
+    done
+    if pid_alive "$pid"; then
+        say "$name: still running after ${timeout}s, sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            pid_alive "$pid" || break
+            sleep 0.1
+        done
+    fi
+    rm -f "$pidfile"
+    say "$name: stopped"
+}
+
+# One status line for service NAME at ADDR: PID empty means stopped; PROBE is a command that
+# succeeds when the service answers; LOG is named when it does not. Fails unless running.
+status_line() {
+    local name=$1 addr=$2 pid=$3 probe=$4 log=$5
+    if [[ -z $pid ]]; then
+        printf '%-8s %-10s %s\n' "$name" stopped "$addr"
+        return 1
+    fi
+    if "$probe"; then
+        printf '%-8s %-10s %s (pid %s)\n' "$name" running "$addr" "$pid"
+    else
+        printf '%-8s %-10s %s (pid %s, not answering; see %s)\n' "$name" unhealthy "$addr" "$pid" "$log"
+        return 1
+    fi
+}
+
 # ---------------------------------------------------------------------------
 # kafka
 # ---------------------------------------------------------------------------
@@ -361,23 +399,7 @@ kafka_up() {
 
 # SIGTERM, wait up to KAFKA_STOP_TIMEOUT s (clean shutdown), then SIGKILL.
 kafka_stop() {
-    local pid=$1 i
-    say "kafka: stopping broker (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < KAFKA_STOP_TIMEOUT * 5; i++)); do
-        pid_alive "$pid" || break
-        sleep 0.2
-    done
-    if pid_alive "$pid"; then
-        say "kafka: still running after ${KAFKA_STOP_TIMEOUT}s, sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            pid_alive "$pid" || break
-            sleep 0.1
-        done
-    fi
-    rm -f "$KAFKA_PIDFILE"
-    say "kafka: stopped"
+    stop_process kafka "$1" "$KAFKA_PIDFILE" "$KAFKA_STOP_TIMEOUT"
 }
 
 kafka_down() {
@@ -395,17 +417,7 @@ kafka_down() {
 }
 
 kafka_status() {
-    local pid
-    if ! pid="$(kafka_pid 2>/dev/null)"; then
-        printf '%-8s %-10s %s\n' kafka stopped "$KAFKA_ADDR"
-        return 1
-    fi
-    if kafka_probe; then
-        printf '%-8s %-10s %s (pid %s)\n' kafka running "$KAFKA_ADDR" "$pid"
-    else
-        printf '%-8s %-10s %s (pid %s, not answering; see %s)\n' kafka unhealthy "$KAFKA_ADDR" "$pid" "$KAFKA_LOGS/server.log"
-        return 1
-    fi
+    status_line kafka "$KAFKA_ADDR" "$(kafka_pid 2>/dev/null || true)" kafka_probe "$KAFKA_LOGS/server.log"
 }
 
 # shellcheck source=scripts/stack/registry.sh
@@ -516,17 +528,9 @@ s3_up() {
 }
 
 s3_down() {
-    local pid i
+    local pid
     if pid="$(s3_pid)"; then
-        say "s3: stopping s3s-fs (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            pid_alive "$pid" || break
-            sleep 0.1
-        done
-        if pid_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
-        rm -f "$S3_PIDFILE"
-        say "s3: stopped"
+        stop_process s3 "$pid" "$S3_PIDFILE" 5
     else
         say "s3: not running"
     fi
@@ -537,17 +541,7 @@ s3_down() {
 }
 
 s3_status() {
-    local pid
-    if ! pid="$(s3_pid)"; then
-        printf '%-8s %-10s %s\n' s3 stopped "http://$S3_ADDR"
-        return 1
-    fi
-    if s3_probe; then
-        printf '%-8s %-10s %s (pid %s)\n' s3 running "http://$S3_ADDR" "$pid"
-    else
-        printf '%-8s %-10s %s (pid %s, not answering; see %s)\n' s3 unhealthy "http://$S3_ADDR" "$pid" "$S3_LOGS/s3s-fs.log"
-        return 1
-    fi
+    status_line s3 "http://$S3_ADDR" "$(s3_pid || true)" s3_probe "$S3_LOGS/s3s-fs.log"
 }
 
 # ---------------------------------------------------------------------------

@@ -9,12 +9,12 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 use crate::config::{KafkaConfig, Topics};
-use crate::pipeline::OutRecord;
+use crate::pipeline::{Input, OutRecord};
 
 /// Largest record reflex produces (dead letters carry the original record).
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
@@ -230,6 +230,34 @@ pub async fn send(
             }
             Err((error, _)) => return Err(error),
         }
+    }
+}
+
+/// A consumed record's headers as name/bytes pairs (a header without a value is empty).
+pub fn headers_of<'a>(message: &'a BorrowedMessage<'a>) -> Vec<(&'a str, &'a [u8])> {
+    message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key, h.value.unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pipeline's view of a consumed record; `headers` comes from [`headers_of`].
+pub fn input_of<'a>(
+    message: &'a BorrowedMessage<'a>,
+    headers: &'a [(&'a str, &'a [u8])],
+) -> Input<'a> {
+    Input {
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key(),
+        value: message.payload(),
+        headers,
+        timestamp_ms: message.timestamp().to_millis(),
     }
 }
 

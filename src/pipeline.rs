@@ -51,7 +51,8 @@ pub struct Input<'a> {
 }
 
 impl Input<'_> {
-    fn size(&self) -> usize {
+    /// Key, value and header bytes together, as checked against `max_event_bytes`.
+    pub fn size(&self) -> usize {
         let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
         self.key.map_or(0, <[u8]>::len) + self.value.map_or(0, <[u8]>::len) + headers
     }
@@ -246,11 +247,7 @@ impl Processor {
         };
         timings.validate = micros(started);
         if !violations.is_empty() {
-            let why = violations
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
+            let why = crate::schema::summarize(&violations);
             return self.dead_letter(
                 input,
                 audit,

@@ -78,10 +78,7 @@ fn check(config: &Config, event: &CloudEvent) -> Result<(), String> {
             "event {} of type \"{}\" violates its schema: {}",
             event.id,
             event.ty,
-            v.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
+            crate::schema::summarize(&v)
         )),
         Some(_) => Ok(()),
     }

@@ -16,14 +16,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::config::{Config, KafkaConfig};
 use crate::event::CloudEvent;
 use crate::kafka::{self, KafkaSetupError};
-use crate::pipeline::{policy_input, Input};
+use crate::pipeline::policy_input;
 use crate::policy::shadow::ShadowReport;
 use crate::policy::{Decision, PolicyError};
 
@@ -139,23 +139,8 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> Result<ShadowReport, 
                     report.skip("audit record without processed_at");
                     return;
                 };
-                let headers: Vec<(&str, &[u8])> = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key, h.value.unwrap_or_default()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let input = Input {
-                    topic: m.topic(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key(),
-                    value: m.payload(),
-                    headers: &headers,
-                    timestamp_ms: m.timestamp().to_millis(),
-                };
+                let headers = crate::kafka::headers_of(m);
+                let input = crate::kafka::input_of(m, &headers);
                 let Ok((event, mode)) = CloudEvent::decode(input.value, input.headers) else {
                     report.skip("undecodable");
                     return;

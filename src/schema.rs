@@ -74,6 +74,15 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// The violations as one line, for a dead-letter header or an error message.
+pub fn summarize(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Compiled schemas by event type.
 pub struct SchemaRegistry {
     schemas: BTreeMap<String, Compiled>,

@@ -16,14 +16,14 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::Producer;
 use rdkafka::{ClientContext, Offset};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::kafka::{self, KafkaSetupError};
-use crate::pipeline::{Input, Processor, ProcessorSettings};
+use crate::pipeline::{Processor, ProcessorSettings};
 use crate::policy::reload::PolicyWatch;
 use crate::policy::telemetry;
 use crate::registry::{HttpRegistry, Lookup, RegistryError};
@@ -206,19 +206,8 @@ pub async fn run(
                         break;
                     }
                 }
-                let headers: Vec<(&str, &[u8])> = message
-                    .headers()
-                    .map(|h| h.iter().map(|h| (h.key, h.value.unwrap_or_default())).collect())
-                    .unwrap_or_default();
-                let input = Input {
-                    topic: message.topic(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key(),
-                    value: message.payload(),
-                    headers: &headers,
-                    timestamp_ms: message.timestamp().to_millis(),
-                };
+                let headers = kafka::headers_of(&message);
+                let input = kafka::input_of(&message, &headers);
                 if let Some(evaluator) = policy.changed() {
                     processor.set_evaluator(evaluator);
                 }

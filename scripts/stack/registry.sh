@@ -104,8 +104,7 @@ registry_up() {
             -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=h2 \
             "-Dapicurio.datasource.url=jdbc:h2:file:$REGISTRY_DATA/registry;DB_CLOSE_ON_EXIT=FALSE" \
             -jar quarkus-run.jar) </dev/null >"$REGISTRY_LOGS/registry.log" 2>&1 9>&- &
-        local i
-        for i in $(seq 50); do
+        for _ in $(seq 50); do
             [[ -s $REGISTRY_PIDFILE ]] && break
             sleep 0.1
         done
@@ -128,17 +127,9 @@ registry_up() {
 }
 
 registry_down() {
-    local pid i
+    local pid
     if pid="$(registry_pid)"; then
-        say "registry: stopping (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
-            pid_alive "$pid" || break
-            sleep 0.2
-        done
-        pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null
-        rm -f "$REGISTRY_PIDFILE"
-        say "registry: stopped"
+        stop_process registry "$pid" "$REGISTRY_PIDFILE" 20
     else
         say "registry: not running"
     fi
@@ -149,15 +140,5 @@ registry_down() {
 }
 
 registry_status() {
-    local pid
-    if ! pid="$(registry_pid)"; then
-        printf '%-8s %-10s %s\n' registry stopped "$REGISTRY_URL"
-        return 1
-    fi
-    if registry_probe; then
-        printf '%-8s %-10s %s (pid %s)\n' registry running "$REGISTRY_URL" "$pid"
-    else
-        printf '%-8s %-10s %s (pid %s, not answering; see %s)\n' registry unhealthy "$REGISTRY_URL" "$pid" "$REGISTRY_LOGS/registry.log"
-        return 1
-    fi
+    status_line registry "$REGISTRY_URL" "$(registry_pid || true)" registry_probe "$REGISTRY_LOGS/registry.log"
 }

@@ -15,7 +15,7 @@ use chrono::Utc;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -265,35 +265,14 @@ impl Lake<'_> {
         message: &BorrowedMessage<'_>,
         at: Coordinates<'_>,
     ) -> Option<(usize, super::table::Hour)> {
-        let headers: Vec<(&str, &[u8])> = message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key, h.value.unwrap_or_default()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let size = message.key().map_or(0, <[u8]>::len)
-            + message.payload().map_or(0, <[u8]>::len)
-            + headers
-                .iter()
-                .map(|(n, v)| n.len() + v.len())
-                .sum::<usize>();
-        if size > self.config.actions_role.max_event_bytes {
+        let headers = crate::kafka::headers_of(message);
+        let input = crate::kafka::input_of(message, &headers);
+        if input.size() > self.config.actions_role.max_event_bytes {
             return None;
         }
-        let is_wire = message
-            .payload()
+        let is_wire = input
+            .value
             .is_some_and(crate::schema::wire::looks_like_wire);
-        let input = crate::pipeline::Input {
-            topic: at.topic,
-            partition: at.partition,
-            offset: at.offset,
-            key: message.key(),
-            value: message.payload(),
-            headers: &headers,
-            timestamp_ms: at.timestamp_ms,
-        };
         let (event, mode) = if is_wire {
             // Decoded and validated against the registered schema, as in the actions role.
             crate::pipeline::wire::decode(

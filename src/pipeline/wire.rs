@@ -125,11 +125,7 @@ pub fn decode(
     };
     let violations = registered.kind.validate(&data);
     if !violations.is_empty() {
-        let why = violations
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
+        let why = crate::schema::summarize(&violations);
         return Err(reject(
             DeadLetterReason::SchemaInvalid,
             why,
