@@ -394,32 +394,28 @@ breaker_open_for = "3s"
 
     #[test]
     fn bad_http_actions_are_named() {
-        let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+        let cases: &[(&str, &[&str])] = &[
             (
                 "headers = { authorization = \"env:MISSING_TOKEN\" }",
-                &[],
                 &["notify", "authorization", "MISSING_TOKEN", "not set"],
             ),
             (
                 "headers = { authorization = \"Bearer literal\" }",
-                &[],
                 &["notify", "authorization", "env:"],
             ),
             (
                 "headers = { \"idempotency-key\" = \"x\" }",
-                &[],
                 &["idempotency-key", "set by reflex"],
             ),
-            ("method = \"GE T\"", &[], &["notify", "GE T"]),
-            ("max_attempts = 0", &[], &["notify", "max_attempts"]),
+            ("method = \"GE T\"", &["notify", "GE T"]),
+            ("max_attempts = 0", &["notify", "max_attempts"]),
             (
                 "initial_backoff = \"2s\"\nmax_backoff = \"1s\"",
-                &[],
                 &["initial_backoff", "max_backoff"],
             ),
         ];
-        for (extra, vars, want) in cases {
-            let msg = load(&format!("{HTTP}{extra}\n"), vars)
+        for (extra, want) in cases {
+            let msg = load(&format!("{HTTP}{extra}\n"), &[])
                 .expect_err(extra)
                 .to_string();
             assert!(want.iter().all(|w| msg.contains(w)), "{extra}: {msg}");
