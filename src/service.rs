@@ -205,8 +205,26 @@ impl Services {
 
     /// Tells `service`'s breaker how an admitted call went.
     fn record(&self, service: &str, ok: bool) {
-        if let Some(b) = self.breakers().get_mut(service) {
-            b.record(ok, Instant::now());
+        let now = Instant::now();
+        let (before, after) = match self.breakers().get_mut(service) {
+            Some(b) => {
+                let before = b.state(now);
+                b.record(ok, now);
+                (before, b.state(now))
+            }
+            None => return,
+        };
+        match (before, after) {
+            (BreakerState::Open, _) | (_, BreakerState::HalfOpen) => {}
+            (_, BreakerState::Open) => tracing::warn!(
+                service,
+                open_for_ms = self.inner.config.breaker.open_for.as_millis() as u64,
+                "circuit breaker opened: calls fail fast"
+            ),
+            (BreakerState::HalfOpen, BreakerState::Closed) => {
+                tracing::info!(service, "circuit breaker closed: service answers again");
+            }
+            (BreakerState::Closed, BreakerState::Closed) => {}
         }
     }
 
