@@ -18,6 +18,8 @@
 //! - [`audit`]: the audit record and the outcome and reason codes.
 //! - [`pipeline`]: the order of the stages for one event, free of Kafka.
 //! - [`kafka`]: client settings, topic creation, delivery of output records.
+//! - [`ordering`]: key-ordered concurrency within a partition: the key queue and the offset
+//!   tracker.
 //! - [`worker`]: the actions role: the consumer loop, offset storing and shutdown.
 //! - [`lake`]: the lake role: valid events and audit records as Parquet files for DuckDB.
 //! - [`produce`]: `reflex produce`, publishing CloudEvents from JSON lines.
@@ -47,6 +49,7 @@ pub mod config;
 pub mod event;
 pub mod kafka;
 pub mod lake;
+pub mod ordering;
 pub mod pipeline;
 pub mod policy;
 pub mod produce;
