@@ -23,6 +23,7 @@
 //! - [`worker`]: the actions role: the consumer loop, offset storing and shutdown.
 //! - [`lake`]: the lake role: valid events and audit records as Parquet files for DuckDB.
 //! - [`produce`]: `reflex produce`, publishing CloudEvents from JSON lines.
+//! - [`dlq`]: `reflex dlq list|replay`: the dead-letter topic summarised and sent back.
 //! - [`replay`]: `reflex policy replay`, a candidate policy set against the recorded decisions.
 //! - [`summary`]: per-type counts of outcomes and reasons.
 //!
@@ -46,6 +47,7 @@
 pub mod action;
 pub mod audit;
 pub mod config;
+pub mod dlq;
 pub mod event;
 pub mod kafka;
 pub mod lake;

@@ -160,7 +160,7 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> Result<ShadowReport, 
     Ok(report)
 }
 
-fn reader(config: &KafkaConfig) -> Result<BaseConsumer, ReplayError> {
+pub(crate) fn reader(config: &KafkaConfig) -> Result<BaseConsumer, ReplayError> {
     let mut settings = kafka::base_config(config);
     settings
         .set(
@@ -186,7 +186,7 @@ fn reader(config: &KafkaConfig) -> Result<BaseConsumer, ReplayError> {
 
 /// Where a scan starts in every partition.
 #[derive(Debug, Clone, Copy)]
-enum Start {
+pub(crate) enum Start {
     /// The oldest record kept.
     Beginning,
     /// This offset (or the oldest kept, if later).
@@ -196,7 +196,7 @@ enum Start {
 }
 
 /// Calls `f` for every record of `topic` from `start` to the end as it is now.
-fn scan(
+pub(crate) fn scan(
     consumer: &BaseConsumer,
     topic: &str,
     from: Start,
