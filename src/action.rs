@@ -2,6 +2,8 @@
 //!
 //! Inline kinds run in process: `emit` derives a CloudEvent for another topic, `log` writes a
 //! log line. An action returns what it did; sending anything to Kafka is the pipeline's job.
+//! The `http` kind calls an action service: [`Action::run`] only says so ([`Effect::Call`]); the
+//! caller performs [`Action::http`] with [`crate::service::Services::perform`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::event::{CloudEvent, SPEC_VERSION};
+use crate::service::HttpAction;
 
 /// Namespace of derived event ids (UUID v5), so a re-delivered event derives the same id.
 const DERIVED_ID_NAMESPACE: uuid::Uuid =
@@ -24,7 +27,7 @@ pub struct Action {
     pub kind: ActionKind,
 }
 
-/// The inline action kinds.
+/// The action kinds: inline (`emit`, `log`) or a call to an action service (`http`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ActionKind {
     /// Emit a derived CloudEvent to `topic`.
@@ -41,6 +44,8 @@ pub enum ActionKind {
         /// The message logged.
         message: String,
     },
+    /// Call an HTTP action service with the event.
+    Http(HttpAction),
 }
 
 impl ActionKind {
@@ -49,6 +54,7 @@ impl ActionKind {
         match self {
             Self::Emit { .. } => "emit",
             Self::Log { .. } => "log",
+            Self::Http(_) => "http",
         }
     }
 }
@@ -65,6 +71,9 @@ pub enum Effect {
     },
     /// The action completed in process.
     Done,
+    /// The action is an HTTP call the caller must make: [`Action::http`] with
+    /// [`crate::service::Services::perform`]; it is complete when that call succeeds.
+    Call,
 }
 
 /// The part of an action's outcome recorded in the audit trail.
@@ -83,7 +92,16 @@ pub struct ActionReport {
 }
 
 impl Action {
-    /// Runs the action for an allowed event.
+    /// The HTTP call of an `http` action; `None` for the inline kinds.
+    pub fn http(&self) -> Option<&HttpAction> {
+        match &self.kind {
+            ActionKind::Http(http) => Some(http),
+            ActionKind::Emit { .. } | ActionKind::Log { .. } => None,
+        }
+    }
+
+    /// Runs an inline action for an allowed event; an `http` action only returns
+    /// [`Effect::Call`].
     pub fn run(
         &self,
         event: &CloudEvent,
@@ -145,6 +163,7 @@ impl Action {
                 );
                 (Effect::Done, report)
             }
+            ActionKind::Http(_) => (Effect::Call, report),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod env;
 mod lake;
 mod raw;
+mod services;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,11 +16,14 @@ pub use raw::{
     RawAction, RawActionsRole, RawConfig, RawKafka, RawPolicy, RawRegistry, RawRoles, RawSchemas,
     RawTopics,
 };
+pub use services::{RawEnrichment, RawLookup, RawServices};
 
 use crate::action::{Action, ActionKind, ActionTable};
+use crate::enrich::EnrichmentTable;
 use crate::policy::{PolicyError, PolicySet};
 use crate::registry::{HttpRegistry, RegistryError};
 use crate::schema::{SchemaError, SchemaRegistry};
+use crate::service::ServicesConfig;
 
 /// Why the configuration is unusable. Each message names the offending value.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,24 @@ pub enum ConfigError {
     Action {
         /// The action.
         action: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// `[enrichment."<type>"]` names a type that has no schema.
+    #[error("[enrichment.\"{ty}\"]: event type \"{ty}\" has no schema in {dir}")]
+    EnrichmentType {
+        /// The type.
+        ty: String,
+        /// The schema directory.
+        dir: PathBuf,
+    },
+    /// A lookup is not well-formed.
+    #[error("lookup \"{lookup}\" of [enrichment.\"{ty}\"]: {why}")]
+    Lookup {
+        /// The event type.
+        ty: String,
+        /// The lookup's name.
+        lookup: String,
         /// What is wrong.
         why: String,
     },
@@ -200,6 +222,10 @@ pub struct Config {
     pub policy_emit_topics: Vec<String>,
     /// The lake role and its store.
     pub lake: LakeConfig,
+    /// Settings shared by the HTTP services (circuit breakers).
+    pub services: ServicesConfig,
+    /// The lookups of each event type.
+    pub enrichment: Arc<EnrichmentTable>,
 }
 
 impl Config {
@@ -217,9 +243,10 @@ impl Config {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let (raw, unknown) = raw_from_toml(text, path, vars)?;
+        let vars: BTreeMap<String, String> = vars.into_iter().collect();
+        let (raw, unknown) = raw_from_toml(text, path, vars.clone())?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
-        let mut config = Self::validate(raw, path, &base)?;
+        let mut config = Self::validate(raw, path, &base, &vars)?;
         config.warnings = unknown
             .into_iter()
             .map(|name| {
@@ -229,7 +256,12 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Self, ConfigError> {
+    fn validate(
+        raw: RawConfig,
+        path: &Path,
+        base: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         if raw.topics.events.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "topics.events",
@@ -262,7 +294,9 @@ impl Config {
         let policy_dir = base.join(&raw.policy.dir);
         let schemas = SchemaRegistry::load(&schema_dir)?;
         let policy = PolicySet::load(&policy_dir, &raw.policy.entry, raw.policy.timeout)?;
-        let actions = build_actions(&raw.actions, &schemas, &schema_dir)?;
+        let actions = build_actions(&raw.actions, &schemas, &schema_dir, env)?;
+        let services = services::services_config(&raw.services)?;
+        let enrichment = services::enrichment_table(&raw.enrichment, &schemas, &schema_dir)?;
         let registry = match raw.registry.url.trim() {
             "" => None,
             url => Some(Arc::new(
@@ -308,6 +342,8 @@ impl Config {
             policy_emit_topic: raw.policy.emit_topic,
             policy_emit_topics: raw.policy.emit_topics,
             lake,
+            services,
+            enrichment: Arc::new(enrichment),
         })
     }
 }
@@ -407,6 +443,7 @@ fn build_actions(
     raw: &BTreeMap<String, RawAction>,
     schemas: &SchemaRegistry,
     schema_dir: &Path,
+    env: &BTreeMap<String, String>,
 ) -> Result<ActionTable, ConfigError> {
     let mut by_type: BTreeMap<String, Arc<Action>> = BTreeMap::new();
     for (name, spec) in raw {
@@ -440,12 +477,19 @@ fn build_actions(
                     .clone()
                     .unwrap_or_else(|| format!("action {name}")),
             },
+            "http" => ActionKind::Http(services::http_action(spec, env).map_err(bad)?),
             other => {
                 return Err(bad(format!(
-                    "unknown kind \"{other}\" (expected \"emit\" or \"log\")"
+                    "unknown kind \"{other}\" (expected \"emit\", \"log\" or \"http\")"
                 )))
             }
         };
+        if let (false, [key, ..]) = (spec.kind == "http", spec.http_keys().as_slice()) {
+            return Err(bad(format!(
+                "key `{key}` belongs to kind \"http\", not \"{}\"",
+                spec.kind
+            )));
+        }
         if spec.types.is_empty() {
             return Err(bad("handles no event type: list them in `types`".into()));
         }

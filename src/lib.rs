@@ -14,7 +14,9 @@
 //! - [`registry`]: a Confluent-compatible HTTP schema registry with a cache of schemas by id.
 //! - [`policy`]: Rego policies with regorus; the decision contract (redact, emit); failing
 //!   closed; hot reload; `reflex policy test` and `eval`; shadow comparison.
-//! - [`action`]: the inline actions (`emit`, `log`) and the type → action table.
+//! - [`action`]: the actions (inline `emit` and `log`, `http` calls) and the type → action table.
+//! - [`service`]: calling HTTP services: retries with backoff, circuit breakers, URL templates.
+//! - [`enrich`]: lookups in supporting services, cached, whose answers join the policy input.
 //! - [`audit`]: the audit record and the outcome and reason codes.
 //! - [`pipeline`]: the order of the stages for one event, free of Kafka.
 //! - [`kafka`]: client settings, topic creation, delivery of output records.
@@ -48,6 +50,7 @@ pub mod action;
 pub mod audit;
 pub mod config;
 pub mod dlq;
+pub mod enrich;
 pub mod event;
 pub mod kafka;
 pub mod lake;
@@ -58,5 +61,6 @@ pub mod produce;
 pub mod registry;
 pub mod replay;
 pub mod schema;
+pub mod service;
 pub mod summary;
 pub mod worker;

@@ -636,6 +636,7 @@ fn emitted_topics(config: &Config) -> Vec<String> {
         .filter_map(|(_, a)| match &a.kind {
             crate::action::ActionKind::Emit { topic, .. } => Some(topic.clone()),
             crate::action::ActionKind::Log { .. } => None,
+            crate::action::ActionKind::Http(_) => None,
         })
         .collect();
     topics.push(config.policy_emit_topic.clone());

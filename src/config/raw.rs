@@ -29,6 +29,10 @@ pub struct RawConfig {
     pub actions: BTreeMap<String, RawAction>,
     /// The data lake.
     pub lake: super::lake::RawLake,
+    /// Settings shared by the HTTP services (actions and lookups).
+    pub services: super::services::RawServices,
+    /// Lookups per event type, whose answers join the policy input.
+    pub enrichment: BTreeMap<String, super::services::RawEnrichment>,
 }
 
 /// `[kafka]`: connection settings shared by consumers and producers.
@@ -212,11 +216,12 @@ impl Default for RawPolicy {
     }
 }
 
-/// `[actions.<name>]`: one action and the event types it handles.
+/// `[actions.<name>]`: one action and the event types it handles. The `http` keys are
+/// validated in `config/services.rs`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAction {
-    /// `emit` or `log`.
+    /// `emit`, `log` or `http`.
     pub kind: String,
     /// Event types this action handles.
     #[serde(default)]
@@ -233,4 +238,59 @@ pub struct RawAction {
     /// `log`: message logged for each event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// `http`: request method (default POST).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `http`: URL template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `http`: extra headers; a value `env:VAR` is read from the environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// `http`: limit of one attempt (default 5s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// `http`: attempts in all (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// `http`: upper bound of the first backoff (default 100ms).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub initial_backoff: Option<Duration>,
+    /// `http`: upper bound of any backoff (default 5s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_backoff: Option<Duration>,
+    /// `http`: service name selecting the circuit breaker (default: the URL's host:port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+impl RawAction {
+    /// The `http`-only keys that are set, for the check that other kinds have none.
+    pub fn http_keys(&self) -> Vec<&'static str> {
+        [
+            ("method", self.method.is_some()),
+            ("url", self.url.is_some()),
+            ("headers", !self.headers.is_empty()),
+            ("timeout", self.timeout.is_some()),
+            ("max_attempts", self.max_attempts.is_some()),
+            ("initial_backoff", self.initial_backoff.is_some()),
+            ("max_backoff", self.max_backoff.is_some()),
+            ("service", self.service.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
 }

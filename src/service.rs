@@ -1,0 +1,220 @@
+//! Calling HTTP services safely: HTTP actions and the lookups of enrichment.
+//!
+//! [`Services`] holds one HTTP client and one circuit breaker per service name (by default a
+//! URL's `host:port`, so an action and a lookup on the same service share a breaker).
+//! [`Services::perform`] calls an [`HttpAction`] for one event: the URL rendered from the event,
+//! the body as JSON, the event id as `Idempotency-Key` on every attempt, retries with
+//! exponential backoff and full jitter for retryable outcomes only, `Retry-After` honoured up to
+//! [`RETRY_AFTER_CAP_FACTOR`] × `max_backoff`, and an early stop when the shutdown token fires.
+//! Redirects are not followed: an action service answers for itself.
+
+mod breaker;
+mod call;
+mod retry;
+mod template;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+pub use breaker::{Admission, Breaker, BreakerSettings, BreakerState};
+pub use retry::{parse_retry_after, retryable_status, RetryPolicy, RETRY_AFTER_CAP_FACTOR};
+pub use template::{RenderError, TemplateError, UrlTemplate};
+
+/// The error text of a call stopped by the shutdown token (see [`CallOutcome::is_cancelled`]).
+pub const CANCELLED: &str = "cancelled by shutdown";
+
+/// Bytes of a failed answer's body kept in [`CallOutcome::Failed::excerpt`].
+pub const EXCERPT_BYTES: usize = 512;
+
+/// Largest JSON answer of an action kept in [`CallOutcome::Succeeded::response`].
+pub const ACTION_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// `[services]`: settings shared by every service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServicesConfig {
+    /// When each service's breaker opens and for how long.
+    pub breaker: BreakerSettings,
+}
+
+/// Why the HTTP client cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client for services: {0}")]
+pub struct ServiceError(#[source] reqwest::Error);
+
+/// One HTTP action, validated: where and how to call, and how patiently.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpAction {
+    /// Name of the service, which selects the circuit breaker.
+    pub service: String,
+    /// The request method.
+    pub method: Method,
+    /// The URL, filled from each event.
+    pub url: UrlTemplate,
+    /// Extra request headers; values read from the environment are marked sensitive, so they
+    /// never appear in `Debug` output.
+    pub headers: HeaderMap,
+    /// Limit of one attempt, connection to last byte.
+    pub timeout: Duration,
+    /// Attempts and backoff.
+    pub retry: RetryPolicy,
+}
+
+/// What calling a service came to, after every attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallReport {
+    /// The last attempt's outcome.
+    pub outcome: CallOutcome,
+    /// Attempts made, including those refused by an open breaker (0 when the URL could not
+    /// be rendered or the call was cancelled before its first attempt).
+    pub attempts: u32,
+    /// From the call to its outcome, backoff included; serialised in microseconds.
+    #[serde(rename = "elapsed_us", serialize_with = "micros")]
+    pub elapsed: Duration,
+}
+
+impl CallReport {
+    /// Whether the service accepted the call.
+    pub fn succeeded(&self) -> bool {
+        matches!(self.outcome, CallOutcome::Succeeded { .. })
+    }
+}
+
+/// The outcome of a call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CallOutcome {
+    /// A 2xx answer.
+    Succeeded {
+        /// Its status.
+        status: u16,
+        /// Its body, when it is JSON and small.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        response: Option<Value>,
+    },
+    /// No 2xx answer.
+    Failed {
+        /// The last answer's status, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        /// What went wrong.
+        error: String,
+        /// Whether trying again later might succeed (connection errors, timeouts, 408, 429,
+        /// 5xx, an open breaker, a shutdown); false for other 4xx and unrenderable URLs.
+        retryable: bool,
+        /// The start of the last answer's body (lossy UTF-8, at most [`EXCERPT_BYTES`]).
+        #[serde(skip_serializing_if = "String::is_empty")]
+        excerpt: String,
+        /// Whether the last attempt was refused by the service's open circuit breaker.
+        circuit_open: bool,
+    },
+}
+
+impl CallOutcome {
+    /// A failure without an answer.
+    pub fn failed(error: String, retryable: bool) -> Self {
+        Self::Failed {
+            status: None,
+            error,
+            retryable,
+            excerpt: String::new(),
+            circuit_open: false,
+        }
+    }
+
+    /// Whether the shutdown token stopped the call (the action may or may not have happened;
+    /// the event must be processed again).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Self::Failed { error, .. } if error.starts_with(CANCELLED))
+    }
+
+    /// Whether trying again later might succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Failed {
+                retryable: true,
+                ..
+            }
+        )
+    }
+}
+
+fn micros<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The HTTP client and the circuit breakers, shared by every worker; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Services {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: reqwest::Client,
+    config: ServicesConfig,
+    breakers: Mutex<HashMap<String, Breaker>>,
+}
+
+impl Services {
+    /// One client (no redirects, pooled connections) and no breaker yet.
+    pub fn new(config: ServicesConfig) -> Result<Self, ServiceError> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("reflex/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(ServiceError)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                breakers: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ServicesConfig {
+        &self.inner.config
+    }
+
+    /// The state of `service`'s breaker now (closed for a service never called).
+    pub fn breaker_state(&self, service: &str) -> BreakerState {
+        self.breakers()
+            .get(service)
+            .map_or(BreakerState::Closed, |b| b.state(Instant::now()))
+    }
+
+    /// Asks `service`'s breaker for a call now.
+    fn admit(&self, service: &str) -> Admission {
+        let mut breakers = self.breakers();
+        if let Some(b) = breakers.get_mut(service) {
+            return b.admit(Instant::now());
+        }
+        breakers
+            .entry(service.to_owned())
+            .or_insert_with(|| Breaker::new(self.inner.config.breaker))
+            .admit(Instant::now())
+    }
+
+    /// Tells `service`'s breaker how an admitted call went.
+    fn record(&self, service: &str, ok: bool) {
+        if let Some(b) = self.breakers().get_mut(service) {
+            b.record(ok, Instant::now());
+        }
+    }
+
+    fn breakers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Breaker>> {
+        // The map stays consistent even if a holder panicked: every update is one assignment.
+        self.inner
+            .breakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
