@@ -88,6 +88,9 @@ pub struct Timings {
     pub decode: u64,
     /// Schema validation.
     pub validate: u64,
+    /// Enrichment lookups.
+    #[serde(default)]
+    pub enrich: u64,
     /// Policy evaluation.
     pub policy: u64,
     /// The inline action.
@@ -172,6 +175,9 @@ pub struct AuditRecord {
     /// For a replayed dead letter, which one and why it was dead-lettered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<ReplayOf>,
+    /// The enrichment lookups that fed the decision, and where each answer came from.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lookups: Vec<crate::enrich::LookupReport>,
 }
 
 impl AuditRecord {
@@ -200,6 +206,7 @@ impl AuditRecord {
             retry_round: None,
             origin: None,
             replay_of: None,
+            lookups: Vec::new(),
         }
     }
 

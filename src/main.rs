@@ -557,7 +557,11 @@ fn eval_input(text: &str, now: Option<&str>) -> anyhow::Result<serde_json::Value
         timestamp_ms: None,
     };
     Ok(reflex::pipeline::policy_document(
-        &event, mode, &input, &now,
+        &event,
+        mode,
+        &input,
+        &now,
+        &serde_json::Map::new(),
     ))
 }
 

@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::action::{Action, ActionTable, Effect};
+use crate::enrich::{EnrichVerdict, Enricher};
+use crate::service::{CallOutcome, Services};
 use crate::audit::{AuditRecord, DeadLetterReason, Outcome, Timings};
 use crate::event::{CloudEvent, Mode};
 use crate::policy::{telemetry, Decision, Evaluator, Failure};
@@ -46,6 +48,8 @@ pub mod dlq_headers {
     pub const RETRY_ROUND: &str = "reflex_retry_round";
     /// When a record in the retry topic is due (milliseconds since the epoch).
     pub const RETRY_AT: &str = "reflex_retry_at";
+    /// The enrichment lookup that failed.
+    pub const LOOKUP: &str = "reflex_lookup";
     /// `topic/partition/offset` of the dead letter a replayed record comes from.
     pub const REPLAY_OF: &str = "reflex_replay_of";
     /// The reason code of the dead letter a replayed record comes from.
@@ -138,6 +142,10 @@ pub struct ProcessorSettings {
     pub policy_emit_topic: String,
     /// Further topics `emit` obligations may name.
     pub policy_emit_topics: Vec<String>,
+    /// The HTTP client and circuit breakers of the action services.
+    pub services: Services,
+    /// The enrichment lookups, with their caches.
+    pub enricher: Enricher,
 }
 
 /// A record that passed decoding and validation: its event, ready for enrichment, the policy
@@ -288,11 +296,13 @@ impl Processor {
     }
 
     /// Enrichment, the policy decision, its obligations and the action, for an admitted event.
+    /// A `cancel`led call ends as a failure the worker discards (the record is processed
+    /// again after restart).
     pub async fn complete(
         &self,
         input: &Input<'_>,
         admission: Admission,
-        _cancel: &CancellationToken,
+        cancel: &CancellationToken,
     ) -> Processed {
         let Admission {
             event,
@@ -304,11 +314,37 @@ impl Processor {
         let mut records = Vec::with_capacity(2);
 
         let started = Instant::now();
+        let enrichment = self.settings.enricher.enrich(&event, cancel).await;
+        timings.enrich = micros(started);
+        audit.lookups = enrichment.lookups;
+        match enrichment.verdict {
+            EnrichVerdict::Complete => {}
+            EnrichVerdict::Deny { lookup, error } => {
+                let detail = format!("enrichment lookup \"{lookup}\" failed: {error}");
+                audit.outcome = Outcome::Denied;
+                audit.decision = Some(Decision::enrichment_failed(detail));
+                return self.finish(audit, records, timings);
+            }
+            EnrichVerdict::RetryLater { lookup, error } => {
+                let why = format!("enrichment lookup \"{lookup}\" failed: {error}");
+                let context = vec![(dlq_headers::LOOKUP, lookup)];
+                if self.may_retry(&audit) {
+                    records.push(self.retry(input, &mut audit, why, context));
+                    return self.finish(audit, records, timings);
+                }
+                let mut rejection = Rejection::new(DeadLetterReason::EnrichmentFailed, why);
+                rejection.context = context;
+                return self.dead_letter_after(input, &mut audit, rejection, records, timings);
+            }
+        }
+        let enrichment = enrichment.values;
+
+        let started = Instant::now();
         let now = chrono::Utc::now();
         let mut decision = {
             let mut evaluator = self.evaluator();
             audit.policy_revision = evaluator.revision().to_owned();
-            evaluator.decide(policy_input(&event, mode, input, &now))
+            evaluator.decide(policy_input(&event, mode, input, &now, &enrichment))
         };
         if let Some(topic) = self.unknown_emit_topic(&decision) {
             let detail = format!(
@@ -335,7 +371,8 @@ impl Processor {
         // The audit record names what was emitted (type, topic, id), not the emitted data.
         let mut emitted = Vec::new();
         for (index, emit) in decision.emits().into_iter().enumerate() {
-            let derived = obligations::emitted_event(event, &emit, index, &audit.policy_revision);
+            let derived =
+                obligations::emitted_event(event, &emit, index, &audit.policy_revision);
             let topic = emit
                 .topic
                 .unwrap_or_else(|| self.settings.policy_emit_topic.clone());
@@ -349,25 +386,76 @@ impl Processor {
                 .insert("emit".to_owned(), Value::Array(emitted));
         }
 
-        if decision.allow {
-            let started = Instant::now();
-            let (effect, report) = action.run(event, &decision.obligations);
-            timings.action = micros(started);
-            if let Effect::Emit {
+        if !decision.allow {
+            audit.outcome = Outcome::Denied;
+            audit.decision = Some(decision);
+            return self.finish(audit, records, timings);
+        }
+        let started = Instant::now();
+        let (effect, mut report) = action.run(event, &decision.obligations);
+        match effect {
+            Effect::Emit {
                 topic,
                 event: derived,
-            } = effect
-            {
+            } => {
                 let key = input
                     .key
                     .map_or_else(|| derived.id.clone().into_bytes(), <[u8]>::to_vec);
                 records.push(obligations::event_record(topic, key, &derived));
             }
-            audit.outcome = Outcome::Actioned;
-            audit.action = Some(report);
-        } else {
-            audit.outcome = Outcome::Denied;
+            Effect::Done => {}
+            Effect::Call => {
+                let Some(http) = action.http() else {
+                    unreachable!("only http actions ask for a call");
+                };
+                let body = json!({
+                    "event": event,
+                    "enrichment": enrichment,
+                    "obligations": decision.obligations,
+                });
+                let call = self.settings.services.perform(http, event, &body, cancel).await;
+                let attempts = deadletter::prior_attempts(input) + call.attempts;
+                report.attempts = Some(attempts);
+                if let CallOutcome::Failed {
+                    status,
+                    error,
+                    retryable,
+                    excerpt,
+                    ..
+                } = call.outcome
+                {
+                    timings.action = micros(started);
+                    report.status = status;
+                    audit.action = Some(report);
+                    audit.decision = Some(decision);
+                    let why = format!(
+                        "action \"{}\" failed after {attempts} attempts: {error}",
+                        action.name
+                    );
+                    let mut context = vec![
+                        (dlq_headers::ACTION, action.name.clone()),
+                        (dlq_headers::ATTEMPTS, attempts.to_string()),
+                        (dlq_headers::RESPONSE, excerpt),
+                    ];
+                    if let Some(status) = status {
+                        context.push((dlq_headers::STATUS, status.to_string()));
+                    }
+                    if retryable && self.may_retry(&audit) {
+                        records.push(self.retry(input, &mut audit, why, context));
+                        return self.finish(audit, records, timings);
+                    }
+                    let mut rejection = Rejection::new(DeadLetterReason::ActionFailed, why);
+                    rejection.context = context;
+                    return self.dead_letter_after(input, &mut audit, rejection, records, timings);
+                }
+                if let CallOutcome::Succeeded { status, .. } = call.outcome {
+                    report.status = Some(status);
+                }
+            }
         }
+        timings.action = micros(started);
+        audit.outcome = Outcome::Actioned;
+        audit.action = Some(report);
         audit.decision = Some(decision);
         self.finish(audit, records, timings)
     }
@@ -438,8 +526,9 @@ pub fn policy_input(
     mode: Mode,
     input: &Input<'_>,
     now: &chrono::DateTime<chrono::Utc>,
+    enrichment: &serde_json::Map<String, Value>,
 ) -> regorus::Value {
-    regorus::Value::from(policy_document(event, mode, input, now))
+    regorus::Value::from(policy_document(event, mode, input, now, enrichment))
 }
 
 /// [`policy_input`] as JSON.
@@ -448,10 +537,11 @@ pub fn policy_document(
     mode: Mode,
     input: &Input<'_>,
     now: &chrono::DateTime<chrono::Utc>,
+    enrichment: &serde_json::Map<String, Value>,
 ) -> Value {
     json!({
         "event": event,
-        "enrichment": {},
+        "enrichment": enrichment,
         "context": {
             "topic": input.topic,
             "partition": input.partition,

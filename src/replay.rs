@@ -145,7 +145,13 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> Result<ShadowReport, 
                     report.skip("undecodable");
                     return;
                 };
-                let candidate = evaluator.decide(policy_input(&event, mode, &input, &now));
+                let candidate = evaluator.decide(policy_input(
+                    &event,
+                    mode,
+                    &input,
+                    &now,
+                    &serde_json::Map::new(),
+                ));
                 report.record(
                     &event.ty,
                     &event.id,

@@ -28,6 +28,8 @@ use rdkafka::{ClientContext, Offset};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditRecord;
+use crate::enrich::Enricher;
+use crate::service::Services;
 use crate::config::Config;
 use crate::kafka::{self, KafkaSetupError};
 use crate::ordering::{KeyQueue, OffsetTracker, Ordering, Parking, Verdict};
@@ -44,6 +46,9 @@ pub enum WorkerError {
     /// Setting up a client or topics failed.
     #[error(transparent)]
     Setup(#[from] KafkaSetupError),
+    /// The HTTP client for action services and lookups could not be built.
+    #[error(transparent)]
+    Services(#[from] crate::service::ServiceError),
     /// Subscribing failed.
     #[error("cannot subscribe to {topics:?}: {source}")]
     Subscribe {
@@ -425,6 +430,7 @@ pub async fn run(
         config.policy_reload_interval,
         watch_stop,
     );
+    let services = Services::new(config.services)?;
     let processor = Arc::new(Processor::new(
         config.schemas.clone(),
         config.actions.clone(),
@@ -441,6 +447,8 @@ pub async fn run(
             type_header: config.type_header.clone(),
             policy_emit_topic: config.policy_emit_topic.clone(),
             policy_emit_topics: config.policy_emit_topics.clone(),
+            enricher: Enricher::new(services.clone(), &config.enrichment),
+            services,
         },
     ));
     tracing::info!(

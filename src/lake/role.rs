@@ -298,7 +298,7 @@ impl Lake<'_> {
         let now = Utc::now();
         let decision = self
             .evaluator
-            .decide(crate::pipeline::policy_input(&event, mode, &input, &now));
+            .decide(crate::pipeline::policy_input(&event, mode, &input, &now, &serde_json::Map::new()));
         let paths = if decision.failure.is_some() {
             vec!["data"]
         } else {

@@ -48,6 +48,14 @@ pub fn origin_topic<'a>(input: &Input<'a>) -> Option<&'a str> {
     header(input, h::TOPIC)
 }
 
+/// Calls made to the action service in earlier rounds.
+pub(crate) fn prior_attempts(input: &Input<'_>) -> u32 {
+    header(input, h::RETRY_ROUND)
+        .and(header(input, h::ATTEMPTS))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Where a record from the retry topic first came from.
 pub(crate) fn origin(input: &Input<'_>) -> Option<Origin> {
     header(input, h::RETRY_ROUND)?;

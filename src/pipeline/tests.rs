@@ -43,6 +43,8 @@ fn fixture(policy: &str) -> Fixture {
             },
         }),
     );
+    let services = crate::service::Services::new(crate::service::ServicesConfig::default())
+        .expect("HTTP client");
     let processor = Processor::new(
         Arc::new(registry),
         Arc::new(ActionTable::new(table)),
@@ -59,6 +61,11 @@ fn fixture(policy: &str) -> Fixture {
             type_header: "event_type".into(),
             policy_emit_topic: "policy.events".into(),
             policy_emit_topics: vec!["alerts".into()],
+            services: services.clone(),
+            enricher: crate::enrich::Enricher::new(
+                services,
+                &crate::enrich::EnrichmentTable::default(),
+            ),
         },
     );
     Fixture {
