@@ -1,6 +1,7 @@
 //! Integration tests against the real local stack that `make up` starts (Apache Kafka on
 //! 127.0.0.1:9092, or `REFLEX_TEST_BROKERS`). Every test uses its own random topics and group.
 
+mod action_service;
 mod actions;
 mod cli;
 mod common;
@@ -9,3 +10,4 @@ mod lake;
 mod opa;
 mod policy;
 mod registry;
+mod services;
