@@ -21,7 +21,7 @@ fn http_env(partitions: i32, service: &ActionService, action: &str, roles: &str)
     );
     assert!(text.contains(&emit), "the test config has the emit action");
     let http = format!(
-        "[actions.request_shipment]\nkind = \"http\"\ntypes = [\"order.placed\"]\nurl = \"{}/orders/{{data.customer_id}}\"\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\n{action}\n",
+        "[actions.request_shipment]\nkind = \"http\"\ntypes = [\"order.placed\"]\nurl = \"{}/orders/{{subject}}\"\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\n{action}\n",
         service.url()
     );
     let text = text.replace(&emit, &http).replace(
@@ -49,10 +49,13 @@ async fn drain(env: &TestEnv, worker: &str) -> reflex::summary::Summary {
     .expect("worker runs")
 }
 
-/// An order of `customer` (the record key and the action URL's last segment).
+/// An order of `customer` (the record key, the subject and the action URL's last segment).
 fn order_of(id: &str, customer: &str) -> Rec {
     let mut event = order(id, "/shop/web", 10.0);
     event["data"]["customer_id"] = json!(customer);
+    // The repository's policies redact data.customer_id from everything sent on, so the
+    // action URL names the subject.
+    event["subject"] = json!(customer);
     Rec::json(customer, &event)
 }
 
