@@ -8,6 +8,9 @@
 //! `reflex_replay_of` (the dead letter's coordinates) and `reflex_replay_reason`; the audit
 //! record of the new attempt names the dead letter it replays, so the trail shows both.
 
+// rdkafka's `KafkaError` is large; a failed command ends there, so it is not boxed.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -248,8 +251,14 @@ pub fn replay_record<M: Message>(message: &M, dead: &DeadLetter) -> Result<OutRe
                 .collect()
         })
         .unwrap_or_default();
-    headers.push((h::REPLAY_OF.to_owned(), dead.coordinates.clone().into_bytes()));
-    headers.push((h::REPLAY_REASON.to_owned(), dead.reason.clone().into_bytes()));
+    headers.push((
+        h::REPLAY_OF.to_owned(),
+        dead.coordinates.clone().into_bytes(),
+    ));
+    headers.push((
+        h::REPLAY_REASON.to_owned(),
+        dead.reason.clone().into_bytes(),
+    ));
     Ok(OutRecord {
         topic,
         key: message.key().map(<[u8]>::to_vec),

@@ -88,6 +88,56 @@ impl OffsetTracker {
     }
 }
 
+/// The offset trackers of the assigned partitions, each stamped with the assignment it belongs
+/// to, so a completion from before a rebalance cannot move the commit of a later assignment.
+#[derive(Debug)]
+pub struct Partitions<P> {
+    assigned: HashMap<P, (u64, OffsetTracker)>,
+    generations: u64,
+}
+
+impl<P> Default for Partitions<P> {
+    fn default() -> Self {
+        Self {
+            assigned: HashMap::new(),
+            generations: 0,
+        }
+    }
+}
+
+impl<P: Eq + Hash> Partitions<P> {
+    /// No partition.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A record of `partition` at `offset` started; returns the assignment it belongs to. The
+    /// first record after an assignment (or a revoke) starts a new one.
+    pub fn start(&mut self, partition: P, offset: i64) -> u64 {
+        let generations = &mut self.generations;
+        let (generation, tracker) = self.assigned.entry(partition).or_insert_with(|| {
+            *generations += 1;
+            (*generations, OffsetTracker::new())
+        });
+        tracker.start(offset);
+        *generation
+    }
+
+    /// A record completed: the offset to commit when it moved. A completion from another
+    /// assignment of the partition is ignored.
+    pub fn complete(&mut self, partition: &P, generation: u64, offset: i64) -> Option<i64> {
+        match self.assigned.get_mut(partition) {
+            Some((current, tracker)) if *current == generation => tracker.complete(offset),
+            _ => None,
+        }
+    }
+
+    /// The partition was revoked: its tracker is dropped.
+    pub fn revoke(&mut self, partition: &P) {
+        self.assigned.remove(partition);
+    }
+}
+
 /// Records waiting behind a busy key. A key is busy from the moment one of its records starts
 /// until [`KeyQueue::finish`] is called for it.
 #[derive(Debug)]
@@ -373,6 +423,30 @@ mod tests {
             None,
             "3 was only started by the old assignment"
         );
+    }
+
+    #[test]
+    fn completions_from_before_a_rebalance_do_not_move_the_new_commit() {
+        let mut p: Partitions<&str> = Partitions::new();
+        let old = p.start("t-0", 0);
+        for o in 1..4 {
+            assert_eq!(p.start("t-0", o), old);
+        }
+        assert_eq!(p.complete(&"t-0", old, 0), Some(0));
+        // Revoked, then assigned again: consumption restarts at the committed offset 1.
+        p.revoke(&"t-0");
+        let new = p.start("t-0", 1);
+        assert_ne!(new, old);
+        p.start("t-0", 2);
+        // The old assignment's records 1..3 finish late: they are not this assignment's.
+        assert_eq!(p.complete(&"t-0", old, 1), None);
+        assert_eq!(p.complete(&"t-0", old, 3), None);
+        assert_eq!(p.complete(&"t-0", new, 2), None, "1 is open again");
+        assert_eq!(p.complete(&"t-0", new, 1), Some(2));
+        // Another partition is independent.
+        let other = p.start("t-1", 7);
+        assert_eq!(p.complete(&"t-1", other, 7), Some(7));
+        assert_eq!(p.complete(&"gone", other, 7), None);
     }
 
     #[test]

@@ -11,13 +11,13 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::action::{Action, ActionTable, Effect};
-use crate::enrich::{EnrichVerdict, Enricher};
-use crate::service::{CallOutcome, Services};
 use crate::audit::{AuditRecord, DeadLetterReason, Outcome, Timings};
+use crate::enrich::{EnrichVerdict, Enricher};
 use crate::event::{CloudEvent, Mode};
 use crate::policy::{telemetry, Decision, Evaluator, Failure};
 use crate::registry::HttpRegistry;
 use crate::schema::SchemaRegistry;
+use crate::service::{CallOutcome, Services};
 use deadletter::Rejection;
 
 /// Headers reflex adds to a dead-letter record.
@@ -371,8 +371,7 @@ impl Processor {
         // The audit record names what was emitted (type, topic, id), not the emitted data.
         let mut emitted = Vec::new();
         for (index, emit) in decision.emits().into_iter().enumerate() {
-            let derived =
-                obligations::emitted_event(event, &emit, index, &audit.policy_revision);
+            let derived = obligations::emitted_event(event, &emit, index, &audit.policy_revision);
             let topic = emit
                 .topic
                 .unwrap_or_else(|| self.settings.policy_emit_topic.clone());
@@ -413,7 +412,11 @@ impl Processor {
                     "enrichment": enrichment,
                     "obligations": decision.obligations,
                 });
-                let call = self.settings.services.perform(http, event, &body, cancel).await;
+                let call = self
+                    .settings
+                    .services
+                    .perform(http, event, &body, cancel)
+                    .await;
                 let attempts = deadletter::prior_attempts(input) + call.attempts;
                 report.attempts = Some(attempts);
                 if let CallOutcome::Failed {

@@ -11,7 +11,6 @@
 // rdkafka's `KafkaError` is large; a worker error is rare and ends the worker, so it is not boxed.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,16 +27,16 @@ use rdkafka::{ClientContext, Offset};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditRecord;
-use crate::enrich::Enricher;
-use crate::service::Services;
 use crate::config::Config;
+use crate::enrich::Enricher;
 use crate::kafka::{self, KafkaSetupError};
-use crate::ordering::{KeyQueue, OffsetTracker, Ordering, Parking, Verdict};
+use crate::ordering::{KeyQueue, Ordering, Parking, Partitions, Verdict};
 use crate::pipeline::{Admitted, Input, OutRecord, Processor, ProcessorSettings};
 use crate::policy::reload::PolicyWatch;
 use crate::policy::telemetry;
 use crate::registry::{HttpRegistry, Lookup, RegistryError};
 use crate::schema::wire;
+use crate::service::Services;
 use crate::summary::Summary;
 
 /// Why the worker stopped with an error.
@@ -156,12 +155,6 @@ struct Finished {
 
 type Running = Pin<Box<dyn Future<Output = Result<Finished, WorkerError>> + Send>>;
 
-/// The state of one assigned partition.
-struct PartitionState {
-    generation: u64,
-    tracker: OffsetTracker,
-}
-
 /// The actions role's scheduler: key-ordered records in flight, offset tracking per partition,
 /// keys parked in the retry topic.
 struct Scheduler<'a> {
@@ -169,8 +162,7 @@ struct Scheduler<'a> {
     producer: FutureProducer,
     ordering: Ordering,
     retry_topic: &'a str,
-    partitions: HashMap<Tp, PartitionState>,
-    generations: u64,
+    partitions: Partitions<Tp>,
     queue: KeyQueue<Slot, Waiting>,
     parking: Parking<ParkKey>,
     running: FuturesUnordered<Running>,
@@ -188,17 +180,9 @@ impl Scheduler<'_> {
     /// Takes a consumed record: tracks its offset and starts it, or queues it behind its slot.
     fn accept(&mut self, message: OwnedMessage) {
         let tp = (message.topic().to_owned(), message.partition());
-        let generations = &mut self.generations;
-        let state = self.partitions.entry(tp).or_insert_with(|| {
-            *generations += 1;
-            PartitionState {
-                generation: *generations,
-                tracker: OffsetTracker::new(),
-            }
-        });
-        state.tracker.start(message.offset());
+        let generation = self.partitions.start(tp, message.offset());
         let waiting = Waiting {
-            generation: state.generation,
+            generation,
             message,
         };
         match self.slot_of(&waiting.message) {
@@ -315,14 +299,13 @@ impl Scheduler<'_> {
             }
         }
         if done.audit.is_some() {
-            if let Some(state) = self.partitions.get_mut(&done.tp) {
-                if state.generation == done.generation {
-                    if let Some(upto) = state.tracker.complete(done.offset) {
-                        if let Err(e) = consumer.store_offset(&done.tp.0, done.tp.1, upto) {
-                            // The partition was revoked meanwhile; its new owner re-processes.
-                            tracing::debug!(error = %e, topic = %done.tp.0, partition = done.tp.1, "offset not stored");
-                        }
-                    }
+            if let Some(upto) = self
+                .partitions
+                .complete(&done.tp, done.generation, done.offset)
+            {
+                if let Err(e) = consumer.store_offset(&done.tp.0, done.tp.1, upto) {
+                    // The partition was revoked meanwhile; its new owner re-processes.
+                    tracing::debug!(error = %e, topic = %done.tp.0, partition = done.tp.1, "offset not stored");
                 }
             }
         }
@@ -345,7 +328,7 @@ impl Scheduler<'_> {
             return;
         }
         for tp in &revoked {
-            self.partitions.remove(tp);
+            self.partitions.revoke(tp);
         }
         let dropped = self
             .queue
@@ -473,8 +456,7 @@ pub async fn run(
         producer: producer.clone(),
         ordering: role.ordering,
         retry_topic: &config.topics.retry,
-        partitions: HashMap::new(),
-        generations: 0,
+        partitions: Partitions::new(),
         queue: KeyQueue::new(),
         parking: Parking::new(),
         running: FuturesUnordered::new(),

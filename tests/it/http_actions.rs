@@ -68,7 +68,10 @@ fn calls(service: &ActionService, customer: &str) -> Vec<String> {
         .collect()
 }
 
-fn last_audit<'a>(audits: &'a std::collections::BTreeMap<String, Vec<Value>>, id: &str) -> &'a Value {
+fn last_audit<'a>(
+    audits: &'a std::collections::BTreeMap<String, Vec<Value>>,
+    id: &str,
+) -> &'a Value {
     audits
         .get(id)
         .and_then(|a| a.last())
@@ -93,9 +96,17 @@ async fn retried_call_keeps_one_idempotency_key_and_is_audited() {
     .await;
     drain(&env, "w-http").await;
 
-    assert_eq!(calls(&service, "flaky"), ["o-flaky"; 3], "two 503s, then 200");
+    assert_eq!(
+        calls(&service, "flaky"),
+        ["o-flaky"; 3],
+        "two 503s, then 200"
+    );
     assert_eq!(calls(&service, "fine"), ["o-fine"]);
-    assert_eq!(calls(&service, "picky"), ["o-picky"], "a 400 is not retried");
+    assert_eq!(
+        calls(&service, "picky"),
+        ["o-picky"],
+        "a 400 is not retried"
+    );
     let request = &service.requests_to("/orders/flaky")[0];
     assert_eq!(request.method, "POST");
     let body = request.body.as_ref().expect("JSON body");
@@ -195,7 +206,10 @@ async fn a_failing_key_retries_in_order_without_blocking_other_keys_then_replays
         .expect("replay");
     assert_eq!(replayed.sent.total, 1);
     drain(&env, "w-replay").await;
-    assert_eq!(calls(&service, "bad").last().map(String::as_str), Some("b1"));
+    assert_eq!(
+        calls(&service, "bad").last().map(String::as_str),
+        Some("b1")
+    );
     let audits = audits_by_key(&env.audit);
     let b1: Vec<&Value> = audits["b1"].iter().collect();
     assert_eq!(b1.len(), 3, "{b1:?}");
@@ -211,12 +225,7 @@ async fn a_failing_key_retries_in_order_without_blocking_other_keys_then_replays
 async fn the_breaker_keeps_calls_off_a_dead_service_and_replay_recovers() {
     let service = ActionService::start();
     service.set_behaviour("", Behaviour::down());
-    let env = http_env(
-        1,
-        &service,
-        "max_attempts = 2",
-        "retry_rounds = 0",
-    );
+    let env = http_env(1, &service, "max_attempts = 2", "retry_rounds = 0");
     let text = std::fs::read_to_string(&env.config_path).expect("config");
     std::fs::write(
         &env.config_path,
@@ -239,7 +248,9 @@ async fn the_breaker_keeps_calls_off_a_dead_service_and_replay_recovers() {
         dlq.iter()
             .any(|r| r.headers["reflex_error"].contains("circuit")),
         "{:?}",
-        dlq.iter().map(|r| &r.headers["reflex_error"]).collect::<Vec<_>>()
+        dlq.iter()
+            .map(|r| &r.headers["reflex_error"])
+            .collect::<Vec<_>>()
     );
 
     // The service is back; a new worker (a new breaker) replays the dead letters.
@@ -270,7 +281,10 @@ fn write_policy(dir: &Path) {
 #[tokio::test(flavor = "multi_thread")]
 async fn enrichment_feeds_the_policy_and_the_action_and_is_cached() {
     let service = ActionService::start();
-    service.set_lookup("/customers/alice", json!({"blocked": false, "tier": "gold"}));
+    service.set_lookup(
+        "/customers/alice",
+        json!({"blocked": false, "tier": "gold"}),
+    );
     service.set_lookup("/customers/mallory", json!({"blocked": true}));
     let env = http_env(1, &service, "", "");
     let policies = env.config_path.parent().expect("dir").join("enriched");
@@ -297,7 +311,11 @@ async fn enrichment_feeds_the_policy_and_the_action_and_is_cached() {
     produce(&env.events, &records).await;
     drain(&env, "w-enrich").await;
 
-    assert_eq!(service.count("/customers/alice"), 1, "later lookups hit the cache");
+    assert_eq!(
+        service.count("/customers/alice"),
+        1,
+        "later lookups hit the cache"
+    );
     assert_eq!(service.count("/customers/mallory"), 1);
     let audits = audits_by_key(&env.audit);
     for id in ["a1", "a2", "a3"] {
@@ -317,5 +335,8 @@ async fn enrichment_feeds_the_policy_and_the_action_and_is_cached() {
     let call = &service.requests_to("/orders/alice")[0];
     let body = call.body.as_ref().expect("body");
     assert_eq!(body["enrichment"]["customer"]["tier"], "gold", "{body}");
-    assert!(service.requests_to("/orders/mallory").is_empty(), "denied: no call");
+    assert!(
+        service.requests_to("/orders/mallory").is_empty(),
+        "denied: no call"
+    );
 }
