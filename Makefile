@@ -7,7 +7,7 @@ REFLEX := target/release/reflex
 DUCKDB_VERSION := 1.4.4
 LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSION).20260205
 
-.PHONY: bench help up down status build check demo test test-unit lint fmt clean-stack pyenv opa policy-test bench-policy lake-tools bench-lake
+.PHONY: bench help up down status build check demo test test-unit lint fmt clean-stack pyenv opa policy-test bench-policy lake-tools bench-lake bench-ordering
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,8 +24,8 @@ status: ## Show what runs in the local stack
 clean-stack: ## Stop the local stack and delete its data
 	@scripts/stack.sh down --clean
 
-build: ## Build the release binary
-	$(CARGO) build --release --locked
+build: ## Build the release binary and the sample action service (examples/action_service.rs)
+	$(CARGO) build --release --locked --bin reflex --example action_service
 
 check: build ## Validate config, schemas, policies and actions (no broker needed)
 	$(REFLEX) check
@@ -55,6 +55,10 @@ lake-tools: ## Install DuckDB for Python (with httpfs) into the user site, to qu
 
 bench-lake: ## Criterion benchmark: demo-like events encoded to Parquet in memory
 	$(CARGO) bench --locked --bench lake
+
+bench-ordering: up ## Key-ordered concurrency against sequential processing with a 5 ms HTTP action (target/bench/ordering.md)
+	$(CARGO) build --release --locked --example ordering_bench
+	REFLEX_LOG=warn target/release/examples/ordering_bench --events $${BENCH_ORDERING_EVENTS:-6000} --partitions 2 --keys 120 --delay-ms 5
 
 test-unit: ## Run the unit tests only (no broker)
 	$(CARGO) test --locked --lib

@@ -36,6 +36,22 @@ struct Args {
     /// Seconds between request-count reports (0: only at exit).
     #[arg(long, default_value_t = 10)]
     report_every: u64,
+    /// Answer this status to every request under a path prefix: `PREFIX=STATUS`, repeatable
+    /// (for example `--fail /ledger/pay-7=503`).
+    #[arg(long, value_parser = parse_fail)]
+    fail: Vec<(String, u16)>,
+}
+
+fn parse_fail(text: &str) -> Result<(String, u16), String> {
+    let (prefix, status) = text
+        .rsplit_once('=')
+        .ok_or_else(|| format!("--fail \"{text}\" is not PREFIX=STATUS"))?;
+    let status = status
+        .parse::<u16>()
+        .ok()
+        .filter(|s| (400..600).contains(s))
+        .ok_or_else(|| format!("--fail \"{text}\": the status must be 400 to 599"))?;
+    Ok((prefix.to_owned(), status))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -54,6 +70,9 @@ async fn main() -> anyhow::Result<()> {
         for (path, value) in map {
             service.set_lookup(&path, value);
         }
+    }
+    for (prefix, status) in &args.fail {
+        service.set_behaviour(prefix, Behaviour::fail(*status, u32::MAX));
     }
     println!(
         "action service on {} (delay {} ms)",

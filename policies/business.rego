@@ -10,3 +10,8 @@ deny contains "order above the single-order limit" if {
 	input.event.type == "order.placed"
 	input.event.data.amount > data.limits.order_max[input.event.data.currency]
 }
+
+deny contains "customer is blocked" if {
+	input.event.type == "order.placed"
+	input.enrichment.customer.blocked == true
+}

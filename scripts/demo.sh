@@ -14,6 +14,36 @@ export DEMO_RUN="${DEMO_RUN:-$(date -u +%Y%m%d%H%M%S)}"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+# The supporting services: one sample HTTP service on :8090 plays the customer service (for
+# enrichment) and the payment ledger (the http action of payment.authorized). On purpose the
+# ledger refuses payment pay-7 until it is "fixed" below.
+service=target/release/examples/action_service
+service_pid=""
+start_service() {
+    stop_service
+    "$service" --port 8090 --lookups scripts/demo-lookups.json --report-every 0 "$@" \
+        >"$out/action-service.log" 2>&1 &
+    service_pid=$!
+    for _ in $(seq 50); do
+        curl -s -o /dev/null "http://127.0.0.1:8090/customers/cust-1" && return 0
+        sleep 0.1
+    done
+    echo "error: the sample action service did not start on 127.0.0.1:8090 (is the port taken? see $out/action-service.log)" >&2
+    exit 1
+}
+stop_service() {
+    if [[ -n $service_pid ]]; then
+        kill "$service_pid" 2>/dev/null || true
+        wait "$service_pid" 2>/dev/null || true
+        service_pid=""
+    fi
+}
+trap stop_service EXIT
+# Failed calls go round the retry topic once, after 2 s, before the dead-letter topic.
+export REFLEX_ROLES_ACTIONS_RETRY_DELAY="${REFLEX_ROLES_ACTIONS_RETRY_DELAY:-2s}"
+export REFLEX_ROLES_ACTIONS_RETRY_ROUNDS="${REFLEX_ROLES_ACTIONS_RETRY_ROUNDS:-1}"
+mkdir -p "$out"
+
 step "validate configuration, schemas and policies"
 "$reflex" --config "$config" check
 
@@ -33,8 +63,29 @@ step "register the schemas in the schema registry, and publish Avro events with 
 python="$(scripts/pyenv.sh)"
 "$python" scripts/demo-avro.py 127.0.0.1:9092 http://127.0.0.1:8081/apis/ccompat/v7 events.payments schemas/payment.settled.avsc 40
 
+step "start the supporting services (customer lookups, payment ledger; the ledger refuses pay-7)"
+start_service --fail /ledger/pay-7=503
+echo "sample action service on http://127.0.0.1:8090 (pid $service_pid)"
+
 step "run the actions worker until the topics are drained"
 "$reflex" --config "$config" run --role actions --drain --worker-id demo
+
+step "dead letters by type and reason"
+"$reflex" --config "$config" dlq list --since 1h
+
+step "fix the ledger, replay its dead letters, and drain again"
+start_service
+"$reflex" --config "$config" dlq replay --reason action_failed --since 1h
+"$reflex" --config "$config" run --role actions --drain --worker-id demo-replay
+echo "audit trail of payment $DEMO_RUN-payment-7:"
+scripts/kafka-tool.sh console-consumer --bootstrap-server 127.0.0.1:9092 --topic reflex.audit \
+    --from-beginning --timeout-ms 5000 2>/dev/null | grep "\"event_id\":\"$DEMO_RUN-payment-7\"" \
+    | python3 -c 'import json, sys
+for line in sys.stdin:
+    a = json.loads(line)
+    action = a.get("action") or {}
+    print(f"  {a[\"outcome\"]:<14} attempts={action.get(\"attempts\")} status={action.get(\"status\")} replay_of={(a.get(\"replay_of\") or {}).get(\"dead_letter\", \"-\")}")' || true
+stop_service
 
 step "what the audit trail says about one denied event and one dead letter"
 scripts/kafka-tool.sh console-consumer --bootstrap-server 127.0.0.1:9092 --topic reflex.audit \

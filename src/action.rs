@@ -89,6 +89,12 @@ pub struct ActionReport {
     /// Topic of the derived event, for `emit`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emitted_topic: Option<String>,
+    /// The action service's last status, for `http`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Calls made to the action service, over every round, for `http`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 impl Action {
@@ -112,6 +118,8 @@ impl Action {
             kind: self.kind.name(),
             emitted_id: None,
             emitted_topic: None,
+            status: None,
+            attempts: None,
         };
         match &self.kind {
             ActionKind::Emit {

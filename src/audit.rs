@@ -20,6 +20,9 @@ pub enum Outcome {
     Denied,
     /// It could not be processed and went to the dead-letter topic.
     DeadLettered,
+    /// Its action (or an enrichment lookup) kept failing, or an earlier event of its key is
+    /// retrying: it went to the retry topic and is processed again after the retry delay.
+    Retrying,
 }
 
 impl Outcome {
@@ -29,6 +32,7 @@ impl Outcome {
             Self::Actioned => "actioned",
             Self::Denied => "denied",
             Self::DeadLettered => "dead_lettered",
+            Self::Retrying => "retrying",
         }
     }
 }
@@ -53,6 +57,10 @@ pub enum DeadLetterReason {
     SchemaSubjectMismatch,
     /// The wire-format payload does not decode with its schema (truncated, trailing bytes…).
     DataUndecodable,
+    /// The action failed permanently, or kept failing through every retry round.
+    ActionFailed,
+    /// An enrichment lookup whose fallback is `retry` kept failing through every retry round.
+    EnrichmentFailed,
 }
 
 impl DeadLetterReason {
@@ -67,6 +75,8 @@ impl DeadLetterReason {
             Self::SchemaNotFound => "schema_not_found",
             Self::SchemaSubjectMismatch => "schema_subject_mismatch",
             Self::DataUndecodable => "data_undecodable",
+            Self::ActionFailed => "action_failed",
+            Self::EnrichmentFailed => "enrichment_failed",
         }
     }
 }
@@ -78,10 +88,33 @@ pub struct Timings {
     pub decode: u64,
     /// Schema validation.
     pub validate: u64,
+    /// Enrichment lookups.
+    #[serde(default)]
+    pub enrich: u64,
     /// Policy evaluation.
     pub policy: u64,
     /// The inline action.
     pub action: u64,
+}
+
+/// Where a record read from the retry topic first appeared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// Topic of the original record.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+}
+
+/// The dead letter a replayed record comes from (`reflex dlq replay`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayOf {
+    /// `topic/partition/offset` of the dead letter.
+    pub dead_letter: String,
+    /// Its reason code.
+    pub reason: String,
 }
 
 /// One audit record.
@@ -133,9 +166,50 @@ pub struct AuditRecord {
     pub processed_at: String,
     /// Stage timings.
     pub timings_us: Timings,
+    /// Rounds through the retry topic before this processing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_round: Option<u32>,
+    /// For a record read from the retry topic, where it first appeared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    /// For a replayed dead letter, which one and why it was dead-lettered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<ReplayOf>,
+    /// The enrichment lookups that fed the decision, and where each answer came from.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lookups: Vec<crate::enrich::LookupReport>,
 }
 
 impl AuditRecord {
+    /// The record for `input` before anything is known of it: a dead letter until a later
+    /// stage says otherwise.
+    pub fn new(input: &crate::pipeline::Input<'_>, worker: &str) -> Self {
+        Self {
+            event_id: None,
+            ty: None,
+            source: None,
+            subject: None,
+            event_time: None,
+            mode: None,
+            topic: input.topic.to_owned(),
+            partition: input.partition,
+            offset: input.offset,
+            outcome: Outcome::DeadLettered,
+            reason: None,
+            error: None,
+            decision: None,
+            policy_revision: String::new(),
+            action: None,
+            worker: worker.to_owned(),
+            processed_at: String::new(),
+            timings_us: Timings::default(),
+            retry_round: None,
+            origin: None,
+            replay_of: None,
+            lookups: Vec::new(),
+        }
+    }
+
     /// The record key: the event id, or `topic/partition/offset` when there is no usable id.
     pub fn key(&self) -> String {
         match &self.event_id {

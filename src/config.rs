@@ -158,6 +158,8 @@ pub struct Topics {
     pub audit: String,
     /// Dead-letter topic.
     pub dlq: String,
+    /// Retry topic.
+    pub retry: String,
     /// Create missing topics at start-up.
     pub create_missing: bool,
     /// Partitions of created topics.
@@ -177,6 +179,12 @@ pub struct ActionsRole {
     pub max_in_flight: usize,
     /// Drain deadline at shutdown.
     pub shutdown_timeout: Duration,
+    /// How records of one partition may overlap.
+    pub ordering: crate::ordering::Ordering,
+    /// Wait in the retry topic before the next round.
+    pub retry_delay: Duration,
+    /// Rounds through the retry topic before the dead-letter topic.
+    pub retry_rounds: u32,
 }
 
 /// A validated configuration, with schemas compiled and policies loaded.
@@ -308,6 +316,7 @@ impl Config {
                 events: raw.topics.events,
                 audit: raw.topics.audit,
                 dlq: raw.topics.dlq,
+                retry: raw.topics.retry,
                 create_missing: raw.topics.create_missing,
                 partitions: raw.topics.partitions,
                 replication_factor: raw.topics.replication_factor,
@@ -317,6 +326,9 @@ impl Config {
                 max_event_bytes: raw.roles.actions.max_event_bytes,
                 max_in_flight: raw.roles.actions.max_in_flight,
                 shutdown_timeout: raw.roles.actions.shutdown_timeout,
+                ordering: raw.roles.actions.ordering,
+                retry_delay: raw.roles.actions.retry_delay,
+                retry_rounds: raw.roles.actions.retry_rounds,
             },
             schemas: Arc::new(schemas),
             policy,

@@ -9,7 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
@@ -157,6 +157,10 @@ pub async fn ensure_topics(
         NewTopic::new(&topics.dlq, topics.partitions, replication())
             .set("max.message.bytes", &max_bytes),
     );
+    specs.push(
+        NewTopic::new(&topics.retry, topics.partitions, replication())
+            .set("max.message.bytes", &max_bytes),
+    );
     let options =
         AdminOptions::new().operation_timeout(Some(Timeout::After(Duration::from_secs(30))));
     let results = admin
@@ -234,7 +238,7 @@ pub async fn send(
 }
 
 /// A consumed record's headers as name/bytes pairs (a header without a value is empty).
-pub fn headers_of<'a>(message: &'a BorrowedMessage<'a>) -> Vec<(&'a str, &'a [u8])> {
+pub fn headers_of<M: Message>(message: &M) -> Vec<(&str, &[u8])> {
     message
         .headers()
         .map(|h| {
@@ -246,10 +250,7 @@ pub fn headers_of<'a>(message: &'a BorrowedMessage<'a>) -> Vec<(&'a str, &'a [u8
 }
 
 /// The pipeline's view of a consumed record; `headers` comes from [`headers_of`].
-pub fn input_of<'a>(
-    message: &'a BorrowedMessage<'a>,
-    headers: &'a [(&'a str, &'a [u8])],
-) -> Input<'a> {
+pub fn input_of<'a, M: Message>(message: &'a M, headers: &'a [(&'a str, &'a [u8])]) -> Input<'a> {
     Input {
         topic: message.topic(),
         partition: message.partition(),

@@ -20,9 +20,12 @@
 //! - [`audit`]: the audit record and the outcome and reason codes.
 //! - [`pipeline`]: the order of the stages for one event, free of Kafka.
 //! - [`kafka`]: client settings, topic creation, delivery of output records.
+//! - [`ordering`]: key-ordered concurrency within a partition: the key queue and the offset
+//!   tracker.
 //! - [`worker`]: the actions role: the consumer loop, offset storing and shutdown.
 //! - [`lake`]: the lake role: valid events and audit records as Parquet files for DuckDB.
 //! - [`produce`]: `reflex produce`, publishing CloudEvents from JSON lines.
+//! - [`dlq`]: `reflex dlq list|replay`: the dead-letter topic summarised and sent back.
 //! - [`replay`]: `reflex policy replay`, a candidate policy set against the recorded decisions.
 //! - [`summary`]: per-type counts of outcomes and reasons.
 //!
@@ -46,10 +49,12 @@
 pub mod action;
 pub mod audit;
 pub mod config;
+pub mod dlq;
 pub mod enrich;
 pub mod event;
 pub mod kafka;
 pub mod lake;
+pub mod ordering;
 pub mod pipeline;
 pub mod policy;
 pub mod produce;

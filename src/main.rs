@@ -99,6 +99,59 @@ enum Command {
         #[command(subcommand)]
         command: LakeCommand,
     },
+    /// Summarise the dead-letter topic, or send its records back through the pipeline.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Dead letters by event type and reason, with counts, first and last time, latest error.
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the matching dead letters back to their source topics, once the cause is fixed.
+    Replay {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Only count what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DlqFilter {
+    /// Only this event type.
+    #[arg(long = "type")]
+    ty: Option<String>,
+    /// Only this reason code (action_failed, schema_invalid, …).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only dead letters written since this RFC 3339 time or this long ago (90m, 2h, 1d).
+    #[arg(long)]
+    since: Option<String>,
+}
+
+impl DlqFilter {
+    fn build(self) -> anyhow::Result<reflex::dlq::Filter> {
+        let since_ms = self
+            .since
+            .map(|s| reflex::dlq::parse_since(&s, chrono::Utc::now()))
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        Ok(reflex::dlq::Filter {
+            ty: self.ty,
+            reason: self.reason,
+            since_ms,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -336,6 +389,30 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dlq {
+            command: DlqCommand::List { filter, json },
+        } => {
+            let listing = reflex::dlq::list(&config, &filter.build()?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                println!("{listing}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq {
+            command: DlqCommand::Replay { filter, dry_run },
+        } => {
+            let filter = filter.build()?;
+            let replayed = runtime.block_on(reflex::dlq::replay(&config, &filter, dry_run))?;
+            if dry_run {
+                println!("{}", replayed.sent);
+                println!("dry run: nothing was sent");
+            } else {
+                println!("{replayed}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Lake {
             command: LakeCommand::Views,
         } => {
@@ -480,7 +557,11 @@ fn eval_input(text: &str, now: Option<&str>) -> anyhow::Result<serde_json::Value
         timestamp_ms: None,
     };
     Ok(reflex::pipeline::policy_document(
-        &event, mode, &input, &now,
+        &event,
+        mode,
+        &input,
+        &now,
+        &serde_json::Map::new(),
     ))
 }
 

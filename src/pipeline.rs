@@ -3,17 +3,22 @@
 //! publish (derived events, a dead letter, and always one audit record) without touching Kafka,
 //! so every outcome can be tested without a broker.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::action::{ActionTable, Effect};
+use tokio_util::sync::CancellationToken;
+
+use crate::action::{Action, ActionTable, Effect};
 use crate::audit::{AuditRecord, DeadLetterReason, Outcome, Timings};
+use crate::enrich::{EnrichVerdict, Enricher};
 use crate::event::{CloudEvent, Mode};
 use crate::policy::{telemetry, Decision, Evaluator, Failure};
 use crate::registry::HttpRegistry;
 use crate::schema::SchemaRegistry;
+use crate::service::{CallOutcome, Services};
+use deadletter::Rejection;
 
 /// Headers reflex adds to a dead-letter record.
 pub mod dlq_headers {
@@ -29,6 +34,28 @@ pub mod dlq_headers {
     pub const OFFSET: &str = "reflex_source_offset";
     /// The worker that dead-lettered it.
     pub const WORKER: &str = "reflex_worker";
+    /// The event's type, when it was read.
+    pub const EVENT_TYPE: &str = "reflex_event_type";
+    /// The action that failed.
+    pub const ACTION: &str = "reflex_action";
+    /// The action service's last HTTP status.
+    pub const STATUS: &str = "reflex_status";
+    /// Calls made to the action service, over every round.
+    pub const ATTEMPTS: &str = "reflex_attempts";
+    /// The start of the action service's last response body.
+    pub const RESPONSE: &str = "reflex_response";
+    /// Rounds through the retry topic so far.
+    pub const RETRY_ROUND: &str = "reflex_retry_round";
+    /// When a record in the retry topic is due (milliseconds since the epoch).
+    pub const RETRY_AT: &str = "reflex_retry_at";
+    /// The enrichment lookup that failed.
+    pub const LOOKUP: &str = "reflex_lookup";
+    /// `topic/partition/offset` of the dead letter a replayed record comes from.
+    pub const REPLAY_OF: &str = "reflex_replay_of";
+    /// The reason code of the dead letter a replayed record comes from.
+    pub const REPLAY_REASON: &str = "reflex_replay_reason";
+    /// Every header reflex adds starts with this; they are stripped before adding new ones.
+    pub const PREFIX: &str = "reflex_";
 }
 
 /// One input record, borrowed from the consumer.
@@ -81,19 +108,13 @@ pub struct Processed {
     pub audit: AuditRecord,
 }
 
-/// Runs the stages for one worker; owns that worker's policy evaluator.
+/// Runs the stages for one worker. Shared by the worker's records in flight; the policy
+/// evaluator is behind a lock held only while one decision is made.
 pub struct Processor {
     schemas: Arc<SchemaRegistry>,
     actions: Arc<ActionTable>,
-    evaluator: Evaluator,
-    audit_topic: String,
-    dlq_topic: String,
-    max_event_bytes: usize,
-    worker: String,
-    registry: Option<Arc<HttpRegistry>>,
-    type_header: String,
-    policy_emit_topic: String,
-    policy_emit_topics: Vec<String>,
+    evaluator: Mutex<Evaluator>,
+    settings: ProcessorSettings,
 }
 
 /// Settings a [`Processor`] needs besides schemas, actions and policies.
@@ -103,6 +124,12 @@ pub struct ProcessorSettings {
     pub audit_topic: String,
     /// The dead-letter topic.
     pub dlq_topic: String,
+    /// The retry topic: events whose action failed after its attempts wait there.
+    pub retry_topic: String,
+    /// How long an event waits in the retry topic before its next round.
+    pub retry_delay: Duration,
+    /// Rounds through the retry topic before an event is dead-lettered.
+    pub retry_rounds: u32,
     /// Largest event processed.
     pub max_event_bytes: usize,
     /// This worker's id, recorded in audit and dead-letter records.
@@ -115,6 +142,37 @@ pub struct ProcessorSettings {
     pub policy_emit_topic: String,
     /// Further topics `emit` obligations may name.
     pub policy_emit_topics: Vec<String>,
+    /// The HTTP client and circuit breakers of the action services.
+    pub services: Services,
+    /// The enrichment lookups, with their caches.
+    pub enricher: Enricher,
+}
+
+/// A record that passed decoding and validation: its event, ready for enrichment, the policy
+/// and the action.
+#[derive(Debug)]
+pub struct Admission {
+    event: CloudEvent,
+    mode: Mode,
+    action: Arc<Action>,
+    audit: AuditRecord,
+    timings: Timings,
+}
+
+impl Admission {
+    /// The event's id.
+    pub fn event_id(&self) -> &str {
+        &self.event.id
+    }
+}
+
+/// The first stages' verdict on a record.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Processing ended early (a dead letter); publish its records.
+    Finished(Box<Processed>),
+    /// A valid event with an action.
+    Event(Box<Admission>),
 }
 
 impl Processor {
@@ -128,68 +186,52 @@ impl Processor {
         Self {
             schemas,
             actions,
-            evaluator,
-            audit_topic: settings.audit_topic,
-            dlq_topic: settings.dlq_topic,
-            max_event_bytes: settings.max_event_bytes,
-            worker: settings.worker,
-            registry: settings.registry,
-            type_header: settings.type_header,
-            policy_emit_topic: settings.policy_emit_topic,
-            policy_emit_topics: settings.policy_emit_topics,
+            evaluator: Mutex::new(evaluator),
+            settings,
         }
     }
 
-    /// Decides the next records with `evaluator` (a reloaded policy set). The record being
-    /// processed, if any, finishes with the evaluator it started with.
-    pub fn set_evaluator(&mut self, evaluator: Evaluator) {
-        self.evaluator = evaluator;
+    fn evaluator(&self) -> MutexGuard<'_, Evaluator> {
+        // A panic while deciding poisons the lock; the evaluator itself holds no half-made state.
+        self.evaluator
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides the next records with `evaluator` (a reloaded policy set). Records already past
+    /// their decision are not affected.
+    pub fn set_evaluator(&self, evaluator: Evaluator) {
+        *self.evaluator() = evaluator;
     }
 
     /// The policy revision deciding the next record.
-    pub fn policy_revision(&self) -> &str {
-        self.evaluator.revision()
+    pub fn policy_revision(&self) -> String {
+        self.evaluator().revision().to_owned()
     }
 
-    /// Processes one record.
-    pub fn process(&mut self, input: &Input<'_>) -> Processed {
-        let mut timings = Timings::default();
-        let mut audit = AuditRecord {
-            event_id: None,
-            ty: None,
-            source: None,
-            subject: None,
-            event_time: None,
-            mode: None,
-            topic: input.topic.to_owned(),
-            partition: input.partition,
-            offset: input.offset,
-            outcome: Outcome::DeadLettered,
-            reason: None,
-            error: None,
-            decision: None,
-            policy_revision: self.evaluator.revision().to_owned(),
-            action: None,
-            worker: self.worker.clone(),
-            processed_at: String::new(),
-            timings_us: Timings::default(),
-        };
-        let mut records = Vec::with_capacity(2);
+    /// Runs every stage for one record.
+    pub async fn process(&self, input: &Input<'_>, cancel: &CancellationToken) -> Processed {
+        match self.admit(input) {
+            Admitted::Finished(processed) => *processed,
+            Admitted::Event(admission) => self.complete(input, *admission, cancel).await,
+        }
+    }
 
+    /// Size check, decoding, the type's action and schema validation.
+    pub fn admit(&self, input: &Input<'_>) -> Admitted {
+        let mut timings = Timings::default();
+        let mut audit = AuditRecord::new(input, &self.settings.worker);
+        audit.retry_round = deadletter::retry_round(input);
+        audit.origin = deadletter::origin(input);
+        audit.replay_of = deadletter::replay_of(input);
         let size = input.size();
-        if size > self.max_event_bytes {
+        if size > self.settings.max_event_bytes {
             let why = format!(
                 "record is {size} bytes, above roles.actions.max_event_bytes = {}",
-                self.max_event_bytes
+                self.settings.max_event_bytes
             );
-            return self.dead_letter(
-                input,
-                audit,
-                records,
-                DeadLetterReason::TooLarge,
-                why,
-                timings,
-            );
+            let rejected = Rejection::new(DeadLetterReason::TooLarge, why);
+            return Admitted::Finished(Box::new(self.dead_letter(input, audit, rejected, timings)));
         }
 
         let started = Instant::now();
@@ -197,7 +239,11 @@ impl Processor {
             .value
             .is_some_and(crate::schema::wire::looks_like_wire);
         let decoded = if is_wire {
-            wire::decode(self.registry.as_deref(), &self.type_header, input)
+            wire::decode(
+                self.settings.registry.as_deref(),
+                &self.settings.type_header,
+                input,
+            )
         } else {
             CloudEvent::decode(input.value, input.headers).map_err(|e| wire::Rejected {
                 reason: DeadLetterReason::Undecodable,
@@ -212,57 +258,94 @@ impl Processor {
                 if let Some(envelope) = &rejected.event {
                     describe(&mut audit, &envelope.0, envelope.1);
                 }
-
-                return self.dead_letter(
-                    input,
-                    audit,
-                    records,
-                    rejected.reason,
-                    rejected.error,
-                    timings,
-                );
+                let rejected = Rejection::new(rejected.reason, rejected.error);
+                return Admitted::Finished(Box::new(
+                    self.dead_letter(input, audit, rejected, timings),
+                ));
             }
         };
         describe(&mut audit, &event, mode);
 
         let Some(action) = self.actions.get(&event.ty).cloned() else {
             let why = format!("event type \"{}\" has no schema and no action", event.ty);
-            return self.dead_letter(
-                input,
-                audit,
-                records,
-                DeadLetterReason::UnknownType,
-                why,
-                timings,
-            );
+            let rejected = Rejection::new(DeadLetterReason::UnknownType, why);
+            return Admitted::Finished(Box::new(self.dead_letter(input, audit, rejected, timings)));
         };
 
         // Wire-format data was validated against its registered schema while decoding.
         let started = Instant::now();
-        let data = event.data.as_ref().unwrap_or(&Value::Null);
         let violations = if is_wire {
             Vec::new()
         } else {
+            let data = event.data.as_ref().unwrap_or(&Value::Null);
             self.schemas.validate(&event.ty, data).unwrap_or_default()
         };
         timings.validate = micros(started);
         if !violations.is_empty() {
             let why = crate::schema::summarize(&violations);
-            return self.dead_letter(
-                input,
-                audit,
-                records,
-                DeadLetterReason::SchemaInvalid,
-                why,
-                timings,
-            );
+            let rejected = Rejection::new(DeadLetterReason::SchemaInvalid, why);
+            return Admitted::Finished(Box::new(self.dead_letter(input, audit, rejected, timings)));
         }
+        Admitted::Event(Box::new(Admission {
+            event,
+            mode,
+            action,
+            audit,
+            timings,
+        }))
+    }
+
+    /// Enrichment, the policy decision, its obligations and the action, for an admitted event.
+    /// A `cancel`led call ends as a failure the worker discards (the record is processed
+    /// again after restart).
+    pub async fn complete(
+        &self,
+        input: &Input<'_>,
+        admission: Admission,
+        cancel: &CancellationToken,
+    ) -> Processed {
+        let Admission {
+            event,
+            mode,
+            action,
+            mut audit,
+            mut timings,
+        } = admission;
+        let mut records = Vec::with_capacity(2);
+
+        let started = Instant::now();
+        let enrichment = self.settings.enricher.enrich(&event, cancel).await;
+        timings.enrich = micros(started);
+        audit.lookups = enrichment.lookups;
+        match enrichment.verdict {
+            EnrichVerdict::Complete => {}
+            EnrichVerdict::Deny { lookup, error } => {
+                let detail = format!("enrichment lookup \"{lookup}\" failed: {error}");
+                audit.outcome = Outcome::Denied;
+                audit.decision = Some(Decision::enrichment_failed(detail));
+                return self.finish(audit, records, timings);
+            }
+            EnrichVerdict::RetryLater { lookup, error } => {
+                let why = format!("enrichment lookup \"{lookup}\" failed: {error}");
+                let context = vec![(dlq_headers::LOOKUP, lookup)];
+                if self.may_retry(&audit) {
+                    records.push(self.retry(input, &mut audit, why, context));
+                    return self.finish(audit, records, timings);
+                }
+                let mut rejection = Rejection::new(DeadLetterReason::EnrichmentFailed, why);
+                rejection.context = context;
+                return self.dead_letter_after(input, &mut audit, rejection, records, timings);
+            }
+        }
+        let enrichment = enrichment.values;
 
         let started = Instant::now();
         let now = chrono::Utc::now();
-        let mut decision = self
-            .evaluator
-            .decide(policy_input(&event, mode, input, &now));
+        let mut decision = {
+            let mut evaluator = self.evaluator();
+            audit.policy_revision = evaluator.revision().to_owned();
+            evaluator.decide(policy_input(&event, mode, input, &now, &enrichment))
+        };
         if let Some(topic) = self.unknown_emit_topic(&decision) {
             let detail = format!(
                 "an emit obligation names topic \"{topic}\", which is neither policy.emit_topic nor in policy.emit_topics"
@@ -288,9 +371,10 @@ impl Processor {
         // The audit record names what was emitted (type, topic, id), not the emitted data.
         let mut emitted = Vec::new();
         for (index, emit) in decision.emits().into_iter().enumerate() {
-            let derived =
-                obligations::emitted_event(event, &emit, index, self.evaluator.revision());
-            let topic = emit.topic.unwrap_or_else(|| self.policy_emit_topic.clone());
+            let derived = obligations::emitted_event(event, &emit, index, &audit.policy_revision);
+            let topic = emit
+                .topic
+                .unwrap_or_else(|| self.settings.policy_emit_topic.clone());
             emitted.push(json!({"type": emit.ty, "topic": topic, "id": derived.id}));
             let key = derived.id.clone().into_bytes();
             records.push(obligations::event_record(topic, key, &derived));
@@ -301,27 +385,94 @@ impl Processor {
                 .insert("emit".to_owned(), Value::Array(emitted));
         }
 
-        if decision.allow {
-            let started = Instant::now();
-            let (effect, report) = action.run(event, &decision.obligations);
-            timings.action = micros(started);
-            if let Effect::Emit {
+        if !decision.allow {
+            audit.outcome = Outcome::Denied;
+            audit.decision = Some(decision);
+            return self.finish(audit, records, timings);
+        }
+        let started = Instant::now();
+        let (effect, mut report) = action.run(event, &decision.obligations);
+        match effect {
+            Effect::Emit {
                 topic,
                 event: derived,
-            } = effect
-            {
+            } => {
                 let key = input
                     .key
                     .map_or_else(|| derived.id.clone().into_bytes(), <[u8]>::to_vec);
                 records.push(obligations::event_record(topic, key, &derived));
             }
-            audit.outcome = Outcome::Actioned;
-            audit.action = Some(report);
-        } else {
-            audit.outcome = Outcome::Denied;
+            Effect::Done => {}
+            Effect::Call => {
+                let Some(http) = action.http() else {
+                    unreachable!("only http actions ask for a call");
+                };
+                let body = json!({
+                    "event": event,
+                    "enrichment": enrichment,
+                    "obligations": decision.obligations,
+                });
+                let call = self
+                    .settings
+                    .services
+                    .perform(http, event, &body, cancel)
+                    .await;
+                let attempts = deadletter::prior_attempts(input) + call.attempts;
+                report.attempts = Some(attempts);
+                if let CallOutcome::Failed {
+                    status,
+                    error,
+                    retryable,
+                    excerpt,
+                    ..
+                } = call.outcome
+                {
+                    timings.action = micros(started);
+                    report.status = status;
+                    audit.action = Some(report);
+                    audit.decision = Some(decision);
+                    let why = format!(
+                        "action \"{}\" failed after {attempts} attempts: {error}",
+                        action.name
+                    );
+                    let mut context = vec![
+                        (dlq_headers::ACTION, action.name.clone()),
+                        (dlq_headers::ATTEMPTS, attempts.to_string()),
+                        (dlq_headers::RESPONSE, excerpt),
+                    ];
+                    if let Some(status) = status {
+                        context.push((dlq_headers::STATUS, status.to_string()));
+                    }
+                    if retryable && self.may_retry(&audit) {
+                        records.push(self.retry(input, &mut audit, why, context));
+                        return self.finish(audit, records, timings);
+                    }
+                    let mut rejection = Rejection::new(DeadLetterReason::ActionFailed, why);
+                    rejection.context = context;
+                    return self.dead_letter_after(input, &mut audit, rejection, records, timings);
+                }
+                if let CallOutcome::Succeeded { status, .. } = call.outcome {
+                    report.status = Some(status);
+                }
+            }
         }
+        timings.action = micros(started);
+        audit.outcome = Outcome::Actioned;
+        audit.action = Some(report);
         audit.decision = Some(decision);
         self.finish(audit, records, timings)
+    }
+
+    /// An admitted event that must wait behind an earlier event of its key, which is in the
+    /// retry topic: it follows it there, unprocessed, so the key's order is kept.
+    pub fn wait_behind(&self, input: &Input<'_>, admission: Admission, first: &str) -> Processed {
+        let Admission {
+            mut audit, timings, ..
+        } = admission;
+        let why =
+            format!("waits behind event \"{first}\" of the same key, which is in the retry topic");
+        let record = self.follow(input, &mut audit, why);
+        self.finish(audit, vec![record], timings)
     }
 
     /// A topic an `emit` obligation names that the configuration does not allow.
@@ -330,56 +481,10 @@ impl Processor {
             .emits()
             .into_iter()
             .filter_map(|e| e.topic)
-            .find(|t| *t != self.policy_emit_topic && !self.policy_emit_topics.contains(t))
-    }
-
-    fn dead_letter(
-        &self,
-        input: &Input<'_>,
-        mut audit: AuditRecord,
-        mut records: Vec<OutRecord>,
-        reason: DeadLetterReason,
-        error: String,
-        timings: Timings,
-    ) -> Processed {
-        let mut headers: Vec<(String, Vec<u8>)> = input
-            .headers
-            .iter()
-            .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
-            .collect();
-        headers.extend([
-            (
-                dlq_headers::REASON.to_owned(),
-                reason.code().as_bytes().to_vec(),
-            ),
-            (dlq_headers::ERROR.to_owned(), error.as_bytes().to_vec()),
-            (
-                dlq_headers::TOPIC.to_owned(),
-                input.topic.as_bytes().to_vec(),
-            ),
-            (
-                dlq_headers::PARTITION.to_owned(),
-                input.partition.to_string().into_bytes(),
-            ),
-            (
-                dlq_headers::OFFSET.to_owned(),
-                input.offset.to_string().into_bytes(),
-            ),
-            (
-                dlq_headers::WORKER.to_owned(),
-                self.worker.as_bytes().to_vec(),
-            ),
-        ]);
-        records.push(OutRecord {
-            topic: self.dlq_topic.clone(),
-            key: input.key.map(<[u8]>::to_vec),
-            value: input.value.map(<[u8]>::to_vec),
-            headers,
-        });
-        audit.outcome = Outcome::DeadLettered;
-        audit.reason = Some(reason);
-        audit.error = Some(error);
-        self.finish(audit, records, timings)
+            .find(|t| {
+                *t != self.settings.policy_emit_topic
+                    && !self.settings.policy_emit_topics.contains(t)
+            })
     }
 
     fn finish(
@@ -392,9 +497,12 @@ impl Processor {
             audit.processed_at =
                 chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         }
+        if audit.policy_revision.is_empty() {
+            audit.policy_revision = self.evaluator().revision().to_owned();
+        }
         audit.timings_us = timings;
         records.push(OutRecord {
-            topic: self.audit_topic.clone(),
+            topic: self.settings.audit_topic.clone(),
             key: Some(audit.key().into_bytes()),
             value: Some(audit.encode()),
             headers: vec![("content-type".into(), b"application/json".to_vec())],
@@ -421,8 +529,9 @@ pub fn policy_input(
     mode: Mode,
     input: &Input<'_>,
     now: &chrono::DateTime<chrono::Utc>,
+    enrichment: &serde_json::Map<String, Value>,
 ) -> regorus::Value {
-    regorus::Value::from(policy_document(event, mode, input, now))
+    regorus::Value::from(policy_document(event, mode, input, now, enrichment))
 }
 
 /// [`policy_input`] as JSON.
@@ -431,10 +540,11 @@ pub fn policy_document(
     mode: Mode,
     input: &Input<'_>,
     now: &chrono::DateTime<chrono::Utc>,
+    enrichment: &serde_json::Map<String, Value>,
 ) -> Value {
     json!({
         "event": event,
-        "enrichment": {},
+        "enrichment": enrichment,
         "context": {
             "topic": input.topic,
             "partition": input.partition,
@@ -450,6 +560,8 @@ fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
+pub(crate) mod deadletter;
+pub use deadletter::{origin_topic, retry_due};
 pub(crate) mod obligations;
 pub(crate) mod wire;
 

@@ -145,7 +145,13 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> Result<ShadowReport, 
                     report.skip("undecodable");
                     return;
                 };
-                let candidate = evaluator.decide(policy_input(&event, mode, &input, &now));
+                let candidate = evaluator.decide(policy_input(
+                    &event,
+                    mode,
+                    &input,
+                    &now,
+                    &serde_json::Map::new(),
+                ));
                 report.record(
                     &event.ty,
                     &event.id,
@@ -160,7 +166,7 @@ pub fn replay(config: &Config, options: &ReplayOptions) -> Result<ShadowReport, 
     Ok(report)
 }
 
-fn reader(config: &KafkaConfig) -> Result<BaseConsumer, ReplayError> {
+pub(crate) fn reader(config: &KafkaConfig) -> Result<BaseConsumer, ReplayError> {
     let mut settings = kafka::base_config(config);
     settings
         .set(
@@ -186,7 +192,7 @@ fn reader(config: &KafkaConfig) -> Result<BaseConsumer, ReplayError> {
 
 /// Where a scan starts in every partition.
 #[derive(Debug, Clone, Copy)]
-enum Start {
+pub(crate) enum Start {
     /// The oldest record kept.
     Beginning,
     /// This offset (or the oldest kept, if later).
@@ -196,7 +202,7 @@ enum Start {
 }
 
 /// Calls `f` for every record of `topic` from `start` to the end as it is now.
-fn scan(
+pub(crate) fn scan(
     consumer: &BaseConsumer,
     topic: &str,
     from: Start,

@@ -19,6 +19,8 @@ pub struct TypeCounts {
     pub denied: u64,
     /// Sent to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Sent to the retry topic (an event retried twice counts twice).
+    pub retrying: u64,
     /// Deny reasons and dead-letter reason codes, with their counts.
     pub reasons: BTreeMap<String, u64>,
 }
@@ -60,6 +62,7 @@ impl Summary {
                         .or_default() += 1;
                 }
             }
+            Outcome::Retrying => counts.retrying += 1,
         }
     }
 
@@ -67,7 +70,7 @@ impl Summary {
     pub fn total(&self) -> u64 {
         self.types
             .values()
-            .map(|c| c.actioned + c.denied + c.dead_lettered)
+            .map(|c| c.actioned + c.denied + c.dead_lettered + c.retrying)
             .sum()
     }
 }
@@ -83,32 +86,37 @@ impl fmt::Display for Summary {
             .max(10);
         writeln!(
             f,
-            "{:<width$}  {:>8}  {:>8}  {:>8}  {:>8}",
-            "event type", "actioned", "denied", "dlq", "total"
+            "{:<width$}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}",
+            "event type", "actioned", "denied", "dlq", "retrying", "total"
         )?;
-        let (mut a, mut d, mut q) = (0, 0, 0);
+        let (mut a, mut d, mut q, mut r) = (0, 0, 0, 0);
         for (ty, c) in &self.types {
-            let total = c.actioned + c.denied + c.dead_lettered;
+            let total = c.actioned + c.denied + c.dead_lettered + c.retrying;
             writeln!(
                 f,
-                "{ty:<width$}  {:>8}  {:>8}  {:>8}  {total:>8}",
-                c.actioned, c.denied, c.dead_lettered
+                "{ty:<width$}  {:>8}  {:>8}  {:>8}  {:>8}  {total:>8}",
+                c.actioned, c.denied, c.dead_lettered, c.retrying
             )?;
             for (reason, n) in &c.reasons {
                 writeln!(f, "{:<width$}    {n:>6} × {reason}", "")?;
             }
-            (a, d, q) = (a + c.actioned, d + c.denied, q + c.dead_lettered);
+            (a, d, q, r) = (
+                a + c.actioned,
+                d + c.denied,
+                q + c.dead_lettered,
+                r + c.retrying,
+            );
         }
+        let all = a + d + q + r;
         write!(
             f,
-            "{:<width$}  {a:>8}  {d:>8}  {q:>8}  {:>8}",
-            "all",
-            a + d + q
+            "{:<width$}  {a:>8}  {d:>8}  {q:>8}  {r:>8}  {all:>8}",
+            "all"
         )?;
         if self.busy_ms > 0 {
             let secs = self.busy_ms as f64 / 1000.0;
-            let rate = (a + d + q) as f64 / secs;
-            write!(f, "\n{} events in {secs:.2}s from the first record received to the last acknowledged ({rate:.0} events/s)", a + d + q)?;
+            let rate = all as f64 / secs;
+            write!(f, "\n{all} records in {secs:.2}s from the first received to the last acknowledged ({rate:.0} records/s)")?;
         }
         Ok(())
     }

@@ -1,33 +1,42 @@
 //! The actions role: a consumer-group worker that runs the pipeline for every record.
 //!
-//! At-least-once: offsets are stored (and auto-committed) only after every record produced for
-//! an input record, and for all earlier input records, is acknowledged (`acks=all`). Work in
-//! flight is bounded by `roles.actions.max_in_flight`. On partition revoke and on shutdown the
-//! stored offsets are committed synchronously.
+//! Records of a partition run concurrently unless they share a key (`roles.actions.ordering`):
+//! records with the same key run one at a time in offset order. At-least-once: an offset is
+//! stored (and auto-committed) only when every record produced for it, and for every earlier
+//! record of its partition, is acknowledged (`acks=all`); [`OffsetTracker`] keeps that offset.
+//! Records in flight, running or waiting behind their key, are bounded by
+//! `roles.actions.max_in_flight`. On partition revoke and on shutdown the stored offsets are
+//! committed synchronously.
 
 // rdkafka's `KafkaError` is large; a worker error is rare and ends the worker, so it is not boxed.
 #![allow(clippy::result_large_err)]
 
-use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::producer::Producer;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientContext, Offset};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::AuditRecord;
 use crate::config::Config;
+use crate::enrich::Enricher;
 use crate::kafka::{self, KafkaSetupError};
-use crate::pipeline::{Processor, ProcessorSettings};
+use crate::ordering::{KeyQueue, Ordering, Parking, Partitions, Verdict};
+use crate::pipeline::{Admitted, Input, OutRecord, Processor, ProcessorSettings};
 use crate::policy::reload::PolicyWatch;
 use crate::policy::telemetry;
 use crate::registry::{HttpRegistry, Lookup, RegistryError};
 use crate::schema::wire;
+use crate::service::Services;
 use crate::summary::Summary;
 
 /// Why the worker stopped with an error.
@@ -36,6 +45,9 @@ pub enum WorkerError {
     /// Setting up a client or topics failed.
     #[error(transparent)]
     Setup(#[from] KafkaSetupError),
+    /// The HTTP client for action services and lookups could not be built.
+    #[error(transparent)]
+    Services(#[from] crate::service::ServiceError),
     /// Subscribing failed.
     #[error("cannot subscribe to {topics:?}: {source}")]
     Subscribe {
@@ -66,8 +78,18 @@ pub struct RunOptions {
     pub drain: bool,
 }
 
-/// Commits stored offsets synchronously before partitions are taken away.
-struct RebalanceContext;
+/// Commits stored offsets synchronously before partitions are taken away, and tells the worker
+/// which partitions it lost so it drops their waiting records.
+#[derive(Default)]
+struct RebalanceContext {
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl RebalanceContext {
+    fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
 
 impl ClientContext for RebalanceContext {}
 
@@ -78,6 +100,15 @@ impl ConsumerContext for RebalanceContext {
                 partitions = partitions.count(),
                 "partitions revoked; committing stored offsets"
             );
+            self.revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(
+                    partitions
+                        .elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition())),
+                );
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(())
                 | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
@@ -95,14 +126,251 @@ impl ConsumerContext for RebalanceContext {
     }
 }
 
-type Completion =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, WorkerError>> + Send>>;
+/// A topic partition.
+type Tp = (String, i32);
 
-/// An input record whose every effect is acknowledged.
-struct Done {
-    topic: String,
-    partition: i32,
+/// What the records of one ordering slot share: records of the same slot run one at a time.
+type Slot = (String, i32, Vec<u8>);
+
+/// A key whose events may be parked in the retry topic: the event topic and the record key.
+type ParkKey = (String, Vec<u8>);
+
+/// A consumed record waiting for its turn.
+struct Waiting {
+    message: OwnedMessage,
+    generation: u64,
+}
+
+/// What became of one record.
+struct Finished {
+    tp: Tp,
     offset: i64,
+    generation: u64,
+    slot: Option<Slot>,
+    /// The record's park key and event id, with whether it went to the retry topic.
+    parked: Option<(ParkKey, String, bool)>,
+    /// The audit record; none when the record was abandoned at shutdown.
+    audit: Option<AuditRecord>,
+}
+
+type Running = Pin<Box<dyn Future<Output = Result<Finished, WorkerError>> + Send>>;
+
+/// The actions role's scheduler: key-ordered records in flight, offset tracking per partition,
+/// keys parked in the retry topic.
+struct Scheduler<'a> {
+    processor: Arc<Processor>,
+    producer: FutureProducer,
+    ordering: Ordering,
+    retry_topic: &'a str,
+    partitions: Partitions<Tp>,
+    queue: KeyQueue<Slot, Waiting>,
+    parking: Parking<ParkKey>,
+    running: FuturesUnordered<Running>,
+    /// Cancelled at shutdown: records waiting for their retry time give up at once.
+    sleep_cancel: CancellationToken,
+    /// Cancelled when the shutdown deadline passes: calls in progress give up.
+    work_cancel: CancellationToken,
+}
+
+impl Scheduler<'_> {
+    fn in_flight(&self) -> usize {
+        self.running.len() + self.queue.queued()
+    }
+
+    /// Takes a consumed record: tracks its offset and starts it, or queues it behind its slot.
+    fn accept(&mut self, message: OwnedMessage) {
+        let tp = (message.topic().to_owned(), message.partition());
+        let generation = self.partitions.start(tp, message.offset());
+        let waiting = Waiting {
+            generation,
+            message,
+        };
+        match self.slot_of(&waiting.message) {
+            Some(slot) => {
+                if let Some(ready) = self.queue.offer(slot, waiting) {
+                    self.start(ready);
+                }
+            }
+            None => self.start(waiting),
+        }
+    }
+
+    fn slot_of(&self, message: &OwnedMessage) -> Option<Slot> {
+        let tp = |key: Vec<u8>| (message.topic().to_owned(), message.partition(), key);
+        match self.ordering {
+            Ordering::Partition => Some(tp(Vec::new())),
+            Ordering::Key => message.key().map(|k| tp(k.to_vec())),
+        }
+    }
+
+    /// Admits the record, asks the parking whether it must wait behind its key, and runs the
+    /// rest of its stages and its deliveries as one future.
+    fn start(&mut self, waiting: Waiting) {
+        let Waiting {
+            message,
+            generation,
+        } = waiting;
+        let slot = self.slot_of(&message);
+        let from_retry = message.topic() == self.retry_topic;
+        let headers = kafka::headers_of(&message);
+        let input = kafka::input_of(&message, &headers);
+        let admitted = self.processor.admit(&input);
+        let due = if from_retry {
+            crate::pipeline::retry_due(&input)
+        } else {
+            None
+        };
+        let park_key = match (&admitted, message.key()) {
+            (Admitted::Event(_), Some(key)) => {
+                let topic = crate::pipeline::origin_topic(&input).unwrap_or(message.topic());
+                Some((topic.to_owned(), key.to_vec()))
+            }
+            _ => None,
+        };
+        let verdict = match (&admitted, &park_key) {
+            (Admitted::Event(a), Some(k)) => self.parking.verdict(k, a.event_id(), from_retry),
+            _ => Verdict::Run,
+        };
+        drop(headers);
+        let processor = Arc::clone(&self.processor);
+        let producer = self.producer.clone();
+        let sleep_cancel = self.sleep_cancel.clone();
+        let work_cancel = self.work_cancel.clone();
+        self.running.push(Box::pin(async move {
+            let tp = (message.topic().to_owned(), message.partition());
+            let offset = message.offset();
+            let abandoned = |slot| Finished {
+                tp: tp.clone(),
+                offset,
+                generation,
+                slot,
+                parked: None,
+                audit: None,
+            };
+            if let Some(due) = due {
+                let wait = due.saturating_sub(chrono::Utc::now().timestamp_millis());
+                if wait > 0 {
+                    let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(0));
+                    tokio::select! {
+                        () = sleep_cancel.cancelled() => return Ok(abandoned(slot)),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+            let headers = kafka::headers_of(&message);
+            let input = kafka::input_of(&message, &headers);
+            let processed = match (admitted, verdict) {
+                (Admitted::Finished(p), _) => *p,
+                (Admitted::Event(a), Verdict::WaitBehind(first)) => {
+                    processor.wait_behind(&input, *a, &first)
+                }
+                (Admitted::Event(a), Verdict::Run) => {
+                    processor.complete(&input, *a, &work_cancel).await
+                }
+            };
+            if work_cancel.is_cancelled() {
+                return Ok(abandoned(slot));
+            }
+            deliver(&producer, &input, &processed.records).await?;
+            let parked = park_key
+                .zip(processed.audit.event_id.clone())
+                .map(|(k, id)| {
+                    let retrying = processed.audit.outcome == crate::audit::Outcome::Retrying;
+                    (k, id, retrying)
+                });
+            Ok(Finished {
+                tp,
+                offset,
+                generation,
+                slot,
+                parked,
+                audit: Some(processed.audit),
+            })
+        }));
+    }
+
+    /// Books a finished record: parking, the offset to store, and the next record of its slot.
+    fn finish(&mut self, consumer: &StreamConsumer<RebalanceContext>, done: Finished) {
+        if let Some((key, id, retrying)) = done.parked {
+            if retrying {
+                self.parking.park(key, &id);
+            } else {
+                self.parking.resolve(&key, &id);
+            }
+        }
+        if done.audit.is_some() {
+            if let Some(upto) = self
+                .partitions
+                .complete(&done.tp, done.generation, done.offset)
+            {
+                if let Err(e) = consumer.store_offset(&done.tp.0, done.tp.1, upto) {
+                    // The partition was revoked meanwhile; its new owner re-processes.
+                    tracing::debug!(error = %e, topic = %done.tp.0, partition = done.tp.1, "offset not stored");
+                }
+            }
+        }
+        if let Some(slot) = done.slot {
+            if done.audit.is_none() {
+                // Abandoned at shutdown: the records behind it must not overtake it; they are
+                // re-delivered after it.
+                while self.queue.finish(&slot).is_some() {}
+            } else if let Some(next) = self.queue.finish(&slot) {
+                self.start(next);
+            }
+        }
+    }
+
+    /// Forgets revoked partitions: their waiting records are dropped (the new owner consumes
+    /// them from the committed offset) and late completions of their running records are
+    /// ignored.
+    fn revoke(&mut self, revoked: Vec<Tp>) {
+        if revoked.is_empty() {
+            return;
+        }
+        for tp in &revoked {
+            self.partitions.revoke(tp);
+        }
+        let dropped = self
+            .queue
+            .discard(|slot, _| revoked.iter().any(|(t, p)| *t == slot.0 && *p == slot.1));
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "records waiting behind their key dropped with their revoked partitions"
+            );
+        }
+    }
+}
+
+/// Publishes a record's output records and waits until every one is acknowledged.
+async fn deliver(
+    producer: &FutureProducer,
+    input: &Input<'_>,
+    records: &[OutRecord],
+) -> Result<(), WorkerError> {
+    let coordinates = || format!("{}/{}/{}", input.topic, input.partition, input.offset);
+    let mut deliveries = Vec::with_capacity(records.len());
+    for record in records {
+        let delivery =
+            kafka::send(producer, record)
+                .await
+                .map_err(|source| WorkerError::Delivery {
+                    topic: record.topic.clone(),
+                    input: coordinates(),
+                    source,
+                })?;
+        deliveries.push((&record.topic, delivery));
+    }
+    for (topic, delivery) in deliveries {
+        kafka::delivered(delivery)
+            .await
+            .map_err(|source| WorkerError::Delivery {
+                topic: topic.clone(),
+                input: coordinates(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// Runs the actions role until `shutdown` is cancelled (or, with `drain`, until caught up).
@@ -121,17 +389,19 @@ pub async fn run(
     }
     let consumer: StreamConsumer<RebalanceContext> =
         kafka::consumer_config(&config.kafka, &role.group_id)
-            .create_with_context(RebalanceContext)
+            .create_with_context(RebalanceContext::default())
             .map_err(|source| KafkaSetupError::Client {
                 what: "consumer",
                 brokers: config.kafka.brokers.clone(),
                 source,
             })?;
-    let topics: Vec<&str> = config.topics.events.iter().map(String::as_str).collect();
+    let mut subscribed = config.topics.events.clone();
+    subscribed.push(config.topics.retry.clone());
+    let topics: Vec<&str> = subscribed.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
         .map_err(|source| WorkerError::Subscribe {
-            topics: config.topics.events.clone(),
+            topics: subscribed.clone(),
             source,
         })?;
     let producer = kafka::producer(&config.kafka)?;
@@ -143,24 +413,32 @@ pub async fn run(
         config.policy_reload_interval,
         watch_stop,
     );
-    let mut processor = Processor::new(
+    let services = Services::new(config.services)?;
+    let processor = Arc::new(Processor::new(
         config.schemas.clone(),
         config.actions.clone(),
         policy.evaluator(),
         ProcessorSettings {
             audit_topic: config.topics.audit.clone(),
             dlq_topic: config.topics.dlq.clone(),
+            retry_topic: config.topics.retry.clone(),
+            retry_delay: role.retry_delay,
+            retry_rounds: role.retry_rounds,
             max_event_bytes: role.max_event_bytes,
             worker: options.worker_id.clone(),
             registry: config.registry.clone(),
             type_header: config.type_header.clone(),
             policy_emit_topic: config.policy_emit_topic.clone(),
             policy_emit_topics: config.policy_emit_topics.clone(),
+            enricher: Enricher::new(services.clone(), &config.enrichment),
+            services,
         },
-    );
+    ));
     tracing::info!(
         group = %role.group_id,
-        topics = ?config.topics.events,
+        topics = ?subscribed,
+        ordering = role.ordering.name(),
+        max_in_flight = role.max_in_flight,
         policy_revision = %config.policy.revision(),
         worker = %options.worker_id,
         "actions worker started"
@@ -173,26 +451,51 @@ pub async fn run(
     } else {
         None
     };
+    let mut scheduler = Scheduler {
+        processor: Arc::clone(&processor),
+        producer: producer.clone(),
+        ordering: role.ordering,
+        retry_topic: &config.topics.retry,
+        partitions: Partitions::new(),
+        queue: KeyQueue::new(),
+        parking: Parking::new(),
+        running: FuturesUnordered::new(),
+        sleep_cancel: shutdown.child_token(),
+        work_cancel: CancellationToken::new(),
+    };
     let mut summary = Summary::default();
     let mut first_received: Option<Instant> = None;
-    let mut pending: FuturesOrdered<Completion> = FuturesOrdered::new();
     let mut idle_since = Instant::now();
     let mut result = Ok(());
     let mut drain_check = tokio::time::interval(Duration::from_millis(500));
+    let book = |summary: &mut Summary,
+                scheduler: &mut Scheduler<'_>,
+                first: Option<Instant>,
+                done: Finished| {
+        if let Some(audit) = &done.audit {
+            summary.record(audit);
+        }
+        if let Some(first) = first {
+            summary.busy_ms = u64::try_from(first.elapsed().as_millis()).unwrap_or(u64::MAX);
+        }
+        scheduler.finish(&consumer, done);
+    };
     loop {
+        scheduler.revoke(consumer.context().take_revoked());
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            Some(done) = pending.next(), if !pending.is_empty() => {
-                if let Some(first) = first_received {
-                    summary.busy_ms = u64::try_from(first.elapsed().as_millis()).unwrap_or(u64::MAX);
-                }
-                if let Err(e) = store(&consumer, done) {
-                    result = Err(e);
-                    break;
+            Some(done) = scheduler.running.next(), if !scheduler.running.is_empty() => {
+                match done {
+                    Ok(done) => book(&mut summary, &mut scheduler, first_received, done),
+                    Err(e) => {
+                        tracing::error!(error = %e, "record not delivered");
+                        result = Err(e);
+                        break;
+                    }
                 }
             }
-            message = consumer.recv(), if pending.len() < role.max_in_flight => {
+            message = consumer.recv(), if scheduler.in_flight() < role.max_in_flight => {
                 let message = match message {
                     Ok(m) => m,
                     Err(e) => {
@@ -201,45 +504,21 @@ pub async fn run(
                     }
                 };
                 idle_since = Instant::now();
+                first_received.get_or_insert_with(Instant::now);
                 if let (Some(registry), Some(value)) = (config.registry.as_deref(), message.payload()) {
                     if !await_schema(registry, value, &shutdown).await {
                         break;
                     }
                 }
-                let headers = kafka::headers_of(&message);
-                let input = kafka::input_of(&message, &headers);
                 if let Some(evaluator) = policy.changed() {
                     processor.set_evaluator(evaluator);
                 }
-                let processed = processor.process(&input);
-                summary.record(&processed.audit);
-                first_received.get_or_insert_with(Instant::now);
-                let coordinates = format!("{}/{}/{}", input.topic, input.partition, input.offset);
-                let mut deliveries = VecDeque::with_capacity(processed.records.len());
-                for record in &processed.records {
-                    match kafka::send(&producer, record).await {
-                        Ok(d) => deliveries.push_back((record.topic.clone(), d)),
-                        Err(source) => {
-                            result = Err(WorkerError::Delivery { topic: record.topic.clone(), input: coordinates.clone(), source });
-                            break;
-                        }
-                    }
-                }
-                if result.is_err() {
-                    break;
-                }
-                let done = Done { topic: input.topic.to_owned(), partition: input.partition, offset: input.offset };
-                pending.push_back(Box::pin(async move {
-                    for (topic, delivery) in deliveries {
-                        kafka::delivered(delivery)
-                            .await
-                            .map_err(|source| WorkerError::Delivery { topic, input: coordinates.clone(), source })?;
-                    }
-                    Ok(done)
-                }));
+                let message = message.detach();
+                scheduler.revoke(consumer.context().take_revoked());
+                scheduler.accept(message);
             }
-            _ = drain_check.tick(), if options.drain && pending.is_empty() => {
-                if idle_since.elapsed() > Duration::from_millis(500) && probe.as_ref().is_some_and(|p| caught_up(&consumer, p, &config.topics.events)) {
+            _ = drain_check.tick(), if options.drain && scheduler.in_flight() == 0 => {
+                if idle_since.elapsed() > Duration::from_millis(500) && probe.as_ref().is_some_and(|p| caught_up(&consumer, p, &subscribed)) {
                     tracing::info!("all assigned partitions consumed to their end");
                     break;
                 }
@@ -247,24 +526,31 @@ pub async fn run(
         }
     }
 
-    // Drain what is in flight, within the deadline, storing offsets as acknowledgements arrive.
+    // Let the records in progress, and those waiting behind their key, finish within the
+    // deadline, storing offsets as they do. Records waiting for their retry time are left for
+    // the next owner, with the records of their key behind them.
+    scheduler.sleep_cancel.cancel();
     let deadline = tokio::time::sleep(role.shutdown_timeout);
     tokio::pin!(deadline);
-    while !pending.is_empty() {
+    while !scheduler.running.is_empty() {
+        scheduler.revoke(consumer.context().take_revoked());
         tokio::select! {
-            () = &mut deadline => {
-                tracing::warn!(in_flight = pending.len(), "shutdown deadline reached; unacknowledged records will be re-processed");
-                break;
+            () = &mut deadline, if !scheduler.work_cancel.is_cancelled() => {
+                tracing::warn!(in_flight = scheduler.running.len(), "shutdown deadline reached; unfinished records will be re-processed");
+                scheduler.work_cancel.cancel();
             }
-            Some(done) = pending.next() => {
-                if let Some(first) = first_received {
-                    summary.busy_ms = u64::try_from(first.elapsed().as_millis()).unwrap_or(u64::MAX);
-                }
-                if let Err(e) = store(&consumer, done) {
-                    if result.is_ok() {
-                        result = Err(e);
+            Some(done) = scheduler.running.next() => {
+                match done {
+                    // Records waiting behind a finished one start in turn, so a clean stop
+                    // leaves nothing done past the committed offset.
+                    Ok(done) => book(&mut summary, &mut scheduler, first_received, done),
+                    Err(e) => {
+                        tracing::error!(error = %e, "record not delivered");
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
+                        break;
                     }
-                    break;
                 }
             }
         }
@@ -293,6 +579,7 @@ pub async fn run(
         .collect();
     tracing::info!(
         events = summary.total(),
+        parked_keys = scheduler.parking.len(),
         policy_revision = %processor.policy_revision(),
         policy_counters = %counters.join(" "),
         "actions worker stopped"
@@ -348,18 +635,6 @@ fn emitted_topics(config: &Config) -> Vec<String> {
     topics.dedup();
     topics.retain(|t| !config.topics.events.contains(t));
     topics
-}
-
-fn store(
-    consumer: &StreamConsumer<RebalanceContext>,
-    done: Result<Done, WorkerError>,
-) -> Result<(), WorkerError> {
-    let done = done.inspect_err(|e| tracing::error!(error = %e, "record not delivered"))?;
-    if let Err(e) = consumer.store_offset(&done.topic, done.partition, done.offset) {
-        // The partition was revoked meanwhile; its new owner re-processes the record.
-        tracing::debug!(error = %e, topic = %done.topic, partition = done.partition, "offset not stored");
-    }
-    Ok(())
 }
 
 /// Whether the group has consumed every partition of `topics` to its end: assigned partitions by

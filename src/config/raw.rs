@@ -73,6 +73,8 @@ pub struct RawTopics {
     pub audit: String,
     /// The dead-letter topic.
     pub dlq: String,
+    /// The retry topic: events whose action kept failing wait there for another round.
+    pub retry: String,
     /// Create missing topics at start-up.
     pub create_missing: bool,
     /// Partition count for topics that reflex creates.
@@ -87,6 +89,7 @@ impl Default for RawTopics {
             events: Vec::new(),
             audit: "reflex.audit".into(),
             dlq: "reflex.dlq".into(),
+            retry: "reflex.retry".into(),
             create_missing: true,
             partitions: 3,
             replication_factor: 1,
@@ -117,6 +120,14 @@ pub struct RawActionsRole {
     /// How long shutdown may take to drain in-flight work.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// `key` (records with the same key in offset order, other keys concurrently) or
+    /// `partition` (one record of a partition at a time).
+    pub ordering: crate::ordering::Ordering,
+    /// How long an event waits in the retry topic before its next round.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Rounds through the retry topic before an event is dead-lettered.
+    pub retry_rounds: u32,
 }
 
 impl Default for RawActionsRole {
@@ -126,6 +137,9 @@ impl Default for RawActionsRole {
             max_event_bytes: 1024 * 1024,
             max_in_flight: 10_000,
             shutdown_timeout: Duration::from_secs(30),
+            ordering: crate::ordering::Ordering::Key,
+            retry_delay: Duration::from_secs(30),
+            retry_rounds: 3,
         }
     }
 }

@@ -296,9 +296,13 @@ impl Lake<'_> {
         // The audit rules' `redact` obligation applies to lake rows too. When the policy cannot
         // decide, nothing of `data` is written: a row without data rather than unredacted data.
         let now = Utc::now();
-        let decision = self
-            .evaluator
-            .decide(crate::pipeline::policy_input(&event, mode, &input, &now));
+        let decision = self.evaluator.decide(crate::pipeline::policy_input(
+            &event,
+            mode,
+            &input,
+            &now,
+            &serde_json::Map::new(),
+        ));
         let paths = if decision.failure.is_some() {
             vec!["data"]
         } else {

@@ -48,7 +48,12 @@ const AUDIT_SCHEMA: &str = r#"{"type": "object", "properties": {
   "processed_at": {"type": "string", "format": "date-time"},
   "timings_us": {"type": "object", "properties": {
     "decode": {"type": "integer"}, "validate": {"type": "integer"},
-    "policy": {"type": "integer"}, "action": {"type": "integer"}}}
+    "policy": {"type": "integer"}, "action": {"type": "integer"}}},
+  "retry_round": {"type": "integer"},
+  "origin": {"type": "object", "properties": {
+    "topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}}},
+  "replay_of": {"type": "object", "properties": {
+    "dead_letter": {"type": "string"}, "reason": {"type": "string"}}}
 }}"#;
 
 /// Where a record came from.

@@ -43,6 +43,8 @@ fn fixture(policy: &str) -> Fixture {
             },
         }),
     );
+    let services = crate::service::Services::new(crate::service::ServicesConfig::default())
+        .expect("HTTP client");
     let processor = Processor::new(
         Arc::new(registry),
         Arc::new(ActionTable::new(table)),
@@ -50,17 +52,36 @@ fn fixture(policy: &str) -> Fixture {
         ProcessorSettings {
             audit_topic: "audit".into(),
             dlq_topic: "dlq".into(),
+            retry_topic: "retry".into(),
+            retry_delay: Duration::from_secs(30),
+            retry_rounds: 3,
             max_event_bytes: 1024,
             worker: "w1".into(),
             registry: None,
             type_header: "event_type".into(),
             policy_emit_topic: "policy.events".into(),
             policy_emit_topics: vec!["alerts".into()],
+            services: services.clone(),
+            enricher: crate::enrich::Enricher::new(
+                services,
+                &crate::enrich::EnrichmentTable::default(),
+            ),
         },
     );
     Fixture {
         _dir: dir,
         processor,
+    }
+}
+
+impl Fixture {
+    /// Runs every stage for one record to its end.
+    fn process(&self, input: &Input<'_>) -> Processed {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(self.processor.process(input, &CancellationToken::new()))
     }
 }
 
@@ -96,9 +117,9 @@ fn audit_json(p: &Processed) -> Value {
 
 #[test]
 fn allowed_event_emits_and_audits() {
-    let mut f = fixture(POLICY);
+    let f = fixture(POLICY);
     let value = refund("r1", r#"{"amount": 20}"#);
-    let p = f.processor.process(&input(&value, &[]));
+    let p = f.process(&input(&value, &[]));
     assert_eq!(p.records.len(), 2);
     assert_eq!(p.records[0].topic, "refunds.approved");
     let derived: Value =
@@ -118,9 +139,9 @@ fn allowed_event_emits_and_audits() {
 
 #[test]
 fn denied_event_is_audited_not_actioned() {
-    let mut f = fixture(POLICY);
+    let f = fixture(POLICY);
     let value = refund("r2", r#"{"amount": 500}"#);
-    let p = f.processor.process(&input(&value, &[]));
+    let p = f.process(&input(&value, &[]));
     assert_eq!(p.records.len(), 1, "only the audit record");
     let audit = audit_json(&p);
     assert_eq!(audit["outcome"], "denied");
@@ -130,9 +151,9 @@ fn denied_event_is_audited_not_actioned() {
 
 #[test]
 fn policy_error_fails_closed() {
-    let mut f = fixture(POLICY);
+    let f = fixture(POLICY);
     let value = refund("r3", r#"{"amount": 13}"#);
-    let p = f.processor.process(&input(&value, &[]));
+    let p = f.process(&input(&value, &[]));
     assert_eq!(p.audit.outcome, Outcome::Denied);
     let decision = p.audit.decision.as_ref().expect("decision");
     assert_eq!(decision.failure, Some(Failure::Error));
@@ -147,9 +168,9 @@ decision := {"allow": input.event.data.amount < 100, "reasons": [], "obligations
 
 #[test]
 fn redact_removes_fields_from_derived_events_and_emit_publishes_before_the_audit() {
-    let mut f = fixture(OBLIGING);
+    let f = fixture(OBLIGING);
     let value = refund("r7", r#"{"amount": 60, "secret": "4242"}"#);
-    let p = f.processor.process(&input(&value, &[]));
+    let p = f.process(&input(&value, &[]));
     let topics: Vec<&str> = p.records.iter().map(|r| r.topic.as_str()).collect();
     assert_eq!(topics, ["policy.events", "refunds.approved", "audit"]);
     let emitted: Value =
@@ -168,12 +189,12 @@ fn redact_removes_fields_from_derived_events_and_emit_publishes_before_the_audit
         json!([{"type": "big.refund", "topic": "policy.events", "id": emitted["id"]}])
     );
     // Re-processing derives the same emitted id (idempotent downstream).
-    let again = f.processor.process(&input(&value, &[]));
+    let again = f.process(&input(&value, &[]));
     assert_eq!(again.records[0].key, p.records[0].key);
 
     // Denied events still emit what the policy asks, and nothing else.
     let value = refund("r8", r#"{"amount": 600, "secret": "4242"}"#);
-    let p = f.processor.process(&input(&value, &[]));
+    let p = f.process(&input(&value, &[]));
     let topics: Vec<&str> = p.records.iter().map(|r| r.topic.as_str()).collect();
     assert_eq!(topics, ["policy.events", "audit"]);
     assert_eq!(p.audit.outcome, Outcome::Denied);
@@ -184,13 +205,13 @@ fn emit_to_a_topic_the_configuration_does_not_allow_fails_closed() {
     let policy = r#"package reflex
 decision := {"allow": true, "obligations": {"emit": [{"type": "x", "topic": input.event.data.to}]}}
 "#;
-    let mut f = fixture(policy);
+    let f = fixture(policy);
     let value = refund("r10", r#"{"amount": 1, "to": "alerts"}"#);
-    let p = f.processor.process(&input(&value, &[]));
+    let p = f.process(&input(&value, &[]));
     assert_eq!(p.audit.outcome, Outcome::Actioned);
     assert_eq!(p.records[0].topic, "alerts");
     let value = refund("r11", r#"{"amount": 1, "to": "nowhere"}"#);
-    let p = f.processor.process(&input(&value, &[]));
+    let p = f.process(&input(&value, &[]));
     assert_eq!(p.audit.outcome, Outcome::Denied);
     assert_eq!(p.records.len(), 1, "only the audit record");
     let decision = p.audit.decision.expect("decision");
@@ -200,16 +221,16 @@ decision := {"allow": true, "obligations": {"emit": [{"type": "x", "topic": inpu
 
 #[test]
 fn a_swapped_evaluator_decides_the_next_record_and_is_recorded() {
-    let mut f = fixture(POLICY);
+    let f = fixture(POLICY);
     let before = f.processor.policy_revision().to_owned();
     let value = refund("r9", r#"{"amount": 20}"#);
     assert_eq!(
-        f.processor.process(&input(&value, &[])).audit.outcome,
+        f.process(&input(&value, &[])).audit.outcome,
         Outcome::Actioned
     );
     f.processor
         .set_evaluator(crate::policy::Evaluator::unloaded());
-    let p = f.processor.process(&input(&value, &[]));
+    let p = f.process(&input(&value, &[]));
     assert_eq!(p.audit.outcome, Outcome::Denied);
     assert_eq!(p.audit.policy_revision, "none");
     assert_ne!(before, "none");
@@ -220,7 +241,7 @@ fn a_swapped_evaluator_decides_the_next_record_and_is_recorded() {
 
 #[test]
 fn bad_records_go_to_the_dlq_with_reason() {
-    let mut f = fixture(POLICY);
+    let f = fixture(POLICY);
     let cases: Vec<(Vec<u8>, DeadLetterReason, Option<&str>)> = vec![
         (
             b"\x01\x02not json".to_vec(),
@@ -246,7 +267,7 @@ fn bad_records_go_to_the_dlq_with_reason() {
         (vec![b' '; 2000], DeadLetterReason::TooLarge, None),
     ];
     for (value, reason, id) in cases {
-        let p = f.processor.process(&input(&value, &[("trace", b"t1")]));
+        let p = f.process(&input(&value, &[("trace", b"t1")]));
         assert_eq!(p.records.len(), 2, "{reason:?}: dead letter + audit");
         let dlq = &p.records[0];
         assert_eq!(dlq.topic, "dlq");
@@ -270,14 +291,14 @@ fn bad_records_go_to_the_dlq_with_reason() {
         );
     }
     let value = refund("r5", r#"{"amount": "ten"}"#);
-    let p = f.processor.process(&input(&value, &[]));
+    let p = f.process(&input(&value, &[]));
     let error = header(&p.records[0], dlq_headers::ERROR).expect("error header");
     assert!(error.contains("data/amount"), "{error}");
 }
 
 #[test]
 fn binary_mode_events_are_processed() {
-    let mut f = fixture(POLICY);
+    let f = fixture(POLICY);
     let headers: Vec<(&str, &[u8])> = vec![
         ("ce_specversion", b"1.0"),
         ("ce_id", b"b1"),
@@ -285,7 +306,7 @@ fn binary_mode_events_are_processed() {
         ("ce_type", b"refund.requested"),
         ("content-type", b"application/json"),
     ];
-    let p = f.processor.process(&input(br#"{"amount": 1}"#, &headers));
+    let p = f.process(&input(br#"{"amount": 1}"#, &headers));
     assert_eq!(p.audit.outcome, Outcome::Actioned);
     assert_eq!(p.audit.mode, Some(Mode::Binary));
 }

@@ -95,6 +95,17 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A deny without asking the policy: an enrichment lookup whose `on_error` is `deny` failed.
+    pub fn enrichment_failed(detail: String) -> Self {
+        Self {
+            allow: false,
+            reasons: vec!["enrichment_failed".to_owned()],
+            obligations: Map::new(),
+            failure: None,
+            detail: Some(detail),
+        }
+    }
+
     /// A deny caused by a failure.
     pub fn failed(failure: Failure, detail: Option<String>) -> Self {
         Self {

@@ -66,6 +66,7 @@ brokers = "{brokers}"
 events = ["{events}"]
 audit = "{audit}"
 dlq = "{dlq}"
+retry = "{dlq}.retry"
 partitions = {partitions}
 [roles.actions]
 group_id = "{group}"

@@ -6,6 +6,7 @@ mod actions;
 mod cli;
 mod common;
 mod crash;
+mod http_actions;
 mod lake;
 mod opa;
 mod policy;

@@ -84,6 +84,7 @@ brokers = "{brokers}"
 events = ["{events}"]
 audit = "{audit}"
 dlq = "{dlq}"
+retry = "{dlq}.retry"
 partitions = 1
 [roles.actions]
 group_id = "{events}.group"

@@ -1,0 +1,342 @@
+//! HTTP actions and enrichment through the actions role, end to end: a real broker and a real
+//! HTTP action service on 127.0.0.1 that the tests make slow, failing or down.
+
+use std::path::Path;
+use std::time::Duration;
+
+use reflex::worker::{self, RunOptions};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::action_service::{ActionService, Behaviour};
+use crate::common::*;
+
+/// A test environment whose `order.placed` action is an HTTP call to `service`.
+fn http_env(partitions: i32, service: &ActionService, action: &str, roles: &str) -> TestEnv {
+    let env = TestEnv::new(partitions);
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let emit = format!(
+        "[actions.request_shipment]\nkind = \"emit\"\ntypes = [\"order.placed\"]\ntopic = \"{}\"\ntype = \"shipment.requested\"\n",
+        env.shipments
+    );
+    assert!(text.contains(&emit), "the test config has the emit action");
+    let http = format!(
+        "[actions.request_shipment]\nkind = \"http\"\ntypes = [\"order.placed\"]\nurl = \"{}/orders/{{subject}}\"\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\n{action}\n",
+        service.url()
+    );
+    let text = text.replace(&emit, &http).replace(
+        "shutdown_timeout = \"20s\"\n",
+        &format!("shutdown_timeout = \"20s\"\n{roles}\n"),
+    );
+    std::fs::write(&env.config_path, text).expect("write config");
+    env
+}
+
+async fn drain(env: &TestEnv, worker: &str) -> reflex::summary::Summary {
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        worker::run(
+            &env.config(),
+            RunOptions {
+                worker_id: worker.to_owned(),
+                drain: true,
+            },
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("worker drains within two minutes")
+    .expect("worker runs")
+}
+
+/// An order of `customer` (the record key, the subject and the action URL's last segment).
+fn order_of(id: &str, customer: &str) -> Rec {
+    let mut event = order(id, "/shop/web", 10.0);
+    event["data"]["customer_id"] = json!(customer);
+    // The repository's policies redact data.customer_id from everything sent on, so the
+    // action URL names the subject.
+    event["subject"] = json!(customer);
+    Rec::json(customer, &event)
+}
+
+/// The ids of the events the service received for `customer`, in arrival order.
+fn calls(service: &ActionService, customer: &str) -> Vec<String> {
+    service
+        .requests_to(&format!("/orders/{customer}"))
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn last_audit<'a>(
+    audits: &'a std::collections::BTreeMap<String, Vec<Value>>,
+    id: &str,
+) -> &'a Value {
+    audits
+        .get(id)
+        .and_then(|a| a.last())
+        .unwrap_or_else(|| panic!("no audit record for {id}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retried_call_keeps_one_idempotency_key_and_is_audited() {
+    let service = ActionService::start();
+    service.set_behaviour("/orders/flaky", Behaviour::fail(503, 2));
+    service.set_behaviour("/orders/picky", Behaviour::fail(400, 1));
+    let env = http_env(1, &service, "", "");
+    env.create_topics().await;
+    produce(
+        &env.events,
+        &[
+            order_of("o-flaky", "flaky"),
+            order_of("o-fine", "fine"),
+            order_of("o-picky", "picky"),
+        ],
+    )
+    .await;
+    drain(&env, "w-http").await;
+
+    assert_eq!(
+        calls(&service, "flaky"),
+        ["o-flaky"; 3],
+        "two 503s, then 200"
+    );
+    assert_eq!(calls(&service, "fine"), ["o-fine"]);
+    assert_eq!(
+        calls(&service, "picky"),
+        ["o-picky"],
+        "a 400 is not retried"
+    );
+    let request = &service.requests_to("/orders/flaky")[0];
+    assert_eq!(request.method, "POST");
+    let body = request.body.as_ref().expect("JSON body");
+    assert_eq!(body["event"]["id"], "o-flaky");
+    assert!(body.get("obligations").is_some(), "{body}");
+
+    let audits = audits_by_key(&env.audit);
+    let flaky = last_audit(&audits, "o-flaky");
+    assert_eq!(flaky["outcome"], "actioned", "{flaky}");
+    assert_eq!(flaky["action"]["kind"], "http");
+    assert_eq!(flaky["action"]["attempts"], 3, "{flaky}");
+    assert_eq!(flaky["action"]["status"], 200, "{flaky}");
+    let picky = last_audit(&audits, "o-picky");
+    assert_eq!(picky["outcome"], "dead_lettered", "{picky}");
+    assert_eq!(picky["reason"], "action_failed");
+    let dlq = read_all(&env.dlq);
+    assert_eq!(dlq.len(), 1);
+    let h = &dlq[0].headers;
+    assert_eq!(h["reflex_reason"], "action_failed");
+    assert_eq!(h["reflex_action"], "request_shipment");
+    assert_eq!(h["reflex_status"], "400");
+    assert_eq!(h["reflex_attempts"], "1");
+    assert!(h.contains_key("reflex_response"), "{h:?}");
+    assert_eq!(h["reflex_event_type"], "order.placed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_key_retries_in_order_without_blocking_other_keys_then_replays() {
+    let service = ActionService::start();
+    // Four failures: two attempts in the first pass, two in the one retry round.
+    service.set_behaviour("/orders/bad", Behaviour::fail(500, 4));
+    let env = http_env(
+        1,
+        &service,
+        "max_attempts = 2",
+        "retry_delay = \"1s\"\nretry_rounds = 1",
+    );
+    env.create_topics().await;
+    let mut records = vec![order_of("b1", "bad")];
+    for i in 0..10 {
+        records.push(order_of(&format!("g{i}"), &format!("good-{i}")));
+        if i == 4 {
+            records.push(order_of("b2", "bad"));
+        }
+    }
+    records.push(order_of("b3", "bad"));
+    produce(&env.events, &records).await;
+    let summary = drain(&env, "w-keys").await;
+    assert!(summary.total() >= 13, "{summary}");
+
+    // b1 failed twice, waited in the retry topic, failed twice more and was dead-lettered;
+    // b2 and b3 followed it unprocessed and ran after it, in order.
+    assert_eq!(calls(&service, "bad"), ["b1", "b1", "b1", "b1", "b2", "b3"]);
+    let bad = service.requests_to("/orders/bad");
+    for i in 0..10 {
+        let good = service.requests_to(&format!("/orders/good-{i}"));
+        assert_eq!(good.len(), 1);
+        assert!(
+            good[0].at < bad[2].at,
+            "good-{i} ran before b1's retry round: a failing key does not block others"
+        );
+    }
+    let audits = audits_by_key(&env.audit);
+    let outcomes = |id: &str| -> Vec<String> {
+        audits[id]
+            .iter()
+            .map(|a| a["outcome"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(outcomes("b1"), ["retrying", "dead_lettered"]);
+    assert_eq!(outcomes("b2"), ["retrying", "actioned"]);
+    assert_eq!(outcomes("b3"), ["retrying", "actioned"]);
+    let b2 = last_audit(&audits, "b2");
+    assert_eq!(b2["origin"]["topic"], env.events.as_str(), "{b2}");
+    assert!(audits["b2"][0]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("\"b1\"")));
+    let dlq = read_all(&env.dlq);
+    assert_eq!(dlq.len(), 1, "only b1 is dead-lettered");
+    let h = &dlq[0].headers;
+    assert_eq!(h["reflex_reason"], "action_failed");
+    assert_eq!(h["reflex_status"], "500");
+    assert_eq!(h["reflex_attempts"], "4", "attempts over both rounds");
+    assert_eq!(h["reflex_source_topic"], env.events.as_str());
+    assert_eq!(h["reflex_source_offset"], "0");
+
+    // The cause is fixed (the service answers now): list, replay, and the trail shows both.
+    let config = env.config();
+    let listing = reflex::dlq::list(&config, &reflex::dlq::Filter::default()).expect("list");
+    assert_eq!(listing.groups["order.placed"]["action_failed"].count, 1);
+    let filter = reflex::dlq::Filter {
+        reason: Some("action_failed".into()),
+        ..Default::default()
+    };
+    let replayed = reflex::dlq::replay(&config, &filter, false)
+        .await
+        .expect("replay");
+    assert_eq!(replayed.sent.total, 1);
+    drain(&env, "w-replay").await;
+    assert_eq!(
+        calls(&service, "bad").last().map(String::as_str),
+        Some("b1")
+    );
+    let audits = audits_by_key(&env.audit);
+    let b1: Vec<&Value> = audits["b1"].iter().collect();
+    assert_eq!(b1.len(), 3, "{b1:?}");
+    assert_eq!(b1[2]["outcome"], "actioned");
+    assert_eq!(
+        b1[2]["replay_of"]["dead_letter"],
+        format!("{}/{}/{}", env.dlq, dlq[0].partition, dlq[0].offset)
+    );
+    assert_eq!(b1[2]["replay_of"]["reason"], "action_failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_breaker_keeps_calls_off_a_dead_service_and_replay_recovers() {
+    let service = ActionService::start();
+    service.set_behaviour("", Behaviour::down());
+    let env = http_env(1, &service, "max_attempts = 2", "retry_rounds = 0");
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    std::fs::write(
+        &env.config_path,
+        format!("{text}\n[services]\nbreaker_failures = 3\nbreaker_open_for = \"2s\"\n"),
+    )
+    .expect("write");
+    env.create_topics().await;
+    // One key, so the calls come one after another and the breaker sees them in turn.
+    let records: Vec<Rec> = (0..20).map(|i| order_of(&format!("d{i}"), "c")).collect();
+    produce(&env.events, &records).await;
+    drain(&env, "w-down").await;
+    let reached = service.total();
+    assert!(
+        reached < 20,
+        "an open breaker keeps calls off the dead service: {reached} of 40 attempts reached it"
+    );
+    let dlq = read_all(&env.dlq);
+    assert_eq!(dlq.len(), 20, "each event is dead-lettered with its reason");
+    assert!(
+        dlq.iter()
+            .any(|r| r.headers["reflex_error"].contains("circuit")),
+        "{:?}",
+        dlq.iter()
+            .map(|r| &r.headers["reflex_error"])
+            .collect::<Vec<_>>()
+    );
+
+    // The service is back; a new worker (a new breaker) replays the dead letters.
+    service.set_behaviour("", Behaviour::ok());
+    let replayed = reflex::dlq::replay(&env.config(), &reflex::dlq::Filter::default(), false)
+        .await
+        .expect("replay");
+    assert_eq!(replayed.sent.total, 20);
+    drain(&env, "w-back").await;
+    let audits = audits_by_key(&env.audit);
+    for i in 0..20 {
+        assert_eq!(last_audit(&audits, &format!("d{i}"))["outcome"], "actioned");
+    }
+}
+
+/// A policy that denies orders of blocked customers, from the enrichment.
+const ENRICHED_POLICY: &str = r#"package reflex
+import rego.v1
+default decision := {"allow": true, "reasons": []}
+decision := {"allow": false, "reasons": ["customer is blocked"]} if input.enrichment.customer.blocked == true
+"#;
+
+fn write_policy(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(dir.join("p.rego"), ENRICHED_POLICY).expect("write policy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrichment_feeds_the_policy_and_the_action_and_is_cached() {
+    let service = ActionService::start();
+    service.set_lookup(
+        "/customers/alice",
+        json!({"blocked": false, "tier": "gold"}),
+    );
+    service.set_lookup("/customers/mallory", json!({"blocked": true}));
+    let env = http_env(1, &service, "", "");
+    let policies = env.config_path.parent().expect("dir").join("enriched");
+    write_policy(&policies);
+    env.use_policies(&policies, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    std::fs::write(
+        &env.config_path,
+        format!(
+            "{text}\n[[enrichment.\"order.placed\".lookups]]\nname = \"customer\"\nurl = \"{}/customers/{{data.customer_id}}\"\nttl = \"60s\"\non_error = \"deny\"\n",
+            service.url()
+        ),
+    )
+    .expect("write");
+    env.create_topics().await;
+    let records = vec![
+        order_of("a1", "alice"),
+        order_of("m1", "mallory"),
+        order_of("a2", "alice"),
+        order_of("a3", "alice"),
+        order_of("m2", "mallory"),
+        order_of("n1", "nobody"),
+    ];
+    produce(&env.events, &records).await;
+    drain(&env, "w-enrich").await;
+
+    assert_eq!(
+        service.count("/customers/alice"),
+        1,
+        "later lookups hit the cache"
+    );
+    assert_eq!(service.count("/customers/mallory"), 1);
+    let audits = audits_by_key(&env.audit);
+    for id in ["a1", "a2", "a3"] {
+        assert_eq!(last_audit(&audits, id)["outcome"], "actioned");
+    }
+    for id in ["m1", "m2"] {
+        let a = last_audit(&audits, id);
+        assert_eq!(a["outcome"], "denied", "{a}");
+        assert_eq!(a["decision"]["reasons"], json!(["customer is blocked"]));
+    }
+    let sources = |id: &str| last_audit(&audits, id)["lookups"][0]["source"].clone();
+    assert_eq!(sources("a1"), "service");
+    assert_eq!(sources("a2"), "cache");
+    assert_eq!(last_audit(&audits, "a1")["lookups"][0]["name"], "customer");
+    // 404 is "not found": the value is null and the policy allows.
+    assert_eq!(last_audit(&audits, "n1")["outcome"], "actioned");
+    let call = &service.requests_to("/orders/alice")[0];
+    let body = call.body.as_ref().expect("body");
+    assert_eq!(body["enrichment"]["customer"]["tier"], "gold", "{body}");
+    assert!(
+        service.requests_to("/orders/mallory").is_empty(),
+        "denied: no call"
+    );
+}
