@@ -11,12 +11,13 @@ out=target/demo
 export REFLEX_LOG="${REFLEX_LOG:-warn}"
 # One id prefix for every event this run publishes, so the lake query can pick them out.
 export DEMO_RUN="${DEMO_RUN:-$(date -u +%Y%m%d%H%M%S)}"
+started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 # The supporting services: one sample HTTP service on :8090 plays the customer service (for
 # enrichment) and the payment ledger (the http action of payment.authorized). On purpose the
-# ledger refuses payment pay-7 until it is "fixed" below.
+# ledger refuses payment pay-100 until it is "fixed" below.
 service=target/release/examples/action_service
 service_pid=""
 start_service() {
@@ -39,9 +40,12 @@ stop_service() {
     fi
 }
 trap stop_service EXIT
-# Failed calls go round the retry topic once, after 2 s, before the dead-letter topic.
+# Failed calls go round the retry topic once, after 2 s, before the dead-letter topic. pay-100's
+# eight failed attempts stay below the breaker's threshold, so other payments are not refused
+# (with the default of 5 the breaker opens, and payments called meanwhile fail fast too).
 export REFLEX_ROLES_ACTIONS_RETRY_DELAY="${REFLEX_ROLES_ACTIONS_RETRY_DELAY:-2s}"
 export REFLEX_ROLES_ACTIONS_RETRY_ROUNDS="${REFLEX_ROLES_ACTIONS_RETRY_ROUNDS:-1}"
+export REFLEX_SERVICES_BREAKER_FAILURES="${REFLEX_SERVICES_BREAKER_FAILURES:-10}"
 mkdir -p "$out"
 
 step "validate configuration, schemas and policies"
@@ -63,28 +67,29 @@ step "register the schemas in the schema registry, and publish Avro events with 
 python="$(scripts/pyenv.sh)"
 "$python" scripts/demo-avro.py 127.0.0.1:9092 http://127.0.0.1:8081/apis/ccompat/v7 events.payments schemas/payment.settled.avsc 40
 
-step "start the supporting services (customer lookups, payment ledger; the ledger refuses pay-7)"
-start_service --fail /ledger/pay-7=503
+step "start the supporting services (customer lookups, payment ledger; the ledger refuses pay-100)"
+start_service --fail /ledger/pay-100=503
 echo "sample action service on http://127.0.0.1:8090 (pid $service_pid)"
 
 step "run the actions worker until the topics are drained"
 "$reflex" --config "$config" run --role actions --drain --worker-id demo
 
 step "dead letters by type and reason"
-"$reflex" --config "$config" dlq list --since 1h
+"$reflex" --config "$config" dlq list --since "$started"
 
 step "fix the ledger, replay its dead letters, and drain again"
 start_service
-"$reflex" --config "$config" dlq replay --reason action_failed --since 1h
+"$reflex" --config "$config" dlq replay --reason action_failed --since "$started"
 "$reflex" --config "$config" run --role actions --drain --worker-id demo-replay
-echo "audit trail of payment $DEMO_RUN-payment-7:"
+echo "audit trail of payment $DEMO_RUN-payment-100:"
 scripts/kafka-tool.sh console-consumer --bootstrap-server 127.0.0.1:9092 --topic reflex.audit \
-    --from-beginning --timeout-ms 5000 2>/dev/null | grep "\"event_id\":\"$DEMO_RUN-payment-7\"" \
+    --from-beginning --timeout-ms 5000 2>/dev/null | grep "\"event_id\":\"$DEMO_RUN-payment-100\"" \
     | python3 -c 'import json, sys
 for line in sys.stdin:
     a = json.loads(line)
-    action = a.get("action") or {}
-    print(f"  {a[\"outcome\"]:<14} attempts={action.get(\"attempts\")} status={action.get(\"status\")} replay_of={(a.get(\"replay_of\") or {}).get(\"dead_letter\", \"-\")}")' || true
+    act = a.get("action") or {}
+    rep = (a.get("replay_of") or {}).get("dead_letter", "-")
+    print("  %-14s attempts=%s status=%s replay_of=%s" % (a["outcome"], act.get("attempts"), act.get("status"), rep))' || true
 stop_service
 
 step "what the audit trail says about one denied event and one dead letter"

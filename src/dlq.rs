@@ -267,10 +267,46 @@ pub fn replay_record<M: Message>(message: &M, dead: &DeadLetter) -> Result<OutRe
     })
 }
 
+/// The dead letters already replayed: those an audit record names in `replay_of`.
+fn already_replayed(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    audit_topic: &str,
+) -> Result<std::collections::HashSet<String>, DlqError> {
+    #[derive(serde::Deserialize)]
+    struct Replay {
+        dead_letter: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Audit {
+        replay_of: Option<Replay>,
+    }
+    let mut replayed = std::collections::HashSet::new();
+    scan(consumer, audit_topic, Start::Beginning, None, |m| {
+        if let Some(Audit { replay_of: Some(r) }) = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<Audit>(p).ok())
+        {
+            replayed.insert(r.dead_letter);
+        }
+    })?;
+    Ok(replayed)
+}
+
 /// Sends the matching dead letters back to their source topics (or only counts them, with
-/// `dry_run`), printing progress to standard error.
-pub async fn replay(config: &Config, filter: &Filter, dry_run: bool) -> Result<Replayed, DlqError> {
+/// `dry_run`), printing progress to standard error. A dead letter that an audit record shows
+/// was replayed already is skipped unless `again`.
+pub async fn replay(
+    config: &Config,
+    filter: &Filter,
+    dry_run: bool,
+    again: bool,
+) -> Result<Replayed, DlqError> {
     let consumer = reader(&config.kafka)?;
+    let done = if again {
+        std::collections::HashSet::new()
+    } else {
+        already_replayed(&consumer, &config.topics.audit)?
+    };
     let mut chosen: Vec<(DeadLetter, OutRecord)> = Vec::new();
     let mut replayed = Replayed {
         sent: Listing {
@@ -287,6 +323,13 @@ pub async fn replay(config: &Config, filter: &Filter, dry_run: bool) -> Result<R
         |m: &BorrowedMessage<'_>| {
             let dead = DeadLetter::of(m);
             if !dead.matches(filter) {
+                return;
+            }
+            if done.contains(&dead.coordinates) {
+                *replayed
+                    .skipped
+                    .entry("replayed before (--again sends it anyway)".to_owned())
+                    .or_default() += 1;
                 return;
             }
             match replay_record(m, &dead) {

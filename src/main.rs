@@ -123,6 +123,9 @@ enum DlqCommand {
         /// Only count what would be replayed.
         #[arg(long)]
         dry_run: bool,
+        /// Also send dead letters that were replayed before (the audit trail names them).
+        #[arg(long)]
+        again: bool,
     },
 }
 
@@ -401,11 +404,20 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq {
-            command: DlqCommand::Replay { filter, dry_run },
+            command:
+                DlqCommand::Replay {
+                    filter,
+                    dry_run,
+                    again,
+                },
         } => {
             let filter = filter.build()?;
-            let replayed = runtime.block_on(reflex::dlq::replay(&config, &filter, dry_run))?;
+            let replayed =
+                runtime.block_on(reflex::dlq::replay(&config, &filter, dry_run, again))?;
             if dry_run {
+                for (why, n) in &replayed.skipped {
+                    println!("would skip {n}: {why}");
+                }
                 println!("{}", replayed.sent);
                 println!("dry run: nothing was sent");
             } else {

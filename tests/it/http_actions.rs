@@ -197,11 +197,25 @@ async fn a_failing_key_retries_in_order_without_blocking_other_keys_then_replays
     let config = env.config();
     let listing = reflex::dlq::list(&config, &reflex::dlq::Filter::default()).expect("list");
     assert_eq!(listing.groups["order.placed"]["action_failed"].count, 1);
+    let out = std::process::Command::new(reflex_bin())
+        .args(["--config"])
+        .arg(&env.config_path)
+        .args(["dlq", "list", "--type", "order.placed"])
+        .output()
+        .expect("run reflex dlq list");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.contains("order.placed")
+            && table.contains("action_failed")
+            && table.contains("1 dead letters"),
+        "{table}"
+    );
     let filter = reflex::dlq::Filter {
         reason: Some("action_failed".into()),
         ..Default::default()
     };
-    let replayed = reflex::dlq::replay(&config, &filter, false)
+    let replayed = reflex::dlq::replay(&config, &filter, false, false)
         .await
         .expect("replay");
     assert_eq!(replayed.sent.total, 1);
@@ -219,6 +233,17 @@ async fn a_failing_key_retries_in_order_without_blocking_other_keys_then_replays
         format!("{}/{}/{}", env.dlq, dlq[0].partition, dlq[0].offset)
     );
     assert_eq!(b1[2]["replay_of"]["reason"], "action_failed");
+    // A second replay knows from the audit trail that this dead letter was replayed.
+    let again = reflex::dlq::replay(&config, &filter, false, false)
+        .await
+        .expect("replay");
+    assert_eq!(again.sent.total, 0);
+    assert_eq!(
+        again.skipped.values().sum::<u64>(),
+        1,
+        "{:?}",
+        again.skipped
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -255,9 +280,10 @@ async fn the_breaker_keeps_calls_off_a_dead_service_and_replay_recovers() {
 
     // The service is back; a new worker (a new breaker) replays the dead letters.
     service.set_behaviour("", Behaviour::ok());
-    let replayed = reflex::dlq::replay(&env.config(), &reflex::dlq::Filter::default(), false)
-        .await
-        .expect("replay");
+    let replayed =
+        reflex::dlq::replay(&env.config(), &reflex::dlq::Filter::default(), false, false)
+            .await
+            .expect("replay");
     assert_eq!(replayed.sent.total, 20);
     drain(&env, "w-back").await;
     let audits = audits_by_key(&env.audit);
