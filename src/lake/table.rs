@@ -43,17 +43,21 @@ const AUDIT_SCHEMA: &str = r#"{"type": "object", "properties": {
   "policy_revision": {"type": "string"},
   "action": {"type": "object", "properties": {
     "name": {"type": "string"}, "kind": {"type": "string"},
-    "emitted_id": {"type": "string"}, "emitted_topic": {"type": "string"}}},
+    "emitted_id": {"type": "string"}, "emitted_topic": {"type": "string"},
+    "status": {"type": "integer"}, "attempts": {"type": "integer"}}},
   "worker": {"type": "string"},
   "processed_at": {"type": "string", "format": "date-time"},
   "timings_us": {"type": "object", "properties": {
-    "decode": {"type": "integer"}, "validate": {"type": "integer"},
+    "decode": {"type": "integer"}, "validate": {"type": "integer"}, "enrich": {"type": "integer"},
     "policy": {"type": "integer"}, "action": {"type": "integer"}}},
   "retry_round": {"type": "integer"},
   "origin": {"type": "object", "properties": {
     "topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}}},
   "replay_of": {"type": "object", "properties": {
-    "dead_letter": {"type": "string"}, "reason": {"type": "string"}}}
+    "dead_letter": {"type": "string"}, "reason": {"type": "string"}}},
+  "lookups": {"type": "array", "items": {"type": "object", "properties": {
+    "name": {"type": "string"}, "source": {"type": "string"}, "status": {"type": "integer"},
+    "error": {"type": "string"}}}}
 }}"#;
 
 /// Where a record came from.
