@@ -230,8 +230,10 @@ pub enum Verdict {
 /// While a key has one, its later events follow it into the retry topic instead of overtaking.
 ///
 /// The state lives in the worker that owns the key's partition (the retry topic has as many
-/// partitions as the event topics, so partition `p` of both is assigned to the same worker); a
-/// worker that takes over a partition after a rebalance starts with no parked keys.
+/// partitions as the event topics, so partition `p` of both is assigned to the same worker). It
+/// is not shared: at a rebalance the worker forgets it, and until the parked events have run,
+/// a later event of their key may overtake them (at-least-once ordering is best effort across
+/// a rebalance).
 #[derive(Debug)]
 pub struct Parking<K> {
     keys: HashMap<K, VecDeque<String>>,

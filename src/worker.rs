@@ -339,6 +339,17 @@ impl Scheduler<'_> {
                 "records waiting behind their key dropped with their revoked partitions"
             );
         }
+        // Which keys wait in the retry topic is known only to the worker that sent them there;
+        // after a rebalance the retry partitions may have another owner, and a key parked here
+        // would never be released. The next owner starts without parked keys, and so does this
+        // worker.
+        if !self.parking.is_empty() {
+            tracing::info!(
+                parked_keys = self.parking.len(),
+                "parked keys forgotten at the rebalance; their order through the retry topic is no longer enforced"
+            );
+            self.parking = Parking::new();
+        }
     }
 }
 
