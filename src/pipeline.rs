@@ -422,10 +422,22 @@ pub fn policy_input(
     input: &Input<'_>,
     now: &chrono::DateTime<chrono::Utc>,
 ) -> regorus::Value {
-    regorus::Value::from(policy_document(event, mode, input, now))
+    let now = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    crate::policy::input::document(
+        event,
+        None,
+        &crate::policy::input::Context {
+            topic: input.topic,
+            partition: input.partition,
+            offset: input.offset,
+            mode,
+            kafka_timestamp_ms: input.timestamp_ms,
+            now: &now,
+        },
+    )
 }
 
-/// [`policy_input`] as JSON.
+/// [`policy_input`] as JSON (the same document; `policy_input` builds it without this copy).
 pub fn policy_document(
     event: &CloudEvent,
     mode: Mode,
