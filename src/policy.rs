@@ -477,7 +477,7 @@ deny contains msg if { input.amount == 13; msg := sprintf("%v", [1 / 0]) }
         let set = set(
             &[
                 ("p.rego", POLICY),
-                ("limits.json", r#"{"limits":{"max":10}}"#),
+                ("limits.json", r#"{"limits":{"max":20}}"#),
             ],
             Duration::from_secs(1),
         )
@@ -494,8 +494,13 @@ deny contains msg if { input.amount == 13; msg := sprintf("%v", [1 / 0]) }
         assert_eq!(interpreter.decide(i.clone()).failure, Some(Failure::Error));
         let d = vm.decide(i);
         assert!(d.allow && d.failure.is_none(), "{d:?}");
-        // A reload keeps the engine.
-        assert!(set.reload_from(set.dir()).expect("reloads").is_compiled());
+        // A reload keeps the engine (the repo's policies compile to the VM).
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let repo = PolicySet::load(&dir, "data.reflex.decision", Duration::from_secs(1))
+            .expect("the repo's policies load")
+            .with_engine(PolicyEngine::Compiled);
+        assert!(repo.is_compiled());
+        assert!(repo.reload_from(&dir).expect("reloads").is_compiled());
     }
 
     #[test]

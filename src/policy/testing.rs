@@ -317,6 +317,27 @@ pub fn test_rules(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_repo_cases_decide_the_same_with_the_compiled_engine() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let set = PolicySet::load(&dir, "data.reflex.decision", std::time::Duration::from_secs(5))
+            .expect("the repo's policies load")
+            .with_engine(super::super::PolicyEngine::Compiled);
+        assert!(set.is_compiled());
+        let cases = all_cases(&dir).expect("cases");
+        assert!(!cases.is_empty());
+        for (path, case) in cases {
+            // decide_case decides with the interpreter and the VM and reports any difference.
+            let (got, error) = decide_case(&set, &case);
+            assert!(
+                got.as_ref().is_some_and(|g| matches(&case.want, g)),
+                "{}: {}: got {got:?}, error {error:?}",
+                path.display(),
+                case.note
+            );
+        }
+    }
     use serde_json::json;
 
     #[test]
