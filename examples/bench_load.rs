@@ -68,12 +68,12 @@ fn paced(
     seconds: f64,
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(payloads).with_context(|| payloads.to_owned())?;
-    let events: Vec<Value> = text
+    // Lines that are not JSON objects (the mix has undecodable events on purpose) go as they are.
+    let events: Vec<Result<Value, &str>> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .context("payload lines are JSON")?;
+        .map(|l| serde_json::from_str::<Value>(l).ok().filter(Value::is_object).ok_or(l))
+        .collect();
     if events.is_empty() || rate <= 0.0 {
         bail!("no payloads, or a rate of zero");
     }
@@ -85,12 +85,17 @@ fn paced(
         // Catch up to where the schedule says we should be, then sleep a tick.
         let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(total);
         while sent < due {
-            let mut event = events[(sent as usize) % events.len()].clone();
-            if let Some(obj) = event.as_object_mut() {
-                obj.insert("id".into(), json!(format!("paced-{sent}")));
-                obj.insert("time".into(), json!(now_rfc3339()));
-            }
-            let value = serde_json::to_vec(&event)?;
+            let value = match &events[(sent as usize) % events.len()] {
+                Ok(event) => {
+                    let mut event = event.clone();
+                    if let Some(obj) = event.as_object_mut() {
+                        obj.insert("id".into(), json!(format!("paced-{sent}")));
+                        obj.insert("time".into(), json!(now_rfc3339()));
+                    }
+                    serde_json::to_vec(&event)?
+                }
+                Err(raw) => raw.as_bytes().to_vec(),
+            };
             let key = format!("paced-{sent}");
             send(
                 &producer,

@@ -98,7 +98,7 @@ def role_env(base, run, name):
                 REFLEX_TOPICS_DLQ=f"{run}.{name}.dlq", REFLEX_ROLES_ACTIONS_GROUP_ID=f"{run}.{name}.actions")
 
 
-def paced_latency(reflex, loader, env, run, payloads, rate, seconds):
+def paced_latency(reflex, load, env, run, payloads, rate, seconds):
     """One actions worker fed at `rate` events/s for `seconds`; latency event time → audit."""
     env = role_env(env, run, "paced")
     env["REFLEX_LOG"] = "info"
@@ -307,7 +307,8 @@ def main():
            "From the event's `time` (set by the producer at send, ms) to its audit record's Kafka timestamp",
            "(CreateTime, set by the worker's producer when it sends the audit record).", "",
            "| records | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|",
-           f"| {pl['measured']} | {pl['p50_ms']:.0f} | {pl['p90_ms']:.0f} | {pl['p99_ms']:.0f} | {pl['max_ms']:.0f} |"]
+           "| " + " | ".join([str(pl["measured"])] + ["n/a" if pl[k] is None else f"{pl[k]:.0f}"
+                                                       for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")]) + " |"]
     cb = figures["cpu_breakdown"]
     if cb:
         md += ["", "## CPU per event: the actions role against its stages measured alone", "",

@@ -425,7 +425,7 @@ pub fn policy_input(
     let now = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     crate::policy::input::document(
         event,
-        None,
+        &serde_json::Map::new(),
         &crate::policy::input::Context {
             topic: input.topic,
             partition: input.partition,

@@ -29,18 +29,19 @@ pub struct Context<'a> {
     pub now: &'a str,
 }
 
-/// The input document for `event`; `enrichment` is the `enrichment` member (`{}` when `None`).
+/// The input document for `event`; `enrichment` is the `enrichment` member.
 pub fn document(
     event: &CloudEvent,
-    enrichment: Option<&serde_json::Value>,
+    enrichment: &serde_json::Map<String, serde_json::Value>,
     context: &Context<'_>,
 ) -> regorus::Value {
     let mut doc = BTreeMap::new();
     doc.insert(key("event"), event_value(event));
-    doc.insert(
-        key("enrichment"),
-        enrichment.map_or_else(regorus::Value::new_object, json),
-    );
+    let enrichment: BTreeMap<_, _> = enrichment
+        .iter()
+        .map(|(k, v)| (regorus::Value::from(k.as_str()), json(v)))
+        .collect();
+    doc.insert(key("enrichment"), regorus::Value::from(enrichment));
     let mut ctx = BTreeMap::new();
     ctx.insert(key("topic"), regorus::Value::from(context.topic));
     ctx.insert(key("partition"), regorus::Value::from(context.partition));
@@ -156,13 +157,14 @@ mod tests {
                     now: "2026-03-01T10:00:00.250Z",
                 };
                 assert_eq!(
-                    document(&event, None, &context),
+                    document(&event, &serde_json::Map::new(), &context),
                     via_json(&event, &context),
                     "{event:?}"
                 );
             }
         }
         let enrichment = json!({"customer": {"tier": "gold", "since": 2019}});
+        let map = enrichment.as_object().cloned().unwrap_or_default();
         let event: CloudEvent = serde_json::from_value(
             json!({"specversion": "1.0", "id": "a", "source": "/s", "type": "t"}),
         )
@@ -175,7 +177,7 @@ mod tests {
             kafka_timestamp_ms: None,
             now: "2026-03-01T10:00:00.000Z",
         };
-        let doc = document(&event, Some(&enrichment), &context);
+        let doc = document(&event, &map, &context);
         assert_eq!(doc["enrichment"], regorus::Value::from(enrichment));
         assert_eq!(doc["context"]["mode"], regorus::Value::from("plain"));
     }
