@@ -72,7 +72,12 @@ fn paced(
     let events: Vec<Result<Value, &str>> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str::<Value>(l).ok().filter(Value::is_object).ok_or(l))
+        .map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or(l)
+        })
         .collect();
     if events.is_empty() || rate <= 0.0 {
         bail!("no payloads, or a rate of zero");

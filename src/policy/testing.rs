@@ -321,9 +321,13 @@ mod tests {
     #[test]
     fn the_repo_cases_decide_the_same_with_the_compiled_engine() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-        let set = PolicySet::load(&dir, "data.reflex.decision", std::time::Duration::from_secs(5))
-            .expect("the repo's policies load")
-            .with_engine(super::super::PolicyEngine::Compiled);
+        let set = PolicySet::load(
+            &dir,
+            "data.reflex.decision",
+            std::time::Duration::from_secs(5),
+        )
+        .expect("the repo's policies load")
+        .with_engine(super::super::PolicyEngine::Compiled);
         assert!(set.is_compiled());
         let cases = all_cases(&dir).expect("cases");
         assert!(!cases.is_empty());
