@@ -63,9 +63,9 @@ bench-ordering: up ## Key-ordered concurrency against sequential processing with
 test-unit: ## Run the unit tests only (no broker)
 	$(CARGO) test --locked --lib
 
-bench: up ## Criterion micro-benchmarks, then the end-to-end load run (BENCH_EVENTS, default 1000000)
-	$(CARGO) bench --locked --bench decode --bench lake --bench policy -- --warm-up-time 1 --measurement-time 3
-	$(CARGO) build --release --locked --example bare_consumer
+bench: up ## Criterion micro-benchmarks, then the end-to-end load run (BENCH_EVENTS, default 1000000; ~12 min)
+	$(CARGO) bench --locked --bench decode --bench lake --bench policy --bench pipeline -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) build --release --locked --example bare_consumer --example bench_load
 	$(CARGO) build --release --locked
 	@python3 scripts/bench.py
 

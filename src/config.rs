@@ -293,7 +293,8 @@ impl Config {
         let schema_dir = base.join(&raw.schemas.dir);
         let policy_dir = base.join(&raw.policy.dir);
         let schemas = SchemaRegistry::load(&schema_dir)?;
-        let policy = PolicySet::load(&policy_dir, &raw.policy.entry, raw.policy.timeout)?;
+        let policy = PolicySet::load(&policy_dir, &raw.policy.entry, raw.policy.timeout)?
+            .with_engine(raw.policy.engine);
         let actions = build_actions(&raw.actions, &schemas, &schema_dir, env)?;
         let services = services::services_config(&raw.services)?;
         let enrichment = services::enrichment_table(&raw.enrichment, &schemas, &schema_dir)?;

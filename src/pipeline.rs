@@ -531,10 +531,22 @@ pub fn policy_input(
     now: &chrono::DateTime<chrono::Utc>,
     enrichment: &serde_json::Map<String, Value>,
 ) -> regorus::Value {
-    regorus::Value::from(policy_document(event, mode, input, now, enrichment))
+    let now = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    crate::policy::input::document(
+        event,
+        enrichment,
+        &crate::policy::input::Context {
+            topic: input.topic,
+            partition: input.partition,
+            offset: input.offset,
+            mode,
+            kafka_timestamp_ms: input.timestamp_ms,
+            now: &now,
+        },
+    )
 }
 
-/// [`policy_input`] as JSON.
+/// [`policy_input`] as JSON (the same document; `policy_input` builds it without this copy).
 pub fn policy_document(
     event: &CloudEvent,
     mode: Mode,

@@ -201,6 +201,8 @@ pub struct RawPolicy {
     pub emit_topic: String,
     /// Further topics `emit` obligations may name (created at start-up).
     pub emit_topics: Vec<String>,
+    /// Which regorus evaluator decides: `interpreter` or `compiled`.
+    pub engine: crate::policy::PolicyEngine,
 }
 
 impl Default for RawPolicy {
@@ -212,6 +214,7 @@ impl Default for RawPolicy {
             reload_interval: Duration::from_secs(2),
             emit_topic: "reflex.policy.events".into(),
             emit_topics: Vec::new(),
+            engine: crate::policy::PolicyEngine::Interpreter,
         }
     }
 }

@@ -176,7 +176,44 @@ pub fn run(dir: &Path, entry: &str, timeout: std::time::Duration) -> Result<Repo
 }
 
 /// The decision document for one case (`None` when undefined), with the error if any.
+///
+/// The case is decided by the interpreter and, when the set's entry rule is compiled, by the VM
+/// workers decide with; if the two disagree the case has no decision and the error shows both.
 pub fn decide_case(set: &PolicySet, case: &Case) -> (Option<Value>, Option<String>) {
+    let interpreted = interpret_case(set, case);
+    let Some(compiled) = &set.compiled else {
+        return interpreted;
+    };
+    let data = regorus::Value::from(case_data(set, case));
+    let mut machine = match compiled.machine_with_data(data, set.timeout) {
+        Ok(m) => m,
+        Err(e) => {
+            return (
+                None,
+                Some(format!("the policy VM cannot take this case's data: {e}")),
+            )
+        }
+    };
+    let vm = match machine.eval(regorus::Value::from(case.input.clone())) {
+        Ok(regorus::Value::Undefined) | Err(_) => None,
+        Ok(v) => serde_json::to_value(&v).ok(),
+    };
+    if vm == interpreted.0 {
+        interpreted
+    } else {
+        let show = |v: &Option<Value>| v.as_ref().map_or("undefined".to_owned(), Value::to_string);
+        let error = format!(
+            "the compiled policy (VM) decides {} where the interpreter decides {}{}",
+            show(&vm),
+            show(&interpreted.0),
+            interpreted.1.map(|e| format!(" ({e})")).unwrap_or_default()
+        );
+        (None, Some(error))
+    }
+}
+
+/// [`decide_case`] by the interpreter alone.
+fn interpret_case(set: &PolicySet, case: &Case) -> (Option<Value>, Option<String>) {
     let mut engine = set.engine.clone();
     if let Some(overlay) = &case.data {
         let mut data = set.data();
@@ -280,6 +317,31 @@ pub fn test_rules(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_repo_cases_decide_the_same_with_the_compiled_engine() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let set = PolicySet::load(
+            &dir,
+            "data.reflex.decision",
+            std::time::Duration::from_secs(5),
+        )
+        .expect("the repo's policies load")
+        .with_engine(super::super::PolicyEngine::Compiled);
+        assert!(set.is_compiled());
+        let cases = all_cases(&dir).expect("cases");
+        assert!(!cases.is_empty());
+        for (path, case) in cases {
+            // decide_case decides with the interpreter and the VM and reports any difference.
+            let (got, error) = decide_case(&set, &case);
+            assert!(
+                got.as_ref().is_some_and(|g| matches(&case.want, g)),
+                "{}: {}: got {got:?}, error {error:?}",
+                path.display(),
+                case.note
+            );
+        }
+    }
     use serde_json::json;
 
     #[test]

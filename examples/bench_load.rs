@@ -1,0 +1,292 @@
+//! Load and measurement helpers for `scripts/bench.py` that Python would be too slow for.
+//!
+//! ```text
+//! bench_load paced BROKERS TOPIC PAYLOADS_JSONL RATE SECONDS
+//!     Produces the payload lines (JSON CloudEvents) round-robin at RATE events/s for SECONDS,
+//!     each with a fresh `id` and `time` = the moment it is handed to the producer (ms).
+//! bench_load settled BROKERS TOPIC AVSC SCHEMA_ID COUNT avro|json
+//!     COUNT `payment.settled` events with the same data either as binary-mode CloudEvents whose
+//!     value is Avro in the Confluent wire format (schema SCHEMA_ID), or as structured JSON
+//!     CloudEvents whose data is what reflex decodes from that Avro.
+//! bench_load latency BROKERS AUDIT_TOPIC EXPECTED
+//!     Reads the audit topic to its end and reports, per audit record, its Kafka timestamp (the
+//!     worker's producer sets CreateTime when it sends the record) minus the event's `time`.
+//! ```
+//! Each prints one JSON line with its figures.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use apache_avro::types::Value as AvroValue;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use reflex::schema::{avro, wire};
+use serde_json::{json, Value};
+
+fn producer(
+    brokers: &str,
+) -> anyhow::Result<ThreadedProducer<rdkafka::producer::DefaultProducerContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "1")
+        .set("linger.ms", "5")
+        .set("batch.size", "262144")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
+}
+
+/// Sends one record, waiting while the local queue is full.
+fn send(
+    producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> anyhow::Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn paced(
+    brokers: &str,
+    topic: &str,
+    payloads: &str,
+    rate: f64,
+    seconds: f64,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(payloads).with_context(|| payloads.to_owned())?;
+    // Lines that are not JSON objects (the mix has undecodable events on purpose) go as they are.
+    let events: Vec<Result<Value, &str>> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or(l)
+        })
+        .collect();
+    if events.is_empty() || rate <= 0.0 {
+        bail!("no payloads, or a rate of zero");
+    }
+    let producer = producer(brokers)?;
+    let started = Instant::now();
+    let total = (rate * seconds) as u64;
+    let mut sent = 0u64;
+    while sent < total {
+        // Catch up to where the schedule says we should be, then sleep a tick.
+        let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(total);
+        while sent < due {
+            let value = match &events[(sent as usize) % events.len()] {
+                Ok(event) => {
+                    let mut event = event.clone();
+                    if let Some(obj) = event.as_object_mut() {
+                        obj.insert("id".into(), json!(format!("paced-{sent}")));
+                        obj.insert("time".into(), json!(now_rfc3339()));
+                    }
+                    serde_json::to_vec(&event)?
+                }
+                Err(raw) => raw.as_bytes().to_vec(),
+            };
+            let key = format!("paced-{sent}");
+            send(
+                &producer,
+                BaseRecord::to(topic)
+                    .key(key.as_bytes())
+                    .payload(value.as_slice()),
+            )?;
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    producer.flush(Duration::from_secs(30))?;
+    println!(
+        "{}",
+        json!({"records": sent, "seconds": elapsed, "events_per_second": sent as f64 / elapsed})
+    );
+    Ok(())
+}
+
+fn settled(
+    brokers: &str,
+    topic: &str,
+    avsc: &str,
+    id: u32,
+    count: u64,
+    format: &str,
+) -> anyhow::Result<()> {
+    let schema = avro::parse(&std::fs::read_to_string(avsc).with_context(|| avsc.to_owned())?)
+        .map_err(|e| anyhow::anyhow!("{avsc}: {e}"))?;
+    let producer = producer(brokers)?;
+    let time = now_rfc3339();
+    let settled_at = chrono::Utc::now().timestamp_millis();
+    let started = Instant::now();
+    for n in 0..count {
+        let currency = ["EUR", "USD", "GBP"][(n % 3) as usize];
+        let datum = avro::encode(
+            &schema,
+            AvroValue::Record(vec![
+                ("payment_id".into(), AvroValue::String(format!("pay-{n}"))),
+                ("order_id".into(), AvroValue::String(format!("ord-{n}"))),
+                ("amount".into(), AvroValue::Double(5.0 + (n % 400) as f64)),
+                (
+                    "currency".into(),
+                    AvroValue::Enum((n % 3) as u32, currency.into()),
+                ),
+                ("settled_at".into(), AvroValue::TimestampMillis(settled_at)),
+                (
+                    "fee".into(),
+                    if n % 3 == 0 {
+                        AvroValue::Union(1, Box::new(AvroValue::Double(0.35)))
+                    } else {
+                        AvroValue::Union(0, Box::new(AvroValue::Null))
+                    },
+                ),
+            ]),
+        )?;
+        let framed = wire::frame(id, &datum);
+        let event_id = format!("settled-{n}");
+        let key = format!("pay-{n}");
+        match format {
+            "avro" => {
+                let headers = OwnedHeaders::new_with_capacity(6)
+                    .insert(Header {
+                        key: "ce_specversion",
+                        value: Some("1.0"),
+                    })
+                    .insert(Header {
+                        key: "ce_id",
+                        value: Some(event_id.as_str()),
+                    })
+                    .insert(Header {
+                        key: "ce_source",
+                        value: Some("/payments/ledger"),
+                    })
+                    .insert(Header {
+                        key: "ce_type",
+                        value: Some("payment.settled"),
+                    })
+                    .insert(Header {
+                        key: "ce_time",
+                        value: Some(time.as_str()),
+                    })
+                    .insert(Header {
+                        key: "content-type",
+                        value: Some("application/avro"),
+                    });
+                send(
+                    &producer,
+                    BaseRecord::to(topic)
+                        .key(key.as_bytes())
+                        .payload(framed.as_slice())
+                        .headers(headers),
+                )?;
+            }
+            "json" => {
+                let data = avro::decode(&schema, id, &datum).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let event = json!({"specversion": "1.0", "id": event_id, "source": "/payments/ledger",
+                                   "type": "payment.settled", "time": time,
+                                   "datacontenttype": "application/json", "data": data});
+                let value = serde_json::to_vec(&event)?;
+                send(
+                    &producer,
+                    BaseRecord::to(topic)
+                        .key(key.as_bytes())
+                        .payload(value.as_slice()),
+                )?;
+            }
+            other => bail!("format {other:?} is neither avro nor json"),
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"records": count, "format": format, "seconds": elapsed})
+    );
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn latency(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-latency-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut latencies = Vec::with_capacity(expected as usize);
+    let (mut records, mut without_time) = (0u64, 0u64);
+    let mut idle = Instant::now();
+    while records < expected && idle.elapsed() < Duration::from_secs(15) {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        idle = Instant::now();
+        records += 1;
+        let audit: Value = message
+            .payload()
+            .and_then(|p| serde_json::from_slice(p).ok())
+            .unwrap_or(Value::Null);
+        let event_time = audit["event_time"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        match (event_time, message.timestamp().to_millis()) {
+            (Some(t), Some(ts)) => latencies.push((ts - t.timestamp_millis()) as f64),
+            _ => without_time += 1,
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
+    println!(
+        "{}",
+        json!({"records": records, "measured": latencies.len(), "without_time": without_time,
+               "p50_ms": percentile(&latencies, 50.0), "p90_ms": percentile(&latencies, 90.0),
+               "p99_ms": percentile(&latencies, 99.0), "max_ms": latencies.last().copied(),
+               "mean_ms": mean})
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    match arg(0) {
+        "paced" if args.len() == 6 => {
+            paced(arg(1), arg(2), arg(3), arg(4).parse()?, arg(5).parse()?)
+        }
+        "settled" if args.len() == 7 => settled(
+            arg(1),
+            arg(2),
+            arg(3),
+            arg(4).parse()?,
+            arg(5).parse()?,
+            arg(6),
+        ),
+        "latency" if args.len() == 4 => latency(arg(1), arg(2), arg(3).parse()?),
+        _ => bail!("usage: see the module documentation of examples/bench_load.rs"),
+    }
+}

@@ -1,0 +1,73 @@
+//! A fixed amount of policy work for an instruction-counting profiler: the worker's policy step
+//! (the input built by `pipeline::policy_input` from a decoded event, then `Evaluator::decide`)
+//! repeated over the inputs of `benches/policy-inputs.json`.
+//!
+//! usage: policy_profile [ROUNDS]   (default 2000 rounds over every input)
+//!
+//! `valgrind --tool=callgrind target/release/examples/policy_profile 200` counts instructions
+//! repeatably even on a loaded machine; without valgrind it prints the mean time per decision.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reflex::event::{CloudEvent, Mode};
+use reflex::pipeline::{policy_input, Input};
+use reflex::policy::PolicySet;
+use serde_json::Value;
+
+fn main() -> anyhow::Result<()> {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(2000);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // A generous limit: under valgrind the first decision (which prepares the engine) is slow.
+    let set = PolicySet::load(
+        &root.join("policies"),
+        "data.reflex.decision",
+        Duration::from_secs(60),
+    )?;
+    let text = std::fs::read_to_string(root.join("benches/policy-inputs.json"))?;
+    let cases: Vec<Value> = serde_json::from_str(&text)?;
+    let mut events = Vec::new();
+    for case in &cases {
+        let input = &case["input"];
+        let event: CloudEvent = serde_json::from_value(input["event"].clone())?;
+        let now = chrono::DateTime::parse_from_rfc3339(
+            input["context"]["now"].as_str().unwrap_or_default(),
+        )?
+        .with_timezone(&chrono::Utc);
+        events.push((event, now, input["context"].clone()));
+    }
+    let mut evaluator = set.evaluator();
+    let mut allowed = 0usize;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        for (event, now, context) in &events {
+            let input = Input {
+                topic: context["topic"].as_str().unwrap_or_default(),
+                partition: 0,
+                offset: context["offset"].as_i64().unwrap_or_default(),
+                key: None,
+                value: None,
+                headers: &[],
+                timestamp_ms: context["kafka_timestamp_ms"].as_i64(),
+            };
+            let decision = evaluator.decide(policy_input(
+                event,
+                Mode::Structured,
+                &input,
+                now,
+                &serde_json::Map::new(),
+            ));
+            allowed += usize::from(decision.allow);
+        }
+    }
+    let decisions = rounds * events.len();
+    println!(
+        "{decisions} decisions ({allowed} allowed), {:.2} µs each",
+        started.elapsed().as_secs_f64() * 1e6 / decisions as f64
+    );
+    Ok(())
+}
