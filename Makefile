@@ -63,11 +63,12 @@ bench-ordering: up ## Key-ordered concurrency against sequential processing with
 test-unit: ## Run the unit tests only (no broker)
 	$(CARGO) test --locked --lib
 
-bench: up ## Criterion micro-benchmarks, then the end-to-end load run (BENCH_EVENTS, default 1000000; ~12 min)
+bench: up ## Criterion micro-benchmarks, the end-to-end load run (BENCH_EVENTS, default 1000000) and bench-ordering; ~14 min
 	$(CARGO) bench --locked --bench decode --bench lake --bench policy --bench pipeline -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) build --release --locked --example bare_consumer --example bench_load
 	$(CARGO) build --release --locked
 	@python3 scripts/bench.py
+	@$(MAKE) --no-print-directory bench-ordering
 
 lint: ## rustfmt and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check
