@@ -65,7 +65,7 @@ fn stages(c: &mut Criterion) {
     let processor = Processor::new(
         config.schemas.clone(),
         Arc::new(ActionTable::new(inline)),
-        config.policy.evaluator(),
+        vec![config.policy.evaluator()],
         ProcessorSettings {
             audit_topic: config.topics.audit.clone(),
             dlq_topic: config.topics.dlq.clone(),

@@ -185,6 +185,8 @@ pub struct ActionsRole {
     pub retry_delay: Duration,
     /// Rounds through the retry topic before the dead-letter topic.
     pub retry_rounds: u32,
+    /// Policy evaluators deciding in parallel (at least 1).
+    pub deciders: usize,
 }
 
 /// A validated configuration, with schemas compiled and policies loaded.
@@ -330,6 +332,10 @@ impl Config {
                 ordering: raw.roles.actions.ordering,
                 retry_delay: raw.roles.actions.retry_delay,
                 retry_rounds: raw.roles.actions.retry_rounds,
+                deciders: match raw.roles.actions.deciders {
+                    0 => std::thread::available_parallelism().map_or(1, usize::from),
+                    n => n,
+                },
             },
             schemas: Arc::new(schemas),
             policy,

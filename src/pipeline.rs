@@ -3,7 +3,8 @@
 //! publish (derived events, a dead letter, and always one audit record) without touching Kafka,
 //! so every outcome can be tested without a broker.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -108,12 +109,14 @@ pub struct Processed {
     pub audit: AuditRecord,
 }
 
-/// Runs the stages for one worker. Shared by the worker's records in flight; the policy
-/// evaluator is behind a lock held only while one decision is made.
+/// Runs the stages for one worker. Shared by the worker's records in flight, which may run on
+/// several threads: each decision takes one of the policy evaluators (one per core by default),
+/// locked only while it decides.
 pub struct Processor {
     schemas: Arc<SchemaRegistry>,
     actions: Arc<ActionTable>,
-    evaluator: Mutex<Evaluator>,
+    evaluators: Vec<Mutex<Evaluator>>,
+    next: AtomicUsize,
     settings: ProcessorSettings,
 }
 
@@ -176,32 +179,51 @@ pub enum Admitted {
 }
 
 impl Processor {
-    /// A processor with its own evaluator.
+    /// A processor deciding with `evaluators` (at least one is kept: an empty list means one
+    /// evaluator without a policy, which denies everything).
     pub fn new(
         schemas: Arc<SchemaRegistry>,
         actions: Arc<ActionTable>,
-        evaluator: Evaluator,
+        evaluators: Vec<Evaluator>,
         settings: ProcessorSettings,
     ) -> Self {
+        let mut evaluators: Vec<Mutex<Evaluator>> =
+            evaluators.into_iter().map(Mutex::new).collect();
+        if evaluators.is_empty() {
+            evaluators.push(Mutex::new(Evaluator::unloaded()));
+        }
         Self {
             schemas,
             actions,
-            evaluator: Mutex::new(evaluator),
+            evaluators,
+            next: AtomicUsize::new(0),
             settings,
         }
     }
 
+    /// A free evaluator, or (when every one is deciding) the next one in turn.
     fn evaluator(&self) -> MutexGuard<'_, Evaluator> {
-        // A panic while deciding poisons the lock; the evaluator itself holds no half-made state.
-        self.evaluator
+        let n = self.evaluators.len();
+        let first = self.next.fetch_add(1, AtomicOrdering::Relaxed);
+        for i in 0..n {
+            match self.evaluators[(first + i) % n].try_lock() {
+                Ok(guard) => return guard,
+                // A panic while deciding poisons the lock; the evaluator holds no half-made state.
+                Err(TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        self.evaluators[first % n]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Decides the next records with `evaluator` (a reloaded policy set). Records already past
-    /// their decision are not affected.
-    pub fn set_evaluator(&self, evaluator: Evaluator) {
-        *self.evaluator() = evaluator;
+    /// Decides the next records with evaluators from `make` (a reloaded policy set), one per
+    /// slot. Records already past their decision are not affected.
+    pub fn set_evaluators(&self, mut make: impl FnMut() -> Evaluator) {
+        for slot in &self.evaluators {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = make();
+        }
     }
 
     /// The policy revision deciding the next record.

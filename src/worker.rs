@@ -48,6 +48,14 @@ pub enum WorkerError {
     /// The HTTP client for action services and lookups could not be built.
     #[error(transparent)]
     Services(#[from] crate::service::ServiceError),
+    /// A record's task ended without an outcome (it panicked); its offset was not stored.
+    #[error("processing input {input} stopped unexpectedly: {why}; stopping so it is re-processed after restart")]
+    Task {
+        /// `topic/partition/offset` of the input record.
+        input: String,
+        /// What the runtime reported.
+        why: String,
+    },
     /// Subscribing failed.
     #[error("cannot subscribe to {topics:?}: {source}")]
     Subscribe {
@@ -236,7 +244,13 @@ impl Scheduler<'_> {
         let producer = self.producer.clone();
         let sleep_cancel = self.sleep_cancel.clone();
         let work_cancel = self.work_cancel.clone();
-        self.running.push(Box::pin(async move {
+        let input_at = format!(
+            "{}/{}/{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        );
+        let task = tokio::spawn(async move {
             let tp = (message.topic().to_owned(), message.partition());
             let offset = message.offset();
             let abandoned = |slot| Finished {
@@ -285,6 +299,15 @@ impl Scheduler<'_> {
                 slot,
                 parked,
                 audit: Some(processed.audit),
+            })
+        });
+        // Records run as tasks, so decisions use every core of the runtime.
+        self.running.push(Box::pin(async move {
+            task.await.unwrap_or_else(|e| {
+                Err(WorkerError::Task {
+                    input: input_at,
+                    why: e.to_string(),
+                })
             })
         }));
     }
@@ -425,10 +448,13 @@ pub async fn run(
         watch_stop,
     );
     let services = Services::new(config.services)?;
+    let mut evaluators = vec![policy.evaluator()];
+    let set = policy.current();
+    evaluators.extend((1..role.deciders).map(|_| set.evaluator()));
     let processor = Arc::new(Processor::new(
         config.schemas.clone(),
         config.actions.clone(),
-        policy.evaluator(),
+        evaluators,
         ProcessorSettings {
             audit_topic: config.topics.audit.clone(),
             dlq_topic: config.topics.dlq.clone(),
@@ -450,6 +476,7 @@ pub async fn run(
         topics = ?subscribed,
         ordering = role.ordering.name(),
         max_in_flight = role.max_in_flight,
+        deciders = role.deciders,
         policy_revision = %config.policy.revision(),
         worker = %options.worker_id,
         "actions worker started"
@@ -521,8 +548,9 @@ pub async fn run(
                         break;
                     }
                 }
-                if let Some(evaluator) = policy.changed() {
-                    processor.set_evaluator(evaluator);
+                if policy.changed().is_some() {
+                    let set = policy.current();
+                    processor.set_evaluators(|| set.evaluator());
                 }
                 let message = message.detach();
                 scheduler.revoke(consumer.context().take_revoked());

@@ -128,6 +128,8 @@ pub struct RawActionsRole {
     pub retry_delay: Duration,
     /// Rounds through the retry topic before an event is dead-lettered.
     pub retry_rounds: u32,
+    /// Policy evaluators deciding in parallel; 0: one per core.
+    pub deciders: usize,
 }
 
 impl Default for RawActionsRole {
@@ -140,6 +142,7 @@ impl Default for RawActionsRole {
             ordering: crate::ordering::Ordering::Key,
             retry_delay: Duration::from_secs(30),
             retry_rounds: 3,
+            deciders: 0,
         }
     }
 }

@@ -48,7 +48,7 @@ fn fixture(policy: &str) -> Fixture {
     let processor = Processor::new(
         Arc::new(registry),
         Arc::new(ActionTable::new(table)),
-        set.evaluator(),
+        vec![set.evaluator()],
         ProcessorSettings {
             audit_topic: "audit".into(),
             dlq_topic: "dlq".into(),
@@ -229,7 +229,7 @@ fn a_swapped_evaluator_decides_the_next_record_and_is_recorded() {
         Outcome::Actioned
     );
     f.processor
-        .set_evaluator(crate::policy::Evaluator::unloaded());
+        .set_evaluators(crate::policy::Evaluator::unloaded);
     let p = f.process(&input(&value, &[]));
     assert_eq!(p.audit.outcome, Outcome::Denied);
     assert_eq!(p.audit.policy_revision, "none");
