@@ -246,12 +246,12 @@ def main():
     log("actions role (full pipeline, inline actions)")
     figures["actions_role"] = actions_run("actions", reflex, env, n)
     log(f"actions role: {figures['actions_role']['events_per_second']} events/s")
-    log("actions role with one policy evaluator (roles.actions.deciders = 1; same topic, its own group and outputs)")
-    single_env = dict(env, REFLEX_ROLES_ACTIONS_DECIDERS="1", REFLEX_ROLES_ACTIONS_GROUP_ID=f"{run}.actions-single",
+    log("actions role with two policy evaluators (roles.actions.deciders = 2; same topic, its own group and outputs)")
+    single_env = dict(env, REFLEX_ROLES_ACTIONS_DECIDERS="2", REFLEX_ROLES_ACTIONS_GROUP_ID=f"{run}.actions-single",
                       REFLEX_TOPICS_AUDIT=f"{run}.audit-single", REFLEX_TOPICS_DLQ=f"{run}.dlq-single",
                       REFLEX_TOPICS_RETRY=f"{run}.retry-single")
-    figures["actions_role_one_decider"] = actions_run("actions-single", reflex, single_env, n)
-    log(f"actions role (one evaluator): {figures['actions_role_one_decider']['events_per_second']} events/s")
+    figures["actions_role_two_deciders"] = actions_run("actions-single", reflex, single_env, n)
+    log(f"actions role (two evaluators): {figures['actions_role_two_deciders']['events_per_second']} events/s")
     log("actions role with [policy] engine = \"compiled\" (same topic, its own group and outputs)")
     compiled_env = dict(env, REFLEX_POLICY_ENGINE="compiled", REFLEX_ROLES_ACTIONS_GROUP_ID=f"{run}.actions-compiled",
                         REFLEX_TOPICS_AUDIT=f"{run}.audit-compiled", REFLEX_TOPICS_DLQ=f"{run}.dlq-compiled",
@@ -304,7 +304,7 @@ def main():
         "lake_over_bare_consumer": round(figures["lake_role"]["records_per_second"] / ceiling, 3),
         "bare_consumer_over_perf_test": round(ceiling / figures["kafka_consumer_perf_test"]["events_per_second"], 3),
         "actions_compiled_over_bare_consumer": round(figures["actions_role_compiled"]["events_per_second"] / ceiling, 3),
-        "actions_one_decider_over_bare_consumer": round(figures["actions_role_one_decider"]["events_per_second"] / ceiling, 3),
+        "actions_two_deciders_over_bare_consumer": round(figures["actions_role_two_deciders"]["events_per_second"] / ceiling, 3),
         "cpu_over_stage_sum": round(actions_ns / figures["cpu_breakdown"]["stage_sum_ns"], 2) if figures["cpu_breakdown"] else None,
         "avro_over_json": figures["avro_vs_json"]["avro_over_json"],
     }
@@ -319,8 +319,8 @@ def main():
     md.append(f"| bare rdkafka consumer | {b['events_per_second']:.0f} | {b['wall_seconds']} | {b['cpu_seconds']} | {b['cpu_seconds'] * 1e6 / n:.2f} | {b['peak_rss_mib']} |")
     md.append(f"| kafka-consumer-perf-test | {p['events_per_second']:.0f} | {p['wall_seconds']} | {p['cpu_seconds']} | {p['cpu_seconds'] * 1e6 / n:.2f} | |")
     md.append(f"| actions role | {a['events_per_second']} | {a['wall_seconds']} | {a['cpu_seconds']} | {a['cpu_seconds_per_million']} | {a['peak_rss_mib']} |")
-    o = figures["actions_role_one_decider"]
-    md.append(f"| actions role, one policy evaluator (`deciders = 1`) | {o['events_per_second']} | {o['wall_seconds']} | {o['cpu_seconds']} | {o['cpu_seconds_per_million']} | {o['peak_rss_mib']} |")
+    o = figures["actions_role_two_deciders"]
+    md.append(f"| actions role, two policy evaluators (`deciders = 2`) | {o['events_per_second']} | {o['wall_seconds']} | {o['cpu_seconds']} | {o['cpu_seconds_per_million']} | {o['peak_rss_mib']} |")
     c = figures["actions_role_compiled"]
     md.append(f"| actions role, `[policy] engine = \"compiled\"` | {c['events_per_second']} | {c['wall_seconds']} | {c['cpu_seconds']} | {c['cpu_seconds_per_million']} | {c['peak_rss_mib']} |")
     md.append(f"| lake role ({l['records']} records) | {l['records_per_second']} | {l['wall_seconds']} | {l['cpu_seconds']} | {l['cpu_seconds_per_million']} | {l['peak_rss_mib']} |")
@@ -336,7 +336,7 @@ def main():
            "", "## Ratios (same run) and targets", "",
            "| ratio | value |", "|---|---|",
            f"| actions role / bare consumer (events/s) | {stands('actions_over_bare_consumer')} |",
-           f"| actions role with one policy evaluator / bare consumer | {r['actions_one_decider_over_bare_consumer']} |",
+           f"| actions role with two policy evaluators / bare consumer | {r['actions_two_deciders_over_bare_consumer']} |",
            f"| actions role with the compiled policy engine / bare consumer | {r['actions_compiled_over_bare_consumer']} |",
            f"| lake role / bare consumer (records/s) | {stands('lake_over_bare_consumer')} |",
            f"| actions CPU per event / sum of stage costs | {stands('cpu_over_stage_sum')} |",

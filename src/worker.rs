@@ -169,6 +169,8 @@ struct Scheduler<'a> {
     processor: Arc<Processor>,
     producer: FutureProducer,
     ordering: Ordering,
+    /// Whether records run as tasks of their own (several evaluators).
+    spawn: bool,
     retry_topic: &'a str,
     partitions: Partitions<Tp>,
     queue: KeyQueue<Slot, Waiting>,
@@ -244,13 +246,15 @@ impl Scheduler<'_> {
         let producer = self.producer.clone();
         let sleep_cancel = self.sleep_cancel.clone();
         let work_cancel = self.work_cancel.clone();
-        let input_at = format!(
-            "{}/{}/{}",
-            message.topic(),
-            message.partition(),
-            message.offset()
-        );
-        let task = tokio::spawn(async move {
+        let input_at = self.spawn.then(|| {
+            format!(
+                "{}/{}/{}",
+                message.topic(),
+                message.partition(),
+                message.offset()
+            )
+        });
+        let work = async move {
             let tp = (message.topic().to_owned(), message.partition());
             let offset = message.offset();
             let abandoned = |slot| Finished {
@@ -300,16 +304,23 @@ impl Scheduler<'_> {
                 parked,
                 audit: Some(processed.audit),
             })
-        });
-        // Records run as tasks, so decisions use every core of the runtime.
-        self.running.push(Box::pin(async move {
-            task.await.unwrap_or_else(|e| {
-                Err(WorkerError::Task {
-                    input: input_at,
-                    why: e.to_string(),
-                })
-            })
-        }));
+        };
+        match input_at {
+            // With several evaluators, records run as tasks so decisions use every core of the
+            // runtime; with one, in this task, without the hand-offs between threads.
+            Some(input) => {
+                let task = tokio::spawn(work);
+                self.running.push(Box::pin(async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(WorkerError::Task {
+                            input,
+                            why: e.to_string(),
+                        })
+                    })
+                }));
+            }
+            None => self.running.push(Box::pin(work)),
+        }
     }
 
     /// Books a finished record: parking, the offset to store, and the next record of its slot.
@@ -493,6 +504,7 @@ pub async fn run(
         processor: Arc::clone(&processor),
         producer: producer.clone(),
         ordering: role.ordering,
+        spawn: role.deciders > 1,
         retry_topic: &config.topics.retry,
         partitions: Partitions::new(),
         queue: KeyQueue::new(),

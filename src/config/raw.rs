@@ -142,7 +142,7 @@ impl Default for RawActionsRole {
             ordering: crate::ordering::Ordering::Key,
             retry_delay: Duration::from_secs(30),
             retry_rounds: 3,
-            deciders: 0,
+            deciders: 1,
         }
     }
 }
