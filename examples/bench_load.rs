@@ -229,6 +229,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// Events created in the first this many milliseconds of a paced run are left out of the
+/// steady-state figures.
+const WARM_UP_MS: i64 = 2000;
+
 fn latency(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -237,7 +241,7 @@ fn latency(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
         .set("enable.auto.commit", "false")
         .create()?;
     consumer.subscribe(&[topic])?;
-    let mut latencies = Vec::with_capacity(expected as usize);
+    let mut timed: Vec<(i64, f64)> = Vec::with_capacity(expected as usize);
     let (mut records, mut without_time) = (0u64, 0u64);
     let mut idle = Instant::now();
     while records < expected && idle.elapsed() < Duration::from_secs(15) {
@@ -255,18 +259,32 @@ fn latency(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
             .as_str()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
         match (event_time, message.timestamp().to_millis()) {
-            (Some(t), Some(ts)) => latencies.push((ts - t.timestamp_millis()) as f64),
+            (Some(t), Some(ts)) => {
+                timed.push((t.timestamp_millis(), (ts - t.timestamp_millis()) as f64))
+            }
             _ => without_time += 1,
         }
     }
+    // Steady state: without the events of the first WARM_UP_MS, which include the worker's
+    // first fetches and its producer's first requests.
+    let first = timed.iter().map(|(t, _)| *t).min().unwrap_or(0);
+    let mut steady: Vec<f64> = timed
+        .iter()
+        .filter(|(t, _)| *t >= first + WARM_UP_MS)
+        .map(|(_, l)| *l)
+        .collect();
+    let mut latencies: Vec<f64> = timed.iter().map(|(_, l)| *l).collect();
     latencies.sort_by(f64::total_cmp);
+    steady.sort_by(f64::total_cmp);
     let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
     println!(
         "{}",
         json!({"records": records, "measured": latencies.len(), "without_time": without_time,
                "p50_ms": percentile(&latencies, 50.0), "p90_ms": percentile(&latencies, 90.0),
                "p99_ms": percentile(&latencies, 99.0), "max_ms": latencies.last().copied(),
-               "mean_ms": mean})
+               "mean_ms": mean, "warm_up_ms": WARM_UP_MS, "steady_measured": steady.len(),
+               "steady_p50_ms": percentile(&steady, 50.0), "steady_p90_ms": percentile(&steady, 90.0),
+               "steady_p99_ms": percentile(&steady, 99.0), "steady_max_ms": steady.last().copied()})
     );
     Ok(())
 }

@@ -371,7 +371,8 @@ async fn enrichment_feeds_the_policy_and_the_action_and_is_cached() {
 async fn keys_run_concurrently_and_each_key_keeps_its_order() {
     let service = ActionService::start();
     service.set_behaviour("", Behaviour::ok().delayed(Duration::from_millis(20)));
-    let env = http_env(1, &service, "", "");
+    // Two evaluators: records run as tasks on the runtime's threads.
+    let env = http_env(1, &service, "", "deciders = 2");
     env.create_topics().await;
     const KEYS: usize = 20;
     const PER_KEY: usize = 8;
