@@ -36,6 +36,17 @@ pub enum OnError {
     Retry,
 }
 
+impl OnError {
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::Continue => "continue",
+            Self::Retry => "retry",
+        }
+    }
+}
+
 /// One lookup of an event type, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lookup {

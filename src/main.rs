@@ -276,7 +276,26 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.policy.revision()
             );
             for (ty, action) in config.actions.iter() {
-                println!("  {ty} -> {} ({})", action.name, action.kind.name());
+                match action.http() {
+                    Some(http) => println!(
+                        "  {ty} -> {} (http {} {}, {} attempts)",
+                        action.name,
+                        http.method,
+                        http.url.as_str(),
+                        http.retry.max_attempts
+                    ),
+                    None => println!("  {ty} -> {} ({})", action.name, action.kind.name()),
+                }
+                for lookup in config.enrichment.get(ty) {
+                    println!(
+                        "    enrichment {}: GET {} (timeout {}, cached {}, on_error = {})",
+                        lookup.name,
+                        lookup.url.as_str(),
+                        humantime::format_duration(lookup.timeout),
+                        humantime::format_duration(lookup.ttl),
+                        lookup.on_error.name()
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
