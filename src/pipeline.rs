@@ -78,7 +78,15 @@ pub struct Input<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
-impl Input<'_> {
+impl<'a> Input<'a> {
+    /// The first header named `name`, if its value is UTF-8.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
     /// Key, value and header bytes together, as checked against `max_event_bytes`.
     pub fn size(&self) -> usize {
         let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();

@@ -23,54 +23,47 @@ impl Rejection {
     }
 }
 
-fn header<'a>(input: &Input<'a>, name: &str) -> Option<&'a str> {
-    input
-        .headers
-        .iter()
-        .rev()
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-}
-
 /// Rounds through the retry topic this record has been through.
 pub(crate) fn retry_round(input: &Input<'_>) -> Option<u32> {
-    header(input, h::RETRY_ROUND).and_then(|v| v.parse().ok())
+    input.header(h::RETRY_ROUND).and_then(|v| v.parse().ok())
 }
 
 /// When a record from the retry topic is due, in milliseconds since the epoch.
 pub fn retry_due(input: &Input<'_>) -> Option<i64> {
-    header(input, h::RETRY_AT).and_then(|v| v.parse().ok())
+    input.header(h::RETRY_AT).and_then(|v| v.parse().ok())
 }
 
 /// The event topic a record from the retry topic first came from.
 pub fn origin_topic<'a>(input: &Input<'a>) -> Option<&'a str> {
-    header(input, h::RETRY_ROUND)?;
-    header(input, h::TOPIC)
+    input.header(h::RETRY_ROUND)?;
+    input.header(h::TOPIC)
 }
 
 /// Calls made to the action service in earlier rounds.
 pub(crate) fn prior_attempts(input: &Input<'_>) -> u32 {
-    header(input, h::RETRY_ROUND)
-        .and(header(input, h::ATTEMPTS))
+    input
+        .header(h::RETRY_ROUND)
+        .and(input.header(h::ATTEMPTS))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
 /// Where a record from the retry topic first came from.
 pub(crate) fn origin(input: &Input<'_>) -> Option<Origin> {
-    header(input, h::RETRY_ROUND)?;
+    input.header(h::RETRY_ROUND)?;
     Some(Origin {
-        topic: header(input, h::TOPIC)?.to_owned(),
-        partition: header(input, h::PARTITION)?.parse().ok()?,
-        offset: header(input, h::OFFSET)?.parse().ok()?,
+        topic: input.header(h::TOPIC)?.to_owned(),
+        partition: input.header(h::PARTITION)?.parse().ok()?,
+        offset: input.header(h::OFFSET)?.parse().ok()?,
     })
 }
 
 /// The dead letter a replayed record comes from.
 pub(crate) fn replay_of(input: &Input<'_>) -> Option<ReplayOf> {
     Some(ReplayOf {
-        dead_letter: header(input, h::REPLAY_OF)?.to_owned(),
-        reason: header(input, h::REPLAY_REASON)
+        dead_letter: input.header(h::REPLAY_OF)?.to_owned(),
+        reason: input
+            .header(h::REPLAY_REASON)
             .unwrap_or_default()
             .to_owned(),
     })

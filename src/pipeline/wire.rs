@@ -30,14 +30,6 @@ fn reject(reason: DeadLetterReason, error: String, event: Option<(CloudEvent, Mo
     }
 }
 
-fn header<'a>(input: &Input<'a>, name: &str) -> Option<&'a str> {
-    input
-        .headers
-        .iter()
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-}
-
 /// Decodes a wire-format value. The schema id must already be resolved (or known missing) in
 /// `registry`'s cache: the worker waits for the registry before it hands the record over.
 pub fn decode(
@@ -86,7 +78,8 @@ pub fn decode(
     let (mut event, mode) = match envelope {
         Some(e) => e,
         None => {
-            let ty = header(input, type_header)
+            let ty = input
+                .header(type_header)
                 .map(str::to_owned)
                 .or_else(|| registered.name.clone());
             let Some(ty) = ty else {
