@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use reflex::event::{CloudEvent, Mode};
-use reflex::pipeline::{policy_document, policy_input, Input};
+use reflex::ingest::{policy_document, policy_input, Input};
 use reflex::policy::{PolicyEngine, PolicySet};
 use serde_json::Value;
 

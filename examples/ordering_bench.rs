@@ -24,7 +24,7 @@ use clap::Parser;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use reflex::config::Config;
-use reflex::worker::{self, RunOptions};
+use reflex::role::actions::{self as worker, RunOptions};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

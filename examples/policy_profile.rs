@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reflex::event::{CloudEvent, Mode};
-use reflex::pipeline::{policy_input, Input};
+use reflex::ingest::{policy_input, Input};
 use reflex::policy::PolicySet;
 use serde_json::Value;
 

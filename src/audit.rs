@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::ActionReport;
 use crate::event::Mode;
+use crate::ingest::headers::{Origin, ReplayOf};
+use crate::ingest::{DeadLetterReason, Input};
 use crate::policy::Decision;
 
 /// What happened to an event.
@@ -37,50 +39,6 @@ impl Outcome {
     }
 }
 
-/// Why a record went to the dead-letter topic. The codes are stable, for machines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeadLetterReason {
-    /// Larger than `roles.actions.max_event_bytes`.
-    TooLarge,
-    /// Not a CloudEvent (bad bytes, missing attributes, bad time).
-    Undecodable,
-    /// No schema and no action for its type.
-    UnknownType,
-    /// `data` violates the type's schema.
-    SchemaInvalid,
-    /// `data` claims the Confluent wire format but its header is malformed.
-    WireFormat,
-    /// The wire-format schema id is not in the registry (or no registry is configured).
-    SchemaNotFound,
-    /// The wire-format schema id belongs to another subject than the event type's.
-    SchemaSubjectMismatch,
-    /// The wire-format payload does not decode with its schema (truncated, trailing bytes…).
-    DataUndecodable,
-    /// The action failed permanently, or kept failing through every retry round.
-    ActionFailed,
-    /// An enrichment lookup whose fallback is `retry` kept failing through every retry round.
-    EnrichmentFailed,
-}
-
-impl DeadLetterReason {
-    /// The stable reason code.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::TooLarge => "too_large",
-            Self::Undecodable => "undecodable",
-            Self::UnknownType => "unknown_type",
-            Self::SchemaInvalid => "schema_invalid",
-            Self::WireFormat => "wire_format",
-            Self::SchemaNotFound => "schema_not_found",
-            Self::SchemaSubjectMismatch => "schema_subject_mismatch",
-            Self::DataUndecodable => "data_undecodable",
-            Self::ActionFailed => "action_failed",
-            Self::EnrichmentFailed => "enrichment_failed",
-        }
-    }
-}
-
 /// Microseconds spent in each stage.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
@@ -95,26 +53,6 @@ pub struct Timings {
     pub policy: u64,
     /// The inline action.
     pub action: u64,
-}
-
-/// Where a record read from the retry topic first appeared.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Origin {
-    /// Topic of the original record.
-    pub topic: String,
-    /// Its partition.
-    pub partition: i32,
-    /// Its offset.
-    pub offset: i64,
-}
-
-/// The dead letter a replayed record comes from (`reflex dlq replay`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplayOf {
-    /// `topic/partition/offset` of the dead letter.
-    pub dead_letter: String,
-    /// Its reason code.
-    pub reason: String,
 }
 
 /// One audit record.
@@ -178,12 +116,16 @@ pub struct AuditRecord {
     /// The enrichment lookups that fed the decision, and where each answer came from.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lookups: Vec<crate::enrich::LookupReport>,
+    /// The enrichment answers the policy decided on, by lookup name, so that a replay decides
+    /// on the same input. Answers are the supporting services' documents, never event data.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub enrichment: serde_json::Map<String, serde_json::Value>,
 }
 
 impl AuditRecord {
     /// The record for `input` before anything is known of it: a dead letter until a later
     /// stage says otherwise.
-    pub fn new(input: &crate::pipeline::Input<'_>, worker: &str) -> Self {
+    pub fn new(input: &Input<'_>, worker: &str) -> Self {
         Self {
             event_id: None,
             ty: None,
@@ -207,6 +149,7 @@ impl AuditRecord {
             origin: None,
             replay_of: None,
             lookups: Vec::new(),
+            enrichment: serde_json::Map::new(),
         }
     }
 

@@ -1,12 +1,10 @@
 //! `reflex dlq list` and `reflex dlq replay`: the dead-letter topic summarised, and its records
 //! sent back through the pipeline once the cause is fixed.
 //!
-//! A dead letter carries the original key, value and headers, plus `reflex_*` headers: the
-//! reason, the explanation, where it came from, the event type and, for a failed action, the
-//! action, its last status, the attempts and the start of the last response. A replay sends the
-//! original record back to its source topic without the `reflex_*` headers, plus
-//! `reflex_replay_of` (the dead letter's coordinates) and `reflex_replay_reason`; the audit
-//! record of the new attempt names the dead letter it replays, so the trail shows both.
+//! A dead letter carries the original record and headers that say why, where it came from, the
+//! event type and, for a failed action, its context ([`crate::ingest::headers`] owns that format).
+//! A replay sends the original record back to its source topic, naming the dead letter; the
+//! audit record of the new attempt names the dead letter it replays, so the trail shows both.
 
 // rdkafka's `KafkaError` is large; a failed command ends there, so it is not boxed.
 #![allow(clippy::result_large_err)]
@@ -14,20 +12,20 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::kafka::{self, KafkaSetupError};
-use crate::pipeline::{dlq_headers as h, OutRecord};
-use crate::replay::{reader, scan, ReplayError, Start};
+pub use crate::ingest::headers::DeadLetter;
+use crate::ingest::OutRecord;
+use crate::kafka::{self, reader, scan, KafkaSetupError, ReadError, Start};
 
 /// Why a dead-letter command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
     /// Reading the dead-letter topic failed.
     #[error(transparent)]
-    Read(#[from] ReplayError),
+    Read(#[from] ReadError),
     /// The producer could not be created.
     #[error(transparent)]
     Setup(#[from] KafkaSetupError),
@@ -54,62 +52,13 @@ pub struct Filter {
     pub since_ms: Option<i64>,
 }
 
-/// One dead letter as its headers describe it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// `topic/partition/offset` of the dead letter.
-    pub coordinates: String,
-    /// The event type, or `(unknown)`.
-    pub ty: String,
-    /// The reason code.
-    pub reason: String,
-    /// The explanation.
-    pub error: String,
-    /// The topic the record came from.
-    pub source_topic: Option<String>,
-    /// When it was dead-lettered (the record's timestamp, milliseconds since the epoch).
-    pub timestamp_ms: Option<i64>,
-}
-
-const UNKNOWN: &str = "(unknown)";
-
-impl DeadLetter {
-    /// Reads a dead-letter record's headers.
-    pub fn of<M: Message>(message: &M) -> Self {
-        let header = |name: &str| {
-            message.headers().and_then(|hs| {
-                hs.iter()
-                    .filter(|x| x.key == name)
-                    .last()
-                    .and_then(|x| x.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            })
-        };
-        Self {
-            coordinates: format!(
-                "{}/{}/{}",
-                message.topic(),
-                message.partition(),
-                message.offset()
-            ),
-            ty: header(h::EVENT_TYPE)
-                .or_else(|| header("ce_type"))
-                .unwrap_or_else(|| UNKNOWN.to_owned()),
-            reason: header(h::REASON).unwrap_or_else(|| UNKNOWN.to_owned()),
-            error: header(h::ERROR).unwrap_or_default(),
-            source_topic: header(h::TOPIC),
-            timestamp_ms: message.timestamp().to_millis(),
-        }
-    }
-
-    /// Whether `filter` takes it.
-    pub fn matches(&self, filter: &Filter) -> bool {
-        filter.ty.as_ref().is_none_or(|t| *t == self.ty)
-            && filter.reason.as_ref().is_none_or(|r| *r == self.reason)
-            && filter
-                .since_ms
-                .is_none_or(|s| self.timestamp_ms.is_some_and(|t| t >= s))
-    }
+/// Whether `filter` takes `dead`.
+pub fn matches(dead: &DeadLetter, filter: &Filter) -> bool {
+    filter.ty.as_ref().is_none_or(|t| *t == dead.ty)
+        && filter.reason.as_ref().is_none_or(|r| *r == dead.reason)
+        && filter
+            .since_ms
+            .is_none_or(|s| dead.timestamp_ms.is_some_and(|t| t >= s))
 }
 
 /// Dead letters of one type and reason.
@@ -207,8 +156,9 @@ pub fn list(config: &Config, filter: &Filter) -> Result<Listing, DlqError> {
         ..Listing::default()
     };
     scan(&consumer, &config.topics.dlq, Start::Beginning, None, |m| {
-        let dead = DeadLetter::of(m);
-        if dead.matches(filter) {
+        let headers = kafka::headers_of(m);
+        let dead = DeadLetter::of(&kafka::input_of(m, &headers));
+        if matches(&dead, filter) {
             listing.add(&dead);
         }
     })?;
@@ -235,36 +185,6 @@ impl fmt::Display for Replayed {
             self.sent.total, self.sent.topic
         )
     }
-}
-
-/// The record a dead letter is replayed as, or why it cannot be.
-pub fn replay_record<M: Message>(message: &M, dead: &DeadLetter) -> Result<OutRecord, String> {
-    let Some(topic) = dead.source_topic.clone() else {
-        return Err(format!("no {} header", h::TOPIC));
-    };
-    let mut headers: Vec<(String, Vec<u8>)> = message
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .filter(|x| !x.key.starts_with(h::PREFIX))
-                .map(|x| (x.key.to_owned(), x.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default();
-    headers.push((
-        h::REPLAY_OF.to_owned(),
-        dead.coordinates.clone().into_bytes(),
-    ));
-    headers.push((
-        h::REPLAY_REASON.to_owned(),
-        dead.reason.clone().into_bytes(),
-    ));
-    Ok(OutRecord {
-        topic,
-        key: message.key().map(<[u8]>::to_vec),
-        value: message.payload().map(<[u8]>::to_vec),
-        headers,
-    })
 }
 
 /// The dead letters already replayed: those an audit record names in `replay_of`.
@@ -321,8 +241,10 @@ pub async fn replay(
         Start::Beginning,
         None,
         |m: &BorrowedMessage<'_>| {
-            let dead = DeadLetter::of(m);
-            if !dead.matches(filter) {
+            let headers = kafka::headers_of(m);
+            let input = kafka::input_of(m, &headers);
+            let dead = DeadLetter::of(&input);
+            if !matches(&dead, filter) {
                 return;
             }
             if done.contains(&dead.coordinates) {
@@ -332,7 +254,7 @@ pub async fn replay(
                     .or_default() += 1;
                 return;
             }
-            match replay_record(m, &dead) {
+            match dead.replay_record(&input) {
                 Ok(record) => chosen.push((dead, record)),
                 Err(why) => *replayed.skipped.entry(why).or_default() += 1,
             }
@@ -392,85 +314,34 @@ pub fn parse_since(text: &str, now: chrono::DateTime<chrono::Utc>) -> Result<i64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
-
-    fn dead_letter(headers: &[(&str, &str)], ts: i64) -> OwnedMessage {
-        let mut hs = OwnedHeaders::new();
-        for (k, v) in headers {
-            hs = hs.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
-        OwnedMessage::new(
-            Some(b"{\"id\":\"e1\"}".to_vec()),
-            Some(b"k1".to_vec()),
-            "reflex.dlq".into(),
-            Timestamp::CreateTime(ts),
-            2,
-            7,
-            Some(hs),
-        )
-    }
 
     #[test]
-    fn headers_describe_the_dead_letter_and_filters_apply() {
-        let m = dead_letter(
-            &[
-                ("trace", "t1"),
-                (h::REASON, "action_failed"),
-                (h::ERROR, "503 after 5 attempts"),
-                (h::TOPIC, "events.orders"),
-                (h::EVENT_TYPE, "order.placed"),
-            ],
-            1_000,
-        );
-        let dead = DeadLetter::of(&m);
-        assert_eq!(dead.coordinates, "reflex.dlq/2/7");
-        assert_eq!(dead.ty, "order.placed");
-        assert_eq!(dead.reason, "action_failed");
-        assert_eq!(dead.source_topic.as_deref(), Some("events.orders"));
-        let all = Filter::default();
-        assert!(dead.matches(&all));
+    fn filters_take_type_reason_and_time() {
+        let dead = DeadLetter {
+            coordinates: "reflex.dlq/2/7".into(),
+            ty: "order.placed".into(),
+            reason: "action_failed".into(),
+            error: "503 after 5 attempts".into(),
+            source_topic: Some("events.orders".into()),
+            timestamp_ms: Some(1_000),
+        };
+        assert!(matches(&dead, &Filter::default()));
         let other_type = Filter {
             ty: Some("refund.requested".into()),
             ..Filter::default()
         };
-        assert!(!dead.matches(&other_type));
+        assert!(!matches(&dead, &other_type));
         let later = Filter {
             since_ms: Some(2_000),
             ..Filter::default()
         };
-        assert!(!dead.matches(&later));
+        assert!(!matches(&dead, &later));
         let reason = Filter {
             reason: Some("action_failed".into()),
             since_ms: Some(1_000),
             ..Filter::default()
         };
-        assert!(dead.matches(&reason));
-    }
-
-    #[test]
-    fn a_replayed_record_is_the_original_with_its_origin_named() {
-        let m = dead_letter(
-            &[
-                ("ce_id", "e1"),
-                (h::REASON, "action_failed"),
-                (h::TOPIC, "events.orders"),
-                (h::RETRY_ROUND, "3"),
-            ],
-            1,
-        );
-        let dead = DeadLetter::of(&m);
-        let record = replay_record(&m, &dead).expect("has a source topic");
-        assert_eq!(record.topic, "events.orders");
-        assert_eq!(record.key.as_deref(), Some(&b"k1"[..]));
-        assert_eq!(record.value.as_deref(), Some(&b"{\"id\":\"e1\"}"[..]));
-        let names: Vec<&str> = record.headers.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["ce_id", h::REPLAY_OF, h::REPLAY_REASON]);
-        assert_eq!(record.headers[1].1, b"reflex.dlq/2/7");
-        let orphan = dead_letter(&[(h::REASON, "undecodable")], 1);
-        assert!(replay_record(&orphan, &DeadLetter::of(&orphan)).is_err());
+        assert!(matches(&dead, &reason));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The Kafka layer: client settings, topic creation and delivery of output records.
+//! The Kafka layer: client settings, topic creation, delivery of output records, reading topics
+//! to their end ([`read`]) and knowing when a group has caught up ([`drain`]).
 //!
 //! It knows nothing about events, schemas or policies; it moves [`OutRecord`]s and reports what
 //! the brokers said, classifying failures as retryable or permanent.
@@ -14,7 +15,13 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 use crate::config::{KafkaConfig, Topics};
-use crate::pipeline::{Input, OutRecord};
+use crate::ingest::{Input, OutRecord};
+
+pub mod drain;
+pub mod read;
+
+pub use drain::caught_up;
+pub use read::{reader, scan, ReadError, Start, TopicReader};
 
 /// Largest record reflex produces (dead letters carry the original record).
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;

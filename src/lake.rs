@@ -1,6 +1,6 @@
 //! The data lake: valid events and audit records as Parquet files on an object store.
 //!
-//! The lake role ([`role::run`]) reads the event topics and the audit topic in its own consumer
+//! The lake role ([`crate::role::lake::run`]) reads the event topics and the audit topic in its own consumer
 //! group. Each valid event becomes a row of its type's table, each audit record a row of the
 //! `audit` table. Records that the actions role dead-letters (undecodable, unknown type,
 //! schema-invalid, too large) are not lake rows: they are in the dead-letter topic, and their
@@ -14,8 +14,10 @@
 //! whole files, and only then is the offset after it committed. See [`segment`] for why a replay
 //! after a crash rewrites the same files instead of adding rows.
 //!
-//! The `redact` obligation of a decision is not applied to lake rows: the lake does not read
-//! decisions before writing an event (the audit table records them).
+//! Redaction: an event's row leaves out the fields that the policy's redaction rule names for
+//! it, the same paths the actions role removes from the action body and emitted events and
+//! records in the audit record. The rule reads only the event, so the lake evaluates it alone,
+//! never the full decision; when it cannot be decided the row is written without `data`.
 //!
 //! Exactly once is per Kafka record. The actions role is at-least-once, so after one of its
 //! crashes the audit topic may hold two records for one event (compaction keeps the last); the
@@ -23,7 +25,6 @@
 
 pub mod encode;
 pub mod evolution;
-pub mod role;
 pub mod segment;
 pub mod shape;
 pub mod store;

@@ -17,24 +17,31 @@
 //! - [`action`]: the actions (inline `emit` and `log`, `http` calls) and the type → action table.
 //! - [`service`]: calling HTTP services: retries with backoff, circuit breakers, URL templates.
 //! - [`enrich`]: lookups in supporting services, cached, whose answers join the policy input.
-//! - [`audit`]: the audit record and the outcome and reason codes.
-//! - [`pipeline`]: the order of the stages for one event, free of Kafka.
-//! - [`kafka`]: client settings, topic creation, delivery of output records.
+//! - [`ingest`]: a consumed record's life up to the decision, shared by every consumer of
+//!   records: the input record, the `reflex_*` headers (dead-letter and retry format), admission
+//!   (size → decode → validate) and the policy input and decision.
+//! - [`audit`]: the audit record and the outcome codes.
+//! - [`kafka`]: client settings, topic creation, delivery of output records, reading topics to
+//!   their end.
 //! - [`ordering`]: key-ordered concurrency within a partition: the key queue and the offset
 //!   tracker.
-//! - [`worker`]: the actions role: the consumer loop, offset storing and shutdown.
-//! - [`lake`]: the lake role: valid events and audit records as Parquet files for DuckDB.
+//! - [`role`]: the worker roles side by side: [`role::actions`] (the consumer loop, scheduler,
+//!   rebalance handling, delivery, and the pipeline: the order of the stages for one event, free
+//!   of Kafka) and [`role::lake`] (the lake's consumer loop).
+//! - [`lake`]: the lake's tables, Parquet encoding, segments, object store and DuckDB views.
 //! - [`produce`]: `reflex produce`, publishing CloudEvents from JSON lines.
 //! - [`dlq`]: `reflex dlq list|replay`: the dead-letter topic summarised and sent back.
 //! - [`replay`]: `reflex policy replay`, a candidate policy set against the recorded decisions.
 //! - [`summary`]: per-type counts of outcomes and reasons.
 //!
 //! # One event's way through the actions role
-//! 1. The [`worker`] polls a record and hands it to the [`pipeline`].
-//! 2. Size check, then [`event::CloudEvent::decode`] (or, for wire-format data, the schema id
-//!    resolved in the [`registry`] and the data decoded); failures become dead letters.
-//! 3. The type selects its schema ([`schema::SchemaRegistry::validate`]) and its action.
-//! 4. [`policy::Evaluator::decide`] returns allow, reasons and obligations, or a fail-closed deny;
+//! 1. The actions role ([`role::actions`]) polls a record and hands it to its pipeline.
+//! 2. [`ingest::Admitter::admit`]: size check, then [`event::CloudEvent::decode`] (or, for
+//!    wire-format data, the schema id resolved in the [`registry`] and the data decoded), then
+//!    [`schema::SchemaRegistry::validate`]; failures become dead letters. The type selects its
+//!    action.
+//! 3. Enrichment lookups ([`enrich`]) answer from supporting services.
+//! 4. [`ingest::decide`] returns allow, reasons and obligations, or a fail-closed deny;
 //!    `redact` paths are removed from every copy of the data written, `emit` obligations become
 //!    derived events. The worker swaps in a reloaded policy set between two records.
 //! 5. Allowed events run their [`action::Action`]; denied events are only audited.
@@ -42,9 +49,9 @@
 //!    and stores the record's offset only after all of them, and every earlier record of the
 //!    partition, are acknowledged.
 //!
-//! The [`lake`] role reads the same topics and the audit topic again, decodes and validates each
-//! record the same way, applies the policy's `redact` obligation, buffers rows per partition,
-//! and writes whole Parquet files before it commits the offsets they cover.
+//! The lake role ([`role::lake`]) reads the same topics and the audit topic again, admits each
+//! record the same way, removes the same redacted fields, buffers rows per partition, and writes
+//! whole Parquet files ([`lake`]) before it commits the offsets they cover.
 
 pub mod action;
 pub mod audit;
@@ -52,15 +59,15 @@ pub mod config;
 pub mod dlq;
 pub mod enrich;
 pub mod event;
+pub mod ingest;
 pub mod kafka;
 pub mod lake;
 pub mod ordering;
-pub mod pipeline;
 pub mod policy;
 pub mod produce;
 pub mod registry;
 pub mod replay;
+pub mod role;
 pub mod schema;
 pub mod service;
 pub mod summary;
-pub mod worker;

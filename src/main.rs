@@ -10,12 +10,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use reflex::config::{Config, PolicySettings};
-use reflex::lake::role::LakeRunOptions;
 use reflex::policy::{explain, testing, PolicySet};
 use reflex::produce::{self, ProduceOptions};
 use reflex::registry::manage;
 use reflex::replay::ReplayOptions;
-use reflex::worker::{self, RunOptions};
+use reflex::role::actions::{self as actions_role, RunOptions};
+use reflex::role::lake::LakeRunOptions;
 
 /// Governed, audited actions from business events on Kafka.
 #[derive(Debug, Parser)]
@@ -322,7 +322,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let shutdown = CancellationToken::new();
             let summary = runtime.block_on(async {
                 tokio::spawn(signal_shutdown(shutdown.clone()));
-                worker::run(&config, RunOptions { worker_id, drain }, shutdown).await
+                actions_role::run(&config, RunOptions { worker_id, drain }, shutdown).await
             })?;
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
@@ -389,7 +389,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 from_offset,
                 max_events,
             };
-            let report = reflex::replay::replay(&config, &options)?;
+            let report = runtime.block_on(reflex::replay::replay(&config, &options))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -406,7 +406,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let shutdown = CancellationToken::new();
             let summary = runtime.block_on(async {
                 tokio::spawn(signal_shutdown(shutdown.clone()));
-                reflex::lake::role::run(&config, LakeRunOptions { drain }, shutdown).await
+                reflex::role::lake::run(&config, LakeRunOptions { drain }, shutdown).await
             })?;
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
@@ -578,7 +578,7 @@ fn eval_input(text: &str, now: Option<&str>) -> anyhow::Result<serde_json::Value
             .with_timezone(&chrono::Utc),
         None => chrono::Utc::now(),
     };
-    let input = reflex::pipeline::Input {
+    let input = reflex::ingest::Input {
         topic: "(eval)",
         partition: 0,
         offset: 0,
@@ -587,7 +587,7 @@ fn eval_input(text: &str, now: Option<&str>) -> anyhow::Result<serde_json::Value
         headers: &[],
         timestamp_ms: None,
     };
-    Ok(reflex::pipeline::policy_document(
+    Ok(reflex::ingest::policy_document(
         &event,
         mode,
         &input,

@@ -12,8 +12,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::config::Config;
 use crate::event::CloudEvent;
+use crate::ingest::OutRecord;
 use crate::kafka::{self, KafkaSetupError};
-use crate::pipeline::OutRecord;
 
 /// How to produce.
 #[derive(Debug, Clone)]

@@ -161,6 +161,40 @@ impl HttpRegistry {
         Lookup::Unknown
     }
 
+    /// Makes sure the schema of a wire-format `value` is resolved (or known not to exist) before
+    /// the record is decoded. A registry that cannot be reached is not the event's fault: the
+    /// caller waits, with backoff, and the reason is logged. Returns false if `shutdown` came
+    /// first; true at once for a value that is not in the wire format.
+    pub async fn await_schema(
+        &self,
+        value: &[u8],
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        let Ok((id, _)) = crate::schema::wire::split(value) else {
+            return true;
+        };
+        if !matches!(self.lookup(id), Lookup::Unknown) {
+            return true;
+        }
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1.. {
+            match self.resolve(id).await {
+                Ok(_) | Err(RegistryError::NotFound(_) | RegistryError::Compile { .. }) => {
+                    return true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, schema_id = id, attempt, retry_in = ?backoff, "schema registry unavailable; the event waits for its schema");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return false,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        true
+    }
+
     /// Fetches, compiles and caches schema `id` (and the subjects it is registered under).
     pub async fn resolve(&self, id: u32) -> Result<Arc<Registered>, RegistryError> {
         if let Lookup::Found(found) = self.lookup(id) {

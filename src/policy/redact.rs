@@ -12,6 +12,8 @@
 
 use serde_json::Value;
 
+use crate::event::CloudEvent;
+
 /// Removes every field named by `paths` from `value`; returns how many fields were removed.
 pub fn redact<S: AsRef<str>>(value: &mut Value, paths: &[S]) -> usize {
     paths
@@ -24,6 +26,32 @@ pub fn redact<S: AsRef<str>>(value: &mut Value, paths: &[S]) -> usize {
             remove(value, &segments)
         })
         .sum()
+}
+
+/// A copy of `event` without the fields `paths` name. Paths are read against the CloudEvent
+/// document, and only its `data` is ever removed from: `data.customer_id` and `*.customer_id`
+/// remove that field, `data` (or `*`) removes all data, and envelope paths match nothing.
+pub fn redacted<S: AsRef<str>>(event: &CloudEvent, paths: &[S]) -> CloudEvent {
+    let mut copy = event.clone();
+    for path in paths {
+        let path = path.as_ref();
+        let (first, rest) = match path.split_once('.') {
+            Some((first, rest)) => (first, Some(rest)),
+            None => (path, None),
+        };
+        if first != "data" && first != "*" {
+            continue;
+        }
+        match rest {
+            None => copy.data = None,
+            Some(rest) => {
+                if let Some(data) = copy.data.as_mut() {
+                    redact(data, &[rest]);
+                }
+            }
+        }
+    }
+    copy
 }
 
 fn remove(value: &mut Value, segments: &[&str]) -> usize {

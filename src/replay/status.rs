@@ -15,8 +15,9 @@ use rdkafka::message::Message;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{reader, scan, ReplayError, Start};
+use super::ReplayError;
 use crate::config::{KafkaConfig, PolicySettings};
+use crate::kafka::{reader, scan, Start};
 use crate::policy::{files, PolicySet};
 
 /// The revision a worker last decided with, as its audit records show.

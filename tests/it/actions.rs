@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use reflex::worker::{self, RunOptions};
+use reflex::role::actions::{self as worker, RunOptions};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 

@@ -141,17 +141,15 @@ async fn kill_9_mid_stream_loses_nothing() {
                 "event {id} audited twice, first by {worker}, which was not killed"
             );
         }
-        let outcome = records
-            .last()
-            .and_then(|r| r["outcome"].as_str())
-            .unwrap_or_default();
+        let last = records.last().cloned().unwrap_or_default();
+        let outcome = last["outcome"].as_str().unwrap_or_default();
         let n: usize = id.trim_start_matches("ev-").parse().expect("numbered id");
         let expected = if n % 10 == 0 {
             "dead_lettered"
         } else {
             "actioned"
         };
-        assert_eq!(outcome, expected, "{id}");
+        assert_eq!(outcome, expected, "{id}: {last}");
     }
     let working = by_worker
         .keys()

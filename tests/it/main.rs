@@ -3,6 +3,7 @@
 
 mod action_service;
 mod actions;
+mod admission;
 mod cli;
 mod common;
 mod crash;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reflex::policy::files;
 use reflex::policy::telemetry;
 use reflex::replay::{self, ReplayOptions};
-use reflex::worker::{self, RunOptions};
+use reflex::role::actions::{self as worker, RunOptions};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -200,6 +200,7 @@ async fn replay_shows_what_a_candidate_would_change_and_reproduces_the_recorded_
             max_events: None,
         },
     )
+    .await
     .expect("replay");
     assert_eq!(same.compared(), 11, "{same}");
     assert_eq!(same.changed(), 0, "{same}");
@@ -258,6 +259,7 @@ async fn replay_shows_what_a_candidate_would_change_and_reproduces_the_recorded_
             max_events: None,
         },
     )
+    .await
     .expect("replay");
     let refunds = &report.types["refund.requested"];
     assert_eq!(

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use apache_avro::types::Value as AvroValue;
 use reflex::registry::HttpRegistry;
+use reflex::role::actions::{self as worker, RunOptions};
 use reflex::schema::{avro, wire, Format};
-use reflex::worker::{self, RunOptions};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -422,9 +422,9 @@ async fn events_from_confluent_kafka_python_are_actioned() {
     // The lake holds them as typed rows.
     let lake = tokio::time::timeout(
         Duration::from_secs(120),
-        reflex::lake::role::run(
+        reflex::role::lake::run(
             &config,
-            reflex::lake::role::LakeRunOptions { drain: true },
+            reflex::role::lake::LakeRunOptions { drain: true },
             CancellationToken::new(),
         ),
     )

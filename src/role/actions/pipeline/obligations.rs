@@ -1,20 +1,11 @@
-//! The obligations of a decision that the pipeline carries out: `redact` (a redacted copy of the
-//! event for everything written after the decision) and `emit` (derived events).
+//! The `emit` obligations of a decision that the pipeline carries out: derived events. (The
+//! `redact` obligation is applied with [`crate::policy::redact::redacted`].)
 
 use serde_json::Value;
 
 use super::OutRecord;
 use crate::event::CloudEvent;
 use crate::policy::EmitObligation;
-
-/// A copy of `event` without the fields the policy asked to redact.
-pub(crate) fn redacted(event: &CloudEvent, paths: &[&str]) -> CloudEvent {
-    let mut doc = serde_json::to_value(event).unwrap_or(Value::Null);
-    crate::policy::redact::redact(&mut doc, paths);
-    let mut copy = event.clone();
-    copy.data = doc.get_mut("data").map(Value::take);
-    copy
-}
 
 /// Namespace of the ids of events emitted by obligations (UUID v5).
 const OBLIGATION_ID_NAMESPACE: uuid::Uuid =

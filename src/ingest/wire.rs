@@ -5,15 +5,14 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::Input;
-use crate::audit::DeadLetterReason;
+use super::{DeadLetterReason, Input};
 use crate::event::{CloudEvent, Mode, SPEC_VERSION};
 use crate::registry::{HttpRegistry, Lookup};
 use crate::schema::{avro, wire, Format, Kind};
 
 /// A record the wire decode stage rejects: the reason, its explanation, and the envelope if it
 /// was read before the failure.
-pub struct Rejected {
+pub(super) struct Rejected {
     /// The dead-letter reason.
     pub reason: DeadLetterReason,
     /// The explanation.
@@ -31,8 +30,8 @@ fn reject(reason: DeadLetterReason, error: String, event: Option<(CloudEvent, Mo
 }
 
 /// Decodes a wire-format value. The schema id must already be resolved (or known missing) in
-/// `registry`'s cache: the worker waits for the registry before it hands the record over.
-pub fn decode(
+/// `registry`'s cache: consumers wait for it with [`HttpRegistry::await_schema`] first.
+pub(super) fn decode(
     registry: Option<&HttpRegistry>,
     type_header: &str,
     input: &Input<'_>,

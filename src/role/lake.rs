@@ -8,7 +8,7 @@
 //! above `lake.max_buffered_bytes` the largest segment is written early. On shutdown every
 //! segment is written and committed.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -19,15 +19,15 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::encode::EncodeSettings;
-use super::segment::{Row, Segment, Segments, TopicPartition};
-use super::store::LakeStore;
-use super::table::Coordinates;
-use super::write::write_segment;
-use super::{check_evolution, LakeError, Tables};
 use crate::config::Config;
-use crate::event::CloudEvent;
+use crate::ingest::Admitter;
 use crate::kafka::{self, KafkaSetupError};
+use crate::lake::encode::EncodeSettings;
+use crate::lake::segment::{Row, Segment, Segments, TopicPartition};
+use crate::lake::store::LakeStore;
+use crate::lake::table::{Coordinates, Hour};
+use crate::lake::write::write_segment;
+use crate::lake::{check_evolution, LakeError, Tables};
 
 /// How to run the lake role.
 #[derive(Debug, Clone)]
@@ -76,14 +76,16 @@ impl ConsumerContext for LakeContext {
                 partitions = partitions.count(),
                 "partitions revoked; their unwritten rows will be read again by the next owner"
             );
-            if let Ok(mut revoked) = self.revoked.lock() {
-                revoked.extend(
+            // A panic while the list was held leaves nothing half-made: use it as it is.
+            self.revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(
                     partitions
                         .elements()
                         .iter()
                         .map(|e| (e.topic().to_owned(), e.partition())),
                 );
-            }
         }
     }
 }
@@ -97,7 +99,9 @@ struct Lake<'a> {
     settings: EncodeSettings,
     summary: LakeSummary,
     row: Vec<u8>,
-    /// Decides the `redact` obligation of each row (audit rules), as the actions role does.
+    /// Admits event records as every role does.
+    admitter: Admitter,
+    /// Decides which fields of each event are redacted, as the actions role does.
     evaluator: crate::policy::Evaluator,
 }
 
@@ -150,6 +154,7 @@ pub async fn run(
         },
         summary: LakeSummary::default(),
         row: Vec::with_capacity(4096),
+        admitter: Admitter::new(config),
         evaluator: config.policy.evaluator(),
     };
     let tick =
@@ -168,7 +173,7 @@ pub async fn run(
                     lake.write(&consumer, &tp).await?;
                 }
                 if idle_since.elapsed() > Duration::from_millis(500)
-                    && probe.as_ref().is_some_and(|p| crate::worker::caught_up(&consumer, p, &topics))
+                    && probe.as_ref().is_some_and(|p| kafka::caught_up(&consumer, p, &topics))
                 {
                     tracing::info!("all partitions consumed to their end");
                     break;
@@ -185,10 +190,8 @@ pub async fn run(
                 };
                 idle_since = Instant::now();
                 // Wire-format data needs its schema: wait for the registry as the actions role does.
-                if let (Some(registry), Some(value)) = (config.registry.as_deref(), message.payload()) {
-                    if !crate::worker::await_schema(registry, value, &shutdown).await {
-                        break;
-                    }
+                if !lake.admitter.prepare(message.payload(), &shutdown).await {
+                    break;
                 }
                 let tp = (message.topic().to_owned(), message.partition());
                 if lake.add(&message) {
@@ -218,10 +221,13 @@ pub async fn run(
 impl Lake<'_> {
     /// Drops the segments of partitions revoked since the last call.
     fn forget_revoked(&mut self, consumer: &StreamConsumer<LakeContext>) {
-        let revoked = match consumer.context().revoked.lock() {
-            Ok(mut list) => std::mem::take(&mut *list),
-            Err(_) => return,
-        };
+        let revoked = std::mem::take(
+            &mut *consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         for tp in &revoked {
             self.segments.drop_partition(tp);
         }
@@ -259,62 +265,65 @@ impl Lake<'_> {
         self.segments.push(&tp, at.offset, row, Instant::now())
     }
 
-    /// The row of a valid event; `None` for what the actions role dead-letters.
+    /// The row of a valid event; `None` for what the actions role dead-letters (its audit
+    /// record, which says why, is a row of the audit table).
     fn event_row(
         &mut self,
         message: &BorrowedMessage<'_>,
         at: Coordinates<'_>,
-    ) -> Option<(usize, super::table::Hour)> {
-        let headers = crate::kafka::headers_of(message);
-        let input = crate::kafka::input_of(message, &headers);
-        if input.size() > self.config.actions_role.max_event_bytes {
-            return None;
-        }
-        let is_wire = input
-            .value
-            .is_some_and(crate::schema::wire::looks_like_wire);
-        let (event, mode) = if is_wire {
-            // Decoded and validated against the registered schema, as in the actions role.
-            crate::pipeline::wire::decode(
-                self.config.registry.as_deref(),
-                &self.config.type_header,
-                &input,
-            )
-            .ok()?
-        } else {
-            CloudEvent::decode(message.payload(), &headers).ok()?
-        };
-        let table = self.tables.index_of(&event.ty)?;
-        static NO_DATA: serde_json::Value = serde_json::Value::Null;
-        let data = event.data.as_ref().unwrap_or(&NO_DATA);
-        if !is_wire {
-            let violations = self.config.schemas.validate(&event.ty, data)?;
-            if !violations.is_empty() {
+    ) -> Option<(usize, Hour)> {
+        let headers = kafka::headers_of(message);
+        let input = kafka::input_of(message, &headers);
+        let admitted = match self.admitter.admit(&input) {
+            Ok(admitted) => admitted,
+            Err(rejection) => {
+                tracing::debug!(
+                    topic = at.topic,
+                    partition = at.partition,
+                    offset = at.offset,
+                    reason = rejection.reason.code(),
+                    "not a lake row"
+                );
                 return None;
             }
-        }
-        // The audit rules' `redact` obligation applies to lake rows too. When the policy cannot
-        // decide, nothing of `data` is written: a row without data rather than unredacted data.
-        let now = Utc::now();
-        let decision = self.evaluator.decide(crate::pipeline::policy_input(
-            &event,
-            mode,
-            &input,
-            &now,
-            &serde_json::Map::new(),
-        ));
-        let paths = if decision.failure.is_some() {
-            vec!["data"]
-        } else {
-            decision.redact_paths()
         };
+        let table = self.tables.index_of(&admitted.event.ty)?;
+        // The same redaction as the actions role's, from the event alone. When it cannot be
+        // decided, nothing of `data` is written: a row without data rather than unredacted data.
+        let now = Utc::now();
+        let paths = self.redaction(&admitted, &input, &now);
         let event = if paths.is_empty() {
-            event
+            admitted.event
         } else {
-            crate::pipeline::obligations::redacted(&event, &paths)
+            crate::policy::redact::redacted(&admitted.event, &paths)
         };
         let t = self.tables.get(table)?;
         Some((table, t.event_row(&event, at, now, &mut self.row)))
+    }
+
+    /// The paths to redact from an event's row.
+    fn redaction(
+        &mut self,
+        admitted: &crate::ingest::Admitted,
+        input: &crate::ingest::Input<'_>,
+        now: &chrono::DateTime<Utc>,
+    ) -> Vec<String> {
+        let decision = self.evaluator.decide(crate::ingest::policy_input(
+            &admitted.event,
+            admitted.mode,
+            input,
+            now,
+            &serde_json::Map::new(),
+        ));
+        if decision.failure.is_some() {
+            vec!["data".to_owned()]
+        } else {
+            decision
+                .redact_paths()
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        }
     }
 
     /// Writes a partition's segment and commits the offset after it.
@@ -329,18 +338,16 @@ impl Lake<'_> {
         let (first, next) = (segment.first_offset, segment.next_offset);
         self.write_files(tp, segment).await?;
         let mut offsets = TopicPartitionList::new();
-        if offsets
+        let committed = offsets
             .add_partition_offset(&tp.0, tp.1, Offset::Offset(next))
-            .is_ok()
-        {
-            if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-                // The files are written; reading the segment again rewrites the same files.
-                tracing::warn!(error = %e, topic = %tp.0, partition = tp.1, offset = first, "commit failed; reading the partition again from the segment's start");
-                if let Err(e) =
-                    consumer.seek(&tp.0, tp.1, Offset::Offset(first), Duration::from_secs(5))
-                {
-                    tracing::debug!(error = %e, "seek after failed commit (partition revoked?)");
-                }
+            .and_then(|()| consumer.commit(&offsets, CommitMode::Sync));
+        if let Err(e) = committed {
+            // The files are written; reading the segment again rewrites the same files.
+            tracing::warn!(error = %e, topic = %tp.0, partition = tp.1, offset = first, "commit failed; reading the partition again from the segment's start");
+            if let Err(e) =
+                consumer.seek(&tp.0, tp.1, Offset::Offset(first), Duration::from_secs(5))
+            {
+                tracing::debug!(error = %e, "seek after failed commit (partition revoked?)");
             }
         }
         Ok(())

@@ -277,8 +277,11 @@ fn bad_records_go_to_the_dlq_with_reason() {
             "{reason:?}: original bytes kept"
         );
         assert_eq!(dlq.key.as_deref(), Some(&b"k"[..]));
-        assert_eq!(header(dlq, dlq_headers::REASON), Some(reason.code()));
-        assert_eq!(header(dlq, dlq_headers::OFFSET), Some("41"));
+        assert_eq!(
+            header(dlq, crate::ingest::headers::REASON),
+            Some(reason.code())
+        );
+        assert_eq!(header(dlq, crate::ingest::headers::OFFSET), Some("41"));
         assert_eq!(header(dlq, "trace"), Some("t1"), "original headers kept");
         let audit = audit_json(&p);
         assert_eq!(audit["outcome"], "dead_lettered");
@@ -292,7 +295,7 @@ fn bad_records_go_to_the_dlq_with_reason() {
     }
     let value = refund("r5", r#"{"amount": "ten"}"#);
     let p = f.process(&input(&value, &[]));
-    let error = header(&p.records[0], dlq_headers::ERROR).expect("error header");
+    let error = header(&p.records[0], crate::ingest::headers::ERROR).expect("error header");
     assert!(error.contains("data/amount"), "{error}");
 }
 

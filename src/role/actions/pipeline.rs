@@ -1,7 +1,7 @@
-//! The order of the stages for one event: size check → decode → validate → policy → action →
-//! audit. Only this module knows that order. It turns one input record into the records to
-//! publish (derived events, a dead letter, and always one audit record) without touching Kafka,
-//! so every outcome can be tested without a broker.
+//! The order of the stages for one event: admission (size check → decode → validate) →
+//! enrichment → policy → action → audit. Only this module knows that order. It turns one input
+//! record into the records to publish (derived events, a dead letter or retry record, and always
+//! one audit record) without touching Kafka, so every outcome can be tested without a broker.
 
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
@@ -12,100 +12,18 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::action::{Action, ActionTable, Effect};
-use crate::audit::{AuditRecord, DeadLetterReason, Outcome, Timings};
+use crate::audit::{AuditRecord, Outcome, Timings};
 use crate::enrich::{EnrichVerdict, Enricher};
 use crate::event::{CloudEvent, Mode};
-use crate::policy::{telemetry, Decision, Evaluator, Failure};
+use crate::ingest::headers::{self, Context};
+use crate::ingest::{
+    self, Admitter, DeadLetterReason, DecisionInput, EmitTopics, Input, OutRecord,
+};
+use crate::policy::{Decision, Evaluator};
 use crate::registry::HttpRegistry;
 use crate::schema::SchemaRegistry;
 use crate::service::{CallOutcome, Services};
-use deadletter::Rejection;
-
-/// Headers reflex adds to a dead-letter record.
-pub mod dlq_headers {
-    /// The machine-readable reason code.
-    pub const REASON: &str = "reflex_reason";
-    /// A human-readable explanation.
-    pub const ERROR: &str = "reflex_error";
-    /// Topic of the original record.
-    pub const TOPIC: &str = "reflex_source_topic";
-    /// Partition of the original record.
-    pub const PARTITION: &str = "reflex_source_partition";
-    /// Offset of the original record.
-    pub const OFFSET: &str = "reflex_source_offset";
-    /// The worker that dead-lettered it.
-    pub const WORKER: &str = "reflex_worker";
-    /// The event's type, when it was read.
-    pub const EVENT_TYPE: &str = "reflex_event_type";
-    /// The action that failed.
-    pub const ACTION: &str = "reflex_action";
-    /// The action service's last HTTP status.
-    pub const STATUS: &str = "reflex_status";
-    /// Calls made to the action service, over every round.
-    pub const ATTEMPTS: &str = "reflex_attempts";
-    /// The start of the action service's last response body.
-    pub const RESPONSE: &str = "reflex_response";
-    /// Rounds through the retry topic so far.
-    pub const RETRY_ROUND: &str = "reflex_retry_round";
-    /// When a record in the retry topic is due (milliseconds since the epoch).
-    pub const RETRY_AT: &str = "reflex_retry_at";
-    /// The enrichment lookup that failed.
-    pub const LOOKUP: &str = "reflex_lookup";
-    /// `topic/partition/offset` of the dead letter a replayed record comes from.
-    pub const REPLAY_OF: &str = "reflex_replay_of";
-    /// The reason code of the dead letter a replayed record comes from.
-    pub const REPLAY_REASON: &str = "reflex_replay_reason";
-    /// Every header reflex adds starts with this; they are stripped before adding new ones.
-    pub const PREFIX: &str = "reflex_";
-}
-
-/// One input record, borrowed from the consumer.
-#[derive(Debug, Clone, Copy)]
-pub struct Input<'a> {
-    /// Topic.
-    pub topic: &'a str,
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// Record key.
-    pub key: Option<&'a [u8]>,
-    /// Record value.
-    pub value: Option<&'a [u8]>,
-    /// Record headers.
-    pub headers: &'a [(&'a str, &'a [u8])],
-    /// Broker timestamp in milliseconds.
-    pub timestamp_ms: Option<i64>,
-}
-
-impl<'a> Input<'a> {
-    /// The first header named `name`, if its value is UTF-8.
-    pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-    }
-
-    /// Key, value and header bytes together, as checked against `max_event_bytes`.
-    pub fn size(&self) -> usize {
-        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-        self.key.map_or(0, <[u8]>::len) + self.value.map_or(0, <[u8]>::len) + headers
-    }
-}
-
-/// A record to publish.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutRecord {
-    /// Destination topic.
-    pub topic: String,
-    /// Key.
-    pub key: Option<Vec<u8>>,
-    /// Value.
-    pub value: Option<Vec<u8>>,
-    /// Headers.
-    pub headers: Vec<(String, Vec<u8>)>,
-}
+use deadletter::DeadEnd;
 
 /// What processing one record produced. The input's offset may be stored once every record
 /// in `records` is acknowledged.
@@ -121,7 +39,8 @@ pub struct Processed {
 /// several threads: each decision takes one of the policy evaluators (one per core by default),
 /// locked only while it decides.
 pub struct Processor {
-    schemas: Arc<SchemaRegistry>,
+    admitter: Admitter,
+    emit: EmitTopics,
     actions: Arc<ActionTable>,
     evaluators: Vec<Mutex<Evaluator>>,
     next: AtomicUsize,
@@ -200,8 +119,19 @@ impl Processor {
         if evaluators.is_empty() {
             evaluators.push(Mutex::new(Evaluator::unloaded()));
         }
-        Self {
+        let admitter = Admitter::with(
             schemas,
+            settings.registry.clone(),
+            settings.type_header.clone(),
+            settings.max_event_bytes,
+        );
+        let emit = EmitTopics {
+            default: settings.policy_emit_topic.clone(),
+            allowed: settings.policy_emit_topics.clone(),
+        };
+        Self {
+            admitter,
+            emit,
             actions,
             evaluators,
             next: AtomicUsize::new(0),
@@ -247,78 +177,37 @@ impl Processor {
         }
     }
 
-    /// Size check, decoding, the type's action and schema validation.
+    /// Admission (size check, decoding, schema validation) and the type's action.
     pub fn admit(&self, input: &Input<'_>) -> Admitted {
         let mut timings = Timings::default();
         let mut audit = AuditRecord::new(input, &self.settings.worker);
-        audit.retry_round = deadletter::retry_round(input);
-        audit.origin = deadletter::origin(input);
-        audit.replay_of = deadletter::replay_of(input);
-        let size = input.size();
-        if size > self.settings.max_event_bytes {
-            let why = format!(
-                "record is {size} bytes, above roles.actions.max_event_bytes = {}",
-                self.settings.max_event_bytes
-            );
-            let rejected = Rejection::new(DeadLetterReason::TooLarge, why);
-            return Admitted::Finished(Box::new(self.dead_letter(input, audit, rejected, timings)));
-        }
-
-        let started = Instant::now();
-        let is_wire = input
-            .value
-            .is_some_and(crate::schema::wire::looks_like_wire);
-        let decoded = if is_wire {
-            wire::decode(
-                self.settings.registry.as_deref(),
-                &self.settings.type_header,
-                input,
-            )
-        } else {
-            CloudEvent::decode(input.value, input.headers).map_err(|e| wire::Rejected {
-                reason: DeadLetterReason::Undecodable,
-                error: e.to_string(),
-                event: None,
-            })
-        };
-        timings.decode = micros(started);
-        let (event, mode) = match decoded {
-            Ok(ok) => ok,
-            Err(rejected) => {
-                if let Some(envelope) = &rejected.event {
+        audit.retry_round = headers::retry_round(input);
+        audit.origin = headers::origin(input);
+        audit.replay_of = headers::replay_of(input);
+        let admitted = match self.admitter.admit(input) {
+            Ok(admitted) => admitted,
+            Err(rejection) => {
+                timings.decode = rejection.timings.decode;
+                timings.validate = rejection.timings.validate;
+                if let Some(envelope) = &rejection.envelope {
                     describe(&mut audit, &envelope.0, envelope.1);
                 }
-                let rejected = Rejection::new(rejected.reason, rejected.error);
-                return Admitted::Finished(Box::new(
-                    self.dead_letter(input, audit, rejected, timings),
-                ));
+                let end = DeadEnd::new(rejection.reason, rejection.error);
+                return Admitted::Finished(Box::new(self.dead_letter(input, audit, end, timings)));
             }
         };
-        describe(&mut audit, &event, mode);
-
-        let Some(action) = self.actions.get(&event.ty).cloned() else {
-            let why = format!("event type \"{}\" has no schema and no action", event.ty);
-            let rejected = Rejection::new(DeadLetterReason::UnknownType, why);
-            return Admitted::Finished(Box::new(self.dead_letter(input, audit, rejected, timings)));
+        timings.decode = admitted.timings.decode;
+        timings.validate = admitted.timings.validate;
+        describe(&mut audit, &admitted.event, admitted.mode);
+        let Some(action) = self.actions.get(&admitted.event.ty).cloned() else {
+            // Start-up checks that every type with a schema has an action.
+            let why = format!("event type \"{}\" has no action", admitted.event.ty);
+            let end = DeadEnd::new(DeadLetterReason::UnknownType, why);
+            return Admitted::Finished(Box::new(self.dead_letter(input, audit, end, timings)));
         };
-
-        // Wire-format data was validated against its registered schema while decoding.
-        let started = Instant::now();
-        let violations = if is_wire {
-            Vec::new()
-        } else {
-            let data = event.data.as_ref().unwrap_or(&Value::Null);
-            self.schemas.validate(&event.ty, data).unwrap_or_default()
-        };
-        timings.validate = micros(started);
-        if !violations.is_empty() {
-            let why = crate::schema::summarize(&violations);
-            let rejected = Rejection::new(DeadLetterReason::SchemaInvalid, why);
-            return Admitted::Finished(Box::new(self.dead_letter(input, audit, rejected, timings)));
-        }
         Admitted::Event(Box::new(Admission {
-            event,
-            mode,
+            event: admitted.event,
+            mode: admitted.mode,
             action,
             audit,
             timings,
@@ -357,35 +246,33 @@ impl Processor {
             }
             EnrichVerdict::RetryLater { lookup, error } => {
                 let why = format!("enrichment lookup \"{lookup}\" failed: {error}");
-                let context = vec![(dlq_headers::LOOKUP, lookup)];
+                let context = Context::Lookup { name: lookup };
                 if self.may_retry(&audit) {
-                    records.push(self.retry(input, &mut audit, why, context));
+                    records.push(self.retry(input, &mut audit, why, Some(context)));
                     return self.finish(audit, records, timings);
                 }
-                let mut rejection = Rejection::new(DeadLetterReason::EnrichmentFailed, why);
-                rejection.context = context;
-                return self.dead_letter_after(input, &mut audit, rejection, records, timings);
+                let mut end = DeadEnd::new(DeadLetterReason::EnrichmentFailed, why);
+                end.context = Some(context);
+                return self.dead_letter_after(input, &mut audit, end, records, timings);
             }
         }
         let enrichment = enrichment.values;
+        audit.enrichment = enrichment.clone();
 
         let started = Instant::now();
         let now = chrono::Utc::now();
         let mut decision = {
             let mut evaluator = self.evaluator();
             audit.policy_revision = evaluator.revision().to_owned();
-            evaluator.decide(policy_input(&event, mode, input, &now, &enrichment))
+            let on = DecisionInput {
+                event: &event,
+                mode,
+                input,
+                now: &now,
+                enrichment: &enrichment,
+            };
+            ingest::decide(&mut evaluator, &on, &self.emit)
         };
-        if let Some(topic) = self.unknown_emit_topic(&decision) {
-            let detail = format!(
-                "an emit obligation names topic \"{topic}\", which is neither policy.emit_topic nor in policy.emit_topics"
-            );
-            telemetry::PolicyFailedClosed {
-                failure: Failure::Malformed,
-            }
-            .emit();
-            decision = Decision::failed(Failure::Malformed, Some(detail));
-        }
         timings.policy = micros(started);
         audit.processed_at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
 
@@ -395,7 +282,7 @@ impl Processor {
         let event = if redact.is_empty() {
             &event
         } else {
-            redacted = obligations::redacted(&event, &redact);
+            redacted = crate::policy::redact::redacted(&event, &redact);
             &redacted
         };
         // The audit record names what was emitted (type, topic, id), not the emitted data.
@@ -447,7 +334,7 @@ impl Processor {
                     .services
                     .perform(http, event, &body, cancel)
                     .await;
-                let attempts = deadletter::prior_attempts(input) + call.attempts;
+                let attempts = headers::prior_attempts(input) + call.attempts;
                 report.attempts = Some(attempts);
                 if let CallOutcome::Failed {
                     status,
@@ -465,21 +352,19 @@ impl Processor {
                         "action \"{}\" failed after {attempts} attempts: {error}",
                         action.name
                     );
-                    let mut context = vec![
-                        (dlq_headers::ACTION, action.name.clone()),
-                        (dlq_headers::ATTEMPTS, attempts.to_string()),
-                        (dlq_headers::RESPONSE, excerpt),
-                    ];
-                    if let Some(status) = status {
-                        context.push((dlq_headers::STATUS, status.to_string()));
-                    }
+                    let context = Context::Action {
+                        name: action.name.clone(),
+                        status,
+                        attempts,
+                        response: excerpt,
+                    };
                     if retryable && self.may_retry(&audit) {
-                        records.push(self.retry(input, &mut audit, why, context));
+                        records.push(self.retry(input, &mut audit, why, Some(context)));
                         return self.finish(audit, records, timings);
                     }
-                    let mut rejection = Rejection::new(DeadLetterReason::ActionFailed, why);
-                    rejection.context = context;
-                    return self.dead_letter_after(input, &mut audit, rejection, records, timings);
+                    let mut end = DeadEnd::new(DeadLetterReason::ActionFailed, why);
+                    end.context = Some(context);
+                    return self.dead_letter_after(input, &mut audit, end, records, timings);
                 }
                 if let CallOutcome::Succeeded { status, .. } = call.outcome {
                     report.status = Some(status);
@@ -503,18 +388,6 @@ impl Processor {
             format!("waits behind event \"{first}\" of the same key, which is in the retry topic");
         let record = self.follow(input, &mut audit, why);
         self.finish(audit, vec![record], timings)
-    }
-
-    /// A topic an `emit` obligation names that the configuration does not allow.
-    fn unknown_emit_topic(&self, decision: &Decision) -> Option<String> {
-        decision
-            .emits()
-            .into_iter()
-            .filter_map(|e| e.topic)
-            .find(|t| {
-                *t != self.settings.policy_emit_topic
-                    && !self.settings.policy_emit_topics.contains(t)
-            })
     }
 
     fn finish(
@@ -551,61 +424,12 @@ fn describe(audit: &mut AuditRecord, event: &CloudEvent, mode: Mode) {
     audit.mode = Some(mode);
 }
 
-/// The policy input document: `{event, enrichment, context}`. `now` is the moment of the
-/// decision; the audit record's `processed_at` is the same instant, so a replay can decide again
-/// with the same `context.now` (to the millisecond).
-pub fn policy_input(
-    event: &CloudEvent,
-    mode: Mode,
-    input: &Input<'_>,
-    now: &chrono::DateTime<chrono::Utc>,
-    enrichment: &serde_json::Map<String, Value>,
-) -> regorus::Value {
-    let now = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    crate::policy::input::document(
-        event,
-        enrichment,
-        &crate::policy::input::Context {
-            topic: input.topic,
-            partition: input.partition,
-            offset: input.offset,
-            mode,
-            kafka_timestamp_ms: input.timestamp_ms,
-            now: &now,
-        },
-    )
-}
-
-/// [`policy_input`] as JSON (the same document; `policy_input` builds it without this copy).
-pub fn policy_document(
-    event: &CloudEvent,
-    mode: Mode,
-    input: &Input<'_>,
-    now: &chrono::DateTime<chrono::Utc>,
-    enrichment: &serde_json::Map<String, Value>,
-) -> Value {
-    json!({
-        "event": event,
-        "enrichment": enrichment,
-        "context": {
-            "topic": input.topic,
-            "partition": input.partition,
-            "offset": input.offset,
-            "mode": mode,
-            "kafka_timestamp_ms": input.timestamp_ms,
-            "now": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        },
-    })
-}
-
 fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-pub(crate) mod deadletter;
-pub use deadletter::{origin_topic, retry_due};
-pub(crate) mod obligations;
-pub(crate) mod wire;
+mod deadletter;
+mod obligations;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,350 @@
+//! A consumed record's life up to the decision, the same for every consumer of records: the
+//! actions role, the lake role, `reflex policy replay` and `eval`, and `reflex dlq`.
+//!
+//! - [`Input`] is a consumed record as every stage sees it; [`OutRecord`] a record to publish.
+//! - [`headers`] owns every `reflex_*` header: the dead-letter and retry format.
+//! - [`Admitter::admit`] is the one admission: size limit → structured, binary or wire-format
+//!   decode → schema validation, giving an [`Admitted`] event or a [`Rejection`] with its
+//!   dead-letter reason.
+//! - [`policy_input`] is the one builder of the policy input document `{event, enrichment,
+//!   context}`, and [`decide`] the one decision on it: the full decision, the allowed `emit`
+//!   topics, and the redaction paths, which come from the event alone.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::event::{CloudEvent, Mode};
+use crate::policy::{telemetry, Decision, Evaluator, Failure};
+use crate::registry::HttpRegistry;
+use crate::schema::SchemaRegistry;
+
+pub mod headers;
+mod record;
+mod wire;
+
+pub use record::{Input, OutRecord};
+
+/// Why a record went to the dead-letter topic. The codes are stable, for machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterReason {
+    /// Larger than `roles.actions.max_event_bytes`.
+    TooLarge,
+    /// Not a CloudEvent (bad bytes, missing attributes, bad time).
+    Undecodable,
+    /// No schema and no action for its type.
+    UnknownType,
+    /// `data` violates the type's schema.
+    SchemaInvalid,
+    /// `data` claims the Confluent wire format but its header is malformed.
+    WireFormat,
+    /// The wire-format schema id is not in the registry (or no registry is configured).
+    SchemaNotFound,
+    /// The wire-format schema id belongs to another subject than the event type's.
+    SchemaSubjectMismatch,
+    /// The wire-format payload does not decode with its schema (truncated, trailing bytes…).
+    DataUndecodable,
+    /// The action failed permanently, or kept failing through every retry round.
+    ActionFailed,
+    /// An enrichment lookup whose fallback is `retry` kept failing through every retry round.
+    EnrichmentFailed,
+}
+
+impl DeadLetterReason {
+    /// The stable reason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Undecodable => "undecodable",
+            Self::UnknownType => "unknown_type",
+            Self::SchemaInvalid => "schema_invalid",
+            Self::WireFormat => "wire_format",
+            Self::SchemaNotFound => "schema_not_found",
+            Self::SchemaSubjectMismatch => "schema_subject_mismatch",
+            Self::DataUndecodable => "data_undecodable",
+            Self::ActionFailed => "action_failed",
+            Self::EnrichmentFailed => "enrichment_failed",
+        }
+    }
+}
+
+/// Microseconds the admission stages took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdmitTimings {
+    /// Decoding (and, for wire-format data, validation against the registered schema).
+    pub decode: u64,
+    /// Validation against the type's schema.
+    pub validate: u64,
+}
+
+/// A record that passed admission: a valid event of a known type.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The event.
+    pub event: CloudEvent,
+    /// How it arrived.
+    pub mode: Mode,
+    /// Whether its data came in the Confluent wire format.
+    pub wire: bool,
+    /// Stage timings.
+    pub timings: AdmitTimings,
+}
+
+/// A record that did not pass admission: its dead-letter reason and explanation.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// The dead-letter reason.
+    pub reason: DeadLetterReason,
+    /// The explanation (never the payload).
+    pub error: String,
+    /// The envelope, when it was read before the failure.
+    pub envelope: Option<Box<(CloudEvent, Mode)>>,
+    /// Stage timings.
+    pub timings: AdmitTimings,
+}
+
+/// Admits records: what every consumer of records needs to read one.
+#[derive(Debug, Clone)]
+pub struct Admitter {
+    schemas: Arc<SchemaRegistry>,
+    registry: Option<Arc<HttpRegistry>>,
+    type_header: String,
+    max_event_bytes: usize,
+}
+
+impl Admitter {
+    /// An admitter with the configuration's schemas, registry, type header and size limit.
+    pub fn new(config: &Config) -> Self {
+        Self::with(
+            config.schemas.clone(),
+            config.registry.clone(),
+            config.type_header.clone(),
+            config.actions_role.max_event_bytes,
+        )
+    }
+
+    /// An admitter from its parts.
+    pub fn with(
+        schemas: Arc<SchemaRegistry>,
+        registry: Option<Arc<HttpRegistry>>,
+        type_header: String,
+        max_event_bytes: usize,
+    ) -> Self {
+        Self {
+            schemas,
+            registry,
+            type_header,
+            max_event_bytes,
+        }
+    }
+
+    /// The schema registry for wire-format data, if one is configured.
+    pub fn registry(&self) -> Option<&HttpRegistry> {
+        self.registry.as_deref()
+    }
+
+    /// Waits, with backoff, until the schema of a wire-format `value` is resolved (or known not
+    /// to exist), so that [`Self::admit`] can decide on it. Returns false if `shutdown` came
+    /// first. A value that is not in the wire format, or no registry, returns at once.
+    pub async fn prepare(&self, value: Option<&[u8]>, shutdown: &CancellationToken) -> bool {
+        match (self.registry(), value) {
+            (Some(registry), Some(value)) => registry.await_schema(value, shutdown).await,
+            _ => true,
+        }
+    }
+
+    /// Size limit → decode (structured, binary or wire format) → schema validation.
+    pub fn admit(&self, input: &Input<'_>) -> Result<Admitted, Rejection> {
+        let mut timings = AdmitTimings::default();
+        let reject = |reason, error, envelope, timings| Rejection {
+            reason,
+            error,
+            envelope,
+            timings,
+        };
+        let size = input.size();
+        if size > self.max_event_bytes {
+            let why = format!(
+                "record is {size} bytes, above roles.actions.max_event_bytes = {}",
+                self.max_event_bytes
+            );
+            return Err(reject(DeadLetterReason::TooLarge, why, None, timings));
+        }
+
+        let started = Instant::now();
+        let is_wire = input
+            .value
+            .is_some_and(crate::schema::wire::looks_like_wire);
+        let decoded = if is_wire {
+            wire::decode(self.registry(), &self.type_header, input)
+        } else {
+            CloudEvent::decode(input.value, input.headers).map_err(|e| wire::Rejected {
+                reason: DeadLetterReason::Undecodable,
+                error: e.to_string(),
+                event: None,
+            })
+        };
+        timings.decode = micros(started);
+        let (event, mode) = match decoded {
+            Ok(ok) => ok,
+            Err(r) => return Err(reject(r.reason, r.error, r.event, timings)),
+        };
+
+        // Wire-format data was validated against its registered schema while decoding; the
+        // type must still be one this deployment knows.
+        let started = Instant::now();
+        let violations = if is_wire {
+            self.schemas.contains(&event.ty).then(Vec::new)
+        } else {
+            static NO_DATA: Value = Value::Null;
+            let data = event.data.as_ref().unwrap_or(&NO_DATA);
+            self.schemas.validate(&event.ty, data)
+        };
+        timings.validate = micros(started);
+        let Some(violations) = violations else {
+            let why = format!("event type \"{}\" has no schema and no action", event.ty);
+            let envelope = Some(Box::new((event, mode)));
+            return Err(reject(
+                DeadLetterReason::UnknownType,
+                why,
+                envelope,
+                timings,
+            ));
+        };
+        if !violations.is_empty() {
+            let why = crate::schema::summarize(&violations);
+            let envelope = Some(Box::new((event, mode)));
+            return Err(reject(
+                DeadLetterReason::SchemaInvalid,
+                why,
+                envelope,
+                timings,
+            ));
+        }
+        Ok(Admitted {
+            event,
+            mode,
+            wire: is_wire,
+            timings,
+        })
+    }
+}
+
+/// The policy input document: `{event, enrichment, context}`. `now` is the moment of the
+/// decision; the audit record's `processed_at` is the same instant, so a replay can decide again
+/// with the same `context.now` (to the millisecond).
+pub fn policy_input(
+    event: &CloudEvent,
+    mode: Mode,
+    input: &Input<'_>,
+    now: &chrono::DateTime<chrono::Utc>,
+    enrichment: &Map<String, Value>,
+) -> regorus::Value {
+    let now = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    crate::policy::input::document(
+        event,
+        enrichment,
+        &crate::policy::input::Context {
+            topic: input.topic,
+            partition: input.partition,
+            offset: input.offset,
+            mode,
+            kafka_timestamp_ms: input.timestamp_ms,
+            now: &now,
+        },
+    )
+}
+
+/// [`policy_input`] as JSON (the same document; `policy_input` builds it without this copy).
+pub fn policy_document(
+    event: &CloudEvent,
+    mode: Mode,
+    input: &Input<'_>,
+    now: &chrono::DateTime<chrono::Utc>,
+    enrichment: &Map<String, Value>,
+) -> Value {
+    serde_json::json!({
+        "event": event,
+        "enrichment": enrichment,
+        "context": {
+            "topic": input.topic,
+            "partition": input.partition,
+            "offset": input.offset,
+            "mode": mode,
+            "kafka_timestamp_ms": input.timestamp_ms,
+            "now": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        },
+    })
+}
+
+/// The topics `emit` obligations may name.
+#[derive(Debug, Clone, Default)]
+pub struct EmitTopics {
+    /// The topic of obligations that name none (`policy.emit_topic`).
+    pub default: String,
+    /// Further topics they may name (`policy.emit_topics`).
+    pub allowed: Vec<String>,
+}
+
+impl EmitTopics {
+    /// The configuration's emit topics.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            default: config.policy_emit_topic.clone(),
+            allowed: config.policy_emit_topics.clone(),
+        }
+    }
+
+    fn allows(&self, topic: &str) -> bool {
+        topic == self.default || self.allowed.iter().any(|t| t == topic)
+    }
+}
+
+/// What the decision stage needs besides the evaluator: the event, where it was read, the
+/// moment of the decision and the enrichment answers.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionInput<'a> {
+    /// The admitted event.
+    pub event: &'a CloudEvent,
+    /// How it arrived.
+    pub mode: Mode,
+    /// The consumed record.
+    pub input: &'a Input<'a>,
+    /// The moment of the decision.
+    pub now: &'a chrono::DateTime<chrono::Utc>,
+    /// The enrichment answers by lookup name.
+    pub enrichment: &'a Map<String, Value>,
+}
+
+/// The decision on an admitted event, as the actions role takes it and a replay repeats it: the
+/// policy's decision, failed closed if an `emit` obligation names a topic `emit` does not allow;
+/// its `redact` obligation holds the redaction paths, which depend on the event alone.
+pub fn decide(evaluator: &mut Evaluator, on: &DecisionInput<'_>, emit: &EmitTopics) -> Decision {
+    let document = policy_input(on.event, on.mode, on.input, on.now, on.enrichment);
+    let decision = evaluator.decide(document);
+    if let Some(topic) = decision
+        .emits()
+        .into_iter()
+        .filter_map(|e| e.topic)
+        .find(|t| !emit.allows(t))
+    {
+        let detail = format!(
+            "an emit obligation names topic \"{topic}\", which is neither policy.emit_topic nor in policy.emit_topics"
+        );
+        telemetry::PolicyFailedClosed {
+            failure: Failure::Malformed,
+        }
+        .emit();
+        return Decision::failed(Failure::Malformed, Some(detail));
+    }
+    decision
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,178 @@
+//! Reading a topic from a start to the end it had when the reading began, outside any consumer
+//! group's work: for `reflex policy replay`, `policy status` and `dlq`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::{base_config, with_properties, KafkaSetupError, MAX_MESSAGE_BYTES};
+use crate::config::KafkaConfig;
+
+/// How long reading one topic to its end may take.
+const READ_LIMIT: Duration = Duration::from_secs(300);
+
+/// Why a topic could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The reading client could not be created.
+    #[error(transparent)]
+    Setup(#[from] KafkaSetupError),
+    /// Reading a topic failed.
+    #[error("cannot read topic \"{topic}\": {source}")]
+    Read {
+        /// The topic.
+        topic: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// Reading a topic did not reach its end in time.
+    #[error("reading topic \"{topic}\" did not reach its end within {seconds} s")]
+    Stalled {
+        /// The topic.
+        topic: String,
+        /// The limit.
+        seconds: u64,
+    },
+}
+
+/// A consumer for reading topics by assignment: a group of its own that never commits.
+pub fn reader(config: &KafkaConfig) -> Result<BaseConsumer, ReadError> {
+    let mut settings = base_config(config);
+    settings
+        .set(
+            "group.id",
+            format!("reflex-reader-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.message.max.bytes", MAX_MESSAGE_BYTES.to_string());
+    with_properties(settings, config)
+        .create()
+        .map_err(|source| {
+            ReadError::Setup(KafkaSetupError::Client {
+                what: "topic reader",
+                brokers: config.brokers.clone(),
+                source,
+            })
+        })
+}
+
+/// Where a read starts in every partition.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    /// The oldest record kept.
+    Beginning,
+    /// This offset (or the oldest kept, if later).
+    Offset(i64),
+    /// This many records before the end.
+    Tail(i64),
+}
+
+/// Reads one topic from a start to the end each partition had when it was opened.
+pub struct TopicReader<'c> {
+    consumer: &'c BaseConsumer,
+    topic: String,
+    ends: HashMap<i32, i64>,
+    started: Instant,
+}
+
+impl<'c> TopicReader<'c> {
+    /// Assigns every partition of `topic` to `consumer` from `from`.
+    pub fn open(consumer: &'c BaseConsumer, topic: &str, from: Start) -> Result<Self, ReadError> {
+        let timeout = Duration::from_secs(10);
+        let read_err = |source| ReadError::Read {
+            topic: topic.to_owned(),
+            source,
+        };
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(read_err)?;
+        let mut assignment = TopicPartitionList::new();
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .map_err(read_err)?;
+            let start = match from {
+                Start::Beginning => low,
+                Start::Offset(o) => o.max(low),
+                Start::Tail(n) => (high - n).max(low),
+            };
+            if start < high {
+                assignment
+                    .add_partition_offset(topic, p.id(), Offset::Offset(start))
+                    .map_err(read_err)?;
+                ends.insert(p.id(), high);
+            }
+        }
+        if !ends.is_empty() {
+            consumer.assign(&assignment).map_err(read_err)?;
+        }
+        Ok(Self {
+            consumer,
+            topic: topic.to_owned(),
+            ends,
+            started: Instant::now(),
+        })
+    }
+
+    /// The next record before the end, or `None` once every partition reached it (the
+    /// assignment is then released).
+    pub fn next_record(&mut self) -> Result<Option<BorrowedMessage<'c>>, ReadError> {
+        let read_err = |source| ReadError::Read {
+            topic: self.topic.clone(),
+            source,
+        };
+        while !self.ends.is_empty() {
+            if self.started.elapsed() > READ_LIMIT {
+                return Err(ReadError::Stalled {
+                    topic: self.topic.clone(),
+                    seconds: READ_LIMIT.as_secs(),
+                });
+            }
+            let Some(message) = self.consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message.map_err(read_err)?;
+            let (partition, offset) = (message.partition(), message.offset());
+            let Some(end) = self.ends.get(&partition).copied() else {
+                continue;
+            };
+            if offset + 1 >= end {
+                self.ends.remove(&partition);
+            }
+            if offset < end {
+                return Ok(Some(message));
+            }
+        }
+        self.consumer.unassign().map_err(read_err)?;
+        Ok(None)
+    }
+}
+
+/// Calls `f` for every record of `topic` from `from` to the end as it is now, at most `max`.
+pub fn scan(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from: Start,
+    max: Option<usize>,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<(), ReadError> {
+    let mut reader = TopicReader::open(consumer, topic, from)?;
+    let mut seen = 0usize;
+    while max.is_none_or(|m| seen < m) {
+        let Some(message) = reader.next_record()? else {
+            return Ok(());
+        };
+        f(&message);
+        seen += 1;
+    }
+    consumer.unassign().map_err(|source| ReadError::Read {
+        topic: topic.to_owned(),
+        source,
+    })
+}

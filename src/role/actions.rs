@@ -1,0 +1,326 @@
+//! The actions role: a consumer-group worker that runs the pipeline for every record.
+//!
+//! Records of a partition run concurrently unless they share a key (`roles.actions.ordering`):
+//! records with the same key run one at a time in offset order. At-least-once: an offset is
+//! stored (and auto-committed) only when every record produced for it, and for every earlier
+//! record of its partition, is acknowledged (`acks=all`);
+//! [`OffsetTracker`](crate::ordering::OffsetTracker) keeps that offset.
+//! Records in flight, running or waiting behind their key, are bounded by
+//! `roles.actions.max_in_flight`. On partition revoke and on shutdown the stored offsets are
+//! committed synchronously.
+
+// rdkafka's `KafkaError` is large; a worker error is rare and ends the worker, so it is not boxed.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::Producer;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::enrich::Enricher;
+use crate::kafka::{self, KafkaSetupError};
+use crate::ordering::{KeyQueue, Parking, Partitions};
+use crate::policy::reload::PolicyWatch;
+use crate::policy::telemetry;
+use crate::service::Services;
+use crate::summary::Summary;
+use pipeline::{Processor, ProcessorSettings};
+use rebalance::RebalanceContext;
+use scheduler::{Finished, Scheduler};
+
+mod delivery;
+pub mod pipeline;
+mod rebalance;
+mod scheduler;
+
+/// Why the worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Setting up a client or topics failed.
+    #[error(transparent)]
+    Setup(#[from] KafkaSetupError),
+    /// The HTTP client for action services and lookups could not be built.
+    #[error(transparent)]
+    Services(#[from] crate::service::ServiceError),
+    /// A record's task ended without an outcome (it panicked); its offset was not stored.
+    #[error("processing input {input} stopped unexpectedly: {why}; stopping so it is re-processed after restart")]
+    Task {
+        /// `topic/partition/offset` of the input record.
+        input: String,
+        /// What the runtime reported.
+        why: String,
+    },
+    /// Subscribing failed.
+    #[error("cannot subscribe to {topics:?}: {source}")]
+    Subscribe {
+        /// The topics.
+        topics: Vec<String>,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// A record could not be delivered; its input offset was not stored, so it is re-processed
+    /// after a restart.
+    #[error("delivery to \"{topic}\" for input {input} failed permanently: {source}; stopping so the input is re-processed after restart")]
+    Delivery {
+        /// Destination topic.
+        topic: String,
+        /// `topic/partition/offset` of the input record.
+        input: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+}
+
+/// How to run the worker.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// This worker's id in audit and dead-letter records.
+    pub worker_id: String,
+    /// Stop once every assigned partition is consumed to its end and all work is acknowledged.
+    pub drain: bool,
+}
+
+/// Runs the actions role until `shutdown` is cancelled (or, with `drain`, until caught up).
+pub async fn run(
+    config: &Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<Summary, WorkerError> {
+    let role = &config.actions_role;
+    if config.topics.create_missing {
+        let extra = emitted_topics(config);
+        let created = kafka::ensure_topics(&config.kafka, &config.topics, &extra).await?;
+        if !created.is_empty() {
+            tracing::info!(topics = ?created, "created topics");
+        }
+    }
+    let consumer: StreamConsumer<RebalanceContext> =
+        kafka::consumer_config(&config.kafka, &role.group_id)
+            .create_with_context(RebalanceContext::default())
+            .map_err(|source| KafkaSetupError::Client {
+                what: "consumer",
+                brokers: config.kafka.brokers.clone(),
+                source,
+            })?;
+    let mut subscribed = config.topics.events.clone();
+    subscribed.push(config.topics.retry.clone());
+    let topics: Vec<&str> = subscribed.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|source| WorkerError::Subscribe {
+            topics: subscribed.clone(),
+            source,
+        })?;
+    let producer = kafka::producer(&config.kafka)?;
+    // Hot reload: the watcher stops with the worker.
+    let watch_stop = shutdown.child_token();
+    let _watch_guard = watch_stop.clone().drop_guard();
+    let mut policy = PolicyWatch::spawn(
+        config.policy.clone(),
+        config.policy_reload_interval,
+        watch_stop,
+    );
+    let services = Services::new(config.services)?;
+    let mut evaluators = vec![policy.evaluator()];
+    let set = policy.current();
+    evaluators.extend((1..role.deciders).map(|_| set.evaluator()));
+    let processor = Arc::new(Processor::new(
+        config.schemas.clone(),
+        config.actions.clone(),
+        evaluators,
+        ProcessorSettings {
+            audit_topic: config.topics.audit.clone(),
+            dlq_topic: config.topics.dlq.clone(),
+            retry_topic: config.topics.retry.clone(),
+            retry_delay: role.retry_delay,
+            retry_rounds: role.retry_rounds,
+            max_event_bytes: role.max_event_bytes,
+            worker: options.worker_id.clone(),
+            registry: config.registry.clone(),
+            type_header: config.type_header.clone(),
+            policy_emit_topic: config.policy_emit_topic.clone(),
+            policy_emit_topics: config.policy_emit_topics.clone(),
+            enricher: Enricher::new(services.clone(), &config.enrichment),
+            services,
+        },
+    ));
+    tracing::info!(
+        group = %role.group_id,
+        topics = ?subscribed,
+        ordering = role.ordering.name(),
+        max_in_flight = role.max_in_flight,
+        deciders = role.deciders,
+        policy_revision = %config.policy.revision(),
+        worker = %options.worker_id,
+        "actions worker started"
+    );
+
+    // Watermarks and the group's committed offsets are queried on connections of their own (a
+    // client that never joins the group), so the queries do not wait behind long-polling fetches.
+    let probe: Option<BaseConsumer> = if options.drain {
+        Some(kafka::probe(&config.kafka, &role.group_id)?)
+    } else {
+        None
+    };
+    let mut scheduler = Scheduler {
+        processor: Arc::clone(&processor),
+        producer: producer.clone(),
+        ordering: role.ordering,
+        spawn: role.deciders > 1,
+        retry_topic: &config.topics.retry,
+        partitions: Partitions::new(),
+        queue: KeyQueue::new(),
+        parking: Parking::new(),
+        running: FuturesUnordered::new(),
+        sleep_cancel: shutdown.child_token(),
+        work_cancel: CancellationToken::new(),
+    };
+    let mut summary = Summary::default();
+    let mut first_received: Option<Instant> = None;
+    let mut idle_since = Instant::now();
+    let mut result = Ok(());
+    let mut drain_check = tokio::time::interval(Duration::from_millis(500));
+    let book = |summary: &mut Summary,
+                scheduler: &mut Scheduler<'_>,
+                first: Option<Instant>,
+                done: Finished| {
+        if let Some(audit) = &done.audit {
+            summary.record(audit);
+        }
+        if let Some(first) = first {
+            summary.busy_ms = u64::try_from(first.elapsed().as_millis()).unwrap_or(u64::MAX);
+        }
+        scheduler.finish(&consumer, done);
+    };
+    loop {
+        scheduler.revoke(consumer.context().take_revoked());
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(done) = scheduler.running.next(), if !scheduler.running.is_empty() => {
+                match done {
+                    Ok(done) => book(&mut summary, &mut scheduler, first_received, done),
+                    Err(e) => {
+                        tracing::error!(error = %e, "record not delivered");
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            message = consumer.recv(), if scheduler.in_flight() < role.max_in_flight => {
+                let message = match message {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        continue;
+                    }
+                };
+                idle_since = Instant::now();
+                first_received.get_or_insert_with(Instant::now);
+                if let (Some(registry), Some(value)) = (config.registry.as_deref(), message.payload()) {
+                    if !registry.await_schema(value, &shutdown).await {
+                        break;
+                    }
+                }
+                if policy.changed().is_some() {
+                    let set = policy.current();
+                    processor.set_evaluators(|| set.evaluator());
+                }
+                let message = message.detach();
+                scheduler.revoke(consumer.context().take_revoked());
+                scheduler.accept(message);
+            }
+            _ = drain_check.tick(), if options.drain && scheduler.in_flight() == 0 => {
+                if idle_since.elapsed() > Duration::from_millis(500) && probe.as_ref().is_some_and(|p| kafka::caught_up(&consumer, p, &subscribed)) {
+                    tracing::info!("all assigned partitions consumed to their end");
+                    break;
+                }
+            }
+        }
+    }
+
+    // Let the records in progress, and those waiting behind their key, finish within the
+    // deadline, storing offsets as they do. Records waiting for their retry time are left for
+    // the next owner, with the records of their key behind them.
+    scheduler.sleep_cancel.cancel();
+    let deadline = tokio::time::sleep(role.shutdown_timeout);
+    tokio::pin!(deadline);
+    while !scheduler.running.is_empty() {
+        scheduler.revoke(consumer.context().take_revoked());
+        tokio::select! {
+            () = &mut deadline, if !scheduler.work_cancel.is_cancelled() => {
+                tracing::warn!(in_flight = scheduler.running.len(), "shutdown deadline reached; unfinished records will be re-processed");
+                scheduler.work_cancel.cancel();
+            }
+            Some(done) = scheduler.running.next() => {
+                match done {
+                    // Records waiting behind a finished one start in turn, so a clean stop
+                    // leaves nothing done past the committed offset.
+                    Ok(done) => book(&mut summary, &mut scheduler, first_received, done),
+                    Err(e) => {
+                        tracing::error!(error = %e, "record not delivered");
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if let Err(e) = producer.flush(rdkafka::util::Timeout::After(Duration::from_secs(5))) {
+        tracing::warn!(error = %e, "producer flush at shutdown");
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "final commit failed; uncommitted records will be re-delivered")
+        }
+    }
+    consumer.unsubscribe();
+    let counters: Vec<String> = telemetry::snapshot()
+        .iter()
+        .filter(|c| c.value > 0)
+        .map(|c| {
+            format!(
+                "{}{}={}",
+                c.name,
+                c.kind.map(|k| format!("{{kind={k}}}")).unwrap_or_default(),
+                c.value
+            )
+        })
+        .collect();
+    tracing::info!(
+        events = summary.total(),
+        parked_keys = scheduler.parking.len(),
+        policy_revision = %processor.policy_revision(),
+        policy_counters = %counters.join(" "),
+        "actions worker stopped"
+    );
+    result.map(|()| summary)
+}
+
+/// Topics that emit actions write to, created with the others.
+fn emitted_topics(config: &Config) -> Vec<String> {
+    let mut topics: Vec<String> = config
+        .actions
+        .iter()
+        .filter_map(|(_, a)| match &a.kind {
+            crate::action::ActionKind::Emit { topic, .. } => Some(topic.clone()),
+            crate::action::ActionKind::Log { .. } => None,
+            crate::action::ActionKind::Http(_) => None,
+        })
+        .collect();
+    topics.push(config.policy_emit_topic.clone());
+    topics.extend(config.policy_emit_topics.iter().cloned());
+    topics.sort();
+    topics.dedup();
+    topics.retain(|t| !config.topics.events.contains(t));
+    topics
+}

@@ -1,0 +1,56 @@
+//! Rebalance handling for the actions role: stored offsets are committed synchronously before
+//! partitions are taken away, and the worker learns which partitions it lost.
+
+use std::sync::{Mutex, PoisonError};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::ClientContext;
+
+/// Commits stored offsets synchronously before partitions are taken away, and tells the worker
+/// which partitions it lost so it drops their waiting records.
+#[derive(Default)]
+pub(super) struct RebalanceContext {
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl RebalanceContext {
+    pub(super) fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            tracing::info!(
+                partitions = partitions.count(),
+                "partitions revoked; committing stored offsets"
+            );
+            self.revoked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(
+                    partitions
+                        .elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition())),
+                );
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(())
+                | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "commit on revoke failed; uncommitted records will be re-delivered")
+                }
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            tracing::info!(partitions = partitions.count(), "partitions assigned");
+        }
+    }
+}

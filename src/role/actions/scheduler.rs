@@ -1,0 +1,276 @@
+//! The actions role's scheduler: key-ordered records in flight, offset tracking per partition,
+//! keys parked in the retry topic. Records of one slot (key, or partition) run one at a time in
+//! offset order; the offset stored is the highest one below which every record is done.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use tokio_util::sync::CancellationToken;
+
+use super::delivery::deliver;
+use super::pipeline::{Admitted, Processor};
+use super::rebalance::RebalanceContext;
+use super::WorkerError;
+use crate::audit::AuditRecord;
+use crate::ingest::headers;
+use crate::kafka;
+use crate::ordering::{KeyQueue, Ordering, Parking, Partitions, Verdict};
+
+/// A topic partition.
+pub(super) type Tp = (String, i32);
+
+/// What the records of one ordering slot share: records of the same slot run one at a time.
+pub(super) type Slot = (String, i32, Vec<u8>);
+
+/// A key whose events may be parked in the retry topic: the event topic and the record key.
+pub(super) type ParkKey = (String, Vec<u8>);
+
+/// A consumed record waiting for its turn.
+pub(super) struct Waiting {
+    message: OwnedMessage,
+    generation: u64,
+}
+
+/// What became of one record.
+pub(super) struct Finished {
+    tp: Tp,
+    offset: i64,
+    generation: u64,
+    slot: Option<Slot>,
+    /// The record's park key and event id, with whether it went to the retry topic.
+    parked: Option<(ParkKey, String, bool)>,
+    /// The audit record; none when the record was abandoned at shutdown.
+    pub(super) audit: Option<AuditRecord>,
+}
+
+pub(super) type Running = Pin<Box<dyn Future<Output = Result<Finished, WorkerError>> + Send>>;
+
+/// The actions role's scheduler: key-ordered records in flight, offset tracking per partition,
+/// keys parked in the retry topic.
+pub(super) struct Scheduler<'a> {
+    pub(super) processor: Arc<Processor>,
+    pub(super) producer: FutureProducer,
+    pub(super) ordering: Ordering,
+    /// Whether records run as tasks of their own (several evaluators).
+    pub(super) spawn: bool,
+    pub(super) retry_topic: &'a str,
+    pub(super) partitions: Partitions<Tp>,
+    pub(super) queue: KeyQueue<Slot, Waiting>,
+    pub(super) parking: Parking<ParkKey>,
+    pub(super) running: FuturesUnordered<Running>,
+    /// Cancelled at shutdown: records waiting for their retry time give up at once.
+    pub(super) sleep_cancel: CancellationToken,
+    /// Cancelled when the shutdown deadline passes: calls in progress give up.
+    pub(super) work_cancel: CancellationToken,
+}
+
+impl Scheduler<'_> {
+    pub(super) fn in_flight(&self) -> usize {
+        self.running.len() + self.queue.queued()
+    }
+
+    /// Takes a consumed record: tracks its offset and starts it, or queues it behind its slot.
+    pub(super) fn accept(&mut self, message: OwnedMessage) {
+        let tp = (message.topic().to_owned(), message.partition());
+        let generation = self.partitions.start(tp, message.offset());
+        let waiting = Waiting {
+            generation,
+            message,
+        };
+        match self.slot_of(&waiting.message) {
+            Some(slot) => {
+                if let Some(ready) = self.queue.offer(slot, waiting) {
+                    self.start(ready);
+                }
+            }
+            None => self.start(waiting),
+        }
+    }
+
+    fn slot_of(&self, message: &OwnedMessage) -> Option<Slot> {
+        let tp = |key: Vec<u8>| (message.topic().to_owned(), message.partition(), key);
+        match self.ordering {
+            Ordering::Partition => Some(tp(Vec::new())),
+            Ordering::Key => message.key().map(|k| tp(k.to_vec())),
+        }
+    }
+
+    /// Admits the record, asks the parking whether it must wait behind its key, and runs the
+    /// rest of its stages and its deliveries as one future.
+    fn start(&mut self, waiting: Waiting) {
+        let Waiting {
+            message,
+            generation,
+        } = waiting;
+        let slot = self.slot_of(&message);
+        let from_retry = message.topic() == self.retry_topic;
+        let headers = kafka::headers_of(&message);
+        let input = kafka::input_of(&message, &headers);
+        let admitted = self.processor.admit(&input);
+        let due = if from_retry {
+            headers::retry_due(&input)
+        } else {
+            None
+        };
+        let park_key = match (&admitted, message.key()) {
+            (Admitted::Event(_), Some(key)) => {
+                let topic = headers::origin_topic(&input).unwrap_or(message.topic());
+                Some((topic.to_owned(), key.to_vec()))
+            }
+            _ => None,
+        };
+        let verdict = match (&admitted, &park_key) {
+            (Admitted::Event(a), Some(k)) => self.parking.verdict(k, a.event_id(), from_retry),
+            _ => Verdict::Run,
+        };
+        drop(headers);
+        let processor = Arc::clone(&self.processor);
+        let producer = self.producer.clone();
+        let sleep_cancel = self.sleep_cancel.clone();
+        let work_cancel = self.work_cancel.clone();
+        let input_at = self.spawn.then(|| {
+            format!(
+                "{}/{}/{}",
+                message.topic(),
+                message.partition(),
+                message.offset()
+            )
+        });
+        let work = async move {
+            let tp = (message.topic().to_owned(), message.partition());
+            let offset = message.offset();
+            let abandoned = |slot| Finished {
+                tp: tp.clone(),
+                offset,
+                generation,
+                slot,
+                parked: None,
+                audit: None,
+            };
+            if let Some(due) = due {
+                let wait = due.saturating_sub(chrono::Utc::now().timestamp_millis());
+                if wait > 0 {
+                    let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(0));
+                    tokio::select! {
+                        () = sleep_cancel.cancelled() => return Ok(abandoned(slot)),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+            let headers = kafka::headers_of(&message);
+            let input = kafka::input_of(&message, &headers);
+            let processed = match (admitted, verdict) {
+                (Admitted::Finished(p), _) => *p,
+                (Admitted::Event(a), Verdict::WaitBehind(first)) => {
+                    processor.wait_behind(&input, *a, &first)
+                }
+                (Admitted::Event(a), Verdict::Run) => {
+                    processor.complete(&input, *a, &work_cancel).await
+                }
+            };
+            if work_cancel.is_cancelled() {
+                return Ok(abandoned(slot));
+            }
+            deliver(&producer, &input, &processed.records).await?;
+            let parked = park_key
+                .zip(processed.audit.event_id.clone())
+                .map(|(k, id)| {
+                    let retrying = processed.audit.outcome == crate::audit::Outcome::Retrying;
+                    (k, id, retrying)
+                });
+            Ok(Finished {
+                tp,
+                offset,
+                generation,
+                slot,
+                parked,
+                audit: Some(processed.audit),
+            })
+        };
+        match input_at {
+            // With several evaluators, records run as tasks so decisions use every core of the
+            // runtime; with one, in this task, without the hand-offs between threads.
+            Some(input) => {
+                let task = tokio::spawn(work);
+                self.running.push(Box::pin(async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(WorkerError::Task {
+                            input,
+                            why: e.to_string(),
+                        })
+                    })
+                }));
+            }
+            None => self.running.push(Box::pin(work)),
+        }
+    }
+
+    /// Books a finished record: parking, the offset to store, and the next record of its slot.
+    pub(super) fn finish(&mut self, consumer: &StreamConsumer<RebalanceContext>, done: Finished) {
+        if let Some((key, id, retrying)) = done.parked {
+            if retrying {
+                self.parking.park(key, &id);
+            } else {
+                self.parking.resolve(&key, &id);
+            }
+        }
+        if done.audit.is_some() {
+            if let Some(upto) = self
+                .partitions
+                .complete(&done.tp, done.generation, done.offset)
+            {
+                if let Err(e) = consumer.store_offset(&done.tp.0, done.tp.1, upto) {
+                    // The partition was revoked meanwhile; its new owner re-processes.
+                    tracing::debug!(error = %e, topic = %done.tp.0, partition = done.tp.1, "offset not stored");
+                }
+            }
+        }
+        if let Some(slot) = done.slot {
+            if done.audit.is_none() {
+                // Abandoned at shutdown: the records behind it must not overtake it; they are
+                // re-delivered after it.
+                while self.queue.finish(&slot).is_some() {}
+            } else if let Some(next) = self.queue.finish(&slot) {
+                self.start(next);
+            }
+        }
+    }
+
+    /// Forgets revoked partitions: their waiting records are dropped (the new owner consumes
+    /// them from the committed offset) and late completions of their running records are
+    /// ignored.
+    pub(super) fn revoke(&mut self, revoked: Vec<Tp>) {
+        if revoked.is_empty() {
+            return;
+        }
+        for tp in &revoked {
+            self.partitions.revoke(tp);
+        }
+        let dropped = self
+            .queue
+            .discard(|slot, _| revoked.iter().any(|(t, p)| *t == slot.0 && *p == slot.1));
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "records waiting behind their key dropped with their revoked partitions"
+            );
+        }
+        // Which keys wait in the retry topic is known only to the worker that sent them there;
+        // after a rebalance the retry partitions may have another owner, and a key parked here
+        // would never be released. The next owner starts without parked keys, and so does this
+        // worker.
+        if !self.parking.is_empty() {
+            tracing::info!(
+                parked_keys = self.parking.len(),
+                "parked keys forgotten at the rebalance; their order through the retry topic is no longer enforced"
+            );
+            self.parking = Parking::new();
+        }
+    }
+}
