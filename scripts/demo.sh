@@ -118,14 +118,33 @@ if [[ -d $lake ]]; then
         "$(du -sh "$lake" | cut -f1)" "$lake"
 fi
 
-step "query the lake with DuckDB (this run's events and decisions)"
+step "query the lake with DuckDB (one row per event in each view, every Kafka record in <view>_raw)"
 "$reflex" --config "$config" lake views >"$out/views.sql"
 run="$DEMO_RUN"
-python3 scripts/lake-sql.py "@$out/views.sql" "
-    SELECT type, count(*) AS events, count(DISTINCT id) AS distinct_ids
-    FROM read_parquet('$lake/**/*.parquet', hive_partitioning = true, union_by_name = true)
-    WHERE id LIKE '$run-%' GROUP BY 1 ORDER BY 1"
+# Per view: the Kafka records in <view>_raw, the view's rows and its distinct ids (for audit,
+# distinct audit keys: the event id, or topic/partition/offset of an event without one).
+audit_key="coalesce(event_id, \"topic\" || '/' || CAST(\"partition\" AS VARCHAR) || '/' || CAST(\"offset\" AS VARCHAR))"
+counts=""
+while read -r view; do
+    key=id
+    [[ $view == audit ]] && key="$audit_key"
+    counts+="${counts:+ UNION ALL }SELECT '$view' AS view, (SELECT count(*) FROM \"${view}_raw\") AS records,
+        count(*) AS \"rows\", count(DISTINCT $key) AS distinct_ids FROM \"$view\""
+done < <(sed -n 's/^CREATE OR REPLACE VIEW "\(.*\)_raw" AS .*/\1/p' "$out/views.sql")
+if [[ -z $counts ]]; then
+    echo "error: reflex lake views created no views (see $out/views.sql)" >&2
+    exit 1
+fi
+python3 scripts/lake-sql.py "@$out/views.sql" "SELECT * FROM ($counts) ORDER BY view = 'audit', view"
+over="$(python3 scripts/lake-sql.py --json "@$out/views.sql" \
+    "SELECT view, \"rows\", distinct_ids FROM ($counts) WHERE \"rows\" <> distinct_ids")"
+if [[ -n $over ]]; then
+    echo "error: a view has more rows than distinct ids ([view, rows, distinct ids]):" >&2
+    echo "$over" >&2
+    exit 1
+fi
 echo
+# This run's events by final outcome (the audit view keeps each event's latest record).
 python3 scripts/lake-sql.py "@$out/views.sql" "
     SELECT type, outcome, coalesce(reason, decision.reasons[1], '') AS why, count(*) AS events
     FROM audit WHERE event_id LIKE '$run-%' GROUP BY ALL ORDER BY 1, 2, 3"
@@ -133,5 +152,6 @@ python3 scripts/lake-sql.py "@$out/views.sql" "
 cat <<NOTE
 
 The views are in $out/views.sql: \`duckdb -init $out/views.sql\` (pip install duckdb-cli) opens
-them, e.g. SELECT date, hour, sum(amount) FROM order_placed GROUP BY ALL;
+them, e.g. SELECT date, hour, sum(amount) FROM order_placed GROUP BY ALL; (one row per event: a
+replayed event counts once; order_placed_raw has every Kafka record).
 NOTE

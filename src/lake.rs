@@ -20,8 +20,11 @@
 //! never the full decision; when it cannot be decided the row is written without `data`.
 //!
 //! Exactly once is per Kafka record. The actions role is at-least-once, so after one of its
-//! crashes the audit topic may hold two records for one event (compaction keeps the last); the
-//! `audit` table then has both, and the one with the latest `processed_at` is the current one.
+//! crashes the audit topic may hold two records for one event (compaction keeps the last), and a
+//! replayed or re-delivered event is a second record with the same id; the files keep every
+//! record. The views that `reflex lake views` writes ([`views`]) give one row per event (its
+//! last record, and for `audit` its latest record, the final outcome) beside `<table>_raw`
+//! views with every record.
 
 pub mod encode;
 pub mod evolution;
@@ -156,8 +159,11 @@ pub async fn views_sql(config: &Config) -> Result<String, LakeError> {
     let tables = Tables::new(&config.schemas);
     let mut listed = Vec::new();
     for table in tables.iter() {
-        let has_files = !store.list(&table.name).await?.is_empty();
-        listed.push((table.name.clone(), has_files));
+        listed.push(views::ListedTable {
+            name: table.name.clone(),
+            kind: table.kind.clone(),
+            has_files: !store.list(&table.name).await?.is_empty(),
+        });
     }
     Ok(views::sql(&config.lake, &listed, |name| {
         std::env::var(name).ok()

@@ -246,9 +246,14 @@ async fn round_trip(store: Store) {
 
     // Every event has its audit record, the invalid ones included, with decisions for the valid.
     // Keyed like the audit topic: the event id, or topic/partition/offset when it has none.
-    let audit_keys = "SELECT count(*), count(DISTINCT coalesce(event_id, \
-        topic || '/' || partition || '/' || \"offset\")) FROM audit";
-    assert_eq!(lake.query(audit_keys)[0], [json!(84), json!(84)]);
+    // The files hold one record per event (no re-delivery here), and so does the view.
+    for view in ["audit_raw", "audit"] {
+        let audit_keys = format!(
+            "SELECT count(*), count(DISTINCT coalesce(event_id, \
+             topic || '/' || partition || '/' || \"offset\")) FROM {view}"
+        );
+        assert_eq!(lake.query(&audit_keys)[0], [json!(84), json!(84)], "{view}");
+    }
     let outcomes = lake.query("SELECT outcome, count(*) FROM audit GROUP BY 1 ORDER BY 1");
     let dead: i64 = outcomes
         .iter()
@@ -316,8 +321,8 @@ async fn kill_9_exactly_once(store: Store) {
     lake.drain("lake");
     let row = &lake.query(
         "SELECT count(*), count(DISTINCT id), count(DISTINCT (kafka_partition, kafka_offset)) \
-         FROM (SELECT id, kafka_partition, kafka_offset FROM order_placed \
-               UNION ALL SELECT id, kafka_partition, kafka_offset FROM refund_requested)",
+         FROM (SELECT id, kafka_partition, kafka_offset FROM order_placed_raw \
+               UNION ALL SELECT id, kafka_partition, kafka_offset FROM refund_requested_raw)",
     )[0];
     let n = valid.len() as i64;
     assert_eq!(row[0], json!(n), "rows: {row:?}");
@@ -430,12 +435,103 @@ async fn sigterm_writes_buffered_rows_and_a_restart_adds_none() {
     assert!(out.status.success(), "clean exit after SIGTERM");
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("20 rows"), "{summary}");
-    assert_eq!(lake.count("SELECT count(*) FROM refund_requested"), 20);
+    assert_eq!(lake.count("SELECT count(*) FROM refund_requested_raw"), 20);
     // The offsets were committed: a restart finds nothing new.
     let summary = lake.drain("lake");
     assert!(summary.contains("0 records"), "{summary}");
     assert_eq!(
-        lake.query("SELECT count(*), count(DISTINCT id) FROM refund_requested")[0],
+        lake.query("SELECT count(*), count(DISTINCT id) FROM refund_requested_raw")[0],
         [json!(20), json!(20)]
+    );
+}
+
+/// An audit record as the actions role writes it, keyed like the audit topic.
+fn audit_record(event_id: Option<&str>, offset: i64, outcome: &str, worker: &str) -> Rec {
+    let record = json!({
+        "event_id": event_id, "topic": "events", "partition": 0, "offset": offset,
+        "outcome": outcome, "policy_revision": "sha256:test", "worker": worker,
+        "processed_at": "2026-03-04T05:06:07Z",
+    });
+    let key = event_id.map_or_else(|| format!("events/0/{offset}"), str::to_owned);
+    Rec::json(&key, &record)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn views_give_one_row_per_event_and_raw_views_every_record() {
+    let lake = LakeEnv::new(Store::Local, 2, "");
+    lake.env.create_topics().await;
+    // A re-delivery: the same CloudEvent line twice, as two Kafka records (same key, so the same
+    // partition, one after the other), beside four distinct events.
+    let dup = refund("dup-1", 7.0);
+    let mut records = vec![Rec::json("k-dup", &dup)];
+    records.extend((0..4).map(|n| Rec::json(&format!("k{n}"), &refund(&format!("u-{n}"), 7.0))));
+    records.push(Rec::json("k-dup", &dup));
+    produce(&lake.env.events, &records).await;
+    // Two audit records for the event dead-lettered and then replayed, and two for an event
+    // without an id (keyed topic/partition/offset), each pair in the order it was written.
+    produce(
+        &lake.env.audit,
+        &[
+            audit_record(Some("dup-1"), 1, "dead_lettered", "first"),
+            audit_record(None, 9, "dead_lettered", "first"),
+            audit_record(Some("u-0"), 2, "actioned", "first"),
+            audit_record(Some("dup-1"), 5, "actioned", "replay"),
+            audit_record(None, 9, "dead_lettered", "again"),
+        ],
+    )
+    .await;
+    let summary = lake.drain("lake");
+    assert!(summary.contains("11 records, 11 rows"), "{summary}");
+
+    // The view: one row per id, so the re-delivered refund counts once.
+    assert_eq!(
+        lake.query("SELECT count(*), count(DISTINCT id), sum(amount) FROM refund_requested")[0],
+        [json!(5), json!(5), json!(35.0)]
+    );
+    // The raw view: both records of dup-1, at two offsets of one partition.
+    assert_eq!(
+        lake.query("SELECT count(*), count(DISTINCT id), sum(amount) FROM refund_requested_raw")[0],
+        [json!(6), json!(5), json!(42.0)]
+    );
+    let raw = lake.query(
+        "SELECT kafka_topic, kafka_partition, kafka_offset FROM refund_requested_raw \
+         WHERE id = 'dup-1' ORDER BY kafka_offset",
+    );
+    assert_eq!(raw.len(), 2, "{raw:?}");
+    assert_eq!(raw[0][0], json!(lake.env.events));
+    assert_eq!(raw[0][1], raw[1][1], "one partition: {raw:?}");
+    assert!(
+        raw[0][2].as_i64() < raw[1][2].as_i64(),
+        "two offsets: {raw:?}"
+    );
+    // The view keeps the last record: the re-delivered one.
+    assert_eq!(
+        lake.query("SELECT kafka_partition, kafka_offset FROM refund_requested WHERE id = 'dup-1'"),
+        [vec![raw[1][1].clone(), raw[1][2].clone()]]
+    );
+
+    // The audit view: one row per audit key, its latest record (the final outcome).
+    let key = "coalesce(event_id, topic || '/' || partition || '/' || \"offset\")";
+    assert_eq!(
+        lake.query(&format!(
+            "SELECT count(*), count(DISTINCT {key}) FROM audit"
+        ))[0],
+        [json!(3), json!(3)]
+    );
+    assert_eq!(
+        lake.query(&format!(
+            "SELECT count(*), count(DISTINCT {key}) FROM audit_raw"
+        ))[0],
+        [json!(5), json!(3)]
+    );
+    assert_eq!(
+        lake.query(&format!(
+            "SELECT {key}, outcome, worker FROM audit ORDER BY 1"
+        )),
+        [
+            vec![json!("dup-1"), json!("actioned"), json!("replay")],
+            vec![json!("events/0/9"), json!("dead_lettered"), json!("again")],
+            vec![json!("u-0"), json!("actioned"), json!("first")],
+        ]
     );
 }
