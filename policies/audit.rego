@@ -1,4 +1,5 @@
-# Audit rules: which fields are redacted from audit records and lake rows.
+# Audit rules: which fields are redacted from every copy of an event reflex writes (read by the
+# redaction rule data.reflex.redact, so they may read only input.event).
 package reflex.audit
 
 redact contains "data.card_last4" if input.event.type == "payment.authorized"

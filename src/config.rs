@@ -296,6 +296,7 @@ impl Config {
         let policy_dir = base.join(&raw.policy.dir);
         let schemas = SchemaRegistry::load(&schema_dir)?;
         let policy = PolicySet::load(&policy_dir, &raw.policy.entry, raw.policy.timeout)?
+            .with_redaction(&raw.policy.redact)?
             .with_engine(raw.policy.engine);
         let actions = build_actions(&raw.actions, &schemas, &schema_dir, env)?;
         let services = services::services_config(&raw.services)?;
@@ -390,6 +391,8 @@ pub struct PolicySettings {
     pub dir: PathBuf,
     /// The entry rule.
     pub entry: String,
+    /// The redaction rule (`""`: no redaction); see [`PolicySet::with_redaction`].
+    pub redact: String,
     /// The evaluation time limit.
     pub timeout: Duration,
     /// Kafka settings, to read the audit topic.
@@ -411,6 +414,7 @@ impl PolicySettings {
         Ok(Self {
             dir: base.join(&raw.policy.dir),
             entry: raw.policy.entry,
+            redact: raw.policy.redact,
             timeout: raw.policy.timeout,
             kafka: kafka_config(raw.kafka),
             audit_topic: raw.topics.audit,
@@ -552,7 +556,7 @@ mod tests {
                 .expect("write");
             std::fs::write(
                 dir.path().join("policies/p.rego"),
-                "package reflex\ndecision := {\"allow\": true, \"reasons\": [], \"obligations\": {}}\n",
+                "package reflex\ndecision := {\"allow\": true, \"reasons\": [], \"obligations\": {}}\nredact := []\n",
             )
             .expect("write");
             Self { dir }
@@ -624,6 +628,48 @@ types = ["refund.requested"]
         let settings = PolicySettings::load(&path).expect("settings without compiling");
         assert_eq!(settings.dir, f.dir.path().join("policies"));
         assert_eq!(settings.audit_topic, "reflex.audit");
+        assert_eq!(settings.redact, "data.reflex.redact");
+    }
+
+    #[test]
+    fn the_redaction_rule_is_configured_checked_and_can_be_turned_off() {
+        let f = Fixture::new();
+        let cfg = f.load(BOTH, &[]).expect("valid");
+        let rule = cfg.policy.redaction().expect("redaction by default");
+        assert_eq!(rule.entry, "data.reflex.redact");
+        assert_eq!(rule.reads, crate::policy::Reads::Fields(Vec::new()));
+        let msg = f
+            .load(BOTH, &[("REFLEX_POLICY_REDACT", "data.reflex.hide")])
+            .expect_err("undefined rule")
+            .to_string();
+        assert!(
+            msg.contains("redaction rule data.reflex.hide") && msg.contains("not defined"),
+            "{msg}"
+        );
+        let off = format!("{BOTH}\n[policy]\nredact = \"\"\n");
+        assert!(f
+            .load(&off, &[])
+            .expect("valid")
+            .policy
+            .redaction()
+            .is_none());
+        std::fs::write(
+            f.dir.path().join("policies/hide.rego"),
+            "package reflex.privacy\nhide contains \"data.x\" if input.context.now > \"2026\"\n",
+        )
+        .expect("write");
+        let msg = f
+            .load(
+                BOTH,
+                &[("REFLEX_POLICY_REDACT", "data.reflex.privacy.hide")],
+            )
+            .expect_err("impure")
+            .to_string();
+        assert!(
+            msg.contains("reads input.context.now through data.reflex.privacy.hide")
+                && msg.contains("hide.rego:2"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -11,9 +11,15 @@
 //! error, the time limit, a malformed decision, or no policy loaded is a deny with its own
 //! [`Failure`] reason and counter ([`telemetry`]).
 //!
-//! [`input`] builds the input document. Around that core: [`redact`] applies the `redact` obligation, [`reload`] watches the directory
-//! and swaps revisions atomically, [`testing`] runs `test_*` rules and YAML cases, [`explain`]
-//! says which rules fired, and [`shadow`] compares candidate decisions with recorded ones.
+//! Redaction is its own rule (`[policy] redact`, by default `data.reflex.redact`): a pure
+//! function of the event, checked at load to read nothing but `input.event`, evaluated on an
+//! input holding only the event and cached per value of the fields it reads ([`redaction`],
+//! [`Evaluator::redaction`]).
+//!
+//! [`input`] builds the input document. Around that core: [`redact`] removes the redacted paths
+//! from an event, [`reload`] watches the directory and swaps revisions atomically, [`testing`]
+//! runs `test_*` rules and YAML cases, [`explain`] says which rules fired, and [`shadow`]
+//! compares candidate decisions with recorded ones.
 
 mod compiled;
 pub mod decision;
@@ -21,6 +27,7 @@ pub mod explain;
 pub mod files;
 pub mod input;
 pub mod redact;
+pub mod redaction;
 pub mod reload;
 pub mod shadow;
 pub mod telemetry;
@@ -28,13 +35,17 @@ pub mod testing;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use regorus::utils::limits::ExecutionTimerConfig;
 use serde_json::Value;
 
+use crate::event::CloudEvent;
+
 pub use decision::{Decision, EmitObligation, Failure};
 use files::PolicyFiles;
+pub use redaction::{Reads, RedactionFailed, RedactionRule, RedactionStats};
 
 /// Which regorus evaluator decides the entry rule (`[policy] engine`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -97,6 +108,42 @@ pub enum PolicyError {
         /// The packages that exist.
         found: String,
     },
+    /// `[policy] redact` is not written as a rule path.
+    #[error("redaction rule \"{rule}\" ([policy] redact) is not a rule path: write it as data.<package>.<rule>, or \"\" to turn redaction off")]
+    BadRedaction {
+        /// The configured redaction rule.
+        rule: String,
+    },
+    /// No module defines the redaction rule.
+    #[error("redaction rule {rule} ([policy] redact) is not defined by any module in {dir} (packages: {found}); define it, or set redact = \"\" to turn redaction off")]
+    NoRedaction {
+        /// The configured redaction rule.
+        rule: String,
+        /// The policy directory.
+        dir: PathBuf,
+        /// The packages that exist.
+        found: String,
+    },
+    /// The redaction rule, or a rule it uses, reads something other than the event.
+    #[error("redaction rule {rule} reads {reference} through {through} ({location}); redaction may read only input.event")]
+    ImpureRedaction {
+        /// The configured redaction rule.
+        rule: String,
+        /// What it reads: `input.context.now`, `input`, `time.now_ns()`, ….
+        reference: String,
+        /// The rule making that reference, `data.<package>.<rule>`.
+        through: String,
+        /// Its file and line.
+        location: String,
+    },
+    /// The syntax tree regorus gave could not be read.
+    #[error("cannot analyse redaction rule {rule}: {message}")]
+    Analysis {
+        /// The configured redaction rule.
+        rule: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// The loaded policy set: a template engine and the revision it was built from.
@@ -106,6 +153,8 @@ pub struct PolicySet {
     compiled: Option<compiled::Compiled>,
     engine_kind: PolicyEngine,
     entry: String,
+    redaction: Option<Arc<RedactionRule>>,
+    redaction_compiled: Option<compiled::Compiled>,
     revision: String,
     modules: Vec<PathBuf>,
     dir: PathBuf,
@@ -116,6 +165,7 @@ impl std::fmt::Debug for PolicySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicySet")
             .field("entry", &self.entry)
+            .field("redaction", &self.redaction)
             .field("revision", &self.revision)
             .field("compiled", &self.compiled.is_some())
             .field("modules", &self.modules)
@@ -124,7 +174,8 @@ impl std::fmt::Debug for PolicySet {
 }
 
 impl PolicySet {
-    /// Loads the production modules and data files under `dir` (see [`files`]).
+    /// Loads the production modules and data files under `dir` (see [`files`]), without a
+    /// redaction rule: add it with [`PolicySet::with_redaction`].
     pub fn load(dir: &Path, entry: &str, timeout: Duration) -> Result<Self, PolicyError> {
         let files = PolicyFiles::read(dir)?;
         Self::compile(&files, dir, entry, timeout, false)
@@ -195,6 +246,8 @@ impl PolicySet {
             compiled: None,
             engine_kind: PolicyEngine::Interpreter,
             entry: entry.to_owned(),
+            redaction: None,
+            redaction_compiled: None,
             revision: files.revision(),
             modules,
             dir: dir.to_owned(),
@@ -202,29 +255,64 @@ impl PolicySet {
         })
     }
 
-    /// Decides with `kind`. For [`PolicyEngine::Compiled`] the entry rule is compiled to the VM
-    /// now; if the VM compiler does not support something the policy uses, the set logs why and
-    /// keeps deciding with the interpreter.
+    /// Decides with `kind`. For [`PolicyEngine::Compiled`] the entry rule (and the redaction
+    /// rule) is compiled to the VM now; if the VM compiler does not support something the policy
+    /// uses, the set logs why and keeps evaluating that rule with the interpreter.
     pub fn with_engine(mut self, kind: PolicyEngine) -> Self {
         self.engine_kind = kind;
-        self.compiled = match kind {
-            PolicyEngine::Interpreter => None,
-            PolicyEngine::Compiled => compiled::Compiled::build(&self.engine, &self.entry)
-                .inspect_err(|error| {
-                    tracing::warn!(
-                        entry = %self.entry,
-                        %error,
-                        "the policy entry rule does not compile to regorus's VM; deciding with the interpreter"
-                    );
-                })
-                .ok(),
+        self.compiled = self.compile_rule(&self.entry);
+        self.redaction_compiled = match &self.redaction {
+            Some(rule) => self.compile_rule(&rule.entry),
+            None => None,
         };
         self
     }
 
-    /// Loads the policy set in `dir` with the same entry rule, time limit and engine as this one.
+    /// `rule` compiled to the VM when the engine is [`PolicyEngine::Compiled`] and it compiles.
+    fn compile_rule(&self, rule: &str) -> Option<compiled::Compiled> {
+        match self.engine_kind {
+            PolicyEngine::Interpreter => None,
+            PolicyEngine::Compiled => compiled::Compiled::build(&self.engine, rule)
+                .inspect_err(|error| {
+                    tracing::warn!(
+                        rule,
+                        %error,
+                        "the policy rule does not compile to regorus's VM; evaluating it with the interpreter"
+                    );
+                })
+                .ok(),
+        }
+    }
+
+    /// Redacts with `rule` (`[policy] redact`, e.g. [`redaction::DEFAULT_RULE`]; `""`: no
+    /// redaction). The set is refused unless a module defines the rule and it, and every rule it
+    /// uses, reads nothing of the input but `input.event` (nor the clock or randomness): see
+    /// [`redaction`].
+    pub fn with_redaction(mut self, rule: &str) -> Result<Self, PolicyError> {
+        if rule.is_empty() {
+            self.redaction = None;
+            self.redaction_compiled = None;
+            return Ok(self);
+        }
+        let ast = self
+            .engine
+            .get_ast_as_json()
+            .map_err(|e| PolicyError::Analysis {
+                rule: rule.to_owned(),
+                message: e.to_string(),
+            })?;
+        self.redaction = Some(Arc::new(redaction::analyse(&ast, rule, &self.dir)?));
+        self.redaction_compiled = self.compile_rule(rule);
+        Ok(self)
+    }
+
+    /// Loads the policy set in `dir` with the same entry rule, redaction rule, time limit and
+    /// engine as this one.
     pub fn reload_from(&self, dir: &Path) -> Result<Self, PolicyError> {
-        Ok(Self::load(dir, &self.entry, self.timeout)?.with_engine(self.engine_kind))
+        let redact = self.redaction.as_ref().map_or("", |r| r.entry.as_str());
+        Ok(Self::load(dir, &self.entry, self.timeout)?
+            .with_redaction(redact)?
+            .with_engine(self.engine_kind))
     }
 
     /// The content hash of every production policy and data file.
@@ -247,6 +335,11 @@ impl PolicySet {
         &self.entry
     }
 
+    /// The redaction rule and the event fields it reads (`None`: no redaction configured).
+    pub fn redaction(&self) -> Option<&RedactionRule> {
+        self.redaction.as_deref()
+    }
+
     /// The packages its modules define (`data.…`).
     pub fn packages(&self) -> Vec<String> {
         self.engine.get_packages().unwrap_or_default()
@@ -263,11 +356,12 @@ impl PolicySet {
         self.compiled.is_some()
     }
 
-    /// An evaluator that decides with the interpreter even when the entry rule is compiled
-    /// (for comparisons: benchmarks, and checking that both decide the same).
+    /// An evaluator that decides (and redacts) with the interpreter even when the rules are
+    /// compiled (for comparisons: benchmarks, and checking that both decide the same).
     pub fn interpreter(&self) -> Evaluator {
         Evaluator {
             machine: None,
+            redactor: redaction::Redactor::new(self.redaction.clone(), None, self.timeout),
             ..self.evaluator()
         }
     }
@@ -287,11 +381,16 @@ impl PolicySet {
             last_input: None,
             entry: self.entry.clone(),
             revision: self.revision.clone(),
+            redactor: redaction::Redactor::new(
+                self.redaction.clone(),
+                self.redaction_compiled.as_ref(),
+                self.timeout,
+            ),
         }
     }
 }
 
-/// Evaluates the entry rule; owned by one worker, reused for every event.
+/// Evaluates the entry rule and the redaction rule; owned by one worker, reused for every event.
 pub struct Evaluator {
     engine: Option<regorus::Engine>,
     machine: Option<compiled::Machine>,
@@ -299,6 +398,7 @@ pub struct Evaluator {
     last_input: Option<regorus::Value>,
     entry: String,
     revision: String,
+    redactor: redaction::Redactor,
 }
 
 impl Evaluator {
@@ -310,12 +410,30 @@ impl Evaluator {
             last_input: None,
             entry: String::new(),
             revision: NO_REVISION.to_owned(),
+            redactor: redaction::Redactor::new(None, None, Duration::ZERO),
         }
     }
 
     /// The revision this evaluator runs.
     pub fn revision(&self) -> &str {
         &self.revision
+    }
+
+    /// The paths to redact from every copy of `event` reflex writes (the audit record's
+    /// obligations, emitted events, action bodies, lake rows), from the redaction rule alone.
+    /// Empty when no redaction rule is configured. An error means the rule could not say
+    /// (undefined, an error, the time limit, not a list of strings, no policy loaded): the
+    /// caller must then write none of the event's data. Answers are cached per value of the
+    /// fields the rule reads ([`RedactionRule::reads`]), for this revision only.
+    pub fn redaction(&mut self, event: &CloudEvent) -> Result<Arc<[String]>, RedactionFailed> {
+        self.redactor
+            .paths(self.engine.as_ref(), event)
+            .inspect_err(redaction::failed_closed)
+    }
+
+    /// How often this evaluator evaluated the redaction rule, and how often its cache answered.
+    pub fn redaction_stats(&self) -> RedactionStats {
+        self.redactor.stats()
     }
 
     /// Decides on one input document, failing closed.
@@ -350,20 +468,10 @@ impl Evaluator {
         engine.set_input(input);
         match engine.eval_rule(self.entry.clone()) {
             Ok(value) => document(&value),
-            Err(e) => {
-                let timed_out = e.chain().any(|c| {
-                    matches!(
-                        c.downcast_ref::<regorus::LimitError>(),
-                        Some(regorus::LimitError::TimeLimitExceeded { .. })
-                    )
-                }) || e.to_string().contains("exceeded time limit");
-                let failure = if timed_out {
-                    Failure::Timeout
-                } else {
-                    Failure::Error
-                };
-                Err(Decision::failed(failure, Some(e.to_string())))
-            }
+            Err(e) => Err(Decision::failed(
+                interpreter_failure(&e),
+                Some(e.to_string()),
+            )),
         }
     }
 
@@ -377,6 +485,21 @@ impl Evaluator {
             Ok(regorus::Value::Undefined) | Err(_) => None,
             Ok(v) => serde_json::to_value(&v).ok(),
         }
+    }
+}
+
+/// The failure an interpreter error stands for: the time limit, or any other error.
+fn interpreter_failure(e: &anyhow::Error) -> Failure {
+    let timed_out = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<regorus::LimitError>(),
+            Some(regorus::LimitError::TimeLimitExceeded { .. })
+        )
+    }) || e.to_string().contains("exceeded time limit");
+    if timed_out {
+        Failure::Timeout
+    } else {
+        Failure::Error
     }
 }
 

@@ -51,6 +51,19 @@ test_sla_breach_is_emitted_with_the_age if {
 }
 
 test_customer_id_is_redacted_from_orders if {
+	o := order("/shop/web", 1, "EUR")
+	data.reflex.redact == ["data.customer_id"] with input as {"event": o.event}
+}
+
+test_card_digits_are_redacted_from_payments if {
+	data.reflex.redact == ["data.card_last4"] with input as {"event": {"type": "payment.authorized"}}
+}
+
+test_other_types_redact_nothing if {
+	data.reflex.redact == [] with input as {"event": {"type": "refund.requested"}}
+}
+
+test_the_decision_leaves_redaction_to_its_own_rule if {
 	d := data.reflex.decision with input as order("/shop/web", 1, "EUR")
-	d.obligations.redact == ["data.customer_id"]
+	not d.obligations.redact
 }

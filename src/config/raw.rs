@@ -194,6 +194,9 @@ pub struct RawPolicy {
     pub dir: PathBuf,
     /// The rule whose value is the decision.
     pub entry: String,
+    /// The redaction rule: its value lists the paths removed from every copy of an event reflex
+    /// writes; it may read only `input.event`. `""` turns redaction off.
+    pub redact: String,
     /// Longest a single evaluation may run before it counts as a deny.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -213,6 +216,7 @@ impl Default for RawPolicy {
         Self {
             dir: PathBuf::from("policies"),
             entry: "data.reflex.decision".into(),
+            redact: crate::policy::redaction::DEFAULT_RULE.into(),
             timeout: Duration::from_millis(100),
             reload_interval: Duration::from_secs(2),
             emit_topic: "reflex.policy.events".into(),

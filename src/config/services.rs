@@ -303,7 +303,7 @@ mod tests {
             std::fs::write(dir.path().join(format!("schemas/{ty}.json")), "{}").expect("write");
         }
         let policy =
-            "package reflex\ndecision := {\"allow\": true, \"reasons\": [], \"obligations\": {}}\n";
+            "package reflex\ndecision := {\"allow\": true, \"reasons\": [], \"obligations\": {}}\nredact := []\n";
         std::fs::write(dir.path().join("policies/p.rego"), policy).expect("write");
         dir
     }

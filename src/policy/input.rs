@@ -1,4 +1,4 @@
-//! The policy input document `{event, enrichment, context}`, built straight into regorus's value
+//! The policy input document `{event, enrichment, context}` (and the redaction rule's `{event}`), built straight into regorus's value
 //! type from the decoded event.
 //!
 //! Going through `serde_json::json!` first would copy the whole event (data included) into a
@@ -55,6 +55,14 @@ pub fn document(
     );
     ctx.insert(key("now"), regorus::Value::from(context.now));
     doc.insert(key("context"), regorus::Value::from(ctx));
+    regorus::Value::from(doc)
+}
+
+/// The input document of the redaction rule: `{"event": …}` and nothing else, so the rule's
+/// value cannot depend on when or where the event is decided.
+pub fn event_document(event: &CloudEvent) -> regorus::Value {
+    let mut doc = BTreeMap::new();
+    doc.insert(key("event"), event_value(event));
     regorus::Value::from(doc)
 }
 

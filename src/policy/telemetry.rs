@@ -2,6 +2,8 @@
 //!
 //! Counters are process-wide and labelled only by bounded values (the failure kind):
 //! - `reflex_policy_failures_total{kind}`: fail-closed denies, one counter per [`Failure`];
+//! - `reflex_policy_redaction_failures_total{kind}`: redaction rule evaluations that failed
+//!   closed (the caller writes no event data);
 //! - `reflex_policy_reloads_total`: policy sets swapped in by hot reload;
 //! - `reflex_policy_reloads_refused_total`: changed policy sets that did not compile.
 //!
@@ -12,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::Failure;
 
 static FAILURES: [AtomicU64; Failure::ALL.len()] = [const { AtomicU64::new(0) }; 5];
+static REDACTION_FAILURES: [AtomicU64; Failure::ALL.len()] = [const { AtomicU64::new(0) }; 5];
 static RELOADS: AtomicU64 = AtomicU64::new(0);
 static REFUSED: AtomicU64 = AtomicU64::new(0);
 
@@ -27,6 +30,21 @@ impl PolicyFailedClosed {
     pub fn emit(self) {
         FAILURES[index(self.failure)].fetch_add(1, Ordering::Relaxed);
         tracing::debug!(kind = self.failure.label(), "policy failed closed");
+    }
+}
+
+/// The redaction rule gave no list of paths, so no event data is written.
+#[derive(Debug, Clone, Copy)]
+pub struct RedactionFailedClosed {
+    /// Why.
+    pub failure: Failure,
+}
+
+impl RedactionFailedClosed {
+    /// Counts it (the caller logs or records the detail).
+    pub fn emit(self) {
+        REDACTION_FAILURES[index(self.failure)].fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(kind = self.failure.label(), "redaction failed closed");
     }
 }
 
@@ -96,6 +114,11 @@ pub fn snapshot() -> Vec<Counter> {
             value: FAILURES[index(*f)].load(Ordering::Relaxed),
         })
         .collect();
+    out.extend(Failure::ALL.iter().map(|f| Counter {
+        name: "reflex_policy_redaction_failures_total",
+        kind: Some(f.label()),
+        value: REDACTION_FAILURES[index(*f)].load(Ordering::Relaxed),
+    }));
     out.push(Counter {
         name: "reflex_policy_reloads_total",
         kind: None,
@@ -112,6 +135,11 @@ pub fn snapshot() -> Vec<Counter> {
 /// The current count of fail-closed denies of one kind.
 pub fn failures(failure: Failure) -> u64 {
     FAILURES[index(failure)].load(Ordering::Relaxed)
+}
+
+/// The current count of redaction evaluations that failed closed with `failure`.
+pub fn redaction_failures(failure: Failure) -> u64 {
+    REDACTION_FAILURES[index(failure)].load(Ordering::Relaxed)
 }
 
 /// The current count of refused reloads.

@@ -297,6 +297,7 @@ const ENRICHED_POLICY: &str = r#"package reflex
 import rego.v1
 default decision := {"allow": true, "reasons": []}
 decision := {"allow": false, "reasons": ["customer is blocked"]} if input.enrichment.customer.blocked == true
+redact := []
 "#;
 
 fn write_policy(dir: &Path) {

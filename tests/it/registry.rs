@@ -62,7 +62,7 @@ impl RegistryEnv {
         .expect("write");
         std::fs::write(
             policies.join("allow.rego"),
-            "package reflex\ndecision := {\"allow\": true, \"reasons\": [], \"obligations\": {}}\n",
+            "package reflex\ndecision := {\"allow\": true, \"reasons\": [], \"obligations\": {}}\nredact := []\n",
         )
         .expect("write");
         let env = Self {
