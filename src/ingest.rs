@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::event::{CloudEvent, Mode};
+use crate::policy::redaction::RedactionFailed;
 use crate::policy::{telemetry, Decision, Evaluator, Failure};
 use crate::registry::HttpRegistry;
 use crate::schema::SchemaRegistry;
@@ -322,11 +323,25 @@ pub struct DecisionInput<'a> {
 }
 
 /// The decision on an admitted event, as the actions role takes it and a replay repeats it: the
-/// policy's decision, failed closed if an `emit` obligation names a topic `emit` does not allow;
-/// its `redact` obligation holds the redaction paths, which depend on the event alone.
+/// policy's decision, failed closed if an `emit` obligation names a topic `emit` does not allow
+/// or if the redaction rule cannot say what to hide; its `redact` obligation holds the redaction
+/// rule's paths ([`redaction`]).
 pub fn decide(evaluator: &mut Evaluator, on: &DecisionInput<'_>, emit: &EmitTopics) -> Decision {
     let document = policy_input(on.event, on.mode, on.input, on.now, on.enrichment);
-    let decision = evaluator.decide(document);
+    let mut decision = evaluator.decide(document);
+    let paths = match redaction(evaluator, on.event) {
+        Ok(paths) => paths,
+        Err(failed) => {
+            let mut denied = Decision::failed(failed.failure, Some(failed.to_string()));
+            denied
+                .obligations
+                .insert("redact".to_owned(), json!(["data"]));
+            return denied;
+        }
+    };
+    decision
+        .obligations
+        .insert("redact".to_owned(), json!(paths.as_ref()));
     if let Some(topic) = decision
         .emits()
         .into_iter()
@@ -343,6 +358,18 @@ pub fn decide(evaluator: &mut Evaluator, on: &DecisionInput<'_>, emit: &EmitTopi
         return Decision::failed(Failure::Malformed, Some(detail));
     }
     decision
+}
+
+/// The paths to hide from every copy of `event` written (audit obligations, emitted events, the
+/// action body, lake rows): the policy's redaction rule, which reads the event alone. A failure
+/// is counted and logged; callers then hide all data.
+pub fn redaction(
+    evaluator: &mut Evaluator,
+    event: &CloudEvent,
+) -> Result<Arc<[String]>, RedactionFailed> {
+    evaluator.redaction(event).inspect_err(|failed| {
+        tracing::warn!(error = %failed, event_type = %event.ty, "redaction failed closed; the event's data is hidden");
+    })
 }
 
 fn micros(since: Instant) -> u64 {

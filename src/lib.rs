@@ -12,8 +12,9 @@
 //! - [`event`]: CloudEvents 1.0 decoding, structured and binary mode.
 //! - [`schema`]: the file schema registry (JSON Schema or Avro per event type), the wire format.
 //! - [`registry`]: a Confluent-compatible HTTP schema registry with a cache of schemas by id.
-//! - [`policy`]: Rego policies with regorus; the decision contract (redact, emit); failing
-//!   closed; hot reload; `reflex policy test` and `eval`; shadow comparison.
+//! - [`policy`]: Rego policies with regorus; the decision contract (emit obligations); the pure
+//!   redaction rule; failing closed; hot reload; `reflex policy test` and `eval`; shadow
+//!   comparison.
 //! - [`action`]: the actions (inline `emit` and `log`, `http` calls) and the type → action table.
 //! - [`service`]: calling HTTP services: retries with backoff, circuit breakers, URL templates.
 //! - [`enrich`]: lookups in supporting services, cached, whose answers join the policy input.
@@ -41,9 +42,10 @@
 //!    [`schema::SchemaRegistry::validate`]; failures become dead letters. The type selects its
 //!    action.
 //! 3. Enrichment lookups ([`enrich`]) answer from supporting services.
-//! 4. [`ingest::decide`] returns allow, reasons and obligations, or a fail-closed deny;
-//!    `redact` paths are removed from every copy of the data written, `emit` obligations become
-//!    derived events. The worker swaps in a reloaded policy set between two records.
+//! 4. [`ingest::decide`] returns allow, reasons and obligations, or a fail-closed deny; the
+//!    policy's redaction rule, which reads the event alone, names the paths removed from every
+//!    copy of the data written, and `emit` obligations become derived events. The worker swaps
+//!    in a reloaded policy set between two records.
 //! 5. Allowed events run their [`action::Action`]; denied events are only audited.
 //! 6. The worker publishes the derived, dead-letter and audit records (`acks=all`, idempotent)
 //!    and stores the record's offset only after all of them, and every earlier record of the

@@ -499,10 +499,16 @@ fn policy_command(config: &Path, command: &PolicyCommand) -> anyhow::Result<Exit
     match command {
         PolicyCommand::Check { dir } => {
             let dir = dir_or(dir);
-            match PolicySet::load(&dir, &settings.entry, settings.timeout) {
+            match PolicySet::load(&dir, &settings.entry, settings.timeout)
+                .and_then(|set| set.with_redaction(&settings.redact))
+            {
                 Ok(set) => {
                     println!("{}: ok, revision {}", dir.display(), set.revision());
                     println!("  entry     {}", set.entry());
+                    match set.redaction() {
+                        Some(rule) => println!("  redaction {} (reads {})", rule.entry, rule.reads),
+                        None => println!("  redaction off"),
+                    }
                     println!("  modules   {}", set.modules().len());
                     println!("  packages  {}", set.packages().join(", "));
                     Ok(ExitCode::SUCCESS)
@@ -534,7 +540,8 @@ fn policy_command(config: &Path, command: &PolicyCommand) -> anyhow::Result<Exit
             json,
         } => {
             let dir = dir_or(dir);
-            let set = PolicySet::load(&dir, &settings.entry, settings.timeout)?;
+            let set = PolicySet::load(&dir, &settings.entry, settings.timeout)?
+                .with_redaction(&settings.redact)?;
             let text = if input.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
             } else {

@@ -154,7 +154,6 @@ pub struct PolicySet {
     engine_kind: PolicyEngine,
     entry: String,
     redaction: Option<Arc<RedactionRule>>,
-    redaction_compiled: Option<compiled::Compiled>,
     revision: String,
     modules: Vec<PathBuf>,
     dir: PathBuf,
@@ -247,7 +246,6 @@ impl PolicySet {
             engine_kind: PolicyEngine::Interpreter,
             entry: entry.to_owned(),
             redaction: None,
-            redaction_compiled: None,
             revision: files.revision(),
             modules,
             dir: dir.to_owned(),
@@ -255,16 +253,12 @@ impl PolicySet {
         })
     }
 
-    /// Decides with `kind`. For [`PolicyEngine::Compiled`] the entry rule (and the redaction
-    /// rule) is compiled to the VM now; if the VM compiler does not support something the policy
+    /// Decides with `kind`. For [`PolicyEngine::Compiled`] the entry rule is compiled to the VM
+    /// now (the redaction rule always runs on the interpreter, which fails closed); if the VM compiler does not support something the policy
     /// uses, the set logs why and keeps evaluating that rule with the interpreter.
     pub fn with_engine(mut self, kind: PolicyEngine) -> Self {
         self.engine_kind = kind;
         self.compiled = self.compile_rule(&self.entry);
-        self.redaction_compiled = match &self.redaction {
-            Some(rule) => self.compile_rule(&rule.entry),
-            None => None,
-        };
         self
     }
 
@@ -291,7 +285,6 @@ impl PolicySet {
     pub fn with_redaction(mut self, rule: &str) -> Result<Self, PolicyError> {
         if rule.is_empty() {
             self.redaction = None;
-            self.redaction_compiled = None;
             return Ok(self);
         }
         let ast = self
@@ -302,7 +295,6 @@ impl PolicySet {
                 message: e.to_string(),
             })?;
         self.redaction = Some(Arc::new(redaction::analyse(&ast, rule, &self.dir)?));
-        self.redaction_compiled = self.compile_rule(rule);
         Ok(self)
     }
 
@@ -361,7 +353,7 @@ impl PolicySet {
     pub fn interpreter(&self) -> Evaluator {
         Evaluator {
             machine: None,
-            redactor: redaction::Redactor::new(self.redaction.clone(), None, self.timeout),
+            redactor: redaction::Redactor::new(self.redaction.clone()),
             ..self.evaluator()
         }
     }
@@ -381,11 +373,7 @@ impl PolicySet {
             last_input: None,
             entry: self.entry.clone(),
             revision: self.revision.clone(),
-            redactor: redaction::Redactor::new(
-                self.redaction.clone(),
-                self.redaction_compiled.as_ref(),
-                self.timeout,
-            ),
+            redactor: redaction::Redactor::new(self.redaction.clone()),
         }
     }
 }
@@ -410,7 +398,7 @@ impl Evaluator {
             last_input: None,
             entry: String::new(),
             revision: NO_REVISION.to_owned(),
-            redactor: redaction::Redactor::new(None, None, Duration::ZERO),
+            redactor: redaction::Redactor::new(None),
         }
     }
 

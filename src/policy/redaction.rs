@@ -12,10 +12,10 @@
 //! replay cannot disagree on what to hide.
 //!
 //! Anything off-contract fails closed ([`RedactionFailed`]): the caller then writes no data at
-//! all. With `[policy] engine = "compiled"` the rule runs on regorus's VM, which (as for the
-//! decision, see [`super::PolicyEngine::Compiled`]) treats an error inside one rule body as that
-//! body not holding: a partial set `redact contains p if …` whose body errors then adds no path
-//! rather than failing closed.
+//! all. The rule always runs on regorus's interpreter, whatever `[policy] engine` says: the VM
+//! treats an error inside one rule body as that body not holding, so a partial set
+//! `redact contains p if …` whose body errors would add no path instead of failing closed, and
+//! leave the field in. With the cache the interpreter's cost is paid about once per event type.
 
 mod analysis;
 
@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::compiled::{Compiled, Machine, MachineError};
 use super::{input, interpreter_failure, telemetry, Failure};
 use crate::event::CloudEvent;
 
@@ -54,6 +53,15 @@ pub enum Reads {
     Fields(Vec<String>),
     /// The whole event, or a part of it through a variable index (`input.event.data[k]`).
     Whole,
+}
+
+impl fmt::Display for Reads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Fields(fields) => f.write_str(&fields.join(", ")),
+            Self::Whole => f.write_str("the whole event"),
+        }
+    }
 }
 
 impl RedactionRule {
@@ -164,11 +172,10 @@ pub struct RedactionStats {
     pub hits: u64,
 }
 
-/// One evaluator's redaction: its own VM or interpreter and its cache. An evaluator is built per
+/// One evaluator's redaction: its own interpreter and its cache. An evaluator is built per
 /// policy revision, so the cache never outlives the revision that filled it.
 pub(crate) struct Redactor {
     rule: Option<Arc<RedactionRule>>,
-    machine: Option<Machine>,
     /// The interpreter, cloned from the evaluator's engine when first needed (a separate engine,
     /// so the decision's input stays set for [`super::Evaluator::eval_rule`]).
     engine: Option<regorus::Engine>,
@@ -180,22 +187,10 @@ pub(crate) struct Redactor {
 }
 
 impl Redactor {
-    /// Redacts with `rule` (none: nothing to redact), deciding with the VM when `compiled`.
-    pub(crate) fn new(
-        rule: Option<Arc<RedactionRule>>,
-        compiled: Option<&Compiled>,
-        timeout: std::time::Duration,
-    ) -> Self {
-        let machine = compiled.and_then(|c| {
-            c.machine(timeout)
-                .inspect_err(|error| {
-                    tracing::warn!(%error, "cannot set up the redaction VM; redacting with the interpreter")
-                })
-                .ok()
-        });
+    /// Redacts with `rule` (none: nothing to redact).
+    pub(crate) fn new(rule: Option<Arc<RedactionRule>>) -> Self {
         Self {
             rule,
-            machine,
             engine: None,
             cache: HashMap::new(),
             capacity: CACHE_CAPACITY,
@@ -238,19 +233,11 @@ impl Redactor {
             detail,
         };
         let document = input::event_document(event);
-        let value = match self.machine.as_mut() {
-            Some(machine) => machine.eval(document).map_err(|e| match e {
-                MachineError::Timeout(e) => failed(Failure::Timeout, Some(e)),
-                MachineError::Failed(e) => failed(Failure::Error, Some(e)),
-            })?,
-            None => {
-                let engine = self.engine.get_or_insert_with(|| template.clone());
-                engine.set_input(document);
-                engine
-                    .eval_rule(rule.entry.clone())
-                    .map_err(|e| failed(interpreter_failure(&e), Some(e.to_string())))?
-            }
-        };
+        let engine = self.engine.get_or_insert_with(|| template.clone());
+        engine.set_input(document);
+        let value = engine
+            .eval_rule(rule.entry.clone())
+            .map_err(|e| failed(interpreter_failure(&e), Some(e.to_string())))?;
         let paths = paths_of(&value).map_err(|(failure, why)| failed(failure, why))?;
         if let Some(key) = key {
             if self.cache.len() >= self.capacity {

@@ -97,6 +97,7 @@ pub struct PolicyStatus {
 pub fn status(settings: &PolicySettings, tail: i64) -> Result<PolicyStatus, ReplayError> {
     let revision = files::revision(&settings.dir).map_err(ReplayError::Directory)?;
     let refused = PolicySet::load(&settings.dir, &settings.entry, settings.timeout)
+        .and_then(|set| set.with_redaction(&settings.redact))
         .err()
         .map(|e| e.to_string());
     let workers = running_revisions(&settings.kafka, &settings.audit_topic, tail)?;

@@ -8,7 +8,7 @@
 //! above `lake.max_buffered_bytes` the largest segment is written early. On shutdown every
 //! segment is written and committed.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -143,6 +143,14 @@ pub async fn run(
     };
     tracing::info!(group = %lake_cfg.group_id, topics = ?topics, store = %store.location(), "lake worker started");
 
+    // Hot reload, as in the actions role, so both hide the same fields after a policy change.
+    let watch_stop = shutdown.child_token();
+    let _watch_guard = watch_stop.clone().drop_guard();
+    let mut policy = crate::policy::reload::PolicyWatch::spawn(
+        config.policy.clone(),
+        config.policy_reload_interval,
+        watch_stop,
+    );
     let mut lake = Lake {
         config,
         tables,
@@ -155,7 +163,7 @@ pub async fn run(
         summary: LakeSummary::default(),
         row: Vec::with_capacity(4096),
         admitter: Admitter::new(config),
-        evaluator: config.policy.evaluator(),
+        evaluator: policy.evaluator(),
     };
     let tick =
         (lake_cfg.limits.max_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -189,6 +197,9 @@ pub async fn run(
                     }
                 };
                 idle_since = Instant::now();
+                if let Some(evaluator) = policy.changed() {
+                    lake.evaluator = evaluator;
+                }
                 // Wire-format data needs its schema: wait for the registry as the actions role does.
                 if !lake.admitter.prepare(message.payload(), &shutdown).await {
                     break;
@@ -291,7 +302,8 @@ impl Lake<'_> {
         // The same redaction as the actions role's, from the event alone. When it cannot be
         // decided, nothing of `data` is written: a row without data rather than unredacted data.
         let now = Utc::now();
-        let paths = self.redaction(&admitted, &input, &now);
+        let paths = crate::ingest::redaction(&mut self.evaluator, &admitted.event)
+            .unwrap_or_else(|_| Arc::from(vec!["data".to_owned()]));
         let event = if paths.is_empty() {
             admitted.event
         } else {
@@ -299,31 +311,6 @@ impl Lake<'_> {
         };
         let t = self.tables.get(table)?;
         Some((table, t.event_row(&event, at, now, &mut self.row)))
-    }
-
-    /// The paths to redact from an event's row.
-    fn redaction(
-        &mut self,
-        admitted: &crate::ingest::Admitted,
-        input: &crate::ingest::Input<'_>,
-        now: &chrono::DateTime<Utc>,
-    ) -> Vec<String> {
-        let decision = self.evaluator.decide(crate::ingest::policy_input(
-            &admitted.event,
-            admitted.mode,
-            input,
-            now,
-            &serde_json::Map::new(),
-        ));
-        if decision.failure.is_some() {
-            vec!["data".to_owned()]
-        } else {
-            decision
-                .redact_paths()
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
-        }
     }
 
     /// Writes a partition's segment and commits the offset after it.

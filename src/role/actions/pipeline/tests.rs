@@ -11,6 +11,7 @@ struct Fixture {
 }
 
 const POLICY: &str = r#"package reflex
+redact := []
 decision := {"allow": count(deny) == 0, "reasons": deny, "obligations": {}}
 deny contains "amount above limit" if input.event.data.amount > 100
 deny contains msg if { input.event.data.amount == 13; msg := sprintf("%v", [1 / 0]) }
@@ -30,6 +31,7 @@ fn fixture(policy: &str) -> Fixture {
     std::fs::write(policies.join("p.rego"), policy).expect("write");
     let registry = SchemaRegistry::load(&schemas).expect("schemas");
     let set = PolicySet::load(&policies, "data.reflex.decision", Duration::from_secs(1))
+        .and_then(|set| set.with_redaction(crate::policy::redaction::DEFAULT_RULE))
         .expect("policies");
     let mut table = BTreeMap::new();
     table.insert(
@@ -160,8 +162,8 @@ fn policy_error_fails_closed() {
 }
 
 const OBLIGING: &str = r#"package reflex
+redact := ["data.secret", "data.nothing.here"]
 decision := {"allow": input.event.data.amount < 100, "reasons": [], "obligations": {
-    "redact": ["data.secret", "data.nothing.here"],
     "emit": [e | input.event.data.amount > 50; e := {"type": "big.refund", "data": {"amount": input.event.data.amount}}],
 }}
 "#;
@@ -188,6 +190,11 @@ fn redact_removes_fields_from_derived_events_and_emit_publishes_before_the_audit
         audit["decision"]["obligations"]["emit"],
         json!([{"type": "big.refund", "topic": "policy.events", "id": emitted["id"]}])
     );
+    // The audit record names the redacted paths, which come from the redaction rule.
+    assert_eq!(
+        audit["decision"]["obligations"]["redact"],
+        json!(["data.nothing.here", "data.secret"])
+    );
     // Re-processing derives the same emitted id (idempotent downstream).
     let again = f.process(&input(&value, &[]));
     assert_eq!(again.records[0].key, p.records[0].key);
@@ -203,6 +210,7 @@ fn redact_removes_fields_from_derived_events_and_emit_publishes_before_the_audit
 #[test]
 fn emit_to_a_topic_the_configuration_does_not_allow_fails_closed() {
     let policy = r#"package reflex
+redact := []
 decision := {"allow": true, "obligations": {"emit": [{"type": "x", "topic": input.event.data.to}]}}
 "#;
     let f = fixture(policy);
