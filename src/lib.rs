@@ -18,6 +18,7 @@
 //! - [`service`]: calling HTTP services: retries with backoff, circuit breakers, URL templates.
 //! - [`enrich`]: lookups in supporting services, cached, whose answers join the policy input.
 //! - [`audit`]: the audit record and the outcome and reason codes.
+//! - [`backoff`]: exponential backoff with optional full jitter, shared by every retry loop.
 //! - [`pipeline`]: the order of the stages for one event, free of Kafka.
 //! - [`kafka`]: client settings, topic creation, delivery of output records.
 //! - [`ordering`]: key-ordered concurrency within a partition: the key queue and the offset
@@ -48,6 +49,7 @@
 
 pub mod action;
 pub mod audit;
+pub mod backoff;
 pub mod config;
 pub mod dlq;
 pub mod enrich;

@@ -652,17 +652,17 @@ pub(crate) async fn await_schema(
     if !matches!(registry.lookup(id), Lookup::Unknown) {
         return true;
     }
-    let mut backoff = Duration::from_millis(100);
+    let curve = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     for attempt in 1.. {
         match registry.resolve(id).await {
             Ok(_) | Err(RegistryError::NotFound(_) | RegistryError::Compile { .. }) => return true,
             Err(e) => {
+                let backoff = curve.next_delay(attempt);
                 tracing::warn!(error = %e, schema_id = id, attempt, retry_in = ?backoff, "schema registry unavailable; the event waits for its schema");
                 tokio::select! {
                     () = shutdown.cancelled() => return false,
                     () = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
