@@ -603,33 +603,54 @@ fn default_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Cancels `token` on SIGINT or SIGTERM.
+/// Cancels `token` on SIGINT or SIGTERM. A signal that cannot be listened for is logged at
+/// ERROR and left out (the worker then stops gracefully only on the other one), rather than
+/// ending the wait at once or silently.
 async fn signal_shutdown(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT (Ctrl-C); only SIGTERM stops this process gracefully");
+            std::future::pending::<()>().await;
         }
-    }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT (Ctrl-C) stops this process gracefully");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
     tracing::info!("shutdown requested; draining in-flight work");
     token.cancel();
 }
 
+/// Logs to standard error; a `--log` filter that does not parse falls back to `info`, with a
+/// warning naming it.
 fn init_logging(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (env_filter, bad) = match tracing_subscriber::EnvFilter::try_new(filter) {
+        Ok(f) => (f, None),
+        Err(e) => (tracing_subscriber::EnvFilter::new("info"), Some(e)),
+    };
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(env_filter)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    if let Some(error) = bad {
+        tracing::warn!(filter, %error, "the log filter (--log, REFLEX_LOG) is not valid; logging at info");
     }
 }

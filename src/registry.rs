@@ -8,7 +8,7 @@
 //! event's fault: the caller waits and tries again).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use schema_registry_converter::async_impl::schema_registry::{
@@ -152,10 +152,10 @@ impl HttpRegistry {
 
     /// What the cache knows about `id`, without a request.
     pub fn lookup(&self, id: u32) -> Lookup {
-        if let Some(found) = self.cache.read().ok().and_then(|c| c.get(&id).cloned()) {
+        if let Some(found) = read(&self.cache).get(&id).cloned() {
             return Lookup::Found(found);
         }
-        if let Some(why) = self.missing.read().ok().and_then(|m| m.get(&id).cloned()) {
+        if let Some(why) = read(&self.missing).get(&id).cloned() {
             return Lookup::Missing(why);
         }
         Lookup::Unknown
@@ -194,6 +194,7 @@ impl HttpRegistry {
             .await?;
         let name = match &kind {
             Kind::Avro(schema) => crate::schema::avro::record_name(schema),
+            // The text has just compiled as a JSON Schema, so it parses; only `title` is optional.
             Kind::Json(_) => serde_json::from_str::<serde_json::Value>(&fetched.schema)
                 .ok()
                 .and_then(|s| s.get("title").and_then(|t| t.as_str()).map(str::to_owned)),
@@ -205,9 +206,7 @@ impl HttpRegistry {
             name,
             kind,
         });
-        if let Ok(mut c) = self.cache.write() {
-            c.insert(id, registered.clone());
-        }
+        write(&self.cache).insert(id, registered.clone());
         Ok(registered)
     }
 
@@ -366,9 +365,7 @@ impl HttpRegistry {
 
     /// Caches a permanent failure for `id`, so the event is dead-lettered with it.
     fn remember_missing(&self, error: RegistryError, id: u32) -> RegistryError {
-        if let Ok(mut m) = self.missing.write() {
-            m.insert(id, error.to_string());
-        }
+        write(&self.missing).insert(id, error.to_string());
         error
     }
 
@@ -378,6 +375,17 @@ impl HttpRegistry {
             message,
         }
     }
+}
+
+/// Reads a cache map. A panic elsewhere while it was held cannot leave the map half-updated (an
+/// insert either happens or not), so a poisoned lock is used as it is.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes a cache map; see [`read`] on poisoning.
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn schema_body(format: Format, text: &str) -> serde_json::Value {
