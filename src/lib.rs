@@ -19,6 +19,7 @@
 //! - [`enrich`]: lookups in supporting services, cached, whose answers join the policy input.
 //! - [`audit`]: the audit record and the outcome and reason codes.
 //! - [`backoff`]: exponential backoff with optional full jitter, shared by every retry loop.
+//! - [`cli`]: the commands' reports, printed by the binary as text or JSON.
 //! - [`pipeline`]: the order of the stages for one event, free of Kafka.
 //! - [`kafka`]: client settings, topic creation, delivery of output records.
 //! - [`ordering`]: key-ordered concurrency within a partition: the key queue and the offset
@@ -50,6 +51,7 @@
 pub mod action;
 pub mod audit;
 pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod dlq;
 pub mod enrich;

@@ -52,7 +52,7 @@ impl fmt::Display for SubjectState {
 }
 
 /// What `check` found wrong with one subject.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Incompatible {
     /// The subject.
     pub subject: String,
