@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
+
 pub use lake::{LakeConfig, RawLake, RawLakeRole, RawLakeS3, StoreLocation};
 pub use raw::{
-    RawAction, RawActionsRole, RawConfig, RawKafka, RawPolicy, RawRegistry, RawRoles, RawSchemas,
-    RawTopics,
+    RawAction, RawActionsRole, RawConfig, RawEmitAction, RawHttpAction, RawKafka, RawLogAction,
+    RawPolicy, RawRegistry, RawRoles, RawSchemas, RawTopics,
 };
 pub use services::{RawEnrichment, RawLookup, RawServices};
 
@@ -99,6 +101,17 @@ pub enum ConfigError {
         action: String,
         /// What is wrong.
         why: String,
+    },
+    /// An `[actions.<name>]` table does not fit its kind: the kind is unknown or missing, a
+    /// key is missing, or a key belongs to another kind.
+    #[error("action \"{action}\" (kind {kind}): {message}")]
+    ActionKeys {
+        /// The action.
+        action: String,
+        /// Its `kind` as written, or `missing`.
+        kind: String,
+        /// What is wrong, naming the key.
+        message: String,
     },
     /// `[enrichment."<type>"]` names a type that has no schema.
     #[error("[enrichment.\"{ty}\"]: event type \"{ty}\" has no schema in {dir}")]
@@ -372,16 +385,38 @@ where
     };
     // Parse once strictly so unknown keys are reported against the file, then merge the
     // file over the defaults so every key exists for the environment overrides.
+    let file: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+    check_actions(&file)?;
     let _: RawConfig = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
     let mut tree =
         toml::Value::try_from(RawConfig::default()).map_err(|e| parse_err(e.to_string()))?;
-    let file: toml::Value = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
     merge(&mut tree, file);
     let unknown = env::apply(&mut tree, vars)?;
+    check_actions(&tree)?;
     let raw = tree
         .try_into()
         .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
     Ok((raw, unknown))
+}
+
+/// Reads each `[actions.<name>]` table of `tree` as a [`RawAction`] on its own, so that an
+/// unknown kind, a missing key or a key of another kind is reported with the action's name.
+fn check_actions(tree: &toml::Value) -> Result<(), ConfigError> {
+    let Some(actions) = tree.get("actions").and_then(toml::Value::as_table) else {
+        return Ok(());
+    };
+    for (name, table) in actions {
+        if let Err(e) = RawAction::deserialize(table.clone()) {
+            return Err(ConfigError::ActionKeys {
+                action: name.clone(),
+                kind: table
+                    .get("kind")
+                    .map_or_else(|| "missing".to_owned(), toml::Value::to_string),
+                message: e.message().to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Where the policies are and how they are evaluated: the `[policy]` table, resolved.
@@ -462,53 +497,33 @@ fn build_actions(
             action: name.clone(),
             why,
         };
-        let kind = match spec.kind.as_str() {
-            "emit" => {
-                let topic = spec
-                    .topic
-                    .clone()
-                    .ok_or_else(|| bad("kind \"emit\" needs `topic`".into()))?;
-                let event_type = spec
-                    .event_type
-                    .clone()
-                    .ok_or_else(|| bad("kind \"emit\" needs `type`".into()))?;
-                let source = spec
+        let kind = match spec {
+            RawAction::Emit(emit) => ActionKind::Emit {
+                topic: emit.topic.clone(),
+                event_type: emit.event_type.clone(),
+                source: emit
                     .source
                     .clone()
-                    .unwrap_or_else(|| format!("/reflex/actions/{name}"));
-                ActionKind::Emit {
-                    topic,
-                    event_type,
-                    source,
-                }
-            }
-            "log" => ActionKind::Log {
-                message: spec
+                    .unwrap_or_else(|| format!("/reflex/actions/{name}")),
+            },
+            RawAction::Log(log) => ActionKind::Log {
+                message: log
                     .message
                     .clone()
                     .unwrap_or_else(|| format!("action {name}")),
             },
-            "http" => ActionKind::Http(services::http_action(spec, env).map_err(bad)?),
-            other => {
-                return Err(bad(format!(
-                    "unknown kind \"{other}\" (expected \"emit\", \"log\" or \"http\")"
-                )))
+            RawAction::Http(http) => {
+                ActionKind::Http(services::http_action(http, env).map_err(bad)?)
             }
         };
-        if let (false, [key, ..]) = (spec.kind == "http", spec.http_keys().as_slice()) {
-            return Err(bad(format!(
-                "key `{key}` belongs to kind \"http\", not \"{}\"",
-                spec.kind
-            )));
-        }
-        if spec.types.is_empty() {
+        if spec.types().is_empty() {
             return Err(bad("handles no event type: list them in `types`".into()));
         }
         let action = Arc::new(Action {
             name: name.clone(),
             kind,
         });
-        for ty in &spec.types {
+        for ty in spec.types() {
             if !schemas.contains(ty) {
                 return Err(ConfigError::NoSchema {
                     ty: ty.clone(),
@@ -723,6 +738,44 @@ types = ["refund.requested"]
             .to_string();
         assert!(
             msg.contains("\"note\"") && msg.contains("\"mail\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn keys_of_another_kind_and_missing_keys_name_the_action() {
+        let f = Fixture::new();
+        let body = BOTH.replace(
+            "type = \"shipment.requested\"",
+            "type = \"shipment.requested\"\nurl = \"http://h/\"",
+        );
+        let msg = f.load(&body, &[]).expect_err("url on emit").to_string();
+        assert!(
+            msg.contains("action \"ship\" (kind \"emit\")") && msg.contains("`url`"),
+            "{msg}"
+        );
+        let body = BOTH.replace("topic = \"events.shipments\"\n", "");
+        let msg = f
+            .load(&body, &[])
+            .expect_err("emit without topic")
+            .to_string();
+        assert!(
+            msg.contains("action \"ship\"") && msg.contains("`topic`"),
+            "{msg}"
+        );
+        let body = BOTH.replace("kind = \"log\"\n", "");
+        let msg = f.load(&body, &[]).expect_err("no kind").to_string();
+        assert!(
+            msg.contains("action \"note\"") && msg.contains("`kind`"),
+            "{msg}"
+        );
+        // An override from the environment is checked like the file.
+        let msg = f
+            .load(BOTH, &[("REFLEX_ACTIONS_NOTE_KIND", "emit")])
+            .expect_err("kind from the environment")
+            .to_string();
+        assert!(
+            msg.contains("action \"note\" (kind \"emit\")") && msg.contains("`topic`"),
             "{msg}"
         );
     }

@@ -218,12 +218,20 @@ fn owned_headers(record: &OutRecord) -> OwnedHeaders {
     )
 }
 
-/// Enqueues `record`, waiting while the local queue is full; fails on permanent errors.
+/// Longest [`send`] waits for room in the producer's local queue before it gives up on a record.
+pub const QUEUE_FULL_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Enqueues `record`, waiting while the local queue is full (1 ms doubling to 100 ms between
+/// tries, at most [`QUEUE_FULL_PATIENCE`] in all); fails on permanent errors, and with
+/// `QueueFull` once the patience is spent (logged with the topic and the time waited).
 pub async fn send(
     producer: &FutureProducer,
     record: &OutRecord,
 ) -> Result<DeliveryFuture, KafkaError> {
-    let mut backoff = Duration::from_millis(1);
+    let mut delays =
+        crate::backoff::Backoff::new(Duration::from_millis(1), Duration::from_millis(100))
+            .delays()
+            .within(QUEUE_FULL_PATIENCE);
     loop {
         let mut fr: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&record.topic).headers(owned_headers(record));
@@ -236,8 +244,17 @@ pub async fn send(
         match producer.send_result(fr) {
             Ok(delivery) => return Ok(delivery),
             Err((error, _)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(100));
+                let Some(delay) = delays.next() else {
+                    tracing::error!(
+                        topic = %record.topic,
+                        waited = ?delays.spent(),
+                        tries = delays.attempts() + 1,
+                        "the producer's local queue stayed full: the brokers did not acknowledge \
+                         earlier records in time; giving up on this record"
+                    );
+                    return Err(error);
+                };
+                tokio::time::sleep(delay).await;
             }
             Err((error, _)) => return Err(error),
         }

@@ -165,7 +165,19 @@ pub async fn views_sql(config: &Config) -> Result<String, LakeError> {
             has_files: !store.list(&table.name).await?.is_empty(),
         });
     }
-    Ok(views::sql(&config.lake, &listed, |name| {
-        std::env::var(name).ok()
-    }))
+    Ok(views::sql(
+        &config.lake,
+        &listed,
+        |name| match std::env::var(name) {
+            Ok(value) => Some(value),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                tracing::warn!(
+                    variable = name,
+                    "environment variable is not UTF-8; the views are written without it"
+                );
+                None
+            }
+        },
+    ))
 }

@@ -22,6 +22,8 @@
 //!   records: the input record, the `reflex_*` headers (dead-letter and retry format), admission
 //!   (size → decode → validate) and the policy input and decision.
 //! - [`audit`]: the audit record and the outcome codes.
+//! - [`backoff`]: exponential backoff with optional full jitter, shared by every retry loop.
+//! - [`cli`]: the commands' reports, printed by the binary as text or JSON.
 //! - [`kafka`]: client settings, topic creation, delivery of output records, reading topics to
 //!   their end.
 //! - [`ordering`]: key-ordered concurrency within a partition: the key queue and the offset
@@ -57,6 +59,8 @@
 
 pub mod action;
 pub mod audit;
+pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod dlq;
 pub mod enrich;

@@ -1,7 +1,6 @@
 //! The `reflex` command line: parses arguments, sets up logging, loads the configuration,
 //! calls into the library and maps the result to an exit code.
 
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,10 +8,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use reflex::cli::{self, Report};
 use reflex::config::{Config, PolicySettings};
-use reflex::policy::{explain, testing, PolicySet};
-use reflex::produce::{self, ProduceOptions};
-use reflex::registry::manage;
+use reflex::policy::{explain, PolicySet};
+use reflex::produce::ProduceOptions;
 use reflex::replay::ReplayOptions;
 use reflex::role::actions::{self as actions_role, RunOptions};
 use reflex::role::lake::LakeRunOptions;
@@ -46,6 +45,14 @@ enum LogFormat {
     Json,
 }
 
+/// How a command prints its report.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct Output {
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Role {
     Actions,
@@ -67,7 +74,10 @@ enum Command {
         worker_id: Option<String>,
     },
     /// Validate the configuration, schemas, policies and actions without a broker.
-    Check,
+    Check {
+        #[command(flatten)]
+        output: Output,
+    },
     /// Publish CloudEvents from JSON lines (a file, or `-` for standard input).
     Produce {
         /// Destination topic.
@@ -81,9 +91,15 @@ enum Command {
         binary: bool,
         /// Input file; `-` or nothing reads standard input.
         file: Option<PathBuf>,
+        /// Print the summary as JSON on standard output (the text goes to standard error).
+        #[arg(long)]
+        json: bool,
     },
     /// Create the configured topics that do not exist yet.
-    Topics,
+    Topics {
+        #[command(flatten)]
+        output: Output,
+    },
     /// Keep the schema registry in step with `schemas/` (needs `[registry] url`).
     Schemas {
         #[command(subcommand)]
@@ -160,11 +176,20 @@ impl DlqFilter {
 #[derive(Debug, Subcommand)]
 enum SchemasCommand {
     /// Each local schema, and its subject's versions in the registry.
-    List,
+    List {
+        #[command(flatten)]
+        output: Output,
+    },
     /// Check every local schema against its subject's latest version (exit 1 if incompatible).
-    Check,
+    Check {
+        #[command(flatten)]
+        output: Output,
+    },
     /// Register every local schema under its subject (idempotent); prints subject, version, id.
-    Register,
+    Register {
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +200,8 @@ enum PolicyCommand {
         /// Policy directory (default: `[policy] dir` of the configuration).
         #[arg(long)]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
     },
     /// The revision in the policy directory (and whether it compiles) against the revisions
     /// workers decide with, read from the tail of the audit topic.
@@ -182,12 +209,16 @@ enum PolicyCommand {
         /// Audit records read per partition, from the end.
         #[arg(long, default_value_t = 1000)]
         tail: i64,
+        #[command(flatten)]
+        output: Output,
     },
     /// Run the Rego `test_*` rules and the cases in `tests/*.yaml`; exits non-zero on a failure.
     Test {
         /// Policy directory (default: `[policy] dir` of the configuration).
         #[arg(long)]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
     },
     /// Decide on one event (a CloudEvent, or a full policy input `{event, context}`) and say why.
     Eval {
@@ -232,9 +263,9 @@ enum LakeCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(&cli.log, cli.log_format);
-    match real_main(cli) {
+    let args = Cli::parse();
+    init_logging(&args.log, args.log_format);
+    match real_main(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -243,14 +274,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Policy { command } = &cli.command {
+fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Policy { command } = &args.command {
         if !matches!(command, PolicyCommand::Replay { .. }) {
-            return policy_command(&cli.config, command);
+            return policy_command(&args.config, command);
         }
     }
-    let config = Config::load(&cli.config)
-        .with_context(|| format!("configuration {} is not usable", cli.config.display()))?;
+    let config = Config::load(&args.config)
+        .with_context(|| format!("configuration {} is not usable", args.config.display()))?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -258,60 +289,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    match cli.command {
-        Command::Check => {
-            println!("{}: ok", config.path.display());
-            for warning in &config.warnings {
-                println!("  warning: {warning}");
-            }
-            println!(
-                "  schemas   {} ({} types)",
-                config.schema_dir.display(),
-                config.schemas.types().count()
-            );
-            println!(
-                "  policies  {} ({} modules, revision {})",
-                config.policy_dir.display(),
-                config.policy.modules().len(),
-                config.policy.revision()
-            );
-            for (ty, action) in config.actions.iter() {
-                match action.http() {
-                    Some(http) => println!(
-                        "  {ty} -> {} (http {} {}, {} attempts)",
-                        action.name,
-                        http.method,
-                        http.url.as_str(),
-                        http.retry.max_attempts
-                    ),
-                    None => println!("  {ty} -> {} ({})", action.name, action.kind.name()),
-                }
-                for lookup in config.enrichment.get(ty) {
-                    println!(
-                        "    enrichment {}: GET {} (timeout {}, cached {}, on_error = {})",
-                        lookup.name,
-                        lookup.url.as_str(),
-                        humantime::format_duration(lookup.timeout),
-                        humantime::format_duration(lookup.ttl),
-                        lookup.on_error.name()
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Topics => {
-            let created = runtime.block_on(reflex::kafka::ensure_topics(
-                &config.kafka,
-                &config.topics,
-                &[],
-            ))?;
-            if created.is_empty() {
-                println!("all topics exist");
-            }
-            for topic in created {
-                println!("created {topic}");
-            }
-            Ok(ExitCode::SUCCESS)
+    match args.command {
+        Command::Check { output } => print(&cli::check::report(&config), output),
+        Command::Topics { output } => {
+            let report = runtime.block_on(cli::topics::report(&config))?;
+            print(&report, output)
         }
         Command::Run {
             role: Role::Actions,
@@ -327,52 +309,17 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Schemas { command } => {
-            let Some(registry) = config.registry.clone() else {
-                anyhow::bail!("no schema registry configured: set [registry] url in {} or REFLEX_REGISTRY_URL", config.path.display());
-            };
-            let local = config.schemas.clone();
-            match command {
-                SchemasCommand::List => {
-                    for state in runtime.block_on(manage::list(&local, &registry))? {
-                        println!("{state}");
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                SchemasCommand::Register => {
-                    for v in runtime.block_on(manage::register(&local, &registry))? {
-                        println!("{:<24} version {:<3} id {}", v.subject, v.version, v.id);
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                SchemasCommand::Check => {
-                    let problems = runtime.block_on(manage::check(&local, &registry))?;
-                    for p in &problems {
-                        eprintln!("{p}");
-                    }
-                    let total = local.types().count();
-                    println!(
-                        "{} of {total} schemas compatible with {}",
-                        total - problems.len(),
-                        registry.url()
-                    );
-                    // A schema must also keep the types of the columns the lake already has.
-                    let lake = runtime.block_on(reflex::lake::check_schemas(&config));
-                    match &lake {
-                        Ok(()) => println!(
-                            "lake columns compatible in {}",
-                            reflex::lake::store::describe(&config.lake.location)
-                        ),
-                        Err(e) => eprintln!("{e}"),
-                    }
-                    Ok(if problems.is_empty() && lake.is_ok() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    })
-                }
+        Command::Schemas { command } => match command {
+            SchemasCommand::List { output } => {
+                print(&runtime.block_on(cli::schemas::list(&config))?, output)
             }
-        }
+            SchemasCommand::Register { output } => {
+                print(&runtime.block_on(cli::schemas::register(&config))?, output)
+            }
+            SchemasCommand::Check { output } => {
+                print(&runtime.block_on(cli::schemas::check(&config))?, output)
+            }
+        },
         Command::Policy {
             command:
                 PolicyCommand::Replay {
@@ -397,7 +344,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy { command } => policy_command(&cli.config, &command),
+        Command::Policy { command } => policy_command(&args.config, &command),
         Command::Run {
             role: Role::Lake,
             drain,
@@ -455,83 +402,38 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             no_validate,
             binary,
             file,
+            json,
         } => {
             let options = ProduceOptions {
                 topic,
                 validate: !no_validate,
                 binary,
             };
-            let report = match file.filter(|f| f.as_os_str() != "-") {
-                Some(path) => {
-                    let f = std::fs::File::open(&path)
-                        .with_context(|| format!("cannot open {}", path.display()))?;
-                    runtime.block_on(produce::produce(&config, &options, BufReader::new(f)))?
-                }
-                None => runtime.block_on(produce::produce(
-                    &config,
-                    &options,
-                    std::io::stdin().lock(),
-                ))?,
-            };
-            for (line, reason) in report.rejected.iter().take(20) {
-                eprintln!("line {line}: rejected: {reason}");
-            }
-            for (line, error) in report.failed.iter().take(20) {
-                eprintln!("line {line}: not delivered: {error}");
-            }
-            eprintln!("{report}");
-            let ok = report.rejected.is_empty() && report.failed.is_empty();
-            Ok(if ok {
-                ExitCode::SUCCESS
+            let summary =
+                runtime.block_on(cli::produce::report(&config, &options, file.as_deref()))?;
+            // The text goes to standard error, as the progress does; JSON to standard output.
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
-                ExitCode::FAILURE
-            })
+                eprintln!("{summary}");
+            }
+            Ok(exit_code(summary.success()))
         }
     }
 }
 
-/// `reflex policy check|test|eval`: these need only the `[policy]` table, so they work on a
+/// `reflex policy check|status|test|eval`: these need only the `[policy]` table, so they work on a
 /// policy set that does not compile.
 fn policy_command(config: &Path, command: &PolicyCommand) -> anyhow::Result<ExitCode> {
     let settings = PolicySettings::load(config)
         .with_context(|| format!("configuration {} is not usable", config.display()))?;
     let dir_or = |dir: &Option<PathBuf>| dir.clone().unwrap_or_else(|| settings.dir.clone());
     match command {
-        PolicyCommand::Check { dir } => {
-            let dir = dir_or(dir);
-            match PolicySet::load(&dir, &settings.entry, settings.timeout)
-                .and_then(|set| set.with_redaction(&settings.redact))
-            {
-                Ok(set) => {
-                    println!("{}: ok, revision {}", dir.display(), set.revision());
-                    println!("  entry     {}", set.entry());
-                    match set.redaction() {
-                        Some(rule) => println!("  redaction {} (reads {})", rule.entry, rule.reads),
-                        None => println!("  redaction off"),
-                    }
-                    println!("  modules   {}", set.modules().len());
-                    println!("  packages  {}", set.packages().join(", "));
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    let revision = reflex::policy::files::revision(&dir)
-                        .unwrap_or_else(|_| "unreadable".into());
-                    println!("{}: REFUSED, revision {revision}", dir.display());
-                    println!("  {e}");
-                    println!("  running workers keep their revision until this compiles");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
+        PolicyCommand::Check { dir, output } => {
+            print(&cli::policy::check(&dir_or(dir), &settings), *output)
         }
-        PolicyCommand::Test { dir } => {
-            let dir = dir_or(dir);
-            let report = testing::run(&dir, &settings.entry, settings.timeout)?;
-            println!("{report}");
-            Ok(if report.failed() == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+        PolicyCommand::Test { dir, output } => {
+            print(&cli::policy::test(&dir_or(dir), &settings)?, *output)
         }
         PolicyCommand::Eval {
             input,
@@ -558,16 +460,28 @@ fn policy_command(config: &Path, command: &PolicyCommand) -> anyhow::Result<Exit
             }
             Ok(ExitCode::SUCCESS)
         }
-        PolicyCommand::Status { tail } => {
-            let status = reflex::replay::status::status(&settings, *tail)?;
-            println!("{status}");
-            Ok(if status.refused.is_some() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+        PolicyCommand::Status { tail, output } => {
+            print(&cli::policy::status(&settings, *tail)?, *output)
         }
         PolicyCommand::Replay { .. } => Ok(ExitCode::FAILURE),
+    }
+}
+
+/// Prints `report` on standard output, as JSON or as text; its success is the exit status.
+fn print<R: Report>(report: &R, output: Output) -> anyhow::Result<ExitCode> {
+    if output.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(exit_code(report.success()))
+}
+
+fn exit_code(success: bool) -> ExitCode {
+    if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -610,33 +524,54 @@ fn default_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Cancels `token` on SIGINT or SIGTERM.
+/// Cancels `token` on SIGINT or SIGTERM. A signal that cannot be listened for is logged at
+/// ERROR and left out (the worker then stops gracefully only on the other one), rather than
+/// ending the wait at once or silently.
 async fn signal_shutdown(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for SIGINT (Ctrl-C); only SIGTERM stops this process gracefully");
+            std::future::pending::<()>().await;
         }
-    }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT (Ctrl-C) stops this process gracefully");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
     tracing::info!("shutdown requested; draining in-flight work");
     token.cancel();
 }
 
+/// Logs to standard error; a `--log` filter that does not parse falls back to `info`, with a
+/// warning naming it.
 fn init_logging(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (env_filter, bad) = match tracing_subscriber::EnvFilter::try_new(filter) {
+        Ok(f) => (f, None),
+        Err(e) => (tracing_subscriber::EnvFilter::new("info"), Some(e)),
+    };
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(env_filter)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    if let Some(error) = bad {
+        tracing::warn!(filter, %error, "the log filter (--log, REFLEX_LOG) is not valid; logging at info");
     }
 }

@@ -199,6 +199,8 @@ fn progress(tty: bool, sent: u64, elapsed: Duration) {
     let rate = sent as f64 / elapsed.as_secs_f64().max(1e-9);
     if tty {
         eprint!("\r\x1b[Ksent {sent} events ({rate:.0}/s)");
+        // Progress is cosmetic, and a standard error that cannot be flushed has nowhere to
+        // report that to; the summary is printed (and checked) at the end.
         let _ = std::io::stderr().flush();
     } else {
         eprintln!("sent {sent} events ({rate:.0}/s)");

@@ -8,7 +8,7 @@
 //! event's fault: the caller waits and tries again).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use schema_registry_converter::async_impl::schema_registry::{
@@ -152,10 +152,10 @@ impl HttpRegistry {
 
     /// What the cache knows about `id`, without a request.
     pub fn lookup(&self, id: u32) -> Lookup {
-        if let Some(found) = self.cache.read().ok().and_then(|c| c.get(&id).cloned()) {
+        if let Some(found) = read(&self.cache).get(&id).cloned() {
             return Lookup::Found(found);
         }
-        if let Some(why) = self.missing.read().ok().and_then(|m| m.get(&id).cloned()) {
+        if let Some(why) = read(&self.missing).get(&id).cloned() {
             return Lookup::Missing(why);
         }
         Lookup::Unknown
@@ -176,19 +176,20 @@ impl HttpRegistry {
         if !matches!(self.lookup(id), Lookup::Unknown) {
             return true;
         }
-        let mut backoff = Duration::from_millis(100);
+        let curve =
+            crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         for attempt in 1.. {
             match self.resolve(id).await {
                 Ok(_) | Err(RegistryError::NotFound(_) | RegistryError::Compile { .. }) => {
                     return true
                 }
                 Err(e) => {
+                    let backoff = curve.next_delay(attempt);
                     tracing::warn!(error = %e, schema_id = id, attempt, retry_in = ?backoff, "schema registry unavailable; the event waits for its schema");
                     tokio::select! {
                         () = shutdown.cancelled() => return false,
                         () = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }
@@ -228,6 +229,7 @@ impl HttpRegistry {
             .await?;
         let name = match &kind {
             Kind::Avro(schema) => crate::schema::avro::record_name(schema),
+            // The text has just compiled as a JSON Schema, so it parses; only `title` is optional.
             Kind::Json(_) => serde_json::from_str::<serde_json::Value>(&fetched.schema)
                 .ok()
                 .and_then(|s| s.get("title").and_then(|t| t.as_str()).map(str::to_owned)),
@@ -239,9 +241,7 @@ impl HttpRegistry {
             name,
             kind,
         });
-        if let Ok(mut c) = self.cache.write() {
-            c.insert(id, registered.clone());
-        }
+        write(&self.cache).insert(id, registered.clone());
         Ok(registered)
     }
 
@@ -400,9 +400,7 @@ impl HttpRegistry {
 
     /// Caches a permanent failure for `id`, so the event is dead-lettered with it.
     fn remember_missing(&self, error: RegistryError, id: u32) -> RegistryError {
-        if let Ok(mut m) = self.missing.write() {
-            m.insert(id, error.to_string());
-        }
+        write(&self.missing).insert(id, error.to_string());
         error
     }
 
@@ -412,6 +410,17 @@ impl HttpRegistry {
             message,
         }
     }
+}
+
+/// Reads a cache map. A panic elsewhere while it was held cannot leave the map half-updated (an
+/// insert either happens or not), so a poisoned lock is used as it is.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes a cache map; see [`read`] on poisoning.
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn schema_body(format: Format, text: &str) -> serde_json::Value {

@@ -173,14 +173,18 @@ impl SchemaRegistry {
             source,
         };
         let mut schemas = BTreeMap::new();
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| read(dir, e))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension()
-                    .is_some_and(|ext| ext == "json" || ext == "avsc")
-            })
-            .collect();
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| read(dir, e))? {
+            // An entry that cannot be read may be a schema: skipping it would start reflex
+            // without that event type.
+            let path = entry.map_err(|e| read(dir, e))?.path();
+            if path
+                .extension()
+                .is_some_and(|ext| ext == "json" || ext == "avsc")
+            {
+                entries.push(path);
+            }
+        }
         entries.sort();
         for path in entries {
             let Some(ty) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {

@@ -226,81 +226,108 @@ impl Default for RawPolicy {
     }
 }
 
-/// `[actions.<name>]`: one action and the event types it handles. The `http` keys are
-/// validated in `config/services.rs`.
+/// `[actions.<name>]`: one action and the event types it handles, chosen by `kind`. Each kind
+/// accepts only its own keys; the `http` keys are validated in `config/services.rs`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RawAction {
+    /// `kind = "emit"`: publish a derived CloudEvent.
+    Emit(RawEmitAction),
+    /// `kind = "log"`: log the event's envelope.
+    Log(RawLogAction),
+    /// `kind = "http"`: call an action service.
+    Http(RawHttpAction),
+}
+
+impl RawAction {
+    /// The kind as written in the configuration.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Emit(_) => "emit",
+            Self::Log(_) => "log",
+            Self::Http(_) => "http",
+        }
+    }
+
+    /// The event types this action handles.
+    pub fn types(&self) -> &[String] {
+        match self {
+            Self::Emit(a) => &a.types,
+            Self::Log(a) => &a.types,
+            Self::Http(a) => &a.types,
+        }
+    }
+}
+
+/// The keys of a `kind = "emit"` action.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAction {
-    /// `emit`, `log` or `http`.
-    pub kind: String,
+pub struct RawEmitAction {
     /// Event types this action handles.
     #[serde(default)]
     pub types: Vec<String>,
-    /// `emit`: topic of the derived event.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topic: Option<String>,
-    /// `emit`: type of the derived event.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "type")]
-    pub event_type: Option<String>,
-    /// `emit`: source of the derived event.
+    /// Topic of the derived event.
+    pub topic: String,
+    /// Type of the derived event.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Source of the derived event (default `/reflex/actions/<name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// `log`: message logged for each event.
+}
+
+/// The keys of a `kind = "log"` action.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogAction {
+    /// Event types this action handles.
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Message logged for each event (default `action <name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// `http`: request method (default POST).
+}
+
+/// The keys of a `kind = "http"` action.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpAction {
+    /// Event types this action handles.
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Request method (default POST).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// `http`: URL template.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// `http`: extra headers; a value `env:VAR` is read from the environment.
+    /// URL template.
+    pub url: String,
+    /// Extra headers; a value `env:VAR` is read from the environment.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-    /// `http`: limit of one attempt (default 5s).
+    /// Limit of one attempt (default 5s).
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
-    /// `http`: attempts in all (default 5).
+    /// Attempts in all (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
-    /// `http`: upper bound of the first backoff (default 100ms).
+    /// Upper bound of the first backoff (default 100ms).
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub initial_backoff: Option<Duration>,
-    /// `http`: upper bound of any backoff (default 5s).
+    /// Upper bound of any backoff (default 5s).
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub max_backoff: Option<Duration>,
-    /// `http`: service name selecting the circuit breaker (default: the URL's host:port).
+    /// Service name selecting the circuit breaker (default: the URL's host:port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
-}
-
-impl RawAction {
-    /// The `http`-only keys that are set, for the check that other kinds have none.
-    pub fn http_keys(&self) -> Vec<&'static str> {
-        [
-            ("method", self.method.is_some()),
-            ("url", self.url.is_some()),
-            ("headers", !self.headers.is_empty()),
-            ("timeout", self.timeout.is_some()),
-            ("max_attempts", self.max_attempts.is_some()),
-            ("initial_backoff", self.initial_backoff.is_some()),
-            ("max_backoff", self.max_backoff.is_some()),
-            ("service", self.service.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(key, set)| set.then_some(key))
-        .collect()
-    }
 }

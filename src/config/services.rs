@@ -14,7 +14,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, RawAction};
+use super::{ConfigError, RawHttpAction};
 use crate::enrich::{EnrichmentTable, Lookup, OnError};
 use crate::schema::SchemaRegistry;
 use crate::service::{BreakerSettings, HttpAction, RetryPolicy, ServicesConfig, UrlTemplate};
@@ -124,9 +124,11 @@ pub fn services_config(raw: &RawServices) -> Result<ServicesConfig, ConfigError>
 }
 
 /// Validates the keys of a `kind = "http"` action; errors are sentences about the action.
-pub fn http_action(raw: &RawAction, env: &BTreeMap<String, String>) -> Result<HttpAction, String> {
-    let url = raw.url.as_deref().ok_or("kind \"http\" needs `url`")?;
-    let (url, service) = url_and_service(url, raw.service.as_deref())?;
+pub fn http_action(
+    raw: &RawHttpAction,
+    env: &BTreeMap<String, String>,
+) -> Result<HttpAction, String> {
+    let (url, service) = url_and_service(&raw.url, raw.service.as_deref())?;
     let method = raw.method.as_deref().unwrap_or("POST");
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("method \"{method}\" is not an HTTP method"))?;

@@ -58,6 +58,7 @@ pub enum Reads {
 impl fmt::Display for Reads {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Fields(fields) if fields.is_empty() => f.write_str("nothing of the event"),
             Self::Fields(fields) => f.write_str(&fields.join(", ")),
             Self::Whole => f.write_str("the whole event"),
         }

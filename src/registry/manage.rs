@@ -52,24 +52,27 @@ impl fmt::Display for SubjectState {
 }
 
 /// What `check` found wrong with one subject.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Incompatible {
     /// The subject.
     pub subject: String,
-    /// Its compatibility level.
-    pub level: String,
+    /// Its compatibility level, when the registry told it.
+    pub level: Option<String>,
     /// The registry's explanation, naming the field.
     pub messages: Vec<String>,
 }
 
 impl fmt::Display for Incompatible {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match &self.level {
+            Some(level) => format!("{level} "),
+            None => String::new(),
+        };
         write!(
             f,
-            "subject \"{}\": schemas/{}: not {} compatible with the latest registered version: {}",
+            "subject \"{}\": schemas/{}: not {level}compatible with the latest registered version: {}",
             self.subject,
             self.subject,
-            self.level,
             self.messages.join("; ")
         )
     }
@@ -120,10 +123,13 @@ pub async fn check(
                     messages = fields;
                 }
             }
-            let level = registry
-                .compatibility_level(subject)
-                .await
-                .unwrap_or_else(|_| "BACKWARD".into());
+            let level = match registry.compatibility_level(subject).await {
+                Ok(level) => Some(level),
+                Err(error) => {
+                    tracing::warn!(subject, %error, "cannot read the subject's compatibility level");
+                    None
+                }
+            };
             problems.push(Incompatible {
                 subject: subject.to_owned(),
                 level,

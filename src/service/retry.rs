@@ -1,7 +1,9 @@
-//! When to call again: the retry policy, exponential backoff with full jitter, `Retry-After`,
-//! and which HTTP statuses are worth retrying.
+//! When to call again: the retry policy (its backoff curve is a [`Backoff`] with full jitter),
+//! `Retry-After`, and which HTTP statuses are worth retrying.
 
 use std::time::{Duration, SystemTime};
+
+use crate::backoff::Backoff;
 
 /// `Retry-After` is honoured up to this many times the policy's `max_backoff`, so a service
 /// cannot park a worker for an hour; a longer wish is cut to the cap.
@@ -29,19 +31,11 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The ceiling of the backoff after failed attempt `attempt` (1-based):
-    /// `min(max_backoff, initial_backoff × 2^(attempt-1))`.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let doublings = attempt.saturating_sub(1).min(31);
-        self.initial_backoff
-            .saturating_mul(1u32 << doublings)
-            .min(self.max_backoff)
-    }
-
-    /// The backoff after failed attempt `attempt`: uniform in `[0, ceiling]` ("full jitter"),
-    /// so many callers failing together do not retry together. `unit` is a sample in `[0, 1)`.
-    pub fn backoff(&self, attempt: u32, unit: f64) -> Duration {
-        self.ceiling(attempt).mul_f64(unit.clamp(0.0, 1.0))
+    /// The backoff curve: exponential from `initial_backoff` up to `max_backoff`, with full
+    /// jitter (each wait uniform in `[0, min(max_backoff, initial_backoff × 2^(attempt-1))]`),
+    /// so many callers failing together do not retry together.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.initial_backoff, self.max_backoff).with_full_jitter()
     }
 
     /// The longest `Retry-After` honoured.
@@ -50,11 +44,11 @@ impl RetryPolicy {
     }
 
     /// The wait before the next attempt: the service's `Retry-After` when it gave one (capped),
-    /// otherwise the jittered backoff.
+    /// otherwise the jittered backoff. `unit` is a sample in `[0, 1)`.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, unit: f64) -> Duration {
         match retry_after {
             Some(wish) => wish.min(self.retry_after_cap()),
-            None => self.backoff(attempt, unit),
+            None => self.backoff().delay(attempt, unit),
         }
     }
 }
@@ -86,16 +80,13 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_maximum_with_full_jitter() {
-        let ceilings: Vec<u128> = (1..=6).map(|a| POLICY.ceiling(a).as_millis()).collect();
+        let curve = POLICY.backoff();
+        let ceilings: Vec<u128> = (1..=6).map(|a| curve.ceiling(a).as_millis()).collect();
         assert_eq!(ceilings, [100, 200, 400, 800, 1000, 1000]);
-        assert_eq!(
-            POLICY.ceiling(u32::MAX),
-            Duration::from_secs(1),
-            "no overflow"
-        );
-        assert_eq!(POLICY.backoff(3, 0.0), Duration::ZERO);
-        assert_eq!(POLICY.backoff(3, 0.5), Duration::from_millis(200));
-        assert!(POLICY.backoff(3, 0.999_999) < Duration::from_millis(400));
+        assert!(curve.jitter);
+        assert_eq!(POLICY.delay(3, None, 0.0), Duration::ZERO);
+        assert_eq!(POLICY.delay(3, None, 0.5), Duration::from_millis(200));
+        assert!(POLICY.delay(3, None, 0.999_999) < Duration::from_millis(400));
     }
 
     #[test]

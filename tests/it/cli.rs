@@ -1,8 +1,11 @@
-//! The command line as a user meets it: `reflex check` and `reflex produce`.
+//! The command line as a user meets it: `reflex check`, `reflex topics` and `reflex produce`,
+//! as text and as JSON.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
 
 use crate::common::*;
 
@@ -65,6 +68,59 @@ fn check_accepts_the_repository_config() {
     assert!(
         text.contains("order.placed -> request_shipment (emit)"),
         "{text}"
+    );
+}
+
+/// Parses a command's standard output as JSON.
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn check_json_names_each_type_its_action_and_lookups() {
+    let dir = sandbox();
+    let out = reflex(
+        &dir.path().join("config/reflex.toml"),
+        &["check", "--json"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json_of(&out);
+    let action = |ty: &str| {
+        report["actions"]
+            .as_array()
+            .and_then(|all| all.iter().find(|a| a["event_type"] == ty))
+            .cloned()
+            .unwrap_or_else(|| panic!("no action for {ty}: {report}"))
+    };
+    let placed = action("order.placed");
+    assert_eq!(placed["action"], "request_shipment");
+    assert_eq!(placed["kind"], "emit");
+    assert_eq!(placed["enrichment"][0]["name"], "customer");
+    assert_eq!(placed["enrichment"][0]["on_error"], "continue");
+    let payment = action("payment.authorized");
+    assert_eq!(payment["http"]["method"], "POST");
+    assert_eq!(payment["http"]["max_attempts"], 4);
+    assert_eq!(
+        report["schemas"]["types"].as_array().map(Vec::len),
+        Some(4),
+        "{report}"
+    );
+    assert!(
+        report["policies"]["revision"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("sha256:")),
+        "{report}"
     );
 }
 
@@ -227,4 +283,44 @@ async fn produce_validates_unless_told_not_to() {
         "binary mode puts attributes in headers"
     );
     assert_eq!(all[3].key.as_deref(), Some("p-1"), "key is the subject");
+
+    let out = reflex(
+        &env.config_path,
+        &["produce", "--topic", &env.events, "--json"],
+        Some(&format!("{good}\n{bad}\n")),
+    );
+    assert!(!out.status.success(), "a rejected line fails the command");
+    let summary = json_of(&out);
+    assert_eq!(summary["produced"], 1, "{summary}");
+    assert_eq!(summary["rejected"][0]["line"], 2, "{summary}");
+    assert!(
+        summary["rejected"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("data/amount")),
+        "{summary}"
+    );
+    assert_eq!(summary["failed"], serde_json::json!([]), "{summary}");
+}
+
+#[test]
+fn topics_creates_what_is_missing_and_says_so_as_text_and_json() {
+    let env = TestEnv::new(1);
+    let out = reflex(&env.config_path, &["topics", "--json"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json_of(&out);
+    let created: Vec<&str> = report["created"]
+        .as_array()
+        .map(|t| t.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for topic in [&env.events, &env.audit, &env.dlq] {
+        assert!(created.contains(&topic.as_str()), "{topic} in {report}");
+    }
+    let out = reflex(&env.config_path, &["topics", "--json"], None);
+    assert_eq!(json_of(&out)["created"], serde_json::json!([]));
+    let out = reflex(&env.config_path, &["topics"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "all topics exist\n");
 }

@@ -323,6 +323,106 @@ fn policy_test_passes_on_the_repository_and_fails_with_the_decision_it_got() {
     );
 }
 
+/// `reflex policy <args> --dir <dir> --json`: whether it succeeded, and the JSON it printed.
+fn reflex_policy_json(args: &[&str], dir: &Path) -> (bool, Value) {
+    let output = Command::new(reflex_bin())
+        .args(["--config"])
+        .arg(repo().join("config/reflex.toml"))
+        .arg("policy")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .arg("--json")
+        .output()
+        .expect("run reflex policy");
+    let json = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "policy {args:?} --json is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.success(), json)
+}
+
+#[test]
+fn policy_check_and_test_as_json() {
+    let repo_policies = repo().join("policies");
+    let (ok, check) = reflex_policy_json(&["check"], &repo_policies);
+    assert!(ok, "{check}");
+    assert_eq!(check["status"], "ok", "{check}");
+    assert_eq!(check["entry"], "data.reflex.decision", "{check}");
+    assert_eq!(
+        check["revision"],
+        files::revision(&repo_policies).expect("revision").as_str()
+    );
+    let (ok, tests) = reflex_policy_json(&["test"], &repo_policies);
+    assert!(ok, "{tests}");
+    assert_eq!(tests["failed"], 0, "{tests}");
+    assert!(tests["passed"].as_u64().is_some_and(|n| n > 0), "{tests}");
+
+    let policies = copy_policies();
+    std::fs::write(
+        policies.path().join("tests/wrong.yaml"),
+        r#"cases:
+  - note: a large refund is not approved automatically
+    input: {event: {id: r, source: /support/desk, type: refund.requested, data: {amount: 10, currency: EUR}}}
+    want: {allow: false}
+"#,
+    )
+    .expect("write case");
+    let (ok, tests) = reflex_policy_json(&["test"], policies.path());
+    assert!(!ok, "a failing case exits non-zero: {tests}");
+    assert_eq!(tests["failed"], 1, "{tests}");
+    let failed: Vec<&Value> = tests["tests"]
+        .as_array()
+        .map(|t| t.iter().filter(|t| t["passed"] == false).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        failed[0]["name"],
+        "tests/wrong.yaml: a large refund is not approved automatically"
+    );
+    assert_eq!(failed[0]["got"]["allow"], true, "{tests}");
+
+    std::fs::write(policies.path().join("broken.rego"), "package x\ny := {").expect("write");
+    let (ok, check) = reflex_policy_json(&["check"], policies.path());
+    assert!(!ok, "{check}");
+    assert_eq!(check["status"], "refused", "{check}");
+    assert!(
+        check["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("broken.rego")),
+        "{check}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_status_as_json_with_no_decisions_yet() {
+    let env = TestEnv::new(1);
+    env.create_topics().await;
+    let output = Command::new(reflex_bin())
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(["policy", "status", "--tail", "10", "--json"])
+        .output()
+        .expect("run reflex policy status");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: Value = serde_json::from_slice(&output.stdout).expect("status --json prints JSON");
+    assert_eq!(status["audit_topic"], env.audit.as_str(), "{status}");
+    assert_eq!(status["refused"], Value::Null, "{status}");
+    assert_eq!(status["workers"], json!([]), "{status}");
+    assert_eq!(
+        status["revision"],
+        files::revision(&repo().join("policies"))
+            .expect("revision")
+            .as_str()
+    );
+}
+
 #[test]
 fn policy_eval_prints_the_decision_and_the_rules_that_fired() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -322,8 +322,39 @@ async fn schemas_commands_register_list_and_check() {
                 + &String::from_utf8_lossy(&out.stderr),
         )
     };
+    let run_json = |args: &[&str]| {
+        let out = std::process::Command::new(reflex_bin())
+            .args(args)
+            .arg("--json")
+            .env("REFLEX_CONFIG", &env.config_path)
+            .env("REFLEX_LOG", "warn")
+            .output()
+            .expect("reflex runs");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?} --json is not JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.success(), json)
+    };
+    let subject = |report: &serde_json::Value, key: &str| {
+        report[key]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["subject"] == env.avro_type.as_str()))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {} in {report}", env.avro_type))
+    };
     let (ok, text) = run(&["schemas", "list"]);
     assert!(ok && text.matches("not registered").count() == 2, "{text}");
+    let (ok, list) = run_json(&["schemas", "list"]);
+    assert!(ok, "{list}");
+    assert_eq!(
+        subject(&list, "subjects")["latest"],
+        serde_json::Value::Null
+    );
+    assert_eq!(subject(&list, "subjects")["format"], "AVRO");
     let (ok, first) = run(&["schemas", "register"]);
     assert!(
         ok && first.contains(&format!("{:<24} version 1", env.avro_type)),
@@ -332,12 +363,27 @@ async fn schemas_commands_register_list_and_check() {
     let (ok, again) = run(&["schemas", "register"]);
     assert!(ok);
     assert_eq!(first, again, "registering is idempotent");
+    let (ok, registered) = run_json(&["schemas", "register"]);
+    assert!(ok, "{registered}");
+    assert_eq!(subject(&registered, "registered")["version"], 1);
+    let (ok, list) = run_json(&["schemas", "list"]);
+    assert!(ok, "{list}");
+    assert_eq!(subject(&list, "subjects")["current"]["version"], 1);
+    assert_eq!(
+        subject(&list, "subjects")["current"]["id"],
+        subject(&registered, "registered")["id"]
+    );
     let (ok, text) = run(&["schemas", "check"]);
     assert!(ok && text.contains("2 of 2 schemas compatible"), "{text}");
     assert!(
         text.contains("lake columns compatible"),
         "the lake's columns are checked too: {text}"
     );
+    let (ok, check) = run_json(&["schemas", "check"]);
+    assert!(ok, "{check}");
+    assert_eq!(check["total"], 2, "{check}");
+    assert_eq!(check["incompatible"], serde_json::json!([]), "{check}");
+    assert_eq!(check["lake"]["error"], serde_json::Value::Null, "{check}");
 
     // A type change of an existing field is refused under BACKWARD compatibility.
     let avsc = env
@@ -358,6 +404,14 @@ async fn schemas_commands_register_list_and_check() {
     assert!(
         text.contains("amount"),
         "the message names the incompatible field: {text}"
+    );
+    let (ok, check) = run_json(&["schemas", "check"]);
+    assert!(!ok, "{check}");
+    let incompatible = subject(&check, "incompatible");
+    assert_eq!(incompatible["level"], "BACKWARD", "{check}");
+    assert!(
+        incompatible["messages"].to_string().contains("amount"),
+        "{check}"
     );
 }
 
