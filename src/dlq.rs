@@ -172,10 +172,19 @@ pub struct Replayed {
     pub sent: Listing,
     /// Matching dead letters not sent back, with why.
     pub skipped: BTreeMap<String, u64>,
+    /// Whether this was a dry run: `sent` then counts what would have been sent.
+    pub dry_run: bool,
 }
 
 impl fmt::Display for Replayed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.dry_run {
+            for (why, n) in &self.skipped {
+                writeln!(f, "would skip {n}: {why}")?;
+            }
+            writeln!(f, "{}", self.sent)?;
+            return write!(f, "dry run: nothing was sent");
+        }
         for (why, n) in &self.skipped {
             writeln!(f, "skipped {n}: {why}")?;
         }
@@ -261,6 +270,7 @@ pub async fn replay(
         },
     )?;
     if dry_run {
+        replayed.dry_run = true;
         for (dead, _) in &chosen {
             replayed.sent.add(dead);
         }

@@ -283,6 +283,26 @@ pub fn policy_document(
     })
 }
 
+/// The policy input for a CloudEvent given by hand (`reflex policy eval`): decoded as a
+/// structured record is, wrapped as the worker wraps it, at the coordinates `(eval)/0/0`,
+/// without enrichment.
+pub fn hand_document(
+    text: &str,
+    now: &chrono::DateTime<chrono::Utc>,
+) -> Result<Value, crate::event::DecodeError> {
+    let (event, mode) = CloudEvent::decode(Some(text.as_bytes()), &[])?;
+    let input = Input {
+        topic: "(eval)",
+        partition: 0,
+        offset: 0,
+        key: None,
+        value: Some(text.as_bytes()),
+        headers: &[],
+        timestamp_ms: None,
+    };
+    Ok(policy_document(&event, mode, &input, now, &Map::new()))
+}
+
 /// The topics `emit` obligations may name.
 #[derive(Debug, Clone, Default)]
 pub struct EmitTopics {

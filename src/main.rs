@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 
 use reflex::cli::{self, Report};
 use reflex::config::{Config, PolicySettings};
-use reflex::policy::{explain, PolicySet};
 use reflex::produce::ProduceOptions;
 use reflex::replay::ReplayOptions;
 use reflex::role::actions::{self as actions_role, RunOptions};
@@ -380,15 +379,7 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
             let filter = filter.build()?;
             let replayed =
                 runtime.block_on(reflex::dlq::replay(&config, &filter, dry_run, again))?;
-            if dry_run {
-                for (why, n) in &replayed.skipped {
-                    println!("would skip {n}: {why}");
-                }
-                println!("{}", replayed.sent);
-                println!("dry run: nothing was sent");
-            } else {
-                println!("{replayed}");
-            }
+            println!("{replayed}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Lake {
@@ -441,18 +432,14 @@ fn policy_command(config: &Path, command: &PolicyCommand) -> anyhow::Result<Exit
             now,
             json,
         } => {
-            let dir = dir_or(dir);
-            let set = PolicySet::load(&dir, &settings.entry, settings.timeout)?
-                .with_redaction(&settings.redact)?;
             let text = if input.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
             } else {
                 std::fs::read_to_string(input)
                     .with_context(|| format!("cannot read {}", input.display()))?
             };
-            let document = eval_input(&text, now.as_deref())
+            let explanation = cli::policy::eval(&dir_or(dir), &settings, &text, now.as_deref())
                 .with_context(|| format!("{} is not a usable input", input.display()))?;
-            let explanation = explain::explain(&set, &document);
             if *json {
                 println!("{}", serde_json::to_string_pretty(&explanation)?);
             } else {
@@ -483,38 +470,6 @@ fn exit_code(success: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-/// The policy input for `reflex policy eval`: a full input as given, or a CloudEvent decoded as
-/// the worker decodes it and wrapped as the worker wraps it.
-fn eval_input(text: &str, now: Option<&str>) -> anyhow::Result<serde_json::Value> {
-    let value: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
-    if value.get("event").is_some() {
-        return Ok(value);
-    }
-    let (event, mode) = reflex::event::CloudEvent::decode(Some(text.as_bytes()), &[])?;
-    let now = match now {
-        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
-            .with_context(|| format!("--now {t} is not an RFC 3339 time"))?
-            .with_timezone(&chrono::Utc),
-        None => chrono::Utc::now(),
-    };
-    let input = reflex::ingest::Input {
-        topic: "(eval)",
-        partition: 0,
-        offset: 0,
-        key: None,
-        value: Some(text.as_bytes()),
-        headers: &[],
-        timestamp_ms: None,
-    };
-    Ok(reflex::ingest::policy_document(
-        &event,
-        mode,
-        &input,
-        &now,
-        &serde_json::Map::new(),
-    ))
 }
 
 fn default_worker_id() -> String {

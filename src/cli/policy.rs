@@ -9,8 +9,9 @@ use serde::{Serialize, Serializer};
 
 use super::Report;
 use crate::config::PolicySettings;
+use crate::policy::explain::{self, Explanation};
 use crate::policy::testing::{self, TestError};
-use crate::policy::{files, PolicySet};
+use crate::policy::{files, PolicyError, PolicySet};
 use crate::replay::status::PolicyStatus;
 use crate::replay::ReplayError;
 
@@ -120,6 +121,49 @@ impl fmt::Display for PolicyCheckReport {
             }
         }
     }
+}
+
+/// Why `reflex policy eval` could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The policy set does not load.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The input is not JSON.
+    #[error("the input is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// The input is neither a policy input `{event, …}` nor a CloudEvent.
+    #[error("the input is not a CloudEvent: {0}")]
+    NotEvent(#[from] crate::event::DecodeError),
+    /// `--now` does not parse.
+    #[error("--now \"{0}\" is not an RFC 3339 time (2026-11-26T08:00:00Z)")]
+    Now(String),
+}
+
+/// `reflex policy eval`: the decision on one input and what each package contributed. `text`
+/// is a full policy input (`{event, enrichment, context}`), used as it is, or a CloudEvent,
+/// wrapped as the worker wraps it with `context.now` = `now` (RFC 3339; default: now).
+pub fn eval(
+    dir: &Path,
+    settings: &PolicySettings,
+    text: &str,
+    now: Option<&str>,
+) -> Result<Explanation, EvalError> {
+    let set = PolicySet::load(dir, &settings.entry, settings.timeout)?
+        .with_redaction(&settings.redact)?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(EvalError::NotJson)?;
+    let document = if value.get("event").is_some() {
+        value
+    } else {
+        let now = match now {
+            Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|_| EvalError::Now(t.to_owned()))?
+                .with_timezone(&chrono::Utc),
+            None => chrono::Utc::now(),
+        };
+        crate::ingest::hand_document(text, &now)?
+    };
+    Ok(explain::explain(&set, &document))
 }
 
 /// `reflex policy status`: the directory's revision against the workers' (from the tail of
