@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::enrich::Enricher;
 use crate::kafka::{self, KafkaSetupError};
-use crate::ordering::{KeyQueue, Parking, Partitions};
 use crate::policy::reload::PolicyWatch;
 use crate::policy::telemetry;
 use crate::service::Services;
@@ -168,19 +167,14 @@ pub async fn run(
     } else {
         None
     };
-    let mut scheduler = Scheduler {
-        processor: Arc::clone(&processor),
-        producer: producer.clone(),
-        ordering: role.ordering,
-        spawn: role.deciders > 1,
-        retry_topic: &config.topics.retry,
-        partitions: Partitions::new(),
-        queue: KeyQueue::new(),
-        parking: Parking::new(),
-        running: FuturesUnordered::new(),
-        sleep_cancel: shutdown.child_token(),
-        work_cancel: CancellationToken::new(),
-    };
+    let mut scheduler = Scheduler::new(
+        Arc::clone(&processor),
+        producer.clone(),
+        role.ordering,
+        role.deciders > 1,
+        &config.topics.retry,
+        &shutdown,
+    );
     let mut summary = Summary::default();
     let mut first_received: Option<Instant> = None;
     let mut idle_since = Instant::now();

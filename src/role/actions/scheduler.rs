@@ -54,14 +54,14 @@ pub(super) type Running = Pin<Box<dyn Future<Output = Result<Finished, WorkerErr
 /// The actions role's scheduler: key-ordered records in flight, offset tracking per partition,
 /// keys parked in the retry topic.
 pub(super) struct Scheduler<'a> {
-    pub(super) processor: Arc<Processor>,
-    pub(super) producer: FutureProducer,
-    pub(super) ordering: Ordering,
+    processor: Arc<Processor>,
+    producer: FutureProducer,
+    ordering: Ordering,
     /// Whether records run as tasks of their own (several evaluators).
-    pub(super) spawn: bool,
-    pub(super) retry_topic: &'a str,
-    pub(super) partitions: Partitions<Tp>,
-    pub(super) queue: KeyQueue<Slot, Waiting>,
+    spawn: bool,
+    retry_topic: &'a str,
+    partitions: Partitions<Tp>,
+    queue: KeyQueue<Slot, Waiting>,
     pub(super) parking: Parking<ParkKey>,
     pub(super) running: FuturesUnordered<Running>,
     /// Cancelled at shutdown: records waiting for their retry time give up at once.
@@ -70,7 +70,36 @@ pub(super) struct Scheduler<'a> {
     pub(super) work_cancel: CancellationToken,
 }
 
+impl<'a> Scheduler<'a> {
+    /// A scheduler with nothing in flight. Records run as tasks of their own when `spawn`
+    /// (several evaluators), else in the worker's task; `shutdown` stops records waiting for
+    /// their retry time.
+    pub(super) fn new(
+        processor: Arc<Processor>,
+        producer: FutureProducer,
+        ordering: Ordering,
+        spawn: bool,
+        retry_topic: &'a str,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        Self {
+            processor,
+            producer,
+            ordering,
+            spawn,
+            retry_topic,
+            partitions: Partitions::new(),
+            queue: KeyQueue::new(),
+            parking: Parking::new(),
+            running: FuturesUnordered::new(),
+            sleep_cancel: shutdown.child_token(),
+            work_cancel: CancellationToken::new(),
+        }
+    }
+}
+
 impl Scheduler<'_> {
+    /// Records running or waiting behind their key.
     pub(super) fn in_flight(&self) -> usize {
         self.running.len() + self.queue.queued()
     }
