@@ -11,7 +11,10 @@
 //!   (`pipeline::policy_input`); `policy/input_json/<input>`: the same document through
 //!   `serde_json::json!` and a conversion (the former route);
 //! - `policy/stage/<input>`, `policy/stage_compiled/<input>`: input document + decision, the
-//!   policy stage of an audit record's `timings_us.policy`, with each engine.
+//!   policy stage of an audit record's `timings_us.policy`, with each engine;
+//! - `policy/redaction/<input>`: what the lake role pays per event to learn what to hide: the
+//!   redaction rule, answered from the evaluator's cache after the first event of a type (the
+//!   lake used to take `policy/stage` for it).
 
 use std::path::Path;
 use std::time::Duration;
@@ -57,6 +60,7 @@ fn decisions(c: &mut Criterion) {
         "data.reflex.decision",
         Duration::from_millis(100),
     )
+    .and_then(|set| set.with_redaction(reflex::policy::redaction::DEFAULT_RULE))
     .expect("demo policies load")
     .with_engine(PolicyEngine::Compiled);
     assert!(set.is_compiled(), "the demo policies compile to the VM");
@@ -111,6 +115,10 @@ fn decisions(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("stage_compiled", name), |b| {
             b.iter(|| compiled.decide(policy_input(event, Mode::Structured, &input, now, &none)));
+        });
+        let mut redactor = set.evaluator();
+        group.bench_function(BenchmarkId::new("redaction", name), |b| {
+            b.iter(|| redactor.redaction(event).expect("paths"));
         });
     }
     group.finish();
