@@ -4,6 +4,7 @@
 mod env;
 mod lake;
 mod raw;
+mod security;
 mod services;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,9 @@ pub use lake::{LakeConfig, RawLake, RawLakeRole, RawLakeS3, StoreLocation};
 pub use raw::{
     RawAction, RawActionsRole, RawConfig, RawKafka, RawPolicy, RawRegistry, RawRoles, RawSchemas,
     RawTopics,
+};
+pub use security::{
+    KafkaSecurity, RawHttpTls, RawKafkaSecurity, SaslAuth, SaslMechanism, SecurityProtocol,
 };
 pub use services::{RawEnrichment, RawLookup, RawServices};
 
@@ -36,6 +40,19 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A file named by a key (a certificate, a key, a CA bundle) cannot be read.
+    #[error("{key} = \"{path}\": cannot read the file: {source}", path = path.display())]
+    File {
+        /// The key.
+        key: &'static str,
+        /// The file, resolved against the config file's directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A secret could not be read from its reference.
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
     /// The file is not valid TOML or has unknown keys or wrong types.
     #[error("config {path} is invalid: {message}")]
     Parse {
@@ -147,6 +164,8 @@ pub struct KafkaConfig {
     pub consumer: BTreeMap<String, String>,
     /// Extra librdkafka properties for producers.
     pub producer: BTreeMap<String, String>,
+    /// TLS and SASL, validated, secrets read.
+    pub security: KafkaSecurity,
 }
 
 /// Topic names and creation settings.
@@ -298,23 +317,27 @@ impl Config {
         let policy = PolicySet::load(&policy_dir, &raw.policy.entry, raw.policy.timeout)?
             .with_engine(raw.policy.engine);
         let actions = build_actions(&raw.actions, &schemas, &schema_dir, env)?;
-        let services = services::services_config(&raw.services)?;
+        let services = services::services_config(&raw.services, base)?;
         let enrichment = services::enrichment_table(&raw.enrichment, &schemas, &schema_dir)?;
         let registry = match raw.registry.url.trim() {
             "" => None,
-            url => Some(Arc::new(
-                HttpRegistry::new(url, raw.registry.timeout).map_err(|source| {
-                    ConfigError::Registry {
-                        url: url.to_owned(),
-                        source,
-                    }
-                })?,
-            )),
+            url => {
+                let tls = security::http_tls(&raw.registry.tls, "registry.tls", base)?;
+                let auth = registry_auth(&raw.registry, base)?;
+                Some(Arc::new(
+                    HttpRegistry::with_tls(url, raw.registry.timeout, &tls, auth).map_err(
+                        |source| ConfigError::Registry {
+                            url: url.to_owned(),
+                            source,
+                        },
+                    )?,
+                ))
+            }
         };
         let lake = LakeConfig::new(raw.lake, raw.roles.lake, base)?;
         Ok(Self {
             path: path.to_owned(),
-            kafka: kafka_config(raw.kafka),
+            kafka: kafka_config(raw.kafka, base)?,
             topics: Topics {
                 events: raw.topics.events,
                 audit: raw.topics.audit,
@@ -412,19 +435,38 @@ impl PolicySettings {
             dir: base.join(&raw.policy.dir),
             entry: raw.policy.entry,
             timeout: raw.policy.timeout,
-            kafka: kafka_config(raw.kafka),
+            kafka: kafka_config(raw.kafka, &base)?,
             audit_topic: raw.topics.audit,
         })
     }
 }
 
-fn kafka_config(raw: RawKafka) -> KafkaConfig {
-    KafkaConfig {
+fn kafka_config(raw: RawKafka, base: &Path) -> Result<KafkaConfig, ConfigError> {
+    Ok(KafkaConfig {
+        security: security::kafka_security(&raw.security, base)?,
         brokers: raw.brokers,
         client_id: raw.client_id,
         properties: raw.properties,
         consumer: raw.consumer,
         producer: raw.producer,
+    })
+}
+
+/// `[registry]` credentials: basic authentication or a bearer token, not both.
+fn registry_auth(raw: &RawRegistry, base: &Path) -> Result<crate::http::HttpAuth, ConfigError> {
+    use crate::http::HttpAuth;
+    match (&raw.username, &raw.password, &raw.token) {
+        (None, None, None) => Ok(HttpAuth::None),
+        (Some(username), Some(password), None) => Ok(HttpAuth::Basic {
+            username: username.clone(),
+            password: password.resolve("registry.password", base)?,
+        }),
+        (None, None, Some(token)) => Ok(HttpAuth::Bearer(token.resolve("registry.token", base)?)),
+        _ => Err(ConfigError::Invalid {
+            key: "registry.username",
+            value: raw.username.clone().unwrap_or_default(),
+            why: "set username and password (basic authentication) or token (bearer), not a mix",
+        }),
     }
 }
 

@@ -17,9 +17,11 @@ use rdkafka::util::Timeout;
 use crate::config::{KafkaConfig, Topics};
 use crate::ingest::{Input, OutRecord};
 
+pub mod connect;
 pub mod drain;
 pub mod read;
 
+pub use connect::{connect, ConnectError, Connected, CONNECT_TIMEOUT};
 pub use drain::caught_up;
 pub use read::{reader, scan, ReadError, Start, TopicReader};
 
@@ -47,6 +49,9 @@ pub enum KafkaSetupError {
         /// The broker's answer.
         message: String,
     },
+    /// The brokers refused the connection or did not answer at start-up.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The brokers did not answer.
     #[error("Kafka at {brokers} did not answer ({source}); is the broker running? (`make up` starts one)")]
     Unreachable {
@@ -57,12 +62,16 @@ pub enum KafkaSetupError {
     },
 }
 
-/// Settings shared by every client; `[kafka.properties]` are applied last by [`with_properties`].
+/// Settings shared by every client, `[kafka.security]` included; `[kafka.properties]` are
+/// applied last by [`with_properties`].
 pub fn base_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &kafka.brokers)
         .set("client.id", &kafka.client_id);
+    for (key, value) in kafka.security.properties() {
+        config.set(key, value);
+    }
     config
 }
 

@@ -33,6 +33,10 @@
 //! - [`dlq`]: `reflex dlq list|replay`: the dead-letter topic summarised and sent back.
 //! - [`replay`]: `reflex policy replay`, a candidate policy set against the recorded decisions.
 //! - [`summary`]: per-type counts of outcomes and reasons.
+//! - [`connectivity`]: `reflex check --connect`, every configured endpoint tried and reported.
+//! - [`secret`]: secrets read from `env:` or `file:` references, never shown.
+//! - [`http`]: the one HTTP client stack (reqwest over rustls): private CAs, client
+//!   certificates, credentials.
 //!
 //! # One event's way through the actions role
 //! 1. The actions role ([`role::actions`]) polls a record and hands it to its pipeline.
@@ -56,9 +60,11 @@
 pub mod action;
 pub mod audit;
 pub mod config;
+pub mod connectivity;
 pub mod dlq;
 pub mod enrich;
 pub mod event;
+pub mod http;
 pub mod ingest;
 pub mod kafka;
 pub mod lake;
@@ -69,5 +75,6 @@ pub mod registry;
 pub mod replay;
 pub mod role;
 pub mod schema;
+pub mod secret;
 pub mod service;
 pub mod summary;

@@ -67,7 +67,12 @@ enum Command {
         worker_id: Option<String>,
     },
     /// Validate the configuration, schemas, policies and actions without a broker.
-    Check,
+    Check {
+        /// Also try every configured endpoint (brokers, registry, object store, HTTP services)
+        /// and report each; exit 1 if any fails.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Publish CloudEvents from JSON lines (a file, or `-` for standard input).
     Produce {
         /// Destination topic.
@@ -259,7 +264,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
-        Command::Check => {
+        Command::Check { connect } => {
             println!("{}: ok", config.path.display());
             for warning in &config.warnings {
                 println!("  warning: {warning}");
@@ -295,6 +300,16 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                         humantime::format_duration(lookup.ttl),
                         lookup.on_error.name()
                     );
+                }
+            }
+            if connect {
+                println!("  endpoints");
+                let endpoints = runtime.block_on(reflex::connectivity::check(&config));
+                for endpoint in &endpoints {
+                    println!("{endpoint}");
+                }
+                if !endpoints.iter().all(reflex::connectivity::Endpoint::ok) {
+                    return Ok(ExitCode::FAILURE);
                 }
             }
             Ok(ExitCode::SUCCESS)

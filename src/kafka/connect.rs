@@ -1,0 +1,271 @@
+//! Connecting to the brokers before a role starts: one metadata request, with the first
+//! authentication, TLS or protocol failure reported at once, naming the brokers, the security
+//! protocol and mechanism, and librdkafka's cause, instead of a client that retries forever.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+
+use crate::config::KafkaConfig;
+
+/// How long start-up waits for the brokers before it gives up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the brokers could not be used. Messages name the brokers, the protocol and mechanism,
+/// and the cause; never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The brokers refused the credentials.
+    #[error("Kafka at {brokers} rejected the {security} credentials{user}: {cause}")]
+    Authentication {
+        /// The bootstrap servers.
+        brokers: String,
+        /// Protocol and mechanism, e.g. `SASL_SSL/SCRAM-SHA-512`.
+        security: String,
+        /// ` of user "name"`, or empty.
+        user: String,
+        /// librdkafka's reason.
+        cause: String,
+    },
+    /// The TLS handshake failed (untrusted or expired certificate, host name mismatch, or a
+    /// listener that does not speak TLS).
+    #[error("TLS handshake with Kafka at {brokers} failed ({security}): {cause}")]
+    Tls {
+        /// The bootstrap servers.
+        brokers: String,
+        /// Protocol and mechanism.
+        security: String,
+        /// librdkafka's reason.
+        cause: String,
+    },
+    /// The broker closed the connection before answering: the client's protocol is not the
+    /// listener's (e.g. plaintext to a TLS port).
+    #[error("Kafka at {brokers} closed the connection before answering ({security}); does the listener expect another security protocol? {cause}")]
+    Protocol {
+        /// The bootstrap servers.
+        brokers: String,
+        /// Protocol and mechanism.
+        security: String,
+        /// librdkafka's reason.
+        cause: String,
+    },
+    /// No broker answered in time.
+    #[error("Kafka at {brokers} did not answer within {waited} ({security}): {cause}; is the broker running? (`make up` starts one)", waited = humantime::format_duration(*waited))]
+    Unreachable {
+        /// The bootstrap servers.
+        brokers: String,
+        /// Protocol and mechanism.
+        security: String,
+        /// How long it waited.
+        waited: Duration,
+        /// The last reason librdkafka gave, if any.
+        cause: String,
+    },
+    /// The client could not be created from the settings.
+    #[error("cannot create a Kafka client for {brokers} ({security}): {source}")]
+    Client {
+        /// The bootstrap servers.
+        brokers: String,
+        /// Protocol and mechanism.
+        security: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+}
+
+/// What the brokers said when they answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    /// Brokers in the cluster's metadata.
+    pub brokers: usize,
+    /// Topics visible to this client.
+    pub topics: usize,
+    /// How long the connection took.
+    pub elapsed: Duration,
+}
+
+/// Records the errors librdkafka reports while connecting.
+#[derive(Default)]
+struct Capture {
+    errors: Mutex<Vec<(RDKafkaErrorCode, String)>>,
+}
+
+impl ClientContext for Capture {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(code) = error.rdkafka_error_code() {
+            if let Ok(mut errors) = self.errors.lock() {
+                errors.push((code, reason.to_owned()));
+            }
+        }
+    }
+}
+
+impl ProducerContext for Capture {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+/// The failure class of one librdkafka error, if it is one that retrying will not cure.
+fn classify(code: RDKafkaErrorCode, reason: &str) -> Option<Kind> {
+    let lower = reason.to_ascii_lowercase();
+    match code {
+        RDKafkaErrorCode::Authentication => Some(Kind::Authentication),
+        RDKafkaErrorCode::SSL => Some(Kind::Tls),
+        _ if lower.contains("ssl handshake") || lower.contains("certificate") => Some(Kind::Tls),
+        _ if lower.contains("sasl authentication") => Some(Kind::Authentication),
+        _ if lower.contains("incorrect security.protocol")
+            || lower.contains("requesting apiversion") =>
+        {
+            Some(Kind::Protocol)
+        }
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Authentication,
+    Tls,
+    Protocol,
+}
+
+/// Connects to `kafka`'s brokers and fetches the cluster metadata, failing as soon as librdkafka
+/// reports an authentication, TLS or protocol error, or after `timeout`.
+pub async fn connect(kafka: &KafkaConfig, timeout: Duration) -> Result<Connected, ConnectError> {
+    let kafka = kafka.clone();
+    tokio::task::spawn_blocking(move || connect_blocking(&kafka, timeout))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConnectError::Unreachable {
+                brokers: String::new(),
+                security: String::new(),
+                waited: timeout,
+                cause: format!("the connection check stopped: {e}"),
+            })
+        })
+}
+
+fn connect_blocking(kafka: &KafkaConfig, timeout: Duration) -> Result<Connected, ConnectError> {
+    let brokers = kafka.brokers.clone();
+    let security = kafka.security.describe();
+    let start = Instant::now();
+    let mut config = super::with_properties(super::base_config(kafka), kafka);
+    // Fail over quickly between brokers; the check has its own deadline.
+    config.set("socket.connection.setup.timeout.ms", "5000");
+    let producer: BaseProducer<Capture> =
+        config
+            .create_with_context(Capture::default())
+            .map_err(|source| ConnectError::Client {
+                brokers: brokers.clone(),
+                security: security.clone(),
+                source,
+            })?;
+    let mut last_cause = String::new();
+    loop {
+        let step = Duration::from_millis(500).min(timeout.saturating_sub(start.elapsed()));
+        let answer = producer.client().fetch_metadata(None, step);
+        producer.poll(Duration::ZERO);
+        if let Ok(metadata) = answer {
+            return Ok(Connected {
+                brokers: metadata.brokers().len(),
+                topics: metadata.topics().len(),
+                elapsed: start.elapsed(),
+            });
+        }
+        let errors: Vec<(RDKafkaErrorCode, String)> = producer
+            .context()
+            .errors
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default();
+        for (code, reason) in errors {
+            let cause = reason.clone();
+            match classify(code, &reason) {
+                Some(Kind::Authentication) => {
+                    return Err(ConnectError::Authentication {
+                        brokers,
+                        user: kafka
+                            .security
+                            .principal()
+                            .map(|u| format!(" of user \"{u}\""))
+                            .unwrap_or_default(),
+                        security,
+                        cause,
+                    })
+                }
+                Some(Kind::Tls) => {
+                    return Err(ConnectError::Tls {
+                        brokers,
+                        security,
+                        cause,
+                    })
+                }
+                Some(Kind::Protocol) => {
+                    return Err(ConnectError::Protocol {
+                        brokers,
+                        security,
+                        cause,
+                    })
+                }
+                None if code != RDKafkaErrorCode::AllBrokersDown => last_cause = cause,
+                None => {}
+            }
+        }
+        if start.elapsed() >= timeout {
+            if last_cause.is_empty() {
+                last_cause = answer
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "no answer".into());
+            }
+            return Err(ConnectError::Unreachable {
+                brokers,
+                security,
+                waited: timeout,
+                cause: last_cause,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_the_failures_retrying_cannot_cure() {
+        assert_eq!(
+            classify(
+                RDKafkaErrorCode::Authentication,
+                "SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512"
+            ),
+            Some(Kind::Authentication)
+        );
+        assert_eq!(
+            classify(
+                RDKafkaErrorCode::BrokerTransportFailure,
+                "sasl_ssl://127.0.0.1:9094/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed"
+            ),
+            Some(Kind::Tls)
+        );
+        assert_eq!(
+            classify(
+                RDKafkaErrorCode::BrokerTransportFailure,
+                "127.0.0.1:9094/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?)"
+            ),
+            Some(Kind::Protocol)
+        );
+        assert_eq!(
+            classify(
+                RDKafkaErrorCode::BrokerTransportFailure,
+                "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused"
+            ),
+            None
+        );
+    }
+}
