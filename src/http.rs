@@ -52,7 +52,10 @@ impl HttpAuth {
         let text = match self {
             Self::None => return None,
             Self::Basic { username, password } => {
-                format!("Basic {}", encode(&format!("{username}:{}", password.expose())))
+                format!(
+                    "Basic {}",
+                    encode(&format!("{username}:{}", password.expose()))
+                )
             }
             Self::Bearer(token) => format!("Bearer {}", token.expose()),
         };
@@ -110,11 +113,12 @@ pub fn client_builder(tls: &HttpTls) -> Result<reqwest::ClientBuilder, TlsError>
     let mut builder = reqwest::Client::builder().tls_backend_rustls();
     if let Some(ca) = &tls.ca_file {
         let pem = read("CA file", ca)?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| TlsError::Pem {
-            what: "CA file",
-            path: ca.clone(),
-            source,
-        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| TlsError::Pem {
+                what: "CA file",
+                path: ca.clone(),
+                source,
+            })?;
         builder = builder.tls_certs_only(certs);
     }
     if let Some(client) = &tls.client_cert {

@@ -154,9 +154,7 @@ impl HttpRegistry {
             .set_timeout(timeout)
             .build_with(builder()?)
             .map_err(|e| unavailable(e.to_string()))?;
-        let http = builder()?
-            .build()
-            .map_err(|e| unavailable(e.to_string()))?;
+        let http = builder()?.build().map_err(|e| unavailable(e.to_string()))?;
         Ok(Self {
             url,
             settings,

@@ -118,7 +118,11 @@ impl SecretRef {
     /// Reads the secret for configuration key `key`; `base` resolves relative file paths.
     pub fn resolve(&self, key: &str, base: &Path) -> Result<Secret, SecretError> {
         let value = match self {
-            Self::Inline => return Err(SecretError::Inline { key: key.to_owned() }),
+            Self::Inline => {
+                return Err(SecretError::Inline {
+                    key: key.to_owned(),
+                })
+            }
             Self::Env(var) => std::env::var(var).map_err(|_| SecretError::MissingEnv {
                 key: key.to_owned(),
                 reference: self.clone(),

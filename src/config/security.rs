@@ -40,7 +40,8 @@ impl SecurityProtocol {
         }
     }
 
-    fn tls(self) -> bool {
+    /// Whether it runs over TLS.
+    pub fn is_tls(self) -> bool {
         matches!(self, Self::Ssl | Self::SaslSsl)
     }
 
@@ -212,7 +213,7 @@ impl KafkaSecurity {
     /// The librdkafka properties, secrets included: for the client configuration only.
     pub fn properties(&self) -> Vec<(&'static str, String)> {
         let mut props = vec![("security.protocol", self.protocol.name().to_owned())];
-        if self.protocol.tls() {
+        if self.protocol.is_tls() {
             if let Some(ca) = &self.ca_file {
                 props.push(("ssl.ca.location", ca.display().to_string()));
             }
@@ -223,8 +224,15 @@ impl KafkaSecurity {
             if let Some(password) = &self.key_password {
                 props.push(("ssl.key.password", password.expose().to_owned()));
             }
-            let algorithm = if self.verify_hostname { "https" } else { "none" };
-            props.push(("ssl.endpoint.identification.algorithm", algorithm.to_owned()));
+            let algorithm = if self.verify_hostname {
+                "https"
+            } else {
+                "none"
+            };
+            props.push((
+                "ssl.endpoint.identification.algorithm",
+                algorithm.to_owned(),
+            ));
         }
         match &self.sasl {
             Some(SaslAuth::Password {
@@ -293,7 +301,7 @@ pub fn kafka_security(raw: &RawKafkaSecurity, base: &Path) -> Result<KafkaSecuri
         || raw.certificate_file.is_some()
         || raw.key_file.is_some()
         || raw.key_password.is_some();
-    if tls_keys && !protocol.tls() {
+    if tls_keys && !protocol.is_tls() {
         return Err(invalid(
             KEY,
             protocol.name(),
@@ -333,20 +341,16 @@ pub fn kafka_security(raw: &RawKafkaSecurity, base: &Path) -> Result<KafkaSecuri
                 "a SASL mechanism needs protocol \"sasl_ssl\" or \"sasl_plaintext\"",
             ))
         }
-        (true, None) => {
-            return Err(invalid(
-                "kafka.security.mechanism",
-                "",
-                "SASL protocols need a mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER",
-            ))
-        }
-        (true, Some(SaslMechanism::Gssapi)) => {
-            return Err(invalid(
-                "kafka.security.mechanism",
-                "GSSAPI",
-                "Kerberos needs librdkafka built with Cyrus SASL, which this build does not include",
-            ))
-        }
+        (true, None) => return Err(invalid(
+            "kafka.security.mechanism",
+            "",
+            "SASL protocols need a mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER",
+        )),
+        (true, Some(SaslMechanism::Gssapi)) => return Err(invalid(
+            "kafka.security.mechanism",
+            "GSSAPI",
+            "Kerberos needs librdkafka built with Cyrus SASL, which this build does not include",
+        )),
         (true, Some(SaslMechanism::OAuthBearer)) => {
             let (Some(token_url), Some(client_id), Some(secret)) = (
                 &raw.oauth_token_url,
@@ -420,7 +424,11 @@ fn table_key(table: &'static str, key: &'static str) -> &'static str {
 }
 
 /// Validates a `tls` table; `table` names it in errors (`services.tls`).
-pub fn http_tls(raw: &RawHttpTls, table: &'static str, base: &Path) -> Result<HttpTls, ConfigError> {
+pub fn http_tls(
+    raw: &RawHttpTls,
+    table: &'static str,
+    base: &Path,
+) -> Result<HttpTls, ConfigError> {
     let ca_file = raw
         .ca_file
         .as_deref()
@@ -487,8 +495,13 @@ password = "file:pw"
             "protocol = \"sasl_ssl\"\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword = \"hunter2\"\n",
         );
         assert!(!format!("{raw:?}").contains("hunter2"));
-        let text = kafka_security(&raw, dir.path()).expect_err("inline").to_string();
-        assert!(text.contains("kafka.security.password") && text.contains("env:VAR"), "{text}");
+        let text = kafka_security(&raw, dir.path())
+            .expect_err("inline")
+            .to_string();
+        assert!(
+            text.contains("kafka.security.password") && text.contains("env:VAR"),
+            "{text}"
+        );
         assert!(!text.contains("hunter2"), "{text}");
     }
 
@@ -497,7 +510,10 @@ password = "file:pw"
         let dir = tempfile::tempdir().expect("tempdir");
         let cases = [
             ("protocol = \"sasl_ssl\"\n", "need a mechanism"),
-            ("protocol = \"ssl\"\nmechanism = \"PLAIN\"\n", "needs protocol"),
+            (
+                "protocol = \"ssl\"\nmechanism = \"PLAIN\"\n",
+                "needs protocol",
+            ),
             ("ca_file = \"ca.pem\"\n", "need protocol"),
             (
                 "protocol = \"sasl_ssl\"\nmechanism = \"SCRAM-SHA-256\"\nusername = \"u\"\n",
@@ -507,7 +523,10 @@ password = "file:pw"
                 "protocol = \"sasl_ssl\"\nmechanism = \"OAUTHBEARER\"\n",
                 "oauth_token_url",
             ),
-            ("protocol = \"sasl_ssl\"\nmechanism = \"GSSAPI\"\n", "Cyrus SASL"),
+            (
+                "protocol = \"sasl_ssl\"\nmechanism = \"GSSAPI\"\n",
+                "Cyrus SASL",
+            ),
             (
                 "protocol = \"ssl\"\ncertificate_file = \"c.pem\"\n",
                 "go together",
@@ -528,7 +547,10 @@ password = "file:pw"
         )
         .expect_err("missing");
         let text = err.to_string();
-        assert!(text.contains("nope.pem") && text.contains("kafka.security.ca_file"), "{text}");
+        assert!(
+            text.contains("nope.pem") && text.contains("kafka.security.ca_file"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
@@ -95,6 +96,27 @@ struct Capture {
 }
 
 impl ClientContext for Capture {
+    /// Forwards librdkafka's log to `tracing`, and keeps connection failures, which librdkafka
+    /// reports only in its log when a broker closes the connection during the handshake.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", "{fac} {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{fac} {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "{fac} {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "{fac} {message}"),
+        }
+        if fac == "FAIL" {
+            if let Ok(mut errors) = self.errors.lock() {
+                errors.push((RDKafkaErrorCode::BrokerTransportFailure, message.to_owned()));
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if let Some(code) = error.rdkafka_error_code() {
             if let Ok(mut errors) = self.errors.lock() {
@@ -118,8 +140,10 @@ fn classify(code: RDKafkaErrorCode, reason: &str) -> Option<Kind> {
         RDKafkaErrorCode::SSL => Some(Kind::Tls),
         _ if lower.contains("ssl handshake") || lower.contains("certificate") => Some(Kind::Tls),
         _ if lower.contains("sasl authentication") => Some(Kind::Authentication),
+        // Closed before the first answer: the listener speaks TLS or SASL and the client not.
         _ if lower.contains("incorrect security.protocol")
-            || lower.contains("requesting apiversion") =>
+            || lower.contains("requesting apiversion")
+            || (lower.contains("disconnected") && lower.contains("apiversion_query")) =>
         {
             Some(Kind::Protocol)
         }
@@ -166,6 +190,7 @@ fn connect_blocking(kafka: &KafkaConfig, timeout: Duration) -> Result<Connected,
                 source,
             })?;
     let mut last_cause = String::new();
+    let mut probed = false;
     loop {
         let step = Duration::from_millis(500).min(timeout.saturating_sub(start.elapsed()));
         let answer = producer.client().fetch_metadata(None, step);
@@ -199,21 +224,40 @@ fn connect_blocking(kafka: &KafkaConfig, timeout: Duration) -> Result<Connected,
                     })
                 }
                 Some(Kind::Tls) => {
+                    // OpenSSL's "certificate verify failed" does not say why; a second
+                    // handshake with the same CA file does (expired, unknown issuer, name).
+                    let cause = match tls_diagnosis(&reason, kafka) {
+                        Some(why) => format!("{cause}; the broker's certificate: {why}"),
+                        None => cause,
+                    };
                     return Err(ConnectError::Tls {
                         brokers,
                         security,
                         cause,
-                    })
+                    });
                 }
-                Some(Kind::Protocol) => {
-                    return Err(ConnectError::Protocol {
-                        brokers,
-                        security,
-                        cause,
-                    })
-                }
+                Some(Kind::Protocol) => last_cause = cause,
                 None if code != RDKafkaErrorCode::AllBrokersDown => last_cause = cause,
                 None => {}
+            }
+        }
+        // A plaintext client on a TLS listener sees only closed connections: ask each
+        // bootstrap broker once whether it speaks TLS.
+        if !probed && !kafka.security.protocol.is_tls() {
+            probed = true;
+            if let Some(addr) = kafka
+                .brokers
+                .split(',')
+                .map(str::trim)
+                .find(|a| speaks_tls(a))
+            {
+                return Err(ConnectError::Protocol {
+                    brokers,
+                    security,
+                    cause: format!(
+                        "{addr} speaks TLS: set [kafka.security] protocol = \"ssl\" or \"sasl_ssl\""
+                    ),
+                });
             }
         }
         if start.elapsed() >= timeout {
@@ -233,9 +277,87 @@ fn connect_blocking(kafka: &KafkaConfig, timeout: Duration) -> Result<Connected,
     }
 }
 
+/// The broker a librdkafka message is about: `sasl_ssl://host:port/1: …` → `host:port`.
+fn broker_of(reason: &str) -> Option<&str> {
+    let reason = match reason.strip_prefix("[thrd:") {
+        Some(rest) => rest.split_once("]: ").map_or(rest, |(_, r)| r),
+        None => reason,
+    };
+    let rest = reason.split_once("://").map_or(reason, |(_, rest)| rest);
+    let addr = rest.split(['/', ' ']).next()?;
+    addr.contains(':').then_some(addr)
+}
+
+/// Whether `addr` answers a TLS handshake: with no trusted CA, a TLS server's certificate is
+/// refused as unknown, while a plaintext Kafka listener just closes the connection.
+fn speaks_tls(addr: &str) -> bool {
+    tls_handshake(addr, rustls::RootCertStore::empty())
+        .is_some_and(|error| error.contains("invalid peer certificate"))
+}
+
+/// A TLS handshake with `addr` trusting `roots`; the error, if it failed for a TLS reason.
+fn tls_handshake(addr: &str, roots: rustls::RootCertStore) -> Option<String> {
+    use rustls::pki_types::ServerName;
+    use std::net::ToSocketAddrs;
+    use std::sync::Arc;
+
+    let (host, _) = addr.rsplit_once(':')?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned()).ok()?;
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
+    let limit = Duration::from_secs(3);
+    let socket_addr = addr.to_socket_addrs().ok()?.next()?;
+    let mut socket = std::net::TcpStream::connect_timeout(&socket_addr, limit).ok()?;
+    socket.set_read_timeout(Some(limit)).ok()?;
+    socket.set_write_timeout(Some(limit)).ok()?;
+    while tls.is_handshaking() {
+        if let Err(e) = tls.complete_io(&mut socket) {
+            return (e.kind() == std::io::ErrorKind::InvalidData).then(|| e.to_string());
+        }
+    }
+    None
+}
+
+/// Why the broker's certificate does not verify against the configured CA file, from a TLS
+/// handshake of our own; `None` when it cannot tell (no CA file, no connection, or it verifies).
+fn tls_diagnosis(reason: &str, kafka: &KafkaConfig) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let ca_file = kafka.security.ca_file.as_ref()?;
+    let addr = broker_of(reason).or_else(|| kafka.brokers.split(',').next().map(str::trim))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).ok()? {
+        roots.add(cert.ok()?).ok()?;
+    }
+    tls_handshake(addr, roots)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_broker_a_message_is_about() {
+        assert_eq!(
+            broker_of("sasl_ssl://127.0.0.1:9094/bootstrap: SSL handshake failed"),
+            Some("127.0.0.1:9094")
+        );
+        assert_eq!(
+            broker_of("127.0.0.1:9094/1: Disconnected"),
+            Some("127.0.0.1:9094")
+        );
+        assert_eq!(
+            broker_of("[thrd:127.0.0.1:9094/bootstrap]: 127.0.0.1:9094/bootstrap: Disconnected"),
+            Some("127.0.0.1:9094")
+        );
+        assert_eq!(broker_of("no broker here"), None);
+    }
 
     #[test]
     fn classifies_the_failures_retrying_cannot_cure() {
@@ -257,6 +379,13 @@ mod tests {
             classify(
                 RDKafkaErrorCode::BrokerTransportFailure,
                 "127.0.0.1:9094/bootstrap: Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration (connecting to a SSL listener?)"
+            ),
+            Some(Kind::Protocol)
+        );
+        assert_eq!(
+            classify(
+                RDKafkaErrorCode::BrokerTransportFailure,
+                "127.0.0.1:9094/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 1ms in state APIVERSION_QUERY)"
             ),
             Some(Kind::Protocol)
         );
