@@ -21,7 +21,7 @@ pub mod connect;
 pub mod drain;
 pub mod read;
 
-pub use connect::{connect, ConnectError, Connected, CONNECT_TIMEOUT};
+pub use connect::{connect, ConnectError, ConnectFailure, Connected, CONNECT_TIMEOUT};
 pub use drain::caught_up;
 pub use read::{reader, scan, ReadError, Start, TopicReader};
 

@@ -172,7 +172,8 @@ pub enum SaslAuth {
 }
 
 /// `[kafka.security]`, validated: files exist, secrets are read. `Debug` shows no secret.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// The default is plaintext without authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSecurity {
     /// The protocol.
     pub protocol: SecurityProtocol,
@@ -186,6 +187,19 @@ pub struct KafkaSecurity {
     pub verify_hostname: bool,
     /// SASL authentication (SASL protocols only).
     pub sasl: Option<SaslAuth>,
+}
+
+impl Default for KafkaSecurity {
+    fn default() -> Self {
+        Self {
+            protocol: SecurityProtocol::Plaintext,
+            ca_file: None,
+            client_cert: None,
+            key_password: None,
+            verify_hostname: true,
+            sasl: None,
+        }
+    }
 }
 
 impl KafkaSecurity {
@@ -291,10 +305,7 @@ fn existing_file(key: &'static str, path: &Path, base: &Path) -> Result<PathBuf,
 pub fn kafka_security(raw: &RawKafkaSecurity, base: &Path) -> Result<KafkaSecurity, ConfigError> {
     const KEY: &str = "kafka.security.protocol";
     if *raw == RawKafkaSecurity::default() {
-        return Ok(KafkaSecurity {
-            verify_hostname: true,
-            ..KafkaSecurity::default()
-        });
+        return Ok(KafkaSecurity::default());
     }
     let protocol = raw.protocol;
     let tls_keys = raw.ca_file.is_some()

@@ -16,10 +16,28 @@ use crate::config::KafkaConfig;
 /// How long start-up waits for the brokers before it gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why the brokers could not be used (boxed: errors stay small on the happy path).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ConnectError(Box<ConnectFailure>);
+
+impl ConnectError {
+    /// What failed.
+    pub fn failure(&self) -> &ConnectFailure {
+        &self.0
+    }
+}
+
+impl From<ConnectFailure> for ConnectError {
+    fn from(failure: ConnectFailure) -> Self {
+        Self(Box::new(failure))
+    }
+}
+
 /// Why the brokers could not be used. Messages name the brokers, the protocol and mechanism,
 /// and the cause; never a secret.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub enum ConnectFailure {
     /// The brokers refused the credentials.
     #[error("Kafka at {brokers} rejected the {security} credentials{user}: {cause}")]
     Authentication {
@@ -165,12 +183,13 @@ pub async fn connect(kafka: &KafkaConfig, timeout: Duration) -> Result<Connected
     tokio::task::spawn_blocking(move || connect_blocking(&kafka, timeout))
         .await
         .unwrap_or_else(|e| {
-            Err(ConnectError::Unreachable {
+            Err(ConnectFailure::Unreachable {
                 brokers: String::new(),
                 security: String::new(),
                 waited: timeout,
                 cause: format!("the connection check stopped: {e}"),
-            })
+            }
+            .into())
         })
 }
 
@@ -184,10 +203,12 @@ fn connect_blocking(kafka: &KafkaConfig, timeout: Duration) -> Result<Connected,
     let producer: BaseProducer<Capture> =
         config
             .create_with_context(Capture::default())
-            .map_err(|source| ConnectError::Client {
-                brokers: brokers.clone(),
-                security: security.clone(),
-                source,
+            .map_err(|source| {
+                ConnectError::from(ConnectFailure::Client {
+                    brokers: brokers.clone(),
+                    security: security.clone(),
+                    source,
+                })
             })?;
     let mut last_cause = String::new();
     let mut probed = false;
@@ -212,7 +233,7 @@ fn connect_blocking(kafka: &KafkaConfig, timeout: Duration) -> Result<Connected,
             let cause = reason.clone();
             match classify(code, &reason) {
                 Some(Kind::Authentication) => {
-                    return Err(ConnectError::Authentication {
+                    return Err(ConnectFailure::Authentication {
                         brokers,
                         user: kafka
                             .security
@@ -221,7 +242,8 @@ fn connect_blocking(kafka: &KafkaConfig, timeout: Duration) -> Result<Connected,
                             .unwrap_or_default(),
                         security,
                         cause,
-                    })
+                    }
+                    .into())
                 }
                 Some(Kind::Tls) => {
                     // OpenSSL's "certificate verify failed" does not say why; a second
@@ -230,11 +252,12 @@ fn connect_blocking(kafka: &KafkaConfig, timeout: Duration) -> Result<Connected,
                         Some(why) => format!("{cause}; the broker's certificate: {why}"),
                         None => cause,
                     };
-                    return Err(ConnectError::Tls {
+                    return Err(ConnectFailure::Tls {
                         brokers,
                         security,
                         cause,
-                    });
+                    }
+                    .into());
                 }
                 Some(Kind::Protocol) => last_cause = cause,
                 None if code != RDKafkaErrorCode::AllBrokersDown => last_cause = cause,
@@ -251,13 +274,14 @@ fn connect_blocking(kafka: &KafkaConfig, timeout: Duration) -> Result<Connected,
                 .map(str::trim)
                 .find(|a| speaks_tls(a))
             {
-                return Err(ConnectError::Protocol {
+                return Err(ConnectFailure::Protocol {
                     brokers,
                     security,
                     cause: format!(
                         "{addr} speaks TLS: set [kafka.security] protocol = \"ssl\" or \"sasl_ssl\""
                     ),
-                });
+                }
+                .into());
             }
         }
         if start.elapsed() >= timeout {
@@ -267,12 +291,13 @@ fn connect_blocking(kafka: &KafkaConfig, timeout: Duration) -> Result<Connected,
                     .map(|e| e.to_string())
                     .unwrap_or_else(|| "no answer".into());
             }
-            return Err(ConnectError::Unreachable {
+            return Err(ConnectFailure::Unreachable {
                 brokers,
                 security,
                 waited: timeout,
                 cause: last_cause,
-            });
+            }
+            .into());
         }
     }
 }
