@@ -496,3 +496,44 @@ async fn no_secret_appears_in_logs_audit_dead_letters_or_check_output() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lake_writes_to_an_https_s3_endpoint_with_a_private_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new(dir.path(), "s3");
+    let plain = crate::lake::s3_endpoint();
+    let upstream: std::net::SocketAddr = plain
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("an address");
+    let proxy = tls_proxy(&ca.server_cert(false), Some(upstream)).await;
+    let lake = crate::lake::LakeEnv::new(crate::lake::Store::S3, 1, "max_file_age = \"30s\"");
+    lake.env.create_topics().await;
+    let text = std::fs::read_to_string(&lake.env.config_path).expect("read");
+    let text = text.replace(
+        &format!("endpoint = \"{plain}\""),
+        &format!(
+            "endpoint = \"https://{}\"\nca_file = \"{}\"",
+            proxy.addr,
+            ca.ca_file.display()
+        ),
+    );
+    assert!(
+        text.contains("https://"),
+        "the lake config names the S3 endpoint"
+    );
+    std::fs::write(&lake.env.config_path, text).expect("write");
+    produce(
+        &lake.env.events,
+        &[Rec::json("k1", &order("lake-https-1", "/shop/web", 10.0))],
+    )
+    .await;
+    lake.drain("actions");
+    // The event and its audit record, written as Parquet through the TLS endpoint.
+    let summary = lake.drain("lake");
+    assert!(
+        summary.contains("2 records, 2 rows in 2 files"),
+        "{summary}"
+    );
+}
