@@ -129,6 +129,11 @@ impl ClientContext for Capture {
             RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "{fac} {message}"),
         }
         if fac == "FAIL" {
+            // "[thrd:sasl_ssl://host:port/bootstrap]: sasl_ssl://host:port/bootstrap: …"
+            let message = message
+                .strip_prefix("[thrd:")
+                .and_then(|rest| rest.split_once("]: "))
+                .map_or(message, |(_, text)| text);
             if let Ok(mut errors) = self.errors.lock() {
                 errors.push((RDKafkaErrorCode::BrokerTransportFailure, message.to_owned()));
             }

@@ -537,3 +537,46 @@ async fn the_lake_writes_to_an_https_s3_endpoint_with_a_private_ca() {
         "{summary}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_credentials_are_sent_and_never_shown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = format!("pw-{}", uuid::Uuid::new_v4().simple());
+    std::fs::write(dir.path().join("registry-password"), format!("{secret}\n")).expect("write");
+    let password = reflex::secret::SecretRef::File(dir.path().join("registry-password"))
+        .resolve("registry.password", dir.path())
+        .expect("readable");
+    // A server that records what it receives and answers nothing a registry would.
+    let server = crate::action_service::ActionService::start();
+    let client = reflex::registry::HttpRegistry::with_tls(
+        &server.url(),
+        Duration::from_secs(5),
+        &reflex::http::HttpTls::default(),
+        reflex::http::HttpAuth::Basic {
+            username: "reflex".into(),
+            password,
+        },
+    )
+    .expect("client");
+    let error = client
+        .subjects()
+        .await
+        .expect_err("not a registry")
+        .to_string();
+    let received = server.requests_to("/subjects");
+    assert_eq!(received.len(), 1, "{error}");
+    let expected = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("reflex:{secret}"))
+    };
+    assert_eq!(
+        received[0].header("authorization"),
+        Some(format!("Basic {expected}").as_str())
+    );
+    for shown in [error, format!("{client:?}")] {
+        assert!(
+            !shown.contains(&secret) && !shown.contains(&expected),
+            "{shown}"
+        );
+    }
+}
