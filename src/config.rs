@@ -441,7 +441,34 @@ impl PolicySettings {
     }
 }
 
+/// librdkafka properties that hold secrets: never inline in `[kafka.properties]` and friends.
+const SECRET_PROPERTIES: &[&str] = &[
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "ssl.truststore.password",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+    "ssl.key.pem",
+];
+
 fn kafka_config(raw: RawKafka, base: &Path) -> Result<KafkaConfig, ConfigError> {
+    for (table, properties) in [
+        ("kafka.properties", &raw.properties),
+        ("kafka.consumer", &raw.consumer),
+        ("kafka.producer", &raw.producer),
+    ] {
+        if let Some(key) = properties
+            .keys()
+            .find(|k| SECRET_PROPERTIES.contains(&k.as_str()))
+        {
+            return Err(ConfigError::Invalid {
+                key: "kafka.properties",
+                value: format!("[{table}] \"{key}\""),
+                why: "secrets are not accepted inline: use [kafka.security] with an env: or file: reference",
+            });
+        }
+    }
     Ok(KafkaConfig {
         security: security::kafka_security(&raw.security, base)?,
         brokers: raw.brokers,
@@ -747,5 +774,40 @@ types = ["refund.requested"]
             msg.contains("order.placed") && msg.contains("does not compile"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn secrets_are_references_and_never_shown() {
+        let f = Fixture::new();
+        let msg = f
+            .load(
+                &format!("{BOTH}\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n"),
+                &[],
+            )
+            .expect_err("inline secret property")
+            .to_string();
+        assert!(
+            msg.contains("sasl.password") && msg.contains("[kafka.security]"),
+            "{msg}"
+        );
+        assert!(!msg.contains("hunter2"), "{msg}");
+
+        std::fs::write(f.dir.path().join("kafka-password"), "k4fka-s3cret\n").expect("write");
+        std::fs::write(f.dir.path().join("registry-token"), "r3gistry-t0ken").expect("write");
+        let cfg = f
+            .load(
+                &format!(
+                    "{BOTH}\n[kafka.security]\nprotocol = \"sasl_ssl\"\nmechanism = \"SCRAM-SHA-256\"\nusername = \"reflex\"\npassword = \"file:kafka-password\"\n[registry]\nurl = \"https://registry.example.com\"\ntoken = \"file:registry-token\"\n"
+                ),
+                &[],
+            )
+            .expect("valid");
+        assert_eq!(cfg.kafka.security.describe(), "SASL_SSL/SCRAM-SHA-256");
+        let shown = format!("{:?} {:?}", cfg.kafka, cfg.registry);
+        assert!(
+            !shown.contains("k4fka-s3cret") && !shown.contains("r3gistry-t0ken"),
+            "{shown}"
+        );
+        assert!(shown.contains("file:kafka-password"), "{shown}");
     }
 }

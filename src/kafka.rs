@@ -1,4 +1,5 @@
-//! The Kafka layer: client settings, topic creation, delivery of output records, reading topics
+//! The Kafka layer: client settings (TLS and SASL from `[kafka.security]`), the connection
+//! check at start-up ([`connect()`]), topic creation, delivery of output records, reading topics
 //! to their end ([`read`]) and knowing when a group has caught up ([`drain`]).
 //!
 //! It knows nothing about events, schemas or policies; it moves [`OutRecord`]s and reports what

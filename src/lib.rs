@@ -21,8 +21,8 @@
 //!   records: the input record, the `reflex_*` headers (dead-letter and retry format), admission
 //!   (size → decode → validate) and the policy input and decision.
 //! - [`audit`]: the audit record and the outcome codes.
-//! - [`kafka`]: client settings, topic creation, delivery of output records, reading topics to
-//!   their end.
+//! - [`kafka`]: client settings (with `[kafka.security]`: TLS, SASL), the connection check at
+//!   start-up, topic creation, delivery of output records, reading topics to their end.
 //! - [`ordering`]: key-ordered concurrency within a partition: the key queue and the offset
 //!   tracker.
 //! - [`role`]: the worker roles side by side: [`role::actions`] (the consumer loop, scheduler,
