@@ -276,7 +276,7 @@ kafka_tls() {
             fi
             openssl req -newkey rsa:2048 -nodes -subj "/CN=reflex-$name" -keyout "$name.key" -out "$name.csr"
             openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
-                -extfile <(printf "$ext\n") -out "$name.pem"
+                -extfile <(printf '%b\n' "$ext") -out "$name.pem"
             rm -f "$name.csr"
         done
         # Kafka's PEM key store: the private key, then the certificate chain.
