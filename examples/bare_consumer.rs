@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
         properties: Default::default(),
         consumer: Default::default(),
         producer: Default::default(),
+        security: Default::default(),
     };
     let group = format!("bench-bare-{}", std::process::id());
     let consumer: StreamConsumer = reflex::kafka::consumer_config(&kafka, &group).create()?;

@@ -15,6 +15,11 @@
 # Kafka: one KRaft node acting as broker and controller on 127.0.0.1.
 #   KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_VERSION (4.4.0),
 #   KAFKA_HEAP_OPTS (-Xms256m -Xmx1g), KAFKA_JVM_OPTS (extra), KAFKA_START_TIMEOUT (90 s).
+#   Beside the plaintext listener, two secured ones with a throw-away CA (openssl), kept in
+#   $STACK_DIR/kafka/tls (ca.pem, client.pem + client.key, scram-password):
+#   KAFKA_SASL_SSL_PORT (9094): SASL_SSL, SCRAM-SHA-512, user KAFKA_SCRAM_USER (reflex)
+#   with a random password in tls/scram-password; KAFKA_SSL_PORT (9095): SSL with a client
+#   certificate required (mutual TLS).
 #
 # S3: s3s-fs 0.14.1 (crates.io, Apache-2.0), an S3-compatible server over a directory with one
 #   folder per bucket, installed on first use by `cargo install` into cargo's bin directory
@@ -117,13 +122,13 @@ stop_process() {
 status_line() {
     local name=$1 addr=$2 pid=$3 probe=$4 log=$5
     if [[ -z $pid ]]; then
-        printf '%-8s %-10s %s\n' "$name" stopped "$addr"
+        printf '%-10s %-10s %s\n' "$name" stopped "$addr"
         return 1
     fi
     if "$probe"; then
-        printf '%-8s %-10s %s (pid %s)\n' "$name" running "$addr" "$pid"
+        printf '%-10s %-10s %s (pid %s)\n' "$name" running "$addr" "$pid"
     else
-        printf '%-8s %-10s %s (pid %s, not answering; see %s)\n' "$name" unhealthy "$addr" "$pid" "$log"
+        printf '%-10s %-10s %s (pid %s, not answering; see %s)\n' "$name" unhealthy "$addr" "$pid" "$log"
         return 1
     fi
 }
@@ -149,10 +154,17 @@ KAFKA_LOG_DIRS="$KAFKA_DATA/kraft-combined-logs"
 KAFKA_LOGS="$KAFKA_DIR/logs"
 KAFKA_PIDFILE="$KAFKA_DIR/kafka.pid"
 KAFKA_ADDR="$KAFKA_HOST:$KAFKA_PORT"
+KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-9094}"
+KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-9095}"
+KAFKA_SCRAM_USER="${KAFKA_SCRAM_USER:-reflex}"
+KAFKA_TLS="$KAFKA_DIR/tls"                     # throw-away CA and certificates; removed by `down --clean`
 
 [[ $KAFKA_PORT =~ ^[0-9]+$ ]] || die "KAFKA_PORT must be a port number, got '$KAFKA_PORT'"
 [[ $KAFKA_CONTROLLER_PORT =~ ^[0-9]+$ ]] ||
     die "KAFKA_CONTROLLER_PORT must be a port number, got '$KAFKA_CONTROLLER_PORT'"
+[[ $KAFKA_SASL_SSL_PORT =~ ^[0-9]+$ ]] ||
+    die "KAFKA_SASL_SSL_PORT must be a port number, got '$KAFKA_SASL_SSL_PORT'"
+[[ $KAFKA_SSL_PORT =~ ^[0-9]+$ ]] || die "KAFKA_SSL_PORT must be a port number, got '$KAFKA_SSL_PORT'"
 
 # Health probe without starting a JVM: send a Kafka Metadata v4 request
 # (all topics) over /dev/tcp and require a reply listing at least one broker.
@@ -238,6 +250,65 @@ kafka_write_tools_log4j() {
 EOF
 }
 
+# A throw-away CA, a broker certificate for 127.0.0.1/localhost and a client certificate, all
+# signed by it, and a random SCRAM password; made once per stack dir.
+kafka_tls() {
+    [[ -f $KAFKA_TLS/.complete ]] && return 0
+    command -v openssl >/dev/null 2>&1 ||
+        die "openssl not found: it makes the local stack's test certificates (Debian: apt-get install openssl)"
+    say "kafka: making a throw-away CA and certificates in $KAFKA_TLS"
+    local tmp="$KAFKA_TLS.tmp.$$" log="$KAFKA_LOGS/tls.log"
+    rm -rf "$tmp"
+    mkdir -p "$tmp" "$KAFKA_LOGS"
+    (
+        set -e
+        cd "$tmp"
+        umask 077
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=reflex local stack CA" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -keyout ca.key -out ca.pem
+        local name ext
+        for name in broker client; do
+            if [[ $name == broker ]]; then
+                ext="subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"
+            else
+                ext="extendedKeyUsage=clientAuth"
+            fi
+            openssl req -newkey rsa:2048 -nodes -subj "/CN=reflex-$name" -keyout "$name.key" -out "$name.csr"
+            openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+                -extfile <(printf '%b\n' "$ext") -out "$name.pem"
+            rm -f "$name.csr"
+        done
+        # Kafka's PEM key store: the private key, then the certificate chain.
+        cat broker.key broker.pem >broker-keystore.pem
+        head -c 18 /dev/urandom | base64 | tr '+/' '-_' >scram-password
+    ) >"$log" 2>&1 || {
+        show_log_tail "$log"
+        rm -rf "$tmp"
+        die "kafka: openssl could not make the test certificates (full log: $log)"
+    }
+    touch "$tmp/.complete"
+    rm -rf "$KAFKA_TLS"
+    mv "$tmp" "$KAFKA_TLS"
+}
+
+# The SCRAM user of the SASL_SSL listener (an upsert, over the plaintext listener), once per
+# data dir: the credentials live in the cluster's metadata log.
+kafka_scram_user() {
+    local log="$KAFKA_LOGS/scram.log" password marker="$KAFKA_DATA/scram-user-$KAFKA_SCRAM_USER"
+    [[ -f $marker ]] && return 0
+    password="$(<"$KAFKA_TLS/scram-password")"
+    if ! java -Xmx256m -Dlog4j2.configurationFile="$KAFKA_CONF/tools-log4j2.xml" -cp "$KAFKA_LIBS/*" \
+        org.apache.kafka.tools.ConfigCommand --bootstrap-server "$KAFKA_ADDR" --alter \
+        --add-config "SCRAM-SHA-512=[password=$password]" \
+        --entity-type users --entity-name "$KAFKA_SCRAM_USER" >"$log" 2>&1; then
+        show_log_tail "$log"
+        die "kafka: could not create SCRAM user $KAFKA_SCRAM_USER (full log: $log)"
+    fi
+    touch "$marker"
+    say "kafka: SASL_SSL on $KAFKA_HOST:$KAFKA_SASL_SSL_PORT (SCRAM user $KAFKA_SCRAM_USER, password in $KAFKA_TLS/scram-password), mutual TLS on $KAFKA_HOST:$KAFKA_SSL_PORT, CA $KAFKA_TLS/ca.pem"
+}
+
 kafka_write_config() {
     mkdir -p "$KAFKA_CONF" "$KAFKA_LOGS" "$KAFKA_LOG_DIRS"
     cat >"$KAFKA_CONF/server.properties" <<EOF
@@ -246,11 +317,20 @@ kafka_write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT,SASL_SSL://$KAFKA_HOST:$KAFKA_SASL_SSL_PORT,SSL://$KAFKA_HOST:$KAFKA_SSL_PORT
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,SASL_SSL://$KAFKA_HOST:$KAFKA_SASL_SSL_PORT,SSL://$KAFKA_HOST:$KAFKA_SSL_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
+
+# Secured listeners, with the throw-away CA of $KAFKA_TLS.
+ssl.keystore.type=PEM
+ssl.keystore.location=$KAFKA_TLS/broker-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$KAFKA_TLS/ca.pem
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.ssl.ssl.client.auth=required
 
 log.dirs=$KAFKA_LOG_DIRS
 
@@ -354,6 +434,11 @@ kafka_up() {
     if pid="$(kafka_pid)"; then
         if kafka_probe; then
             say "kafka: already running on $KAFKA_ADDR (pid $pid)"
+            if port_open "$KAFKA_HOST" "$KAFKA_SASL_SSL_PORT"; then
+                kafka_scram_user
+            else
+                say "kafka: warning: no SASL_SSL listener on $KAFKA_HOST:$KAFKA_SASL_SSL_PORT (the broker was started by an older stack script); restart it for the security tests: make down && make up" >&2
+            fi
             return 0
         fi
         say "kafka: pid $pid is up but not answering yet; waiting"
@@ -362,12 +447,13 @@ kafka_up() {
     fi
 
     local port
-    for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_SSL_PORT" "$KAFKA_SSL_PORT"; do
         ! port_open "$KAFKA_HOST" "$port" ||
             die "kafka: $KAFKA_HOST:$port is already in use by another process (a Docker Kafka? another stack dir?); stop it or set KAFKA_PORT / KAFKA_CONTROLLER_PORT"
     done
 
     kafka_fetch
+    kafka_tls
     kafka_write_config
     kafka_format
 
@@ -395,6 +481,7 @@ kafka_up() {
     pid="$(cat "$KAFKA_PIDFILE" 2>/dev/null || true)"
     [[ -n $pid ]] || die "kafka: broker did not start; see $KAFKA_LOGS/kafka.out"
     kafka_wait_ready "$pid" "$log_from"
+    kafka_scram_user
 }
 
 # SIGTERM, wait up to KAFKA_STOP_TIMEOUT s (clean shutdown), then SIGKILL.
@@ -411,13 +498,25 @@ kafka_down() {
         say "kafka: not running"
     fi
     if [[ ${CLEAN:-false} == true ]]; then
-        rm -rf "$KAFKA_DATA"
-        say "kafka: removed data dir $KAFKA_DATA"
+        rm -rf "$KAFKA_DATA" "$KAFKA_TLS"
+        say "kafka: removed data dir $KAFKA_DATA and certificates $KAFKA_TLS"
     fi
 }
 
+kafka_sasl_ssl_probe() { port_open "$KAFKA_HOST" "$KAFKA_SASL_SSL_PORT"; }
+kafka_ssl_probe() { port_open "$KAFKA_HOST" "$KAFKA_SSL_PORT"; }
+
 kafka_status() {
-    status_line kafka "$KAFKA_ADDR" "$(kafka_pid 2>/dev/null || true)" kafka_probe "$KAFKA_LOGS/server.log"
+    local pid rc=0
+    pid="$(kafka_pid 2>/dev/null || true)"
+    status_line kafka "$KAFKA_ADDR" "$pid" kafka_probe "$KAFKA_LOGS/server.log" || rc=1
+    status_line kafka-sasl "sasl_ssl://$KAFKA_HOST:$KAFKA_SASL_SSL_PORT" "$pid" kafka_sasl_ssl_probe \
+        "$KAFKA_LOGS/server.log" || rc=1
+    status_line kafka-tls "ssl://$KAFKA_HOST:$KAFKA_SSL_PORT" "$pid" kafka_ssl_probe "$KAFKA_LOGS/server.log" || rc=1
+    if [[ -f $KAFKA_TLS/.complete ]]; then
+        printf '%-10s %-10s %s\n' "" "" "SCRAM-SHA-512 user $KAFKA_SCRAM_USER, password file $KAFKA_TLS/scram-password; CA $KAFKA_TLS/ca.pem; client certificate $KAFKA_TLS/client.pem + client.key"
+    fi
+    return "$rc"
 }
 
 # shellcheck source=scripts/stack/registry.sh

@@ -4,6 +4,7 @@
 mod env;
 mod lake;
 mod raw;
+mod security;
 mod services;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,9 @@ pub use lake::{LakeConfig, RawLake, RawLakeRole, RawLakeS3, StoreLocation};
 pub use raw::{
     RawAction, RawActionsRole, RawConfig, RawEmitAction, RawHttpAction, RawKafka, RawLogAction,
     RawPolicy, RawRegistry, RawRoles, RawSchemas, RawTopics,
+};
+pub use security::{
+    KafkaSecurity, RawHttpTls, RawKafkaSecurity, SaslAuth, SaslMechanism, SecurityProtocol,
 };
 pub use services::{RawEnrichment, RawLookup, RawServices};
 
@@ -38,6 +42,19 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A file named by a key (a certificate, a key, a CA bundle) cannot be read.
+    #[error("{key} = \"{path}\": cannot read the file: {source}", path = path.display())]
+    File {
+        /// The key.
+        key: &'static str,
+        /// The file, resolved against the config file's directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A secret could not be read from its reference.
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
     /// The file is not valid TOML or has unknown keys or wrong types.
     #[error("config {path} is invalid: {message}")]
     Parse {
@@ -160,6 +177,8 @@ pub struct KafkaConfig {
     pub consumer: BTreeMap<String, String>,
     /// Extra librdkafka properties for producers.
     pub producer: BTreeMap<String, String>,
+    /// TLS and SASL, validated, secrets read.
+    pub security: KafkaSecurity,
 }
 
 /// Topic names and creation settings.
@@ -312,23 +331,27 @@ impl Config {
             .with_redaction(&raw.policy.redact)?
             .with_engine(raw.policy.engine);
         let actions = build_actions(&raw.actions, &schemas, &schema_dir, env)?;
-        let services = services::services_config(&raw.services)?;
+        let services = services::services_config(&raw.services, base)?;
         let enrichment = services::enrichment_table(&raw.enrichment, &schemas, &schema_dir)?;
         let registry = match raw.registry.url.trim() {
             "" => None,
-            url => Some(Arc::new(
-                HttpRegistry::new(url, raw.registry.timeout).map_err(|source| {
-                    ConfigError::Registry {
-                        url: url.to_owned(),
-                        source,
-                    }
-                })?,
-            )),
+            url => {
+                let tls = security::http_tls(&raw.registry.tls, "registry.tls", base)?;
+                let auth = registry_auth(&raw.registry, base)?;
+                Some(Arc::new(
+                    HttpRegistry::with_tls(url, raw.registry.timeout, &tls, auth).map_err(
+                        |source| ConfigError::Registry {
+                            url: url.to_owned(),
+                            source,
+                        },
+                    )?,
+                ))
+            }
         };
         let lake = LakeConfig::new(raw.lake, raw.roles.lake, base)?;
         Ok(Self {
             path: path.to_owned(),
-            kafka: kafka_config(raw.kafka),
+            kafka: kafka_config(raw.kafka, base)?,
             topics: Topics {
                 events: raw.topics.events,
                 audit: raw.topics.audit,
@@ -451,19 +474,65 @@ impl PolicySettings {
             entry: raw.policy.entry,
             redact: raw.policy.redact,
             timeout: raw.policy.timeout,
-            kafka: kafka_config(raw.kafka),
+            kafka: kafka_config(raw.kafka, &base)?,
             audit_topic: raw.topics.audit,
         })
     }
 }
 
-fn kafka_config(raw: RawKafka) -> KafkaConfig {
-    KafkaConfig {
+/// librdkafka properties that hold secrets: never inline in `[kafka.properties]` and friends.
+const SECRET_PROPERTIES: &[&str] = &[
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "ssl.truststore.password",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+    "ssl.key.pem",
+];
+
+fn kafka_config(raw: RawKafka, base: &Path) -> Result<KafkaConfig, ConfigError> {
+    for (table, properties) in [
+        ("kafka.properties", &raw.properties),
+        ("kafka.consumer", &raw.consumer),
+        ("kafka.producer", &raw.producer),
+    ] {
+        if let Some(key) = properties
+            .keys()
+            .find(|k| SECRET_PROPERTIES.contains(&k.as_str()))
+        {
+            return Err(ConfigError::Invalid {
+                key: "kafka.properties",
+                value: format!("[{table}] \"{key}\""),
+                why: "secrets are not accepted inline: use [kafka.security] with an env: or file: reference",
+            });
+        }
+    }
+    Ok(KafkaConfig {
+        security: security::kafka_security(&raw.security, base)?,
         brokers: raw.brokers,
         client_id: raw.client_id,
         properties: raw.properties,
         consumer: raw.consumer,
         producer: raw.producer,
+    })
+}
+
+/// `[registry]` credentials: basic authentication or a bearer token, not both.
+fn registry_auth(raw: &RawRegistry, base: &Path) -> Result<crate::http::HttpAuth, ConfigError> {
+    use crate::http::HttpAuth;
+    match (&raw.username, &raw.password, &raw.token) {
+        (None, None, None) => Ok(HttpAuth::None),
+        (Some(username), Some(password), None) => Ok(HttpAuth::Basic {
+            username: username.clone(),
+            password: password.resolve("registry.password", base)?,
+        }),
+        (None, None, Some(token)) => Ok(HttpAuth::Bearer(token.resolve("registry.token", base)?)),
+        _ => Err(ConfigError::Invalid {
+            key: "registry.username",
+            value: raw.username.clone().unwrap_or_default(),
+            why: "set username and password (basic authentication) or token (bearer), not a mix",
+        }),
     }
 }
 
@@ -804,5 +873,40 @@ types = ["refund.requested"]
             msg.contains("order.placed") && msg.contains("does not compile"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn secrets_are_references_and_never_shown() {
+        let f = Fixture::new();
+        let msg = f
+            .load(
+                &format!("{BOTH}\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n"),
+                &[],
+            )
+            .expect_err("inline secret property")
+            .to_string();
+        assert!(
+            msg.contains("sasl.password") && msg.contains("[kafka.security]"),
+            "{msg}"
+        );
+        assert!(!msg.contains("hunter2"), "{msg}");
+
+        std::fs::write(f.dir.path().join("kafka-password"), "k4fka-s3cret\n").expect("write");
+        std::fs::write(f.dir.path().join("registry-token"), "r3gistry-t0ken").expect("write");
+        let cfg = f
+            .load(
+                &format!(
+                    "{BOTH}\n[kafka.security]\nprotocol = \"sasl_ssl\"\nmechanism = \"SCRAM-SHA-256\"\nusername = \"reflex\"\npassword = \"file:kafka-password\"\n[registry]\nurl = \"https://registry.example.com\"\ntoken = \"file:registry-token\"\n"
+                ),
+                &[],
+            )
+            .expect("valid");
+        assert_eq!(cfg.kafka.security.describe(), "SASL_SSL/SCRAM-SHA-256");
+        let shown = format!("{:?} {:?}", cfg.kafka, cfg.registry);
+        assert!(
+            !shown.contains("k4fka-s3cret") && !shown.contains("r3gistry-t0ken"),
+            "{shown}"
+        );
+        assert!(shown.contains("file:kafka-password"), "{shown}");
     }
 }

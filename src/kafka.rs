@@ -1,4 +1,5 @@
-//! The Kafka layer: client settings, topic creation, delivery of output records, reading topics
+//! The Kafka layer: client settings (TLS and SASL from `[kafka.security]`), the connection
+//! check at start-up ([`connect()`]), topic creation, delivery of output records, reading topics
 //! to their end ([`read`]) and knowing when a group has caught up ([`drain`]).
 //!
 //! It knows nothing about events, schemas or policies; it moves [`OutRecord`]s and reports what
@@ -17,9 +18,11 @@ use rdkafka::util::Timeout;
 use crate::config::{KafkaConfig, Topics};
 use crate::ingest::{Input, OutRecord};
 
+pub mod connect;
 pub mod drain;
 pub mod read;
 
+pub use connect::{connect, ConnectError, ConnectFailure, Connected, CONNECT_TIMEOUT};
 pub use drain::caught_up;
 pub use read::{reader, scan, ReadError, Start, TopicReader};
 
@@ -47,6 +50,9 @@ pub enum KafkaSetupError {
         /// The broker's answer.
         message: String,
     },
+    /// The brokers refused the connection or did not answer at start-up.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The brokers did not answer.
     #[error("Kafka at {brokers} did not answer ({source}); is the broker running? (`make up` starts one)")]
     Unreachable {
@@ -57,12 +63,16 @@ pub enum KafkaSetupError {
     },
 }
 
-/// Settings shared by every client; `[kafka.properties]` are applied last by [`with_properties`].
+/// Settings shared by every client, `[kafka.security]` included; `[kafka.properties]` are
+/// applied last by [`with_properties`].
 pub fn base_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &kafka.brokers)
         .set("client.id", &kafka.client_id);
+    for (key, value) in kafka.security.properties() {
+        config.set(key, value);
+    }
     config
 }
 

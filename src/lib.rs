@@ -24,8 +24,9 @@
 //! - [`audit`]: the audit record and the outcome codes.
 //! - [`backoff`]: exponential backoff with optional full jitter, shared by every retry loop.
 //! - [`cli`]: the commands' reports, printed by the binary as text or JSON.
-//! - [`kafka`]: client settings, topic creation, delivery of output records, reading topics to
-//!   their end.
+//! - [`connectivity`]: `reflex check --connect`, every configured endpoint tried and reported.
+//! - [`kafka`]: client settings (with `[kafka.security]`: TLS, SASL), the connection check at
+//!   start-up, topic creation, delivery of output records, reading topics to their end.
 //! - [`ordering`]: key-ordered concurrency within a partition: the key queue and the offset
 //!   tracker.
 //! - [`role`]: the worker roles side by side: [`role::actions`] (the consumer loop, scheduler,
@@ -36,6 +37,10 @@
 //! - [`dlq`]: `reflex dlq list|replay`: the dead-letter topic summarised and sent back.
 //! - [`replay`]: `reflex policy replay`, a candidate policy set against the recorded decisions.
 //! - [`summary`]: per-type counts of outcomes and reasons.
+//! - [`connectivity`]: `reflex check --connect`, every configured endpoint tried and reported.
+//! - [`secret`]: secrets read from `env:` or `file:` references, never shown.
+//! - [`http`]: the one HTTP client stack (reqwest over rustls): private CAs, client
+//!   certificates, credentials.
 //!
 //! # One event's way through the actions role
 //! 1. The actions role ([`role::actions`]) polls a record and hands it to its pipeline.
@@ -62,9 +67,11 @@ pub mod audit;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod connectivity;
 pub mod dlq;
 pub mod enrich;
 pub mod event;
+pub mod http;
 pub mod ingest;
 pub mod kafka;
 pub mod lake;
@@ -75,5 +82,6 @@ pub mod registry;
 pub mod replay;
 pub mod role;
 pub mod schema;
+pub mod secret;
 pub mod service;
 pub mod summary;

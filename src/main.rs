@@ -74,6 +74,10 @@ enum Command {
     },
     /// Validate the configuration, schemas, policies and actions without a broker.
     Check {
+        /// Also try every configured endpoint (brokers, registry, object store, HTTP services)
+        /// and report each; exit 1 if any fails.
+        #[arg(long)]
+        connect: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -289,7 +293,13 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     match args.command {
-        Command::Check { output } => print(&cli::check::report(&config), output),
+        Command::Check { connect, output } => {
+            let mut report = cli::check::report(&config);
+            if connect {
+                report.endpoints = Some(runtime.block_on(reflex::connectivity::check(&config)));
+            }
+            print(&report, output)
+        }
         Command::Topics { output } => {
             let report = runtime.block_on(cli::topics::report(&config))?;
             print(&report, output)

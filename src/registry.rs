@@ -17,6 +17,7 @@ use schema_registry_converter::async_impl::schema_registry::{
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use serde::Deserialize;
 
+use crate::http::{HttpAuth, HttpTls};
 use crate::schema::{Format, Kind};
 
 pub mod manage;
@@ -123,19 +124,37 @@ struct Compatibility {
 impl HttpRegistry {
     /// A client for the registry at `url` (e.g. `http://127.0.0.1:8081/apis/ccompat/v7`).
     pub fn new(url: &str, timeout: Duration) -> Result<Self, RegistryError> {
+        Self::with_tls(url, timeout, &HttpTls::default(), HttpAuth::None)
+    }
+
+    /// A client that trusts `tls`'s CAs, presents its client certificate, and sends `auth` with
+    /// every request (as a sensitive header, so no `Debug` output shows it).
+    pub fn with_tls(
+        url: &str,
+        timeout: Duration,
+        tls: &HttpTls,
+        auth: HttpAuth,
+    ) -> Result<Self, RegistryError> {
         let url = url.trim_end_matches('/').to_owned();
         let unavailable = |message: String| RegistryError::Unavailable {
             url: url.clone(),
             message,
         };
+        let builder = || -> Result<reqwest::ClientBuilder, RegistryError> {
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(value) = auth.header() {
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+            Ok(crate::http::client_builder(tls)
+                .map_err(|e| unavailable(e.to_string()))?
+                .default_headers(headers)
+                .timeout(timeout))
+        };
         let settings = SrSettings::new_builder(url.clone())
             .set_timeout(timeout)
-            .build()
+            .build_with(builder()?)
             .map_err(|e| unavailable(e.to_string()))?;
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| unavailable(e.to_string()))?;
+        let http = builder()?.build().map_err(|e| unavailable(e.to_string()))?;
         Ok(Self {
             url,
             settings,
@@ -206,7 +225,7 @@ impl HttpRegistry {
             Err(e) if e.to_string().contains("status 404") => {
                 return Err(self.remember_missing(RegistryError::NotFound(id), id));
             }
-            Err(e) => return Err(self.unavailable(e.to_string())),
+            Err(e) => return Err(self.unavailable(crate::http::error_chain(&e))),
         };
         let format = match fetched.schema_type {
             SchemaType::Avro => Format::Avro,
@@ -303,18 +322,18 @@ impl HttpRegistry {
         let response = request
             .send()
             .await
-            .map_err(|e| self.unavailable(e.to_string()))?;
+            .map_err(|e| self.unavailable(crate::http::error_chain(&e)))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
         let response = response
             .error_for_status()
-            .map_err(|e| self.unavailable(e.to_string()))?;
+            .map_err(|e| self.unavailable(crate::http::error_chain(&e)))?;
         response
             .json()
             .await
             .map(Some)
-            .map_err(|e| self.unavailable(e.to_string()))
+            .map_err(|e| self.unavailable(crate::http::error_chain(&e)))
     }
 
     /// The compatibility level that applies to `subject` (its own or the global one).
@@ -351,7 +370,7 @@ impl HttpRegistry {
             .json(&schema_body(format, text))
             .send()
             .await
-            .map_err(|e| self.unavailable(e.to_string()))?;
+            .map_err(|e| self.unavailable(crate::http::error_chain(&e)))?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(Vec::new());
         }
@@ -359,7 +378,7 @@ impl HttpRegistry {
         let text_body = response
             .text()
             .await
-            .map_err(|e| self.unavailable(e.to_string()))?;
+            .map_err(|e| self.unavailable(crate::http::error_chain(&e)))?;
         let answer: Compatibility =
             serde_json::from_str(&text_body).map_err(|_| RegistryError::Refused {
                 what: format!("the compatibility check of subject \"{subject}\""),
@@ -391,11 +410,11 @@ impl HttpRegistry {
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| self.unavailable(e.to_string()))?;
+            .map_err(|e| self.unavailable(crate::http::error_chain(&e)))?;
         response
             .json()
             .await
-            .map_err(|e| self.unavailable(e.to_string()))
+            .map_err(|e| self.unavailable(crate::http::error_chain(&e)))
     }
 
     /// Caches a permanent failure for `id`, so the event is dead-lettered with it.

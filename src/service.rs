@@ -36,16 +36,24 @@ pub const EXCERPT_BYTES: usize = 512;
 pub const ACTION_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// `[services]`: settings shared by every service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServicesConfig {
     /// When each service's breaker opens and for how long.
     pub breaker: BreakerSettings,
+    /// Private CA and client certificate for HTTPS services.
+    pub tls: crate::http::HttpTls,
 }
 
 /// Why the HTTP client cannot be built.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client for services: {0}")]
-pub struct ServiceError(#[source] reqwest::Error);
+pub enum ServiceError {
+    /// reqwest refused the settings.
+    #[error("cannot build the HTTP client for services: {0}")]
+    Client(#[source] reqwest::Error),
+    /// The `[services.tls]` files are not usable.
+    #[error("cannot build the HTTP client for services: {0}")]
+    Tls(#[source] crate::http::TlsError),
+}
 
 /// One HTTP action, validated: where and how to call, and how patiently.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,11 +173,12 @@ struct Inner {
 impl Services {
     /// One client (no redirects, pooled connections) and no breaker yet.
     pub fn new(config: ServicesConfig) -> Result<Self, ServiceError> {
-        let client = reqwest::Client::builder()
+        let client = crate::http::client_builder(&config.tls)
+            .map_err(ServiceError::Tls)?
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("reflex/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(ServiceError)?;
+            .map_err(ServiceError::Client)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,

@@ -19,6 +19,9 @@ pub struct CheckReport {
     pub schemas: SchemaSummary,
     /// The policy directory, its modules and revision.
     pub policies: PolicySummary,
+    /// With `--connect`: each configured endpoint and whether it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<crate::connectivity::Endpoint>>,
     /// The action of each event type, sorted by type.
     pub actions: Vec<TypeAction>,
 }
@@ -132,10 +135,17 @@ pub fn report(config: &Config) -> CheckReport {
             ),
         },
         actions,
+        endpoints: None,
     }
 }
 
-impl Report for CheckReport {}
+impl Report for CheckReport {
+    fn success(&self) -> bool {
+        self.endpoints
+            .as_ref()
+            .is_none_or(|e| e.iter().all(crate::connectivity::Endpoint::ok))
+    }
+}
 
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -170,6 +180,12 @@ impl fmt::Display for CheckReport {
                     "\n    enrichment {}: GET {} (timeout {}, cached {}, on_error = {})",
                     l.name, l.url, l.timeout, l.ttl, l.on_error
                 )?;
+            }
+        }
+        if let Some(endpoints) = &self.endpoints {
+            write!(f, "\n  endpoints")?;
+            for endpoint in endpoints {
+                write!(f, "\n{endpoint}")?;
             }
         }
         Ok(())

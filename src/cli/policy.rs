@@ -257,6 +257,7 @@ mod tests {
                 properties: Default::default(),
                 consumer: Default::default(),
                 producer: Default::default(),
+                security: Default::default(),
             },
             audit_topic: "reflex.audit".into(),
         }

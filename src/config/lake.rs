@@ -60,6 +60,9 @@ pub struct RawLakeS3 {
     pub region: String,
     /// Path-style requests (`endpoint/bucket/key`), as MinIO and s3s-fs expect.
     pub path_style: bool,
+    /// PEM file of a private CA for an HTTPS endpoint, trusted beside the system's CAs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for RawLakeS3 {
@@ -68,6 +71,7 @@ impl Default for RawLakeS3 {
             endpoint: String::new(),
             region: "us-east-1".into(),
             path_style: true,
+            ca_file: None,
         }
     }
 }
@@ -115,6 +119,8 @@ pub struct LakeConfig {
     pub s3_region: String,
     /// S3 path-style requests.
     pub s3_path_style: bool,
+    /// Private CA of an HTTPS S3 endpoint.
+    pub s3_ca_file: Option<PathBuf>,
     /// Rotation limits per partition.
     pub limits: Limits,
     /// Bound on all buffered rows.
@@ -159,6 +165,18 @@ impl LakeConfig {
             s3_endpoint: raw.s3.endpoint,
             s3_region: raw.s3.region,
             s3_path_style: raw.s3.path_style,
+            s3_ca_file: match raw.s3.ca_file {
+                Some(file) => {
+                    let path = base.join(file);
+                    std::fs::File::open(&path).map_err(|source| ConfigError::File {
+                        key: "lake.s3.ca_file",
+                        path: path.clone(),
+                        source,
+                    })?;
+                    Some(path)
+                }
+                None => None,
+            },
             limits: Limits {
                 max_records: positive("lake.max_file_records", raw.max_file_records)?,
                 max_bytes: positive("lake.max_file_bytes", raw.max_file_bytes)?,

@@ -49,6 +49,8 @@ pub struct RawKafka {
     pub consumer: BTreeMap<String, String>,
     /// Extra librdkafka properties for producers only.
     pub producer: BTreeMap<String, String>,
+    /// TLS and SASL: `[kafka.security]`.
+    pub security: super::security::RawKafkaSecurity,
 }
 
 impl Default for RawKafka {
@@ -59,6 +61,7 @@ impl Default for RawKafka {
             properties: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
+            security: super::security::RawKafkaSecurity::default(),
         }
     }
 }
@@ -174,6 +177,17 @@ pub struct RawRegistry {
     pub timeout: Duration,
     /// Header naming the event type of plain (non-CloudEvents) wire-format records.
     pub type_header: String,
+    /// Basic authentication user (with `password`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Basic authentication password: `env:VAR` or `file:PATH`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<crate::secret::SecretRef>,
+    /// Bearer token: `env:VAR` or `file:PATH`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<crate::secret::SecretRef>,
+    /// Private CA and client certificate: `[registry.tls]`.
+    pub tls: super::security::RawHttpTls,
 }
 
 impl Default for RawRegistry {
@@ -182,6 +196,10 @@ impl Default for RawRegistry {
             url: String::new(),
             timeout: Duration::from_secs(5),
             type_header: "event_type".into(),
+            username: None,
+            password: None,
+            token: None,
+            tls: super::security::RawHttpTls::default(),
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct RawServices {
     /// How long an open breaker refuses calls before one trial call.
     #[serde(with = "humantime_serde")]
     pub breaker_open_for: Duration,
+    /// Private CA and client certificate for HTTPS services: `[services.tls]`.
+    pub tls: super::security::RawHttpTls,
 }
 
 impl Default for RawServices {
@@ -54,6 +56,7 @@ impl Default for RawServices {
         Self {
             breaker_failures: d.failures,
             breaker_open_for: d.open_for,
+            tls: super::security::RawHttpTls::default(),
         }
     }
 }
@@ -100,7 +103,7 @@ pub struct RawLookup {
 }
 
 /// Validates `[services]`.
-pub fn services_config(raw: &RawServices) -> Result<ServicesConfig, ConfigError> {
+pub fn services_config(raw: &RawServices, base: &Path) -> Result<ServicesConfig, ConfigError> {
     if raw.breaker_failures == 0 {
         return Err(ConfigError::Invalid {
             key: "services.breaker_failures",
@@ -120,6 +123,7 @@ pub fn services_config(raw: &RawServices) -> Result<ServicesConfig, ConfigError>
             failures: raw.breaker_failures,
             open_for: raw.breaker_open_for,
         },
+        tls: super::security::http_tls(&raw.tls, "services.tls", base)?,
     })
 }
 

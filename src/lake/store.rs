@@ -72,7 +72,18 @@ impl LakeStore {
                 })
             }
             StoreLocation::S3 { bucket, prefix } => {
-                let mut builder = AmazonS3Builder::from_env()
+                let mut builder = AmazonS3Builder::from_env();
+                if let Some(ca_file) = &config.s3_ca_file {
+                    let pem = std::fs::read(ca_file).map_err(|e| open_err(Box::new(e)))?;
+                    let mut options = object_store::ClientOptions::new();
+                    for cert in object_store::Certificate::from_pem_bundle(&pem)
+                        .map_err(|e| open_err(Box::new(e)))?
+                    {
+                        options = options.with_root_certificate(cert);
+                    }
+                    builder = builder.with_client_options(options);
+                }
+                let mut builder = builder
                     .with_bucket_name(bucket)
                     .with_region(&config.s3_region)
                     .with_virtual_hosted_style_request(!config.s3_path_style);

@@ -92,6 +92,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Summary, WorkerError> {
     let role = &config.actions_role;
+    kafka::connect(&config.kafka, kafka::CONNECT_TIMEOUT)
+        .await
+        .map_err(KafkaSetupError::from)?;
     if config.topics.create_missing {
         let extra = emitted_topics(config);
         let created = kafka::ensure_topics(&config.kafka, &config.topics, &extra).await?;
@@ -125,7 +128,7 @@ pub async fn run(
         config.policy_reload_interval,
         watch_stop,
     );
-    let services = Services::new(config.services)?;
+    let services = Services::new(config.services.clone())?;
     let mut evaluators = vec![policy.evaluator()];
     let set = policy.current();
     evaluators.extend((1..role.deciders).map(|_| set.evaluator()));

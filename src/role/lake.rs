@@ -111,6 +111,9 @@ pub async fn run(
     options: LakeRunOptions,
     shutdown: CancellationToken,
 ) -> Result<LakeSummary, LakeError> {
+    kafka::connect(&config.kafka, kafka::CONNECT_TIMEOUT)
+        .await
+        .map_err(KafkaSetupError::from)?;
     if config.topics.create_missing {
         kafka::ensure_topics(&config.kafka, &config.topics, &[]).await?;
     }

@@ -77,6 +77,8 @@ dir = "{schemas}"
 [policy]
 dir = "{policies}"
 emit_topic = "{policy_events}"
+# Tests share a loaded machine: a slow decision must not become a policy_timeout deny.
+timeout = "5s"
 [actions.request_shipment]
 kind = "emit"
 types = ["order.placed"]

@@ -17,7 +17,7 @@ pub enum Store {
     S3,
 }
 
-fn s3_endpoint() -> String {
+pub fn s3_endpoint() -> String {
     std::env::var("REFLEX_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:8014".into())
 }
 

@@ -12,4 +12,6 @@ mod lake;
 mod opa;
 mod policy;
 mod registry;
+mod security;
 mod services;
+mod tls;

@@ -29,6 +29,7 @@ fn event(id: &str, customer: &str) -> CloudEvent {
 fn services(failures: u32, open_for: Duration) -> Services {
     Services::new(ServicesConfig {
         breaker: BreakerSettings { failures, open_for },
+        ..ServicesConfig::default()
     })
     .expect("client")
 }
