@@ -5,6 +5,7 @@ mod env;
 mod lake;
 mod raw;
 mod services;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ pub use raw::{
     RawPolicy, RawRegistry, RawRoles, RawSchemas, RawTopics,
 };
 pub use services::{RawEnrichment, RawLookup, RawServices};
+pub use telemetry::{RawTelemetry, TelemetryConfig};
 
 use crate::action::{Action, ActionKind, ActionTable};
 use crate::enrich::EnrichmentTable;
@@ -241,6 +243,8 @@ pub struct Config {
     pub services: ServicesConfig,
     /// The lookups of each event type.
     pub enrichment: Arc<EnrichmentTable>,
+    /// The telemetry listener.
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -326,6 +330,7 @@ impl Config {
             )),
         };
         let lake = LakeConfig::new(raw.lake, raw.roles.lake, base)?;
+        let telemetry = TelemetryConfig::new(raw.telemetry)?;
         Ok(Self {
             path: path.to_owned(),
             kafka: kafka_config(raw.kafka),
@@ -365,6 +370,7 @@ impl Config {
             lake,
             services,
             enrichment: Arc::new(enrichment),
+            telemetry,
         })
     }
 }

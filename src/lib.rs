@@ -36,6 +36,8 @@
 //! - [`dlq`]: `reflex dlq list|replay`: the dead-letter topic summarised and sent back.
 //! - [`replay`]: `reflex policy replay`, a candidate policy set against the recorded decisions.
 //! - [`summary`]: per-type counts of outcomes and reasons.
+//! - [`telemetry`]: every metric's name, the typed events that count them, the lag probe and
+//!   the listener serving `/metrics`, `/healthz` and `/readyz`.
 //!
 //! # One event's way through the actions role
 //! 1. The actions role ([`role::actions`]) polls a record and hands it to its pipeline.
@@ -77,3 +79,4 @@ pub mod role;
 pub mod schema;
 pub mod service;
 pub mod summary;
+pub mod telemetry;
