@@ -13,3 +13,4 @@ mod opa;
 mod policy;
 mod registry;
 mod services;
+mod telemetry;
