@@ -29,8 +29,12 @@ mkdir -p "$BIN_DIR"
 echo "prometheus: building github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION (first run only, several minutes)..." >&2
 tmp="$(mktemp -d "$BIN_DIR/.prometheus-build.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
+# The module's v0.3XY.Z is release 3.XY.Z; stamped into the binary, as the release build does.
+release="${PROMETHEUS_VERSION#v0.}"
+release="${release:0:1}.${release:1}"
 GOBIN="$tmp" GOFLAGS="${GOFLAGS:--buildvcs=false}" CGO_ENABLED=0 \
-    go install "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" >&2
+    go install -ldflags "-X github.com/prometheus/common/version.Version=$release" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" >&2
 mv "$tmp/prometheus" "$PROMETHEUS"
 echo "$PROMETHEUS_VERSION" >"$STAMP"
 "$PROMETHEUS" --version >&2
