@@ -33,12 +33,12 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     /// The address could not be bound (in use, or not an address of this host).
-    #[error("cannot listen for telemetry on {addr} ([telemetry] listen): {source}")]
+    #[error("cannot listen for telemetry on {addr} ([telemetry] listen): {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// The operating system's error.
-        source: std::io::Error,
+        /// The operating system's error (in the message, so it is not repeated as a cause).
+        error: std::io::Error,
     },
 }
 
@@ -49,7 +49,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> Result<SocketAddr, ListenError> {
-    let bind_err = |source| ListenError::Bind { addr, source };
+    let bind_err = |error| ListenError::Bind { addr, error };
     let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
     tracing::info!(addr = %local, role = metrics.role(), "telemetry listener started");

@@ -234,3 +234,19 @@ fn consumed_records_move_only_assigned_partitions() {
     m.update_partitions(|tp, s| seen.push((tp.clone(), s.position)));
     assert_eq!(seen, [(("events".to_owned(), 0), Some(5))]);
 }
+
+#[tokio::test]
+async fn an_address_in_use_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let err = serve(addr, std::sync::Arc::new(metrics()), stop)
+        .await
+        .expect_err("in use");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!("cannot listen for telemetry on {addr}"))
+            && msg.contains("in use"),
+        "{msg}"
+    );
+}
