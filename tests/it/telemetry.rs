@@ -448,3 +448,62 @@ async fn lag_rises_while_the_worker_is_held_up_and_returns_to_zero_after_it_drai
     drop(prometheus);
     stop_worker(stop, task).await;
 }
+
+/// The value of the sample `series` (name and labels exactly as written) in a `/metrics` text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lake_role_counts_what_it_writes() {
+    use crate::lake::{LakeEnv, Store};
+    let lake = LakeEnv::new(Store::Local, 1, "max_file_age = \"1s\"");
+    let addr = free_addr();
+    listen_on(&lake.env, addr);
+    lake.env.create_topics().await;
+    let records: Vec<Rec> = (0..5)
+        .map(|n| Rec::json("k", &refund(&format!("lake-{n}"), 5.0)))
+        .collect();
+    produce(&lake.env.events, &records).await;
+
+    let config = lake.env.config();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        let options = reflex::role::lake::LakeRunOptions { drain: false };
+        reflex::role::lake::run(&config, options, token)
+            .await
+            .expect("lake worker runs")
+    });
+    let lag = format!(
+        "reflex_consumer_lag_records{{topic=\"{}\",partition=\"0\"}}",
+        lake.env.events
+    );
+    let text = wait_for(
+        "five rows written and no lag",
+        Duration::from_secs(60),
+        || async {
+            let (_, text) = get(addr, "/metrics").await?;
+            (sample(&text, "reflex_lake_rows_written_total") == Some(5.0)
+                && sample(&text, &lag) == Some(0.0))
+            .then_some(text)
+        },
+    )
+    .await;
+    assert!(sample(&text, "reflex_lake_files_written_total").is_some_and(|n| n >= 1.0));
+    assert!(sample(&text, "reflex_lake_bytes_written_total").is_some_and(|n| n > 0.0));
+    assert_eq!(sample(&text, "reflex_lake_buffered_bytes"), Some(0.0));
+    assert_eq!(
+        lake.count("SELECT count(*) FROM refund_requested"),
+        5,
+        "the rows counted are the rows DuckDB reads"
+    );
+    let (status, _) = get(addr, "/readyz").await.expect("readyz");
+    assert_eq!(status, 200);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("lake worker stops within a minute")
+        .expect("lake task");
+}
