@@ -50,6 +50,14 @@ pub use histogram::Histogram;
 pub use listener::{serve, ListenError};
 pub use render::render;
 
+/// The outcomes, in the order of their counters.
+pub const OUTCOMES: [Outcome; 4] = [
+    Outcome::Actioned,
+    Outcome::Denied,
+    Outcome::DeadLettered,
+    Outcome::Retrying,
+];
+
 /// Label of events whose type has no schema.
 pub const UNKNOWN_TYPE: &str = "(unknown)";
 
@@ -137,8 +145,10 @@ impl PartitionState {
 pub struct Metrics {
     role: &'static str,
     known_types: BTreeSet<String>,
-    events: Mutex<BTreeMap<(String, Outcome), u64>>,
-    dead_letters: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Counts by type label, indexed like [`OUTCOMES`].
+    events: Mutex<BTreeMap<String, [u64; OUTCOMES.len()]>>,
+    /// Counts by type label and reason code.
+    dead_letters: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
     stages: [Histogram; Stage::ALL.len()],
     in_flight: AtomicU64,
     lake_files: AtomicU64,
@@ -187,11 +197,13 @@ impl Metrics {
     }
 
     /// The `type` label of an event type.
-    fn type_label(&self, ty: Option<&str>) -> String {
+    fn type_label<'a>(&'a self, ty: Option<&str>) -> &'a str {
         match ty {
-            Some(ty) if self.known_types.contains(ty) => ty.to_owned(),
-            Some(_) => UNKNOWN_TYPE.to_owned(),
-            None => crate::summary::NO_TYPE.to_owned(),
+            Some(ty) => self
+                .known_types
+                .get(ty)
+                .map_or(UNKNOWN_TYPE, String::as_str),
+            None => crate::summary::NO_TYPE,
         }
     }
 
@@ -285,13 +297,27 @@ impl EventProcessed<'_> {
         let audit = self.audit;
         let ty = metrics.type_label(audit.ty.as_deref());
         if let (Outcome::DeadLettered, Some(reason)) = (audit.outcome, audit.reason) {
-            *lock(&metrics.dead_letters)
-                .entry((ty.clone(), reason.code()))
-                .or_default() += 1;
+            let mut dead_letters = lock(&metrics.dead_letters);
+            // A label is allocated only the first time its type is seen.
+            let by_reason = match dead_letters.get_mut(ty) {
+                Some(r) => r,
+                None => dead_letters.entry(ty.to_owned()).or_default(),
+            };
+            *by_reason.entry(reason.code()).or_default() += 1;
         }
-        *lock(&metrics.events)
-            .entry((ty, audit.outcome))
-            .or_default() += 1;
+        let i = OUTCOMES
+            .iter()
+            .position(|o| *o == audit.outcome)
+            .unwrap_or_default();
+        let mut events = lock(&metrics.events);
+        match events.get_mut(ty) {
+            Some(counts) => counts[i] += 1,
+            None => {
+                let mut counts = [0; OUTCOMES.len()];
+                counts[i] = 1;
+                events.insert(ty.to_owned(), counts);
+            }
+        }
         let t = &audit.timings_us;
         let decoded = audit.reason != Some(DeadLetterReason::TooLarge);
         let validated = audit.ty.is_some()

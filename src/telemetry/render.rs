@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{lock, Metrics, Stage};
+use super::{lock, Metrics, Stage, OUTCOMES};
 use crate::policy::telemetry as policy_telemetry;
 
 /// Writes a metric family's `# HELP` and `# TYPE` lines.
@@ -111,13 +111,15 @@ fn render_actions(out: &mut String, metrics: &Metrics) {
         "counter",
         "Events finished by the actions role, by type and outcome.",
     );
-    for ((ty, outcome), n) in lock(&metrics.events).iter() {
-        sample(
-            out,
-            "reflex_events_processed_total",
-            &[("type", ty), ("outcome", outcome.as_str())],
-            n,
-        );
+    for (ty, counts) in lock(&metrics.events).iter() {
+        for (outcome, n) in OUTCOMES.iter().zip(counts) {
+            sample(
+                out,
+                "reflex_events_processed_total",
+                &[("type", ty), ("outcome", outcome.as_str())],
+                n,
+            );
+        }
     }
     family(
         out,
@@ -125,13 +127,15 @@ fn render_actions(out: &mut String, metrics: &Metrics) {
         "counter",
         "Events sent to the dead-letter topic, by type and reason code.",
     );
-    for ((ty, reason), n) in lock(&metrics.dead_letters).iter() {
-        sample(
-            out,
-            "reflex_dead_letters_total",
-            &[("type", ty), ("reason", reason)],
-            n,
-        );
+    for (ty, by_reason) in lock(&metrics.dead_letters).iter() {
+        for (reason, n) in by_reason {
+            sample(
+                out,
+                "reflex_dead_letters_total",
+                &[("type", ty), ("reason", reason)],
+                n,
+            );
+        }
     }
     let name = "reflex_stage_duration_seconds";
     family(

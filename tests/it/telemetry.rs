@@ -253,7 +253,8 @@ async fn prometheus_scrapes_outcomes_dead_letters_stages_and_the_policy_revision
         [
             ("actioned".to_owned(), 3.0),
             ("dead_lettered".to_owned(), 7.0),
-            ("denied".to_owned(), 1.0)
+            ("denied".to_owned(), 1.0),
+            ("retrying".to_owned(), 0.0)
         ]
     );
     let dead_letter = |ty: &str, reason: &str| {
