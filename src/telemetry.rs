@@ -156,7 +156,8 @@ pub struct Metrics {
     lake_bytes: AtomicU64,
     lake_buffered: AtomicU64,
     policy: Mutex<Option<(String, PolicyEngine)>>,
-    partitions: Mutex<BTreeMap<TopicPartition, PartitionState>>,
+    /// Assigned partitions by topic, so the hot path finds one without allocating.
+    partitions: Mutex<BTreeMap<String, BTreeMap<i32, PartitionState>>>,
     started: Instant,
     progress_ms: AtomicU64,
     stall_timeout: Duration,
@@ -252,7 +253,7 @@ impl Metrics {
         if lock(&self.policy).is_none() {
             return Err("no policy set loaded");
         }
-        if lock(&self.partitions).is_empty() {
+        if lock(&self.partitions).values().all(BTreeMap::is_empty) {
             return Err(if self.assigned_once.load(Ordering::Relaxed) {
                 "no partitions assigned (all revoked)"
             } else {
@@ -264,13 +265,19 @@ impl Metrics {
 
     /// The assigned partitions, for the lag probe.
     pub fn assigned(&self) -> Vec<TopicPartition> {
-        lock(&self.partitions).keys().cloned().collect()
+        let partitions = lock(&self.partitions);
+        partitions
+            .iter()
+            .flat_map(|(topic, ps)| ps.keys().map(|p| (topic.clone(), *p)))
+            .collect()
     }
 
     /// Applies `f` to the state of each assigned partition.
     pub fn update_partitions(&self, mut f: impl FnMut(&TopicPartition, &mut PartitionState)) {
-        for (tp, state) in lock(&self.partitions).iter_mut() {
-            f(tp, state);
+        for (topic, ps) in lock(&self.partitions).iter_mut() {
+            for (partition, state) in ps.iter_mut() {
+                f(&(topic.clone(), *partition), state);
+            }
         }
     }
 }
@@ -384,7 +391,10 @@ impl RecordConsumed<'_> {
         metrics.progress();
         let mut partitions = lock(&metrics.partitions);
         // A record of a partition revoked meanwhile is not tracked.
-        if let Some(state) = partitions.get_mut(&(self.topic.to_owned(), self.partition)) {
+        if let Some(state) = partitions
+            .get_mut(self.topic)
+            .and_then(|ps| ps.get_mut(&self.partition))
+        {
             state.position = Some(self.offset + 1);
             if self.timestamp_ms.is_some() {
                 state.last_timestamp_ms = self.timestamp_ms;
@@ -404,8 +414,12 @@ impl PartitionsAssigned<'_> {
     /// Starts tracking them (`/readyz`, lag).
     pub fn emit(self, metrics: &Metrics) {
         let mut partitions = lock(&metrics.partitions);
-        for tp in self.partitions {
-            partitions.entry(tp.clone()).or_default();
+        for (topic, partition) in self.partitions {
+            partitions
+                .entry(topic.clone())
+                .or_default()
+                .entry(*partition)
+                .or_default();
         }
         metrics.assigned_once.store(true, Ordering::Relaxed);
     }
@@ -422,8 +436,13 @@ impl PartitionsRevoked<'_> {
     /// Stops tracking them.
     pub fn emit(self, metrics: &Metrics) {
         let mut partitions = lock(&metrics.partitions);
-        for tp in self.partitions {
-            partitions.remove(tp);
+        for (topic, partition) in self.partitions {
+            if let Some(ps) = partitions.get_mut(topic) {
+                ps.remove(partition);
+                if ps.is_empty() {
+                    partitions.remove(topic);
+                }
+            }
         }
     }
 }

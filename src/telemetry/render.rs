@@ -1,5 +1,6 @@
 //! The Prometheus text exposition format (version 0.0.4) of a worker's [`Metrics`].
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::{lock, Metrics, Stage, OUTCOMES};
@@ -222,7 +223,13 @@ fn render_partitions(out: &mut String, metrics: &Metrics) {
         "gauge",
         "Partitions assigned to this worker.",
     );
-    sample(out, "reflex_assigned_partitions", &[], partitions.len());
+    let assigned: usize = partitions.values().map(BTreeMap::len).sum();
+    sample(out, "reflex_assigned_partitions", &[], assigned);
+    let each = || {
+        partitions
+            .iter()
+            .flat_map(|(topic, ps)| ps.iter().map(move |(p, s)| (topic, p, s)))
+    };
     let now_ms = chrono::Utc::now().timestamp_millis();
     family(
         out,
@@ -230,7 +237,7 @@ fn render_partitions(out: &mut String, metrics: &Metrics) {
         "gauge",
         "Records between the worker's position and the high watermark, per assigned partition.",
     );
-    for ((topic, partition), state) in partitions.iter() {
+    for (topic, partition, state) in each() {
         if let Some(lag) = state.lag_records() {
             let p = partition.to_string();
             sample(
@@ -247,7 +254,7 @@ fn render_partitions(out: &mut String, metrics: &Metrics) {
         "gauge",
         "Age of the oldest unprocessed record (at most), per assigned partition; 0 when caught up.",
     );
-    for ((topic, partition), state) in partitions.iter() {
+    for (topic, partition, state) in each() {
         if let Some(age) = state.lag_seconds(now_ms) {
             let p = partition.to_string();
             sample(
