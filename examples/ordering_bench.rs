@@ -81,6 +81,8 @@ partitions = {partitions}
 group_id = "{topic}.{ordering}"
 ordering = "{ordering}"
 max_in_flight = {in_flight}
+[telemetry]
+listen = ""
 [schemas]
 dir = "{schemas}"
 [policy]

@@ -6,6 +6,7 @@ mod lake;
 mod raw;
 mod security;
 mod services;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use security::{
     KafkaSecurity, RawHttpTls, RawKafkaSecurity, SaslAuth, SaslMechanism, SecurityProtocol,
 };
 pub use services::{RawEnrichment, RawLookup, RawServices};
+pub use telemetry::{RawTelemetry, TelemetryConfig};
 
 use crate::action::{Action, ActionKind, ActionTable};
 use crate::enrich::EnrichmentTable;
@@ -260,6 +262,8 @@ pub struct Config {
     pub services: ServicesConfig,
     /// The lookups of each event type.
     pub enrichment: Arc<EnrichmentTable>,
+    /// The telemetry listener.
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -349,6 +353,7 @@ impl Config {
             }
         };
         let lake = LakeConfig::new(raw.lake, raw.roles.lake, base)?;
+        let telemetry = TelemetryConfig::new(raw.telemetry)?;
         Ok(Self {
             path: path.to_owned(),
             kafka: kafka_config(raw.kafka, base)?,
@@ -388,6 +393,7 @@ impl Config {
             lake,
             services,
             enrichment: Arc::new(enrichment),
+            telemetry,
         })
     }
 }

@@ -41,6 +41,8 @@
 //! - [`secret`]: secrets read from `env:` or `file:` references, never shown.
 //! - [`http`]: the one HTTP client stack (reqwest over rustls): private CAs, client
 //!   certificates, credentials.
+//! - [`telemetry`]: every metric's name, the typed events that count them, the lag probe and
+//!   the listener serving `/metrics`, `/healthz` and `/readyz`.
 //!
 //! # One event's way through the actions role
 //! 1. The actions role ([`role::actions`]) polls a record and hands it to its pipeline.
@@ -85,3 +87,4 @@ pub mod schema;
 pub mod secret;
 pub mod service;
 pub mod summary;
+pub mod telemetry;

@@ -60,6 +60,16 @@ pub enum PolicyEngine {
     Compiled,
 }
 
+impl PolicyEngine {
+    /// The name as configured (`interpreter`, `compiled`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Interpreter => "interpreter",
+            Self::Compiled => "compiled",
+        }
+    }
+}
+
 /// The revision recorded when no policy set is loaded.
 pub const NO_REVISION: &str = "none";
 
@@ -310,6 +320,11 @@ impl PolicySet {
     /// The content hash of every production policy and data file.
     pub fn revision(&self) -> &str {
         &self.revision
+    }
+
+    /// The evaluator deciding the entry rule.
+    pub fn engine(&self) -> PolicyEngine {
+        self.engine_kind
     }
 
     /// The Rego modules loaded.

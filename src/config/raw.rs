@@ -33,6 +33,8 @@ pub struct RawConfig {
     pub services: super::services::RawServices,
     /// Lookups per event type, whose answers join the policy input.
     pub enrichment: BTreeMap<String, super::services::RawEnrichment>,
+    /// The telemetry listener.
+    pub telemetry: super::telemetry::RawTelemetry,
 }
 
 /// `[kafka]`: connection settings shared by consumers and producers.

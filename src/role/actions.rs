@@ -29,6 +29,7 @@ use crate::policy::reload::PolicyWatch;
 use crate::policy::telemetry;
 use crate::service::Services;
 use crate::summary::Summary;
+use crate::telemetry::{self as metrics, Metrics};
 use pipeline::{Processor, ProcessorSettings};
 use rebalance::RebalanceContext;
 use scheduler::{Finished, Scheduler};
@@ -55,6 +56,9 @@ pub enum WorkerError {
         /// What the runtime reported.
         why: String,
     },
+    /// The telemetry listener could not start.
+    #[error(transparent)]
+    Telemetry(#[from] metrics::ListenError),
     /// Subscribing failed.
     #[error("cannot subscribe to {topics:?}: {source}")]
     Subscribe {
@@ -95,6 +99,18 @@ pub async fn run(
     kafka::connect(&config.kafka, kafka::CONNECT_TIMEOUT)
         .await
         .map_err(KafkaSetupError::from)?;
+    let metrics = Arc::new(Metrics::new(
+        "actions",
+        config.schemas.types(),
+        config.telemetry.stall_timeout,
+    ));
+    metrics.progress();
+    // The listener and the lag probe stop with the worker.
+    let telemetry_stop = shutdown.child_token();
+    let _telemetry_guard = telemetry_stop.clone().drop_guard();
+    if let Some(addr) = config.telemetry.listen {
+        metrics::serve(addr, Arc::clone(&metrics), telemetry_stop.clone()).await?;
+    }
     if config.topics.create_missing {
         let extra = emitted_topics(config);
         let created = kafka::ensure_topics(&config.kafka, &config.topics, &extra).await?;
@@ -104,7 +120,7 @@ pub async fn run(
     }
     let consumer: StreamConsumer<RebalanceContext> =
         kafka::consumer_config(&config.kafka, &role.group_id)
-            .create_with_context(RebalanceContext::default())
+            .create_with_context(RebalanceContext::new(Arc::clone(&metrics)))
             .map_err(|source| KafkaSetupError::Client {
                 what: "consumer",
                 brokers: config.kafka.brokers.clone(),
@@ -120,6 +136,15 @@ pub async fn run(
             source,
         })?;
     let producer = kafka::producer(&config.kafka)?;
+    if config.telemetry.listen.is_some() {
+        metrics::lag::spawn(
+            &config.kafka,
+            &role.group_id,
+            Arc::clone(&metrics),
+            config.telemetry.lag_interval,
+            telemetry_stop.clone(),
+        )?;
+    }
     // Hot reload: the watcher stops with the worker.
     let watch_stop = shutdown.child_token();
     let _watch_guard = watch_stop.clone().drop_guard();
@@ -132,6 +157,11 @@ pub async fn run(
     let mut evaluators = vec![policy.evaluator()];
     let set = policy.current();
     evaluators.extend((1..role.deciders).map(|_| set.evaluator()));
+    metrics::PolicyActive {
+        revision: set.revision(),
+        engine: set.engine(),
+    }
+    .emit(&metrics);
     let processor = Arc::new(Processor::new(
         config.schemas.clone(),
         config.actions.clone(),
@@ -177,18 +207,22 @@ pub async fn run(
         role.deciders > 1,
         &config.topics.retry,
         &shutdown,
+        Arc::clone(&metrics),
     );
     let mut summary = Summary::default();
     let mut first_received: Option<Instant> = None;
     let mut idle_since = Instant::now();
     let mut result = Ok(());
     let mut drain_check = tokio::time::interval(Duration::from_millis(500));
+    // The loop beats even when no record arrives; a loop stuck in an await stops beating.
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     let book = |summary: &mut Summary,
                 scheduler: &mut Scheduler<'_>,
                 first: Option<Instant>,
                 done: Finished| {
         if let Some(audit) = &done.audit {
             summary.record(audit);
+            metrics::EventProcessed { audit }.emit(&metrics);
         }
         if let Some(first) = first {
             summary.busy_ms = u64::try_from(first.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -197,9 +231,11 @@ pub async fn run(
     };
     loop {
         scheduler.revoke(consumer.context().take_revoked());
+        metrics.set_in_flight(scheduler.in_flight());
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            _ = heartbeat.tick() => metrics.progress(),
             Some(done) = scheduler.running.next(), if !scheduler.running.is_empty() => {
                 match done {
                     Ok(done) => book(&mut summary, &mut scheduler, first_received, done),
@@ -220,6 +256,13 @@ pub async fn run(
                 };
                 idle_since = Instant::now();
                 first_received.get_or_insert_with(Instant::now);
+                metrics::RecordConsumed {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                }
+                .emit(&metrics);
                 if let (Some(registry), Some(value)) = (config.registry.as_deref(), message.payload()) {
                     if !registry.await_schema(value, &shutdown).await {
                         break;
@@ -228,6 +271,11 @@ pub async fn run(
                 if policy.changed().is_some() {
                     let set = policy.current();
                     processor.set_evaluators(|| set.evaluator());
+                    metrics::PolicyActive {
+                        revision: set.revision(),
+                        engine: set.engine(),
+                    }
+                    .emit(&metrics);
                 }
                 let message = message.detach();
                 scheduler.revoke(consumer.context().take_revoked());

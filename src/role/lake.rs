@@ -28,6 +28,7 @@ use crate::lake::store::LakeStore;
 use crate::lake::table::{Coordinates, Hour};
 use crate::lake::write::write_segment;
 use crate::lake::{check_evolution, LakeError, Tables};
+use crate::telemetry::{self as metrics, Metrics};
 
 /// How to run the lake role.
 #[derive(Debug, Clone)]
@@ -61,10 +62,11 @@ impl std::fmt::Display for LakeSummary {
     }
 }
 
-/// Notes partitions taken away in a rebalance, for the loop to drop their segments.
-#[derive(Default)]
+/// Notes partitions taken away in a rebalance, for the loop to drop their segments, and tells
+/// the telemetry the assignment.
 struct LakeContext {
     revoked: Mutex<Vec<TopicPartition>>,
+    metrics: Arc<Metrics>,
 }
 
 impl ClientContext for LakeContext {}
@@ -76,16 +78,31 @@ impl ConsumerContext for LakeContext {
                 partitions = partitions.count(),
                 "partitions revoked; their unwritten rows will be read again by the next owner"
             );
+            let lost: Vec<TopicPartition> = partitions
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            metrics::PartitionsRevoked { partitions: &lost }.emit(&self.metrics);
             // A panic while the list was held leaves nothing half-made: use it as it is.
             self.revoked
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .extend(
-                    partitions
-                        .elements()
-                        .iter()
-                        .map(|e| (e.topic().to_owned(), e.partition())),
-                );
+                .extend(lost);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            let assigned: Vec<TopicPartition> = partitions
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            metrics::PartitionsAssigned {
+                partitions: &assigned,
+            }
+            .emit(&self.metrics);
         }
     }
 }
@@ -103,6 +120,8 @@ struct Lake<'a> {
     admitter: Admitter,
     /// Decides which fields of each event are redacted, as the actions role does.
     evaluator: crate::policy::Evaluator,
+    /// The worker's metrics.
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the lake role until `shutdown` is cancelled (or, with `drain`, until caught up).
@@ -114,6 +133,18 @@ pub async fn run(
     kafka::connect(&config.kafka, kafka::CONNECT_TIMEOUT)
         .await
         .map_err(KafkaSetupError::from)?;
+    let metrics = Arc::new(Metrics::new(
+        "lake",
+        config.schemas.types(),
+        config.telemetry.stall_timeout,
+    ));
+    metrics.progress();
+    // The listener and the lag probe stop with the worker.
+    let telemetry_stop = shutdown.child_token();
+    let _telemetry_guard = telemetry_stop.clone().drop_guard();
+    if let Some(addr) = config.telemetry.listen {
+        metrics::serve(addr, Arc::clone(&metrics), telemetry_stop.clone()).await?;
+    }
     if config.topics.create_missing {
         kafka::ensure_topics(&config.kafka, &config.topics, &[]).await?;
     }
@@ -124,7 +155,10 @@ pub async fn run(
     let mut client = kafka::consumer_config(&config.kafka, &lake_cfg.group_id);
     client.set("enable.auto.commit", "false");
     let consumer: StreamConsumer<LakeContext> = client
-        .create_with_context(LakeContext::default())
+        .create_with_context(LakeContext {
+            revoked: Mutex::default(),
+            metrics: Arc::clone(&metrics),
+        })
         .map_err(|source| KafkaSetupError::Client {
             what: "consumer",
             brokers: config.kafka.brokers.clone(),
@@ -144,6 +178,15 @@ pub async fn run(
     } else {
         None
     };
+    if config.telemetry.listen.is_some() {
+        metrics::lag::spawn(
+            &config.kafka,
+            &lake_cfg.group_id,
+            Arc::clone(&metrics),
+            config.telemetry.lag_interval,
+            telemetry_stop.clone(),
+        )?;
+    }
     tracing::info!(group = %lake_cfg.group_id, topics = ?topics, store = %store.location(), "lake worker started");
 
     // Hot reload, as in the actions role, so both hide the same fields after a policy change.
@@ -154,6 +197,12 @@ pub async fn run(
         config.policy_reload_interval,
         watch_stop,
     );
+    let set = policy.current();
+    metrics::PolicyActive {
+        revision: set.revision(),
+        engine: set.engine(),
+    }
+    .emit(&metrics);
     let mut lake = Lake {
         config,
         tables,
@@ -167,6 +216,7 @@ pub async fn run(
         row: Vec::with_capacity(4096),
         admitter: Admitter::new(config),
         evaluator: policy.evaluator(),
+        metrics: Arc::clone(&metrics),
     };
     let tick =
         (lake_cfg.limits.max_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -179,6 +229,7 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             // The timer first: under a steady stream it must still write quiet partitions.
             _ = timer.tick() => {
+                metrics.progress();
                 lake.forget_revoked(&consumer);
                 for tp in lake.segments.expired(Instant::now()) {
                     lake.write(&consumer, &tp).await?;
@@ -200,8 +251,21 @@ pub async fn run(
                     }
                 };
                 idle_since = Instant::now();
+                metrics::RecordConsumed {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                }
+                .emit(&metrics);
                 if let Some(evaluator) = policy.changed() {
                     lake.evaluator = evaluator;
+                    let set = policy.current();
+                    metrics::PolicyActive {
+                        revision: set.revision(),
+                        engine: set.engine(),
+                    }
+                    .emit(&metrics);
                 }
                 // Wire-format data needs its schema: wait for the registry as the actions role does.
                 if !lake.admitter.prepare(message.payload(), &shutdown).await {
@@ -216,6 +280,7 @@ pub async fn run(
                     tracing::debug!(buffered = lake.segments.bytes(), "memory bound reached; writing the largest segment early");
                     lake.write(&consumer, &largest).await?;
                 }
+                metrics.set_lake_buffered(lake.segments.bytes());
             }
         }
     }
@@ -352,6 +417,13 @@ impl Lake<'_> {
         self.summary.files += written.files;
         self.summary.rows += written.rows;
         self.summary.bytes += written.bytes;
+        metrics::LakeFilesWritten {
+            files: written.files,
+            rows: written.rows,
+            bytes: written.bytes,
+        }
+        .emit(&self.metrics);
+        self.metrics.set_lake_buffered(self.segments.bytes());
         Ok(())
     }
 }

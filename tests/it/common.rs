@@ -72,6 +72,8 @@ partitions = {partitions}
 group_id = "{group}"
 max_event_bytes = 65536
 shutdown_timeout = "20s"
+[telemetry]
+listen = ""
 [schemas]
 dir = "{schemas}"
 [policy]

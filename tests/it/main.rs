@@ -14,4 +14,5 @@ mod policy;
 mod registry;
 mod security;
 mod services;
+mod telemetry;
 mod tls;

@@ -86,6 +86,8 @@ audit = "{audit}"
 dlq = "{dlq}"
 retry = "{dlq}.retry"
 partitions = 1
+[telemetry]
+listen = ""
 [roles.actions]
 group_id = "{events}.group"
 [roles.lake]

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -21,6 +21,7 @@ use crate::audit::AuditRecord;
 use crate::ingest::headers;
 use crate::kafka;
 use crate::ordering::{KeyQueue, Ordering, Parking, Partitions, Verdict};
+use crate::telemetry::{Metrics, OutputsDelivered};
 
 /// A topic partition.
 pub(super) type Tp = (String, i32);
@@ -68,6 +69,8 @@ pub(super) struct Scheduler<'a> {
     pub(super) sleep_cancel: CancellationToken,
     /// Cancelled when the shutdown deadline passes: calls in progress give up.
     pub(super) work_cancel: CancellationToken,
+    /// The worker's metrics.
+    metrics: Arc<Metrics>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -81,6 +84,7 @@ impl<'a> Scheduler<'a> {
         spawn: bool,
         retry_topic: &'a str,
         shutdown: &CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             processor,
@@ -94,6 +98,7 @@ impl<'a> Scheduler<'a> {
             running: FuturesUnordered::new(),
             sleep_cancel: shutdown.child_token(),
             work_cancel: CancellationToken::new(),
+            metrics,
         }
     }
 }
@@ -163,6 +168,7 @@ impl Scheduler<'_> {
         let producer = self.producer.clone();
         let sleep_cancel = self.sleep_cancel.clone();
         let work_cancel = self.work_cancel.clone();
+        let metrics = Arc::clone(&self.metrics);
         let input_at = self.spawn.then(|| {
             format!(
                 "{}/{}/{}",
@@ -206,7 +212,12 @@ impl Scheduler<'_> {
             if work_cancel.is_cancelled() {
                 return Ok(abandoned(slot));
             }
+            let sent = Instant::now();
             deliver(&producer, &input, &processed.records).await?;
+            OutputsDelivered {
+                elapsed: sent.elapsed(),
+            }
+            .emit(&metrics);
             let parked = park_key
                 .zip(processed.audit.event_id.clone())
                 .map(|(k, id)| {

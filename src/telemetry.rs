@@ -1,0 +1,487 @@
+//! Worker telemetry: the one place that names reflex's metrics, the typed events that count
+//! them, and the listener that serves them ([`listener`]) with the probes.
+//!
+//! Each worker owns one [`Metrics`]; its listener (`[telemetry] listen`) serves `/metrics` in
+//! the Prometheus text format, `/healthz` and `/readyz`. Labels take only bounded values: event
+//! types that have a schema (others are `(unknown)`, records without a type `(undecodable)`),
+//! outcome and reason codes, stage names, and the assigned topic partitions; never ids or error
+//! text.
+//!
+//! # Metrics
+//! Actions role:
+//! - `reflex_events_processed_total{type, outcome}` (counter): events finished, by outcome
+//!   (`actioned`, `denied`, `dead_lettered`, `retrying`);
+//! - `reflex_dead_letters_total{type, reason}` (counter): dead letters by reason code;
+//! - `reflex_stage_duration_seconds{stage}` (histogram): time per stage (`decode`, `validate`,
+//!   `enrich`, `policy`, `action`, `delivery`: publishing the outputs until acknowledged);
+//! - `reflex_in_flight_records` (gauge): records consumed and not yet finished.
+//!
+//! Lake role:
+//! - `reflex_lake_files_written_total`, `reflex_lake_rows_written_total`,
+//!   `reflex_lake_bytes_written_total` (counters): Parquet written;
+//! - `reflex_lake_buffered_bytes` (gauge): row bytes waiting to be written.
+//!
+//! Both roles:
+//! - `reflex_consumer_lag_records{topic, partition}` (gauge): high watermark − position of each
+//!   assigned partition (the committed offset, before the worker consumed from it);
+//! - `reflex_consumer_lag_seconds{topic, partition}` (gauge): age of the oldest unprocessed
+//!   record, at most: now − timestamp of the last record consumed while the lag is above 0 (since
+//!   the lag was first seen when nothing was consumed yet), else 0;
+//! - `reflex_assigned_partitions` (gauge); `reflex_loop_progress_age_seconds` (gauge): time since
+//!   the worker's loop last made progress;
+//! - `reflex_policy_info{revision, engine}` (gauge, 1): the policy set deciding;
+//! - the process-wide policy counters of [`crate::policy::telemetry`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::audit::{AuditRecord, Outcome};
+use crate::ingest::DeadLetterReason;
+use crate::policy::PolicyEngine;
+
+mod histogram;
+pub mod lag;
+pub mod listener;
+mod render;
+
+pub use histogram::Histogram;
+pub use listener::{serve, ListenError};
+pub use render::render;
+
+/// The outcomes, in the order of their counters.
+pub const OUTCOMES: [Outcome; 4] = [
+    Outcome::Actioned,
+    Outcome::Denied,
+    Outcome::DeadLettered,
+    Outcome::Retrying,
+];
+
+/// Label of events whose type has no schema.
+pub const UNKNOWN_TYPE: &str = "(unknown)";
+
+/// A topic partition.
+pub type TopicPartition = (String, i32);
+
+/// A stage whose duration is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Decoding the CloudEvent.
+    Decode,
+    /// Schema validation.
+    Validate,
+    /// Enrichment lookups.
+    Enrich,
+    /// Policy evaluation.
+    Policy,
+    /// The action.
+    Action,
+    /// Publishing the outputs until every one is acknowledged.
+    Delivery,
+}
+
+impl Stage {
+    /// Every stage, in pipeline order.
+    pub const ALL: [Stage; 6] = [
+        Stage::Decode,
+        Stage::Validate,
+        Stage::Enrich,
+        Stage::Policy,
+        Stage::Action,
+        Stage::Delivery,
+    ];
+
+    /// The `stage` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Decode => "decode",
+            Self::Validate => "validate",
+            Self::Enrich => "enrich",
+            Self::Policy => "policy",
+            Self::Action => "action",
+            Self::Delivery => "delivery",
+        }
+    }
+}
+
+/// What the lag metrics know of one assigned partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionState {
+    /// The next offset the worker will consume (last consumed + 1).
+    pub position: Option<i64>,
+    /// Timestamp (ms since the epoch) of the last record consumed.
+    pub last_timestamp_ms: Option<i64>,
+    /// The group's committed offset, for a partition not consumed from yet.
+    pub committed: Option<i64>,
+    /// The low and high watermarks, from the last query.
+    pub watermarks: Option<(i64, i64)>,
+    /// When the partition was first seen behind (ms since the epoch), while it stays behind.
+    pub behind_since_ms: Option<i64>,
+}
+
+impl PartitionState {
+    /// Records between the position and the high watermark, once the watermarks are known.
+    pub fn lag_records(&self) -> Option<i64> {
+        let (low, high) = self.watermarks?;
+        let at = self.position.or(self.committed).unwrap_or(low);
+        Some((high - at).max(0))
+    }
+
+    /// Age in seconds of the oldest unprocessed record, at most; 0 when caught up.
+    pub fn lag_seconds(&self, now_ms: i64) -> Option<f64> {
+        let lag = self.lag_records()?;
+        if lag == 0 {
+            return Some(0.0);
+        }
+        let since = self.last_timestamp_ms.or(self.behind_since_ms)?;
+        Some((now_ms - since).max(0) as f64 / 1000.0)
+    }
+}
+
+/// One worker's metrics and probe state. Cheap to update from the hot path: counters are
+/// atomics or a short lock on a small map.
+#[derive(Debug)]
+pub struct Metrics {
+    role: &'static str,
+    known_types: BTreeSet<String>,
+    /// Counts by type label, indexed like [`OUTCOMES`].
+    events: Mutex<BTreeMap<String, [u64; OUTCOMES.len()]>>,
+    /// Counts by type label and reason code.
+    dead_letters: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    stages: [Histogram; Stage::ALL.len()],
+    in_flight: AtomicU64,
+    lake_files: AtomicU64,
+    lake_rows: AtomicU64,
+    lake_bytes: AtomicU64,
+    lake_buffered: AtomicU64,
+    policy: Mutex<Option<(String, PolicyEngine)>>,
+    /// Assigned partitions by topic, so the hot path finds one without allocating.
+    partitions: Mutex<BTreeMap<String, BTreeMap<i32, PartitionState>>>,
+    started: Instant,
+    progress_ms: AtomicU64,
+    stall_timeout: Duration,
+    assigned_once: AtomicBool,
+}
+
+impl Metrics {
+    /// Metrics for a worker of `role` whose event types are `known_types`; `/healthz` fails
+    /// after `stall_timeout` without progress.
+    pub fn new<'a>(
+        role: &'static str,
+        known_types: impl IntoIterator<Item = &'a str>,
+        stall_timeout: Duration,
+    ) -> Self {
+        Self {
+            role,
+            known_types: known_types.into_iter().map(str::to_owned).collect(),
+            events: Mutex::default(),
+            dead_letters: Mutex::default(),
+            stages: std::array::from_fn(|_| Histogram::default()),
+            in_flight: AtomicU64::new(0),
+            lake_files: AtomicU64::new(0),
+            lake_rows: AtomicU64::new(0),
+            lake_bytes: AtomicU64::new(0),
+            lake_buffered: AtomicU64::new(0),
+            policy: Mutex::new(None),
+            partitions: Mutex::default(),
+            started: Instant::now(),
+            progress_ms: AtomicU64::new(0),
+            stall_timeout,
+            assigned_once: AtomicBool::new(false),
+        }
+    }
+
+    /// The role this worker runs.
+    pub fn role(&self) -> &'static str {
+        self.role
+    }
+
+    /// The `type` label of an event type.
+    fn type_label<'a>(&'a self, ty: Option<&str>) -> &'a str {
+        match ty {
+            Some(ty) => self
+                .known_types
+                .get(ty)
+                .map_or(UNKNOWN_TYPE, String::as_str),
+            None => crate::summary::NO_TYPE,
+        }
+    }
+
+    /// Notes that the worker's loop made progress (`/healthz`).
+    pub fn progress(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.progress_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the loop last made progress.
+    pub fn since_progress(&self) -> Duration {
+        let at = Duration::from_millis(self.progress_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(at)
+    }
+
+    /// Sets the number of records in flight.
+    pub fn set_in_flight(&self, records: usize) {
+        self.in_flight.store(
+            u64::try_from(records).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Sets the lake's buffered row bytes.
+    pub fn set_lake_buffered(&self, bytes: usize) {
+        self.lake_buffered
+            .store(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Whether the process works: its loop made progress within the stall timeout.
+    pub fn health(&self) -> Result<(), String> {
+        let since = self.since_progress();
+        if since > self.stall_timeout {
+            return Err(format!(
+                "the {} worker's loop made no progress for {:.1}s (limit {:?})",
+                self.role,
+                since.as_secs_f64(),
+                self.stall_timeout
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the worker can do its work: a policy set is loaded and partitions are assigned.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if lock(&self.policy).is_none() {
+            return Err("no policy set loaded");
+        }
+        if lock(&self.partitions).values().all(BTreeMap::is_empty) {
+            return Err(if self.assigned_once.load(Ordering::Relaxed) {
+                "no partitions assigned (all revoked)"
+            } else {
+                "no partitions assigned yet"
+            });
+        }
+        Ok(())
+    }
+
+    /// The assigned partitions, for the lag probe.
+    pub fn assigned(&self) -> Vec<TopicPartition> {
+        let partitions = lock(&self.partitions);
+        partitions
+            .iter()
+            .flat_map(|(topic, ps)| ps.keys().map(|p| (topic.clone(), *p)))
+            .collect()
+    }
+
+    /// Applies `f` to the state of each assigned partition.
+    pub fn update_partitions(&self, mut f: impl FnMut(&TopicPartition, &mut PartitionState)) {
+        for (topic, ps) in lock(&self.partitions).iter_mut() {
+            for (partition, state) in ps.iter_mut() {
+                f(&(topic.clone(), *partition), state);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn micros_to_seconds(us: u64) -> f64 {
+    us as f64 / 1_000_000.0
+}
+
+/// An event finished in the actions role: its audit record is written.
+#[derive(Debug, Clone, Copy)]
+pub struct EventProcessed<'a> {
+    /// The audit record.
+    pub audit: &'a AuditRecord,
+}
+
+impl EventProcessed<'_> {
+    /// Counts the outcome and the dead-letter reason, and observes the stages that ran (the
+    /// audit record carries the detail, so nothing is logged).
+    pub fn emit(self, metrics: &Metrics) {
+        let audit = self.audit;
+        let ty = metrics.type_label(audit.ty.as_deref());
+        if let (Outcome::DeadLettered, Some(reason)) = (audit.outcome, audit.reason) {
+            let mut dead_letters = lock(&metrics.dead_letters);
+            // A label is allocated only the first time its type is seen.
+            let by_reason = match dead_letters.get_mut(ty) {
+                Some(r) => r,
+                None => dead_letters.entry(ty.to_owned()).or_default(),
+            };
+            *by_reason.entry(reason.code()).or_default() += 1;
+        }
+        let i = OUTCOMES
+            .iter()
+            .position(|o| *o == audit.outcome)
+            .unwrap_or_default();
+        let mut events = lock(&metrics.events);
+        match events.get_mut(ty) {
+            Some(counts) => counts[i] += 1,
+            None => {
+                let mut counts = [0; OUTCOMES.len()];
+                counts[i] = 1;
+                events.insert(ty.to_owned(), counts);
+            }
+        }
+        let t = &audit.timings_us;
+        let decoded = audit.reason != Some(DeadLetterReason::TooLarge);
+        let validated = audit.ty.is_some()
+            && matches!(
+                audit.reason,
+                None | Some(DeadLetterReason::SchemaInvalid)
+                    | Some(DeadLetterReason::ActionFailed)
+                    | Some(DeadLetterReason::EnrichmentFailed)
+            );
+        let stages = [
+            (Stage::Decode, decoded, t.decode),
+            (Stage::Validate, validated, t.validate),
+            (Stage::Enrich, !audit.lookups.is_empty(), t.enrich),
+            (Stage::Policy, audit.decision.is_some(), t.policy),
+            (Stage::Action, audit.action.is_some(), t.action),
+        ];
+        for (stage, ran, us) in stages {
+            if ran {
+                metrics.stage(stage).observe(micros_to_seconds(us));
+            }
+        }
+    }
+}
+
+impl Metrics {
+    fn stage(&self, stage: Stage) -> &Histogram {
+        let i = Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0);
+        &self.stages[i]
+    }
+}
+
+/// A record's outputs were published and acknowledged.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputsDelivered {
+    /// From the first send to the last acknowledgement.
+    pub elapsed: Duration,
+}
+
+impl OutputsDelivered {
+    /// Observes the delivery stage.
+    pub fn emit(self, metrics: &Metrics) {
+        metrics
+            .stage(Stage::Delivery)
+            .observe(self.elapsed.as_secs_f64());
+    }
+}
+
+/// The worker's loop received a record.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordConsumed<'a> {
+    /// Its topic.
+    pub topic: &'a str,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its timestamp (ms since the epoch), when it has one.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl RecordConsumed<'_> {
+    /// Moves the partition's position (lag) and notes progress.
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.progress();
+        let mut partitions = lock(&metrics.partitions);
+        // A record of a partition revoked meanwhile is not tracked.
+        if let Some(state) = partitions
+            .get_mut(self.topic)
+            .and_then(|ps| ps.get_mut(&self.partition))
+        {
+            state.position = Some(self.offset + 1);
+            if self.timestamp_ms.is_some() {
+                state.last_timestamp_ms = self.timestamp_ms;
+            }
+        }
+    }
+}
+
+/// Partitions were assigned to this worker.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionsAssigned<'a> {
+    /// The partitions.
+    pub partitions: &'a [TopicPartition],
+}
+
+impl PartitionsAssigned<'_> {
+    /// Starts tracking them (`/readyz`, lag).
+    pub fn emit(self, metrics: &Metrics) {
+        let mut partitions = lock(&metrics.partitions);
+        for (topic, partition) in self.partitions {
+            partitions
+                .entry(topic.clone())
+                .or_default()
+                .entry(*partition)
+                .or_default();
+        }
+        metrics.assigned_once.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Partitions were taken from this worker.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionsRevoked<'a> {
+    /// The partitions.
+    pub partitions: &'a [TopicPartition],
+}
+
+impl PartitionsRevoked<'_> {
+    /// Stops tracking them.
+    pub fn emit(self, metrics: &Metrics) {
+        let mut partitions = lock(&metrics.partitions);
+        for (topic, partition) in self.partitions {
+            if let Some(ps) = partitions.get_mut(topic) {
+                ps.remove(partition);
+                if ps.is_empty() {
+                    partitions.remove(topic);
+                }
+            }
+        }
+    }
+}
+
+/// A policy set decides from now on.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyActive<'a> {
+    /// Its revision.
+    pub revision: &'a str,
+    /// The evaluator.
+    pub engine: PolicyEngine,
+}
+
+impl PolicyActive<'_> {
+    /// Sets the policy info metric (and `/readyz`'s policy check).
+    pub fn emit(self, metrics: &Metrics) {
+        *lock(&metrics.policy) = Some((self.revision.to_owned(), self.engine));
+    }
+}
+
+/// The lake role wrote a segment's files.
+#[derive(Debug, Clone, Copy)]
+pub struct LakeFilesWritten {
+    /// Files.
+    pub files: u64,
+    /// Rows.
+    pub rows: u64,
+    /// Parquet bytes.
+    pub bytes: u64,
+}
+
+impl LakeFilesWritten {
+    /// Counts them.
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.lake_files.fetch_add(self.files, Ordering::Relaxed);
+        metrics.lake_rows.fetch_add(self.rows, Ordering::Relaxed);
+        metrics.lake_bytes.fetch_add(self.bytes, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests;

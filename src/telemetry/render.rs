@@ -1,0 +1,268 @@
+//! The Prometheus text exposition format (version 0.0.4) of a worker's [`Metrics`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::{lock, Metrics, Stage, OUTCOMES};
+use crate::policy::telemetry as policy_telemetry;
+
+/// Writes a metric family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Writes one sample; `labels` are name/value pairs, values escaped.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (label, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{label}=\"{}\"", escape(v));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// Escapes a label value: backslash, double quote and line feed.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A float as Prometheus writes it (`+Inf` for infinity).
+fn float(v: f64) -> String {
+    if v.is_infinite() {
+        "+Inf".to_owned()
+    } else {
+        v.to_string()
+    }
+}
+
+/// The worker's metrics, and the process-wide policy counters, in the text format.
+pub fn render(metrics: &Metrics) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    let role = metrics.role;
+    if role == "actions" {
+        render_actions(&mut out, metrics);
+    } else {
+        render_lake(&mut out, metrics);
+    }
+    render_partitions(&mut out, metrics);
+
+    family(
+        &mut out,
+        "reflex_loop_progress_age_seconds",
+        "gauge",
+        "Time since the worker's loop last made progress; /healthz fails above the stall timeout.",
+    );
+    sample(
+        &mut out,
+        "reflex_loop_progress_age_seconds",
+        &[],
+        metrics.since_progress().as_secs_f64(),
+    );
+    family(
+        &mut out,
+        "reflex_policy_info",
+        "gauge",
+        "The policy set deciding: its revision and evaluator.",
+    );
+    if let Some((revision, engine)) = lock(&metrics.policy).as_ref() {
+        sample(
+            &mut out,
+            "reflex_policy_info",
+            &[("revision", revision), ("engine", engine.name())],
+            1,
+        );
+    }
+    let mut last = "";
+    for counter in policy_telemetry::snapshot() {
+        if counter.name != last {
+            family(
+                &mut out,
+                counter.name,
+                "counter",
+                "Policy counter of this process (see reflex::policy::telemetry).",
+            );
+            last = counter.name;
+        }
+        let labels: Vec<(&str, &str)> = counter.kind.map(|k| ("kind", k)).into_iter().collect();
+        sample(&mut out, counter.name, &labels, counter.value);
+    }
+    out
+}
+
+fn render_actions(out: &mut String, metrics: &Metrics) {
+    family(
+        out,
+        "reflex_events_processed_total",
+        "counter",
+        "Events finished by the actions role, by type and outcome.",
+    );
+    for (ty, counts) in lock(&metrics.events).iter() {
+        for (outcome, n) in OUTCOMES.iter().zip(counts) {
+            sample(
+                out,
+                "reflex_events_processed_total",
+                &[("type", ty), ("outcome", outcome.as_str())],
+                n,
+            );
+        }
+    }
+    family(
+        out,
+        "reflex_dead_letters_total",
+        "counter",
+        "Events sent to the dead-letter topic, by type and reason code.",
+    );
+    for (ty, by_reason) in lock(&metrics.dead_letters).iter() {
+        for (reason, n) in by_reason {
+            sample(
+                out,
+                "reflex_dead_letters_total",
+                &[("type", ty), ("reason", reason)],
+                n,
+            );
+        }
+    }
+    let name = "reflex_stage_duration_seconds";
+    family(
+        out,
+        name,
+        "histogram",
+        "Time spent in each stage of the actions role.",
+    );
+    for stage in Stage::ALL {
+        let snap = metrics.stage(stage).snapshot();
+        let label = stage.label();
+        for (bound, n) in &snap.buckets {
+            let le = float(*bound);
+            sample(
+                out,
+                &format!("{name}_bucket"),
+                &[("stage", label), ("le", &le)],
+                n,
+            );
+        }
+        sample(out, &format!("{name}_sum"), &[("stage", label)], snap.sum);
+        sample(
+            out,
+            &format!("{name}_count"),
+            &[("stage", label)],
+            snap.count,
+        );
+    }
+    family(
+        out,
+        "reflex_in_flight_records",
+        "gauge",
+        "Records consumed and not yet finished.",
+    );
+    sample(
+        out,
+        "reflex_in_flight_records",
+        &[],
+        metrics.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+    );
+}
+
+fn render_lake(out: &mut String, metrics: &Metrics) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, help, value) in [
+        (
+            "reflex_lake_files_written_total",
+            "Parquet files written.",
+            &metrics.lake_files,
+        ),
+        (
+            "reflex_lake_rows_written_total",
+            "Rows written to Parquet files.",
+            &metrics.lake_rows,
+        ),
+        (
+            "reflex_lake_bytes_written_total",
+            "Bytes of Parquet written.",
+            &metrics.lake_bytes,
+        ),
+    ] {
+        family(out, name, "counter", help);
+        sample(out, name, &[], value.load(Relaxed));
+    }
+    family(
+        out,
+        "reflex_lake_buffered_bytes",
+        "gauge",
+        "Row bytes buffered and not yet written.",
+    );
+    sample(
+        out,
+        "reflex_lake_buffered_bytes",
+        &[],
+        metrics.lake_buffered.load(Relaxed),
+    );
+}
+
+fn render_partitions(out: &mut String, metrics: &Metrics) {
+    let partitions = lock(&metrics.partitions);
+    family(
+        out,
+        "reflex_assigned_partitions",
+        "gauge",
+        "Partitions assigned to this worker.",
+    );
+    let assigned: usize = partitions.values().map(BTreeMap::len).sum();
+    sample(out, "reflex_assigned_partitions", &[], assigned);
+    let each = || {
+        partitions
+            .iter()
+            .flat_map(|(topic, ps)| ps.iter().map(move |(p, s)| (topic, p, s)))
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    family(
+        out,
+        "reflex_consumer_lag_records",
+        "gauge",
+        "Records between the worker's position and the high watermark, per assigned partition.",
+    );
+    for (topic, partition, state) in each() {
+        if let Some(lag) = state.lag_records() {
+            let p = partition.to_string();
+            sample(
+                out,
+                "reflex_consumer_lag_records",
+                &[("topic", topic), ("partition", &p)],
+                lag,
+            );
+        }
+    }
+    family(
+        out,
+        "reflex_consumer_lag_seconds",
+        "gauge",
+        "Age of the oldest unprocessed record (at most), per assigned partition; 0 when caught up.",
+    );
+    for (topic, partition, state) in each() {
+        if let Some(age) = state.lag_seconds(now_ms) {
+            let p = partition.to_string();
+            sample(
+                out,
+                "reflex_consumer_lag_seconds",
+                &[("topic", topic), ("partition", &p)],
+                age,
+            );
+        }
+    }
+}

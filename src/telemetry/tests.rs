@@ -1,0 +1,252 @@
+use super::*;
+use crate::audit::Timings;
+use crate::ingest::Input;
+
+fn audit(ty: Option<&str>, outcome: Outcome, reason: Option<DeadLetterReason>) -> AuditRecord {
+    let input = Input {
+        topic: "events",
+        partition: 0,
+        offset: 7,
+        key: None,
+        value: None,
+        headers: &[],
+        timestamp_ms: None,
+    };
+    let mut a = AuditRecord::new(&input, "w");
+    a.ty = ty.map(str::to_owned);
+    a.outcome = outcome;
+    a.reason = reason;
+    a.timings_us = Timings {
+        decode: 3,
+        validate: 2,
+        enrich: 0,
+        policy: 40,
+        action: 0,
+    };
+    a
+}
+
+fn metrics() -> Metrics {
+    Metrics::new(
+        "actions",
+        ["order.placed", "refund.requested"],
+        Duration::from_secs(30),
+    )
+}
+
+fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+}
+
+#[test]
+fn outcomes_are_counted_by_type_with_bounded_labels() {
+    let m = metrics();
+    for _ in 0..4 {
+        let a = audit(
+            Some("order.placed"),
+            Outcome::DeadLettered,
+            Some(DeadLetterReason::SchemaInvalid),
+        );
+        EventProcessed { audit: &a }.emit(&m);
+    }
+    let a = audit(
+        Some("order.shipped-by-someone-else"),
+        Outcome::DeadLettered,
+        Some(DeadLetterReason::UnknownType),
+    );
+    EventProcessed { audit: &a }.emit(&m);
+    let a = audit(
+        None,
+        Outcome::DeadLettered,
+        Some(DeadLetterReason::Undecodable),
+    );
+    EventProcessed { audit: &a }.emit(&m);
+    let a = audit(Some("refund.requested"), Outcome::Actioned, None);
+    EventProcessed { audit: &a }.emit(&m);
+    let text = render(&m);
+    assert_eq!(
+        line(
+            &text,
+            "reflex_dead_letters_total{type=\"order.placed\",reason=\"schema_invalid\"}"
+        ),
+        Some("4"),
+        "{text}"
+    );
+    assert_eq!(
+        line(
+            &text,
+            "reflex_events_processed_total{type=\"(unknown)\",outcome=\"dead_lettered\"}"
+        ),
+        Some("1"),
+        "{text}"
+    );
+    assert_eq!(
+        line(
+            &text,
+            "reflex_events_processed_total{type=\"(undecodable)\",outcome=\"dead_lettered\"}"
+        ),
+        Some("1"),
+        "{text}"
+    );
+    assert_eq!(
+        line(
+            &text,
+            "reflex_events_processed_total{type=\"refund.requested\",outcome=\"actioned\"}"
+        ),
+        Some("1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("shipped-by-someone-else"),
+        "a type without a schema is never a label"
+    );
+    // Decoding ran for all 7; validation for the 4 schema-invalid and the actioned one; the
+    // policy only where there is a decision (none here).
+    assert_eq!(
+        line(
+            &text,
+            "reflex_stage_duration_seconds_count{stage=\"decode\"}"
+        ),
+        Some("7")
+    );
+    assert_eq!(
+        line(
+            &text,
+            "reflex_stage_duration_seconds_count{stage=\"validate\"}"
+        ),
+        Some("5")
+    );
+    assert_eq!(
+        line(
+            &text,
+            "reflex_stage_duration_seconds_count{stage=\"policy\"}"
+        ),
+        Some("0")
+    );
+    assert_eq!(
+        line(
+            &text,
+            "reflex_stage_duration_seconds_bucket{stage=\"decode\",le=\"+Inf\"}"
+        ),
+        Some("7")
+    );
+}
+
+#[test]
+fn every_family_has_help_and_type_once() {
+    let m = metrics();
+    PolicyActive {
+        revision: "sha256:ab\"c",
+        engine: PolicyEngine::Compiled,
+    }
+    .emit(&m);
+    let text = render(&m);
+    let mut seen = BTreeSet::new();
+    for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = l.split(' ').nth(2).unwrap_or_default();
+        assert!(seen.insert(name.to_owned()), "{name} declared twice");
+        assert!(name.starts_with("reflex_"), "{name}");
+    }
+    assert!(
+        text.contains("reflex_policy_info{revision=\"sha256:ab\\\"c\",engine=\"compiled\"} 1"),
+        "label values are escaped: {text}"
+    );
+}
+
+#[test]
+fn readiness_needs_a_policy_and_partitions() {
+    let m = metrics();
+    assert_eq!(m.readiness(), Err("no policy set loaded"));
+    PolicyActive {
+        revision: "sha256:1",
+        engine: PolicyEngine::Interpreter,
+    }
+    .emit(&m);
+    assert_eq!(m.readiness(), Err("no partitions assigned yet"));
+    let tps = [("events".to_owned(), 0), ("events".to_owned(), 1)];
+    PartitionsAssigned { partitions: &tps }.emit(&m);
+    assert_eq!(m.readiness(), Ok(()));
+    PartitionsRevoked { partitions: &tps }.emit(&m);
+    assert_eq!(m.readiness(), Err("no partitions assigned (all revoked)"));
+}
+
+#[test]
+fn health_fails_when_the_loop_stalls() {
+    // A stall timeout of 1 ms is certainly exceeded after sleeping 5 ms.
+    let m = Metrics::new("lake", [], Duration::from_millis(1));
+    m.progress();
+    std::thread::sleep(Duration::from_millis(5));
+    let why = m.health().expect_err("stalled");
+    assert!(why.contains("lake worker's loop made no progress"), "{why}");
+    let m = Metrics::new("lake", [], Duration::from_secs(3600));
+    m.progress();
+    assert_eq!(m.health(), Ok(()));
+}
+
+#[test]
+fn lag_is_the_distance_from_the_position_to_the_high_watermark() {
+    let mut s = PartitionState::default();
+    assert_eq!(s.lag_records(), None, "unknown until the watermarks are");
+    s.watermarks = Some((10, 25));
+    assert_eq!(
+        s.lag_records(),
+        Some(15),
+        "from the low watermark without a commit"
+    );
+    s.committed = Some(20);
+    assert_eq!(s.lag_records(), Some(5));
+    s.position = Some(22);
+    s.last_timestamp_ms = Some(1_000);
+    assert_eq!(
+        s.lag_records(),
+        Some(3),
+        "the position wins over the commit"
+    );
+    assert_eq!(s.lag_seconds(4_500), Some(3.5));
+    s.position = Some(26);
+    assert_eq!(s.lag_records(), Some(0), "never negative");
+    assert_eq!(s.lag_seconds(9_000), Some(0.0));
+    let behind = PartitionState {
+        watermarks: Some((0, 3)),
+        behind_since_ms: Some(2_000),
+        ..PartitionState::default()
+    };
+    assert_eq!(behind.lag_seconds(3_000), Some(1.0));
+}
+
+#[test]
+fn consumed_records_move_only_assigned_partitions() {
+    let m = metrics();
+    let tps = [("events".to_owned(), 0)];
+    PartitionsAssigned { partitions: &tps }.emit(&m);
+    for (partition, offset) in [(0, 4), (1, 9)] {
+        RecordConsumed {
+            topic: "events",
+            partition,
+            offset,
+            timestamp_ms: Some(1),
+        }
+        .emit(&m);
+    }
+    let mut seen = Vec::new();
+    m.update_partitions(|tp, s| seen.push((tp.clone(), s.position)));
+    assert_eq!(seen, [(("events".to_owned(), 0), Some(5))]);
+}
+
+#[tokio::test]
+async fn an_address_in_use_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let err = serve(addr, std::sync::Arc::new(metrics()), stop)
+        .await
+        .expect_err("in use");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!("cannot listen for telemetry on {addr}"))
+            && msg.contains("in use"),
+        "{msg}"
+    );
+}

@@ -1,0 +1,510 @@
+//! The telemetry listener of a running actions worker, end to end: a real Prometheus (built by
+//! `scripts/prometheus.sh` from the Go module proxy) scrapes `/metrics` and the tests ask it
+//! through its HTTP query API; `/readyz` follows the group assignment; the lag follows a worker
+//! held up by a failing action service.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use reflex::role::actions::{self as worker, RunOptions};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::action_service::{ActionService, Behaviour};
+use crate::common::*;
+
+/// A free port on 127.0.0.1 (bound and released; nothing else here takes ports at random).
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// Turns the test config's listener on at `addr`, with the lag probed every 200 ms.
+fn listen_on(env: &TestEnv, addr: SocketAddr) {
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let off = "[telemetry]\nlisten = \"\"\n";
+    assert!(text.contains(off), "the test config turns the listener off");
+    let on = format!("[telemetry]\nlisten = \"{addr}\"\nlag_interval = \"200ms\"\n");
+    std::fs::write(&env.config_path, text.replace(off, &on)).expect("write config");
+}
+
+/// An actions worker running until the returned token is cancelled.
+fn start_worker(env: &TestEnv) -> (CancellationToken, JoinHandle<reflex::summary::Summary>) {
+    let config = env.config();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        let options = RunOptions {
+            worker_id: "it-telemetry".into(),
+            drain: false,
+        };
+        worker::run(&config, options, token)
+            .await
+            .expect("worker runs")
+    });
+    (stop, task)
+}
+
+async fn stop_worker(stop: CancellationToken, task: JoinHandle<reflex::summary::Summary>) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("worker stops within a minute")
+        .expect("worker task");
+}
+
+/// `GET http://addr/path`: status and body.
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// Polls `check` every 200 ms until it gives a value, for at most `limit`.
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The `prometheus` binary: `REFLEX_PROMETHEUS`, or built (once) by `scripts/prometheus.sh`.
+fn prometheus_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("REFLEX_PROMETHEUS") {
+        return PathBuf::from(path);
+    }
+    let output = Command::new(repo().join("scripts/prometheus.sh"))
+        .output()
+        .expect("run scripts/prometheus.sh");
+    assert!(
+        output.status.success(),
+        "scripts/prometheus.sh failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+/// A Prometheus server scraping one reflex worker every second; stopped when dropped.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    async fn scraping(target: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: reflex\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .expect("write prometheus.yml");
+        let addr = free_addr();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+        let child = Command::new(prometheus_bin())
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        let prometheus = Self {
+            child,
+            addr,
+            _dir: dir,
+        };
+        wait_for(
+            "Prometheus to be ready",
+            Duration::from_secs(60),
+            || async {
+                get(addr, "/-/ready")
+                    .await
+                    .filter(|(status, _)| *status == 200)
+            },
+        )
+        .await;
+        prometheus
+    }
+
+    /// The instant vector of `query`: each series' labels and value.
+    async fn query(&self, query: &str) -> Vec<(Value, f64)> {
+        let q = utf8_percent_encode(query, NON_ALPHANUMERIC);
+        let Some((200, body)) = get(self.addr, &format!("/api/v1/query?query={q}")).await else {
+            return Vec::new();
+        };
+        let answer: Value = serde_json::from_str(&body).expect("query answer is JSON");
+        assert_eq!(answer["status"], "success", "{query}: {answer}");
+        answer["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let value = s["value"][1].as_str()?.parse().ok()?;
+                Some((s["metric"].clone(), value))
+            })
+            .collect()
+    }
+
+    /// The value of a query that selects one series, once it has one.
+    async fn value(&self, query: &str) -> Option<f64> {
+        match self.query(query).await.as_slice() {
+            [(_, v)] => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// Waits until `query` selects one series whose value satisfies `ok`; returns the value.
+    async fn wait_value(&self, query: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        wait_for(query, Duration::from_secs(60), || async {
+            self.value(query).await.filter(|v| ok(*v))
+        })
+        .await
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_outcomes_dead_letters_stages_and_the_policy_revision() {
+    let env = TestEnv::new(1);
+    let addr = free_addr();
+    listen_on(&env, addr);
+    env.create_topics().await;
+    // A known mix: 3 actioned, 1 denied, 4 schema-invalid, 2 undecodable, 1 of an unknown type.
+    let mut records = Vec::new();
+    for i in 0..3 {
+        records.push(Rec::json(
+            &format!("ok{i}"),
+            &order(&format!("ok-{i}"), "/shop/web", 10.0),
+        ));
+    }
+    records.push(Rec::json("deny", &order("denied-1", "/shop/intruder", 5.0)));
+    for i in 0..4 {
+        let mut invalid = order(&format!("invalid-{i}"), "/shop/web", 10.0);
+        invalid["data"]["currency"] = json!("DOGE");
+        records.push(Rec::json(&format!("bad{i}"), &invalid));
+    }
+    records.push(Rec::raw("garbage-1", b"\xff\x00garbage"));
+    records.push(Rec::raw("garbage-2", b"not json"));
+    let unknown = json!({"specversion": "1.0", "id": "unknown-1", "source": "/shop/web",
+                         "type": "order.cancelled", "data": {}});
+    records.push(Rec::json("unknown", &unknown));
+    produce(&env.events, &records).await;
+
+    let (stop, task) = start_worker(&env);
+    let audits = wait_for_audits(&env.audit, records.len()).await;
+    let revision = audits["ok-0"][0]["policy_revision"]
+        .as_str()
+        .expect("revision")
+        .to_owned();
+    let prometheus = Prometheus::scraping(addr).await;
+
+    // Once Prometheus has scraped after the last audit record, every counter is final.
+    let delivered = prometheus
+        .wait_value(
+            "reflex_stage_duration_seconds_count{stage=\"delivery\"}",
+            |v| v == 11.0,
+        )
+        .await;
+    assert_eq!(delivered, 11.0);
+    assert_eq!(
+        prometheus.value("up{job=\"reflex\"}").await,
+        Some(1.0),
+        "the scrape succeeds: the text format parses"
+    );
+    let by_outcome = prometheus
+        .query("sum by (outcome) (reflex_events_processed_total)")
+        .await;
+    let mut outcomes: Vec<(String, f64)> = by_outcome
+        .iter()
+        .map(|(m, v)| (m["outcome"].as_str().unwrap_or("?").to_owned(), *v))
+        .collect();
+    outcomes.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        outcomes,
+        [
+            ("actioned".to_owned(), 3.0),
+            ("dead_lettered".to_owned(), 7.0),
+            ("denied".to_owned(), 1.0),
+            ("retrying".to_owned(), 0.0)
+        ]
+    );
+    let dead_letter = |ty: &str, reason: &str| {
+        format!("reflex_dead_letters_total{{type=\"{ty}\",reason=\"{reason}\"}}")
+    };
+    assert_eq!(
+        prometheus
+            .value(&dead_letter("order.placed", "schema_invalid"))
+            .await,
+        Some(4.0)
+    );
+    assert_eq!(
+        prometheus
+            .value(&dead_letter("(undecodable)", "undecodable"))
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        prometheus
+            .value(&dead_letter("(unknown)", "unknown_type"))
+            .await,
+        Some(1.0),
+        "a type without a schema is counted under one bounded label"
+    );
+    assert_eq!(
+        prometheus
+            .value("reflex_events_processed_total{type=\"order.placed\",outcome=\"denied\"}")
+            .await,
+        Some(1.0)
+    );
+    // The policy ran for the 4 events it decided; its histogram has every one in +Inf, and
+    // PromQL reads a quantile from the buckets.
+    assert_eq!(
+        prometheus
+            .value("reflex_stage_duration_seconds_bucket{stage=\"policy\",le=\"+Inf\"}")
+            .await,
+        Some(4.0)
+    );
+    let median = prometheus
+        .value("histogram_quantile(0.5, reflex_stage_duration_seconds_bucket{stage=\"policy\"})")
+        .await
+        .expect("a policy median");
+    assert!(median > 0.0 && median <= 10.0, "{median}");
+    let info = prometheus.query("reflex_policy_info").await;
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert_eq!(info[0].0["revision"], revision.as_str());
+    assert_eq!(info[0].0["engine"], "interpreter");
+    // Caught up: no lag on the events topic.
+    let lag = format!(
+        "reflex_consumer_lag_records{{topic=\"{}\",partition=\"0\"}}",
+        env.events
+    );
+    assert_eq!(prometheus.wait_value(&lag, |v| v == 0.0).await, 0.0);
+    assert_eq!(
+        prometheus.value("reflex_in_flight_records").await,
+        Some(0.0)
+    );
+    drop(prometheus);
+    stop_worker(stop, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_is_unavailable_until_partitions_are_assigned() {
+    // The worker does not create the topics, so it cannot be assigned anything until the test
+    // creates them; it looks for new topics every second.
+    let env = TestEnv::new(1);
+    let addr = free_addr();
+    listen_on(&env, addr);
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let text = text
+        .replace(
+            "\"heartbeat.interval.ms\" = \"1000\"\n",
+            "\"heartbeat.interval.ms\" = \"1000\"\n\"topic.metadata.refresh.interval.ms\" = \"1000\"\n",
+        )
+        .replace("partitions = 1\n", "partitions = 1\ncreate_missing = false\n");
+    std::fs::write(&env.config_path, text).expect("write config");
+
+    let (stop, task) = start_worker(&env);
+    let health = wait_for("the listener", Duration::from_secs(30), || {
+        get(addr, "/healthz")
+    })
+    .await;
+    assert_eq!(health, (200, "ok\n".to_owned()));
+    let (status, body) = get(addr, "/readyz").await.expect("readyz answers");
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not ready: no partitions assigned yet\n")
+    );
+
+    env.create_topics().await;
+    let ready = wait_for("/readyz to turn ready", Duration::from_secs(60), || async {
+        get(addr, "/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
+    assert_eq!(ready.1, "ready\n");
+    let (_, metrics) = get(addr, "/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains("\nreflex_assigned_partitions 2\n"),
+        "the events topic and the retry topic, one partition each:\n{metrics}"
+    );
+    let (status, _) = get(addr, "/nothing-here").await.expect("answers");
+    assert_eq!(status, 404);
+    stop_worker(stop, task).await;
+    assert!(
+        get(addr, "/healthz").await.is_none(),
+        "the listener stops with the worker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lag_rises_while_the_worker_is_held_up_and_returns_to_zero_after_it_drains() {
+    // order.placed calls an HTTP service that fails until released; with one record in flight
+    // the worker consumes nothing more while the first order is retried.
+    let service = ActionService::start();
+    service.set_behaviour("", Behaviour::fail(503, u32::MAX));
+    let env = TestEnv::new(1);
+    let addr = free_addr();
+    listen_on(&env, addr);
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let emit = format!(
+        "[actions.request_shipment]\nkind = \"emit\"\ntypes = [\"order.placed\"]\ntopic = \"{}\"\ntype = \"shipment.requested\"\n",
+        env.shipments
+    );
+    let http = format!(
+        "[actions.request_shipment]\nkind = \"http\"\ntypes = [\"order.placed\"]\nurl = \"{}/orders/{{subject}}\"\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\nmax_attempts = 100000\n",
+        service.url()
+    );
+    assert!(text.contains(&emit));
+    let text = text.replace(&emit, &http).replace(
+        "shutdown_timeout = \"20s\"\n",
+        "shutdown_timeout = \"20s\"\nmax_in_flight = 1\n",
+    ) + "\n[services]\nbreaker_failures = 1000000\n";
+    std::fs::write(&env.config_path, text).expect("write config");
+    env.create_topics().await;
+
+    let (stop, task) = start_worker(&env);
+    produce(
+        &env.events,
+        &[Rec::json("k0", &order("held-0", "/shop/web", 10.0))],
+    )
+    .await;
+    wait_for(
+        "the first order to reach the service",
+        Duration::from_secs(60),
+        || async { (service.total() > 0).then_some(()) },
+    )
+    .await;
+    let more: Vec<Rec> = (1..=5)
+        .map(|i| {
+            Rec::json(
+                &format!("k{i}"),
+                &order(&format!("held-{i}"), "/shop/web", 10.0),
+            )
+        })
+        .collect();
+    produce(&env.events, &more).await;
+
+    let prometheus = Prometheus::scraping(addr).await;
+    let records = format!(
+        "reflex_consumer_lag_records{{topic=\"{}\",partition=\"0\"}}",
+        env.events
+    );
+    let seconds = format!(
+        "reflex_consumer_lag_seconds{{topic=\"{}\",partition=\"0\"}}",
+        env.events
+    );
+    assert_eq!(
+        prometheus.wait_value(&records, |v| v == 5.0).await,
+        5.0,
+        "five orders wait behind the held one"
+    );
+    let first = prometheus.wait_value(&seconds, |v| v > 0.0).await;
+    let later = prometheus.wait_value(&seconds, |v| v > first).await;
+    assert!(later > first, "the oldest waiting record grows older");
+    assert_eq!(
+        prometheus.value("reflex_in_flight_records").await,
+        Some(1.0)
+    );
+
+    service.set_behaviour("", Behaviour::ok());
+    wait_for_audits(&env.audit, 6).await;
+    assert_eq!(prometheus.wait_value(&records, |v| v == 0.0).await, 0.0);
+    assert_eq!(prometheus.wait_value(&seconds, |v| v == 0.0).await, 0.0);
+    assert_eq!(
+        prometheus
+            .value("reflex_events_processed_total{type=\"order.placed\",outcome=\"actioned\"}")
+            .await,
+        Some(6.0)
+    );
+    drop(prometheus);
+    stop_worker(stop, task).await;
+}
+
+/// The value of the sample `series` (name and labels exactly as written) in a `/metrics` text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lake_role_counts_what_it_writes() {
+    use crate::lake::{LakeEnv, Store};
+    let lake = LakeEnv::new(Store::Local, 1, "max_file_age = \"1s\"");
+    let addr = free_addr();
+    listen_on(&lake.env, addr);
+    lake.env.create_topics().await;
+    let records: Vec<Rec> = (0..5)
+        .map(|n| Rec::json("k", &refund(&format!("lake-{n}"), 5.0)))
+        .collect();
+    produce(&lake.env.events, &records).await;
+
+    let config = lake.env.config();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        let options = reflex::role::lake::LakeRunOptions { drain: false };
+        reflex::role::lake::run(&config, options, token)
+            .await
+            .expect("lake worker runs")
+    });
+    let lag = format!(
+        "reflex_consumer_lag_records{{topic=\"{}\",partition=\"0\"}}",
+        lake.env.events
+    );
+    let text = wait_for(
+        "five rows written and no lag",
+        Duration::from_secs(60),
+        || async {
+            let (_, text) = get(addr, "/metrics").await?;
+            (sample(&text, "reflex_lake_rows_written_total") == Some(5.0)
+                && sample(&text, &lag) == Some(0.0))
+            .then_some(text)
+        },
+    )
+    .await;
+    assert!(sample(&text, "reflex_lake_files_written_total").is_some_and(|n| n >= 1.0));
+    assert!(sample(&text, "reflex_lake_bytes_written_total").is_some_and(|n| n > 0.0));
+    assert_eq!(sample(&text, "reflex_lake_buffered_bytes"), Some(0.0));
+    assert_eq!(
+        lake.count("SELECT count(*) FROM refund_requested"),
+        5,
+        "the rows counted are the rows DuckDB reads"
+    );
+    let (status, _) = get(addr, "/readyz").await.expect("readyz");
+    assert_eq!(status, 200);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("lake worker stops within a minute")
+        .expect("lake task");
+}
