@@ -75,7 +75,9 @@ struct Recorded {
     decision: Option<Decision>,
     now: Option<chrono::DateTime<chrono::Utc>>,
     revision: String,
-    enrichment: Map<String, Value>,
+    /// The enrichment answers the policy saw; `None` for a record that lists lookups but was
+    /// written before audit records kept their answers, so its decision cannot be repeated.
+    enrichment: Option<Map<String, Value>>,
 }
 
 /// The audit records, by the coordinates of the record they describe.
@@ -101,9 +103,11 @@ fn read_trail(
             audit["offset"].as_i64().unwrap_or(-1),
         );
         let decision = audit.get("decision").map(Decision::from_document);
+        let looked_up = audit["lookups"].as_array().is_some_and(|l| !l.is_empty());
         let enrichment = match audit.get_mut("enrichment").map(Value::take) {
-            Some(Value::Object(map)) => map,
-            _ => Map::new(),
+            Some(Value::Object(map)) => Some(map),
+            _ if looked_up => None,
+            _ => Some(Map::new()),
         };
         let recorded = Recorded {
             decision,
@@ -161,6 +165,10 @@ pub async fn replay(config: &Config, options: &ReplayOptions) -> Result<ShadowRe
                 report.skip("no recorded decision (dead-lettered)");
                 continue;
             };
+            let Some(enrichment) = &recorded.enrichment else {
+                report.skip("enriched before audit records kept the enrichment answers");
+                continue;
+            };
             let Some(now) = recorded.now else {
                 report.skip("audit record without processed_at");
                 continue;
@@ -180,7 +188,7 @@ pub async fn replay(config: &Config, options: &ReplayOptions) -> Result<ShadowRe
                 mode: admitted.mode,
                 input: &input,
                 now: &now,
-                enrichment: &recorded.enrichment,
+                enrichment,
             };
             let candidate = ingest::decide(&mut evaluator, &on, &emit);
             report.record(
