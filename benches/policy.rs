@@ -8,7 +8,7 @@
 //! - `policy/decide_compiled/<input>`: the same with `[policy] engine = "compiled"` (the entry
 //!   rule compiled to regorus's VM), for the ratio in the same run;
 //! - `policy/input/<input>`: building the input document from the decoded event
-//!   (`pipeline::policy_input`); `policy/input_json/<input>`: the same document through
+//!   (`ingest::policy_input`); `policy/input_json/<input>`: the same document through
 //!   `serde_json::json!` and a conversion (the former route);
 //! - `policy/stage/<input>`, `policy/stage_compiled/<input>`: input document + decision, the
 //!   policy stage of an audit record's `timings_us.policy`, with each engine;

@@ -1,5 +1,5 @@
 //! A fixed amount of policy work for an instruction-counting profiler: the worker's policy step
-//! (the input built by `pipeline::policy_input` from a decoded event, then `Evaluator::decide`)
+//! (the input built by `ingest::policy_input` from a decoded event, then `Evaluator::decide`)
 //! repeated over the inputs of `benches/policy-inputs.json`.
 //!
 //! usage: policy_profile [ROUNDS]   (default 2000 rounds over every input)
