@@ -83,6 +83,34 @@ pub struct TopicReader<'c> {
 impl<'c> TopicReader<'c> {
     /// Assigns every partition of `topic` to `consumer` from `from`.
     pub fn open(consumer: &'c BaseConsumer, topic: &str, from: Start) -> Result<Self, ReadError> {
+        Self::open_with(consumer, topic, |_, low, high| {
+            Some(match from {
+                Start::Beginning => low,
+                Start::Offset(o) => o.max(low),
+                Start::Tail(n) => (high - n).max(low),
+            })
+        })
+    }
+
+    /// Assigns the partitions of `topic` named in `starts`, each from its offset (or the
+    /// oldest kept, if later); a negative offset (none committed) reads from the oldest.
+    pub fn open_partitions(
+        consumer: &'c BaseConsumer,
+        topic: &str,
+        starts: &HashMap<i32, i64>,
+    ) -> Result<Self, ReadError> {
+        Self::open_with(consumer, topic, |partition, low, _| {
+            starts.get(&partition).map(|&o| o.max(low))
+        })
+    }
+
+    /// Assigns each partition of `topic` for which `start(partition, low, high)` names an
+    /// offset, up to the end it has now.
+    fn open_with(
+        consumer: &'c BaseConsumer,
+        topic: &str,
+        start: impl Fn(i32, i64, i64) -> Option<i64>,
+    ) -> Result<Self, ReadError> {
         let timeout = Duration::from_secs(10);
         let read_err = |source| ReadError::Read {
             topic: topic.to_owned(),
@@ -97,10 +125,8 @@ impl<'c> TopicReader<'c> {
             let (low, high) = consumer
                 .fetch_watermarks(topic, p.id(), timeout)
                 .map_err(read_err)?;
-            let start = match from {
-                Start::Beginning => low,
-                Start::Offset(o) => o.max(low),
-                Start::Tail(n) => (high - n).max(low),
+            let Some(start) = start(p.id(), low, high) else {
+                continue;
             };
             if start < high {
                 assignment

@@ -152,7 +152,8 @@ pub async fn run(
     let store = LakeStore::open(&config.lake)?;
     check_evolution(&store, &tables).await?;
     let lake_cfg = &config.lake;
-    let mut client = kafka::consumer_config(&config.kafka, &lake_cfg.group_id);
+    let mut client =
+        kafka::consumer_config(&config.kafka, &lake_cfg.group_id, kafka::Assignment::Any);
     client.set("enable.auto.commit", "false");
     let consumer: StreamConsumer<LakeContext> = client
         .create_with_context(LakeContext {
