@@ -4,6 +4,7 @@
 mod action_service;
 mod actions;
 mod admission;
+mod chaos;
 mod cli;
 mod common;
 mod crash;
