@@ -25,7 +25,7 @@ pub mod read;
 
 pub use connect::{connect, ConnectError, ConnectFailure, Connected, CONNECT_TIMEOUT};
 pub use drain::caught_up;
-pub use group::{Assignment, GroupProtocol, GroupSettings};
+pub use group::{consumer_fatal, Assignment, ConsumerFatal, GroupProtocol, GroupSettings};
 pub use read::{reader, scan, ReadError, Start, TopicReader};
 
 /// Largest record reflex produces (dead letters carry the original record).

@@ -47,6 +47,9 @@ use table::Table;
 /// Why the lake role or a lake command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
+    /// The consumer hit an error it cannot recover from.
+    #[error(transparent)]
+    ConsumerFatal(crate::kafka::ConsumerFatal),
     /// The telemetry listener could not start.
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::ListenError),

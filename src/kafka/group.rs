@@ -105,6 +105,44 @@ impl GroupSettings {
     }
 }
 
+/// A consumer error after which the consumer cannot go on (librdkafka's fatal errors), with
+/// what the operator can do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("the consumer of group \"{group}\" cannot go on: {cause}{hint}")]
+pub struct ConsumerFatal {
+    /// The group.
+    pub group: String,
+    /// librdkafka's error.
+    pub cause: String,
+    /// What to do, or empty.
+    pub hint: &'static str,
+}
+
+/// The fatal error in `error`, if it is one; other consumer errors are transient.
+pub fn consumer_fatal(error: &rdkafka::error::KafkaError, group: &str) -> Option<ConsumerFatal> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    let KafkaError::MessageConsumptionFatal(code) = error else {
+        return None;
+    };
+    let hint = match code {
+        RDKafkaErrorCode::UnreleasedInstanceId => {
+            ". Another member holds this --instance-id: a worker that crashed less than the \
+             broker's group.consumer.session.timeout.ms ago (restart after it expires), or a \
+             live worker with the same name (give each replica its own)"
+        }
+        RDKafkaErrorCode::FencedInstanceId => {
+            ". A worker started with the same --instance-id took this one's place; give each \
+             replica its own name"
+        }
+        _ => "",
+    };
+    Some(ConsumerFatal {
+        group: group.to_owned(),
+        cause: error.to_string(),
+        hint,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,6 +60,9 @@ pub enum WorkerError {
     /// The telemetry listener could not start.
     #[error(transparent)]
     Telemetry(#[from] metrics::ListenError),
+    /// The consumer hit an error it cannot recover from.
+    #[error(transparent)]
+    ConsumerFatal(kafka::ConsumerFatal),
     /// The retry topic could not be read.
     #[error(transparent)]
     Retry(kafka::ReadError),
@@ -337,6 +340,11 @@ pub async fn run(
                 let message = match message {
                     Ok(m) => m,
                     Err(e) => {
+                        if let Some(fatal) = kafka::consumer_fatal(&e, &role.group_id) {
+                            tracing::error!(error = %fatal, "stopping the worker");
+                            result = Err(WorkerError::ConsumerFatal(fatal));
+                            break;
+                        }
                         tracing::warn!(error = %e, "consumer error");
                         continue;
                     }

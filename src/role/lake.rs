@@ -247,6 +247,10 @@ pub async fn run(
                 let message = match message {
                     Ok(m) => m,
                     Err(e) => {
+                        // Its buffered rows are uncommitted: the partitions' next owner reads them again.
+                        if let Some(fatal) = kafka::consumer_fatal(&e, &lake_cfg.group_id) {
+                            return Err(LakeError::ConsumerFatal(fatal));
+                        }
                         tracing::warn!(error = %e, "consumer error");
                         continue;
                     }
