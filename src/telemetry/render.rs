@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use super::{lock, Metrics, Stage, OUTCOMES};
 use crate::policy::telemetry as policy_telemetry;
+use crate::service::BreakerState;
 
 /// Writes a metric family's `# HELP` and `# TYPE` lines.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -177,6 +178,22 @@ fn render_actions(out: &mut String, metrics: &Metrics) {
         &[],
         metrics.in_flight.load(std::sync::atomic::Ordering::Relaxed),
     );
+    family(
+        out,
+        "reflex_breaker_state",
+        "gauge",
+        "Circuit breaker of each HTTP service called so far: 1 for its current state.",
+    );
+    for (service, state) in metrics.breakers() {
+        for each in BreakerState::ALL {
+            sample(
+                out,
+                "reflex_breaker_state",
+                &[("service", &service), ("state", each.as_str())],
+                u8::from(each == state),
+            );
+        }
+    }
 }
 
 fn render_lake(out: &mut String, metrics: &Metrics) {

@@ -29,6 +29,7 @@ fn audit(ty: Option<&str>, outcome: Outcome, reason: Option<DeadLetterReason>) -
 fn metrics() -> Metrics {
     Metrics::new(
         "actions",
+        "reflex-actions",
         ["order.placed", "refund.requested"],
         Duration::from_secs(30),
     )
@@ -175,12 +176,12 @@ fn readiness_needs_a_policy_and_partitions() {
 #[test]
 fn health_fails_when_the_loop_stalls() {
     // A stall timeout of 1 ms is certainly exceeded after sleeping 5 ms.
-    let m = Metrics::new("lake", [], Duration::from_millis(1));
+    let m = Metrics::new("lake", "reflex-lake", [], Duration::from_millis(1));
     m.progress();
     std::thread::sleep(Duration::from_millis(5));
     let why = m.health().expect_err("stalled");
     assert!(why.contains("lake worker's loop made no progress"), "{why}");
-    let m = Metrics::new("lake", [], Duration::from_secs(3600));
+    let m = Metrics::new("lake", "reflex-lake", [], Duration::from_secs(3600));
     m.progress();
     assert_eq!(m.health(), Ok(()));
 }
@@ -240,7 +241,7 @@ async fn an_address_in_use_is_named() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr");
     let stop = tokio_util::sync::CancellationToken::new();
-    let err = serve(addr, std::sync::Arc::new(metrics()), stop)
+    let err = serve(addr, std::sync::Arc::new(metrics()), None, stop)
         .await
         .expect_err("in use");
     let msg = err.to_string();
@@ -249,4 +250,127 @@ async fn an_address_in_use_is_named() {
             && msg.contains("in use"),
         "{msg}"
     );
+}
+
+#[test]
+fn the_status_reads_the_counters_the_metrics_render() {
+    let m = metrics();
+    for _ in 0..3 {
+        let a = audit(
+            Some("order.placed"),
+            Outcome::DeadLettered,
+            Some(DeadLetterReason::SchemaInvalid),
+        );
+        EventProcessed { audit: &a }.emit(&m);
+    }
+    let a = audit(Some("order.placed"), Outcome::Actioned, None);
+    EventProcessed { audit: &a }.emit(&m);
+    let status = m.status();
+    assert_eq!(
+        (status.role, status.group.as_str()),
+        ("actions", "reflex-actions")
+    );
+    assert_eq!(status.types.len(), 1);
+    let t = &status.types[0];
+    assert_eq!(
+        (
+            t.ty.as_str(),
+            t.actioned,
+            t.dead_lettered,
+            t.denied,
+            t.retrying
+        ),
+        ("order.placed", 1, 3, 0, 0)
+    );
+    let text = render(&m);
+    for (outcome, n) in [("actioned", t.actioned), ("dead_lettered", t.dead_lettered)] {
+        let series =
+            format!("reflex_events_processed_total{{type=\"order.placed\",outcome=\"{outcome}\"}}");
+        assert_eq!(
+            line(&text, &series),
+            Some(n.to_string().as_str()),
+            "{series}"
+        );
+    }
+    assert_eq!(status.dead_letters.len(), 1);
+    assert_eq!(
+        (status.dead_letters[0].reason, status.dead_letters[0].count),
+        ("schema_invalid", 3)
+    );
+    assert!(status.lake.is_none(), "the actions role has no lake");
+    assert_eq!(status.readiness, "not ready: no policy set loaded");
+}
+
+#[test]
+fn recent_keeps_the_last_denials_and_dead_letters_newest_first() {
+    let m = metrics();
+    for i in 0..(RECENT_CAPACITY + 5) {
+        let (outcome, reason) = if i % 2 == 0 {
+            (Outcome::Denied, None)
+        } else {
+            (Outcome::DeadLettered, Some(DeadLetterReason::SchemaInvalid))
+        };
+        let mut a = audit(Some("order.placed"), outcome, reason);
+        a.event_id = Some(format!("e-{i}"));
+        EventProcessed { audit: &a }.emit(&m);
+        let mut ok = audit(Some("order.placed"), Outcome::Actioned, None);
+        ok.event_id = Some(format!("ok-{i}"));
+        EventProcessed { audit: &ok }.emit(&m);
+    }
+    let recent = m.status().recent;
+    assert_eq!(recent.len(), RECENT_CAPACITY);
+    let ids: Vec<&str> = recent
+        .iter()
+        .filter_map(|r| r.event_id.as_deref())
+        .collect();
+    assert_eq!(ids.first(), Some(&"e-24"));
+    assert_eq!(ids.last(), Some(&"e-5"));
+    assert!(
+        ids.iter().all(|id| id.starts_with("e-")),
+        "actioned events are not listed"
+    );
+    assert_eq!(recent[1].reason, Some("schema_invalid"));
+}
+
+#[test]
+fn a_recent_entry_holds_what_the_audit_record_says_cut_short() {
+    let mut a = audit(Some("order.placed"), Outcome::Denied, None);
+    a.event_id = Some("x".repeat(500));
+    a.decision = Some(crate::policy::Decision {
+        allow: false,
+        reasons: vec!["source is not allowed".to_owned()],
+        obligations: serde_json::Map::new(),
+        failure: None,
+        detail: None,
+    });
+    let r = Recent::of(&a);
+    assert_eq!(r.reasons, ["source is not allowed"]);
+    let id = r.event_id.expect("an id");
+    assert_eq!(
+        id.chars().count(),
+        status::FIELD_CHARS + 1,
+        "cut, with an ellipsis"
+    );
+    let json = serde_json::to_value(Recent::of(&a)).expect("serialises");
+    assert_eq!(json["outcome"], "denied");
+    assert_eq!(json["type"], "order.placed");
+}
+
+#[test]
+fn the_lake_status_names_its_tables_and_totals() {
+    let m = Metrics::new(
+        "lake",
+        "reflex-lake",
+        ["order.placed"],
+        Duration::from_secs(30),
+    );
+    LakeFilesWritten {
+        files: 2,
+        rows: 10,
+        bytes: 4096,
+    }
+    .emit(&m);
+    let lake = m.status().lake.expect("the lake role reports its lake");
+    assert_eq!(lake.tables, ["order.placed"]);
+    assert_eq!((lake.files, lake.rows, lake.bytes), (2, 10, 4096));
 }
