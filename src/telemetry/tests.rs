@@ -374,3 +374,68 @@ fn the_lake_status_names_its_tables_and_totals() {
     assert_eq!(lake.tables, ["order.placed"]);
     assert_eq!((lake.files, lake.rows, lake.bytes), (2, 10, 4096));
 }
+
+/// The PromQL expressions of the Grafana dashboard in `deploy/grafana/`.
+fn dashboard_exprs() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/reflex.json");
+    let text = std::fs::read_to_string(path).expect("the dashboard is in the repository");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut exprs = Vec::new();
+    let mut panels: Vec<&serde_json::Value> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    while let Some(panel) = panels.pop() {
+        panels.extend(panel["panels"].as_array().into_iter().flatten());
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.extend(target["expr"].as_str().map(str::to_owned));
+        }
+    }
+    exprs
+}
+
+#[test]
+fn every_dashboard_expression_names_metrics_reflex_exports() {
+    let mut families = BTreeSet::new();
+    for m in [
+        metrics(),
+        Metrics::new("lake", "reflex-lake", [], Duration::from_secs(30)),
+    ] {
+        let text = render(&m);
+        for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut words = l.split(' ').skip(2);
+            let (name, kind) = (words.next().unwrap_or_default(), words.next());
+            families.insert(name.to_owned());
+            if kind == Some("histogram") {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    families.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    let mut used = BTreeSet::new();
+    for expr in &exprs {
+        let names: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("reflex_"))
+            .collect();
+        assert!(!names.is_empty(), "{expr} reads no reflex metric");
+        for name in names {
+            assert!(
+                families.contains(name),
+                "{expr}: {name} is not a metric reflex exports"
+            );
+            used.insert(name.to_owned());
+        }
+    }
+    for needed in [
+        "reflex_consumer_lag_seconds",
+        "reflex_dead_letters_total",
+        "reflex_breaker_state",
+    ] {
+        assert!(used.contains(needed), "the dashboard shows {needed}");
+    }
+}

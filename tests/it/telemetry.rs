@@ -168,6 +168,19 @@ impl Prometheus {
             .collect()
     }
 
+    /// How many series `query` selects, or Prometheus's answer when it refuses the query.
+    async fn series(&self, query: &str) -> Result<usize, String> {
+        let q = utf8_percent_encode(query, NON_ALPHANUMERIC);
+        let (status, body) = get(self.addr, &format!("/api/v1/query?query={q}"))
+            .await
+            .ok_or("Prometheus does not answer")?;
+        let answer: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if status != 200 || answer["status"] != "success" {
+            return Err(body);
+        }
+        Ok(answer["data"]["result"].as_array().map_or(0, Vec::len))
+    }
+
     /// The value of a query that selects one series, once it has one.
     async fn value(&self, query: &str) -> Option<f64> {
         match self.query(query).await.as_slice() {
@@ -312,8 +325,53 @@ async fn prometheus_scrapes_outcomes_dead_letters_stages_and_the_policy_revision
         prometheus.value("reflex_in_flight_records").await,
         Some(0.0)
     );
+    dashboard_queries_answer(&prometheus).await;
     drop(prometheus);
     stop_worker(stop, task).await;
+}
+
+/// Every expression of `deploy/grafana/reflex.json` is valid PromQL, and each one that reads
+/// only the actions role's metrics selects series from an actions worker.
+async fn dashboard_queries_answer(prometheus: &Prometheus) {
+    let text =
+        std::fs::read_to_string(repo().join("deploy/grafana/reflex.json")).expect("the dashboard");
+    fn collect(value: &Value, exprs: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("expr", Value::String(e)) => exprs.push(e.clone()),
+                        _ => collect(v, exprs),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| collect(v, exprs)),
+            _ => {}
+        }
+    }
+    let dashboard: Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut exprs = Vec::new();
+    collect(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    for expr in &exprs {
+        // Grafana's variables, as Grafana fills them in.
+        let query = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$instance", ".*");
+        // Lake and breaker series do not exist in an actions worker that called no service;
+        // dead letters exist only for the reasons seen.
+        let expects_series = !["reflex_lake_", "reflex_breaker_state", "reason=\""]
+            .iter()
+            .any(|s| query.contains(s));
+        wait_for(expr, Duration::from_secs(30), || async {
+            match prometheus.series(&query).await {
+                Err(refused) => panic!("Prometheus refuses {query}: {refused}"),
+                Ok(0) if expects_series => None,
+                Ok(n) => Some(n),
+            }
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
