@@ -22,8 +22,11 @@
 //!   the circuit breaker of each HTTP service called so far (`closed`, `open`, `half_open`).
 //!
 //! Lake role:
-//! - `reflex_lake_files_written_total`, `reflex_lake_rows_written_total`,
-//!   `reflex_lake_bytes_written_total` (counters): Parquet written;
+//! - `reflex_lake_files_written_total{table}`, `reflex_lake_rows_written_total{table}`,
+//!   `reflex_lake_bytes_written_total{table}` (counters): Parquet written, per table (every
+//!   table of an event type is exported from the start, at 0);
+//! - `reflex_lake_last_file_age_seconds{table}` (gauge): time since this worker last wrote a
+//!   file of the table (absent before the first);
 //! - `reflex_lake_buffered_bytes` (gauge): row bytes waiting to be written.
 //!
 //! Both roles:
@@ -167,9 +170,8 @@ pub struct Metrics {
     services: OnceLock<Services>,
     stages: [Histogram; Stage::ALL.len()],
     in_flight: AtomicU64,
-    lake_files: AtomicU64,
-    lake_rows: AtomicU64,
-    lake_bytes: AtomicU64,
+    /// What the lake role wrote, by table.
+    lake: Mutex<BTreeMap<String, LakeTable>>,
     lake_buffered: AtomicU64,
     policy: Mutex<Option<(String, PolicyEngine)>>,
     /// Assigned partitions by topic, so the hot path finds one without allocating.
@@ -189,19 +191,26 @@ impl Metrics {
         known_types: impl IntoIterator<Item = &'a str>,
         stall_timeout: Duration,
     ) -> Self {
+        let known_types: BTreeSet<String> = known_types.into_iter().map(str::to_owned).collect();
+        let lake = if role == "lake" {
+            known_types
+                .iter()
+                .map(|t| (t.clone(), LakeTable::default()))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         Self {
             role,
             group: group.to_owned(),
-            known_types: known_types.into_iter().map(str::to_owned).collect(),
+            known_types,
             events: Mutex::default(),
             dead_letters: Mutex::default(),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
             services: OnceLock::new(),
             stages: std::array::from_fn(|_| Histogram::default()),
             in_flight: AtomicU64::new(0),
-            lake_files: AtomicU64::new(0),
-            lake_rows: AtomicU64::new(0),
-            lake_bytes: AtomicU64::new(0),
+            lake: Mutex::new(lake),
             lake_buffered: AtomicU64::new(0),
             policy: Mutex::new(None),
             partitions: Mutex::default(),
@@ -504,9 +513,24 @@ impl PolicyActive<'_> {
     }
 }
 
-/// The lake role wrote a segment's files.
+/// What the lake role wrote to one table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LakeTable {
+    /// Files.
+    pub files: u64,
+    /// Rows.
+    pub rows: u64,
+    /// Parquet bytes.
+    pub bytes: u64,
+    /// When this worker last wrote a file of it.
+    pub last_file: Option<Instant>,
+}
+
+/// The lake role wrote a segment's files of one table.
 #[derive(Debug, Clone, Copy)]
-pub struct LakeFilesWritten {
+pub struct LakeFilesWritten<'a> {
+    /// The table.
+    pub table: &'a str,
     /// Files.
     pub files: u64,
     /// Rows.
@@ -515,12 +539,19 @@ pub struct LakeFilesWritten {
     pub bytes: u64,
 }
 
-impl LakeFilesWritten {
+impl LakeFilesWritten<'_> {
     /// Counts them.
     pub fn emit(self, metrics: &Metrics) {
-        metrics.lake_files.fetch_add(self.files, Ordering::Relaxed);
-        metrics.lake_rows.fetch_add(self.rows, Ordering::Relaxed);
-        metrics.lake_bytes.fetch_add(self.bytes, Ordering::Relaxed);
+        let mut lake = lock(&metrics.lake);
+        // A table is allocated only the first time it is written, if it was not known.
+        let t = match lake.get_mut(self.table) {
+            Some(t) => t,
+            None => lake.entry(self.table.to_owned()).or_default(),
+        };
+        t.files += self.files;
+        t.rows += self.rows;
+        t.bytes += self.bytes;
+        t.last_file = Some(Instant::now());
     }
 }
 

@@ -424,12 +424,15 @@ impl Lake<'_> {
         self.summary.files += written.files;
         self.summary.rows += written.rows;
         self.summary.bytes += written.bytes;
-        metrics::LakeFilesWritten {
-            files: written.files,
-            rows: written.rows,
-            bytes: written.bytes,
+        for t in &written.tables {
+            metrics::LakeFilesWritten {
+                table: &t.table,
+                files: t.files,
+                rows: t.rows,
+                bytes: t.bytes,
+            }
+            .emit(&self.metrics);
         }
-        .emit(&self.metrics);
         self.metrics.set_lake_buffered(self.segments.bytes());
         Ok(())
     }

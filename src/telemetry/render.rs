@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::{lock, Metrics, Stage, OUTCOMES};
+use super::{lock, LakeTable, Metrics, Stage, OUTCOMES};
 use crate::policy::telemetry as policy_telemetry;
 use crate::service::BreakerState;
 
@@ -197,26 +197,44 @@ fn render_actions(out: &mut String, metrics: &Metrics) {
 }
 
 fn render_lake(out: &mut String, metrics: &Metrics) {
-    use std::sync::atomic::Ordering::Relaxed;
+    let lake = lock(&metrics.lake);
     for (name, help, value) in [
         (
             "reflex_lake_files_written_total",
-            "Parquet files written.",
-            &metrics.lake_files,
+            "Parquet files written, per table.",
+            (|t| t.files) as fn(&LakeTable) -> u64,
         ),
         (
             "reflex_lake_rows_written_total",
-            "Rows written to Parquet files.",
-            &metrics.lake_rows,
+            "Rows written to Parquet files, per table.",
+            |t| t.rows,
         ),
         (
             "reflex_lake_bytes_written_total",
-            "Bytes of Parquet written.",
-            &metrics.lake_bytes,
+            "Bytes of Parquet written, per table.",
+            |t| t.bytes,
         ),
     ] {
         family(out, name, "counter", help);
-        sample(out, name, &[], value.load(Relaxed));
+        for (table, t) in lake.iter() {
+            sample(out, name, &[("table", table)], value(t));
+        }
+    }
+    family(
+        out,
+        "reflex_lake_last_file_age_seconds",
+        "gauge",
+        "Time since this worker last wrote a file of the table.",
+    );
+    for (table, t) in lake.iter() {
+        if let Some(at) = t.last_file {
+            sample(
+                out,
+                "reflex_lake_last_file_age_seconds",
+                &[("table", table)],
+                at.elapsed().as_secs_f64(),
+            );
+        }
     }
     family(
         out,
@@ -228,7 +246,9 @@ fn render_lake(out: &mut String, metrics: &Metrics) {
         out,
         "reflex_lake_buffered_bytes",
         &[],
-        metrics.lake_buffered.load(Relaxed),
+        metrics
+            .lake_buffered
+            .load(std::sync::atomic::Ordering::Relaxed),
     );
 }
 

@@ -106,16 +106,31 @@ pub struct BreakerStatus {
 /// What the lake role wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct LakeStatus {
-    /// The tables it writes (one per event type with a schema).
-    pub tables: Vec<String>,
+    /// Per table: every table of an event type, and any other table written.
+    pub tables: Vec<LakeTableStatus>,
+    /// Parquet files written (all tables).
+    pub files: u64,
+    /// Rows written (all tables).
+    pub rows: u64,
+    /// Parquet bytes written (all tables).
+    pub bytes: u64,
+    /// Row bytes buffered, not yet written.
+    pub buffered_bytes: u64,
+}
+
+/// What the lake role wrote to one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct LakeTableStatus {
+    /// The table.
+    pub table: String,
     /// Parquet files written.
     pub files: u64,
     /// Rows written.
     pub rows: u64,
     /// Parquet bytes written.
     pub bytes: u64,
-    /// Row bytes buffered, not yet written.
-    pub buffered_bytes: u64,
+    /// Seconds since this worker last wrote a file of it (`null` before the first).
+    pub last_file_age_seconds: Option<f64>,
 }
 
 /// A denial or dead letter as the page lists it: what its audit record says, never its data.
@@ -231,12 +246,24 @@ impl Metrics {
                 revision: revision.clone(),
                 engine: engine.name(),
             });
-        let lake = (!actions).then(|| LakeStatus {
-            tables: self.known_types.iter().cloned().collect(),
-            files: self.lake_files.load(Relaxed),
-            rows: self.lake_rows.load(Relaxed),
-            bytes: self.lake_bytes.load(Relaxed),
-            buffered_bytes: self.lake_buffered.load(Relaxed),
+        let lake = (!actions).then(|| {
+            let tables: Vec<LakeTableStatus> = lock(&self.lake)
+                .iter()
+                .map(|(table, t)| LakeTableStatus {
+                    table: table.clone(),
+                    files: t.files,
+                    rows: t.rows,
+                    bytes: t.bytes,
+                    last_file_age_seconds: t.last_file.map(|at| at.elapsed().as_secs_f64()),
+                })
+                .collect();
+            LakeStatus {
+                files: tables.iter().map(|t| t.files).sum(),
+                rows: tables.iter().map(|t| t.rows).sum(),
+                bytes: tables.iter().map(|t| t.bytes).sum(),
+                tables,
+                buffered_bytes: self.lake_buffered.load(Relaxed),
+            }
         });
         Status {
             role: self.role,

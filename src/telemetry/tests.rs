@@ -364,15 +364,51 @@ fn the_lake_status_names_its_tables_and_totals() {
         ["order.placed"],
         Duration::from_secs(30),
     );
-    LakeFilesWritten {
-        files: 2,
-        rows: 10,
-        bytes: 4096,
+    let text = render(&m);
+    assert_eq!(
+        line(
+            &text,
+            "reflex_lake_rows_written_total{table=\"order.placed\"}"
+        ),
+        Some("0"),
+        "a table is exported before its first file"
+    );
+    assert!(!text.contains("reflex_lake_last_file_age_seconds{"));
+    for (table, rows) in [
+        ("order.placed", 10),
+        ("reflex.audit", 3),
+        ("order.placed", 5),
+    ] {
+        LakeFilesWritten {
+            table,
+            files: 1,
+            rows,
+            bytes: 1000,
+        }
+        .emit(&m);
     }
-    .emit(&m);
     let lake = m.status().lake.expect("the lake role reports its lake");
-    assert_eq!(lake.tables, ["order.placed"]);
-    assert_eq!((lake.files, lake.rows, lake.bytes), (2, 10, 4096));
+    let tables: Vec<(&str, u64, u64)> = lake
+        .tables
+        .iter()
+        .map(|t| (t.table.as_str(), t.files, t.rows))
+        .collect();
+    assert_eq!(tables, [("order.placed", 2, 15), ("reflex.audit", 1, 3)]);
+    assert!(lake
+        .tables
+        .iter()
+        .all(|t| t.last_file_age_seconds.is_some()));
+    assert_eq!((lake.files, lake.rows, lake.bytes), (3, 18, 3000));
+    let text = render(&m);
+    assert_eq!(
+        line(
+            &text,
+            "reflex_lake_rows_written_total{table=\"order.placed\"}"
+        ),
+        Some("15"),
+        "the page and the metrics read the same counters"
+    );
+    assert!(text.contains("reflex_lake_last_file_age_seconds{table=\"reflex.audit\"}"));
 }
 
 /// The PromQL expressions of the Grafana dashboard in `deploy/grafana/`.

@@ -58,9 +58,22 @@ async fn stop_worker(stop: CancellationToken, task: JoinHandle<reflex::summary::
         .expect("worker task");
 }
 
+/// An HTTP client; reflex's builder installs the TLS provider reqwest needs, whichever test
+/// runs first.
+fn client() -> reqwest::Client {
+    reflex::http::client_builder(&reflex::http::HttpTls::default())
+        .expect("an HTTP client builder")
+        .build()
+        .expect("an HTTP client")
+}
+
 /// `GET http://addr/path`: status and body.
 async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let response = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
+    let response = client()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .ok()?;
     let status = response.status().as_u16();
     Some((status, response.text().await.ok()?))
 }
@@ -558,19 +571,30 @@ async fn the_lake_role_counts_what_it_writes() {
         "reflex_consumer_lag_records{{topic=\"{}\",partition=\"0\"}}",
         lake.env.events
     );
+    let table = |name: &str| format!("{name}{{table=\"refund.requested\"}}");
     let text = wait_for(
         "five rows written and no lag",
         Duration::from_secs(60),
         || async {
             let (_, text) = get(addr, "/metrics").await?;
-            (sample(&text, "reflex_lake_rows_written_total") == Some(5.0)
+            (sample(&text, &table("reflex_lake_rows_written_total")) == Some(5.0)
                 && sample(&text, &lag) == Some(0.0))
             .then_some(text)
         },
     )
     .await;
-    assert!(sample(&text, "reflex_lake_files_written_total").is_some_and(|n| n >= 1.0));
-    assert!(sample(&text, "reflex_lake_bytes_written_total").is_some_and(|n| n > 0.0));
+    let files = sample(&text, &table("reflex_lake_files_written_total"));
+    assert!(files.is_some_and(|n| n >= 1.0), "{text}");
+    assert!(sample(&text, &table("reflex_lake_bytes_written_total")).is_some_and(|n| n > 0.0));
+    assert!(sample(&text, &table("reflex_lake_last_file_age_seconds")).is_some());
+    assert_eq!(
+        sample(
+            &text,
+            "reflex_lake_rows_written_total{table=\"order.placed\"}"
+        ),
+        Some(0.0),
+        "a table not written yet is exported at 0"
+    );
     assert_eq!(sample(&text, "reflex_lake_buffered_bytes"), Some(0.0));
     assert_eq!(
         lake.count("SELECT count(*) FROM refund_requested"),
@@ -583,15 +607,28 @@ async fn the_lake_role_counts_what_it_writes() {
     let (_, body) = get(addr, "/status.json").await.expect("status.json");
     let status: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(status["role"], "lake");
-    let files = sample(&text, "reflex_lake_files_written_total").expect("files");
     assert_eq!(status["lake"]["rows"], 5);
-    assert_eq!(status["lake"]["files"].as_f64(), Some(files));
-    assert!(
-        status["lake"]["tables"]
-            .as_array()
-            .is_some_and(|t| t.contains(&json!("refund.requested"))),
-        "{status}"
-    );
+    let refunds = status["lake"]["tables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["table"] == "refund.requested")
+        .expect("the refund table is listed");
+    assert_eq!(refunds["rows"], 5);
+    assert_eq!(refunds["files"].as_f64(), files);
+    let dom = chromium(&format!("http://{addr}/"), &["--dump-dom"]).await;
+    assert_eq!(data_count(&dom, "lake-rows"), Some(5), "{dom}");
+    assert!(dom.contains("data-table=\"refund.requested\""), "{dom}");
+    let screenshot = target_dir().join("status-page-lake.png");
+    chromium(
+        &format!("http://{addr}/"),
+        &[
+            &format!("--screenshot={}", screenshot.display()),
+            "--window-size=1280,900",
+        ],
+    )
+    .await;
+    assert!(screenshot.exists(), "{}", screenshot.display());
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(60), task)
         .await
@@ -806,7 +843,7 @@ async fn header_injecting_proxy(target: SocketAddr, token: &str) -> SocketAddr {
     let addr = listener.local_addr().expect("proxy addr");
     let auth = format!("Bearer {token}");
     tokio::spawn(async move {
-        let client = reqwest::Client::new();
+        let client = client();
         while let Ok((stream, _)) = listener.accept().await {
             let (client, auth) = (client.clone(), auth.clone());
             tokio::spawn(async move {
@@ -872,7 +909,7 @@ async fn the_token_guards_everything_but_the_probes() {
     assert_eq!(ready.1, "ready\n");
     assert_eq!(get(addr, "/healthz").await.map(|r| r.0), Some(200));
 
-    let client = reqwest::Client::new();
+    let client = client();
     let fetch = |path: &str, auth: Option<&str>| {
         let mut request = client.get(format!("http://{addr}{path}"));
         if let Some(auth) = auth {
