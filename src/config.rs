@@ -355,7 +355,7 @@ impl Config {
             }
         };
         let lake = LakeConfig::new(raw.lake, raw.roles.lake, base)?;
-        let telemetry = TelemetryConfig::new(raw.telemetry)?;
+        let telemetry = TelemetryConfig::new(raw.telemetry, base)?;
         Ok(Self {
             path: path.to_owned(),
             kafka: kafka_config(raw.kafka, base)?,

@@ -7,8 +7,23 @@ use super::store::LakeStore;
 use super::{LakeError, Tables};
 
 /// What writing a segment produced.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
+    /// Files.
+    pub files: u64,
+    /// Rows.
+    pub rows: u64,
+    /// Parquet bytes.
+    pub bytes: u64,
+    /// The same, per table, in table order.
+    pub tables: Vec<TableWritten>,
+}
+
+/// What writing a segment produced for one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableWritten {
+    /// The table.
+    pub table: String,
     /// Files.
     pub files: u64,
     /// Rows.
@@ -57,6 +72,18 @@ pub async fn write_segment(
         written.files += 1;
         written.rows += rows.rows as u64;
         written.bytes += size as u64;
+        // Files come in table order: a table's files are consecutive.
+        if written.tables.last().is_none_or(|t| t.table != table.name) {
+            written.tables.push(TableWritten {
+                table: table.name.clone(),
+                ..TableWritten::default()
+            });
+        }
+        if let Some(t) = written.tables.last_mut() {
+            t.files += 1;
+            t.rows += rows.rows as u64;
+            t.bytes += size as u64;
+        }
         tracing::info!(table = %table.name, key = %key, rows = rows.rows, bytes = size, "lake file written");
     }
     Ok(written)

@@ -160,6 +160,7 @@ pub async fn run(
         .map_err(KafkaSetupError::from)?;
     let metrics = Arc::new(Metrics::new(
         "actions",
+        &role.group_id,
         config.schemas.types(),
         config.telemetry.stall_timeout,
     ));
@@ -168,7 +169,13 @@ pub async fn run(
     let telemetry_stop = shutdown.child_token();
     let _telemetry_guard = telemetry_stop.clone().drop_guard();
     if let Some(addr) = config.telemetry.listen {
-        metrics::serve(addr, Arc::clone(&metrics), telemetry_stop.clone()).await?;
+        metrics::serve(
+            addr,
+            Arc::clone(&metrics),
+            config.telemetry.token.as_ref(),
+            telemetry_stop.clone(),
+        )
+        .await?;
     }
     if config.topics.create_missing {
         let extra = emitted_topics(config);
@@ -217,6 +224,7 @@ pub async fn run(
         watch_stop,
     );
     let services = Services::new(config.services.clone())?;
+    metrics.watch_breakers(&services);
     let mut evaluators = vec![policy.evaluator()];
     let set = policy.current();
     evaluators.extend((1..role.deciders).map(|_| set.evaluator()));

@@ -135,6 +135,7 @@ pub async fn run(
         .map_err(KafkaSetupError::from)?;
     let metrics = Arc::new(Metrics::new(
         "lake",
+        &config.lake.group_id,
         config.schemas.types(),
         config.telemetry.stall_timeout,
     ));
@@ -143,7 +144,13 @@ pub async fn run(
     let telemetry_stop = shutdown.child_token();
     let _telemetry_guard = telemetry_stop.clone().drop_guard();
     if let Some(addr) = config.telemetry.listen {
-        metrics::serve(addr, Arc::clone(&metrics), telemetry_stop.clone()).await?;
+        metrics::serve(
+            addr,
+            Arc::clone(&metrics),
+            config.telemetry.token.as_ref(),
+            telemetry_stop.clone(),
+        )
+        .await?;
     }
     if config.topics.create_missing {
         kafka::ensure_topics(&config.kafka, &config.topics, &[]).await?;
@@ -422,12 +429,15 @@ impl Lake<'_> {
         self.summary.files += written.files;
         self.summary.rows += written.rows;
         self.summary.bytes += written.bytes;
-        metrics::LakeFilesWritten {
-            files: written.files,
-            rows: written.rows,
-            bytes: written.bytes,
+        for t in &written.tables {
+            metrics::LakeFilesWritten {
+                table: &t.table,
+                files: t.files,
+                rows: t.rows,
+                bytes: t.bytes,
+            }
+            .emit(&self.metrics);
         }
-        .emit(&self.metrics);
         self.metrics.set_lake_buffered(self.segments.bytes());
         Ok(())
     }
