@@ -19,6 +19,8 @@
 //! Lake role:
 //! - `reflex_lake_files_written_total`, `reflex_lake_rows_written_total`,
 //!   `reflex_lake_bytes_written_total` (counters): Parquet written;
+//! - `reflex_lake_files_present_total` (counter): files a writer found already written with
+//!   its records (a replay after a crash or a rebalance) and kept;
 //! - `reflex_lake_buffered_bytes` (gauge): row bytes waiting to be written.
 //!
 //! Both roles:
@@ -154,6 +156,7 @@ pub struct Metrics {
     lake_files: AtomicU64,
     lake_rows: AtomicU64,
     lake_bytes: AtomicU64,
+    lake_present: AtomicU64,
     lake_buffered: AtomicU64,
     policy: Mutex<Option<(String, PolicyEngine)>>,
     /// Assigned partitions by topic, so the hot path finds one without allocating.
@@ -182,6 +185,7 @@ impl Metrics {
             lake_files: AtomicU64::new(0),
             lake_rows: AtomicU64::new(0),
             lake_bytes: AtomicU64::new(0),
+            lake_present: AtomicU64::new(0),
             lake_buffered: AtomicU64::new(0),
             policy: Mutex::new(None),
             partitions: Mutex::default(),
@@ -472,6 +476,8 @@ pub struct LakeFilesWritten {
     pub rows: u64,
     /// Parquet bytes.
     pub bytes: u64,
+    /// Files found already written with the same records.
+    pub present: u64,
 }
 
 impl LakeFilesWritten {
@@ -480,6 +486,9 @@ impl LakeFilesWritten {
         metrics.lake_files.fetch_add(self.files, Ordering::Relaxed);
         metrics.lake_rows.fetch_add(self.rows, Ordering::Relaxed);
         metrics.lake_bytes.fetch_add(self.bytes, Ordering::Relaxed);
+        metrics
+            .lake_present
+            .fetch_add(self.present, Ordering::Relaxed);
     }
 }
 

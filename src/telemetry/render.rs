@@ -197,6 +197,11 @@ fn render_lake(out: &mut String, metrics: &Metrics) {
             "Bytes of Parquet written.",
             &metrics.lake_bytes,
         ),
+        (
+            "reflex_lake_files_present_total",
+            "Lake files found already written with the same records and kept.",
+            &metrics.lake_present,
+        ),
     ] {
         family(out, name, "counter", help);
         sample(out, name, &[], value.load(Relaxed));
