@@ -187,22 +187,27 @@ impl LakeStore {
         let builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
             .map_err(self.io_err("read the footer of", key))?;
-        let footer = |name: &str| {
-            builder
-                .metadata()
-                .file_metadata()
-                .key_value_metadata()
-                .and_then(|kv| kv.iter().find(|e| e.key == name))
-                .and_then(|e| e.value.clone())
+        let (topic, partition, column) = {
+            let footer = |name: &str| {
+                builder
+                    .metadata()
+                    .file_metadata()
+                    .key_value_metadata()
+                    .and_then(|kv| kv.iter().find(|e| e.key == name))
+                    .and_then(|e| e.value.clone())
+            };
+            let column = builder
+                .parquet_schema()
+                .columns()
+                .iter()
+                .position(|c| c.name() == "kafka_offset");
+            (
+                footer("reflex.topic"),
+                footer("reflex.partition").and_then(|p| p.parse().ok()),
+                column,
+            )
         };
-        let topic = footer("reflex.topic");
-        let partition = footer("reflex.partition").and_then(|p| p.parse().ok());
-        let Some(column) = builder
-            .parquet_schema()
-            .columns()
-            .iter()
-            .position(|c| c.name() == "kafka_offset")
-        else {
+        let Some(column) = column else {
             return Ok(ExistingFile {
                 etag: meta.e_tag,
                 topic,

@@ -9,6 +9,7 @@ mod common;
 mod crash;
 mod http_actions;
 mod lake;
+mod lake_files;
 mod opa;
 mod policy;
 mod registry;
