@@ -1,7 +1,8 @@
 //! The lake role: a consumer-group worker that turns records into Parquet files.
 //!
 //! Offsets are committed by hand, synchronously, right after a segment's files are written, at
-//! exactly the offset after the segment; automatic commits are off. Writes happen in the
+//! exactly the offset after the segment (unless a file found already written reaches past it:
+//! then after a later segment, see [`crate::lake::segment`]); automatic commits are off. Writes happen in the
 //! consumer loop, never while a poll could rebalance, so a revoked partition has nothing in
 //! flight: its buffered rows are dropped and its new owner reads them again from the committed
 //! offset. A quiet partition is written by a timer once its segment reaches `lake.max_file_age`;
