@@ -4,6 +4,7 @@
 mod action_service;
 mod actions;
 mod admission;
+mod brokers;
 mod cli;
 mod common;
 mod crash;
