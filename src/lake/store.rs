@@ -59,8 +59,6 @@ pub enum Put {
 /// A lake file found where a writer meant to create one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExistingFile {
-    /// Its entity tag, as the store reports it.
-    pub etag: Option<String>,
     /// The topic its footer names, if it names one.
     pub topic: Option<String>,
     /// The partition its footer names, if it names one.
@@ -200,7 +198,7 @@ impl LakeStore {
                 .parquet_schema()
                 .columns()
                 .iter()
-                .position(|c| c.name() == "kafka_offset");
+                .position(|c| c.path().parts() == ["kafka_offset"]);
             (
                 footer("reflex.topic"),
                 footer("reflex.partition").and_then(|p| p.parse().ok()),
@@ -209,7 +207,6 @@ impl LakeStore {
         };
         let Some(column) = column else {
             return Ok(ExistingFile {
-                etag: meta.e_tag,
                 topic,
                 partition,
                 offsets: None,
@@ -230,7 +227,6 @@ impl LakeStore {
                 .as_primitive_opt::<arrow_array::types::Int64Type>()
             else {
                 return Ok(ExistingFile {
-                    etag: meta.e_tag,
                     topic,
                     partition,
                     offsets: None,
@@ -239,7 +235,6 @@ impl LakeStore {
             offsets.extend(values.iter().flatten());
         }
         Ok(ExistingFile {
-            etag: meta.e_tag,
             topic,
             partition,
             offsets: Some(offsets),

@@ -359,7 +359,6 @@ mod tests {
     fn found_files_compare_by_their_offsets() {
         let tp: TopicPartition = ("t".into(), 3);
         let file = |offsets: &[i64]| ExistingFile {
-            etag: None,
             topic: Some("t".into()),
             partition: Some(3),
             offsets: Some(offsets.to_vec()),
