@@ -12,7 +12,7 @@ LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSIO
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-up: ## Start the local stack (Apache Kafka 4.4.0 KRaft, Apicurio Registry 3.3.3, s3s-fs on :8014) and wait until it answers
+up: ## Start the local stack (Apache Kafka 4.4.0 KRaft, Apicurio Registry 3.3.3, s3s-fs on :8014) and wait until it answers; BROKERS=3 for a three-broker cluster
 	@scripts/stack.sh up
 
 down: ## Stop the local stack

@@ -27,6 +27,8 @@
 //!   table of an event type is exported from the start, at 0);
 //! - `reflex_lake_last_file_age_seconds{table}` (gauge): time since this worker last wrote a
 //!   file of the table (absent before the first);
+//! - `reflex_lake_files_present_total` (counter): files a writer found already written with
+//!   its records (a replay after a crash or a rebalance) and kept;
 //! - `reflex_lake_buffered_bytes` (gauge): row bytes waiting to be written.
 //!
 //! Both roles:
@@ -172,6 +174,7 @@ pub struct Metrics {
     in_flight: AtomicU64,
     /// What the lake role wrote, by table.
     lake: Mutex<BTreeMap<String, LakeTable>>,
+    lake_present: AtomicU64,
     lake_buffered: AtomicU64,
     policy: Mutex<Option<(String, PolicyEngine)>>,
     /// Assigned partitions by topic, so the hot path finds one without allocating.
@@ -211,6 +214,7 @@ impl Metrics {
             stages: std::array::from_fn(|_| Histogram::default()),
             in_flight: AtomicU64::new(0),
             lake: Mutex::new(lake),
+            lake_present: AtomicU64::new(0),
             lake_buffered: AtomicU64::new(0),
             policy: Mutex::new(None),
             partitions: Mutex::default(),
@@ -552,6 +556,22 @@ impl LakeFilesWritten<'_> {
         t.rows += self.rows;
         t.bytes += self.bytes;
         t.last_file = Some(Instant::now());
+    }
+}
+
+/// The lake role found files already written with the records it meant to write, and kept them.
+#[derive(Debug, Clone, Copy)]
+pub struct LakeFilesPresent {
+    /// How many.
+    pub files: u64,
+}
+
+impl LakeFilesPresent {
+    /// Counts them.
+    pub fn emit(self, metrics: &Metrics) {
+        metrics
+            .lake_present
+            .fetch_add(self.files, Ordering::Relaxed);
     }
 }
 

@@ -222,6 +222,20 @@ fn render_lake(out: &mut String, metrics: &Metrics) {
     }
     family(
         out,
+        "reflex_lake_files_present_total",
+        "counter",
+        "Lake files found already written with the same records and kept.",
+    );
+    sample(
+        out,
+        "reflex_lake_files_present_total",
+        &[],
+        metrics
+            .lake_present
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    family(
+        out,
         "reflex_lake_last_file_age_seconds",
         "gauge",
         "Time since this worker last wrote a file of the table.",

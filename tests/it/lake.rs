@@ -61,7 +61,7 @@ impl LakeEnv {
         }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(reflex_bin());
         cmd.args(args)
             .env("REFLEX_CONFIG", &self.env.config_path)
