@@ -276,7 +276,7 @@ pub async fn replay(
         }
         return Ok(replayed);
     }
-    let producer = kafka::producer(&config.kafka)?;
+    let producer = kafka::producer(&config.kafka, kafka::Outage::new())?;
     let mut deliveries = Vec::with_capacity(chosen.len());
     for (dead, record) in &chosen {
         let delivery = kafka::send(&producer, record)

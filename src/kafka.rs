@@ -5,6 +5,7 @@
 //! It knows nothing about events, schemas or policies; it moves [`OutRecord`]s and reports what
 //! the brokers said, classifying failures as retryable or permanent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -21,11 +22,13 @@ use crate::ingest::{Input, OutRecord};
 pub mod connect;
 pub mod drain;
 pub mod group;
+pub mod outage;
 pub mod read;
 
 pub use connect::{connect, ConnectError, ConnectFailure, Connected, CONNECT_TIMEOUT};
 pub use drain::caught_up;
 pub use group::{consumer_fatal, Assignment, ConsumerFatal, GroupProtocol, GroupSettings};
+pub use outage::{Outage, OutageContext};
 pub use read::{reader, scan, ReadError, Start, TopicReader};
 
 /// Largest record reflex produces (dead letters carry the original record).
@@ -115,11 +118,12 @@ pub fn consumer_config(
 pub fn probe(
     kafka: &KafkaConfig,
     group_id: &str,
-) -> Result<rdkafka::consumer::BaseConsumer, KafkaSetupError> {
+    outage: Arc<Outage>,
+) -> Result<Probe, KafkaSetupError> {
     let mut config = base_config(kafka);
     config.set("group.id", group_id);
     with_properties(config, kafka)
-        .create()
+        .create_with_context(OutageContext(outage))
         .map_err(|source| KafkaSetupError::Client {
             what: "watermark probe",
             brokers: kafka.brokers.clone(),
@@ -143,10 +147,17 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
-/// Creates a producer.
-pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaSetupError> {
+/// A client for watermarks and committed offsets that reports unreachable brokers to an
+/// [`Outage`].
+pub type Probe = rdkafka::consumer::BaseConsumer<OutageContext>;
+
+/// reflex's producer: it reports unreachable brokers to an [`Outage`].
+pub type Producer = FutureProducer<OutageContext>;
+
+/// Creates a producer reporting to `outage`.
+pub fn producer(kafka: &KafkaConfig, outage: Arc<Outage>) -> Result<Producer, KafkaSetupError> {
     producer_config(kafka)
-        .create()
+        .create_with_context(OutageContext(outage))
         .map_err(|source| KafkaSetupError::Client {
             what: "producer",
             brokers: kafka.brokers.clone(),
@@ -242,10 +253,7 @@ pub const QUEUE_FULL_PATIENCE: Duration = Duration::from_secs(60);
 /// Enqueues `record`, waiting while the local queue is full (1 ms doubling to 100 ms between
 /// tries, at most [`QUEUE_FULL_PATIENCE`] in all); fails on permanent errors, and with
 /// `QueueFull` once the patience is spent (logged with the topic and the time waited).
-pub async fn send(
-    producer: &FutureProducer,
-    record: &OutRecord,
-) -> Result<DeliveryFuture, KafkaError> {
+pub async fn send(producer: &Producer, record: &OutRecord) -> Result<DeliveryFuture, KafkaError> {
     let mut delays =
         crate::backoff::Backoff::new(Duration::from_millis(1), Duration::from_millis(100))
             .delays()

@@ -140,7 +140,7 @@ pub async fn produce(
     options: &ProduceOptions,
     input: impl BufRead,
 ) -> Result<ProduceReport, ProduceError> {
-    let producer = kafka::producer(&config.kafka)?;
+    let producer = kafka::producer(&config.kafka, kafka::Outage::new())?;
     let started = Instant::now();
     let mut report = ProduceReport::default();
     let mut in_flight = FuturesUnordered::new();

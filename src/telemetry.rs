@@ -40,6 +40,8 @@
 //! - `reflex_assigned_partitions` (gauge); `reflex_loop_progress_age_seconds` (gauge): time since
 //!   the worker's loop last made progress;
 //! - `reflex_policy_info{revision, engine}` (gauge, 1): the policy set deciding;
+//! - `reflex_kafka_unreachable_seconds` (gauge): how long the brokers have been unreachable, 0
+//!   while they answer; `reflex_kafka_outages_total` (counter): outages that ended;
 //! - the process-wide policy counters of [`crate::policy::telemetry`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -170,6 +172,8 @@ pub struct Metrics {
     recent: Mutex<VecDeque<Recent>>,
     /// The HTTP services whose breakers are reported, once the worker has them.
     services: OnceLock<Services>,
+    /// Whether the brokers are reachable, once the worker has its clients.
+    kafka: OnceLock<std::sync::Arc<crate::kafka::Outage>>,
     stages: [Histogram; Stage::ALL.len()],
     in_flight: AtomicU64,
     /// What the lake role wrote, by table.
@@ -211,6 +215,7 @@ impl Metrics {
             dead_letters: Mutex::default(),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
             services: OnceLock::new(),
+            kafka: OnceLock::new(),
             stages: std::array::from_fn(|_| Histogram::default()),
             in_flight: AtomicU64::new(0),
             lake: Mutex::new(lake),
@@ -228,6 +233,24 @@ impl Metrics {
     /// The role this worker runs.
     pub fn role(&self) -> &'static str {
         self.role
+    }
+
+    /// Reports Kafka outages from `outage` from now on (the first call wins).
+    pub fn watch_kafka(&self, outage: std::sync::Arc<crate::kafka::Outage>) {
+        let _ = self.kafka.set(outage);
+    }
+
+    /// The outage watched, or a new one if none is.
+    pub fn outage(&self) -> std::sync::Arc<crate::kafka::Outage> {
+        std::sync::Arc::clone(self.kafka.get_or_init(crate::kafka::Outage::new))
+    }
+
+    /// How long the brokers have been unreachable (zero when they answer), and how many
+    /// outages ended since start.
+    pub fn kafka_outage(&self) -> (Duration, u64) {
+        self.kafka.get().map_or((Duration::ZERO, 0), |o| {
+            (o.down_for().unwrap_or(Duration::ZERO), o.ended())
+        })
     }
 
     /// Reports the circuit breakers of `services` from now on (the first call wins).

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::Offset;
 
 /// Whether the group has consumed every partition of `topics` to its end: assigned partitions by
@@ -11,7 +11,7 @@ use rdkafka::Offset;
 /// a member that died keeps this false until the group hands it over and it is consumed.
 pub fn caught_up<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
-    probe: &BaseConsumer,
+    probe: &super::Probe,
     topics: &[String],
 ) -> bool {
     let timeout = Duration::from_secs(5);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::StreamExt;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::Producer;
@@ -102,10 +102,7 @@ pub enum WorkerError {
 
 /// Fails when an event topic has more partitions than the retry topic. A topic the brokers do
 /// not know yet (created later by a publisher) is left out.
-fn check_retry_partitions(
-    producer: &rdkafka::producer::FutureProducer,
-    config: &Config,
-) -> Result<(), WorkerError> {
+fn check_retry_partitions(producer: &kafka::Producer, config: &Config) -> Result<(), WorkerError> {
     let metadata = producer
         .client()
         .fetch_metadata(None, Duration::from_secs(10))
@@ -184,12 +181,17 @@ pub async fn run(
             tracing::info!(topics = ?created, "created topics");
         }
     }
+    let outage = kafka::Outage::new();
+    metrics.watch_kafka(Arc::clone(&outage));
     let consumer: StreamConsumer<RebalanceContext> = kafka::consumer_config(
         &config.kafka,
         &role.group_id,
         kafka::Assignment::CoPartitioned,
     )
-    .create_with_context(RebalanceContext::new(Arc::clone(&metrics)))
+    .create_with_context(RebalanceContext::new(
+        Arc::clone(&metrics),
+        Arc::clone(&outage),
+    ))
     .map_err(|source| KafkaSetupError::Client {
         what: "consumer",
         brokers: config.kafka.brokers.clone(),
@@ -204,7 +206,7 @@ pub async fn run(
             topics: subscribed.clone(),
             source,
         })?;
-    let producer = kafka::producer(&config.kafka)?;
+    let producer = kafka::producer(&config.kafka, Arc::clone(&outage))?;
     check_retry_partitions(&producer, config)?;
     if config.telemetry.listen.is_some() {
         metrics::lag::spawn(
@@ -266,8 +268,12 @@ pub async fn run(
 
     // Watermarks and the group's committed offsets are queried on connections of their own (a
     // client that never joins the group), so the queries do not wait behind long-polling fetches.
-    let probe: Option<BaseConsumer> = if options.drain {
-        Some(kafka::probe(&config.kafka, &role.group_id)?)
+    let probe: Option<kafka::Probe> = if options.drain {
+        Some(kafka::probe(
+            &config.kafka,
+            &role.group_id,
+            Arc::clone(&outage),
+        )?)
     } else {
         None
     };
@@ -300,7 +306,6 @@ pub async fn run(
         }
         scheduler.finish(&consumer, done);
     };
-    let reader = kafka::reader(&config.kafka).map_err(WorkerError::Retry)?;
     // Partitions lost are forgotten, and the keys waiting in the retry partitions gained are
     // learnt, before the next record is taken.
     let rebalanced = |scheduler: &mut Scheduler<'_>| {
@@ -315,7 +320,10 @@ pub async fn run(
         if retry.is_empty() {
             return;
         }
+        // A reader of its own for the rebalance: an idle client would queue librdkafka's
+        // connection errors during an outage and report them all at the next rebalance.
         let read = tokio::task::block_in_place(|| {
+            let reader = kafka::reader(&config.kafka)?;
             waiting::waiting_in_retry(&consumer, &reader, &config.topics.retry, &retry, &processor)
         });
         match read {
@@ -353,10 +361,13 @@ pub async fn run(
                             result = Err(WorkerError::ConsumerFatal(fatal));
                             break;
                         }
-                        tracing::warn!(error = %e, "consumer error");
+                        if !outage.absorbs(&e) {
+                            tracing::warn!(error = %e, "consumer error");
+                        }
                         continue;
                     }
                 };
+                outage.flowing();
                 idle_since = Instant::now();
                 first_received.get_or_insert_with(Instant::now);
                 metrics::RecordConsumed {

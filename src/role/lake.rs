@@ -74,9 +74,18 @@ impl std::fmt::Display for LakeSummary {
 struct LakeContext {
     revoked: Mutex<Vec<TopicPartition>>,
     metrics: Arc<Metrics>,
+    outage: Arc<kafka::Outage>,
 }
 
-impl ClientContext for LakeContext {}
+impl ClientContext for LakeContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.outage.log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.outage.error(&error, reason);
+    }
+}
 
 impl ConsumerContext for LakeContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -166,6 +175,8 @@ pub async fn run(
     let store = LakeStore::open(&config.lake)?;
     check_evolution(&store, &tables).await?;
     let lake_cfg = &config.lake;
+    let outage = kafka::Outage::new();
+    metrics.watch_kafka(Arc::clone(&outage));
     let mut client =
         kafka::consumer_config(&config.kafka, &lake_cfg.group_id, kafka::Assignment::Any);
     client.set("enable.auto.commit", "false");
@@ -173,6 +184,7 @@ pub async fn run(
         .create_with_context(LakeContext {
             revoked: Mutex::default(),
             metrics: Arc::clone(&metrics),
+            outage: Arc::clone(&outage),
         })
         .map_err(|source| KafkaSetupError::Client {
             what: "consumer",
@@ -188,8 +200,12 @@ pub async fn run(
             topics: topics.clone(),
             source,
         })?;
-    let probe: Option<BaseConsumer> = if options.drain {
-        Some(kafka::probe(&config.kafka, &lake_cfg.group_id)?)
+    let probe: Option<kafka::Probe> = if options.drain {
+        Some(kafka::probe(
+            &config.kafka,
+            &lake_cfg.group_id,
+            Arc::clone(&outage),
+        )?)
     } else {
         None
     };
@@ -265,10 +281,13 @@ pub async fn run(
                         if let Some(fatal) = kafka::consumer_fatal(&e, &lake_cfg.group_id) {
                             return Err(LakeError::ConsumerFatal(fatal));
                         }
-                        tracing::warn!(error = %e, "consumer error");
+                        if !outage.absorbs(&e) {
+                            tracing::warn!(error = %e, "consumer error");
+                        }
                         continue;
                     }
                 };
+                outage.flowing();
                 idle_since = Instant::now();
                 metrics::RecordConsumed {
                     topic: message.topic(),

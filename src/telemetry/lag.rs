@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +25,7 @@ pub fn spawn(
     interval: Duration,
     stop: CancellationToken,
 ) -> Result<(), KafkaSetupError> {
-    let probe = Arc::new(kafka::probe(kafka_config, group)?);
+    let probe = Arc::new(kafka::probe(kafka_config, group, metrics.outage())?);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -54,6 +54,10 @@ pub fn spawn(
             let Ok((watermarks, committed)) = answer else {
                 continue;
             };
+            if !watermarks.is_empty() {
+                // The brokers answered: an outage is over even while no record flows.
+                metrics.outage().flowing();
+            }
             let now_ms = chrono::Utc::now().timestamp_millis();
             metrics.update_partitions(|tp, state| {
                 if let Some((_, w)) = watermarks.iter().find(|(t, _)| t == tp) {
@@ -82,7 +86,7 @@ type Answers = (
 /// Watermarks of `assigned`, committed offsets of `need_committed`; a partition whose query
 /// fails keeps its last values.
 fn query(
-    probe: &BaseConsumer,
+    probe: &kafka::Probe,
     assigned: &[TopicPartition],
     need_committed: &[TopicPartition],
 ) -> Answers {

@@ -62,6 +62,26 @@ pub fn render(metrics: &Metrics) -> String {
         render_lake(&mut out, metrics);
     }
     render_partitions(&mut out, metrics);
+    let (down, outages) = metrics.kafka_outage();
+    family(
+        &mut out,
+        "reflex_kafka_unreachable_seconds",
+        "gauge",
+        "How long the Kafka brokers have been unreachable; 0 while they answer.",
+    );
+    sample(
+        &mut out,
+        "reflex_kafka_unreachable_seconds",
+        &[],
+        down.as_secs_f64(),
+    );
+    family(
+        &mut out,
+        "reflex_kafka_outages_total",
+        "counter",
+        "Kafka outages that ended (brokers unreachable, then answering again).",
+    );
+    sample(&mut out, "reflex_kafka_outages_total", &[], outages);
 
     family(
         &mut out,

@@ -13,6 +13,7 @@ mod http_actions;
 mod lake;
 mod lake_files;
 mod opa;
+mod outage;
 mod policy;
 mod registry;
 mod security;

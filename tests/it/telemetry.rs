@@ -409,7 +409,17 @@ async fn readyz_is_unavailable_until_partitions_are_assigned() {
     })
     .await;
     assert_eq!(health, (200, "ok\n".to_owned()));
-    let (status, body) = get(addr, "/readyz").await.expect("readyz answers");
+    // Not ready while the policy set loads, then while nothing is assigned.
+    let (status, body) = wait_for(
+        "the policy set to load",
+        Duration::from_secs(30),
+        || async {
+            get(addr, "/readyz")
+                .await
+                .filter(|(_, body)| body != "not ready: no policy set loaded\n")
+        },
+    )
+    .await;
     assert_eq!(
         (status, body.as_str()),
         (503, "not ready: no partitions assigned yet\n")

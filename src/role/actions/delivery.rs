@@ -1,14 +1,12 @@
 //! Delivery of a record's output records: all are sent, then every acknowledgement is awaited.
 
-use rdkafka::producer::FutureProducer;
-
 use super::WorkerError;
 use crate::ingest::{Input, OutRecord};
 use crate::kafka;
 
 /// Publishes a record's output records and waits until every one is acknowledged.
 pub(super) async fn deliver(
-    producer: &FutureProducer,
+    producer: &crate::kafka::Producer,
     input: &Input<'_>,
     records: &[OutRecord],
 ) -> Result<(), WorkerError> {

@@ -3,9 +3,12 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::ClientContext;
+
+use crate::kafka::Outage;
 
 use crate::telemetry::{Metrics, PartitionsAssigned, PartitionsRevoked};
 
@@ -16,14 +19,16 @@ pub(super) struct RebalanceContext {
     revoked: Mutex<Vec<(String, i32)>>,
     assigned: Mutex<Vec<(String, i32)>>,
     metrics: Arc<Metrics>,
+    outage: Arc<Outage>,
 }
 
 impl RebalanceContext {
-    pub(super) fn new(metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(metrics: Arc<Metrics>, outage: Arc<Outage>) -> Self {
         Self {
             revoked: Mutex::default(),
             assigned: Mutex::default(),
             metrics,
+            outage,
         }
     }
 
@@ -38,7 +43,15 @@ impl RebalanceContext {
     }
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.outage.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.outage.error(&error, reason);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use futures_util::stream::FuturesUnordered;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::deliver;
@@ -57,7 +56,7 @@ pub(super) type Running = Pin<Box<dyn Future<Output = Result<Finished, WorkerErr
 /// keys parked in the retry topic.
 pub(super) struct Scheduler<'a> {
     processor: Arc<Processor>,
-    producer: FutureProducer,
+    producer: crate::kafka::Producer,
     ordering: Ordering,
     /// Whether records run as tasks of their own (several evaluators).
     spawn: bool,
@@ -80,7 +79,7 @@ impl<'a> Scheduler<'a> {
     /// their retry time.
     pub(super) fn new(
         processor: Arc<Processor>,
-        producer: FutureProducer,
+        producer: crate::kafka::Producer,
         ordering: Ordering,
         spawn: bool,
         retry_topic: &'a str,
