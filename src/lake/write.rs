@@ -43,15 +43,16 @@ pub async fn write_segment(
                 rows.last_offset.to_string(),
             ),
         ];
-        let (name, schema) = (table.name.clone(), table.schema.clone());
+        let (name, schema, id) = (table.name.clone(), table.schema.clone(), table.id_column());
         let json = rows.json;
-        let bytes =
-            tokio::task::spawn_blocking(move || encode(&name, &schema, &json, settings, metadata))
-                .await
-                .map_err(|e| LakeError::Task {
-                    table: table.name.clone(),
-                    message: e.to_string(),
-                })??;
+        let bytes = tokio::task::spawn_blocking(move || {
+            encode(&name, &schema, id, &json, settings, metadata)
+        })
+        .await
+        .map_err(|e| LakeError::Task {
+            table: table.name.clone(),
+            message: e.to_string(),
+        })??;
         let size = bytes.len();
         store.put(&key, bytes).await?;
         written.files += 1;
