@@ -1,5 +1,5 @@
 //! Reading a topic from a start to the end it had when the reading began, outside any consumer
-//! group's work: for `reflex policy replay`, `policy status` and `dlq`.
+//! group's work: for `reflex policy replay`, `policy status`, `dlq` and `trace`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -70,6 +70,9 @@ pub enum Start {
     Offset(i64),
     /// This many records before the end.
     Tail(i64),
+    /// The first record whose timestamp is at or after this instant (milliseconds since the
+    /// epoch), found per partition with offsets-for-times; a partition with none is skipped.
+    Since(i64),
 }
 
 /// Reads one topic from a start to the end each partition had when it was opened.
@@ -91,22 +94,37 @@ impl<'c> TopicReader<'c> {
         let metadata = consumer
             .fetch_metadata(Some(topic), timeout)
             .map_err(read_err)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .map(|p| p.id())
+            .collect();
+        let by_time = match from {
+            Start::Since(ms) => Some(offsets_for_time(consumer, topic, &partitions, ms)?),
+            _ => None,
+        };
         let mut assignment = TopicPartitionList::new();
         let mut ends: HashMap<i32, i64> = HashMap::new();
-        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        for p in partitions {
             let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), timeout)
+                .fetch_watermarks(topic, p, timeout)
                 .map_err(read_err)?;
             let start = match from {
                 Start::Beginning => low,
                 Start::Offset(o) => o.max(low),
                 Start::Tail(n) => (high - n).max(low),
+                // No record at or after the instant: nothing to read in this partition.
+                Start::Since(_) => match by_time.as_ref().and_then(|t| t.get(&p)) {
+                    Some(Offset::Offset(o)) => (*o).max(low),
+                    _ => high,
+                },
             };
             if start < high {
                 assignment
-                    .add_partition_offset(topic, p.id(), Offset::Offset(start))
+                    .add_partition_offset(topic, p, Offset::Offset(start))
                     .map_err(read_err)?;
-                ends.insert(p.id(), high);
+                ends.insert(p, high);
             }
         }
         if !ends.is_empty() {
@@ -152,6 +170,37 @@ impl<'c> TopicReader<'c> {
         self.consumer.unassign().map_err(read_err)?;
         Ok(None)
     }
+}
+
+/// The offset of the first record at or after `ms` in each of `partitions` (`Offset::End` where
+/// there is none), in one offsets-for-times request.
+fn offsets_for_time(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    ms: i64,
+) -> Result<HashMap<i32, Offset>, ReadError> {
+    let read_err = |source| ReadError::Read {
+        topic: topic.to_owned(),
+        source,
+    };
+    let mut query = TopicPartitionList::new();
+    for p in partitions {
+        query
+            .add_partition_offset(topic, *p, Offset::Offset(ms))
+            .map_err(read_err)?;
+    }
+    if partitions.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let found = consumer
+        .offsets_for_times(query, Duration::from_secs(10))
+        .map_err(read_err)?;
+    Ok(found
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect())
 }
 
 /// Calls `f` for every record of `topic` from `from` to the end as it is now, at most `max`.
