@@ -123,6 +123,20 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// One event's story: its audit records, dead letters and replays, the events it caused
+    /// and the lake files holding it. Exit status: 0 found, 1 no record of the event, 2 the
+    /// topics or the lake could not be read.
+    Trace {
+        /// The event id (CloudEvents `id`).
+        id: String,
+        /// Read Kafka from this RFC 3339 time or this long ago (90m, 2h, 7d); default 24h.
+        /// When given, lake files in `date=` partitions before it are not searched either
+        /// (without it every lake file is, through its bloom filters).
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -391,6 +405,18 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
                 runtime.block_on(reflex::dlq::replay(&config, &filter, dry_run, again))?;
             println!("{replayed}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Trace { id, since, output } => {
+            let options =
+                reflex::trace::TraceOptions::new(id, since.as_deref(), chrono::Utc::now())
+                    .map_err(anyhow::Error::msg)?;
+            match runtime.block_on(reflex::trace::trace(&config, &options)) {
+                Ok(trace) => print(&trace, output),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
         }
         Command::Lake {
             command: LakeCommand::Views,
