@@ -61,7 +61,8 @@ impl LakeEnv {
         }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// `reflex` with this test's configuration and the S3 credentials.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(reflex_bin());
         cmd.args(args)
             .env("REFLEX_CONFIG", &self.env.config_path)

@@ -16,3 +16,4 @@ mod security;
 mod services;
 mod telemetry;
 mod tls;
+mod trace;
