@@ -10,7 +10,8 @@
 //! - The lake files holding it, found with the id column's bloom filters ([`crate::lake::find`]).
 //!
 //! Kafka is read only from `--since` on: each partition from the first offset at or after that
-//! instant (offsets-for-times) to the end it had when the reading began. The audit topic is
+//! instant (offsets-for-times) to the end it had when the reading began; of the audit topic,
+//! keyed by event id, only the partitions the ids hash to. The audit topic is
 //! compacted, so once compaction has run only an event's last audit record is left there; the
 //! lake's `audit` table keeps every one, and the files holding them are listed.
 
@@ -26,7 +27,7 @@ use crate::audit::Outcome;
 use crate::config::{Config, KafkaConfig};
 use crate::event::Identity;
 use crate::ingest::headers::{DeadLetter, ReplayOf};
-use crate::kafka::{self, reader, scan, ReadError, Start};
+use crate::kafka::{self, reader, scan, scan_keys, ReadError, Start};
 use crate::lake::find::{self, Holding};
 use crate::lake::store::{LakeStore, StoreError};
 use crate::lake::Tables;
@@ -315,8 +316,11 @@ fn read_kafka(
     }
     let mut keys: HashSet<&str> = found.caused.iter().map(|c| c.0.id.as_str()).collect();
     keys.insert(id);
+    // Audit records are keyed by event id: only the partitions of these keys hold them.
+    let partitions_of: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let only = kafka::default_partitioner(config).then_some(partitions_of.as_slice());
     let mut records = 0;
-    scan(&consumer, &topics.audit, from, None, |m| {
+    scan_keys(&consumer, &topics.audit, from, only, |m| {
         records += 1;
         let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
             return;

@@ -86,6 +86,17 @@ pub struct TopicReader<'c> {
 impl<'c> TopicReader<'c> {
     /// Assigns every partition of `topic` to `consumer` from `from`.
     pub fn open(consumer: &'c BaseConsumer, topic: &str, from: Start) -> Result<Self, ReadError> {
+        Self::open_for_keys(consumer, topic, from, None)
+    }
+
+    /// Assigns the partitions of `topic` that hold records of `keys` (as the default
+    /// partitioner places them, see [`default_partition`]), or every partition with `None`.
+    pub fn open_for_keys(
+        consumer: &'c BaseConsumer,
+        topic: &str,
+        from: Start,
+        keys: Option<&[&[u8]]>,
+    ) -> Result<Self, ReadError> {
         let timeout = Duration::from_secs(10);
         let read_err = |source| ReadError::Read {
             topic: topic.to_owned(),
@@ -100,6 +111,14 @@ impl<'c> TopicReader<'c> {
             .flat_map(|t| t.partitions())
             .map(|p| p.id())
             .collect();
+        let count = partitions.len();
+        let partitions: Vec<i32> = match keys {
+            Some(keys) => partitions
+                .into_iter()
+                .filter(|p| keys.iter().any(|k| default_partition(k, count) == Some(*p)))
+                .collect(),
+            None => partitions,
+        };
         let by_time = match from {
             Start::Since(ms) => Some(offsets_for_time(consumer, topic, &partitions, ms)?),
             _ => None,
@@ -203,6 +222,51 @@ fn offsets_for_time(
         .collect())
 }
 
+/// Calls `f` for every record of the partitions of `topic` that hold `keys` (see
+/// [`TopicReader::open_for_keys`]), from `from` to the end as it is now.
+pub fn scan_keys(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from: Start,
+    keys: Option<&[&[u8]]>,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<(), ReadError> {
+    let mut reader = TopicReader::open_for_keys(consumer, topic, from, keys)?;
+    while let Some(message) = reader.next_record()? {
+        f(&message);
+    }
+    Ok(())
+}
+
+/// The partition librdkafka's default partitioner (`consistent_random`) gives a non-empty
+/// `key` among `count` partitions: the key's CRC-32 modulo the count.
+pub fn default_partition(key: &[u8], count: usize) -> Option<i32> {
+    if key.is_empty() || count == 0 {
+        return None;
+    }
+    let count = u32::try_from(count).ok()?;
+    i32::try_from(crc32(key) % count).ok()
+}
+
+/// Whether records reflex produces with `config` are placed by the default partitioner: no
+/// `partitioner` property is set.
+pub fn default_partitioner(config: &KafkaConfig) -> bool {
+    !config.properties.contains_key("partitioner") && !config.producer.contains_key("partitioner")
+}
+
+/// CRC-32 (IEEE, as zlib and librdkafka compute it).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
 /// Calls `f` for every record of `topic` from `from` to the end as it is now, at most `max`.
 pub fn scan(
     consumer: &BaseConsumer,
@@ -224,4 +288,24 @@ pub fn scan(
         topic: topic.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_land_where_librdkafka_puts_them() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926, "the CRC-32 check value");
+        assert_eq!(
+            default_partition(b"123456789", 7),
+            Some((0xCBF4_3926_u32 % 7) as i32)
+        );
+        assert_eq!(
+            default_partition(b"", 3),
+            None,
+            "an empty key is placed at random"
+        );
+        assert_eq!(default_partition(b"k", 0), None);
+    }
 }
