@@ -255,3 +255,33 @@ async fn events_list_the_events_they_caused_and_an_unknown_id_has_no_record() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"last week\""), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_lake_names_the_objects_holding_the_event() {
+    let lake = LakeEnv::new(Store::S3, 2, "max_file_age = \"30s\"");
+    lake.env.create_topics().await;
+    let ids: Vec<String> = (0..5).map(|_| unique("order")).collect();
+    let records: Vec<Rec> = ids
+        .iter()
+        .map(|id| Rec::json(id, &order(id, "/shop/web", 30.0)))
+        .collect();
+    produce(&lake.env.events, &records).await;
+    lake.drain("actions");
+    lake.drain("lake");
+    let story = trace_json(&lake, &ids[3]);
+    assert_eq!(story["path"], serde_json::json!(["actioned"]), "{story:#}");
+    let files = story["lake"].as_array().expect("lake files");
+    let tables: Vec<&str> = files.iter().filter_map(|f| f["table"].as_str()).collect();
+    assert_eq!(tables, ["audit", "order.placed"], "{story:#}");
+    for file in files {
+        let path = file["path"].as_str().expect("a path");
+        assert!(path.starts_with(&format!("{}/", lake.root)), "{path}");
+        assert!(path.ends_with(file["key"].as_str().expect("a key")), "{path}");
+        assert_eq!(file["records"].as_array().map(Vec::len), Some(1));
+    }
+    // The other orders' rows are in the same files; the audit rows of four more events too.
+    assert!(
+        story["searched"]["lake"]["row_groups_read"].as_u64() >= Some(2),
+        "{story:#}"
+    );
+}
