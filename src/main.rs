@@ -125,7 +125,7 @@ enum Command {
     },
     /// One event's story: its audit records, dead letters and replays, the events it caused
     /// and the lake files holding it. Exit status: 0 found, 1 no record of the event, 2 the
-    /// topics or the lake could not be read.
+    /// search could not run (a bad --since, a topic or the lake unreadable).
     Trace {
         /// The event id (CloudEvents `id`).
         id: String,
@@ -407,9 +407,15 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Trace { id, since, output } => {
+            // Exit status 1 means "no record"; a search that could not run is 2.
             let options =
-                reflex::trace::TraceOptions::new(id, since.as_deref(), chrono::Utc::now())
-                    .map_err(anyhow::Error::msg)?;
+                match reflex::trace::TraceOptions::new(id, since.as_deref(), chrono::Utc::now()) {
+                    Ok(options) => options,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                };
             match runtime.block_on(reflex::trace::trace(&config, &options)) {
                 Ok(trace) => print(&trace, output),
                 Err(e) => {

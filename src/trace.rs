@@ -15,19 +15,18 @@
 //! compacted, so once compaction has run only an event's last audit record is left there; the
 //! lake's `audit` table keeps every one, and the files holding them are listed.
 
+mod read;
 mod text;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
-use rdkafka::message::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::audit::Outcome;
-use crate::config::{Config, KafkaConfig};
-use crate::event::Identity;
-use crate::ingest::headers::{DeadLetter, ReplayOf};
-use crate::kafka::{self, reader, scan, scan_keys, ReadError, Start};
+use crate::config::Config;
+use crate::ingest::headers::ReplayOf;
+use crate::kafka::ReadError;
 use crate::lake::find::{self, Holding};
 use crate::lake::store::{LakeStore, StoreError};
 use crate::lake::Tables;
@@ -218,24 +217,17 @@ impl crate::cli::Report for Trace {
     }
 }
 
-/// The topics a trace reads.
-#[derive(Debug, Clone)]
-struct Topics {
-    audit: String,
-    dlq: String,
-    emit: Vec<String>,
-}
-
 /// Tells the story of `options.id`: Kafka and the lake are searched at the same time.
 pub async fn trace(config: &Config, options: &TraceOptions) -> Result<Trace, TraceError> {
-    let topics = Topics {
+    let topics = read::Topics {
         audit: config.topics.audit.clone(),
         dlq: config.topics.dlq.clone(),
         emit: config.emit_topics(),
     };
     let (kafka_config, id, since_ms) = (config.kafka.clone(), options.id.clone(), options.since_ms);
-    let kafka =
-        tokio::task::spawn_blocking(move || read_kafka(&kafka_config, &topics, &id, since_ms));
+    let kafka = tokio::task::spawn_blocking(move || {
+        read::read_kafka(&kafka_config, &topics, &id, since_ms)
+    });
     let store = LakeStore::open(&config.lake)?;
     let tables = Tables::new(&config.schemas);
     let lake = find::files_holding(
@@ -256,113 +248,6 @@ pub async fn trace(config: &Config, options: &TraceOptions) -> Result<Trace, Tra
     ))
 }
 
-/// What the topics hold of one event.
-#[derive(Debug, Default)]
-struct KafkaFound {
-    audits: Vec<AuditRead>,
-    dead_letters: Vec<(Option<i64>, DeadLetter)>,
-    caused: Vec<(Identity, String, Option<i64>)>,
-    topics: Vec<TopicRead>,
-}
-
-/// An audit record read back.
-#[derive(Debug)]
-struct AuditRead {
-    key: String,
-    record: String,
-    timestamp_ms: Option<i64>,
-    value: Value,
-}
-
-/// Whether `needle` occurs in the record's value or is a header value: a cheap test before
-/// decoding.
-fn mentions(m: &rdkafka::message::BorrowedMessage<'_>, needle: &[u8]) -> bool {
-    let in_value = m
-        .payload()
-        .is_some_and(|v| memchr::memmem::find(v, needle).is_some());
-    in_value || kafka::headers_of(m).iter().any(|(_, v)| *v == needle)
-}
-
-fn read_kafka(
-    config: &KafkaConfig,
-    topics: &Topics,
-    id: &str,
-    since_ms: i64,
-) -> Result<KafkaFound, ReadError> {
-    let consumer = reader(config)?;
-    let from = Start::Since(since_ms);
-    let mut found = KafkaFound::default();
-    for topic in &topics.emit {
-        let mut records = 0;
-        scan(&consumer, topic, from, None, |m| {
-            records += 1;
-            if !mentions(m, id.as_bytes()) {
-                return;
-            }
-            let headers = kafka::headers_of(m);
-            if let Some(identity) = Identity::of(m.payload(), &headers) {
-                if identity.causationid.as_deref() == Some(id) && identity.id != id {
-                    let record = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
-                    found
-                        .caused
-                        .push((identity, record, m.timestamp().to_millis()));
-                }
-            }
-        })?;
-        found.topics.push(TopicRead {
-            topic: topic.clone(),
-            records,
-        });
-    }
-    let mut keys: HashSet<&str> = found.caused.iter().map(|c| c.0.id.as_str()).collect();
-    keys.insert(id);
-    // Audit records are keyed by event id: only the partitions of these keys hold them.
-    let partitions_of: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-    let only = kafka::default_partitioner(config).then_some(partitions_of.as_slice());
-    let mut records = 0;
-    scan_keys(&consumer, &topics.audit, from, only, |m| {
-        records += 1;
-        let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-            return;
-        };
-        if !keys.contains(key) {
-            return;
-        }
-        let Some(value) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) else {
-            return;
-        };
-        found.audits.push(AuditRead {
-            key: key.to_owned(),
-            record: format!("{}/{}/{}", m.topic(), m.partition(), m.offset()),
-            timestamp_ms: m.timestamp().to_millis(),
-            value,
-        });
-    })?;
-    found.topics.push(TopicRead {
-        topic: topics.audit.clone(),
-        records,
-    });
-    let mut records = 0;
-    scan(&consumer, &topics.dlq, from, None, |m| {
-        records += 1;
-        if !mentions(m, id.as_bytes()) {
-            return;
-        }
-        let headers = kafka::headers_of(m);
-        if Identity::of(m.payload(), &headers).is_some_and(|i| i.id == id) {
-            let input = kafka::input_of(m, &headers);
-            found
-                .dead_letters
-                .push((input.timestamp_ms, DeadLetter::of(&input)));
-        }
-    })?;
-    found.topics.push(TopicRead {
-        topic: topics.dlq.clone(),
-        records,
-    });
-    Ok(found)
-}
-
 /// The parts of an audit record the story is ordered and linked by.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -381,7 +266,7 @@ fn rfc3339(ms: Option<i64>) -> Option<String> {
 
 fn assemble(
     options: &TraceOptions,
-    read: KafkaFound,
+    read: read::KafkaFound,
     lake: Vec<Holding>,
     lake_searched: find::Searched,
     lake_location: &str,
@@ -520,7 +405,10 @@ fn assemble(
 mod tests {
     use serde_json::json;
 
+    use super::read::{AuditRead, KafkaFound};
     use super::*;
+    use crate::event::Identity;
+    use crate::ingest::headers::DeadLetter;
 
     fn audit(key: &str, offset: i64, ms: i64, value: Value) -> AuditRead {
         AuditRead {
