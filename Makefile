@@ -7,12 +7,12 @@ REFLEX := target/release/reflex
 DUCKDB_VERSION := 1.4.4
 LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSION).20260205
 
-.PHONY: bench help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus policy-test bench-policy lake-tools bench-lake bench-ordering bench-trace
+.PHONY: chaos bench help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus policy-test bench-policy lake-tools bench-lake bench-ordering bench-trace
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-up: ## Start the local stack (Apache Kafka 4.4.0 KRaft, Apicurio Registry 3.3.3, s3s-fs on :8014) and wait until it answers
+up: ## Start the local stack (Apache Kafka 4.4.0 KRaft, Apicurio Registry 3.3.3, s3s-fs on :8014) and wait until it answers; BROKERS=3 for a three-broker cluster
 	@scripts/stack.sh up
 
 down: ## Stop the local stack
@@ -38,6 +38,9 @@ pyenv: ## Install the Python tools the tests use (confluent-kafka) into .stack/v
 
 test: up pyenv opa prometheus lake-tools ## Run every test (unit and integration) against the local stack
 	$(CARGO) test --locked --all-targets
+
+chaos: up pyenv lake-tools ## Fault suite with live workers: kill -9, rebalance storm, rolling restart, zombie; a table per scenario (~12 min)
+	REFLEX_CHAOS=full $(CARGO) test --locked --test it chaos_ -- --nocapture --test-threads=1
 
 opa: ## Build the reference OPA (v1.22.3, Go module proxy) into .stack/bin once
 	@scripts/opa.sh >/dev/null

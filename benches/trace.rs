@@ -315,6 +315,7 @@ async fn fill_audit(config: &Config) {
         for n in chunk {
             let record = OutRecord {
                 topic: config.topics.audit.clone(),
+                partition: None,
                 key: Some(event_id(*n).into_bytes()),
                 value: Some(audit_record(*n, n / PARTITIONS).to_string().into_bytes()),
                 headers: Vec::new(),

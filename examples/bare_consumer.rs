@@ -24,9 +24,12 @@ async fn main() -> anyhow::Result<()> {
         consumer: Default::default(),
         producer: Default::default(),
         security: Default::default(),
+        group: Default::default(),
     };
     let group = format!("bench-bare-{}", std::process::id());
-    let consumer: StreamConsumer = reflex::kafka::consumer_config(&kafka, &group).create()?;
+    let consumer: StreamConsumer =
+        reflex::kafka::consumer_config(&kafka, &group, reflex::kafka::Assignment::CoPartitioned)
+            .create()?;
     consumer.subscribe(&[topic.as_str()])?;
     let mut count = 0u64;
     let mut bytes = 0u64;

@@ -5,6 +5,8 @@
 #   scripts/stack.sh down   [--clean] [SERVICE...] stop; --clean also deletes data
 #   scripts/stack.sh status [SERVICE...]          one line per service; exit 3 unless all run
 #   scripts/stack.sh fetch  [SERVICE...]          only download what a service needs
+#   scripts/stack.sh kill-broker N                kill -9 broker N of a BROKERS=3 cluster
+#   scripts/stack.sh start-broker N               start broker N again, wait until it answers
 #
 # SERVICE defaults to all of: kafka registry s3. Each service NAME provides the functions
 # NAME_up, NAME_down, NAME_status (and optionally NAME_fetch); add new services
@@ -20,6 +22,15 @@
 #   KAFKA_SASL_SSL_PORT (9094): SASL_SSL, SCRAM-SHA-512, user KAFKA_SCRAM_USER (reflex)
 #   with a random password in tls/scram-password; KAFKA_SSL_PORT (9095): SSL with a client
 #   certificate required (mutual TLS).
+#
+# BROKERS=3: a three-node KRaft cluster instead, each node a combined broker and controller
+#   (node ids 1-3, a three-voter quorum, so one node down keeps both the metadata quorum and the
+#   data available), from the same jars. Node N listens on KAFKA_PORT + (N-1) x KAFKA_PORT_STEP
+#   and its controller on KAFKA_CONTROLLER_PORT + (N-1) x KAFKA_PORT_STEP (step 10: 9092/9093,
+#   9102/9103, 9112/9113), with its own config, data and logs in $STACK_DIR/kafka/cluster/node-N.
+#   New topics default to replication factor 3 and min.insync.replicas=2. Plaintext only: the
+#   SASL_SSL and mTLS listeners exist only with BROKERS=1. The mode is remembered until `down`, so
+#   `status`, `down`, `kill-broker` and `start-broker` need no BROKERS.
 #
 # S3: s3s-fs 0.14.1 (crates.io, Apache-2.0), an S3-compatible server over a directory with one
 #   folder per bucket, installed on first use by `cargo install` into cargo's bin directory
@@ -44,7 +55,7 @@ say() { printf '%s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,7s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
     exit "${1:-2}"
 }
 
@@ -169,6 +180,7 @@ KAFKA_TLS="$KAFKA_DIR/tls"                     # throw-away CA and certificates;
 # Health probe without starting a JVM: send a Kafka Metadata v4 request
 # (all topics) over /dev/tcp and require a reply listing at least one broker.
 # The broker only serves requests once it has started and registered.
+# With PORT, asks that broker instead; with MIN_BROKERS, requires that many in the reply.
 # shellcheck disable=SC2016  # the script is expanded by the inner bash
 kafka_probe() {
     timeout 3 bash -c '
@@ -178,8 +190,8 @@ kafka_probe() {
         printf "\x00\x00\x00\x15\x00\x03\x00\x04\x00\x00\x00\x2a\x00\x06reflex\xff\xff\xff\xff\x00" >&3
         # reply: size(4) correlation_id(4) throttle_time_ms(4) broker_count(4) ...
         reply=$(head -c 16 <&3 | od -An -tx1 | tr -d " \n")
-        [[ ${reply:8:8} == 0000002a && $((16#${reply:24:8})) -ge 1 ]]
-    ' "$KAFKA_HOST" "$KAFKA_PORT" 2>/dev/null
+        [[ ${reply:8:8} == 0000002a && $((16#${reply:24:8})) -ge $2 ]]
+    ' "$KAFKA_HOST" "${1:-$KAFKA_PORT}" "${2:-1}" 2>/dev/null
 }
 
 # Print the broker pid if one from this stack dir is running. Cleans up a
@@ -359,11 +371,16 @@ log.retention.check.interval.ms=300000
 EOF
 
     # Broker logs go to a file in the stack dir, not the terminal.
-    cat >"$KAFKA_CONF/log4j2.xml" <<EOF
+    kafka_write_log4j "$KAFKA_CONF/log4j2.xml" "$KAFKA_LOGS"
+}
+
+# The broker's logging config FILE: server.log (rolled at 50 MB, 3 kept) in the directory LOGS.
+kafka_write_log4j() {
+    cat >"$1" <<EOF
 <?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
   <Appenders>
-    <RollingFile name="server" fileName="$KAFKA_LOGS/server.log" filePattern="$KAFKA_LOGS/server.log.%i">
+    <RollingFile name="server" fileName="$2/server.log" filePattern="$2/server.log.%i">
       <PatternLayout pattern="[%d] %p %m (%c)%n"/>
       <SizeBasedTriggeringPolicy size="50MB"/>
       <DefaultRolloverStrategy max="3"/>
@@ -429,6 +446,12 @@ kafka_wait_ready() {
 }
 
 kafka_up() {
+    if cluster_mode; then
+        cluster_up
+        return
+    fi
+    [[ ! -f $KAFKA_MODE_FILE ]] ||
+        die "kafka: the stack in $STACK_DIR runs with BROKERS=$(<"$KAFKA_MODE_FILE"); stop it first: scripts/stack.sh down kafka"
     need_java
     local pid
     if pid="$(kafka_pid)"; then
@@ -490,6 +513,10 @@ kafka_stop() {
 }
 
 kafka_down() {
+    if cluster_mode; then
+        cluster_down
+        return
+    fi
     local pid
     if pid="$(kafka_pid)"; then
         kafka_stop "$pid"
@@ -507,6 +534,10 @@ kafka_sasl_ssl_probe() { port_open "$KAFKA_HOST" "$KAFKA_SASL_SSL_PORT"; }
 kafka_ssl_probe() { port_open "$KAFKA_HOST" "$KAFKA_SSL_PORT"; }
 
 kafka_status() {
+    if cluster_mode; then
+        cluster_status
+        return
+    fi
     local pid rc=0
     pid="$(kafka_pid 2>/dev/null || true)"
     status_line kafka "$KAFKA_ADDR" "$pid" kafka_probe "$KAFKA_LOGS/server.log" || rc=1
@@ -517,6 +548,274 @@ kafka_status() {
         printf '%-10s %-10s %s\n' "" "" "SCRAM-SHA-512 user $KAFKA_SCRAM_USER, password file $KAFKA_TLS/scram-password; CA $KAFKA_TLS/ca.pem; client certificate $KAFKA_TLS/client.pem + client.key"
     fi
     return "$rc"
+}
+
+# ---------------------------------------------------------------------------
+# kafka cluster (BROKERS=3)
+# ---------------------------------------------------------------------------
+
+KAFKA_PORT_STEP="${KAFKA_PORT_STEP:-10}"
+KAFKA_CLUSTER="$KAFKA_DIR/cluster"             # node-N/{config,data,logs}; data removed by `down --clean`
+KAFKA_MODE_FILE="$KAFKA_DIR/brokers"           # the BROKERS of the running stack, until `down`
+
+[[ $KAFKA_PORT_STEP =~ ^[0-9]+$ ]] && ((KAFKA_PORT_STEP > 0)) ||
+    die "KAFKA_PORT_STEP must be a positive number, got '$KAFKA_PORT_STEP'"
+
+# BROKERS as given, else as the running stack was started, else 1.
+kafka_brokers() {
+    if [[ -n ${BROKERS:-} ]]; then
+        echo "$BROKERS"
+    elif [[ -f $KAFKA_MODE_FILE ]]; then
+        cat "$KAFKA_MODE_FILE"
+    else
+        echo 1
+    fi
+}
+
+cluster_mode() { [[ $(kafka_brokers) != 1 ]]; }
+
+node_port() { echo $((KAFKA_PORT + ($1 - 1) * KAFKA_PORT_STEP)); }
+node_controller_port() { echo $((KAFKA_CONTROLLER_PORT + ($1 - 1) * KAFKA_PORT_STEP)); }
+node_dir() { echo "$KAFKA_CLUSTER/node-$1"; }
+
+cluster_nodes() { seq 1 "$(kafka_brokers)"; }
+
+# The pid of node N if it runs; cleans up a stale pid file.
+node_pid() {
+    local n=$1 pid pidfile conf
+    pidfile="$(node_dir "$n")/kafka.pid"
+    conf="$(node_dir "$n")/config/server.properties"
+    [[ -f $pidfile ]] || return 1
+    pid="$(<"$pidfile")"
+    if pid_alive "$pid" && tr '\0' ' ' </proc/"$pid"/cmdline | grep -qF "kafka.Kafka $conf"; then
+        echo "$pid"
+        return 0
+    fi
+    rm -f "$pidfile"
+    return 1
+}
+
+node_write_config() {
+    local n=$1 dir voters="" i
+    dir="$(node_dir "$n")"
+    mkdir -p "$dir/config" "$dir/data" "$dir/logs"
+    for i in $(cluster_nodes); do
+        voters+="${voters:+,}$i@$KAFKA_HOST:$(node_controller_port "$i")"
+    done
+    cat >"$dir/config/server.properties" <<CONF
+# Generated by scripts/stack.sh on each start; edit the script, not this file.
+# Node $n of a $(kafka_brokers)-node KRaft cluster: broker and controller (a static quorum of every node).
+process.roles=broker,controller
+node.id=$n
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://$KAFKA_HOST:$(node_port "$n"),CONTROLLER://$KAFKA_HOST:$(node_controller_port "$n")
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$(node_port "$n")
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+
+log.dirs=$dir/data
+
+# Three replicas of everything; a write with acks=all needs two in sync.
+num.partitions=1
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+delete.topic.enable=true
+
+# Small footprint (2-core dev machines and CI).
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+log.cleaner.threads=1
+log.cleaner.dedupe.buffer.size=16777216
+log.retention.hours=24
+log.segment.bytes=134217728
+log.retention.check.interval.ms=300000
+CONF
+    kafka_write_log4j "$dir/config/log4j2.xml" "$dir/logs"
+}
+
+# Format every node's storage once, with one cluster id; refuse other ports than at format time.
+cluster_format() {
+    local marker="$KAFKA_CLUSTER/ports" ports id n log
+    ports="$(kafka_brokers) $KAFKA_PORT $KAFKA_CONTROLLER_PORT $KAFKA_PORT_STEP"
+    if [[ -f $marker ]]; then
+        [[ $(<"$marker") == "$ports" ]] ||
+            die "kafka: the cluster in $KAFKA_CLUSTER was formatted for BROKERS KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_PORT_STEP = $(<"$marker"); use those or reset with: BROKERS=$(kafka_brokers) scripts/stack.sh down --clean kafka"
+        return 0
+    fi
+    id="-"
+    while [[ $id == -* ]]; do
+        id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    done
+    say "kafka: formatting $(kafka_brokers) nodes in $KAFKA_CLUSTER (cluster id $id)"
+    for n in $(cluster_nodes); do
+        log="$(node_dir "$n")/logs/format.log"
+        if ! java -Xmx256m -Dlog4j2.configurationFile="$KAFKA_CONF/tools-log4j2.xml" -cp "$KAFKA_LIBS/*" \
+            kafka.tools.StorageTool format --config "$(node_dir "$n")/config/server.properties" \
+            --cluster-id "$id" >"$log" 2>&1; then
+            show_log_tail "$log"
+            die "kafka: formatting node $n failed (full log: $log)"
+        fi
+    done
+    echo "$ports" >"$marker"
+}
+
+# Starts node N in the background (its config written and storage formatted).
+node_start() {
+    local n=$1 dir pidfile i
+    dir="$(node_dir "$n")"
+    pidfile="$dir/kafka.pid"
+    ! port_open "$KAFKA_HOST" "$(node_port "$n")" ||
+        die "kafka: $KAFKA_HOST:$(node_port "$n") (node $n) is already in use by another process; stop it or set KAFKA_PORT / KAFKA_PORT_STEP"
+    ! port_open "$KAFKA_HOST" "$(node_controller_port "$n")" ||
+        die "kafka: $KAFKA_HOST:$(node_controller_port "$n") (controller of node $n) is already in use by another process; stop it or set KAFKA_CONTROLLER_PORT / KAFKA_PORT_STEP"
+    say "kafka: starting node $n on $KAFKA_HOST:$(node_port "$n"), controller :$(node_controller_port "$n") (logs: $dir/logs/server.log)"
+    rm -f "$pidfile"
+    # As in kafka_up: own session, pid file holds the java pid, the lock's fd not inherited.
+    # shellcheck disable=SC2086,SC2016
+    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" \
+        java $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+        -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
+        -Djava.awt.headless=true $KAFKA_JVM_OPTS \
+        -Dlog4j2.configurationFile="$dir/config/log4j2.xml" \
+        -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/config/server.properties" \
+        </dev/null >"$dir/logs/kafka.out" 2>&1 9>&- &
+    for i in $(seq 50); do
+        [[ -s $pidfile ]] && break
+        sleep 0.1
+    done
+    [[ -s $pidfile ]] || die "kafka: node $n did not start; see $dir/logs/kafka.out"
+}
+
+# Waits until node N answers and sees MIN_BROKERS brokers.
+node_wait_ready() {
+    local n=$1 min=${2:-1} start=$SECONDS pid dir
+    dir="$(node_dir "$n")"
+    while ! kafka_probe "$(node_port "$n")" "$min"; do
+        if ! pid="$(node_pid "$n")"; then
+            show_log_tail "$dir/logs/server.log"
+            show_log_tail "$dir/logs/kafka.out"
+            die "kafka: node $n exited during startup; see $dir/logs/server.log"
+        fi
+        if ((SECONDS - start >= KAFKA_START_TIMEOUT)); then
+            show_log_tail "$dir/logs/server.log"
+            die "kafka: node $n not ready on $KAFKA_HOST:$(node_port "$n") after ${KAFKA_START_TIMEOUT}s; see $dir/logs/server.log"
+        fi
+        sleep 1
+    done
+    say "kafka: node $n ready on $KAFKA_HOST:$(node_port "$n") (pid $(node_pid "$n"), $((SECONDS - start))s)"
+}
+
+cluster_up() {
+    local brokers n pid port
+    brokers="$(kafka_brokers)"
+    [[ $brokers == 3 ]] || die "BROKERS must be 1 or 3, got '$brokers'"
+    if [[ -f $KAFKA_MODE_FILE && $(<"$KAFKA_MODE_FILE") != "$brokers" ]]; then
+        die "kafka: the stack in $STACK_DIR runs with BROKERS=$(<"$KAFKA_MODE_FILE"); stop it first: scripts/stack.sh down kafka"
+    fi
+    if pid="$(kafka_pid 2>/dev/null)"; then
+        die "kafka: the single broker (pid $pid) of $STACK_DIR runs; stop it first: scripts/stack.sh down kafka"
+    fi
+    for n in $(cluster_nodes); do
+        node_pid "$n" >/dev/null && continue
+        for port in "$(node_port "$n")" "$(node_controller_port "$n")"; do
+            ! port_open "$KAFKA_HOST" "$port" ||
+                die "kafka: $KAFKA_HOST:$port (node $n) is already in use by another process (another stack dir?); stop it or set KAFKA_PORT / KAFKA_CONTROLLER_PORT / KAFKA_PORT_STEP"
+        done
+    done
+    need_java
+    kafka_fetch
+    echo "$brokers" >"$KAFKA_MODE_FILE"
+    for n in $(cluster_nodes); do node_write_config "$n"; done
+    cluster_format
+    # Every controller must be up for the quorum to elect a leader: start all, then wait.
+    for n in $(cluster_nodes); do
+        if pid="$(node_pid "$n")"; then
+            say "kafka: node $n already running (pid $pid)"
+        else
+            node_start "$n"
+        fi
+    done
+    for n in $(cluster_nodes); do node_wait_ready "$n" "$brokers"; done
+    say "kafka: $brokers brokers on $(for n in $(cluster_nodes); do printf '%s:%s ' "$KAFKA_HOST" "$(node_port "$n")"; done)(bootstrap: $KAFKA_ADDR); new topics: replication factor 3, min.insync.replicas=2; no SASL_SSL or mTLS listener"
+}
+
+cluster_down() {
+    local n pid pids=()
+    # Every node at once: a node shutting down alone waits for a controller quorum.
+    for n in $(cluster_nodes); do
+        if pid="$(node_pid "$n")"; then
+            kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$n:$pid")
+        else
+            say "kafka: node $n not running"
+        fi
+    done
+    local entry
+    for entry in "${pids[@]}"; do
+        stop_process "kafka node ${entry%%:*}" "${entry#*:}" "$(node_dir "${entry%%:*}")/kafka.pid" "$KAFKA_STOP_TIMEOUT"
+    done
+    rm -f "$KAFKA_MODE_FILE"
+    if [[ ${CLEAN:-false} == true ]]; then
+        rm -rf "$KAFKA_CLUSTER"
+        say "kafka: removed the cluster's data, config and logs in $KAFKA_CLUSTER"
+    fi
+}
+
+cluster_status() {
+    local n pid rc=0
+    for n in $(cluster_nodes); do
+        pid="$(node_pid "$n" || true)"
+        status_line "kafka-$n" "$KAFKA_HOST:$(node_port "$n")" "$pid" "node_probe_$n" \
+            "$(node_dir "$n")/logs/server.log" || rc=1
+    done
+    printf '%-10s %-10s %s\n' "" "" "$(kafka_brokers)-node KRaft cluster, controllers on$(for n in $(cluster_nodes); do printf ' :%s' "$(node_controller_port "$n")"; done); plaintext only: no SASL_SSL or mTLS listener (BROKERS=1 has them)"
+    return "$rc"
+}
+
+# status_line takes a probe command without arguments: one per node.
+node_probe_1() { kafka_probe "$(node_port 1)"; }
+node_probe_2() { kafka_probe "$(node_port 2)"; }
+node_probe_3() { kafka_probe "$(node_port 3)"; }
+
+# kill -9 node N (a broker crash); start-broker N brings it back.
+kill_broker() {
+    local n=${1:-} pid
+    cluster_mode || die "kill-broker needs a cluster: start one with BROKERS=3 scripts/stack.sh up kafka"
+    [[ $n =~ ^[0-9]+$ ]] && ((n >= 1 && n <= $(kafka_brokers))) ||
+        die "kill-broker: N must be a node number from 1 to $(kafka_brokers), got '$n'"
+    pid="$(node_pid "$n")" || die "kafka: node $n is not running"
+    kill -KILL "$pid"
+    local i
+    for i in $(seq 50); do
+        pid_alive "$pid" || break
+        sleep 0.1
+    done
+    rm -f "$(node_dir "$n")/kafka.pid"
+    say "kafka: node $n killed (kill -9, pid $pid)"
+}
+
+start_broker() {
+    local n=${1:-} pid
+    cluster_mode || die "start-broker needs a cluster: start one with BROKERS=3 scripts/stack.sh up kafka"
+    [[ $n =~ ^[0-9]+$ ]] && ((n >= 1 && n <= $(kafka_brokers))) ||
+        die "start-broker: N must be a node number from 1 to $(kafka_brokers), got '$n'"
+    if pid="$(node_pid "$n")"; then
+        say "kafka: node $n already running (pid $pid)"
+        return 0
+    fi
+    need_java
+    node_write_config "$n"
+    node_start "$n"
+    node_wait_ready "$n" "$(kafka_brokers)"
 }
 
 # shellcheck source=scripts/stack/registry.sh
@@ -651,6 +950,17 @@ main() {
     local cmd="${1:-}"
     [[ -n $cmd ]] || usage
     shift
+    case $cmd in
+        kill-broker)
+            kill_broker "$@"
+            return
+            ;;
+        start-broker)
+            take_lock
+            start_broker "$@"
+            return
+            ;;
+    esac
 
     CLEAN=false
     local arg svc selected=()
@@ -697,7 +1007,7 @@ main() {
             done
             ;;
         -h | --help | help) usage 0 ;;
-        *) die "unknown command: $cmd (use up, down, status or fetch)" ;;
+        *) die "unknown command: $cmd (use up, down, status, fetch, kill-broker or start-broker)" ;;
     esac
 }
 

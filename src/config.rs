@@ -181,6 +181,8 @@ pub struct KafkaConfig {
     pub producer: BTreeMap<String, String>,
     /// TLS and SASL, validated, secrets read.
     pub security: KafkaSecurity,
+    /// Consumer group membership.
+    pub group: crate::kafka::GroupSettings,
 }
 
 /// Topic names and creation settings.
@@ -371,7 +373,7 @@ impl Config {
             }
         };
         let lake = LakeConfig::new(raw.lake, raw.roles.lake, base)?;
-        let telemetry = TelemetryConfig::new(raw.telemetry)?;
+        let telemetry = TelemetryConfig::new(raw.telemetry, base)?;
         Ok(Self {
             path: path.to_owned(),
             kafka: kafka_config(raw.kafka, base)?,
@@ -532,13 +534,42 @@ fn kafka_config(raw: RawKafka, base: &Path) -> Result<KafkaConfig, ConfigError> 
             });
         }
     }
+    let group = group_settings(&raw.group)?;
     Ok(KafkaConfig {
+        group,
         security: security::kafka_security(&raw.security, base)?,
         brokers: raw.brokers,
         client_id: raw.client_id,
         properties: raw.properties,
         consumer: raw.consumer,
         producer: raw.producer,
+    })
+}
+
+/// `[kafka.group]`, checked against the brokers' limits (the classic protocol's session
+/// timeout must lie within `group.min.session.timeout.ms` and `group.max.session.timeout.ms`,
+/// 6 s and 30 min by default).
+fn group_settings(raw: &raw::RawGroup) -> Result<crate::kafka::GroupSettings, ConfigError> {
+    let session = raw.session_timeout;
+    if session < Duration::from_secs(1) || session > Duration::from_secs(1800) {
+        return Err(ConfigError::Invalid {
+            key: "kafka.group.session_timeout",
+            value: humantime::format_duration(session).to_string(),
+            why: "must be between 1s and 30m (brokers accept 6s to 30m by default)",
+        });
+    }
+    if raw.heartbeat_interval.is_zero() || raw.heartbeat_interval * 3 > session {
+        return Err(ConfigError::Invalid {
+            key: "kafka.group.heartbeat_interval",
+            value: humantime::format_duration(raw.heartbeat_interval).to_string(),
+            why: "must be above zero and at most a third of kafka.group.session_timeout",
+        });
+    }
+    Ok(crate::kafka::GroupSettings {
+        protocol: raw.protocol,
+        session_timeout: session,
+        heartbeat_interval: raw.heartbeat_interval,
+        instance_id: None,
     })
 }
 

@@ -20,10 +20,12 @@ use crate::ingest::{Input, OutRecord};
 
 pub mod connect;
 pub mod drain;
+pub mod group;
 pub mod read;
 
 pub use connect::{connect, ConnectError, ConnectFailure, Connected, CONNECT_TIMEOUT};
 pub use drain::caught_up;
+pub use group::{consumer_fatal, Assignment, ConsumerFatal, GroupProtocol, GroupSettings};
 pub use read::{
     default_partition, default_partitioner, reader, scan, scan_keys, ReadError, Start, TopicReader,
 };
@@ -86,9 +88,15 @@ pub fn with_properties(mut config: ClientConfig, kafka: &KafkaConfig) -> ClientC
     config
 }
 
-/// Consumer settings for the at-least-once recipe: auto-commit of explicitly stored offsets.
-pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+/// Consumer settings for the at-least-once recipe: auto-commit of explicitly stored offsets;
+/// group membership from `[kafka.group]` with the assignor `assignment` needs.
+pub fn consumer_config(
+    kafka: &KafkaConfig,
+    group_id: &str,
+    assignment: Assignment,
+) -> ClientConfig {
     let mut config = base_config(kafka);
+    kafka.group.apply(&mut config, assignment);
     config
         .set("group.id", group_id)
         .set("enable.auto.commit", "true")
@@ -249,6 +257,9 @@ pub async fn send(
             FutureRecord::to(&record.topic).headers(owned_headers(record));
         if let Some(key) = &record.key {
             fr = fr.key(key.as_slice());
+        }
+        if let Some(partition) = record.partition {
+            fr = fr.partition(partition);
         }
         if let Some(value) = &record.value {
             fr = fr.payload(value.as_slice());

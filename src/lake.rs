@@ -52,6 +52,9 @@ use table::Table;
 /// Why the lake role or a lake command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
+    /// The consumer hit an error it cannot recover from.
+    #[error(transparent)]
+    ConsumerFatal(crate::kafka::ConsumerFatal),
     /// The telemetry listener could not start.
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::ListenError),
@@ -81,6 +84,22 @@ pub enum LakeError {
         topics: Vec<String>,
         /// librdkafka's error.
         source: rdkafka::error::KafkaError,
+    },
+    /// A writer found its file's name taken by a file with other records.
+    #[error("lake file {key} in {location} holds other records than this worker's rows of {topic} partition {partition} from offset {first}: {differs}. Another writer named different data the same way (a bug); the file was left as it is and the offsets were not committed. Compare the file with the topic before moving it away, then start the worker again")]
+    FileConflict {
+        /// The file's key under the lake root.
+        key: String,
+        /// The store.
+        location: String,
+        /// The partition's topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The offset of the worker's first row for the file.
+        first: i64,
+        /// What differs.
+        differs: String,
     },
     /// The encoding task panicked or was cancelled.
     #[error("encoding task for table \"{table}\" failed: {message}")]

@@ -44,7 +44,8 @@
 //! - [`http`]: the one HTTP client stack (reqwest over rustls): private CAs, client
 //!   certificates, credentials.
 //! - [`telemetry`]: every metric's name, the typed events that count them, the lag probe and
-//!   the listener serving `/metrics`, `/healthz` and `/readyz`.
+//!   the listener serving `/metrics`, `/healthz`, `/readyz` and the status page (`/`,
+//!   `/status.json`), behind an optional bearer token.
 //!
 //! # One event's way through the actions role
 //! 1. The actions role ([`role::actions`]) polls a record and hands it to its pipeline.

@@ -71,6 +71,11 @@ enum Command {
         /// Worker id recorded in audit records (default: host name and process id).
         #[arg(long)]
         worker_id: Option<String>,
+        /// Static group membership (`group.instance.id`): a stable name per replica, such as a
+        /// pod name. A worker restarted under the same name within the session timeout gets its
+        /// partitions back without a rebalance; two live workers must never share one.
+        #[arg(long, env = "REFLEX_INSTANCE_ID")]
+        instance_id: Option<String>,
     },
     /// Validate the configuration, schemas, policies and actions without a broker.
     Check {
@@ -297,8 +302,19 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
             return policy_command(&args.config, command);
         }
     }
-    let config = Config::load(&args.config)
+    let mut config = Config::load(&args.config)
         .with_context(|| format!("configuration {} is not usable", args.config.display()))?;
+    if let Command::Run {
+        instance_id: Some(id),
+        ..
+    } = &args.command
+    {
+        anyhow::ensure!(
+            !id.trim().is_empty(),
+            "--instance-id (REFLEX_INSTANCE_ID) is empty; give each replica a stable, unique name or leave it unset"
+        );
+        config.kafka.group.instance_id = Some(id.clone());
+    }
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -322,6 +338,7 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
             role: Role::Actions,
             drain,
             worker_id,
+            instance_id: _,
         } => {
             let worker_id = worker_id.unwrap_or_else(default_worker_id);
             let shutdown = CancellationToken::new();
@@ -372,6 +389,7 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
             role: Role::Lake,
             drain,
             worker_id: _,
+            instance_id: _,
         } => {
             let shutdown = CancellationToken::new();
             let summary = runtime.block_on(async {

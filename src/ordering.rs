@@ -229,11 +229,11 @@ pub enum Verdict {
 /// Keys with events in the retry topic, each with the ids of those events in their order.
 /// While a key has one, its later events follow it into the retry topic instead of overtaking.
 ///
-/// The state lives in the worker that owns the key's partition (the retry topic has as many
-/// partitions as the event topics, so partition `p` of both is assigned to the same worker). It
-/// is not shared: at a rebalance the worker forgets it, and until the parked events have run,
-/// a later event of their key may overtake them (at-least-once ordering is best effort across
-/// a rebalance).
+/// The state lives in the worker that owns the key's partition: a retry record goes to the
+/// partition of the retry topic numbered like the event partition it came from, and the range
+/// assignors give partition `p` of every topic to the same member. A worker forgets the keys of
+/// the partitions it loses, and learns those of the partitions it gains by reading their retry
+/// partition from the group's committed offset before it takes their records.
 #[derive(Debug)]
 pub struct Parking<K> {
     keys: HashMap<K, VecDeque<String>>,
@@ -287,6 +287,13 @@ impl<K: Eq + Hash> Parking<K> {
                 self.keys.remove(key);
             }
         }
+    }
+
+    /// Forgets the keys for which `lost` holds; returns how many.
+    pub fn forget(&mut self, mut lost: impl FnMut(&K) -> bool) -> usize {
+        let before = self.keys.len();
+        self.keys.retain(|key, _| !lost(key));
+        before - self.keys.len()
     }
 
     /// Keys with events in the retry topic.

@@ -92,6 +92,7 @@ fn to_record(config: &Config, options: &ProduceOptions, line: &str) -> Result<Ou
         Err(e) if options.validate => return Err(format!("not a CloudEvent: {e}")),
         Err(_) => {
             return Ok(OutRecord {
+                partition: None,
                 topic: options.topic.clone(),
                 key: None,
                 value: Some(line.as_bytes().to_vec()),
@@ -113,6 +114,7 @@ fn to_record(config: &Config, options: &ProduceOptions, line: &str) -> Result<Ou
     if options.binary {
         let (headers, value) = event.to_binary();
         Ok(OutRecord {
+            partition: None,
             topic: options.topic.clone(),
             key: Some(key),
             value,
@@ -120,6 +122,7 @@ fn to_record(config: &Config, options: &ProduceOptions, line: &str) -> Result<Ou
         })
     } else {
         Ok(OutRecord {
+            partition: None,
             topic: options.topic.clone(),
             key: Some(key),
             value: Some(line.trim().as_bytes().to_vec()),

@@ -200,6 +200,18 @@ impl Services {
             .map_or(BreakerState::Closed, |b| b.state(Instant::now()))
     }
 
+    /// The state of every breaker now, by service name: the services called so far.
+    pub fn breaker_states(&self) -> Vec<(String, BreakerState)> {
+        let now = Instant::now();
+        let mut states: Vec<(String, BreakerState)> = self
+            .breakers()
+            .iter()
+            .map(|(name, b)| (name.clone(), b.state(now)))
+            .collect();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        states
+    }
+
     /// Asks `service`'s breaker for a call now.
     fn admit(&self, service: &str) -> Admission {
         let mut breakers = self.breakers();

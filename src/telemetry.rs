@@ -2,10 +2,13 @@
 //! them, and the listener that serves them ([`listener`]) with the probes.
 //!
 //! Each worker owns one [`Metrics`]; its listener (`[telemetry] listen`) serves `/metrics` in
-//! the Prometheus text format, `/healthz` and `/readyz`. Labels take only bounded values: event
-//! types that have a schema (others are `(unknown)`, records without a type `(undecodable)`),
-//! outcome and reason codes, stage names, and the assigned topic partitions; never ids or error
-//! text.
+//! the Prometheus text format, `/healthz`, `/readyz`, and the status page (`/` and
+//! `/status.json`, [`status`]), both read from the same [`Metrics`]. Labels take only bounded
+//! values: event types that have a schema (others are `(unknown)`, records without a type
+//! `(undecodable)`), outcome and reason codes, stage names, service names, and the assigned
+//! topic partitions; never ids or error text. The status page also lists the last
+//! [`RECENT_CAPACITY`] denials and dead letters ([`Recent`]) with what their audit records say
+//! of them, never event data.
 //!
 //! # Metrics
 //! Actions role:
@@ -14,11 +17,18 @@
 //! - `reflex_dead_letters_total{type, reason}` (counter): dead letters by reason code;
 //! - `reflex_stage_duration_seconds{stage}` (histogram): time per stage (`decode`, `validate`,
 //!   `enrich`, `policy`, `action`, `delivery`: publishing the outputs until acknowledged);
-//! - `reflex_in_flight_records` (gauge): records consumed and not yet finished.
+//! - `reflex_in_flight_records` (gauge): records consumed and not yet finished;
+//! - `reflex_breaker_state{service, state}` (gauge, 1 for the current state, 0 for the others):
+//!   the circuit breaker of each HTTP service called so far (`closed`, `open`, `half_open`).
 //!
 //! Lake role:
-//! - `reflex_lake_files_written_total`, `reflex_lake_rows_written_total`,
-//!   `reflex_lake_bytes_written_total` (counters): Parquet written;
+//! - `reflex_lake_files_written_total{table}`, `reflex_lake_rows_written_total{table}`,
+//!   `reflex_lake_bytes_written_total{table}` (counters): Parquet written, per table (every
+//!   table of an event type is exported from the start, at 0);
+//! - `reflex_lake_last_file_age_seconds{table}` (gauge): time since this worker last wrote a
+//!   file of the table (absent before the first);
+//! - `reflex_lake_files_present_total` (counter): files a writer found already written with
+//!   its records (a replay after a crash or a rebalance) and kept;
 //! - `reflex_lake_buffered_bytes` (gauge): row bytes waiting to be written.
 //!
 //! Both roles:
@@ -32,23 +42,29 @@
 //! - `reflex_policy_info{revision, engine}` (gauge, 1): the policy set deciding;
 //! - the process-wide policy counters of [`crate::policy::telemetry`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::audit::{AuditRecord, Outcome};
 use crate::ingest::DeadLetterReason;
 use crate::policy::PolicyEngine;
+use crate::service::Services;
 
 mod histogram;
 pub mod lag;
 pub mod listener;
 mod render;
+pub mod status;
 
 pub use histogram::Histogram;
 pub use listener::{serve, ListenError};
 pub use render::render;
+pub use status::{Recent, Status};
+
+/// Denials and dead letters the status page lists, newest first.
+pub const RECENT_CAPACITY: usize = 20;
 
 /// The outcomes, in the order of their counters.
 pub const OUTCOMES: [Outcome; 4] = [
@@ -144,16 +160,21 @@ impl PartitionState {
 #[derive(Debug)]
 pub struct Metrics {
     role: &'static str,
+    group: String,
     known_types: BTreeSet<String>,
     /// Counts by type label, indexed like [`OUTCOMES`].
     events: Mutex<BTreeMap<String, [u64; OUTCOMES.len()]>>,
     /// Counts by type label and reason code.
     dead_letters: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    /// The last denials and dead letters, newest at the front.
+    recent: Mutex<VecDeque<Recent>>,
+    /// The HTTP services whose breakers are reported, once the worker has them.
+    services: OnceLock<Services>,
     stages: [Histogram; Stage::ALL.len()],
     in_flight: AtomicU64,
-    lake_files: AtomicU64,
-    lake_rows: AtomicU64,
-    lake_bytes: AtomicU64,
+    /// What the lake role wrote, by table.
+    lake: Mutex<BTreeMap<String, LakeTable>>,
+    lake_present: AtomicU64,
     lake_buffered: AtomicU64,
     policy: Mutex<Option<(String, PolicyEngine)>>,
     /// Assigned partitions by topic, so the hot path finds one without allocating.
@@ -165,23 +186,35 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Metrics for a worker of `role` whose event types are `known_types`; `/healthz` fails
-    /// after `stall_timeout` without progress.
+    /// Metrics for a worker of `role` in consumer group `group` whose event types are
+    /// `known_types`; `/healthz` fails after `stall_timeout` without progress.
     pub fn new<'a>(
         role: &'static str,
+        group: &str,
         known_types: impl IntoIterator<Item = &'a str>,
         stall_timeout: Duration,
     ) -> Self {
+        let known_types: BTreeSet<String> = known_types.into_iter().map(str::to_owned).collect();
+        let lake = if role == "lake" {
+            known_types
+                .iter()
+                .map(|t| (t.clone(), LakeTable::default()))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         Self {
             role,
-            known_types: known_types.into_iter().map(str::to_owned).collect(),
+            group: group.to_owned(),
+            known_types,
             events: Mutex::default(),
             dead_letters: Mutex::default(),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
+            services: OnceLock::new(),
             stages: std::array::from_fn(|_| Histogram::default()),
             in_flight: AtomicU64::new(0),
-            lake_files: AtomicU64::new(0),
-            lake_rows: AtomicU64::new(0),
-            lake_bytes: AtomicU64::new(0),
+            lake: Mutex::new(lake),
+            lake_present: AtomicU64::new(0),
             lake_buffered: AtomicU64::new(0),
             policy: Mutex::new(None),
             partitions: Mutex::default(),
@@ -195,6 +228,19 @@ impl Metrics {
     /// The role this worker runs.
     pub fn role(&self) -> &'static str {
         self.role
+    }
+
+    /// Reports the circuit breakers of `services` from now on (the first call wins).
+    pub fn watch_breakers(&self, services: &Services) {
+        let _ = self.services.set(services.clone());
+    }
+
+    /// The state of each breaker of the watched services, by service name.
+    fn breakers(&self) -> Vec<(String, crate::service::BreakerState)> {
+        self.services
+            .get()
+            .map(Services::breaker_states)
+            .unwrap_or_default()
     }
 
     /// The `type` label of an event type.
@@ -298,10 +344,18 @@ pub struct EventProcessed<'a> {
 }
 
 impl EventProcessed<'_> {
-    /// Counts the outcome and the dead-letter reason, and observes the stages that ran (the
-    /// audit record carries the detail, so nothing is logged).
+    /// Counts the outcome and the dead-letter reason, keeps a denial or dead letter for the
+    /// status page, and observes the stages that ran (the audit record carries the detail, so
+    /// nothing is logged).
     pub fn emit(self, metrics: &Metrics) {
         let audit = self.audit;
+        if matches!(audit.outcome, Outcome::Denied | Outcome::DeadLettered) {
+            let mut recent = lock(&metrics.recent);
+            if recent.len() == RECENT_CAPACITY {
+                recent.pop_back();
+            }
+            recent.push_front(Recent::of(audit));
+        }
         let ty = metrics.type_label(audit.ty.as_deref());
         if let (Outcome::DeadLettered, Some(reason)) = (audit.outcome, audit.reason) {
             let mut dead_letters = lock(&metrics.dead_letters);
@@ -463,9 +517,24 @@ impl PolicyActive<'_> {
     }
 }
 
-/// The lake role wrote a segment's files.
+/// What the lake role wrote to one table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LakeTable {
+    /// Files.
+    pub files: u64,
+    /// Rows.
+    pub rows: u64,
+    /// Parquet bytes.
+    pub bytes: u64,
+    /// When this worker last wrote a file of it.
+    pub last_file: Option<Instant>,
+}
+
+/// The lake role wrote a segment's files of one table.
 #[derive(Debug, Clone, Copy)]
-pub struct LakeFilesWritten {
+pub struct LakeFilesWritten<'a> {
+    /// The table.
+    pub table: &'a str,
     /// Files.
     pub files: u64,
     /// Rows.
@@ -474,12 +543,35 @@ pub struct LakeFilesWritten {
     pub bytes: u64,
 }
 
-impl LakeFilesWritten {
+impl LakeFilesWritten<'_> {
     /// Counts them.
     pub fn emit(self, metrics: &Metrics) {
-        metrics.lake_files.fetch_add(self.files, Ordering::Relaxed);
-        metrics.lake_rows.fetch_add(self.rows, Ordering::Relaxed);
-        metrics.lake_bytes.fetch_add(self.bytes, Ordering::Relaxed);
+        let mut lake = lock(&metrics.lake);
+        // A table is allocated only the first time it is written, if it was not known.
+        let t = match lake.get_mut(self.table) {
+            Some(t) => t,
+            None => lake.entry(self.table.to_owned()).or_default(),
+        };
+        t.files += self.files;
+        t.rows += self.rows;
+        t.bytes += self.bytes;
+        t.last_file = Some(Instant::now());
+    }
+}
+
+/// The lake role found files already written with the records it meant to write, and kept them.
+#[derive(Debug, Clone, Copy)]
+pub struct LakeFilesPresent {
+    /// How many.
+    pub files: u64,
+}
+
+impl LakeFilesPresent {
+    /// Counts them.
+    pub fn emit(self, metrics: &Metrics) {
+        metrics
+            .lake_present
+            .fetch_add(self.files, Ordering::Relaxed);
     }
 }
 

@@ -258,6 +258,7 @@ mod tests {
                 consumer: Default::default(),
                 producer: Default::default(),
                 security: Default::default(),
+                group: Default::default(),
             },
             audit_topic: "reflex.audit".into(),
         }

@@ -15,6 +15,7 @@ use super::ConfigError;
 /// Variables read by the command line rather than the configuration tree.
 const CLI_VARIABLES: &[&str] = &[
     "REFLEX_CONFIG",
+    "REFLEX_INSTANCE_ID",
     "REFLEX_LOG",
     "REFLEX_LOG_FORMAT",
     "REFLEX_ROLE",

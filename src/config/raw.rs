@@ -53,6 +53,33 @@ pub struct RawKafka {
     pub producer: BTreeMap<String, String>,
     /// TLS and SASL: `[kafka.security]`.
     pub security: super::security::RawKafkaSecurity,
+    /// Consumer group membership: `[kafka.group]`.
+    pub group: RawGroup,
+}
+
+/// `[kafka.group]`: how the roles' consumers take part in their groups.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGroup {
+    /// `classic` or `consumer` (KIP-848).
+    pub protocol: crate::kafka::GroupProtocol,
+    /// Classic protocol: a member that sends no heartbeat for this long is declared dead and
+    /// its partitions move to the others.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Classic protocol: how often a member heartbeats (at most a third of the session timeout).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for RawGroup {
+    fn default() -> Self {
+        Self {
+            protocol: crate::kafka::GroupProtocol::Classic,
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 impl Default for RawKafka {
@@ -64,6 +91,7 @@ impl Default for RawKafka {
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
             security: super::security::RawKafkaSecurity::default(),
+            group: RawGroup::default(),
         }
     }
 }

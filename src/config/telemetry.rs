@@ -1,13 +1,16 @@
-//! `[telemetry]`: the worker's telemetry listener (`/metrics`, `/healthz`, `/readyz`).
+//! `[telemetry]`: the worker's telemetry listener (`/metrics`, `/healthz`, `/readyz`, the
+//! status page) and the bearer token it may require.
 //!
 //! Every key is documented in `config/reflex.toml`.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use crate::secret::{Secret, SecretRef};
 
 /// `[telemetry]` as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -21,6 +24,8 @@ pub struct RawTelemetry {
     /// How often the brokers are asked for the high watermarks of the assigned partitions.
     #[serde(with = "humantime_serde")]
     pub lag_interval: Duration,
+    /// `env:VAR` or `file:PATH`: the bearer token every path but the probes requires.
+    pub token: Option<SecretRef>,
 }
 
 impl Default for RawTelemetry {
@@ -29,6 +34,7 @@ impl Default for RawTelemetry {
             listen: "127.0.0.1:9464".into(),
             stall_timeout: Duration::from_secs(30),
             lag_interval: Duration::from_secs(5),
+            token: None,
         }
     }
 }
@@ -42,11 +48,14 @@ pub struct TelemetryConfig {
     pub stall_timeout: Duration,
     /// Interval of the high-watermark queries behind the lag metrics.
     pub lag_interval: Duration,
+    /// The bearer token required for everything but `/healthz` and `/readyz` (read only when
+    /// the listener is on).
+    pub token: Option<Secret>,
 }
 
 impl TelemetryConfig {
-    /// Validates `[telemetry]`.
-    pub fn new(raw: RawTelemetry) -> Result<Self, ConfigError> {
+    /// Validates `[telemetry]`; `base` resolves a relative `file:` token path.
+    pub fn new(raw: RawTelemetry, base: &Path) -> Result<Self, ConfigError> {
         let listen = match raw.listen.trim() {
             "" => None,
             addr => Some(addr.parse().map_err(|_| ConfigError::Invalid {
@@ -67,10 +76,15 @@ impl TelemetryConfig {
                 });
             }
         }
+        let token = match (&listen, &raw.token) {
+            (Some(_), Some(reference)) => Some(reference.resolve("telemetry.token", base)?),
+            _ => None,
+        };
         Ok(Self {
             listen,
             stall_timeout: raw.stall_timeout,
             lag_interval: raw.lag_interval,
+            token,
         })
     }
 }
@@ -81,7 +95,7 @@ mod tests {
 
     fn parse(toml_text: &str) -> Result<TelemetryConfig, String> {
         let raw: RawTelemetry = toml::from_str(toml_text).map_err(|e| e.to_string())?;
-        TelemetryConfig::new(raw).map_err(|e| e.to_string())
+        TelemetryConfig::new(raw, Path::new(".")).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -90,6 +104,33 @@ mod tests {
         assert_eq!(cfg.listen, Some("127.0.0.1:9464".parse().expect("addr")));
         assert_eq!(cfg.stall_timeout, Duration::from_secs(30));
         assert_eq!(cfg.lag_interval, Duration::from_secs(5));
+        assert_eq!(cfg.token, None);
+    }
+
+    #[test]
+    fn the_token_is_read_from_a_reference_and_never_written_inline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("token"), "t0ken-value\n").expect("write");
+        let raw: RawTelemetry = toml::from_str("token = \"file:token\"").expect("parses");
+        let cfg = TelemetryConfig::new(raw, dir.path()).expect("readable");
+        let token = cfg.token.expect("a token");
+        assert_eq!(token.expose(), "t0ken-value");
+        assert!(!format!("{token:?}").contains("t0ken"));
+
+        let msg = parse("token = \"t0ken-value\"").expect_err("inline");
+        assert!(msg.contains("telemetry.token"), "{msg}");
+        assert!(!msg.contains("t0ken"), "{msg}");
+        let msg = parse("token = \"file:surely-missing-token-file\"").expect_err("missing");
+        assert!(
+            msg.contains("telemetry.token") && msg.contains("file:surely-missing-token-file"),
+            "{msg}"
+        );
+        assert_eq!(
+            parse("listen = \"\"\ntoken = \"env:REFLEX_TEST_SURELY_UNSET\"")
+                .expect("no listener, no token read")
+                .token,
+            None
+        );
     }
 
     #[test]

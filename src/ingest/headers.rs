@@ -236,7 +236,13 @@ pub fn retry(input: &Input<'_>, topic: &str, retry: &Retry<'_>) -> OutRecord {
     if let Some(context) = retry.context {
         extra.extend(context.headers());
     }
-    same_record(input, topic.to_owned(), extra)
+    // Partition p of the retry topic holds the retries of partition p of every event topic, so
+    // the member that owns the event partition owns its waiting keys (range assignors), whatever
+    // partitioner the publisher used.
+    OutRecord {
+        partition: Some(retry.origin.partition),
+        ..same_record(input, topic.to_owned(), extra)
+    }
 }
 
 /// One dead letter as its headers describe it.
@@ -305,6 +311,7 @@ fn same_record(input: &Input<'_>, topic: String, extra: Vec<(&str, String)>) -> 
         )
         .collect();
     OutRecord {
+        partition: None,
         topic,
         key: input.key.map(<[u8]>::to_vec),
         value: input.value.map(<[u8]>::to_vec),

@@ -54,6 +54,8 @@ impl<'a> Input<'a> {
 pub struct OutRecord {
     /// Destination topic.
     pub topic: String,
+    /// Destination partition; `None` lets the producer's partitioner choose by key.
+    pub partition: Option<i32>,
     /// Key.
     pub key: Option<Vec<u8>>,
     /// Value.

@@ -94,54 +94,81 @@ impl<'c> TopicReader<'c> {
     }
 
     /// Assigns the partitions of `topic` that hold records of `keys` (as the default
-    /// partitioner places them, see [`default_partition`]), or every partition with `None`.
+    /// partitioner places them, see [`default_partition`]), or every partition with `None`,
+    /// from `from`.
     pub fn open_for_keys(
         consumer: &'c BaseConsumer,
         topic: &str,
         from: Start,
         keys: Option<&[&[u8]]>,
     ) -> Result<Self, ReadError> {
+        let chosen = match (keys, from) {
+            (None, Start::Beginning | Start::Offset(_) | Start::Tail(_)) => None,
+            _ => {
+                let partitions = partitions_of(consumer, topic)?;
+                let count = partitions.len();
+                Some(match keys {
+                    Some(keys) => partitions
+                        .into_iter()
+                        .filter(|p| keys.iter().any(|k| default_partition(k, count) == Some(*p)))
+                        .collect(),
+                    None => partitions,
+                })
+            }
+        };
+        let by_time = match (from, &chosen) {
+            (Start::Since(ms), Some(chosen)) => offsets_for_time(consumer, topic, chosen, ms)?,
+            _ => HashMap::new(),
+        };
+        Self::open_with(consumer, topic, |partition, low, high| {
+            if chosen.as_ref().is_some_and(|c| !c.contains(&partition)) {
+                return None;
+            }
+            match from {
+                Start::Beginning => Some(low),
+                Start::Offset(o) => Some(o.max(low)),
+                Start::Tail(n) => Some((high - n).max(low)),
+                // No record at or after the instant: nothing to read in this partition.
+                Start::Since(_) => match by_time.get(&partition) {
+                    Some(Offset::Offset(o)) => Some((*o).max(low)),
+                    _ => None,
+                },
+            }
+        })
+    }
+
+    /// Assigns the partitions of `topic` named in `starts`, each from its offset (or the
+    /// oldest kept, if later); a negative offset (none committed) reads from the oldest.
+    pub fn open_partitions(
+        consumer: &'c BaseConsumer,
+        topic: &str,
+        starts: &HashMap<i32, i64>,
+    ) -> Result<Self, ReadError> {
+        Self::open_with(consumer, topic, |partition, low, _| {
+            starts.get(&partition).map(|&o| o.max(low))
+        })
+    }
+
+    /// Assigns each partition of `topic` for which `start(partition, low, high)` names an
+    /// offset, up to the end it has now.
+    fn open_with(
+        consumer: &'c BaseConsumer,
+        topic: &str,
+        start: impl Fn(i32, i64, i64) -> Option<i64>,
+    ) -> Result<Self, ReadError> {
         let timeout = Duration::from_secs(10);
         let read_err = |source| ReadError::Read {
             topic: topic.to_owned(),
             source,
         };
-        let metadata = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(read_err)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions())
-            .map(|p| p.id())
-            .collect();
-        let count = partitions.len();
-        let partitions: Vec<i32> = match keys {
-            Some(keys) => partitions
-                .into_iter()
-                .filter(|p| keys.iter().any(|k| default_partition(k, count) == Some(*p)))
-                .collect(),
-            None => partitions,
-        };
-        let by_time = match from {
-            Start::Since(ms) => Some(offsets_for_time(consumer, topic, &partitions, ms)?),
-            _ => None,
-        };
         let mut assignment = TopicPartitionList::new();
         let mut ends: HashMap<i32, i64> = HashMap::new();
-        for p in partitions {
+        for p in partitions_of(consumer, topic)? {
             let (low, high) = consumer
                 .fetch_watermarks(topic, p, timeout)
                 .map_err(read_err)?;
-            let start = match from {
-                Start::Beginning => low,
-                Start::Offset(o) => o.max(low),
-                Start::Tail(n) => (high - n).max(low),
-                // No record at or after the instant: nothing to read in this partition.
-                Start::Since(_) => match by_time.as_ref().and_then(|t| t.get(&p)) {
-                    Some(Offset::Offset(o)) => (*o).max(low),
-                    _ => high,
-                },
+            let Some(start) = start(p, low, high) else {
+                continue;
             };
             if start < high {
                 assignment
@@ -193,6 +220,22 @@ impl<'c> TopicReader<'c> {
         self.consumer.unassign().map_err(read_err)?;
         Ok(None)
     }
+}
+
+/// The partitions of `topic`, from the cluster's metadata.
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, ReadError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|source| ReadError::Read {
+            topic: topic.to_owned(),
+            source,
+        })?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| p.id())
+        .collect())
 }
 
 /// The offset of the first record at or after `ms` in each of `partitions` (`Offset::End` where

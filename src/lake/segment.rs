@@ -5,17 +5,27 @@
 //! (table, hour) — named after the first offset the file holds — and only then is the offset
 //! after the segment committed. The next segment starts exactly there, so after a crash the
 //! replayed segment starts at the same offset as the lost attempt, and each file it writes has
-//! the name of the file the lost attempt may have written for the same rows: the replay
-//! overwrites, it never adds. Rotation by rows and bytes counts the records themselves, so it
-//! falls at the same offsets on replay; rotation by age or memory pressure may fall elsewhere,
-//! which the overwrite still covers because every file is keyed by the first offset of its
-//! (table, hour) within a segment that starts at a committed offset.
+//! the name of the file the lost attempt may have written for the same rows.
 //!
-//! What this does not cover: Kafka cannot fence a consumer the way transactions fence
-//! producers. A worker that stalls mid-write for longer than the group's session timeout loses
-//! its partitions to another worker, which re-reads from the same committed offset; if the
-//! stalled worker's write then lands after the new owner's, a file may be replaced by one with
-//! fewer rows. Keep a write well inside `session.timeout.ms` (files of tens of MB are).
+//! Files are created, never replaced (see [`super::store`]). A writer that finds its file's name
+//! taken reads the file there and checks that it holds the same records as its own rows from
+//! that offset on ([`super::write`]):
+//! - the same rows: written before (a replay after a crash, a retried commit); nothing to do;
+//! - fewer rows (the earlier attempt's segment rotated sooner, by age or memory pressure): they
+//!   stay, and the writer's remaining rows go into a file named after the first of them, which
+//!   is the name the earlier attempt gave its next file, so the same check applies there;
+//! - more rows (the earlier attempt's segment rotated later): the file reaches past the
+//!   segment. Its rows beyond the segment are not buffered again ([`Segments::cover`]) and no
+//!   offset inside it is committed, so a later replay never starts a file in the middle of it;
+//! - other records: another writer used the name for different data, a bug; the writer stops
+//!   with an error naming the file and leaves the segment uncommitted.
+//!
+//! This also closes the race of a stalled worker: Kafka cannot fence a consumer the way
+//! transactions fence producers, and a worker that stalls longer than the group's session
+//! timeout loses its partitions to another worker, which re-reads them from the same committed
+//! offset. Both then name their files by the same offsets, so when the stalled one resumes and
+//! writes before it learns of the rebalance, its writes meet the new owner's files and can
+//! neither replace them nor add their rows a second time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -47,6 +57,10 @@ pub struct FileRows {
     pub rows: usize,
     /// The rows as JSON lines.
     pub json: Vec<u8>,
+    /// The offset of each row, ascending.
+    pub offsets: Vec<i64>,
+    /// Where each row's JSON line ends in `json`.
+    pub ends: Vec<usize>,
 }
 
 /// Consecutive records of one partition.
@@ -96,6 +110,9 @@ pub struct Segments {
     limits: Limits,
     open: HashMap<TopicPartition, Segment>,
     bytes: usize,
+    /// Per partition, (table, hour) → the last offset whose row is already in a lake file that
+    /// reaches past the written segments.
+    covered: HashMap<TopicPartition, BTreeMap<(usize, Hour), i64>>,
 }
 
 impl Segments {
@@ -105,6 +122,7 @@ impl Segments {
             limits,
             open: HashMap::new(),
             bytes: 0,
+            covered: HashMap::new(),
         }
     }
 
@@ -144,7 +162,13 @@ impl Segments {
         };
         segment.next_offset = offset + 1;
         segment.records += 1;
-        if let Some(row) = row {
+        let covered = row.is_some_and(|row| {
+            self.covered
+                .get(tp)
+                .and_then(|c| c.get(&(row.table, row.hour)))
+                .is_some_and(|last| offset <= *last)
+        });
+        if let Some(row) = row.filter(|_| !covered) {
             let file = segment
                 .files
                 .entry((row.table, row.hour))
@@ -155,6 +179,8 @@ impl Segments {
             file.last_offset = offset;
             file.rows += 1;
             file.json.extend_from_slice(row.json);
+            file.offsets.push(offset);
+            file.ends.push(file.json.len());
             segment.bytes += row.json.len();
             self.bytes += row.json.len();
         }
@@ -168,15 +194,44 @@ impl Segments {
         Some(segment)
     }
 
-    /// Forgets a partition's segment (revoked, or re-read).
+    /// Forgets a partition's segment and what is known of its files (revoked, or re-read).
     pub fn drop_partition(&mut self, tp: &TopicPartition) {
         drop(self.take(tp));
+        self.covered.remove(tp);
     }
 
     /// Forgets every segment.
     pub fn clear(&mut self) {
         self.open.clear();
+        self.covered.clear();
         self.bytes = 0;
+    }
+
+    /// Notes that the rows of `(table, hour)` up to offset `last` are in a lake file already, so
+    /// they are not buffered again.
+    pub fn cover(&mut self, tp: &TopicPartition, table: usize, hour: Hour, last: i64) {
+        let entry = self
+            .covered
+            .entry(tp.clone())
+            .or_default()
+            .entry((table, hour))
+            .or_insert(last);
+        *entry = (*entry).max(last);
+    }
+
+    /// Whether `next_offset` may be committed for the partition: no lake file known to reach
+    /// past the written segments holds the record at `next_offset` or a later one written
+    /// before it. Forgets the files that end before it.
+    pub fn may_commit(&mut self, tp: &TopicPartition, next_offset: i64) -> bool {
+        let Some(covered) = self.covered.get_mut(tp) else {
+            return true;
+        };
+        covered.retain(|_, last| *last >= next_offset);
+        if covered.is_empty() {
+            self.covered.remove(tp);
+            return true;
+        }
+        false
     }
 
     /// Partitions whose segment is older than the age limit.
@@ -305,5 +360,34 @@ mod tests {
         assert_eq!(s.largest().map(|tp| tp.1), Some(0));
         assert!(s.push(&b, 1, row(0, 0), now));
         assert_eq!(s.largest(), Some(b));
+    }
+
+    #[test]
+    fn covered_rows_are_not_buffered_and_hold_back_the_commit() {
+        let tp: TopicPartition = ("t".into(), 0);
+        let mut s = Segments::new(limits());
+        let now = Instant::now();
+        // A file of table 0, hour 1 already holds the rows up to offset 12.
+        s.cover(&tp, 0, Hour(1), 12);
+        assert!(!s.may_commit(&tp, 11), "11 is inside the file");
+        assert!(!s.may_commit(&tp, 12), "12 is its last row");
+        s.push(&tp, 11, row(0, 1), now);
+        s.push(&tp, 12, row(1, 1), now);
+        s.push(&tp, 13, row(0, 1), now);
+        let seg = s.take(&tp).expect("open");
+        let files: Vec<(usize, i64, Vec<i64>)> = seg
+            .files
+            .iter()
+            .map(|((t, h), f)| (*t, h.0, f.offsets.clone()))
+            .collect();
+        assert_eq!(files, [(0, 1, vec![13]), (1, 1, vec![12])]);
+        assert_eq!(seg.records, 3);
+        assert!(s.may_commit(&tp, 13), "13 is past the file");
+        // Forgotten once committed past, and when the partition is dropped.
+        s.push(&tp, 14, row(0, 1), now);
+        assert_eq!(s.take(&tp).expect("open").files.len(), 1);
+        s.cover(&tp, 0, Hour(1), 30);
+        s.drop_partition(&tp);
+        assert!(s.may_commit(&tp, 20));
     }
 }

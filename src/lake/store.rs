@@ -1,20 +1,24 @@
 //! The object store under the lake: a local directory or an S3 bucket, through `object_store`.
 //!
-//! A file is written whole: locally `object_store` writes a temporary file and renames it, on
-//! S3 it is one PUT, so a reader never sees half a file. Writes overwrite (`PutMode::Overwrite`):
-//! a replay after a crash rewrites the same keys, and overwriting is what makes it idempotent
-//! (`PutMode::Create` would fail on the key the crashed attempt left behind).
+//! A file is written whole and only if its key is free (`PutMode::Create`): locally
+//! `object_store` writes a temporary file beside it and hard-links it to its name, which fails
+//! if the name exists; on S3 it is one PUT with `If-None-Match: *`, which the store refuses
+//! (412) if the key exists. A reader never sees half a file, and a written file is never
+//! replaced: a writer that finds its key taken reads the file there instead
+//! ([`LakeStore::existing`]) and decides what to do with it ([`super::write`]).
 
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectMeta, ObjectStore, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload};
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::ProjectionMask;
 
 use crate::config::{LakeConfig, StoreLocation};
 
@@ -41,6 +45,27 @@ pub enum StoreError {
         /// The cause.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// What a create-only write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// The file was written.
+    Created,
+    /// A file was at the key already; it was left as it is.
+    Exists,
+}
+
+/// A lake file found where a writer meant to create one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingFile {
+    /// The topic its footer names, if it names one.
+    pub topic: Option<String>,
+    /// The partition its footer names, if it names one.
+    pub partition: Option<i32>,
+    /// The Kafka offsets of its rows, in file order; `None` if it has no `kafka_offset` column
+    /// of 64-bit integers (not a file the lake wrote).
+    pub offsets: Option<Vec<i64>>,
 }
 
 /// The lake's object store and the key prefix of its root.
@@ -129,13 +154,91 @@ impl LakeStore {
         }
     }
 
-    /// Writes `bytes` at `key` (relative to the lake root), whole, replacing what is there.
-    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
-        self.store
-            .put(&self.path(key), PutPayload::from_bytes(bytes))
+    /// Writes `bytes` at `key` (relative to the lake root), whole, unless a file is there
+    /// already: then nothing is written and the answer is [`Put::Exists`].
+    pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<Put, StoreError> {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(key), PutPayload::from_bytes(bytes), options)
             .await
-            .map_err(self.io_err("write", key))?;
-        Ok(())
+        {
+            Ok(_) => Ok(Put::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::Exists),
+            Err(e) => Err(self.io_err("write", key)(e)),
+        }
+    }
+
+    /// The Kafka coordinates of the rows of the lake file at `key`: the topic and partition its
+    /// footer names and the `kafka_offset` column, in file order.
+    pub async fn existing(&self, key: &str) -> Result<ExistingFile, StoreError> {
+        let path = self.path(key);
+        let meta = self
+            .store
+            .head(&path)
+            .await
+            .map_err(self.io_err("read", key))?;
+        let reader = ParquetObjectReader::new(self.store.clone(), path).with_file_size(meta.size);
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(self.io_err("read the footer of", key))?;
+        let (topic, partition, column) = {
+            let footer = |name: &str| {
+                builder
+                    .metadata()
+                    .file_metadata()
+                    .key_value_metadata()
+                    .and_then(|kv| kv.iter().find(|e| e.key == name))
+                    .and_then(|e| e.value.clone())
+            };
+            let column = builder
+                .parquet_schema()
+                .columns()
+                .iter()
+                .position(|c| c.path().parts() == ["kafka_offset"]);
+            (
+                footer("reflex.topic"),
+                footer("reflex.partition").and_then(|p| p.parse().ok()),
+                column,
+            )
+        };
+        let Some(column) = column else {
+            return Ok(ExistingFile {
+                topic,
+                partition,
+                offsets: None,
+            });
+        };
+        let mask = ProjectionMask::leaves(builder.parquet_schema(), [column]);
+        let batches: Vec<arrow_array::RecordBatch> = builder
+            .with_projection(mask)
+            .build()
+            .map_err(self.io_err("read", key))?
+            .try_collect()
+            .await
+            .map_err(self.io_err("read", key))?;
+        let mut offsets = Vec::new();
+        for batch in &batches {
+            let Some(values) = batch
+                .column(0)
+                .as_primitive_opt::<arrow_array::types::Int64Type>()
+            else {
+                return Ok(ExistingFile {
+                    topic,
+                    partition,
+                    offsets: None,
+                });
+            };
+            offsets.extend(values.iter().flatten());
+        }
+        Ok(ExistingFile {
+            topic,
+            partition,
+            offsets: Some(offsets),
+        })
     }
 
     /// The Parquet files under `dir` (relative to the lake root).

@@ -38,6 +38,7 @@ mod delivery;
 pub mod pipeline;
 mod rebalance;
 mod scheduler;
+mod waiting;
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,25 @@ pub enum WorkerError {
     /// The telemetry listener could not start.
     #[error(transparent)]
     Telemetry(#[from] metrics::ListenError),
+    /// The consumer hit an error it cannot recover from.
+    #[error(transparent)]
+    ConsumerFatal(kafka::ConsumerFatal),
+    /// The retry topic could not be read.
+    #[error(transparent)]
+    Retry(kafka::ReadError),
+    /// The retry topic has fewer partitions than an event topic, so some retries could not
+    /// stay with the partition they came from.
+    #[error("retry topic \"{retry}\" has {has} partitions but event topic \"{topic}\" has {needed}; a key's retries must stay on the partition number its events have. Add partitions: kafka-topics.sh --alter --topic {retry} --partitions {needed}")]
+    RetryPartitions {
+        /// The retry topic.
+        retry: String,
+        /// Its partitions.
+        has: usize,
+        /// The event topic with more.
+        topic: String,
+        /// Its partitions.
+        needed: usize,
+    },
     /// Subscribing failed.
     #[error("cannot subscribe to {topics:?}: {source}")]
     Subscribe {
@@ -78,6 +98,45 @@ pub enum WorkerError {
         /// librdkafka's error.
         source: KafkaError,
     },
+}
+
+/// Fails when an event topic has more partitions than the retry topic. A topic the brokers do
+/// not know yet (created later by a publisher) is left out.
+fn check_retry_partitions(
+    producer: &rdkafka::producer::FutureProducer,
+    config: &Config,
+) -> Result<(), WorkerError> {
+    let metadata = producer
+        .client()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|source| {
+            WorkerError::Retry(kafka::ReadError::Read {
+                topic: config.topics.retry.clone(),
+                source,
+            })
+        })?;
+    let count = |name: &str| {
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none())
+            .map(|t| t.partitions().len())
+            .filter(|&n| n > 0)
+    };
+    let Some(has) = count(&config.topics.retry) else {
+        return Ok(());
+    };
+    for topic in &config.topics.events {
+        if let Some(needed) = count(topic).filter(|&n| n > has) {
+            return Err(WorkerError::RetryPartitions {
+                retry: config.topics.retry.clone(),
+                has,
+                topic: topic.clone(),
+                needed,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// How to run the worker.
@@ -101,6 +160,7 @@ pub async fn run(
         .map_err(KafkaSetupError::from)?;
     let metrics = Arc::new(Metrics::new(
         "actions",
+        &role.group_id,
         config.schemas.types(),
         config.telemetry.stall_timeout,
     ));
@@ -109,7 +169,13 @@ pub async fn run(
     let telemetry_stop = shutdown.child_token();
     let _telemetry_guard = telemetry_stop.clone().drop_guard();
     if let Some(addr) = config.telemetry.listen {
-        metrics::serve(addr, Arc::clone(&metrics), telemetry_stop.clone()).await?;
+        metrics::serve(
+            addr,
+            Arc::clone(&metrics),
+            config.telemetry.token.as_ref(),
+            telemetry_stop.clone(),
+        )
+        .await?;
     }
     if config.topics.create_missing {
         let extra = emitted_topics(config);
@@ -118,14 +184,17 @@ pub async fn run(
             tracing::info!(topics = ?created, "created topics");
         }
     }
-    let consumer: StreamConsumer<RebalanceContext> =
-        kafka::consumer_config(&config.kafka, &role.group_id)
-            .create_with_context(RebalanceContext::new(Arc::clone(&metrics)))
-            .map_err(|source| KafkaSetupError::Client {
-                what: "consumer",
-                brokers: config.kafka.brokers.clone(),
-                source,
-            })?;
+    let consumer: StreamConsumer<RebalanceContext> = kafka::consumer_config(
+        &config.kafka,
+        &role.group_id,
+        kafka::Assignment::CoPartitioned,
+    )
+    .create_with_context(RebalanceContext::new(Arc::clone(&metrics)))
+    .map_err(|source| KafkaSetupError::Client {
+        what: "consumer",
+        brokers: config.kafka.brokers.clone(),
+        source,
+    })?;
     let mut subscribed = config.topics.events.clone();
     subscribed.push(config.topics.retry.clone());
     let topics: Vec<&str> = subscribed.iter().map(String::as_str).collect();
@@ -136,6 +205,7 @@ pub async fn run(
             source,
         })?;
     let producer = kafka::producer(&config.kafka)?;
+    check_retry_partitions(&producer, config)?;
     if config.telemetry.listen.is_some() {
         metrics::lag::spawn(
             &config.kafka,
@@ -154,6 +224,7 @@ pub async fn run(
         watch_stop,
     );
     let services = Services::new(config.services.clone())?;
+    metrics.watch_breakers(&services);
     let mut evaluators = vec![policy.evaluator()];
     let set = policy.current();
     evaluators.extend((1..role.deciders).map(|_| set.evaluator()));
@@ -229,8 +300,35 @@ pub async fn run(
         }
         scheduler.finish(&consumer, done);
     };
-    loop {
+    let reader = kafka::reader(&config.kafka).map_err(WorkerError::Retry)?;
+    // Partitions lost are forgotten, and the keys waiting in the retry partitions gained are
+    // learnt, before the next record is taken.
+    let rebalanced = |scheduler: &mut Scheduler<'_>| {
         scheduler.revoke(consumer.context().take_revoked());
+        let retry: Vec<i32> = consumer
+            .context()
+            .take_assigned()
+            .into_iter()
+            .filter(|(topic, _)| *topic == config.topics.retry)
+            .map(|(_, p)| p)
+            .collect();
+        if retry.is_empty() {
+            return;
+        }
+        let read = tokio::task::block_in_place(|| {
+            waiting::waiting_in_retry(&consumer, &reader, &config.topics.retry, &retry, &processor)
+        });
+        match read {
+            Ok(waiting) => scheduler.learn(waiting),
+            Err(e) => tracing::warn!(
+                error = %e,
+                partitions = ?retry,
+                "cannot read the keys waiting in the retry partitions assigned; until their records have run, later records of those keys may overtake them"
+            ),
+        }
+    };
+    loop {
+        rebalanced(&mut scheduler);
         metrics.set_in_flight(scheduler.in_flight());
         tokio::select! {
             biased;
@@ -250,6 +348,11 @@ pub async fn run(
                 let message = match message {
                     Ok(m) => m,
                     Err(e) => {
+                        if let Some(fatal) = kafka::consumer_fatal(&e, &role.group_id) {
+                            tracing::error!(error = %fatal, "stopping the worker");
+                            result = Err(WorkerError::ConsumerFatal(fatal));
+                            break;
+                        }
                         tracing::warn!(error = %e, "consumer error");
                         continue;
                     }
@@ -278,7 +381,7 @@ pub async fn run(
                     .emit(&metrics);
                 }
                 let message = message.detach();
-                scheduler.revoke(consumer.context().take_revoked());
+                rebalanced(&mut scheduler);
                 scheduler.accept(message);
             }
             _ = drain_check.tick(), if options.drain && scheduler.in_flight() == 0 => {

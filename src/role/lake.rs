@@ -1,7 +1,8 @@
 //! The lake role: a consumer-group worker that turns records into Parquet files.
 //!
 //! Offsets are committed by hand, synchronously, right after a segment's files are written, at
-//! exactly the offset after the segment; automatic commits are off. Writes happen in the
+//! exactly the offset after the segment (unless a file found already written reaches past it:
+//! then after a later segment, see [`crate::lake::segment`]); automatic commits are off. Writes happen in the
 //! consumer loop, never while a poll could rebalance, so a revoked partition has nothing in
 //! flight: its buffered rows are dropped and its new owner reads them again from the committed
 //! offset. A quiet partition is written by a timer once its segment reaches `lake.max_file_age`;
@@ -50,6 +51,8 @@ pub struct LakeSummary {
     pub files: u64,
     /// Bytes of Parquet written.
     pub bytes: u64,
+    /// Files found already written with the same records (a replay), kept as they were.
+    pub present: u64,
 }
 
 impl std::fmt::Display for LakeSummary {
@@ -58,7 +61,11 @@ impl std::fmt::Display for LakeSummary {
             f,
             "lake: {} records, {} rows in {} files ({} bytes of Parquet), {} records not lake rows",
             self.records, self.rows, self.files, self.bytes, self.skipped
-        )
+        )?;
+        if self.present > 0 {
+            write!(f, ", {} files found already written", self.present)?;
+        }
+        Ok(())
     }
 }
 
@@ -135,6 +142,7 @@ pub async fn run(
         .map_err(KafkaSetupError::from)?;
     let metrics = Arc::new(Metrics::new(
         "lake",
+        &config.lake.group_id,
         config.schemas.types(),
         config.telemetry.stall_timeout,
     ));
@@ -143,7 +151,13 @@ pub async fn run(
     let telemetry_stop = shutdown.child_token();
     let _telemetry_guard = telemetry_stop.clone().drop_guard();
     if let Some(addr) = config.telemetry.listen {
-        metrics::serve(addr, Arc::clone(&metrics), telemetry_stop.clone()).await?;
+        metrics::serve(
+            addr,
+            Arc::clone(&metrics),
+            config.telemetry.token.as_ref(),
+            telemetry_stop.clone(),
+        )
+        .await?;
     }
     if config.topics.create_missing {
         kafka::ensure_topics(&config.kafka, &config.topics, &[]).await?;
@@ -152,7 +166,8 @@ pub async fn run(
     let store = LakeStore::open(&config.lake)?;
     check_evolution(&store, &tables).await?;
     let lake_cfg = &config.lake;
-    let mut client = kafka::consumer_config(&config.kafka, &lake_cfg.group_id);
+    let mut client =
+        kafka::consumer_config(&config.kafka, &lake_cfg.group_id, kafka::Assignment::Any);
     client.set("enable.auto.commit", "false");
     let consumer: StreamConsumer<LakeContext> = client
         .create_with_context(LakeContext {
@@ -246,6 +261,10 @@ pub async fn run(
                 let message = match message {
                     Ok(m) => m,
                     Err(e) => {
+                        // Its buffered rows are uncommitted: the partitions' next owner reads them again.
+                        if let Some(fatal) = kafka::consumer_fatal(&e, &lake_cfg.group_id) {
+                            return Err(LakeError::ConsumerFatal(fatal));
+                        }
                         tracing::warn!(error = %e, "consumer error");
                         continue;
                     }
@@ -391,7 +410,10 @@ impl Lake<'_> {
             return Ok(());
         };
         let (first, next) = (segment.first_offset, segment.next_offset);
-        self.write_files(tp, segment).await?;
+        if !self.write_files(tp, segment).await? {
+            tracing::debug!(topic = %tp.0, partition = tp.1, offset = next, "a lake file reaches past the segment; committing after a later one");
+            return Ok(());
+        }
         let mut offsets = TopicPartitionList::new();
         let committed = offsets
             .add_partition_offset(&tp.0, tp.1, Offset::Offset(next))
@@ -408,22 +430,37 @@ impl Lake<'_> {
         Ok(())
     }
 
+    /// Writes a segment's files; says whether the offset after it may be committed.
     async fn write_files(
         &mut self,
         tp: &TopicPartition,
         segment: Segment,
-    ) -> Result<(), LakeError> {
+    ) -> Result<bool, LakeError> {
+        let next = segment.next_offset;
         let written = write_segment(&self.store, &self.tables, self.settings, tp, segment).await?;
         self.summary.files += written.files;
         self.summary.rows += written.rows;
         self.summary.bytes += written.bytes;
-        metrics::LakeFilesWritten {
-            files: written.files,
-            rows: written.rows,
-            bytes: written.bytes,
+        for t in &written.tables {
+            metrics::LakeFilesWritten {
+                table: &t.table,
+                files: t.files,
+                rows: t.rows,
+                bytes: t.bytes,
+            }
+            .emit(&self.metrics);
         }
-        .emit(&self.metrics);
+        self.summary.present += written.present;
+        if written.present > 0 {
+            metrics::LakeFilesPresent {
+                files: written.present,
+            }
+            .emit(&self.metrics);
+        }
+        for (table, hour, last) in written.reaching_past {
+            self.segments.cover(tp, table, hour, last);
+        }
         self.metrics.set_lake_buffered(self.segments.bytes());
-        Ok(())
+        Ok(self.segments.may_commit(tp, next))
     }
 }

@@ -40,6 +40,20 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    /// Every state, in the order of the `state` label's values.
+    pub const ALL: [BreakerState; 3] = [Self::Closed, Self::Open, Self::HalfOpen];
+
+    /// The state's name as reported (`closed`, `open`, `half_open`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
 /// Whether a call may go ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::{lock, Metrics, Stage, OUTCOMES};
+use super::{lock, LakeTable, Metrics, Stage, OUTCOMES};
 use crate::policy::telemetry as policy_telemetry;
+use crate::service::BreakerState;
 
 /// Writes a metric family's `# HELP` and `# TYPE` lines.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -177,29 +178,77 @@ fn render_actions(out: &mut String, metrics: &Metrics) {
         &[],
         metrics.in_flight.load(std::sync::atomic::Ordering::Relaxed),
     );
+    family(
+        out,
+        "reflex_breaker_state",
+        "gauge",
+        "Circuit breaker of each HTTP service called so far: 1 for its current state.",
+    );
+    for (service, state) in metrics.breakers() {
+        for each in BreakerState::ALL {
+            sample(
+                out,
+                "reflex_breaker_state",
+                &[("service", &service), ("state", each.as_str())],
+                u8::from(each == state),
+            );
+        }
+    }
 }
 
 fn render_lake(out: &mut String, metrics: &Metrics) {
-    use std::sync::atomic::Ordering::Relaxed;
+    let lake = lock(&metrics.lake);
     for (name, help, value) in [
         (
             "reflex_lake_files_written_total",
-            "Parquet files written.",
-            &metrics.lake_files,
+            "Parquet files written, per table.",
+            (|t| t.files) as fn(&LakeTable) -> u64,
         ),
         (
             "reflex_lake_rows_written_total",
-            "Rows written to Parquet files.",
-            &metrics.lake_rows,
+            "Rows written to Parquet files, per table.",
+            |t| t.rows,
         ),
         (
             "reflex_lake_bytes_written_total",
-            "Bytes of Parquet written.",
-            &metrics.lake_bytes,
+            "Bytes of Parquet written, per table.",
+            |t| t.bytes,
         ),
     ] {
         family(out, name, "counter", help);
-        sample(out, name, &[], value.load(Relaxed));
+        for (table, t) in lake.iter() {
+            sample(out, name, &[("table", table)], value(t));
+        }
+    }
+    family(
+        out,
+        "reflex_lake_files_present_total",
+        "counter",
+        "Lake files found already written with the same records and kept.",
+    );
+    sample(
+        out,
+        "reflex_lake_files_present_total",
+        &[],
+        metrics
+            .lake_present
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    family(
+        out,
+        "reflex_lake_last_file_age_seconds",
+        "gauge",
+        "Time since this worker last wrote a file of the table.",
+    );
+    for (table, t) in lake.iter() {
+        if let Some(at) = t.last_file {
+            sample(
+                out,
+                "reflex_lake_last_file_age_seconds",
+                &[("table", table)],
+                at.elapsed().as_secs_f64(),
+            );
+        }
     }
     family(
         out,
@@ -211,7 +260,9 @@ fn render_lake(out: &mut String, metrics: &Metrics) {
         out,
         "reflex_lake_buffered_bytes",
         &[],
-        metrics.lake_buffered.load(Relaxed),
+        metrics
+            .lake_buffered
+            .load(std::sync::atomic::Ordering::Relaxed),
     );
 }
 

@@ -29,6 +29,7 @@ fn audit(ty: Option<&str>, outcome: Outcome, reason: Option<DeadLetterReason>) -
 fn metrics() -> Metrics {
     Metrics::new(
         "actions",
+        "reflex-actions",
         ["order.placed", "refund.requested"],
         Duration::from_secs(30),
     )
@@ -175,12 +176,12 @@ fn readiness_needs_a_policy_and_partitions() {
 #[test]
 fn health_fails_when_the_loop_stalls() {
     // A stall timeout of 1 ms is certainly exceeded after sleeping 5 ms.
-    let m = Metrics::new("lake", [], Duration::from_millis(1));
+    let m = Metrics::new("lake", "reflex-lake", [], Duration::from_millis(1));
     m.progress();
     std::thread::sleep(Duration::from_millis(5));
     let why = m.health().expect_err("stalled");
     assert!(why.contains("lake worker's loop made no progress"), "{why}");
-    let m = Metrics::new("lake", [], Duration::from_secs(3600));
+    let m = Metrics::new("lake", "reflex-lake", [], Duration::from_secs(3600));
     m.progress();
     assert_eq!(m.health(), Ok(()));
 }
@@ -240,7 +241,7 @@ async fn an_address_in_use_is_named() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr");
     let stop = tokio_util::sync::CancellationToken::new();
-    let err = serve(addr, std::sync::Arc::new(metrics()), stop)
+    let err = serve(addr, std::sync::Arc::new(metrics()), None, stop)
         .await
         .expect_err("in use");
     let msg = err.to_string();
@@ -249,4 +250,228 @@ async fn an_address_in_use_is_named() {
             && msg.contains("in use"),
         "{msg}"
     );
+}
+
+#[test]
+fn the_status_reads_the_counters_the_metrics_render() {
+    let m = metrics();
+    for _ in 0..3 {
+        let a = audit(
+            Some("order.placed"),
+            Outcome::DeadLettered,
+            Some(DeadLetterReason::SchemaInvalid),
+        );
+        EventProcessed { audit: &a }.emit(&m);
+    }
+    let a = audit(Some("order.placed"), Outcome::Actioned, None);
+    EventProcessed { audit: &a }.emit(&m);
+    let status = m.status();
+    assert_eq!(
+        (status.role, status.group.as_str()),
+        ("actions", "reflex-actions")
+    );
+    assert_eq!(status.types.len(), 1);
+    let t = &status.types[0];
+    assert_eq!(
+        (
+            t.ty.as_str(),
+            t.actioned,
+            t.dead_lettered,
+            t.denied,
+            t.retrying
+        ),
+        ("order.placed", 1, 3, 0, 0)
+    );
+    let text = render(&m);
+    for (outcome, n) in [("actioned", t.actioned), ("dead_lettered", t.dead_lettered)] {
+        let series =
+            format!("reflex_events_processed_total{{type=\"order.placed\",outcome=\"{outcome}\"}}");
+        assert_eq!(
+            line(&text, &series),
+            Some(n.to_string().as_str()),
+            "{series}"
+        );
+    }
+    assert_eq!(status.dead_letters.len(), 1);
+    assert_eq!(
+        (status.dead_letters[0].reason, status.dead_letters[0].count),
+        ("schema_invalid", 3)
+    );
+    assert!(status.lake.is_none(), "the actions role has no lake");
+    assert_eq!(status.readiness, "not ready: no policy set loaded");
+}
+
+#[test]
+fn recent_keeps_the_last_denials_and_dead_letters_newest_first() {
+    let m = metrics();
+    for i in 0..(RECENT_CAPACITY + 5) {
+        let (outcome, reason) = if i % 2 == 0 {
+            (Outcome::Denied, None)
+        } else {
+            (Outcome::DeadLettered, Some(DeadLetterReason::SchemaInvalid))
+        };
+        let mut a = audit(Some("order.placed"), outcome, reason);
+        a.event_id = Some(format!("e-{i}"));
+        EventProcessed { audit: &a }.emit(&m);
+        let mut ok = audit(Some("order.placed"), Outcome::Actioned, None);
+        ok.event_id = Some(format!("ok-{i}"));
+        EventProcessed { audit: &ok }.emit(&m);
+    }
+    let recent = m.status().recent;
+    assert_eq!(recent.len(), RECENT_CAPACITY);
+    let ids: Vec<&str> = recent
+        .iter()
+        .filter_map(|r| r.event_id.as_deref())
+        .collect();
+    assert_eq!(ids.first(), Some(&"e-24"));
+    assert_eq!(ids.last(), Some(&"e-5"));
+    assert!(
+        ids.iter().all(|id| id.starts_with("e-")),
+        "actioned events are not listed"
+    );
+    assert_eq!(recent[1].reason, Some("schema_invalid"));
+}
+
+#[test]
+fn a_recent_entry_holds_what_the_audit_record_says_cut_short() {
+    let mut a = audit(Some("order.placed"), Outcome::Denied, None);
+    a.event_id = Some("x".repeat(500));
+    a.decision = Some(crate::policy::Decision {
+        allow: false,
+        reasons: vec!["source is not allowed".to_owned()],
+        obligations: serde_json::Map::new(),
+        failure: None,
+        detail: None,
+    });
+    let r = Recent::of(&a);
+    assert_eq!(r.reasons, ["source is not allowed"]);
+    let id = r.event_id.expect("an id");
+    assert_eq!(
+        id.chars().count(),
+        status::FIELD_CHARS + 1,
+        "cut, with an ellipsis"
+    );
+    let json = serde_json::to_value(Recent::of(&a)).expect("serialises");
+    assert_eq!(json["outcome"], "denied");
+    assert_eq!(json["type"], "order.placed");
+}
+
+#[test]
+fn the_lake_status_names_its_tables_and_totals() {
+    let m = Metrics::new(
+        "lake",
+        "reflex-lake",
+        ["order.placed"],
+        Duration::from_secs(30),
+    );
+    let text = render(&m);
+    assert_eq!(
+        line(
+            &text,
+            "reflex_lake_rows_written_total{table=\"order.placed\"}"
+        ),
+        Some("0"),
+        "a table is exported before its first file"
+    );
+    assert!(!text.contains("reflex_lake_last_file_age_seconds{"));
+    for (table, rows) in [
+        ("order.placed", 10),
+        ("reflex.audit", 3),
+        ("order.placed", 5),
+    ] {
+        LakeFilesWritten {
+            table,
+            files: 1,
+            rows,
+            bytes: 1000,
+        }
+        .emit(&m);
+    }
+    let lake = m.status().lake.expect("the lake role reports its lake");
+    let tables: Vec<(&str, u64, u64)> = lake
+        .tables
+        .iter()
+        .map(|t| (t.table.as_str(), t.files, t.rows))
+        .collect();
+    assert_eq!(tables, [("order.placed", 2, 15), ("reflex.audit", 1, 3)]);
+    assert!(lake
+        .tables
+        .iter()
+        .all(|t| t.last_file_age_seconds.is_some()));
+    assert_eq!((lake.files, lake.rows, lake.bytes), (3, 18, 3000));
+    let text = render(&m);
+    assert_eq!(
+        line(
+            &text,
+            "reflex_lake_rows_written_total{table=\"order.placed\"}"
+        ),
+        Some("15"),
+        "the page and the metrics read the same counters"
+    );
+    assert!(text.contains("reflex_lake_last_file_age_seconds{table=\"reflex.audit\"}"));
+}
+
+/// The PromQL expressions of the Grafana dashboard in `deploy/grafana/`.
+fn dashboard_exprs() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/reflex.json");
+    let text = std::fs::read_to_string(path).expect("the dashboard is in the repository");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut exprs = Vec::new();
+    let mut panels: Vec<&serde_json::Value> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    while let Some(panel) = panels.pop() {
+        panels.extend(panel["panels"].as_array().into_iter().flatten());
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.extend(target["expr"].as_str().map(str::to_owned));
+        }
+    }
+    exprs
+}
+
+#[test]
+fn every_dashboard_expression_names_metrics_reflex_exports() {
+    let mut families = BTreeSet::new();
+    for m in [
+        metrics(),
+        Metrics::new("lake", "reflex-lake", [], Duration::from_secs(30)),
+    ] {
+        let text = render(&m);
+        for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut words = l.split(' ').skip(2);
+            let (name, kind) = (words.next().unwrap_or_default(), words.next());
+            families.insert(name.to_owned());
+            if kind == Some("histogram") {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    families.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    let mut used = BTreeSet::new();
+    for expr in &exprs {
+        let names: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("reflex_"))
+            .collect();
+        assert!(!names.is_empty(), "{expr} reads no reflex metric");
+        for name in names {
+            assert!(
+                families.contains(name),
+                "{expr}: {name} is not a metric reflex exports"
+            );
+            used.insert(name.to_owned());
+        }
+    }
+    for needed in [
+        "reflex_consumer_lag_seconds",
+        "reflex_dead_letters_total",
+        "reflex_breaker_state",
+    ] {
+        assert!(used.contains(needed), "the dashboard shows {needed}");
+    }
 }

@@ -223,6 +223,7 @@ pub async fn produce(topic: &str, records: &[Rec]) {
 pub struct Read {
     pub partition: i32,
     pub offset: i64,
+    pub timestamp_ms: Option<i64>,
     pub key: Option<String>,
     pub value: Option<Vec<u8>>,
     pub headers: BTreeMap<String, String>,
@@ -295,6 +296,7 @@ pub fn read_all(topic: &str) -> Vec<Read> {
         out.push(Read {
             partition: m.partition(),
             offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
             key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
             value: m.payload().map(<[u8]>::to_vec),
             headers,

@@ -420,3 +420,69 @@ async fn keys_run_concurrently_and_each_key_keeps_its_order() {
         "different keys of one partition run concurrently (peak {peak} calls within 20 ms; drain took {took:?})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_waiting_in_the_retry_topic_keeps_its_order_across_a_handover() {
+    let service = ActionService::start();
+    // k1's first call fails once; with one attempt per round it goes to the retry topic.
+    service.set_behaviour("/orders/waits", Behaviour::fail(503, 1));
+    let env = http_env(
+        2,
+        &service,
+        "max_attempts = 1",
+        "retry_delay = \"4s\"\nretry_rounds = 3",
+    );
+    env.create_topics().await;
+    produce(
+        &env.events,
+        &[order_of("k1", "waits"), order_of("k2", "waits")],
+    )
+    .await;
+
+    // The first worker sends k1 to the retry topic and k2 behind it, then stops before k1 is
+    // due: its record of the waiting key goes with it.
+    let stop = CancellationToken::new();
+    let config = env.config();
+    let token = stop.clone();
+    let first = tokio::spawn(async move {
+        worker::run(
+            &config,
+            RunOptions {
+                worker_id: "w-before".into(),
+                drain: false,
+            },
+            token,
+        )
+        .await
+    });
+    let audits = wait_for_audits(&env.audit, 2).await;
+    for id in ["k1", "k2"] {
+        assert_eq!(
+            audits[id][0]["outcome"], "retrying",
+            "{id}: {:?}",
+            audits[id]
+        );
+    }
+    stop.cancel();
+    first
+        .await
+        .expect("join")
+        .expect("first worker stops cleanly");
+
+    // A later event of the key arrives; the next owner must run it after k1 and k2.
+    produce(&env.events, &[order_of("k3", "waits")]).await;
+    drain(&env, "w-after").await;
+    assert_eq!(
+        calls(&service, "waits"),
+        ["k1", "k1", "k2", "k3"],
+        "the new owner learnt that the key waits in the retry topic"
+    );
+    let audits = audits_by_key(&env.audit);
+    for id in ["k1", "k2", "k3"] {
+        assert_eq!(last_audit(&audits, id)["outcome"], "actioned", "{id}");
+    }
+    assert_eq!(
+        audits["k3"][0]["outcome"], "retrying",
+        "k3 followed k1 into the retry topic"
+    );
+}

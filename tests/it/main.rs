@@ -4,11 +4,14 @@
 mod action_service;
 mod actions;
 mod admission;
+mod brokers;
+mod chaos;
 mod cli;
 mod common;
 mod crash;
 mod http_actions;
 mod lake;
+mod lake_files;
 mod opa;
 mod policy;
 mod registry;

@@ -58,9 +58,22 @@ async fn stop_worker(stop: CancellationToken, task: JoinHandle<reflex::summary::
         .expect("worker task");
 }
 
+/// An HTTP client; reflex's builder installs the TLS provider reqwest needs, whichever test
+/// runs first.
+fn client() -> reqwest::Client {
+    reflex::http::client_builder(&reflex::http::HttpTls::default())
+        .expect("an HTTP client builder")
+        .build()
+        .expect("an HTTP client")
+}
+
 /// `GET http://addr/path`: status and body.
 async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let response = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
+    let response = client()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .ok()?;
     let status = response.status().as_u16();
     Some((status, response.text().await.ok()?))
 }
@@ -166,6 +179,19 @@ impl Prometheus {
                 Some((s["metric"].clone(), value))
             })
             .collect()
+    }
+
+    /// How many series `query` selects, or Prometheus's answer when it refuses the query.
+    async fn series(&self, query: &str) -> Result<usize, String> {
+        let q = utf8_percent_encode(query, NON_ALPHANUMERIC);
+        let (status, body) = get(self.addr, &format!("/api/v1/query?query={q}"))
+            .await
+            .ok_or("Prometheus does not answer")?;
+        let answer: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if status != 200 || answer["status"] != "success" {
+            return Err(body);
+        }
+        Ok(answer["data"]["result"].as_array().map_or(0, Vec::len))
     }
 
     /// The value of a query that selects one series, once it has one.
@@ -312,8 +338,53 @@ async fn prometheus_scrapes_outcomes_dead_letters_stages_and_the_policy_revision
         prometheus.value("reflex_in_flight_records").await,
         Some(0.0)
     );
+    dashboard_queries_answer(&prometheus).await;
     drop(prometheus);
     stop_worker(stop, task).await;
+}
+
+/// Every expression of `deploy/grafana/reflex.json` is valid PromQL, and each one that reads
+/// only the actions role's metrics selects series from an actions worker.
+async fn dashboard_queries_answer(prometheus: &Prometheus) {
+    let text =
+        std::fs::read_to_string(repo().join("deploy/grafana/reflex.json")).expect("the dashboard");
+    fn collect(value: &Value, exprs: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("expr", Value::String(e)) => exprs.push(e.clone()),
+                        _ => collect(v, exprs),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| collect(v, exprs)),
+            _ => {}
+        }
+    }
+    let dashboard: Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut exprs = Vec::new();
+    collect(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    for expr in &exprs {
+        // Grafana's variables, as Grafana fills them in.
+        let query = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$instance", ".*");
+        // Lake and breaker series do not exist in an actions worker that called no service;
+        // dead letters exist only for the reasons seen.
+        let expects_series = !["reflex_lake_", "reflex_breaker_state", "reason=\""]
+            .iter()
+            .any(|s| query.contains(s));
+        wait_for(expr, Duration::from_secs(30), || async {
+            match prometheus.series(&query).await {
+                Err(refused) => panic!("Prometheus refuses {query}: {refused}"),
+                Ok(0) if expects_series => None,
+                Ok(n) => Some(n),
+            }
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -435,6 +506,25 @@ async fn lag_rises_while_the_worker_is_held_up_and_returns_to_zero_after_it_drai
         prometheus.value("reflex_in_flight_records").await,
         Some(1.0)
     );
+    // The service fails, but far fewer times in a row than open its breaker.
+    let service_name = service.addr().to_string();
+    let breaker = |state: &str| {
+        format!("reflex_breaker_state{{service=\"{service_name}\",state=\"{state}\"}}")
+    };
+    assert_eq!(
+        prometheus
+            .wait_value(&breaker("closed"), |v| v == 1.0)
+            .await,
+        1.0
+    );
+    assert_eq!(prometheus.value(&breaker("open")).await, Some(0.0));
+    let (_, body) = get(addr, "/status.json").await.expect("status.json");
+    let status: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        status["breakers"],
+        json!([{"service": service_name, "state": "closed"}])
+    );
+    assert_eq!(status["in_flight"], 1);
 
     service.set_behaviour("", Behaviour::ok());
     wait_for_audits(&env.audit, 6).await;
@@ -481,19 +571,30 @@ async fn the_lake_role_counts_what_it_writes() {
         "reflex_consumer_lag_records{{topic=\"{}\",partition=\"0\"}}",
         lake.env.events
     );
+    let table = |name: &str| format!("{name}{{table=\"refund.requested\"}}");
     let text = wait_for(
         "five rows written and no lag",
         Duration::from_secs(60),
         || async {
             let (_, text) = get(addr, "/metrics").await?;
-            (sample(&text, "reflex_lake_rows_written_total") == Some(5.0)
+            (sample(&text, &table("reflex_lake_rows_written_total")) == Some(5.0)
                 && sample(&text, &lag) == Some(0.0))
             .then_some(text)
         },
     )
     .await;
-    assert!(sample(&text, "reflex_lake_files_written_total").is_some_and(|n| n >= 1.0));
-    assert!(sample(&text, "reflex_lake_bytes_written_total").is_some_and(|n| n > 0.0));
+    let files = sample(&text, &table("reflex_lake_files_written_total"));
+    assert!(files.is_some_and(|n| n >= 1.0), "{text}");
+    assert!(sample(&text, &table("reflex_lake_bytes_written_total")).is_some_and(|n| n > 0.0));
+    assert!(sample(&text, &table("reflex_lake_last_file_age_seconds")).is_some());
+    assert_eq!(
+        sample(
+            &text,
+            "reflex_lake_rows_written_total{table=\"order.placed\"}"
+        ),
+        Some(0.0),
+        "a table not written yet is exported at 0"
+    );
     assert_eq!(sample(&text, "reflex_lake_buffered_bytes"), Some(0.0));
     assert_eq!(
         lake.count("SELECT count(*) FROM refund_requested"),
@@ -502,9 +603,372 @@ async fn the_lake_role_counts_what_it_writes() {
     );
     let (status, _) = get(addr, "/readyz").await.expect("readyz");
     assert_eq!(status, 200);
+    // The status page reads the same counters.
+    let (_, body) = get(addr, "/status.json").await.expect("status.json");
+    let status: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(status["role"], "lake");
+    assert_eq!(status["lake"]["rows"], 5);
+    let refunds = status["lake"]["tables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["table"] == "refund.requested")
+        .expect("the refund table is listed");
+    assert_eq!(refunds["rows"], 5);
+    assert_eq!(refunds["files"].as_f64(), files);
+    let dom = chromium(&format!("http://{addr}/"), &["--dump-dom"]).await;
+    assert_eq!(data_count(&dom, "lake-rows"), Some(5), "{dom}");
+    assert!(dom.contains("data-table=\"refund.requested\""), "{dom}");
+    let screenshot = target_dir().join("status-page-lake.png");
+    chromium(
+        &format!("http://{addr}/"),
+        &[
+            &format!("--screenshot={}", screenshot.display()),
+            "--window-size=1280,900",
+        ],
+    )
+    .await;
+    assert!(screenshot.exists(), "{}", screenshot.display());
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(60), task)
         .await
         .expect("lake worker stops within a minute")
         .expect("lake task");
+}
+
+/// The `chromium` binary: `REFLEX_CHROMIUM`, else Debian's `/usr/bin/chromium`.
+fn chromium_bin() -> PathBuf {
+    let path = std::env::var("REFLEX_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let path = PathBuf::from(path);
+    assert!(
+        path.exists(),
+        "{} is missing: install Debian's chromium (apt-get install -y chromium) or set REFLEX_CHROMIUM",
+        path.display()
+    );
+    path
+}
+
+/// Headless Chromium on `url` with a fresh profile, its scripts run for 5 s of virtual time;
+/// `extra` adds `--dump-dom` or `--screenshot=…`. Returns its standard output.
+async fn chromium(url: &str, extra: &[&str]) -> String {
+    let url = url.to_owned();
+    let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+    tokio::task::spawn_blocking(move || run_chromium(&url, &extra))
+        .await
+        .expect("chromium task")
+}
+
+fn run_chromium(url: &str, extra: &[String]) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let output = Command::new(chromium_bin())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chromium");
+    assert!(
+        output.status.success(),
+        "chromium failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The `data-count` of the element whose id is `id` in a dumped DOM.
+fn data_count(dom: &str, id: &str) -> Option<u64> {
+    let at = dom.find(&format!("id=\"{id}\""))?;
+    let start = dom[..at].rfind('<')?;
+    let tag = &dom[start..start + dom[start..].find('>')?];
+    let value = tag.split("data-count=\"").nth(1)?.split('"').next()?;
+    value.parse().ok()
+}
+
+/// Where test artifacts are kept: the target directory of this test binary.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // <target>/debug/deps/it-…
+    exe.ancestors()
+        .nth(3)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+}
+
+/// A value of `data.customer_id`, which the repository's policy redacts from order.placed.
+const REDACTED_VALUE: &str = "cust-REDACTED-4711";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_in_chromium_shows_the_outcomes_and_no_redacted_value() {
+    let env = TestEnv::new(1);
+    let addr = free_addr();
+    listen_on(&env, addr);
+    env.create_topics().await;
+    // 3 actioned, 1 denied, exactly 4 schema-invalid, 2 undecodable, 1 of an unknown type;
+    // every order carries a customer id the policy's redaction rule hides.
+    let with_customer = |mut event: Value| {
+        event["data"]["customer_id"] = json!(REDACTED_VALUE);
+        event
+    };
+    let mut records = Vec::new();
+    for i in 0..3 {
+        let ok = with_customer(order(&format!("page-ok-{i}"), "/shop/web", 10.0));
+        records.push(Rec::json(&format!("ok{i}"), &ok));
+    }
+    let denied = with_customer(order("page-denied-1", "/shop/intruder", 5.0));
+    records.push(Rec::json("deny", &denied));
+    for i in 0..4 {
+        let mut invalid = with_customer(order(&format!("page-invalid-{i}"), "/shop/web", 10.0));
+        invalid["data"]["currency"] = json!("DOGE");
+        records.push(Rec::json(&format!("bad{i}"), &invalid));
+    }
+    records.push(Rec::raw("garbage-1", b"\xff\x00garbage"));
+    records.push(Rec::raw("garbage-2", b"not json"));
+    let unknown = json!({"specversion": "1.0", "id": "page-unknown-1", "source": "/shop/web",
+                         "type": "order.cancelled", "data": {"customer_id": REDACTED_VALUE}});
+    records.push(Rec::json("unknown", &unknown));
+    produce(&env.events, &records).await;
+
+    let (stop, task) = start_worker(&env);
+    wait_for_audits(&env.audit, records.len()).await;
+    // The counters are final once the last audit record is written.
+    let status: Value = wait_for("status.json", Duration::from_secs(60), || async {
+        let (status, body) = get(addr, "/status.json").await?;
+        assert_eq!(status, 200);
+        assert!(
+            !body.contains(REDACTED_VALUE),
+            "status.json holds a redacted value: {body}"
+        );
+        let json: Value = serde_json::from_str(&body).expect("status.json is JSON");
+        (json["recent"].as_array().map(Vec::len) == Some(8)).then_some(json)
+    })
+    .await;
+    assert_eq!(status["role"], "actions");
+    assert_eq!(status["group"], env.group.as_str());
+    let recent = &status["recent"];
+    assert_eq!(recent[0]["event_id"], "page-unknown-1", "newest first");
+    let denial = recent
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["outcome"] == "denied")
+        .expect("the denial is listed");
+    assert_eq!(denial["event_id"], "page-denied-1");
+    assert_eq!(denial["source"], "/shop/intruder");
+
+    let url = format!("http://{addr}/");
+    let dom = wait_for(
+        "the page to show the outcomes",
+        Duration::from_secs(60),
+        || async {
+            let dom = chromium(&url, &["--dump-dom"]).await;
+            data_count(&dom, "outcome-actioned")
+                .is_some()
+                .then_some(dom)
+        },
+    )
+    .await;
+    let counts: Vec<(&str, Option<u64>)> = [
+        "outcome-actioned",
+        "outcome-denied",
+        "outcome-dead_lettered",
+        "dead-letter-schema_invalid",
+        "dead-letter-undecodable",
+        "dead-letter-unknown_type",
+        "outcome-retrying",
+    ]
+    .into_iter()
+    .map(|id| (id, data_count(&dom, id)))
+    .collect();
+    assert_eq!(
+        counts,
+        [
+            ("outcome-actioned", Some(3)),
+            ("outcome-denied", Some(1)),
+            ("outcome-dead_lettered", Some(7)),
+            ("dead-letter-schema_invalid", Some(4)),
+            ("dead-letter-undecodable", Some(2)),
+            ("dead-letter-unknown_type", Some(1)),
+            ("outcome-retrying", Some(0)),
+        ],
+        "{dom}"
+    );
+    assert!(
+        dom.contains("page-denied-1") && dom.contains("page-invalid-3"),
+        "the page lists the denial and the dead letters: {dom}"
+    );
+    assert!(
+        !dom.contains(REDACTED_VALUE),
+        "the page shows a redacted value: {dom}"
+    );
+    let revision = status["policy"]["revision"].as_str().expect("a revision");
+    assert!(dom.contains(revision), "the policy revision is shown");
+
+    let screenshot = target_dir().join("status-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    chromium(
+        &url,
+        &[
+            &format!("--screenshot={}", screenshot.display()),
+            "--window-size=1280,900",
+        ],
+    )
+    .await;
+    let png = std::fs::read(&screenshot).expect("chromium wrote the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG"),
+        "a PNG at {}",
+        screenshot.display()
+    );
+    stop_worker(stop, task).await;
+}
+
+/// A reverse proxy on a free port that forwards GETs to `target` with `Authorization: Bearer
+/// <token>` added: how a browser reaches a listener that requires a token without typing it.
+async fn header_injecting_proxy(target: SocketAddr, token: &str) -> SocketAddr {
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let auth = format!("Bearer {token}");
+    tokio::spawn(async move {
+        let client = client();
+        while let Ok((stream, _)) = listener.accept().await {
+            let (client, auth) = (client.clone(), auth.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let (client, auth) = (client.clone(), auth.clone());
+                    async move {
+                        let url = format!("http://{target}{}", req.uri());
+                        let answer = client
+                            .get(url)
+                            .header("authorization", auth)
+                            .send()
+                            .await
+                            .expect("the listener answers");
+                        let mut response =
+                            hyper::Response::builder().status(answer.status().as_u16());
+                        if let Some(ct) = answer.headers().get("content-type") {
+                            response = response.header("content-type", ct.as_bytes());
+                        }
+                        let body = answer.bytes().await.expect("body");
+                        Ok::<_, std::convert::Infallible>(
+                            response.body(Full::new(body)).expect("response"),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_guards_everything_but_the_probes() {
+    const TOKEN: &str = "tok-3f9a2c71e4b8";
+    let env = TestEnv::new(1);
+    let addr = free_addr();
+    listen_on(&env, addr);
+    let dir = env.config_path.parent().expect("config dir");
+    std::fs::write(dir.join("telemetry-token"), format!("{TOKEN}\n")).expect("write token");
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let text = text.replace(
+        "[telemetry]\n",
+        "[telemetry]\ntoken = \"file:telemetry-token\"\n",
+    );
+    std::fs::write(&env.config_path, text).expect("write config");
+    env.create_topics().await;
+    produce(
+        &env.events,
+        &[Rec::json("k", &order("tok-ok-1", "/shop/web", 10.0))],
+    )
+    .await;
+
+    let (stop, task) = start_worker(&env);
+    wait_for_audits(&env.audit, 1).await;
+    let ready = wait_for(
+        "/readyz without a token",
+        Duration::from_secs(60),
+        || async { get(addr, "/readyz").await.filter(|(s, _)| *s == 200) },
+    )
+    .await;
+    assert_eq!(ready.1, "ready\n");
+    assert_eq!(get(addr, "/healthz").await.map(|r| r.0), Some(200));
+
+    let client = client();
+    let fetch = |path: &str, auth: Option<&str>| {
+        let mut request = client.get(format!("http://{addr}{path}"));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        async move {
+            let response = request.send().await.expect("the listener answers");
+            let status = response.status().as_u16();
+            let challenge = response
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            (status, challenge, response.text().await.expect("body"))
+        }
+    };
+    let right = format!("Bearer {TOKEN}");
+    for path in ["/", "/status.json", "/metrics", "/nothing-here"] {
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some(TOKEN),
+            Some("Basic dG9rOnRvaw=="),
+        ] {
+            let (status, challenge, body) = fetch(path, auth).await;
+            assert_eq!(status, 401, "{path} with {auth:?}");
+            assert_eq!(
+                challenge.as_deref(),
+                Some("Bearer realm=\"reflex telemetry\"")
+            );
+            assert!(!body.contains(TOKEN), "{path}: the answer holds the token");
+        }
+    }
+    let (_, _, page) = fetch("/", None).await;
+    assert!(
+        page.contains("id=\"token-form\"") && !page.contains("outcome-actioned\" data-count"),
+        "the 401 page asks for the token and holds no data"
+    );
+    let (status, _, body) = fetch("/status.json", Some(&right)).await;
+    assert_eq!(status, 200);
+    let json: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["types"][0]["actioned"], 1);
+    let (status, _, metrics) = fetch("/metrics", Some(&right)).await;
+    assert_eq!(status, 200);
+    assert!(metrics
+        .contains("reflex_events_processed_total{type=\"order.placed\",outcome=\"actioned\"} 1"));
+    assert_eq!(fetch("/", Some(&right)).await.0, 200);
+    assert_eq!(fetch("/nothing-here", Some(&right)).await.0, 404);
+
+    // A browser behind a proxy that adds the header sees the page work, with no prompt.
+    let proxy = header_injecting_proxy(addr, TOKEN).await;
+    let dom = chromium(&format!("http://{proxy}/"), &["--dump-dom"]).await;
+    assert_eq!(data_count(&dom, "outcome-actioned"), Some(1), "{dom}");
+    assert!(
+        dom.contains("id=\"token-form\" hidden"),
+        "the token form stays hidden: {dom}"
+    );
+    // Without the proxy, the page asks for the token instead of showing data.
+    let dom = chromium(&format!("http://{addr}/"), &["--dump-dom"]).await;
+    assert_eq!(data_count(&dom, "outcome-actioned"), None, "{dom}");
+    assert!(dom.contains("a token is required"), "{dom}");
+    stop_worker(stop, task).await;
 }

@@ -405,6 +405,7 @@ impl Processor {
         }
         audit.timings_us = timings;
         records.push(OutRecord {
+            partition: None,
             topic: self.settings.audit_topic.clone(),
             key: Some(audit.key().into_bytes()),
             value: Some(audit.encode()),

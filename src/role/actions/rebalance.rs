@@ -1,5 +1,5 @@
 //! Rebalance handling for the actions role: stored offsets are committed synchronously before
-//! partitions are taken away, and the worker learns which partitions it lost.
+//! partitions are taken away, and the worker learns which partitions it lost and gained.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -14,6 +14,7 @@ use crate::telemetry::{Metrics, PartitionsAssigned, PartitionsRevoked};
 /// assignment.
 pub(super) struct RebalanceContext {
     revoked: Mutex<Vec<(String, i32)>>,
+    assigned: Mutex<Vec<(String, i32)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -21,12 +22,19 @@ impl RebalanceContext {
     pub(super) fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             revoked: Mutex::default(),
+            assigned: Mutex::default(),
             metrics,
         }
     }
 
     pub(super) fn take_revoked(&self) -> Vec<(String, i32)> {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Partitions gained since the last call. They are noted before any of their records is
+    /// delivered, so the worker sees them before it takes one.
+    pub(super) fn take_assigned(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.assigned.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -71,6 +79,10 @@ impl ConsumerContext for RebalanceContext {
                 partitions: &assigned,
             }
             .emit(&self.metrics);
+            self.assigned
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(assigned);
         }
     }
 }

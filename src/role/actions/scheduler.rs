@@ -29,8 +29,9 @@ pub(super) type Tp = (String, i32);
 /// What the records of one ordering slot share: records of the same slot run one at a time.
 pub(super) type Slot = (String, i32, Vec<u8>);
 
-/// A key whose events may be parked in the retry topic: the event topic and the record key.
-pub(super) type ParkKey = (String, Vec<u8>);
+/// A key whose events may be parked in the retry topic: the event topic and partition it came
+/// from, and the record key.
+pub(super) type ParkKey = (String, i32, Vec<u8>);
 
 /// A consumed record waiting for its turn.
 pub(super) struct Waiting {
@@ -153,10 +154,7 @@ impl Scheduler<'_> {
             None
         };
         let park_key = match (&admitted, message.key()) {
-            (Admitted::Event(_), Some(key)) => {
-                let topic = headers::origin_topic(&input).unwrap_or(message.topic());
-                Some((topic.to_owned(), key.to_vec()))
-            }
+            (Admitted::Event(_), Some(key)) => Some(park_key(&input, key)),
             _ => None,
         };
         let verdict = match (&admitted, &park_key) {
@@ -301,16 +299,39 @@ impl Scheduler<'_> {
                 "records waiting behind their key dropped with their revoked partitions"
             );
         }
-        // Which keys wait in the retry topic is known only to the worker that sent them there;
-        // after a rebalance the retry partitions may have another owner, and a key parked here
-        // would never be released. The next owner starts without parked keys, and so does this
-        // worker.
-        if !self.parking.is_empty() {
-            tracing::info!(
-                parked_keys = self.parking.len(),
-                "parked keys forgotten at the rebalance; their order through the retry topic is no longer enforced"
+        // The keys of a lost partition are its next owner's: it reads them from the retry
+        // partition when it is assigned (see `learn`).
+        let forgotten = self
+            .parking
+            .forget(|(_, partition, _)| revoked.iter().any(|(_, p)| p == partition));
+        if forgotten > 0 {
+            tracing::debug!(
+                forgotten,
+                "parked keys handed over with their revoked partitions"
             );
-            self.parking = Parking::new();
         }
+    }
+
+    /// Parks the keys waiting in retry partitions just assigned, each behind the records of its
+    /// key in offset order, before any record of their partitions is taken.
+    pub(super) fn learn(&mut self, waiting: Vec<(ParkKey, String)>) {
+        for (key, id) in waiting {
+            self.parking.park(key, &id);
+        }
+    }
+}
+
+/// The key a record is parked under: the event topic and partition it first came from (for a
+/// record from the retry topic, as its headers say), and its key.
+pub(super) fn park_key(input: &crate::ingest::Input<'_>, key: &[u8]) -> ParkKey {
+    match headers::origin(input) {
+        Some(origin) => (origin.topic, origin.partition, key.to_vec()),
+        None => (
+            headers::origin_topic(input)
+                .unwrap_or(input.topic)
+                .to_owned(),
+            input.partition,
+            key.to_vec(),
+        ),
     }
 }

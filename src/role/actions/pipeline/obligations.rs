@@ -42,6 +42,7 @@ pub(super) fn emitted_event(
 /// A structured-mode CloudEvent record.
 pub(super) fn event_record(topic: String, key: Vec<u8>, event: &CloudEvent) -> OutRecord {
     OutRecord {
+        partition: None,
         topic,
         key: Some(key),
         value: Some(event.to_structured()),

@@ -1,0 +1,74 @@
+//! What a worker learns when it is assigned partitions: which keys have a record waiting in the
+//! retry topic, so their later records do not overtake it.
+//!
+//! Partition `p` of the retry topic holds the retries of partition `p` of every event topic,
+//! and the range assignors give both to the same member. The records between the group's
+//! committed offset and the end of the retry partition are the ones still to run (or to run
+//! again); their keys are parked in offset order, as the worker that sent them there had them.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::pipeline::{Admitted, Processor};
+use super::rebalance::RebalanceContext;
+use super::scheduler::{park_key, ParkKey};
+use crate::kafka::{self, ReadError, TopicReader};
+
+/// Keys with a record waiting in `partitions` of the retry topic, with those records' event
+/// ids, in offset order.
+pub(super) fn waiting_in_retry(
+    consumer: &StreamConsumer<RebalanceContext>,
+    reader: &BaseConsumer,
+    retry_topic: &str,
+    partitions: &[i32],
+    processor: &Processor,
+) -> Result<Vec<(ParkKey, String)>, ReadError> {
+    let started = Instant::now();
+    let read_err = |source| ReadError::Read {
+        topic: retry_topic.to_owned(),
+        source,
+    };
+    let mut asked = TopicPartitionList::new();
+    for &p in partitions {
+        asked.add_partition(retry_topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(asked, Duration::from_secs(10))
+        .map_err(read_err)?;
+    let starts: HashMap<i32, i64> = committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let from = match e.offset() {
+                Offset::Offset(o) => o,
+                // Nothing committed yet: every record kept is still to run.
+                _ => -1,
+            };
+            (e.partition(), from)
+        })
+        .collect();
+    let mut reader = TopicReader::open_partitions(reader, retry_topic, &starts)?;
+    let mut waiting = Vec::new();
+    let mut records = 0u64;
+    while let Some(message) = reader.next_record()? {
+        records += 1;
+        let headers = kafka::headers_of(&message);
+        let input = kafka::input_of(&message, &headers);
+        let (Some(key), Admitted::Event(admission)) = (input.key, processor.admit(&input)) else {
+            continue;
+        };
+        waiting.push((park_key(&input, key), admission.event_id().to_owned()));
+    }
+    tracing::info!(
+        topic = retry_topic,
+        partitions = ?partitions,
+        records,
+        waiting = waiting.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "read the keys waiting in the retry partitions assigned"
+    );
+    Ok(waiting)
+}

@@ -1,0 +1,758 @@
+//! Faults with several live workers at once, on the real stack: `kill -9` and restarts, scaling
+//! up and down, rolling restarts and a paused (zombie) worker, while a load generator produces
+//! keyed events at a steady rate. A reconciler then checks what reflex promises and prints a
+//! table per scenario:
+//! - every produced id has a final audit record (actioned, or dead-lettered for bad input) and
+//!   every bad input is in the dead-letter topic;
+//! - an event was processed more than once only by a worker that was killed (`kill -9`, or a
+//!   pause past its session timeout) or at a rebalance;
+//! - each key's events were processed in offset order;
+//! - each valid event is in the lake exactly once (DuckDB over the `<table>_raw` views).
+//!
+//! `make test` runs the short scenarios; `make chaos` (`REFLEX_CHAOS=full`) runs the whole suite.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+use crate::lake::{LakeEnv, Store};
+
+/// Whether the whole suite runs (`make chaos`) or its short version (`make test`).
+fn full() -> bool {
+    std::env::var("REFLEX_CHAOS").is_ok_and(|v| v == "full")
+}
+
+/// A worker process of the fleet.
+struct Worker {
+    role: &'static str,
+    name: String,
+    incarnation: u32,
+    child: Option<Child>,
+}
+
+/// The workers of a scenario, started and hurt as the scenario says.
+struct Fleet<'a> {
+    lake: &'a LakeEnv,
+    workers: Vec<Worker>,
+    /// Static membership: each worker restarts under its own `--instance-id`.
+    static_members: bool,
+    /// Incarnations ended by `kill -9` or paused past their session timeout.
+    killed: BTreeSet<String>,
+    log: File,
+    pub kills: usize,
+}
+
+impl<'a> Fleet<'a> {
+    fn new(lake: &'a LakeEnv, static_members: bool, log: File) -> Self {
+        Self {
+            lake,
+            workers: Vec::new(),
+            static_members,
+            killed: BTreeSet::new(),
+            log,
+            kills: 0,
+        }
+    }
+
+    fn worker_id(w: &Worker) -> String {
+        format!("{}.{}", w.name, w.incarnation)
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let w = &mut self.workers[index];
+        w.incarnation += 1;
+        let id = Self::worker_id(w);
+        let mut cmd = Command::new(reflex_bin());
+        cmd.args(["run", "--role", w.role, "--worker-id", &id])
+            .env("REFLEX_CONFIG", &self.lake.env.config_path)
+            .env("REFLEX_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(self.log.try_clone().expect("log file"));
+        if self.static_members {
+            cmd.args(["--instance-id", &w.name]);
+        }
+        w.child = Some(cmd.spawn().expect("reflex starts"));
+    }
+
+    /// Adds and starts a worker of `role`; returns its index.
+    fn add(&mut self, role: &'static str) -> usize {
+        let n = self.workers.iter().filter(|w| w.role == role).count();
+        self.workers.push(Worker {
+            role,
+            name: format!("{role}-{n}"),
+            incarnation: 0,
+            child: None,
+        });
+        let index = self.workers.len() - 1;
+        self.spawn(index);
+        index
+    }
+
+    fn pid(&self, index: usize) -> String {
+        self.workers[index]
+            .child
+            .as_ref()
+            .map(|c| c.id().to_string())
+            .expect("worker is running")
+    }
+
+    fn signal(&self, index: usize, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid(index)])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} worker {index}");
+    }
+
+    /// `kill -9` and restart at once.
+    fn kill_and_restart(&mut self, index: usize) {
+        let w = &mut self.workers[index];
+        let mut child = w.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        self.killed.insert(Self::worker_id(w));
+        self.kills += 1;
+        self.spawn(index);
+    }
+
+    /// SIGTERM, wait for the clean stop (it drains and commits), return how long it took.
+    fn stop(&mut self, index: usize) -> Duration {
+        let started = Instant::now();
+        self.signal(index, "-TERM");
+        let mut child = self.workers[index].child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert!(status.success(), "SIGTERM is a clean stop: {status}");
+                return started.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a worker did not stop within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops every running worker cleanly.
+    fn stop_all(&mut self) {
+        for i in 0..self.workers.len() {
+            if self.workers[i].child.is_some() {
+                self.stop(i);
+            }
+        }
+    }
+
+    fn running(&self, role: &str) -> Vec<usize> {
+        (0..self.workers.len())
+            .filter(|&i| self.workers[i].role == role && self.workers[i].child.is_some())
+            .collect()
+    }
+}
+
+impl Drop for Fleet<'_> {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            if let Some(mut c) = w.child.take() {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &c.id().to_string()])
+                    .status();
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// One produced event.
+struct Produced {
+    id: String,
+    key: String,
+    valid: bool,
+}
+
+/// Produces `rate` events per second for `duration`, keyed over `keys` keys, every 20th one
+/// schema-invalid; returns what it produced.
+async fn load(
+    topic: String,
+    prefix: String,
+    rate: usize,
+    duration: Duration,
+    keys: usize,
+) -> Vec<Produced> {
+    let tick = Duration::from_millis(100);
+    let per_tick = (rate / 10).max(1);
+    let mut produced = Vec::new();
+    let started = Instant::now();
+    let mut n = 0usize;
+    while started.elapsed() < duration {
+        let mut batch = Vec::with_capacity(per_tick);
+        for _ in 0..per_tick {
+            let id = format!("{prefix}-{n}");
+            let key = format!("key-{}", n % keys);
+            let mut event = if n % 2 == 0 {
+                order(&id, "/shop/web", 10.0)
+            } else {
+                refund(&id, 10.0)
+            };
+            let valid = n % 20 != 7;
+            if !valid {
+                event["data"]["currency"] = json!("XXX");
+            }
+            batch.push(Rec::json(&key, &event));
+            produced.push(Produced { id, key, valid });
+            n += 1;
+        }
+        produce(&topic, &batch).await;
+        let next = tick * u32::try_from(produced.len() / per_tick).unwrap_or(u32::MAX);
+        if let Some(wait) = next.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    produced
+}
+
+/// What a scenario measured.
+#[derive(Debug, Default)]
+struct Figures {
+    produced: usize,
+    lost: usize,
+    duplicated: usize,
+    redelivered: usize,
+    out_of_order: usize,
+    lake_rows: i64,
+    lake_ids: i64,
+    kills: usize,
+    longest_pause: Duration,
+    log_lines: usize,
+    violations: Vec<String>,
+}
+
+/// Reads back the audit, dead-letter, event topics and the lake, and checks the invariants.
+fn reconcile(
+    env: &TestEnv,
+    lake: &LakeEnv,
+    produced: &[Produced],
+    killed: &BTreeSet<String>,
+    rebalances: bool,
+) -> Figures {
+    let mut f = Figures {
+        produced: produced.len(),
+        ..Figures::default()
+    };
+    let audits = audits_by_key(&env.audit);
+    // Where and when each event was produced.
+    let events: BTreeMap<String, (i32, i64, i64)> = read_all(&env.events)
+        .iter()
+        .map(|r| {
+            (
+                r.json()["id"].as_str().unwrap_or_default().to_owned(),
+                (r.partition, r.offset, r.timestamp_ms.unwrap_or(0)),
+            )
+        })
+        .collect();
+    let final_of = |records: &[Value]| -> Vec<(String, String)> {
+        records
+            .iter()
+            .filter(|a| a["outcome"] != "retrying")
+            .map(|a| {
+                (
+                    a["worker"].as_str().unwrap_or_default().to_owned(),
+                    a["processed_at"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let mut first_done: BTreeMap<&str, String> = BTreeMap::new();
+    for p in produced {
+        let Some(records) = audits.get(&p.id) else {
+            f.lost += 1;
+            f.violations.push(format!("{}: no audit record", p.id));
+            continue;
+        };
+        let last = records.last().cloned().unwrap_or_default();
+        let want = if p.valid { "actioned" } else { "dead_lettered" };
+        if last["outcome"] != want {
+            f.lost += 1;
+            f.violations.push(format!(
+                "{}: final outcome {} (want {want})",
+                p.id, last["outcome"]
+            ));
+        }
+        let finals = final_of(records);
+        if finals.len() > 1 {
+            f.duplicated += 1;
+            f.redelivered += finals.len() - 1;
+            // Every final record but the last is work whose commit did not happen: the worker
+            // was killed, or (with `rebalances`) its partition was taken away meanwhile.
+            for (worker, _) in &finals[..finals.len() - 1] {
+                if !killed.contains(worker) && !rebalances {
+                    f.violations.push(format!(
+                        "{}: processed twice, first by {worker}, which was neither killed nor rebalanced",
+                        p.id
+                    ));
+                }
+            }
+        }
+        if let Some((_, at)) = finals.first() {
+            first_done.insert(&p.id, at.clone());
+        }
+    }
+    // Per-key order: each key's events, in production order, were first finished in that order.
+    let mut by_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for p in produced {
+        by_key.entry(&p.key).or_default().push(&p.id);
+    }
+    for (key, ids) in &by_key {
+        let times: Vec<&String> = ids.iter().filter_map(|id| first_done.get(id)).collect();
+        for pair in times.windows(2) {
+            if pair[1] < pair[0] {
+                f.out_of_order += 1;
+                f.violations.push(format!(
+                    "key {key}: an event finished before the one produced ahead of it"
+                ));
+            }
+        }
+    }
+    // The longest time a partition stood still with work waiting: for each offset, from when
+    // it could start (produced, and the previous offset done) to when it was first done.
+    let mut by_partition: BTreeMap<i32, Vec<(i64, i64, i64)>> = BTreeMap::new();
+    for p in produced {
+        if let (Some(&(partition, offset, produced_ms)), Some(done)) =
+            (events.get(&p.id), first_done.get(p.id.as_str()))
+        {
+            let done_ms = chrono::DateTime::parse_from_rfc3339(done)
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(produced_ms);
+            by_partition
+                .entry(partition)
+                .or_default()
+                .push((offset, produced_ms, done_ms));
+        }
+    }
+    for rows in by_partition.values_mut() {
+        rows.sort_unstable();
+        let mut previous_done = i64::MIN;
+        for &(_, produced_ms, done_ms) in rows.iter() {
+            let ready = produced_ms.max(previous_done);
+            let waited = u64::try_from(done_ms - ready).unwrap_or(0);
+            f.longest_pause = f.longest_pause.max(Duration::from_millis(waited));
+            previous_done = previous_done.max(done_ms);
+        }
+    }
+    // Every bad input is in the dead-letter topic.
+    let dead: BTreeSet<String> = read_all(&env.dlq)
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for p in produced.iter().filter(|p| !p.valid) {
+        if !dead.contains(&p.id) {
+            f.violations
+                .push(format!("{}: bad input not dead-lettered", p.id));
+        }
+    }
+    // The lake holds each valid event once.
+    let valid = produced.iter().filter(|p| p.valid).count();
+    let row = &lake.query(
+        "SELECT count(*), count(DISTINCT id) FROM \
+         (SELECT id FROM order_placed_raw UNION ALL SELECT id FROM refund_requested_raw)",
+    )[0];
+    f.lake_rows = row[0].as_i64().unwrap_or(-1);
+    f.lake_ids = row[1].as_i64().unwrap_or(-1);
+    if f.lake_rows != f.lake_ids {
+        f.violations.push(format!(
+            "lake: {} rows for {} ids: a file was written twice",
+            f.lake_rows, f.lake_ids
+        ));
+    }
+    if usize::try_from(f.lake_ids).ok() != Some(valid) {
+        f.violations
+            .push(format!("lake: {} of {valid} valid events", f.lake_ids));
+    }
+    f
+}
+
+/// Waits until every produced id has a final audit record, or `limit` passes.
+async fn settle(env: &TestEnv, produced: &[Produced], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let audits = audits_by_key(&env.audit);
+        let open = produced
+            .iter()
+            .filter(|p| {
+                audits
+                    .get(&p.id)
+                    .and_then(|a| a.last())
+                    .is_none_or(|a| a["outcome"] == "retrying")
+            })
+            .count();
+        if open == 0 || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The fault a scenario applies while the load runs.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// `kill -9` a random worker every `every` and restart it at once.
+    Kill { every: Duration },
+    /// SIGTERM one worker at a time and restart it, every `every`.
+    Rolling { every: Duration },
+    /// Actions workers go from 1 to `peak` and back, one step every `every`.
+    Storm { peak: usize, every: Duration },
+    /// One actions worker is paused (SIGSTOP) for `pause`, then resumed.
+    Zombie { pause: Duration },
+}
+
+struct Scenario {
+    name: &'static str,
+    /// `[kafka.group] protocol`.
+    protocol: &'static str,
+    actions: usize,
+    lake: usize,
+    rate: usize,
+    duration: Duration,
+    fault: Fault,
+    static_members: bool,
+    /// Re-processing at a rebalance is expected (records in flight when partitions moved).
+    rebalances: bool,
+}
+
+/// Waits until consumer group `group` is stable with `members` members.
+async fn wait_for_members(group: &str, members: usize) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let list = client
+            .fetch_group_list(Some(group), Duration::from_secs(5))
+            .ok();
+        let formed = list.as_ref().is_some_and(|l| {
+            l.groups()
+                .iter()
+                .any(|g| g.state() == "Stable" && g.members().len() == members)
+        });
+        if formed {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {group} did not form with {members} members within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn random_below(n: usize) -> usize {
+    (uuid::Uuid::new_v4().as_u128() % n.max(1) as u128) as usize
+}
+
+async fn run(s: &Scenario) -> Figures {
+    let lake = LakeEnv::new(Store::Local, 6, "max_file_age = \"3s\"");
+    let env = &lake.env;
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    // The test config's session settings are the classic protocol's; the new one takes the
+    // broker's.
+    let text = match s.protocol {
+        "consumer" => text
+            .replace("\"session.timeout.ms\" = \"6000\"\n", "")
+            .replace("\"heartbeat.interval.ms\" = \"1000\"\n", ""),
+        _ => text,
+    };
+    std::fs::write(
+        &env.config_path,
+        format!("{text}\n[kafka.group]\nprotocol = \"{}\"\n", s.protocol),
+    )
+    .expect("config");
+    env.create_topics().await;
+    let log_path = env.config_path.with_file_name("workers.log");
+    let log = File::create(&log_path).expect("log file");
+    let mut fleet = Fleet::new(&lake, s.static_members, log);
+    for _ in 0..s.actions {
+        fleet.add("actions");
+    }
+    for _ in 0..s.lake {
+        fleet.add("lake");
+    }
+    // Start the load once the groups are formed, so the rebalances counted are the faults'.
+    let config = env.config();
+    if s.protocol == "classic" {
+        wait_for_members(&config.actions_role.group_id, s.actions).await;
+        wait_for_members(&config.lake.group_id, s.lake).await;
+    } else {
+        // The classic group listing does not show groups of the new protocol; its members are
+        // assigned a few seconds after they start.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    let loader = tokio::spawn(load(
+        env.events.clone(),
+        s.name.to_owned(),
+        s.rate,
+        s.duration,
+        1000,
+    ));
+    let started = Instant::now();
+    // Faults until the load ends.
+    match s.fault {
+        Fault::Kill { every } => {
+            while started.elapsed() + every < s.duration {
+                tokio::time::sleep(every).await;
+                let alive: Vec<usize> = (0..fleet.workers.len())
+                    .filter(|&i| fleet.workers[i].child.is_some())
+                    .collect();
+                let victim = alive[random_below(alive.len())];
+                fleet.kill_and_restart(victim);
+            }
+        }
+        Fault::Rolling { every } => {
+            let mut next = 0;
+            while started.elapsed() + every < s.duration {
+                tokio::time::sleep(every).await;
+                let index = next % fleet.workers.len();
+                fleet.stop(index);
+                fleet.spawn(index);
+                next += 1;
+            }
+        }
+        Fault::Storm { peak, every } => {
+            let mut up = true;
+            while started.elapsed() + every < s.duration {
+                tokio::time::sleep(every).await;
+                let running = fleet.running("actions");
+                if up && running.len() < peak {
+                    match (0..fleet.workers.len()).find(|&i| {
+                        fleet.workers[i].role == "actions" && fleet.workers[i].child.is_none()
+                    }) {
+                        Some(i) => fleet.spawn(i),
+                        None => {
+                            fleet.add("actions");
+                        }
+                    }
+                } else if running.len() > 1 {
+                    up = false;
+                    if let Some(&last) = running.last() {
+                        fleet.stop(last);
+                    }
+                } else {
+                    up = true;
+                }
+            }
+        }
+        Fault::Zombie { pause } => {
+            tokio::time::sleep(s.duration / 4).await;
+            let victim = fleet.running("actions")[0];
+            fleet.signal(victim, "-STOP");
+            tokio::time::sleep(pause).await;
+            fleet.signal(victim, "-CONT");
+            // Paused past its session timeout, it lost its partitions: what it finishes now
+            // may be done again by their new owner.
+            let w = &fleet.workers[victim];
+            fleet.killed.insert(Fleet::worker_id(w));
+        }
+    }
+    let produced = loader.await.expect("load task");
+    settle(env, &produced, Duration::from_secs(120)).await;
+    // Lake files close after max_file_age; give the lake workers time to write them, then stop
+    // everything cleanly and let one lake worker drain what is left.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    fleet.stop_all();
+    lake.drain("lake");
+    let mut figures = reconcile(env, &lake, &produced, &fleet.killed, s.rebalances);
+    figures.kills = fleet.kills;
+    figures.log_lines = std::fs::read_to_string(&log_path)
+        .map(|t| {
+            t.lines()
+                .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+                .count()
+        })
+        .unwrap_or(0);
+    drop(fleet);
+    // The workers' log is kept as an artifact of the run.
+    let kept = repo().join("target/chaos");
+    if std::fs::create_dir_all(&kept).is_ok() {
+        let name: String = format!("{}-{}", s.name, s.protocol)
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let _ = std::fs::copy(&log_path, kept.join(format!("{name}.log")));
+    }
+    figures
+}
+
+fn table(name: &str, s: &Scenario, f: &Figures) -> String {
+    format!(
+        "| {name} | {}+{} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {:.1} s | {} |",
+        s.actions,
+        s.lake,
+        f.produced,
+        f.kills,
+        f.lost,
+        f.duplicated,
+        f.redelivered,
+        f.out_of_order,
+        f.violations.len(),
+        f.lake_ids,
+        f.lake_rows,
+        f.longest_pause.as_secs_f64(),
+        f.log_lines,
+    )
+}
+
+const HEADER: &str = "| scenario | actions+lake | events | kills | lost | duplicated | re-delivered | out of order | violations | lake ids/rows | longest pause | ERROR/WARN lines |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+async fn check(s: Scenario) {
+    let f = run(&s).await;
+    let name = format!("{} ({})", s.name, s.protocol);
+    eprintln!("\n{HEADER}\n{}", table(&name, &s, &f));
+    assert!(
+        f.violations.is_empty(),
+        "{}: {} violations, e.g. {:?}",
+        s.name,
+        f.violations.len(),
+        &f.violations[..f.violations.len().min(10)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_kill_9_and_restart_with_live_workers() {
+    let (duration, every) = if full() {
+        (Duration::from_secs(200), Duration::from_secs(10))
+    } else {
+        (Duration::from_secs(45), Duration::from_secs(9))
+    };
+    check(Scenario {
+        name: "kill -9 + restart",
+        protocol: "classic",
+        actions: 3,
+        lake: 2,
+        rate: 100,
+        duration,
+        fault: Fault::Kill { every },
+        // Restarted under the same instance id, a worker gets its partitions back without a
+        // rebalance: only the killed incarnation's unfinished work is done twice.
+        static_members: true,
+        rebalances: false,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_rebalance_storm() {
+    let (duration, peak) = if full() {
+        (Duration::from_secs(90), 4)
+    } else {
+        (Duration::from_secs(36), 3)
+    };
+    check(Scenario {
+        name: "rebalance storm",
+        protocol: "classic",
+        actions: 1,
+        lake: 1,
+        rate: 100,
+        duration,
+        fault: Fault::Storm {
+            peak,
+            every: Duration::from_secs(5),
+        },
+        static_members: false,
+        rebalances: true,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_rolling_restart_with_static_members() {
+    if !full() {
+        return;
+    }
+    check(Scenario {
+        name: "rolling restart (SIGTERM, static members)",
+        protocol: "classic",
+        actions: 3,
+        lake: 1,
+        rate: 100,
+        duration: Duration::from_secs(60),
+        fault: Fault::Rolling {
+            every: Duration::from_secs(8),
+        },
+        static_members: true,
+        // Static members restart without a rebalance, and a clean stop commits all it did.
+        rebalances: false,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_zombie_worker() {
+    if !full() {
+        return;
+    }
+    check(Scenario {
+        name: "zombie (SIGSTOP past the session timeout)",
+        protocol: "classic",
+        actions: 2,
+        lake: 1,
+        rate: 100,
+        duration: Duration::from_secs(60),
+        fault: Fault::Zombie {
+            pause: Duration::from_secs(20),
+        },
+        static_members: false,
+        rebalances: true,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_kill_9_under_the_consumer_protocol() {
+    if !full() {
+        return;
+    }
+    check(Scenario {
+        name: "kill -9 + restart",
+        protocol: "consumer",
+        actions: 3,
+        lake: 2,
+        rate: 100,
+        duration: Duration::from_secs(90),
+        fault: Fault::Kill {
+            every: Duration::from_secs(9),
+        },
+        // A static member restarted before the broker's session timeout is refused
+        // (UnreleasedInstanceId) under this protocol: the replacement joins as a new member.
+        static_members: false,
+        rebalances: false,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_rebalance_storm_under_the_consumer_protocol() {
+    if !full() {
+        return;
+    }
+    check(Scenario {
+        name: "rebalance storm",
+        protocol: "consumer",
+        actions: 1,
+        lake: 1,
+        rate: 100,
+        duration: Duration::from_secs(90),
+        fault: Fault::Storm {
+            peak: 4,
+            every: Duration::from_secs(5),
+        },
+        static_members: false,
+        rebalances: true,
+    })
+    .await;
+}
