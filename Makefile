@@ -7,7 +7,7 @@ REFLEX := target/release/reflex
 DUCKDB_VERSION := 1.4.4
 LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSION).20260205
 
-.PHONY: chaos bench help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus policy-test bench-policy lake-tools bench-lake bench-ordering
+.PHONY: chaos bench help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus policy-test bench-policy lake-tools bench-lake bench-ordering bench-trace
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ lake-tools: ## Install DuckDB for Python (with httpfs) into the user site, to qu
 bench-lake: ## Criterion benchmark: demo-like events encoded to Parquet in memory
 	$(CARGO) bench --locked --bench lake
 
+bench-trace: ## reflex trace on 1,000,000 events: the lake lookup (lake built once into target/bench/trace-lake) and, with the stack up, the whole command
+	$(CARGO) bench --locked --bench trace -- --warm-up-time 1 --measurement-time 3
+
 bench-ordering: up ## Key-ordered concurrency against sequential processing with a 5 ms HTTP action (target/bench/ordering.md)
 	$(CARGO) build --release --locked --example ordering_bench
 	REFLEX_LOG=warn target/release/examples/ordering_bench --events $${BENCH_ORDERING_EVENTS:-6000} --partitions 2 --keys 120 --delay-ms 5
@@ -70,7 +73,7 @@ test-unit: ## Run the unit tests only (no broker)
 	$(CARGO) test --locked --lib
 
 bench: up ## Criterion micro-benchmarks, the end-to-end load run (BENCH_EVENTS, default 1000000) and bench-ordering; ~14 min
-	$(CARGO) bench --locked --bench decode --bench lake --bench policy --bench pipeline -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) bench --locked --bench decode --bench lake --bench policy --bench pipeline --bench trace -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) build --release --locked --example bare_consumer --example bench_load
 	$(CARGO) build --release --locked
 	@python3 scripts/bench.py

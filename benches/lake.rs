@@ -61,8 +61,15 @@ fn bench(c: &mut Criterion) {
         json
     };
     let json = rows(&events);
-    let parquet = encode(&table.name, &table.schema, &json, settings, vec![])
-        .unwrap_or_else(|e| panic!("encodes: {e}"));
+    let parquet = encode(
+        &table.name,
+        &table.schema,
+        table.id_column(),
+        &json,
+        settings,
+        vec![],
+    )
+    .unwrap_or_else(|e| panic!("encodes: {e}"));
     eprintln!(
         "{EVENTS} events: {input_bytes} bytes as CloudEvent JSON, {} bytes of rows, {} bytes of Parquet",
         json.len(),
@@ -75,14 +82,30 @@ fn bench(c: &mut Criterion) {
     group.bench_function("rows_and_parquet_events", |b| {
         b.iter(|| {
             let json = rows(black_box(&events));
-            encode(&table.name, &table.schema, &json, settings, vec![]).map(|p| p.len())
+            encode(
+                &table.name,
+                &table.schema,
+                table.id_column(),
+                &json,
+                settings,
+                vec![],
+            )
+            .map(|p| p.len())
         })
     });
     group.throughput(Throughput::Bytes(input_bytes as u64));
     group.bench_function("rows_and_parquet_bytes", |b| {
         b.iter(|| {
             let json = rows(black_box(&events));
-            encode(&table.name, &table.schema, &json, settings, vec![]).map(|p| p.len())
+            encode(
+                &table.name,
+                &table.schema,
+                table.id_column(),
+                &json,
+                settings,
+                vec![],
+            )
+            .map(|p| p.len())
         })
     });
     group.finish();

@@ -269,6 +269,24 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every topic reflex emits events to: the `emit` actions' topics and the policy's emit
+    /// topics, sorted, without repeats.
+    pub fn emit_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .actions
+            .iter()
+            .filter_map(|(_, a)| match &a.kind {
+                ActionKind::Emit { topic, .. } => Some(topic.clone()),
+                ActionKind::Log { .. } | ActionKind::Http(_) => None,
+            })
+            .collect();
+        topics.push(self.policy_emit_topic.clone());
+        topics.extend(self.policy_emit_topics.iter().cloned());
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
     /// Reads `path`, applies the process's `REFLEX_*` variables, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -276,6 +276,44 @@ fn classify_json_error(err: &serde_json::Error) -> DecodeError {
     DecodeError::NotJson(msg)
 }
 
+/// The attributes that tell one event's records apart, read without decoding `data`: for
+/// finding every record of one event (`reflex trace`), not for admitting it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Identity {
+    /// `id`.
+    pub id: String,
+    /// `type`.
+    #[serde(rename = "type", default)]
+    pub ty: String,
+    /// The `causationid` extension: the id of the event that caused this one, for events
+    /// reflex emits.
+    #[serde(default)]
+    pub causationid: Option<String>,
+}
+
+impl Identity {
+    /// The identity of a binary-mode record (`ce_*` headers) or a structured one (JSON value);
+    /// `None` when the record has no usable id.
+    pub fn of(value: Option<&[u8]>, headers: &[(&str, &[u8])]) -> Option<Self> {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        };
+        let identity = if header("ce_specversion").is_some() {
+            Self {
+                id: header("ce_id")?.to_owned(),
+                ty: header("ce_type").unwrap_or_default().to_owned(),
+                causationid: header("ce_causationid").map(str::to_owned),
+            }
+        } else {
+            serde_json::from_slice(value?).ok()?
+        };
+        (!identity.id.is_empty()).then_some(identity)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,5 +400,24 @@ mod tests {
             CloudEvent::decode(None, &bad),
             Err(DecodeError::HeaderNotUtf8("ce_subject".into()))
         );
+    }
+
+    #[test]
+    fn identity_reads_id_type_and_cause_in_both_modes() {
+        let structured = br#"{"specversion":"1.0","id":"e2","source":"/s","type":"t.x","causationid":"e1","data":{"id":"inner"}}"#;
+        let id = Identity::of(Some(structured), &[]).expect("identity");
+        assert_eq!(
+            (id.id.as_str(), id.ty.as_str(), id.causationid.as_deref()),
+            ("e2", "t.x", Some("e1"))
+        );
+        let headers: &[(&str, &[u8])] = &[
+            ("ce_specversion", b"1.0"),
+            ("ce_id", b"e3"),
+            ("ce_type", b"t.y"),
+        ];
+        let id = Identity::of(Some(b"not json"), headers).expect("binary identity");
+        assert_eq!((id.id.as_str(), id.causationid), ("e3", None));
+        assert_eq!(Identity::of(Some(b"{\"id\": \"\"}"), &[]), None);
+        assert_eq!(Identity::of(Some(b"\x00\x01"), &[]), None);
     }
 }

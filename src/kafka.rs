@@ -29,7 +29,9 @@ pub use connect::{connect, ConnectError, ConnectFailure, Connected, CONNECT_TIME
 pub use drain::caught_up;
 pub use group::{consumer_fatal, Assignment, ConsumerFatal, GroupProtocol, GroupSettings};
 pub use outage::{Outage, OutageContext};
-pub use read::{reader, scan, ReadError, Start, TopicReader};
+pub use read::{
+    default_partition, default_partitioner, reader, scan, scan_keys, ReadError, Start, TopicReader,
+};
 
 /// Largest record reflex produces (dead letters carry the original record).
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;

@@ -25,9 +25,14 @@
 //! record. The views that `reflex lake views` writes ([`views`]) give one row per event (its
 //! last record, and for `audit` its latest record, the final outcome) beside `<table>_raw`
 //! views with every record.
+//!
+//! Finding one event: every file's id column (`id`, `event_id` in `audit`) has a bloom filter
+//! per row group, and [`find`] reads a file's rows only where its statistics and bloom filters
+//! allow the id (`reflex trace`).
 
 pub mod encode;
 pub mod evolution;
+pub mod find;
 pub mod segment;
 pub mod shape;
 pub mod store;

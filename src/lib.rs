@@ -37,6 +37,8 @@
 //! - [`dlq`]: `reflex dlq list|replay`: the dead-letter topic summarised and sent back.
 //! - [`replay`]: `reflex policy replay`, a candidate policy set against the recorded decisions.
 //! - [`summary`]: per-type counts of outcomes and reasons.
+//! - [`trace`]: `reflex trace`, one event's audit records, dead letters, replays, caused events
+//!   and lake files.
 //! - [`connectivity`]: `reflex check --connect`, every configured endpoint tried and reported.
 //! - [`secret`]: secrets read from `env:` or `file:` references, never shown.
 //! - [`http`]: the one HTTP client stack (reqwest over rustls): private CAs, client
@@ -89,3 +91,4 @@ pub mod secret;
 pub mod service;
 pub mod summary;
 pub mod telemetry;
+pub mod trace;

@@ -128,6 +128,20 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// One event's story: its audit records, dead letters and replays, the events it caused
+    /// and the lake files holding it. Exit status: 0 found, 1 no record of the event, 2 the
+    /// search could not run (a bad --since, a topic or the lake unreadable).
+    Trace {
+        /// The event id (CloudEvents `id`).
+        id: String,
+        /// Read Kafka from this RFC 3339 time or this long ago (90m, 2h, 7d); default 24h.
+        /// When given, lake files in `date=` partitions before it are not searched either
+        /// (without it every lake file is, through its bloom filters).
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,6 +423,24 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
                 runtime.block_on(reflex::dlq::replay(&config, &filter, dry_run, again))?;
             println!("{replayed}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Trace { id, since, output } => {
+            // Exit status 1 means "no record"; a search that could not run is 2.
+            let options =
+                match reflex::trace::TraceOptions::new(id, since.as_deref(), chrono::Utc::now()) {
+                    Ok(options) => options,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                };
+            match runtime.block_on(reflex::trace::trace(&config, &options)) {
+                Ok(trace) => print(&trace, output),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
         }
         Command::Lake {
             command: LakeCommand::Views,

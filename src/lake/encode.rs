@@ -1,5 +1,7 @@
 //! JSON rows to a Parquet file in memory: arrow-json decodes the rows against the table's Arrow
-//! schema into record batches, and the Arrow writer encodes them with zstd.
+//! schema into record batches, and the Arrow writer encodes them with zstd. The table's id
+//! column gets a bloom filter per row group, so that finding one event (`reflex trace`) reads
+//! a few hundred bytes of a file that does not hold it instead of its rows.
 
 use arrow_schema::{ArrowError, SchemaRef};
 use bytes::Bytes;
@@ -8,9 +10,13 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 /// Rows the JSON decoder turns into one record batch.
 const BATCH_ROWS: usize = 8192;
+
+/// False-positive rate of the id column's bloom filters: about 1.2 bytes per row.
+pub const BLOOM_FPP: f64 = 0.01;
 
 /// Why rows could not be encoded.
 #[derive(Debug, thiserror::Error)]
@@ -42,10 +48,12 @@ pub struct EncodeSettings {
     pub zstd_level: i32,
 }
 
-/// Encodes newline-separated JSON rows as one Parquet file; `metadata` goes into its footer.
+/// Encodes newline-separated JSON rows as one Parquet file, with a bloom filter on
+/// `id_column` (see [`crate::lake::table::Table::id_column`]); `metadata` goes into its footer.
 pub fn encode(
     table: &str,
     schema: &SchemaRef,
+    id_column: &str,
     json: &[u8],
     settings: EncodeSettings,
     metadata: Vec<(String, String)>,
@@ -59,9 +67,16 @@ pub fn encode(
         source,
     };
     let level = ZstdLevel::try_new(settings.zstd_level).map_err(parquet_err)?;
+    // Sized for the rows of one row group (the filter is per row group): ids are distinct.
+    let rows = json.iter().filter(|b| **b == b'\n').count().max(1);
+    let distinct = rows.min(settings.row_group_rows.max(1)) as u64;
+    let id_path = ColumnPath::from(id_column);
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_size(settings.row_group_rows)
+        .set_column_bloom_filter_enabled(id_path.clone(), true)
+        .set_column_bloom_filter_fpp(id_path.clone(), BLOOM_FPP)
+        .set_column_bloom_filter_ndv(id_path, distinct)
         .set_key_value_metadata(Some(
             metadata
                 .into_iter()
@@ -132,7 +147,15 @@ mod tests {
             row_group_rows: 100,
             zstd_level: 3,
         };
-        let bytes = encode(&table.name, &table.schema, &json, settings, vec![]).expect("encodes");
+        let bytes = encode(
+            &table.name,
+            &table.schema,
+            table.id_column(),
+            &json,
+            settings,
+            vec![],
+        )
+        .expect("encodes");
         let mut reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .expect("parquet")
             .build()
@@ -163,6 +186,65 @@ mod tests {
     }
 
     #[test]
+    fn the_id_column_alone_has_a_bloom_filter_that_knows_its_ids() {
+        use parquet::file::properties::ReaderProperties;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        use parquet::file::serialized_reader::ReadOptionsBuilder;
+        let table = Table::events(
+            "order.placed",
+            &json!({"type": "object", "properties": {"amount": {"type": "number"}}}),
+        );
+        let mut json = Vec::new();
+        for n in 0..50 {
+            let event: crate::event::CloudEvent = serde_json::from_value(json!({
+                "specversion": "1.0", "id": format!("e-{n}"), "source": "/s",
+                "type": "order.placed", "data": {"amount": n}}))
+            .expect("event");
+            let at = Coordinates {
+                topic: "t",
+                partition: 0,
+                offset: n,
+                timestamp_ms: None,
+            };
+            table.event_row(&event, at, chrono::Utc::now(), &mut json);
+        }
+        let settings = EncodeSettings {
+            row_group_rows: 20,
+            zstd_level: 1,
+        };
+        let bytes = encode(
+            &table.name,
+            &table.schema,
+            table.id_column(),
+            &json,
+            settings,
+            vec![],
+        )
+        .expect("encodes");
+        let options = ReadOptionsBuilder::new()
+            .with_reader_properties(
+                ReaderProperties::builder()
+                    .set_read_bloom_filter(true)
+                    .build(),
+            )
+            .build();
+        let reader = SerializedFileReader::new_with_options(bytes, options).expect("parquet");
+        assert_eq!(reader.num_row_groups(), 3);
+        let id = table.schema.index_of("id").expect("an id column");
+        for group in 0..3 {
+            let row_group = reader.get_row_group(group).expect("row group");
+            for column in 0..row_group.num_columns() {
+                let bloom = row_group.get_column_bloom_filter(column);
+                assert_eq!(bloom.is_some(), column == id, "column {column}");
+            }
+            let bloom = row_group.get_column_bloom_filter(id).expect("bloom filter");
+            let first = group * 20;
+            assert!(bloom.check(&format!("e-{first}").as_str()));
+            assert!(!bloom.check(&"not-an-id"), "a likely negative");
+        }
+    }
+
+    #[test]
     fn audit_rows_encode() {
         let table = Table::audit();
         let record = json!({"event_id": "e-1", "type": "order.placed", "topic": "t", "partition": 0,
@@ -190,7 +272,15 @@ mod tests {
             row_group_rows: 100,
             zstd_level: 3,
         };
-        let bytes = encode("audit", &table.schema, &json, settings, vec![]).expect("encodes");
+        let bytes = encode(
+            "audit",
+            &table.schema,
+            table.id_column(),
+            &json,
+            settings,
+            vec![],
+        )
+        .expect("encodes");
         let batch = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .expect("parquet")
             .build()

@@ -256,6 +256,18 @@ impl LakeStore {
             .collect())
     }
 
+    /// A reader of a file that [`Self::list`] returned, and its key relative to the lake root.
+    pub fn reader(&self, file: &ObjectMeta) -> (ParquetObjectReader, String) {
+        let key = file.location.as_ref();
+        let key = key
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|k| k.strip_prefix('/'))
+            .unwrap_or(key);
+        let reader = ParquetObjectReader::new(self.store.clone(), file.location.clone())
+            .with_file_size(file.size);
+        (reader, key.to_owned())
+    }
+
     /// The Arrow schema of the most recently written file under `dir`, if there is one.
     pub async fn newest_schema(&self, dir: &str) -> Result<Option<SchemaRef>, StoreError> {
         let Some(newest) = self

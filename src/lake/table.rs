@@ -190,6 +190,15 @@ impl Table {
         }
     }
 
+    /// The column holding the event id, written with a bloom filter: `id` in an event table,
+    /// `event_id` in the audit table.
+    pub fn id_column(&self) -> &'static str {
+        match self.kind {
+            TableKind::Events => "id",
+            TableKind::Audit => "event_id",
+        }
+    }
+
     /// The row of a valid event as a JSON line, and the hour it belongs to: the event's `time`,
     /// else the record timestamp, else the ingestion time.
     pub fn event_row(

@@ -225,9 +225,9 @@ async fn create(
         ("reflex.first_offset".to_owned(), first.to_string()),
         ("reflex.last_offset".to_owned(), last.to_string()),
     ];
-    let (name, schema) = (table.name.clone(), table.schema.clone());
+    let (name, schema, id) = (table.name.clone(), table.schema.clone(), table.id_column());
     let bytes =
-        tokio::task::spawn_blocking(move || encode(&name, &schema, &json, settings, metadata))
+        tokio::task::spawn_blocking(move || encode(&name, &schema, id, &json, settings, metadata))
             .await
             .map_err(|e| LakeError::Task {
                 table: table.name.clone(),

@@ -467,19 +467,7 @@ pub async fn run(
 
 /// Topics that emit actions write to, created with the others.
 fn emitted_topics(config: &Config) -> Vec<String> {
-    let mut topics: Vec<String> = config
-        .actions
-        .iter()
-        .filter_map(|(_, a)| match &a.kind {
-            crate::action::ActionKind::Emit { topic, .. } => Some(topic.clone()),
-            crate::action::ActionKind::Log { .. } => None,
-            crate::action::ActionKind::Http(_) => None,
-        })
-        .collect();
-    topics.push(config.policy_emit_topic.clone());
-    topics.extend(config.policy_emit_topics.iter().cloned());
-    topics.sort();
-    topics.dedup();
+    let mut topics = config.emit_topics();
     topics.retain(|t| !config.topics.events.contains(t));
     topics
 }

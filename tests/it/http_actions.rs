@@ -14,6 +14,13 @@ use crate::common::*;
 /// A test environment whose `order.placed` action is an HTTP call to `service`.
 fn http_env(partitions: i32, service: &ActionService, action: &str, roles: &str) -> TestEnv {
     let env = TestEnv::new(partitions);
+    use_http_action(&env, service, action, roles);
+    env
+}
+
+/// Makes `env`'s `order.placed` action an HTTP call to `service` (`action`: more keys of the
+/// action; `roles`: more `[roles.actions]` keys).
+pub fn use_http_action(env: &TestEnv, service: &ActionService, action: &str, roles: &str) {
     let text = std::fs::read_to_string(&env.config_path).expect("read config");
     let emit = format!(
         "[actions.request_shipment]\nkind = \"emit\"\ntypes = [\"order.placed\"]\ntopic = \"{}\"\ntype = \"shipment.requested\"\n",
@@ -29,7 +36,6 @@ fn http_env(partitions: i32, service: &ActionService, action: &str, roles: &str)
         &format!("shutdown_timeout = \"20s\"\n{roles}\n"),
     );
     std::fs::write(&env.config_path, text).expect("write config");
-    env
 }
 
 async fn drain(env: &TestEnv, worker: &str) -> reflex::summary::Summary {
@@ -50,7 +56,7 @@ async fn drain(env: &TestEnv, worker: &str) -> reflex::summary::Summary {
 }
 
 /// An order of `customer` (the record key, the subject and the action URL's last segment).
-fn order_of(id: &str, customer: &str) -> Rec {
+pub fn order_of(id: &str, customer: &str) -> Rec {
     let mut event = order(id, "/shop/web", 10.0);
     event["data"]["customer_id"] = json!(customer);
     // The repository's policies redact data.customer_id from everything sent on, so the

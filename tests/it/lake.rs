@@ -61,6 +61,7 @@ impl LakeEnv {
         }
     }
 
+    /// `reflex` with this test's configuration and the S3 credentials.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(reflex_bin());
         cmd.args(args)
