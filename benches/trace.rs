@@ -309,7 +309,7 @@ async fn fill_audit(config: &Config) {
         return;
     }
     let started = Instant::now();
-    let producer = kafka::producer(&config.kafka).expect("producer");
+    let producer = kafka::producer(&config.kafka, kafka::Outage::new()).expect("producer");
     for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(50_000) {
         let mut deliveries = Vec::with_capacity(chunk.len());
         for n in chunk {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::action_service::{ActionService, Behaviour};
 use crate::common::*;
 use crate::lake::{LakeEnv, Store};
 
@@ -70,6 +71,7 @@ impl<'a> Fleet<'a> {
         cmd.args(["run", "--role", w.role, "--worker-id", &id])
             .env("REFLEX_CONFIG", &self.lake.env.config_path)
             .env("REFLEX_LOG", "warn")
+            .env_remove("REFLEX_CHAOS")
             .stdout(Stdio::null())
             .stderr(self.log.try_clone().expect("log file"));
         if self.static_members {
@@ -193,9 +195,18 @@ async fn load(
         let mut batch = Vec::with_capacity(per_tick);
         for _ in 0..per_tick {
             let id = format!("{prefix}-{n}");
-            let key = format!("key-{}", n % keys);
+            // Every 25th key's orders meet a flaky action service (when the scenario has one).
+            let k = n % keys;
+            let key = if k % 25 == 0 {
+                format!("flaky-{k}")
+            } else {
+                format!("key-{k}")
+            };
             let mut event = if n % 2 == 0 {
-                order(&id, "/shop/web", 10.0)
+                let mut order = order(&id, "/shop/web", 10.0);
+                // The HTTP action's URL names the subject.
+                order["subject"] = json!(key);
+                order
             } else {
                 refund(&id, 10.0)
             };
@@ -220,6 +231,8 @@ async fn load(
 #[derive(Debug, Default)]
 struct Figures {
     produced: usize,
+    /// Events that went through the retry topic.
+    retried: usize,
     lost: usize,
     duplicated: usize,
     redelivered: usize,
@@ -274,6 +287,9 @@ fn reconcile(
             f.violations.push(format!("{}: no audit record", p.id));
             continue;
         };
+        if records.iter().any(|a| a["outcome"] == "retrying") {
+            f.retried += 1;
+        }
         let last = records.last().cloned().unwrap_or_default();
         let want = if p.valid { "actioned" } else { "dead_lettered" };
         if last["outcome"] != want {
@@ -412,6 +428,9 @@ enum Fault {
 
 struct Scenario {
     name: &'static str,
+    /// Orders are HTTP actions, and the service fails a burst of calls for the flaky keys every
+    /// few seconds, so their events go through the retry topic while the faults happen.
+    flaky: bool,
     /// `[kafka.group] protocol`.
     protocol: &'static str,
     actions: usize,
@@ -468,11 +487,39 @@ async fn run(s: &Scenario) -> Figures {
             .replace("\"heartbeat.interval.ms\" = \"1000\"\n", ""),
         _ => text,
     };
+    let service = s.flaky.then(|| std::sync::Arc::new(ActionService::start()));
+    let text = match &service {
+        Some(service) => {
+            let emit = format!(
+                "[actions.request_shipment]\nkind = \"emit\"\ntypes = [\"order.placed\"]\ntopic = \"{}\"\ntype = \"shipment.requested\"\n",
+                env.shipments
+            );
+            assert!(text.contains(&emit), "the test config has the emit action");
+            let http = format!(
+                "[actions.request_shipment]\nkind = \"http\"\ntypes = [\"order.placed\"]\nurl = \"{}/orders/{{subject}}\"\nmax_attempts = 1\n",
+                service.url()
+            );
+            text.replace(&emit, &http).replace(
+                "shutdown_timeout = \"20s\"\n",
+                "shutdown_timeout = \"20s\"\nretry_delay = \"1s\"\nretry_rounds = 8\n",
+            )
+        }
+        None => text,
+    };
     std::fs::write(
         &env.config_path,
         format!("{text}\n[kafka.group]\nprotocol = \"{}\"\n", s.protocol),
     )
     .expect("config");
+    // A burst of failures for the flaky keys every 12 s.
+    let flaky = service.clone().map(|service| {
+        tokio::spawn(async move {
+            loop {
+                service.set_behaviour("/orders/flaky-", Behaviour::fail(503, 8));
+                tokio::time::sleep(Duration::from_secs(12)).await;
+            }
+        })
+    });
     env.create_topics().await;
     let log_path = env.config_path.with_file_name("workers.log");
     let log = File::create(&log_path).expect("log file");
@@ -560,6 +607,12 @@ async fn run(s: &Scenario) -> Figures {
         }
     }
     let produced = loader.await.expect("load task");
+    if let Some(flaky) = flaky {
+        flaky.abort();
+    }
+    if let Some(service) = &service {
+        service.set_behaviour("/orders/flaky-", Behaviour::ok());
+    }
     settle(env, &produced, Duration::from_secs(120)).await;
     // Lake files close after max_file_age; give the lake workers time to write them, then stop
     // everything cleanly and let one lake worker drain what is left.
@@ -590,10 +643,11 @@ async fn run(s: &Scenario) -> Figures {
 
 fn table(name: &str, s: &Scenario, f: &Figures) -> String {
     format!(
-        "| {name} | {}+{} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {:.1} s | {} |",
+        "| {name} | {}+{} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {:.1} s | {} |",
         s.actions,
         s.lake,
         f.produced,
+        f.retried,
         f.kills,
         f.lost,
         f.duplicated,
@@ -607,7 +661,7 @@ fn table(name: &str, s: &Scenario, f: &Figures) -> String {
     )
 }
 
-const HEADER: &str = "| scenario | actions+lake | events | kills | lost | duplicated | re-delivered | out of order | violations | lake ids/rows | longest pause | ERROR/WARN lines |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+const HEADER: &str = "| scenario | actions+lake | events | via retry | kills | lost | duplicated | re-delivered | out of order | violations | lake ids/rows | longest pause | ERROR/WARN lines |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 async fn check(s: Scenario) {
     let f = run(&s).await;
@@ -632,6 +686,7 @@ async fn chaos_kill_9_and_restart_with_live_workers() {
     check(Scenario {
         name: "kill -9 + restart",
         protocol: "classic",
+        flaky: true,
         actions: 3,
         lake: 2,
         rate: 100,
@@ -655,6 +710,7 @@ async fn chaos_rebalance_storm() {
     check(Scenario {
         name: "rebalance storm",
         protocol: "classic",
+        flaky: true,
         actions: 1,
         lake: 1,
         rate: 100,
@@ -677,6 +733,7 @@ async fn chaos_rolling_restart_with_static_members() {
     check(Scenario {
         name: "rolling restart (SIGTERM, static members)",
         protocol: "classic",
+        flaky: false,
         actions: 3,
         lake: 1,
         rate: 100,
@@ -699,6 +756,7 @@ async fn chaos_zombie_worker() {
     check(Scenario {
         name: "zombie (SIGSTOP past the session timeout)",
         protocol: "classic",
+        flaky: false,
         actions: 2,
         lake: 1,
         rate: 100,
@@ -720,6 +778,7 @@ async fn chaos_kill_9_under_the_consumer_protocol() {
     check(Scenario {
         name: "kill -9 + restart",
         protocol: "consumer",
+        flaky: true,
         actions: 3,
         lake: 2,
         rate: 100,
@@ -743,6 +802,7 @@ async fn chaos_rebalance_storm_under_the_consumer_protocol() {
     check(Scenario {
         name: "rebalance storm",
         protocol: "consumer",
+        flaky: true,
         actions: 1,
         lake: 1,
         rate: 100,

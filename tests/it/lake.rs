@@ -67,6 +67,7 @@ impl LakeEnv {
         cmd.args(args)
             .env("REFLEX_CONFIG", &self.env.config_path)
             .env("REFLEX_LOG", "warn")
+            .env_remove("REFLEX_CHAOS")
             .env(
                 "AWS_ACCESS_KEY_ID",
                 std::env::var("S3_ACCESS_KEY").unwrap_or_else(|_| "reflex".into()),
