@@ -106,6 +106,17 @@ pub enum LookupSource {
     Fallback,
 }
 
+impl LookupSource {
+    /// The name in audit records and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cache => "cache",
+            Self::Service => "service",
+            Self::Fallback => "fallback",
+        }
+    }
+}
+
 /// What one lookup did, for the audit record.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LookupReport {

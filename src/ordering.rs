@@ -224,6 +224,9 @@ pub enum Verdict {
     Run,
     /// Send it to the retry topic unprocessed, behind the named event of its key.
     WaitBehind(String),
+    /// It is in the retry topic already (read again from its event topic after a crash or a
+    /// rebalance): its copy there runs in its turn, so this one is only booked.
+    AlreadyWaiting,
 }
 
 /// Keys with events in the retry topic, each with the ids of those events in their order.
@@ -264,9 +267,13 @@ impl<K: Eq + Hash> Parking<K> {
         let Some(first) = parked.front() else {
             return Verdict::Run;
         };
-        if from_retry && (first == id || !parked.iter().any(|p| p == id)) {
+        let waiting = parked.iter().any(|p| p == id);
+        if from_retry && (first == id || !waiting) {
             // Its turn, or an event parked before this worker knew the key.
             return Verdict::Run;
+        }
+        if !from_retry && waiting {
+            return Verdict::AlreadyWaiting;
         }
         Verdict::WaitBehind(first.clone())
     }
@@ -341,6 +348,20 @@ mod tests {
         p.resolve(&"k", "e2");
         assert!(p.is_empty());
         assert_eq!(p.verdict(&"k", "e3", false), Verdict::Run);
+    }
+
+    #[test]
+    fn an_event_read_again_while_its_copy_waits_is_not_sent_twice() {
+        let mut p: Parking<&str> = Parking::new();
+        p.park("k", "e1");
+        p.park("k", "e2");
+        // After a crash the event topic is read again from the committed offset.
+        assert_eq!(p.verdict(&"k", "e1", false), Verdict::AlreadyWaiting);
+        assert_eq!(p.verdict(&"k", "e2", false), Verdict::AlreadyWaiting);
+        assert_eq!(
+            p.verdict(&"k", "e3", false),
+            Verdict::WaitBehind("e1".into())
+        );
     }
 
     #[test]

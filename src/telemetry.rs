@@ -40,6 +40,10 @@
 //! - `reflex_assigned_partitions` (gauge); `reflex_loop_progress_age_seconds` (gauge): time since
 //!   the worker's loop last made progress;
 //! - `reflex_policy_info{revision, engine}` (gauge, 1): the policy set deciding;
+//! - `reflex_action_results_total{action, kind, result}` (counter): actions that ran, by the
+//!   HTTP status the service last answered (`error` when it never answered; `ok` for inline
+//!   kinds); `reflex_lookups_total{lookup, source}` (counter): enrichment lookups by where the
+//!   value came from (`cache`, `service`, `fallback`);
 //! - `reflex_kafka_unreachable_seconds` (gauge): how long the brokers have been unreachable, 0
 //!   while they answer; `reflex_kafka_outages_total` (counter): outages that ended;
 //! - the process-wide policy counters of [`crate::policy::telemetry`].
@@ -168,6 +172,11 @@ pub struct Metrics {
     events: Mutex<BTreeMap<String, [u64; OUTCOMES.len()]>>,
     /// Counts by type label and reason code.
     dead_letters: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    /// Actions that ran, by action, kind and result (the HTTP status last answered, `error`
+    /// when the service never answered, `ok` for inline kinds).
+    actions: Mutex<BTreeMap<String, BTreeMap<ActionResult, u64>>>,
+    /// Lookups, by lookup and where the value came from (cache, service, fallback).
+    lookups: Mutex<BTreeMap<String, [u64; 3]>>,
     /// The last denials and dead letters, newest at the front.
     recent: Mutex<VecDeque<Recent>>,
     /// The HTTP services whose breakers are reported, once the worker has them.
@@ -213,6 +222,8 @@ impl Metrics {
             known_types,
             events: Mutex::default(),
             dead_letters: Mutex::default(),
+            actions: Mutex::default(),
+            lookups: Mutex::default(),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
             services: OnceLock::new(),
             kafka: OnceLock::new(),
@@ -351,6 +362,33 @@ impl Metrics {
     }
 }
 
+/// How an action ended, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ActionResult {
+    /// The action's kind.
+    pub kind: &'static str,
+    /// For `http`: the status last answered, 0 when the service never answered.
+    pub status: Option<u16>,
+}
+
+impl ActionResult {
+    /// The `result` label: the status, `error`, or `ok` for inline kinds.
+    pub(crate) fn label(self) -> String {
+        match self.status {
+            Some(0) => "error".to_owned(),
+            Some(status) => status.to_string(),
+            None => "ok".to_owned(),
+        }
+    }
+}
+
+/// The lookup sources, in the order of [`Metrics`]' lookup counters.
+pub(crate) const LOOKUP_SOURCES: [crate::enrich::LookupSource; 3] = [
+    crate::enrich::LookupSource::Cache,
+    crate::enrich::LookupSource::Service,
+    crate::enrich::LookupSource::Fallback,
+];
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -388,6 +426,36 @@ impl EventProcessed<'_> {
                 None => dead_letters.entry(ty.to_owned()).or_default(),
             };
             *by_reason.entry(reason.code()).or_default() += 1;
+        }
+        if let Some(action) = &audit.action {
+            let result = ActionResult {
+                kind: action.kind,
+                status: if action.kind == "http" {
+                    Some(action.status.unwrap_or(0))
+                } else {
+                    None
+                },
+            };
+            let mut actions = lock(&metrics.actions);
+            // A label is allocated only the first time its action is seen.
+            let by_result = match actions.get_mut(action.name.as_str()) {
+                Some(r) => r,
+                None => actions.entry(action.name.clone()).or_default(),
+            };
+            *by_result.entry(result).or_default() += 1;
+        }
+        if !audit.lookups.is_empty() {
+            let mut lookups = lock(&metrics.lookups);
+            for l in &audit.lookups {
+                let counts = match lookups.get_mut(l.name.as_str()) {
+                    Some(c) => c,
+                    None => lookups.entry(l.name.clone()).or_default(),
+                };
+                counts[LOOKUP_SOURCES
+                    .iter()
+                    .position(|s| *s == l.source)
+                    .unwrap_or_default()] += 1;
+            }
         }
         let i = OUTCOMES
             .iter()

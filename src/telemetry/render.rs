@@ -159,6 +159,42 @@ fn render_actions(out: &mut String, metrics: &Metrics) {
             );
         }
     }
+    family(
+        out,
+        "reflex_action_results_total",
+        "counter",
+        "Actions that ran, by action, kind and result: the HTTP status the service last answered, error when it never answered, ok for inline kinds.",
+    );
+    for (action, by_result) in lock(&metrics.actions).iter() {
+        for (result, n) in by_result {
+            sample(
+                out,
+                "reflex_action_results_total",
+                &[
+                    ("action", action),
+                    ("kind", result.kind),
+                    ("result", &result.label()),
+                ],
+                n,
+            );
+        }
+    }
+    family(
+        out,
+        "reflex_lookups_total",
+        "counter",
+        "Enrichment lookups, by lookup and where the value came from (cache, service, fallback).",
+    );
+    for (lookup, counts) in lock(&metrics.lookups).iter() {
+        for (source, n) in super::LOOKUP_SOURCES.iter().zip(counts) {
+            sample(
+                out,
+                "reflex_lookups_total",
+                &[("lookup", lookup), ("source", source.as_str())],
+                n,
+            );
+        }
+    }
     let name = "reflex_stage_duration_seconds";
     family(
         out,

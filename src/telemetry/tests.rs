@@ -475,3 +475,61 @@ fn every_dashboard_expression_names_metrics_reflex_exports() {
         assert!(used.contains(needed), "the dashboard shows {needed}");
     }
 }
+
+#[test]
+fn actions_are_counted_by_result_and_lookups_by_source() {
+    use crate::action::ActionReport;
+    use crate::enrich::{LookupReport, LookupSource};
+    let m = metrics();
+    let http = |status: Option<u16>| ActionReport {
+        name: "notify_ledger".into(),
+        kind: "http",
+        emitted_id: None,
+        emitted_topic: None,
+        status,
+        attempts: Some(2),
+    };
+    for status in [Some(200), Some(200), Some(503), None] {
+        let mut a = audit(Some("order.placed"), Outcome::Actioned, None);
+        a.action = Some(http(status));
+        a.lookups = vec![LookupReport {
+            name: "customer".into(),
+            source: if status == Some(200) {
+                LookupSource::Cache
+            } else {
+                LookupSource::Fallback
+            },
+            status,
+            error: None,
+        }];
+        EventProcessed { audit: &a }.emit(&m);
+    }
+    let text = render(&m);
+    let value = |prefix: &str| line(&text, prefix).unwrap_or_else(|| panic!("{prefix} in\n{text}"));
+    assert_eq!(
+        value("reflex_action_results_total{action=\"notify_ledger\",kind=\"http\",result=\"200\"}"),
+        "2"
+    );
+    assert_eq!(
+        value("reflex_action_results_total{action=\"notify_ledger\",kind=\"http\",result=\"503\"}"),
+        "1"
+    );
+    assert_eq!(
+        value(
+            "reflex_action_results_total{action=\"notify_ledger\",kind=\"http\",result=\"error\"}"
+        ),
+        "1"
+    );
+    assert_eq!(
+        value("reflex_lookups_total{lookup=\"customer\",source=\"cache\"}"),
+        "2"
+    );
+    assert_eq!(
+        value("reflex_lookups_total{lookup=\"customer\",source=\"fallback\"}"),
+        "2"
+    );
+    assert_eq!(
+        value("reflex_lookups_total{lookup=\"customer\",source=\"service\"}"),
+        "0"
+    );
+}

@@ -283,6 +283,13 @@ async fn prometheus_scrapes_outcomes_dead_letters_stages_and_the_policy_revision
             ("retrying".to_owned(), 0.0)
         ]
     );
+    assert_eq!(
+        prometheus
+            .value("sum(reflex_action_results_total{result=\"ok\"})")
+            .await,
+        Some(3.0),
+        "each actioned event ran its inline action once"
+    );
     let dead_letter = |ty: &str, reason: &str| {
         format!("reflex_dead_letters_total{{type=\"{ty}\",reason=\"{reason}\"}}")
     };
@@ -371,11 +378,16 @@ async fn dashboard_queries_answer(prometheus: &Prometheus) {
         let query = expr
             .replace("$__rate_interval", "1m")
             .replace("$instance", ".*");
-        // Lake and breaker series do not exist in an actions worker that called no service;
-        // dead letters exist only for the reasons seen.
-        let expects_series = !["reflex_lake_", "reflex_breaker_state", "reason=\""]
-            .iter()
-            .any(|s| query.contains(s));
+        // Lake, breaker and HTTP action series do not exist in an actions worker that called no
+        // service; dead letters exist only for the reasons seen.
+        let expects_series = ![
+            "reflex_lake_",
+            "reflex_breaker_state",
+            "reason=\"",
+            "kind=\"http\"",
+        ]
+        .iter()
+        .any(|s| query.contains(s));
         wait_for(expr, Duration::from_secs(30), || async {
             match prometheus.series(&query).await {
                 Err(refused) => panic!("Prometheus refuses {query}: {refused}"),

@@ -390,6 +390,20 @@ impl Processor {
         self.finish(audit, vec![record], timings)
     }
 
+    /// An event read again from its event topic while its copy waits in the retry topic (a
+    /// crash or a rebalance came between the two): no second copy, only an audit record saying
+    /// so; the copy runs in its turn.
+    pub fn already_waiting(&self, admission: Admission) -> Processed {
+        let Admission {
+            mut audit, timings, ..
+        } = admission;
+        audit.outcome = crate::audit::Outcome::Retrying;
+        audit.error = Some(
+            "read again while its copy waits in the retry topic; that copy runs in its turn".into(),
+        );
+        self.finish(audit, Vec::new(), timings)
+    }
+
     fn finish(
         &self,
         mut audit: AuditRecord,

@@ -202,6 +202,7 @@ impl Scheduler<'_> {
                 (Admitted::Event(a), Verdict::WaitBehind(first)) => {
                     processor.wait_behind(&input, *a, &first)
                 }
+                (Admitted::Event(a), Verdict::AlreadyWaiting) => processor.already_waiting(*a),
                 (Admitted::Event(a), Verdict::Run) => {
                     processor.complete(&input, *a, &work_cancel).await
                 }
