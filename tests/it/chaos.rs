@@ -516,7 +516,8 @@ async fn run(s: &Scenario) -> Figures {
     let flaky = service.clone().map(|service| {
         tokio::spawn(async move {
             loop {
-                service.set_behaviour("/orders/flaky-", Behaviour::fail(503, 8));
+                // Fewer failures in a burst than retry rounds: no event runs out of rounds.
+                service.set_behaviour("/orders/flaky-", Behaviour::fail(503, 3));
                 tokio::time::sleep(Duration::from_secs(12)).await;
             }
         })

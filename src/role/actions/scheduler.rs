@@ -64,6 +64,8 @@ pub(super) struct Scheduler<'a> {
     partitions: Partitions<Tp>,
     queue: KeyQueue<Slot, Waiting>,
     pub(super) parking: Parking<ParkKey>,
+    /// Retry-topic records (partition, offset) superseded by a later copy of their event.
+    superseded: std::collections::HashSet<(i32, i64)>,
     pub(super) running: FuturesUnordered<Running>,
     /// Cancelled at shutdown: records waiting for their retry time give up at once.
     pub(super) sleep_cancel: CancellationToken,
@@ -95,6 +97,7 @@ impl<'a> Scheduler<'a> {
             partitions: Partitions::new(),
             queue: KeyQueue::new(),
             parking: Parking::new(),
+            superseded: Default::default(),
             running: FuturesUnordered::new(),
             sleep_cancel: shutdown.child_token(),
             work_cancel: CancellationToken::new(),
@@ -156,7 +159,12 @@ impl Scheduler<'_> {
             (Admitted::Event(_), Some(key)) => Some(park_key(&input, key)),
             _ => None,
         };
+        let superseded = from_retry
+            && self
+                .superseded
+                .remove(&(message.partition(), message.offset()));
         let verdict = match (&admitted, &park_key) {
+            (Admitted::Event(_), Some(_)) if superseded => Verdict::AlreadyWaiting,
             (Admitted::Event(a), Some(k)) => self.parking.verdict(k, a.event_id(), from_retry),
             _ => Verdict::Run,
         };
@@ -299,6 +307,8 @@ impl Scheduler<'_> {
                 "records waiting behind their key dropped with their revoked partitions"
             );
         }
+        self.superseded
+            .retain(|(partition, _)| !revoked.iter().any(|(_, p)| p == partition));
         // The keys of a lost partition are its next owner's: it reads them from the retry
         // partition when it is assigned (see `learn`).
         let forgotten = self
@@ -313,10 +323,28 @@ impl Scheduler<'_> {
     }
 
     /// Parks the keys waiting in retry partitions just assigned, each behind the records of its
-    /// key in offset order, before any record of their partitions is taken.
-    pub(super) fn learn(&mut self, waiting: Vec<(ParkKey, String)>) {
-        for (key, id) in waiting {
-            self.parking.park(key, &id);
+    /// key in offset order, before any record of their partitions is taken. Of an event's
+    /// copies there, only the last runs: the earlier ones were run already by a worker that
+    /// wrote the next before it died.
+    pub(super) fn learn(&mut self, waiting: Vec<super::waiting::Waiting>) {
+        let mut last: std::collections::HashMap<&str, (i32, i64)> = Default::default();
+        for w in &waiting {
+            last.insert(&w.id, (w.partition, w.offset));
+        }
+        let superseded: Vec<(i32, i64)> = waiting
+            .iter()
+            .filter(|w| last.get(w.id.as_str()) != Some(&(w.partition, w.offset)))
+            .map(|w| (w.partition, w.offset))
+            .collect();
+        if !superseded.is_empty() {
+            tracing::info!(
+                copies = superseded.len(),
+                "earlier copies of events in the retry topic will be booked, not run: a later copy of each waits"
+            );
+        }
+        self.superseded.extend(superseded);
+        for w in waiting {
+            self.parking.park(w.key, &w.id);
         }
     }
 }

@@ -5,6 +5,8 @@
 //! and the range assignors give both to the same member. The records between the group's
 //! committed offset and the end of the retry partition are the ones still to run (or to run
 //! again); their keys are parked in offset order, as the worker that sent them there had them.
+//! An event with several copies there (a worker ran one and wrote the next round, then died
+//! before its commit) runs from its last copy only.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -17,6 +19,14 @@ use super::rebalance::RebalanceContext;
 use super::scheduler::{park_key, ParkKey};
 use crate::kafka::{self, ReadError, TopicReader};
 
+/// A record waiting in the retry topic: its key, its event id, and where it is.
+pub(super) struct Waiting {
+    pub key: ParkKey,
+    pub id: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
 /// Keys with a record waiting in `partitions` of the retry topic, with those records' event
 /// ids, in offset order.
 pub(super) fn waiting_in_retry(
@@ -25,7 +35,7 @@ pub(super) fn waiting_in_retry(
     retry_topic: &str,
     partitions: &[i32],
     processor: &Processor,
-) -> Result<Vec<(ParkKey, String)>, ReadError> {
+) -> Result<Vec<Waiting>, ReadError> {
     let started = Instant::now();
     let read_err = |source| ReadError::Read {
         topic: retry_topic.to_owned(),
@@ -60,7 +70,12 @@ pub(super) fn waiting_in_retry(
         let (Some(key), Admitted::Event(admission)) = (input.key, processor.admit(&input)) else {
             continue;
         };
-        waiting.push((park_key(&input, key), admission.event_id().to_owned()));
+        waiting.push(Waiting {
+            key: park_key(&input, key),
+            id: admission.event_id().to_owned(),
+            partition: input.partition,
+            offset: input.offset,
+        });
     }
     tracing::info!(
         topic = retry_topic,
