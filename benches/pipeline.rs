@@ -81,6 +81,7 @@ fn stages(c: &mut Criterion) {
             policy_emit_topics: config.policy_emit_topics.clone(),
             enricher: Enricher::new(services.clone(), &EnrichmentTable::default()),
             services,
+            tracer: None,
         },
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
