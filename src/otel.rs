@@ -5,7 +5,8 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`); then the actions worker owns one [`Tracer`] whose spans go
 //! to a bounded queue ([`QUEUE_SPANS`]) that a background thread exports in batches over
 //! OTLP/HTTP (protobuf). A full queue drops spans; an unreachable collector fails exports on
-//! that thread only. Both are counted ([`ExportStats`]) and the pipeline never waits for them.
+//! that thread only. Both are counted ([`ExportStats`], logged when the worker stops) and the
+//! pipeline never waits for them.
 //! [`Tracer::shutdown`] exports what is queued.
 //!
 //! Context in ([`parent`]): the event's CloudEvents distributed-tracing extension (`traceparent`
@@ -29,6 +30,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
 use serde_json::Value;
@@ -72,14 +74,26 @@ pub fn traces_url(endpoint: &str) -> String {
     format!("{}/v1/traces", endpoint.trim_end_matches('/'))
 }
 
-/// Exported and lost spans of one tracer.
+/// Ended, exported and lost spans of one tracer.
 #[derive(Debug, Default)]
 pub struct ExportStats {
+    /// Spans ended (and offered to the export queue).
+    pub ended: AtomicU64,
     /// Spans the collector accepted.
     pub exported: AtomicU64,
     /// Spans lost because an export failed (collector unreachable or refusing).
     pub failed: AtomicU64,
     failing: AtomicBool,
+}
+
+impl ExportStats {
+    /// Spans neither exported nor failed: waiting in the queue, or (once the tracer is shut
+    /// down) dropped because the queue was full.
+    pub fn unaccounted(&self) -> u64 {
+        let ended = self.ended.load(Ordering::Relaxed);
+        let done = self.exported.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+        ended.saturating_sub(done)
+    }
 }
 
 /// One worker's tracer: its spans are exported in the background to one OTLP endpoint.
@@ -152,11 +166,12 @@ impl Tracer {
             .with_scheduled_delay(EXPORT_DELAY)
             .build();
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(
-                BatchSpanProcessor::builder(counting)
+            .with_span_processor(CountingProcessor {
+                inner: BatchSpanProcessor::builder(counting)
                     .with_batch_config(batch)
                     .build(),
-            )
+                stats: Arc::clone(&stats),
+            })
             .with_resource(
                 Resource::builder()
                     .with_service_name(format!("reflex-{role}"))
@@ -244,11 +259,11 @@ impl Tracer {
         if let Err(error) = self.provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT) {
             tracing::warn!(endpoint = %self.endpoint, %error, "traces not all exported at shutdown");
         }
-        let failed = self.stats.failed.load(Ordering::Relaxed);
         tracing::info!(
             endpoint = %self.endpoint,
             exported = self.stats.exported.load(Ordering::Relaxed),
-            failed,
+            failed = self.stats.failed.load(Ordering::Relaxed),
+            dropped_queue_full = self.stats.unaccounted(),
             "trace export stopped"
         );
     }
@@ -378,6 +393,36 @@ impl Injector for HeaderInjector<'_> {
             return;
         };
         self.0.insert(name, value);
+    }
+}
+
+/// The batch processor, counting the spans offered to its queue.
+#[derive(Debug)]
+struct CountingProcessor {
+    inner: BatchSpanProcessor,
+    stats: Arc<ExportStats>,
+}
+
+impl SpanProcessor for CountingProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        self.stats.ended.fetch_add(1, Ordering::Relaxed);
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
