@@ -20,3 +20,4 @@ mod security;
 mod services;
 mod telemetry;
 mod tls;
+mod traces;
