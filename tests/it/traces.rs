@@ -1,7 +1,7 @@
 //! Distributed tracing end to end: an actions worker exports its spans over OTLP to a real
 //! Jaeger (built by `scripts/jaeger.sh` from the Go module proxy, started here on free ports
-//! with in-memory storage), and the events' W3C trace context reaches the HTTP action service
-//! and the emitted events.
+//! with in-memory storage), and the events' W3C trace context reaches the HTTP action service,
+//! the enrichment lookup and the emitted events.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -248,7 +248,17 @@ fn parents(span: &Value) -> Vec<String> {
 async fn an_events_trace_reaches_jaeger_the_action_service_and_the_emitted_event() {
     let jaeger = Jaeger::start().await;
     let service = ActionService::start();
+    service.set_lookup("/customers/c-1", json!({"tier": "gold"}));
     let env = traced_env(&service, &format!("http://{}", jaeger.otlp));
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    std::fs::write(
+        &env.config_path,
+        format!(
+            "{text}\n[[enrichment.\"order.placed\".lookups]]\nname = \"customer\"\nurl = \"{}/customers/{{data.customer_id}}\"\n",
+            service.url()
+        ),
+    )
+    .expect("write config");
     env.create_topics().await;
 
     let mut order = order("o-traced", "/shop/web", 10.0);
@@ -273,6 +283,12 @@ async fn an_events_trace_reaches_jaeger_the_action_service_and_the_emitted_event
     assert_eq!(trace, ORDER_TRACE, "{sent}");
     assert_ne!(action_span, ORDER_PARENT, "reflex's own span is the parent");
     assert_eq!(calls[0].header("tracestate"), Some("shop=checkout"));
+    let lookups = service.requests_to("/customers/c-1");
+    assert_eq!(lookups.len(), 1, "one lookup: {lookups:?}");
+    let (lookup_trace, enrich_span) = ids(lookups[0]
+        .header("traceparent")
+        .expect("the lookup carries a traceparent"));
+    assert_eq!(lookup_trace, ORDER_TRACE);
 
     // (b) Jaeger has the order's trace: the event's span under the upstream span, its stage
     // children, and the action span that called the service. Export is batched, so poll.
@@ -337,6 +353,15 @@ async fn an_events_trace_reaches_jaeger_the_action_service_and_the_emitted_event
         action["spanID"],
         json!(action_span),
         "the call's parent span"
+    );
+    let enrich = spans
+        .iter()
+        .find(|s| s["operationName"] == "enrich")
+        .expect("the enrich span");
+    assert_eq!(
+        enrich["spanID"],
+        json!(enrich_span),
+        "the lookup's parent span"
     );
     let process = &trace["processes"][event["processID"].as_str().expect("process id")];
     assert_eq!(process["serviceName"], "reflex-actions", "{process}");
