@@ -7,7 +7,7 @@ REFLEX := target/release/reflex
 DUCKDB_VERSION := 1.4.4
 LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSION).20260205
 
-.PHONY: chaos bench help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus policy-test bench-policy lake-tools bench-lake bench-ordering bench-trace
+.PHONY: chaos bench help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus jaeger policy-test bench-policy lake-tools bench-lake bench-ordering bench-trace
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,7 +36,7 @@ demo: up build pyenv lake-tools ## Start the stack, push the sample events throu
 pyenv: ## Install the Python tools the tests use (confluent-kafka) into .stack/venv
 	@scripts/pyenv.sh >/dev/null
 
-test: up pyenv opa prometheus lake-tools ## Run every test (unit and integration) against the local stack
+test: up pyenv opa prometheus jaeger lake-tools ## Run every test (unit and integration) against the local stack
 	$(CARGO) test --locked --all-targets
 
 chaos: up pyenv lake-tools ## Fault suite with live workers: kill -9, rebalance storm, rolling restart, zombie; a table per scenario (~12 min)
@@ -47,6 +47,9 @@ opa: ## Build the reference OPA (v1.22.3, Go module proxy) into .stack/bin once
 
 prometheus: ## Build Prometheus (v0.316.0 module = 3.16, Go module proxy) into .stack/bin once, for the telemetry tests
 	@scripts/prometheus.sh >/dev/null
+
+jaeger: ## Build Jaeger (v1.76.0 module = the v2 binary, Go module proxy) into .stack/bin once, for the tracing test
+	@scripts/jaeger.sh >/dev/null
 
 policy-test: ## Run the Rego test_* rules and policies/tests/*.yaml cases
 	$(CARGO) run --quiet -- policy test

@@ -43,6 +43,8 @@
 //! - [`secret`]: secrets read from `env:` or `file:` references, never shown.
 //! - [`http`]: the one HTTP client stack (reqwest over rustls): private CAs, client
 //!   certificates, credentials.
+//! - [`otel`]: distributed tracing with OpenTelemetry: a worker's tracer and OTLP export, the
+//!   W3C trace context read from an event and written on HTTP calls and emitted events.
 //! - [`telemetry`]: every metric's name, the typed events that count them, the lag probe and
 //!   the listener serving `/metrics`, `/healthz`, `/readyz` and the status page (`/`,
 //!   `/status.json`), behind an optional bearer token.
@@ -81,6 +83,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod lake;
 pub mod ordering;
+pub mod otel;
 pub mod policy;
 pub mod produce;
 pub mod registry;

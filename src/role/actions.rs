@@ -38,6 +38,7 @@ mod delivery;
 pub mod pipeline;
 mod rebalance;
 mod scheduler;
+mod traced;
 mod waiting;
 
 /// Why the worker stopped with an error.
@@ -60,6 +61,9 @@ pub enum WorkerError {
     /// The telemetry listener could not start.
     #[error(transparent)]
     Telemetry(#[from] metrics::ListenError),
+    /// The trace exporter could not start.
+    #[error(transparent)]
+    Tracing(#[from] crate::otel::TraceError),
     /// The consumer hit an error it cannot recover from.
     #[error(transparent)]
     ConsumerFatal(kafka::ConsumerFatal),
@@ -227,6 +231,14 @@ pub async fn run(
     );
     let services = Services::new(config.services.clone())?;
     metrics.watch_breakers(&services);
+    let tracer = match &config.telemetry.otlp_endpoint {
+        Some(endpoint) => {
+            let tracer = crate::otel::Tracer::start(endpoint, "actions", &role.group_id)?;
+            tracing::info!(endpoint = %tracer.endpoint(), "exporting traces");
+            Some(tracer)
+        }
+        None => None,
+    };
     let mut evaluators = vec![policy.evaluator()];
     let set = policy.current();
     evaluators.extend((1..role.deciders).map(|_| set.evaluator()));
@@ -253,6 +265,7 @@ pub async fn run(
             policy_emit_topics: config.policy_emit_topics.clone(),
             enricher: Enricher::new(services.clone(), &config.enrichment),
             services,
+            tracer: tracer.clone(),
         },
     ));
     tracing::info!(
@@ -462,6 +475,10 @@ pub async fn run(
         policy_counters = %counters.join(" "),
         "actions worker stopped"
     );
+    if let Some(tracer) = tracer {
+        // Exporting the last spans blocks for at most a few seconds.
+        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
+    }
     result.map(|()| summary)
 }
 

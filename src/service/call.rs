@@ -93,12 +93,15 @@ impl Services {
         timeout: Duration,
         limit: usize,
     ) -> CallOutcome {
+        let mut headers = HeaderMap::new();
+        crate::otel::inject(&mut headers);
         let request = self
             .inner
             .client
             .get(url)
             .timeout(timeout)
-            .header(reqwest::header::ACCEPT, "application/json");
+            .header(reqwest::header::ACCEPT, "application/json")
+            .headers(headers);
         self.exchange(service, request, timeout, limit)
             .await
             .outcome
@@ -204,6 +207,8 @@ fn request_headers(base: &HeaderMap, event: &CloudEvent) -> Result<HeaderMap, St
         headers.insert(HeaderName::from_static(name), value);
     }
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // The trace the call belongs to, when the event is traced.
+    crate::otel::inject(&mut headers);
     Ok(headers)
 }
 

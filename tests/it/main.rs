@@ -21,3 +21,4 @@ mod services;
 mod telemetry;
 mod tls;
 mod trace;
+mod traces;

@@ -7,6 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::Context as TraceContext;
 use serde_json::{json, Value};
 
 use tokio_util::sync::CancellationToken;
@@ -19,6 +23,7 @@ use crate::ingest::headers::{self, Context};
 use crate::ingest::{
     self, Admitter, DeadLetterReason, DecisionInput, EmitTopics, Input, OutRecord,
 };
+use crate::otel::{self, Tracer};
 use crate::policy::{Decision, Evaluator};
 use crate::registry::HttpRegistry;
 use crate::schema::SchemaRegistry;
@@ -76,6 +81,8 @@ pub struct ProcessorSettings {
     pub services: Services,
     /// The enrichment lookups, with their caches.
     pub enricher: Enricher,
+    /// The worker's tracer when tracing is on: stages run in spans of their own.
+    pub tracer: Option<Tracer>,
 }
 
 /// A record that passed decoding and validation: its event, ready for enrichment, the policy
@@ -93,6 +100,16 @@ impl Admission {
     /// The event's id.
     pub fn event_id(&self) -> &str {
         &self.event.id
+    }
+
+    /// The admitted event.
+    pub fn event(&self) -> &CloudEvent {
+        &self.event
+    }
+
+    /// Time spent decoding and validating it.
+    pub fn timings(&self) -> &Timings {
+        &self.timings
     }
 }
 
@@ -164,6 +181,16 @@ impl Processor {
         }
     }
 
+    /// The worker's tracer, when tracing is on.
+    pub fn tracer(&self) -> Option<&Tracer> {
+        self.settings.tracer.as_ref()
+    }
+
+    /// A span for `name`, child of the current one, when tracing is on; it ends when dropped.
+    fn stage_span(&self, name: &'static str) -> StageSpan {
+        StageSpan(self.settings.tracer.as_ref().map(|t| t.stage(name)))
+    }
+
     /// The policy revision deciding the next record.
     pub fn policy_revision(&self) -> String {
         self.evaluator().revision().to_owned()
@@ -233,7 +260,11 @@ impl Processor {
         let mut records = Vec::with_capacity(2);
 
         let started = Instant::now();
-        let enrichment = self.settings.enricher.enrich(&event, cancel).await;
+        let span = self.stage_span("enrich");
+        let enrichment = span
+            .around(self.settings.enricher.enrich(&event, cancel))
+            .await;
+        drop(span);
         timings.enrich = micros(started);
         audit.lookups = enrichment.lookups;
         match enrichment.verdict {
@@ -260,6 +291,7 @@ impl Processor {
         audit.enrichment = enrichment.clone();
 
         let started = Instant::now();
+        let span = self.stage_span("policy");
         let now = chrono::Utc::now();
         let mut decision = {
             let mut evaluator = self.evaluator();
@@ -273,6 +305,7 @@ impl Processor {
             };
             ingest::decide(&mut evaluator, &on, &self.emit)
         };
+        drop(span);
         timings.policy = micros(started);
         audit.processed_at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
 
@@ -288,7 +321,11 @@ impl Processor {
         // The audit record names what was emitted (type, topic, id), not the emitted data.
         let mut emitted = Vec::new();
         for (index, emit) in decision.emits().into_iter().enumerate() {
-            let derived = obligations::emitted_event(event, &emit, index, &audit.policy_revision);
+            let mut derived =
+                obligations::emitted_event(event, &emit, index, &audit.policy_revision);
+            if self.settings.tracer.is_some() {
+                otel::stamp(&mut derived.extensions);
+            }
             let topic = emit
                 .topic
                 .unwrap_or_else(|| self.settings.policy_emit_topic.clone());
@@ -308,12 +345,14 @@ impl Processor {
             return self.finish(audit, records, timings);
         }
         let started = Instant::now();
+        let span = self.stage_span("action");
         let (effect, mut report) = action.run(event, &decision.obligations);
         match effect {
             Effect::Emit {
                 topic,
-                event: derived,
+                event: mut derived,
             } => {
+                span.stamp(&mut derived.extensions);
                 let key = input
                     .key
                     .map_or_else(|| derived.id.clone().into_bytes(), <[u8]>::to_vec);
@@ -329,10 +368,8 @@ impl Processor {
                     "enrichment": enrichment,
                     "obligations": decision.obligations,
                 });
-                let call = self
-                    .settings
-                    .services
-                    .perform(http, event, &body, cancel)
+                let call = span
+                    .around(self.settings.services.perform(http, event, &body, cancel))
                     .await;
                 let attempts = headers::prior_attempts(input) + call.attempts;
                 report.attempts = Some(attempts);
@@ -371,6 +408,7 @@ impl Processor {
                 }
             }
         }
+        drop(span);
         timings.action = micros(started);
         audit.outcome = Outcome::Actioned;
         audit.action = Some(report);
@@ -426,6 +464,38 @@ impl Processor {
             headers: vec![("content-type".into(), b"application/json".to_vec())],
         });
         Processed { records, audit }
+    }
+}
+
+/// The span of one stage when tracing is on; ended when dropped.
+struct StageSpan(Option<TraceContext>);
+
+impl StageSpan {
+    /// `stage` with this span current while it runs.
+    fn around<F: std::future::Future>(
+        &self,
+        stage: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        match &self.0 {
+            Some(cx) => Either::Left(stage.with_context(cx.clone())),
+            None => Either::Right(stage),
+        }
+    }
+
+    /// Stamps this span's trace context on an emitted event.
+    fn stamp(&self, extensions: &mut std::collections::BTreeMap<String, Value>) {
+        if let Some(cx) = &self.0 {
+            let _current = cx.clone().attach();
+            otel::stamp(extensions);
+        }
+    }
+}
+
+impl Drop for StageSpan {
+    fn drop(&mut self) {
+        if let Some(cx) = &self.0 {
+            cx.span().end();
+        }
     }
 }
 

@@ -5,9 +5,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::stream::FuturesUnordered;
+use opentelemetry::context::FutureExt as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::delivery::deliver;
 use super::pipeline::{Admitted, Processor};
 use super::rebalance::RebalanceContext;
+use super::traced::RecordSpan;
 use super::WorkerError;
 use crate::audit::AuditRecord;
 use crate::ingest::headers;
@@ -149,7 +151,13 @@ impl Scheduler<'_> {
         let from_retry = message.topic() == self.retry_topic;
         let headers = kafka::headers_of(&message);
         let input = kafka::input_of(&message, &headers);
+        let started = self.processor.tracer().map(|_| SystemTime::now());
         let admitted = self.processor.admit(&input);
+        let span = self
+            .processor
+            .tracer()
+            .zip(started)
+            .map(|(tracer, started)| RecordSpan::begin(tracer, &input, started, &admitted));
         let due = if from_retry {
             headers::retry_due(&input)
         } else {
@@ -212,14 +220,31 @@ impl Scheduler<'_> {
                 }
                 (Admitted::Event(a), Verdict::AlreadyWaiting) => processor.already_waiting(*a),
                 (Admitted::Event(a), Verdict::Run) => {
-                    processor.complete(&input, *a, &work_cancel).await
+                    let stages = processor.complete(&input, *a, &work_cancel);
+                    match &span {
+                        Some(span) => stages.with_context(span.context()).await,
+                        None => stages.await,
+                    }
                 }
             };
             if work_cancel.is_cancelled() {
                 return Ok(abandoned(slot));
             }
             let sent = Instant::now();
-            deliver(&producer, &input, &processed.records).await?;
+            let delivery = deliver(&producer, &input, &processed.records);
+            let delivered = match &span {
+                Some(span) => span.deliver(processed.records.len(), delivery).await,
+                None => delivery.await,
+            };
+            if let Err(e) = delivered {
+                if let Some(span) = &span {
+                    span.undelivered();
+                }
+                return Err(e);
+            }
+            if let Some(span) = &span {
+                span.finish(&processed.audit);
+            }
             OutputsDelivered {
                 elapsed: sent.elapsed(),
             }

@@ -39,16 +39,24 @@ pub(super) fn emitted_event(
     }
 }
 
-/// A structured-mode CloudEvent record.
+/// A structured-mode CloudEvent record; a `traceparent` extension attribute is also written
+/// as the record's `traceparent` header, for Kafka tooling that reads the header.
 pub(super) fn event_record(topic: String, key: Vec<u8>, event: &CloudEvent) -> OutRecord {
+    let mut headers = vec![(
+        "content-type".into(),
+        b"application/cloudevents+json".to_vec(),
+    )];
+    if let Some(Value::String(traceparent)) = event.extensions.get(crate::otel::TRACEPARENT) {
+        headers.push((
+            crate::otel::TRACEPARENT.to_owned(),
+            traceparent.clone().into_bytes(),
+        ));
+    }
     OutRecord {
         partition: None,
         topic,
         key: Some(key),
         value: Some(event.to_structured()),
-        headers: vec![(
-            "content-type".into(),
-            b"application/cloudevents+json".to_vec(),
-        )],
+        headers,
     }
 }

@@ -68,6 +68,7 @@ fn fixture(policy: &str) -> Fixture {
                 services,
                 &crate::enrich::EnrichmentTable::default(),
             ),
+            tracer: None,
         },
     );
     Fixture {
