@@ -314,9 +314,32 @@ impl<K: Eq + Hash> Parking<K> {
     }
 }
 
+/// Of the copies of events waiting in the retry topic, in offset order as `(event id,
+/// position)`, the positions of those a later copy of the same event supersedes: a worker ran
+/// the earlier one and wrote the next round, then stopped before its commit.
+pub fn superseded<P: Copy + PartialEq>(copies: &[(&str, P)]) -> Vec<P> {
+    let mut last: HashMap<&str, P> = HashMap::new();
+    for &(id, at) in copies {
+        last.insert(id, at);
+    }
+    copies
+        .iter()
+        .filter(|(id, at)| last.get(id) != Some(at))
+        .map(|&(_, at)| at)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_last_copy_of_an_event_runs() {
+        let copies = [("e1", 35), ("e2", 36), ("e1", 37), ("e3", 38), ("e1", 39)];
+        assert_eq!(superseded(&copies), [35, 37]);
+        assert!(superseded::<i64>(&[]).is_empty());
+        assert!(superseded(&[("e1", 1), ("e2", 2)]).is_empty());
+    }
 
     #[test]
     fn a_parked_key_keeps_its_order_through_the_retry_topic() {

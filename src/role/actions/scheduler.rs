@@ -352,15 +352,11 @@ impl Scheduler<'_> {
     /// copies there, only the last runs: the earlier ones were run already by a worker that
     /// wrote the next before it died.
     pub(super) fn learn(&mut self, waiting: Vec<super::waiting::Waiting>) {
-        let mut last: std::collections::HashMap<&str, (i32, i64)> = Default::default();
-        for w in &waiting {
-            last.insert(&w.id, (w.partition, w.offset));
-        }
-        let superseded: Vec<(i32, i64)> = waiting
+        let copies: Vec<(&str, (i32, i64))> = waiting
             .iter()
-            .filter(|w| last.get(w.id.as_str()) != Some(&(w.partition, w.offset)))
-            .map(|w| (w.partition, w.offset))
+            .map(|w| (w.id.as_str(), (w.partition, w.offset)))
             .collect();
+        let superseded = crate::ordering::superseded(&copies);
         if !superseded.is_empty() {
             tracing::info!(
                 copies = superseded.len(),
