@@ -24,6 +24,7 @@ use crate::policy::{telemetry, Decision, Evaluator, Failure};
 use crate::registry::HttpRegistry;
 use crate::schema::SchemaRegistry;
 
+pub mod fuzz;
 pub mod headers;
 mod record;
 mod wire;
