@@ -130,7 +130,10 @@ impl Harness {
         );
         let enrichment = Map::new();
         let document = policy_document(&admitted.event, admitted.mode, &input, now, &enrichment);
-        assert!(document["event"].is_object(), "the policy input holds the event");
+        assert!(
+            document["event"].is_object(),
+            "the policy input holds the event"
+        );
         let decision = decide(
             &mut self.evaluator,
             &DecisionInput {
@@ -178,7 +181,12 @@ mod tests {
             let path = entry.expect("entry").path();
             let data = std::fs::read(&path).expect("read input");
             let outcome = harness.run(&data);
-            assert_ne!(outcome, Outcome::Empty, "{} is not a record", path.display());
+            assert_ne!(
+                outcome,
+                Outcome::Empty,
+                "{} is not a record",
+                path.display()
+            );
             inputs += 1;
         }
         assert!(inputs > 0, "no kept inputs in {}", dir.display());
