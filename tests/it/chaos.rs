@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::action_service::{ActionService, Behaviour};
 use crate::common::*;
-use crate::faults::{self, PrivateS3};
+use crate::faults::{self, BrokersOverride, PrivateCluster, PrivateS3};
 use crate::lake::{LakeEnv, Store};
 use crate::outage::{free_ports, scrape};
 
@@ -458,6 +458,12 @@ pub(crate) enum Fault {
     },
     /// A syntax error is written into the policy directory, and fixed `broken` later.
     BrokenPolicy { broken: Duration },
+    /// On a three-broker cluster of the scenario's own: one broker is killed for `node_down`,
+    /// later the whole cluster stops for `all_down`.
+    BrokersDown {
+        node_down: Duration,
+        all_down: Duration,
+    },
 }
 
 pub(crate) struct Scenario {
@@ -517,6 +523,9 @@ fn random_below(n: usize) -> usize {
 }
 
 async fn run(s: &Scenario) -> Figures {
+    // The broker scenario runs on a cluster of its own, which every helper then uses.
+    let cluster = matches!(s.fault, Fault::BrokersDown { .. }).then(PrivateCluster::start);
+    let _brokers = cluster.as_ref().map(|c| BrokersOverride::set(&c.brokers()));
     // The store outage needs a store of its own to stop; the others write to a local directory.
     let s3 = matches!(s.fault, Fault::StoreDown { .. }).then(PrivateS3::start);
     let lake = match &s3 {
@@ -539,6 +548,16 @@ async fn run(s: &Scenario) -> Figures {
         dir
     });
     let text = std::fs::read_to_string(&env.config_path).expect("config");
+    // On three brokers, reflex's topics are replicated to all three (min.insync.replicas=2 is
+    // the cluster's default).
+    let text = if cluster.is_some() {
+        text.replace(
+            "partitions = 6\n",
+            "partitions = 6\nreplication_factor = 3\n",
+        )
+    } else {
+        text
+    };
     // The test config's session settings are the classic protocol's; the new one takes the
     // broker's.
     let text = match s.protocol {
@@ -699,6 +718,16 @@ async fn run(s: &Scenario) -> Figures {
         } => {
             let service = service.as_ref().expect("the scenario's action service");
             let seen = faults::service_down(s, &fleet, env, service, failing, slow, delay).await;
+            recovered = Some(seen.recovered);
+            notes = seen.notes;
+            violations = seen.violations;
+        }
+        Fault::BrokersDown {
+            node_down,
+            all_down,
+        } => {
+            let cluster = cluster.as_ref().expect("the scenario's cluster");
+            let seen = faults::brokers_down(s, env, cluster, node_down, all_down).await;
             recovered = Some(seen.recovered);
             notes = seen.notes;
             violations = seen.violations;

@@ -506,3 +506,184 @@ async fn chaos_policy_broken_on_reload() {
     })
     .await;
 }
+
+/// A three-broker KRaft cluster of the scenario's own (`BROKERS=3 scripts/stack.sh` in a
+/// stack directory of its own, on free ports), stopped and deleted when dropped.
+pub struct PrivateCluster {
+    dir: tempfile::TempDir,
+    /// The first node's port; node N listens on `port + 10 (N - 1)`, its controller on
+    /// `port + 1 + 10 (N - 1)`.
+    port: u16,
+}
+
+impl PrivateCluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The jars are the shared stack's (`make up` fetched them), linked rather than fetched.
+        let libs = dir.path().join("kafka/libs");
+        std::fs::create_dir_all(&libs).expect("mkdir");
+        for entry in
+            std::fs::read_dir(repo().join(".stack/kafka/libs")).expect("make up fetched Kafka")
+        {
+            let path = entry.expect("entry").path();
+            std::os::unix::fs::symlink(&path, libs.join(path.file_name().expect("name")))
+                .expect("link jars");
+        }
+        // Six ports, ten apart for the three nodes, none of them in use.
+        let port = loop {
+            let base = 20_000 + (uuid::Uuid::new_v4().as_u128() % 2_000) as u16 * 10;
+            let free = (0..3).all(|n| {
+                [base + 10 * n, base + 1 + 10 * n]
+                    .iter()
+                    .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+            });
+            if free {
+                break base;
+            }
+        };
+        let cluster = Self { dir, port };
+        cluster.stack(&["up", "kafka"]);
+        cluster
+    }
+
+    /// The bootstrap list of all three nodes.
+    pub fn brokers(&self) -> String {
+        (0..3)
+            .map(|n| format!("127.0.0.1:{}", self.port + 10 * n))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn stack(&self, args: &[&str]) {
+        let status = Command::new(repo().join("scripts/stack.sh"))
+            .args(args)
+            .env("REFLEX_STACK_DIR", self.dir.path())
+            .env("BROKERS", "3")
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", (self.port + 1).to_string())
+            .env("KAFKA_PORT_STEP", "10")
+            // Three brokers beside the workers on two cores: small heaps.
+            .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m")
+            .stdout(Stdio::null())
+            .status()
+            .expect("stack.sh runs");
+        assert!(status.success(), "scripts/stack.sh {args:?}");
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/stack.sh"))
+            .args(["down", "kafka"])
+            .env("REFLEX_STACK_DIR", self.dir.path())
+            .env("BROKERS", "3")
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Points the test helpers (`brokers()`) at another cluster until dropped. The variable is the
+/// process's: only for a scenario that runs alone (`make chaos` runs one test at a time).
+pub struct BrokersOverride(Option<String>);
+
+impl BrokersOverride {
+    pub fn set(brokers: &str) -> Self {
+        let before = std::env::var("REFLEX_TEST_BROKERS").ok();
+        std::env::set_var("REFLEX_TEST_BROKERS", brokers);
+        Self(before)
+    }
+}
+
+impl Drop for BrokersOverride {
+    fn drop(&mut self) {
+        match &self.0 {
+            Some(before) => std::env::set_var("REFLEX_TEST_BROKERS", before),
+            None => std::env::remove_var("REFLEX_TEST_BROKERS"),
+        }
+    }
+}
+
+/// On the scenario's three-broker cluster: node 2 is killed (`kill -9`) a quarter into the load
+/// and started again after `node_down`; later the whole cluster stops for `all_down` and starts
+/// again.
+pub async fn brokers_down(
+    s: &Scenario,
+    env: &TestEnv,
+    cluster: &PrivateCluster,
+    node_down: Duration,
+    all_down: Duration,
+) -> Seen {
+    let mut seen = Seen {
+        recovered: Duration::ZERO,
+        notes: Vec::new(),
+        violations: Vec::new(),
+    };
+    let log = log_path(env);
+    tokio::time::sleep(s.duration / 4).await;
+    cluster.stack(&["kill-broker", "2"]);
+    let killed = Instant::now();
+    tokio::time::sleep(node_down).await;
+    cluster.stack(&["start-broker", "2"]);
+    let node_back = killed.elapsed();
+    let node_lines = log_lines(&log, "Kafka brokers unreachable");
+    // The stream settles on three brokers again before the whole cluster goes.
+    tokio::time::sleep(s.duration / 8).await;
+    let before = log_lines(&log, "WARN") + log_lines(&log, "ERROR");
+    cluster.stack(&["down", "kafka"]);
+    let down = Instant::now();
+    tokio::time::sleep(all_down).await;
+    cluster.stack(&["up", "kafka"]);
+    let outage = down.elapsed();
+    match wait_audited(env, Duration::from_secs(180)).await {
+        Some(after) => seen.recovered = after,
+        None => seen.violations.push(
+            "events produced before the cluster came back were not all final within 180 s".into(),
+        ),
+    }
+    let went = log_lines(&log, "Kafka brokers unreachable");
+    let back = log_lines(&log, "Kafka brokers reachable again");
+    let during = log_lines(&log, "WARN") + log_lines(&log, "ERROR") - before;
+    let workers = s.actions + s.lake;
+    seen.notes.push(format!(
+        "node 2 killed and back after {:.0} s ({node_lines} outage lines meanwhile); whole cluster down {:.0} s (start included): {} workers logged {} lines when it went, {} when it came back, {during} ERROR/WARN lines from the cluster's stop on",
+        node_back.as_secs_f64(),
+        outage.as_secs_f64(),
+        workers,
+        went - node_lines,
+        back
+    ));
+    if went - node_lines != workers || back < workers {
+        seen.violations.push(format!(
+            "{} lines when the cluster went and {back} when it came back, for {workers} workers: want one each way per worker",
+            went - node_lines
+        ));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_three_brokers_one_killed_then_all_stopped() {
+    // Three more JVMs and a process-wide broker setting: only in the full suite, which runs
+    // one scenario at a time.
+    if !full() {
+        return;
+    }
+    check(Scenario {
+        name: "3 brokers: kill -9 one, then stop all",
+        protocol: "classic",
+        flaky: false,
+        actions: 2,
+        lake: 1,
+        rate: 50,
+        duration: Duration::from_secs(150),
+        fault: Fault::BrokersDown {
+            node_down: Duration::from_secs(20),
+            all_down: Duration::from_secs(30),
+        },
+        static_members: false,
+        // A broker's return moves partition leaders and group coordinators: records in flight
+        // then may be processed again.
+        rebalances: true,
+    })
+    .await;
+}
