@@ -430,7 +430,7 @@ pub async fn broken_policy(
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_object_store_down() {
     let (duration, outage) = if full() {
-        (Duration::from_secs(100), Duration::from_secs(60))
+        (Duration::from_secs(80), Duration::from_secs(60))
     } else {
         (Duration::from_secs(30), Duration::from_secs(15))
     };
@@ -453,9 +453,9 @@ async fn chaos_object_store_down() {
 async fn chaos_action_service_down_then_slow() {
     let (duration, failing, slow, delay) = if full() {
         (
-            Duration::from_secs(150),
+            Duration::from_secs(110),
             Duration::from_secs(60),
-            Duration::from_secs(40),
+            Duration::from_secs(20),
             Duration::from_secs(10),
         )
     } else {
@@ -488,7 +488,7 @@ async fn chaos_action_service_down_then_slow() {
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_policy_broken_on_reload() {
     let (duration, broken) = if full() {
-        (Duration::from_secs(60), Duration::from_secs(20))
+        (Duration::from_secs(40), Duration::from_secs(15))
     } else {
         (Duration::from_secs(25), Duration::from_secs(8))
     };

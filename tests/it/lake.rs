@@ -72,6 +72,8 @@ impl LakeEnv {
             .env("REFLEX_CONFIG", &self.env.config_path)
             .env("REFLEX_LOG", "warn")
             .env_remove("REFLEX_CHAOS")
+            // The test harness's own setting; the config names the brokers.
+            .env_remove("REFLEX_TEST_BROKERS")
             .env(
                 "AWS_ACCESS_KEY_ID",
                 std::env::var("S3_ACCESS_KEY").unwrap_or_else(|_| "reflex".into()),
