@@ -183,6 +183,8 @@ fn producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("acks", "all")
+        // A retry after a broker failure must not write a record twice: the tests count them.
+        .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()
         .expect("producer")
