@@ -124,7 +124,7 @@ impl Harness {
             }
         };
         assert!(
-            self.types.iter().any(|t| *t == admitted.event.ty),
+            self.types.contains(&admitted.event.ty),
             "admitted an event of type {:?}, which has no schema",
             admitted.event.ty
         );
