@@ -207,6 +207,7 @@ async fn load(
     let tick = Duration::from_millis(100);
     let per_tick = (rate / 10).max(1);
     let mut produced = Vec::new();
+    let producer = idempotent_producer();
     let started = Instant::now();
     let mut n = 0usize;
     while started.elapsed() < duration {
@@ -236,7 +237,7 @@ async fn load(
             produced.push(Produced { id, key, valid });
             n += 1;
         }
-        produce(&topic, &batch).await;
+        produce_with(&producer, &topic, &batch).await;
         let next = tick * u32::try_from(produced.len() / per_tick).unwrap_or(u32::MAX);
         if let Some(wait) = next.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
