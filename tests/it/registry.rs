@@ -125,19 +125,28 @@ types = ["{avro}", "{json}"]
     /// Registers both schemas; returns (avro id, json id).
     pub async fn register(&self, registry: &HttpRegistry) -> (u32, u32) {
         let config = self.config();
-        let (format, text) = config.schemas.source(&self.avro_type).expect("avro schema");
+        // A registry that has just started can time out its first requests on a loaded machine.
+        let register = |ty: String| {
+            let config = config.clone();
+            async move {
+                let (format, text) = config.schemas.source(&ty).expect("schema");
+                let mut tries = 0;
+                loop {
+                    match registry.register(&ty, format, text).await {
+                        Ok(registered) => return (format, registered.id),
+                        Err(e) if tries < 5 => {
+                            tries += 1;
+                            eprintln!("registering {ty} (try {tries}): {e}");
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                        Err(e) => panic!("registers {ty}: {e}"),
+                    }
+                }
+            }
+        };
+        let (format, avro_id) = register(self.avro_type.clone()).await;
         assert_eq!(format, Format::Avro);
-        let avro_id = registry
-            .register(&self.avro_type, format, text)
-            .await
-            .expect("registers avro")
-            .id;
-        let (format, text) = config.schemas.source(&self.json_type).expect("json schema");
-        let json_id = registry
-            .register(&self.json_type, format, text)
-            .await
-            .expect("registers json")
-            .id;
+        let (_, json_id) = register(self.json_type.clone()).await;
         (avro_id, json_id)
     }
 
