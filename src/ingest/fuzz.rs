@@ -192,6 +192,107 @@ mod tests {
         assert!(inputs > 0, "no kept inputs in {}", dir.display());
     }
 
+    /// A small deterministic generator (xorshift64*), so a failing mutation can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            usize::try_from(self.next() % n.max(1) as u64).unwrap_or(0)
+        }
+    }
+
+    /// One random edit of `data`: flip, insert, delete or duplicate bytes, or splice in a
+    /// fragment that JSON and CloudEvents parsers care about.
+    fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
+        const FRAGMENTS: &[&[u8]] = &[
+            b"\"",
+            b"\\u0000",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b"null",
+            b"-1e999",
+            b"1e309",
+            b"\"data\":",
+            b"\"type\":\"order.placed\"",
+            b"\"time\":\"9999-99-99T99:99:99Z\"",
+            b"\xff",
+            b"\xf0\x9f",
+            b"\n",
+            b"0",
+            b"18446744073709551616",
+            b"\"specversion\":\"1.0\"",
+        ];
+        let at = rng.below(data.len() + 1);
+        match rng.below(5) {
+            0 if !data.is_empty() => {
+                let i = rng.below(data.len());
+                data[i] ^= 1 << rng.below(8);
+            }
+            1 => {
+                let fragment = FRAGMENTS[rng.below(FRAGMENTS.len())];
+                data.splice(at..at, fragment.iter().copied());
+            }
+            2 if at < data.len() => {
+                let end = (at + 1 + rng.below(8)).min(data.len());
+                data.drain(at..end);
+            }
+            3 if at < data.len() => {
+                let end = (at + 1 + rng.below(16)).min(data.len());
+                let copy = data[at..end].to_vec();
+                data.splice(at..at, copy);
+            }
+            _ => data.insert(at, u8::try_from(rng.below(256)).unwrap_or(0)),
+        }
+    }
+
+    /// Random mutations of the kept inputs (10,000 by default; `REFLEX_FUZZ_MUTATIONS` for more)
+    /// through the admission path: what the fuzz target does, without its coverage guidance,
+    /// on the stable toolchain. A panic names the input, so it can be kept in the regressions.
+    #[test]
+    fn mutations_of_the_kept_inputs_pass_the_admission_path() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/admit");
+        let seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .expect("fuzz/regressions/admit")
+            .map(|e| std::fs::read(e.expect("entry").path()).expect("read input"))
+            .collect();
+        let rounds: usize = std::env::var("REFLEX_FUZZ_MUTATIONS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        let mut harness = harness();
+        let mut rng = Rng(0x5eed_0f_ad_0117);
+        let mut decided = 0;
+        for _ in 0..rounds {
+            let mut data = seeds[rng.below(seeds.len())].clone();
+            for _ in 0..=rng.below(4) {
+                mutate(&mut rng, &mut data);
+            }
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| harness.run(&data)));
+            match outcome {
+                Ok(Outcome::Decided { .. }) => decided += 1,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "the admission path panicked on {:?} (keep it in fuzz/regressions/admit/)",
+                    String::from_utf8_lossy(&data)
+                ),
+            }
+        }
+        assert!(
+            decided > 0,
+            "some mutations still pass admission and are decided"
+        );
+    }
+
     #[test]
     fn a_valid_binary_order_is_admitted_and_decided() {
         let mut harness = harness();
