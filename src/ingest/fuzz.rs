@@ -254,7 +254,8 @@ mod tests {
         }
     }
 
-    /// Random mutations of the kept inputs (10,000 by default; `REFLEX_FUZZ_MUTATIONS` for more)
+    /// Random mutations of the kept inputs (10,000 by default; `REFLEX_FUZZ_MUTATIONS` for more,
+    /// `REFLEX_FUZZ_SEED` for others)
     /// through the admission path: what the fuzz target does, without its coverage guidance,
     /// on the stable toolchain. A panic names the input, so it can be kept in the regressions.
     #[test]
@@ -269,7 +270,11 @@ mod tests {
             .and_then(|n| n.parse().ok())
             .unwrap_or(10_000);
         let mut harness = harness();
-        let mut rng = Rng(0x5eed_0f_ad_0117);
+        let seed = std::env::var("REFLEX_FUZZ_SEED")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0x5eed_0f_ad_0117);
+        let mut rng = Rng(seed | 1);
         let mut decided = 0;
         for _ in 0..rounds {
             let mut data = seeds[rng.below(seeds.len())].clone();
