@@ -273,7 +273,7 @@ mod tests {
         let seed = std::env::var("REFLEX_FUZZ_SEED")
             .ok()
             .and_then(|n| n.parse().ok())
-            .unwrap_or(0x5eed_0f_ad_0117);
+            .unwrap_or(0x5eed_0fad_0117);
         let mut rng = Rng(seed | 1);
         let mut decided = 0;
         for _ in 0..rounds {
