@@ -340,11 +340,16 @@ impl Transaction {
         };
         if !abortable {
             self.stats.closed(false);
-            let hint = match cause.rdkafka_error_code() {
-                Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced) => {
-                    ". A newer worker with the same transactional id (group and worker name) took its place: give each replica its own --instance-id or --worker-id"
-                }
-                _ => "",
+            let hint = if matches!(
+                cause.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced)
+            ) {
+                ". A newer producer with the same transactional id took its place: a restarted \
+                 incarnation of this worker, or another replica with the same --instance-id or \
+                 --worker-id (give each its own)"
+            } else {
+                ". The worker stops; restarted, it aborts what this one left open and resumes \
+                 from the committed offsets"
             };
             return TransactionError::Fatal {
                 id: self.id.clone(),
@@ -362,7 +367,8 @@ impl Transaction {
             Err(e) => TransactionError::Fatal {
                 id: self.id.clone(),
                 cause: e,
-                hint: "",
+                hint: ". The worker stops; restarted, it aborts what this one left open and \
+                       resumes from the committed offsets",
             },
         }
     }

@@ -143,6 +143,19 @@ impl<'a> Fleet<'a> {
         }
     }
 
+    /// Whether the worker exited by itself (it is reaped).
+    fn exited(&mut self, index: usize) -> bool {
+        let w = &mut self.workers[index];
+        let exited = w
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("wait").is_some());
+        if exited {
+            w.child = None;
+        }
+        exited
+    }
+
     /// Stops every running worker cleanly.
     fn stop_all(&mut self) {
         for i in 0..self.workers.len() {
@@ -663,6 +676,14 @@ async fn run(s: &Scenario) -> Figures {
             // may be done again by their new owner.
             let w = &fleet.workers[victim];
             fleet.killed.insert(Fleet::worker_id(w));
+            if s.exactly_once {
+                // Paused past the transaction timeout too, its producer was fenced: it stops
+                // by itself, and is restarted as an orchestrator would.
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if fleet.exited(victim) {
+                    fleet.spawn(victim);
+                }
+            }
         }
     }
     let produced = loader.await.expect("load task");
@@ -909,6 +930,31 @@ async fn chaos_kill_9_under_exactly_once() {
         rebalances: false,
         // Outputs and offsets are committed together: what a killed worker did since its last
         // commit is aborted, and a read_committed reader sees each event's outcome once.
+        exactly_once: true,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_zombie_worker_under_exactly_once() {
+    if !full() {
+        return;
+    }
+    check(Scenario {
+        name: "zombie (SIGSTOP past the session timeout)",
+        protocol: "classic",
+        flaky: false,
+        actions: 2,
+        lake: 1,
+        rate: 100,
+        duration: Duration::from_secs(60),
+        fault: Fault::Zombie {
+            pause: Duration::from_secs(20),
+        },
+        static_members: false,
+        rebalances: true,
+        // The zombie's transaction cannot commit for partitions it lost: it is aborted, and
+        // nothing the zombie did after its pause is visible.
         exactly_once: true,
     })
     .await;
