@@ -783,6 +783,43 @@ types = ["refund.requested"]
     }
 
     #[test]
+    fn the_guarantee_and_transaction_settings_are_read_and_checked() {
+        let f = Fixture::new();
+        let cfg = f.load(BOTH, &[]).expect("valid");
+        assert_eq!(cfg.kafka.guarantee, crate::kafka::Guarantee::AtLeastOnce);
+        assert_eq!(
+            cfg.kafka.transactions,
+            crate::kafka::TransactionSettings::default()
+        );
+        let body = format!(
+            "[kafka]\nguarantee = \"exactly_once\"\n[kafka.transactions]\ncommit_interval = \"250ms\"\nmax_records = 50\ntimeout = \"30s\"\n{BOTH}"
+        );
+        let cfg = f.load(&body, &[]).expect("valid");
+        assert_eq!(cfg.kafka.guarantee, crate::kafka::Guarantee::ExactlyOnce);
+        assert_eq!(
+            cfg.kafka.transactions,
+            crate::kafka::TransactionSettings {
+                commit_interval: Duration::from_millis(250),
+                max_records: 50,
+                timeout: Duration::from_secs(30),
+            }
+        );
+        let refused = |body: &str| {
+            f.load(&format!("{body}{BOTH}"), &[])
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = refused("[kafka.transactions]\ncommit_interval = \"6s\"\n");
+        assert!(e.contains("kafka.transactions.commit_interval") && e.contains("6s"), "{e}");
+        let e = refused("[kafka.transactions]\ntimeout = \"1h\"\n");
+        assert!(e.contains("kafka.transactions.timeout"), "{e}");
+        let e = refused("[kafka.transactions]\nmax_records = 0\n");
+        assert!(e.contains("kafka.transactions.max_records"), "{e}");
+        let e = refused("[kafka]\nguarantee = \"exactly-once\"\n");
+        assert!(e.contains("exactly-once"), "{e}");
+    }
+
+    #[test]
     fn policy_reload_and_emit_settings() {
         let f = Fixture::new();
         let cfg = f.load(BOTH, &[]).expect("valid");
