@@ -3,6 +3,7 @@
 
 mod env;
 mod lake;
+mod publishers;
 mod raw;
 mod security;
 mod services;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use lake::{LakeConfig, RawLake, RawLakeRole, RawLakeS3, StoreLocation};
+pub use publishers::RawPublisherKey;
 pub use raw::{
     RawAction, RawActionsRole, RawConfig, RawEmitAction, RawHttpAction, RawKafka, RawLogAction,
     RawPolicy, RawRegistry, RawRoles, RawSchemas, RawTopics,
@@ -164,6 +166,14 @@ pub enum ConfigError {
     /// The policies failed to load.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A `[publishers.<id>]` key is not usable.
+    #[error("[publishers.{id}]: {why}")]
+    Publisher {
+        /// The key id.
+        id: String,
+        /// What is wrong (never the key material).
+        why: String,
+    },
 }
 
 /// Kafka connection settings.
@@ -266,6 +276,8 @@ pub struct Config {
     pub enrichment: Arc<EnrichmentTable>,
     /// The telemetry listener.
     pub telemetry: TelemetryConfig,
+    /// The publishers' keys, which verify record signatures at admission.
+    pub publishers: Arc<crate::publisher::Keyring>,
 }
 
 impl Config {
@@ -374,6 +386,7 @@ impl Config {
         };
         let lake = LakeConfig::new(raw.lake, raw.roles.lake, base)?;
         let telemetry = TelemetryConfig::new(raw.telemetry, base)?;
+        let publishers = publishers::keyring(&raw.publishers, base)?;
         Ok(Self {
             path: path.to_owned(),
             kafka: kafka_config(raw.kafka, base)?,
@@ -414,6 +427,7 @@ impl Config {
             services,
             enrichment: Arc::new(enrichment),
             telemetry,
+            publishers: Arc::new(publishers),
         })
     }
 }

@@ -300,7 +300,7 @@ fn policy_test_passes_on_the_repository_and_fails_with_the_decision_it_got() {
         policies.path().join("tests/wrong.yaml"),
         r#"cases:
   - note: a large refund is not approved automatically
-    input: {event: {id: r, source: /support/desk, type: refund.requested, data: {amount: 10, currency: EUR}}}
+    input: {event: {id: r, source: /support/desk, type: refund.requested, data: {amount: 10, currency: EUR}}, publisher: {verified: true, key_id: support-desk}}
     want: {allow: false}
 "#,
     )
@@ -366,7 +366,7 @@ fn policy_check_and_test_as_json() {
         policies.path().join("tests/wrong.yaml"),
         r#"cases:
   - note: a large refund is not approved automatically
-    input: {event: {id: r, source: /support/desk, type: refund.requested, data: {amount: 10, currency: EUR}}}
+    input: {event: {id: r, source: /support/desk, type: refund.requested, data: {amount: 10, currency: EUR}}, publisher: {verified: true, key_id: support-desk}}
     want: {allow: false}
 "#,
     )

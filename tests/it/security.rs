@@ -419,6 +419,7 @@ async fn no_secret_appears_in_logs_audit_dead_letters_or_check_output() {
         .trim_end()
         .to_owned();
     let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let desk_secret = format!("desk-secret-{}", uuid::Uuid::new_v4().simple());
     let env = TestEnv::new(1);
     env.create_topics().await;
     // The password comes from the environment, the registry token from a file.
@@ -438,12 +439,27 @@ async fn no_secret_appears_in_logs_audit_dead_letters_or_check_output() {
             token_file.display()
         ),
     );
+    // A publisher's HMAC secret comes from the environment too; refunds signed with it, one
+    // of them tampered with, and one with a schema violation (so it is dead-lettered with
+    // its signature header), pass through the worker.
+    let text = format!(
+        "{text}\n[publishers.desk-hmac]\nalgorithm = \"hmac-sha256\"\nsecret = \"env:REFLEX_IT_DESK_SECRET\"\n"
+    );
     std::fs::write(&env.config_path, text).expect("write");
+    let desk = reflex::publisher::SigningKey::hmac(desk_secret.as_bytes()).expect("hmac key");
+    let mut tampered =
+        Rec::unsigned("k4", &refund("leak-tampered", 10.0)).signed(&desk, "desk-hmac");
+    tampered.value = Some(refund("leak-tampered", 11.0).to_string().into_bytes());
+    let mut invalid = refund("leak-invalid", 10.0);
+    invalid["data"]["currency"] = serde_json::json!("DOGE");
     produce(
         &env.events,
         &[
             Rec::json("k1", &order("leak-ok", "/shop/web", 10.0)),
             Rec::raw("k2", b"garbage"),
+            Rec::unsigned("k3", &refund("leak-signed", 10.0)).signed(&desk, "desk-hmac"),
+            tampered,
+            Rec::unsigned("k5", &invalid).signed(&desk, "desk-hmac"),
         ],
     )
     .await;
@@ -452,6 +468,7 @@ async fn no_secret_appears_in_logs_audit_dead_letters_or_check_output() {
         .env("REFLEX_CONFIG", &env.config_path)
         .env("REFLEX_LOG", "debug,librdkafka=debug")
         .env("REFLEX_IT_KAFKA_PASSWORD", &password)
+        .env("REFLEX_IT_DESK_SECRET", &desk_secret)
         .output()
         .expect("reflex runs");
     let check = std::process::Command::new(reflex_bin())
@@ -459,6 +476,7 @@ async fn no_secret_appears_in_logs_audit_dead_letters_or_check_output() {
         .env("REFLEX_CONFIG", &env.config_path)
         .env("REFLEX_LOG", "debug")
         .env("REFLEX_IT_KAFKA_PASSWORD", &password)
+        .env("REFLEX_IT_DESK_SECRET", &desk_secret)
         .output()
         .expect("reflex check runs");
     let run_log = format!(
@@ -474,9 +492,16 @@ async fn no_secret_appears_in_logs_audit_dead_letters_or_check_output() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(check_out.contains("SASL_SSL/SCRAM-SHA-512"), "{check_out}");
-    let audits = wait_for_audits(&env.audit, 2).await;
+    let audits = wait_for_audits(&env.audit, 5).await;
+    let status = |id: &str| audits[id][0]["publisher"]["status"].clone();
+    assert_eq!(
+        status("leak-signed"),
+        "verified",
+        "the secret was read: {audits:?}"
+    );
+    assert_eq!(status("leak-tampered"), "bad_signature", "{audits:?}");
     let dead = read_all(&env.dlq);
-    assert_eq!(dead.len(), 1);
+    assert_eq!(dead.len(), 2, "the garbage and the schema-invalid refund");
     let mut written = vec![
         ("run output", run_log),
         ("check output", check_out),
@@ -493,6 +518,10 @@ async fn no_secret_appears_in_logs_audit_dead_letters_or_check_output() {
         assert!(
             !text.contains(&token),
             "the registry token is in the {what}"
+        );
+        assert!(
+            !text.contains(&desk_secret),
+            "the publisher's HMAC secret is in the {what}"
         );
     }
 }
