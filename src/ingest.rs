@@ -309,10 +309,11 @@ pub fn policy_document(
 
 /// The policy input for a CloudEvent given by hand (`reflex policy eval`): decoded as a
 /// structured record is, wrapped as the worker wraps it, at the coordinates `(eval)/0/0`,
-/// unsigned, without enrichment.
+/// with `publisher` as given, without enrichment.
 pub fn hand_document(
     text: &str,
     now: &chrono::DateTime<chrono::Utc>,
+    publisher: &Publisher,
 ) -> Result<Value, crate::event::DecodeError> {
     let (event, mode) = CloudEvent::decode(Some(text.as_bytes()), &[])?;
     let input = Input {
@@ -329,7 +330,7 @@ pub fn hand_document(
         mode,
         &input,
         now,
-        &Publisher::unsigned(),
+        publisher,
         &Map::new(),
     ))
 }

@@ -276,7 +276,8 @@ enum PolicyCommand {
         #[command(flatten)]
         output: Output,
     },
-    /// Decide on one event (a CloudEvent, or a full policy input `{event, context}`) and say why.
+    /// Decide on one event (a CloudEvent, or a full policy input `{event, publisher, context}`)
+    /// and say why.
     Eval {
         /// JSON file; `-` reads standard input.
         #[arg(long, short)]
@@ -287,6 +288,10 @@ enum PolicyCommand {
         /// The decision moment (`context.now`, RFC 3339) for a bare CloudEvent; default: now.
         #[arg(long)]
         now: Option<String>,
+        /// Decide a bare CloudEvent as if its publisher signature verified for this key id
+        /// (default: unsigned).
+        #[arg(long, value_name = "KEY_ID")]
+        signed_by: Option<String>,
         /// Print the explanation as JSON.
         #[arg(long)]
         json: bool,
@@ -596,6 +601,7 @@ fn policy_command(config: &Path, command: &PolicyCommand) -> anyhow::Result<Exit
             input,
             dir,
             now,
+            signed_by,
             json,
         } => {
             let text = if input.as_os_str() == "-" {
@@ -604,8 +610,14 @@ fn policy_command(config: &Path, command: &PolicyCommand) -> anyhow::Result<Exit
                 std::fs::read_to_string(input)
                     .with_context(|| format!("cannot read {}", input.display()))?
             };
-            let explanation = cli::policy::eval(&dir_or(dir), &settings, &text, now.as_deref())
-                .with_context(|| format!("{} is not a usable input", input.display()))?;
+            let explanation = cli::policy::eval(
+                &dir_or(dir),
+                &settings,
+                &text,
+                now.as_deref(),
+                signed_by.as_deref(),
+            )
+            .with_context(|| format!("{} is not a usable input", input.display()))?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&explanation)?);
             } else {

@@ -440,6 +440,8 @@ fn policy_eval_prints_the_decision_and_the_rules_that_fired() {
             "eval",
             "--now",
             "2026-03-01T10:00:05Z",
+            "--signed-by",
+            "support-desk",
             "--input",
             event.to_str().expect("utf-8"),
         ],
@@ -453,5 +455,14 @@ fn policy_eval_prints_the_decision_and_the_rules_that_fired() {
     assert!(
         out.contains("data.reflex.business.deny = [\"refund above the automatic approval limit\"]"),
         "{out}"
+    );
+    let (ok, out) = reflex_policy(
+        &["eval", "--input", event.to_str().expect("utf-8")],
+        &repo().join("policies"),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("reason: a verified publisher signature is required for this event type"),
+        "a bare event is decided unsigned: {out}"
     );
 }

@@ -136,3 +136,80 @@ async fn signed_refunds_are_approved_and_tampered_unsigned_or_unknown_ones_denie
         "the HMAC secret is in an audit record"
     );
 }
+
+/// The demo's desk (`scripts/demo-refunds.py`: confluent-kafka and Python's `cryptography`,
+/// nothing of reflex) signs with a key from `reflex sign --new-key`; the worker verifies what it
+/// signed and denies what it did not, changed, or signed with a key reflex does not know.
+#[tokio::test(flavor = "multi_thread")]
+async fn refunds_signed_in_python_by_the_demo_desk_verify() {
+    let env = TestEnv::new(1);
+    let key_file = env.config_path.with_file_name("desk.key");
+    let out = std::process::Command::new(reflex_bin())
+        .args(["sign", "--new-key"])
+        .arg(&key_file)
+        .output()
+        .expect("reflex sign runs");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let public = stdout
+        .trim()
+        .strip_prefix("public_key = \"")
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("a public_key line: {stdout}"));
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let ours = desk_key().public_key().expect("public key");
+    std::fs::write(&env.config_path, text.replace(&ours, public)).expect("write config");
+    env.create_topics().await;
+
+    let refunds = env.config_path.with_file_name("refunds.jsonl");
+    let lines: Vec<String> = (0..14)
+        .map(|n| refund(&format!("py-{n}"), 10.0 + n as f64).to_string())
+        .collect();
+    std::fs::write(&refunds, lines.join("\n") + "\n").expect("write refunds");
+    let python = crate::registry::project_python();
+    let out = std::process::Command::new(python)
+        .arg(repo().join("scripts/demo-refunds.py"))
+        .arg(brokers())
+        .arg(&env.events)
+        .arg(&refunds)
+        .arg("support-desk")
+        .arg(&key_file)
+        .output()
+        .expect("demo-refunds.py runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    worker::run(
+        &env.config(),
+        RunOptions {
+            worker_id: "python-desk".into(),
+            drain: true,
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .expect("worker runs");
+    let audits = wait_for_audits(&env.audit, 14).await;
+    let status = |n: usize| -> (String, String) {
+        let a = &audits[&format!("py-{n}")][0];
+        (
+            a["outcome"].as_str().unwrap_or_default().to_owned(),
+            a["publisher"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    for n in 0..14 {
+        let want = match n {
+            6 => ("denied", "bad_signature"),
+            9 => ("denied", "unsigned"),
+            12 => ("denied", "unknown_key"),
+            _ => ("actioned", "verified"),
+        };
+        assert_eq!(status(n), (want.0.into(), want.1.into()), "refund py-{n}");
+    }
+}
