@@ -166,6 +166,14 @@ pub enum ConfigError {
     /// The policies failed to load.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A `[services.service_tls."<service>"]` table is not usable.
+    #[error("[services.service_tls.\"{service}\"]: {why}")]
+    ServiceTls {
+        /// The service name.
+        service: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A `[publishers.<id>]` key is not usable.
     #[error("[publishers.{id}]: {why}")]
     Publisher {
@@ -369,6 +377,7 @@ impl Config {
         let actions = build_actions(&raw.actions, &schemas, &schema_dir, env)?;
         let services = services::services_config(&raw.services, base)?;
         let enrichment = services::enrichment_table(&raw.enrichment, &schemas, &schema_dir)?;
+        services::check_service_tls(&services, &actions, &enrichment)?;
         let registry = match raw.registry.url.trim() {
             "" => None,
             url => {

@@ -609,3 +609,133 @@ async fn registry_credentials_are_sent_and_never_shown() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_with_tls_settings_of_its_own_is_verified_with_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger_ca = TestCa::new(dir.path(), "ledger");
+    let others_ca = TestCa::new(dir.path(), "others");
+    let service = crate::action_service::ActionService::start();
+    let proxy = tls_proxy(&ledger_ca.server_cert(false), Some(service.addr())).await;
+
+    // [services.tls] trusts only the other CA; the ledger's own table trusts its CA.
+    let env = TestEnv::new(1);
+    with_http_payment_action(
+        &env,
+        &format!("https://{}", proxy.addr),
+        &format!("ca_file = \"{}\"\n", others_ca.ca_file.display()),
+    );
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let text = text.replace(
+        "max_attempts = 2\n",
+        "max_attempts = 2\nservice = \"ledger\"\n",
+    );
+    std::fs::write(
+        &env.config_path,
+        format!(
+            "{text}\n[services.service_tls.ledger]\nca_file = \"{}\"\n",
+            ledger_ca.ca_file.display()
+        ),
+    )
+    .expect("write config");
+    env.create_topics().await;
+    produce(&env.events, &[Rec::json("p1", &payment("pay-ledger"))]).await;
+    let config = env.config();
+    worker::run(&config, options("service-tls"), CancellationToken::new())
+        .await
+        .expect("worker runs");
+    let audits = wait_for_audits(&env.audit, 1).await;
+    assert_eq!(audits["pay-ledger"][0]["outcome"], "actioned", "{audits:?}");
+    assert_eq!(service.requests_to("/payments/pay-ledger").len(), 1);
+
+    // `reflex check --connect` tries the ledger with its own settings too, and the topics.
+    let endpoints = reflex::connectivity::check(&config).await;
+    let ledger = endpoints
+        .iter()
+        .find(|e| e.kind == "service")
+        .expect("the ledger is checked");
+    assert!(ledger.ok(), "{ledger}");
+    let audit = endpoints
+        .iter()
+        .find(|e| e.kind == "topic" && e.address.starts_with(&format!("{} ", env.audit)))
+        .expect("the audit topic is checked");
+    assert!(
+        audit
+            .result
+            .as_ref()
+            .is_ok_and(|d| d.contains("write allowed")),
+        "{audit}"
+    );
+
+    // A name no action or lookup uses is refused, naming it.
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    std::fs::write(
+        &env.config_path,
+        text.replace(
+            "[services.service_tls.ledger]",
+            "[services.service_tls.ledgr]",
+        ),
+    )
+    .expect("write config");
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let error = reflex::config::Config::from_toml(&text, &env.config_path, Vec::new())
+        .expect_err("an unknown service name")
+        .to_string();
+    assert!(
+        error.contains("[services.service_tls.\"ledgr\"]") && error.contains("ledger"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_connect_reports_each_topic_and_probes_writes_without_writing() {
+    let env = TestEnv::new(1);
+    env.create_topics().await;
+    let missing = unique("it-missing");
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let text = text
+        .replace(
+            &format!("events = [\"{}\"]", env.events),
+            &format!("events = [\"{}\", \"{missing}\"]", env.events),
+        )
+        .replace("[topics]\n", "[topics]\ncreate_missing = false\n");
+    std::fs::write(&env.config_path, text).expect("write config");
+    let endpoints = reflex::connectivity::check(&env.config()).await;
+    let topic = |name: &str| {
+        endpoints
+            .iter()
+            .find(|e| e.kind == "topic" && e.address.starts_with(&format!("{name} (")))
+            .unwrap_or_else(|| panic!("{name} is checked: {endpoints:?}"))
+    };
+    let events = topic(&env.events);
+    assert_eq!(events.result, Ok("1 partition(s)".to_owned()), "{events}");
+    let absent = topic(&missing);
+    assert!(
+        absent
+            .result
+            .as_ref()
+            .is_err_and(|e| e.contains("does not exist") && e.contains("reflex topics")),
+        "{absent}"
+    );
+    for (name, how) in [
+        (&env.audit, "a record without key"),
+        (&env.dlq, "message.timestamp.after.max.ms"),
+    ] {
+        let checked = topic(name);
+        assert!(
+            checked
+                .result
+                .as_ref()
+                .is_ok_and(|d| d.contains("write allowed") && d.contains(how)),
+            "{checked}"
+        );
+    }
+    assert!(
+        read_all(&env.audit).is_empty(),
+        "the probe wrote to the audit topic"
+    );
+    assert!(
+        read_all(&env.dlq).is_empty(),
+        "the probe wrote to the dead-letter topic"
+    );
+}
