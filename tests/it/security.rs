@@ -1,6 +1,7 @@
 //! Secured connections end to end against the stack's secured listeners (`make up` starts
-//! SASL_SSL with SCRAM-SHA-512 on 127.0.0.1:9094 and mutual TLS on :9095, with a throw-away CA
-//! in `.stack/kafka/tls`): the actions and lake roles over SASL_SSL, the failures a user meets
+//! SASL_SSL with SCRAM-SHA-512 on 127.0.0.1:9094, mutual TLS on :9095 and SASL_SSL with
+//! OAUTHBEARER on :9096, with a throw-away CA in `.stack/kafka/tls`): the actions and lake roles
+//! over SASL_SSL, the actions role with OIDC client credentials, the failures a user meets
 //! first (wrong password, unknown CA, expired certificate, plaintext to a TLS port), HTTPS with
 //! a private CA to an action service and the registry, and no secret in what reflex writes.
 
@@ -24,6 +25,11 @@ fn stack_tls() -> PathBuf {
 /// The SASL_SSL listener.
 fn sasl_brokers() -> String {
     std::env::var("REFLEX_TEST_SASL_BROKERS").unwrap_or_else(|_| "127.0.0.1:9094".into())
+}
+
+/// The OAUTHBEARER listener (Kafka's unsecured JWT validator).
+fn oauth_brokers() -> String {
+    std::env::var("REFLEX_TEST_OAUTH_BROKERS").unwrap_or_else(|_| "127.0.0.1:9096".into())
 }
 
 /// The mutual-TLS listener.
@@ -737,5 +743,116 @@ async fn check_connect_reports_each_topic_and_probes_writes_without_writing() {
     assert!(
         read_all(&env.dlq).is_empty(),
         "the probe wrote to the dead-letter topic"
+    );
+}
+
+/// An OpenID Connect token endpoint for the client-credentials grant: it answers every request
+/// with an unsigned JWT for `subject` (which the stack's OAUTHBEARER listener, Kafka's unsecured
+/// validator, accepts) and records each request's `Authorization` header.
+async fn token_endpoint(
+    subject: &str,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let now = chrono::Utc::now().timestamp();
+    let jwt = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none"})),
+        b64(json!({"sub": subject, "iat": now, "exp": now + 3600, "scope": "kafka"}))
+    );
+    let body = json!({"access_token": jwt, "token_type": "Bearer", "expires_in": 3600}).to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The request line, headers and the short form body arrive together.
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&request).to_string();
+            let authorization = text
+                .lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+                        .map(|(_, v)| v.trim().to_owned())
+                })
+                .unwrap_or_default();
+            record.lock().expect("lock").push(authorization);
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn actions_role_runs_over_oauthbearer_with_oidc_client_credentials() {
+    use base64::Engine as _;
+    require_secured_stack();
+    assert!(
+        std::net::TcpStream::connect(oauth_brokers()).is_ok(),
+        "no OAUTHBEARER listener on {}: the local stack must be started by the current scripts/stack.sh (make down && make up)",
+        oauth_brokers()
+    );
+    let (token_url, requests) = token_endpoint("reflex-actions").await;
+    let env = TestEnv::new(1);
+    env.create_topics().await;
+    let secret = format!("client-secret-{}", uuid::Uuid::new_v4().simple());
+    let secret_file = env.config_path.with_file_name("client-secret");
+    std::fs::write(&secret_file, &secret).expect("write secret");
+    secure(
+        &env,
+        &oauth_brokers(),
+        &format!(
+            "protocol = \"sasl_ssl\"\nmechanism = \"OAUTHBEARER\"\nca_file = \"{ca}\"\noauth_token_url = \"http://{token_url}/token\"\noauth_client_id = \"reflex-actions\"\noauth_client_secret = \"file:{secret}\"\noauth_scope = \"kafka\"\n",
+            ca = stack_tls().join("ca.pem").display(),
+            secret = secret_file.display(),
+        ),
+    );
+    let config = env.config();
+    assert_eq!(config.kafka.security.describe(), "SASL_SSL/OAUTHBEARER");
+    produce(
+        &env.events,
+        &[Rec::json("k1", &order("oauth-ok", "/shop/web", 42.0))],
+    )
+    .await;
+    let summary = tokio::time::timeout(
+        Duration::from_secs(120),
+        worker::run(&config, options("oauth-worker"), CancellationToken::new()),
+    )
+    .await
+    .expect("drains within two minutes")
+    .expect("worker runs over SASL_SSL/OAUTHBEARER");
+    assert_eq!(summary.total(), 1, "{summary}");
+    let audits = wait_for_audits(&env.audit, 1).await;
+    assert_eq!(audits["oauth-ok"][0]["outcome"], "actioned", "{audits:?}");
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("reflex-actions:{secret}"))
+    );
+    let seen = requests.lock().expect("lock").clone();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|a| *a == expected),
+        "every token request carries the client credentials: {seen:?}"
     );
 }
