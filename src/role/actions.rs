@@ -309,6 +309,7 @@ pub async fn run(
             enricher: Enricher::new(services.clone(), &config.enrichment),
             services,
             tracer: tracer.clone(),
+            publishers: config.publishers.clone(),
         },
     ));
     tracing::info!(
