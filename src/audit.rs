@@ -113,6 +113,9 @@ pub struct AuditRecord {
     /// For a replayed dead letter, which one and why it was dead-lettered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<ReplayOf>,
+    /// What the event's publisher signature proved (every admitted event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<crate::publisher::Publisher>,
     /// The enrichment lookups that fed the decision, and where each answer came from.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lookups: Vec<crate::enrich::LookupReport>,
@@ -148,6 +151,7 @@ impl AuditRecord {
             retry_round: None,
             origin: None,
             replay_of: None,
+            publisher: None,
             lookups: Vec::new(),
             enrichment: serde_json::Map::new(),
         }

@@ -188,6 +188,8 @@ pub struct Metrics {
     kafka: OnceLock<std::sync::Arc<crate::kafka::Outage>>,
     /// Whether the lake's store answers, once a lake worker has it.
     store: OnceLock<std::sync::Arc<crate::lake::outage::StoreOutage>>,
+    /// The exactly-once mode's transactions, when the worker runs in it.
+    transactions: OnceLock<std::sync::Arc<crate::kafka::transaction::TransactionStats>>,
     stages: [Histogram; Stage::ALL.len()],
     in_flight: AtomicU64,
     /// What the lake role wrote, by table.
@@ -233,6 +235,7 @@ impl Metrics {
             services: OnceLock::new(),
             kafka: OnceLock::new(),
             store: OnceLock::new(),
+            transactions: OnceLock::new(),
             stages: std::array::from_fn(|_| Histogram::default()),
             in_flight: AtomicU64::new(0),
             lake: Mutex::new(lake),
@@ -281,6 +284,20 @@ impl Metrics {
         self.store.get().map_or((Duration::ZERO, 0), |o| {
             (o.down_for().unwrap_or(Duration::ZERO), o.ended())
         })
+    }
+
+    /// Reports the transactions of the exactly-once mode from now on (the first call wins).
+    pub fn watch_transactions(
+        &self,
+        stats: std::sync::Arc<crate::kafka::transaction::TransactionStats>,
+    ) {
+        let _ = self.transactions.set(stats);
+    }
+
+    /// Transactions committed and aborted, and how long the open one has held records; none
+    /// outside the exactly-once mode.
+    pub fn transactions(&self) -> Option<((u64, u64), Duration)> {
+        self.transactions.get().map(|t| (t.counts(), t.open_for()))
     }
 
     /// Reports the circuit breakers of `services` from now on (the first call wins).

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::policy::Evaluator;
+use crate::publisher::Publisher;
 
 /// Where one input ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +130,15 @@ impl Harness {
             admitted.event.ty
         );
         let enrichment = Map::new();
-        let document = policy_document(&admitted.event, admitted.mode, &input, now, &enrichment);
+        let publisher = Publisher::unsigned();
+        let document = policy_document(
+            &admitted.event,
+            admitted.mode,
+            &input,
+            now,
+            &publisher,
+            &enrichment,
+        );
         assert!(
             document["event"].is_object(),
             "the policy input holds the event"
@@ -141,6 +150,7 @@ impl Harness {
                 mode: admitted.mode,
                 input: &input,
                 now,
+                publisher: &publisher,
                 enrichment: &enrichment,
             },
             &self.emit,

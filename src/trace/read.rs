@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use rdkafka::consumer::BaseConsumer;
+use crate::kafka::Reader;
 use rdkafka::message::{BorrowedMessage, Message};
 use serde_json::Value;
 
@@ -78,7 +78,7 @@ pub(super) fn read_kafka(
 /// The events `id` caused, on the emit topics, then the audit records of `id` and of them.
 fn caused_and_audits(
     config: &KafkaConfig,
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topics: &Topics,
     from: Start,
     id: &str,
@@ -141,7 +141,7 @@ fn caused_and_audits(
 
 /// The dead letters holding `id` (read with [`DeadLetter::of`]) and their record timestamps.
 fn dead_letters(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     from: Start,
     id: &str,

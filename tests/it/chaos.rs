@@ -75,14 +75,11 @@ impl<'a> Fleet<'a> {
         let mut cmd = self
             .lake
             .command(&["run", "--role", w.role, "--worker-id", &id]);
-        // Outages are one WARN line when they start and one INFO line when they end.
-        cmd.env(
-            "REFLEX_LOG",
-            "warn,reflex::kafka::outage=info,reflex::lake::outage=info",
-        )
-        .env("REFLEX_TELEMETRY_LISTEN", w.listen.to_string())
-        .stdout(Stdio::null())
-        .stderr(self.log.try_clone().expect("log file"));
+        // INFO for reflex: an outage is one WARN line when it starts and one INFO when it ends.
+        cmd.env("REFLEX_LOG", "warn,reflex=info")
+            .env("REFLEX_TELEMETRY_LISTEN", w.listen.to_string())
+            .stdout(Stdio::null())
+            .stderr(self.log.try_clone().expect("log file"));
         if self.static_members {
             cmd.args(["--instance-id", &w.name]);
         }
@@ -135,10 +132,13 @@ impl<'a> Fleet<'a> {
     fn stop(&mut self, index: usize) -> Duration {
         let started = Instant::now();
         self.signal(index, "-TERM");
-        let mut child = self.workers[index].child.take().expect("running");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            // Left in place until it exits, so a worker that hangs is killed when the fleet is
+            // dropped.
+            let child = self.workers[index].child.as_mut().expect("running");
             if let Some(status) = child.try_wait().expect("wait") {
+                self.workers[index].child = None;
                 assert!(status.success(), "SIGTERM is a clean stop: {status}");
                 return started.elapsed();
             }
@@ -148,6 +148,19 @@ impl<'a> Fleet<'a> {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the worker exited by itself (it is reaped).
+    fn exited(&mut self, index: usize) -> bool {
+        let w = &mut self.workers[index];
+        let exited = w
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("wait").is_some());
+        if exited {
+            w.child = None;
+        }
+        exited
     }
 
     /// Stops every running worker cleanly.
@@ -193,6 +206,8 @@ struct Produced {
     id: String,
     key: String,
     valid: bool,
+    /// A refund request: its approval is emitted to the refunds topic.
+    refund: bool,
 }
 
 /// Produces `rate` events per second for `duration`, keyed over `keys` keys, every 20th one
@@ -234,7 +249,12 @@ async fn load(
                 event["data"]["currency"] = json!("XXX");
             }
             batch.push(Rec::json(&key, &event));
-            produced.push(Produced { id, key, valid });
+            produced.push(Produced {
+                id,
+                key,
+                valid,
+                refund: n % 2 == 1,
+            });
             n += 1;
         }
         produce_with(&producer, &topic, &batch).await;
@@ -275,6 +295,7 @@ fn reconcile(
     produced: &[Produced],
     killed: &BTreeSet<String>,
     rebalances: bool,
+    exactly_once: bool,
 ) -> Figures {
     let mut f = Figures {
         produced: produced.len(),
@@ -329,7 +350,12 @@ fn reconcile(
             // Every final record but the last is work whose commit did not happen: the worker
             // was killed, or (with `rebalances`) its partition was taken away meanwhile.
             for (worker, _) in &finals[..finals.len() - 1] {
-                if !killed.contains(worker) && !rebalances {
+                if exactly_once {
+                    f.violations.push(format!(
+                        "{}: two final audit records under exactly_once, the first by {worker}",
+                        p.id
+                    ));
+                } else if !killed.contains(worker) && !rebalances {
                     f.violations.push(format!(
                         "{}: processed twice, first by {worker}, which was neither killed nor rebalanced",
                         p.id
@@ -393,6 +419,28 @@ fn reconcile(
         if !dead.contains(&p.id) {
             f.violations
                 .push(format!("{}: bad input not dead-lettered", p.id));
+        }
+    }
+    // Each valid refund's approval was emitted; under exactly_once, once.
+    let mut approvals: BTreeMap<String, usize> = BTreeMap::new();
+    for r in read_all(&env.refunds_approved) {
+        let cause = r.json()["causationid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        *approvals.entry(cause).or_default() += 1;
+    }
+    for p in produced.iter().filter(|p| p.refund && p.valid) {
+        match approvals.get(&p.id).copied().unwrap_or(0) {
+            0 => f
+                .violations
+                .push(format!("{}: no refund approval emitted", p.id)),
+            1 => {}
+            n if exactly_once => f.violations.push(format!(
+                "{}: {n} refund approvals emitted under exactly_once",
+                p.id
+            )),
+            _ => {}
         }
     }
     // The lake holds each valid event once.
@@ -482,6 +530,8 @@ pub(crate) struct Scenario {
     pub static_members: bool,
     /// Re-processing at a rebalance is expected (records in flight when partitions moved).
     pub rebalances: bool,
+    /// `[kafka] guarantee = "exactly_once"`: no audit record or emitted event twice.
+    pub exactly_once: bool,
 }
 
 /// Waits until consumer group `group` is stable with `members` members.
@@ -601,6 +651,15 @@ async fn run(s: &Scenario) -> Figures {
         }
         None => text,
     };
+    let text = if s.exactly_once {
+        assert!(
+            text.contains("[kafka]\n"),
+            "the test config has a [kafka] table"
+        );
+        text.replace("[kafka]\n", "[kafka]\nguarantee = \"exactly_once\"\n")
+    } else {
+        text
+    };
     std::fs::write(
         &env.config_path,
         format!("{text}\n[kafka.group]\nprotocol = \"{}\"\n", s.protocol),
@@ -618,7 +677,15 @@ async fn run(s: &Scenario) -> Figures {
         })
     });
     env.create_topics().await;
-    let log_path = env.config_path.with_file_name("workers.log");
+    // The workers' log is kept under target/chaos as an artifact of the run, also when the
+    // scenario fails.
+    let kept = repo().join("target/chaos");
+    std::fs::create_dir_all(&kept).expect("target/chaos");
+    let name: String = format!("{}-{}-{}", s.name, s.protocol, guarantee(s))
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let log_path = kept.join(format!("{name}.log"));
     let log = File::create(&log_path).expect("log file");
     let mut fleet = Fleet::new(&lake, s.static_members, log);
     for _ in 0..s.actions {
@@ -704,6 +771,14 @@ async fn run(s: &Scenario) -> Figures {
             // may be done again by their new owner.
             let w = &fleet.workers[victim];
             fleet.killed.insert(Fleet::worker_id(w));
+            if s.exactly_once {
+                // Paused past the transaction timeout too, its producer was fenced: it stops
+                // by itself, and is restarted as an orchestrator would.
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if fleet.exited(victim) {
+                    fleet.spawn(victim);
+                }
+            }
         }
         Fault::StoreDown { outage } => {
             let s3 = s3.as_ref().expect("the scenario's own store");
@@ -754,7 +829,14 @@ async fn run(s: &Scenario) -> Figures {
     tokio::time::sleep(Duration::from_secs(4)).await;
     fleet.stop_all();
     lake.drain("lake");
-    let mut figures = reconcile(env, &lake, &produced, &fleet.killed, s.rebalances);
+    let mut figures = reconcile(
+        env,
+        &lake,
+        &produced,
+        &fleet.killed,
+        s.rebalances,
+        s.exactly_once,
+    );
     figures.kills = fleet.kills;
     figures.recovered = recovered;
     figures.notes = notes;
@@ -767,15 +849,6 @@ async fn run(s: &Scenario) -> Figures {
         })
         .unwrap_or(0);
     drop(fleet);
-    // The workers' log is kept as an artifact of the run.
-    let kept = repo().join("target/chaos");
-    if std::fs::create_dir_all(&kept).is_ok() {
-        let name: String = format!("{}-{}", s.name, s.protocol)
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let _ = std::fs::copy(&log_path, kept.join(format!("{name}.log")));
-    }
     figures
 }
 
@@ -803,9 +876,17 @@ fn table(name: &str, s: &Scenario, f: &Figures) -> String {
 
 const HEADER: &str = "| scenario | actions+lake | events | via retry | kills | lost | duplicated | re-delivered | out of order | violations | lake ids/rows | longest pause | time to recover | ERROR/WARN lines |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
+fn guarantee(s: &Scenario) -> &'static str {
+    if s.exactly_once {
+        "exactly_once"
+    } else {
+        "at_least_once"
+    }
+}
+
 pub(crate) async fn check(s: Scenario) {
     let f = run(&s).await;
-    let name = format!("{} ({})", s.name, s.protocol);
+    let name = format!("{} ({}, {})", s.name, s.protocol, guarantee(&s));
     eprintln!("\n{HEADER}\n{}", table(&name, &s, &f));
     for note in &f.notes {
         eprintln!("- {note}");
@@ -840,6 +921,7 @@ async fn chaos_kill_9_and_restart_with_live_workers() {
         // rebalance: only the killed incarnation's unfinished work is done twice.
         static_members: true,
         rebalances: false,
+        exactly_once: false,
     })
     .await;
 }
@@ -865,6 +947,7 @@ async fn chaos_rebalance_storm() {
         },
         static_members: false,
         rebalances: true,
+        exactly_once: false,
     })
     .await;
 }
@@ -888,6 +971,7 @@ async fn chaos_rolling_restart_with_static_members() {
         static_members: true,
         // Static members restart without a rebalance, and a clean stop commits all it did.
         rebalances: false,
+        exactly_once: false,
     })
     .await;
 }
@@ -910,6 +994,7 @@ async fn chaos_zombie_worker() {
         },
         static_members: false,
         rebalances: true,
+        exactly_once: false,
     })
     .await;
 }
@@ -935,6 +1020,7 @@ async fn chaos_kill_9_under_the_consumer_protocol() {
         // the broker moves partitions to it from the others, whose records in flight run again.
         static_members: false,
         rebalances: true,
+        exactly_once: false,
     })
     .await;
 }
@@ -958,6 +1044,83 @@ async fn chaos_rebalance_storm_under_the_consumer_protocol() {
         },
         static_members: false,
         rebalances: true,
+        exactly_once: false,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_kill_9_under_exactly_once() {
+    let (duration, every) = if full() {
+        (Duration::from_secs(120), Duration::from_secs(8))
+    } else {
+        (Duration::from_secs(45), Duration::from_secs(9))
+    };
+    check(Scenario {
+        name: "kill -9 + restart",
+        protocol: "classic",
+        flaky: true,
+        actions: 3,
+        lake: 2,
+        rate: 100,
+        duration,
+        fault: Fault::Kill { every },
+        static_members: true,
+        rebalances: false,
+        // Outputs and offsets are committed together: what a killed worker did since its last
+        // commit is aborted, and a read_committed reader sees each event's outcome once.
+        exactly_once: true,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_zombie_worker_under_exactly_once() {
+    if !full() {
+        return;
+    }
+    check(Scenario {
+        name: "zombie (SIGSTOP past the session timeout)",
+        protocol: "classic",
+        flaky: false,
+        actions: 2,
+        lake: 1,
+        rate: 100,
+        duration: Duration::from_secs(60),
+        fault: Fault::Zombie {
+            pause: Duration::from_secs(20),
+        },
+        static_members: false,
+        rebalances: true,
+        // The zombie's transaction cannot commit for partitions it lost: it is aborted, and
+        // nothing the zombie did after its pause is visible.
+        exactly_once: true,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_rebalance_storm_under_exactly_once() {
+    if !full() {
+        return;
+    }
+    check(Scenario {
+        name: "rebalance storm",
+        protocol: "classic",
+        flaky: true,
+        actions: 1,
+        lake: 1,
+        rate: 100,
+        duration: Duration::from_secs(90),
+        fault: Fault::Storm {
+            peak: 4,
+            every: Duration::from_secs(5),
+        },
+        static_members: false,
+        rebalances: true,
+        // The open transaction is committed before partitions are revoked, and what was in
+        // flight for them is dropped uncommitted: the next owner's answer is the only one.
+        exactly_once: true,
     })
     .await;
 }

@@ -445,6 +445,7 @@ async fn chaos_object_store_down() {
         fault: Fault::StoreDown { outage },
         static_members: false,
         rebalances: false,
+        exactly_once: false,
     })
     .await;
 }
@@ -481,6 +482,7 @@ async fn chaos_action_service_down_then_slow() {
         },
         static_members: false,
         rebalances: false,
+        exactly_once: false,
     })
     .await;
 }
@@ -503,6 +505,7 @@ async fn chaos_policy_broken_on_reload() {
         fault: Fault::BrokenPolicy { broken },
         static_members: false,
         rebalances: false,
+        exactly_once: false,
     })
     .await;
 }
@@ -691,6 +694,7 @@ async fn chaos_three_brokers_one_killed_then_all_stopped() {
         // A broker's return moves partition leaders and group coordinators: records in flight
         // then may be processed again.
         rebalances: true,
+        exactly_once: false,
     })
     .await;
 }
