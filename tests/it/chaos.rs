@@ -679,13 +679,7 @@ async fn run(s: &Scenario) -> Figures {
     env.create_topics().await;
     // The workers' log is kept under target/chaos as an artifact of the run, also when the
     // scenario fails.
-    let kept = repo().join("target/chaos");
-    std::fs::create_dir_all(&kept).expect("target/chaos");
-    let name: String = format!("{}-{}-{}", s.name, s.protocol, guarantee(s))
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let log_path = kept.join(format!("{name}.log"));
+    let log_path = log_file(s);
     let log = File::create(&log_path).expect("log file");
     let mut fleet = Fleet::new(&lake, s.static_members, log);
     for _ in 0..s.actions {
@@ -875,6 +869,17 @@ fn table(name: &str, s: &Scenario, f: &Figures) -> String {
 }
 
 const HEADER: &str = "| scenario | actions+lake | events | via retry | kills | lost | duplicated | re-delivered | out of order | violations | lake ids/rows | longest pause | time to recover | ERROR/WARN lines |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// The workers' log of scenario `s`, under target/chaos (made if missing).
+pub(crate) fn log_file(s: &Scenario) -> std::path::PathBuf {
+    let kept = repo().join("target/chaos");
+    std::fs::create_dir_all(&kept).expect("target/chaos");
+    let name: String = format!("{}-{}-{}", s.name, s.protocol, guarantee(s))
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    kept.join(format!("{name}.log"))
+}
 
 fn guarantee(s: &Scenario) -> &'static str {
     if s.exactly_once {

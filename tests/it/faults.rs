@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::action_service::{ActionService, Behaviour};
-use crate::chaos::{check, full, Fault, Fleet, Scenario};
+use crate::chaos::{check, full, log_file, Fault, Fleet, Scenario};
 use crate::common::*;
 use crate::outage::{free_ports, log_lines, metric};
 
@@ -183,10 +183,6 @@ fn breaker_open(fleet: &Fleet<'_>) -> bool {
     })
 }
 
-fn log_path(env: &TestEnv) -> std::path::PathBuf {
-    env.config_path.with_file_name("workers.log")
-}
-
 fn processed_at(audit: &serde_json::Value) -> Option<DateTime<Utc>> {
     audit["processed_at"]
         .as_str()
@@ -230,8 +226,8 @@ pub async fn store_down(
     }
     let outages = fleet_metric(fleet, "lake", "reflex_lake_store_outages_total");
     let still = fleet_metric(fleet, "lake", "reflex_lake_store_unreachable_seconds");
-    let went = log_lines(&log_path(env), "lake store unreachable;");
-    let back = log_lines(&log_path(env), "lake store reachable again");
+    let went = log_lines(&log_file(s), "lake store unreachable;");
+    let back = log_lines(&log_file(s), "lake store reachable again");
     seen.notes.push(format!(
         "store down {:.0} s: at most {most_buffered:.0} bytes buffered per lake worker (limit {MAX_BUFFERED}); {went} lines when it went, {back} when it came back; {outages} outages ended in /metrics",
         outage.as_secs_f64()
@@ -372,7 +368,7 @@ pub async fn broken_policy(
     tokio::time::sleep(broken).await;
     let refused = fleet_metric(fleet, "actions", "reflex_policy_reloads_refused_total")
         + fleet_metric(fleet, "lake", "reflex_policy_reloads_refused_total");
-    let lines = log_lines(&log_path(env), "changed policy set refused");
+    let lines = log_lines(&log_file(s), "changed policy set refused");
     std::fs::write(&module, "package reflex.broken\n\nnothing := false\n").expect("write");
     let fixed_at = Utc::now();
     let fixed = reflex::policy::files::revision(dir).expect("revision");
@@ -621,7 +617,7 @@ pub async fn brokers_down(
         notes: Vec::new(),
         violations: Vec::new(),
     };
-    let log = log_path(env);
+    let log = log_file(s);
     tokio::time::sleep(s.duration / 4).await;
     cluster.stack(&["kill-broker", "2"]);
     let killed = Instant::now();
