@@ -137,13 +137,13 @@ async fn build(dir: &Path, store: &LakeStore, tables: &Tables) {
                 };
                 if segments.push(&tp, offset as i64, Some(row), Instant::now()) {
                     let segment = segments.take(&tp).expect("a full segment");
-                    write_segment(store, tables, settings, &tp, segment)
+                    write_segment(store, tables, settings, &tp, &segment)
                         .await
                         .expect("lake files written");
                 }
             }
             if let Some(segment) = segments.take(&tp) {
-                write_segment(store, tables, settings, &tp, segment)
+                write_segment(store, tables, settings, &tp, &segment)
                     .await
                     .expect("lake files written");
             }

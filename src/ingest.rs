@@ -26,6 +26,7 @@ use crate::publisher::{Keyring, Publisher};
 use crate::registry::HttpRegistry;
 use crate::schema::SchemaRegistry;
 
+pub mod fuzz;
 pub mod headers;
 mod record;
 mod wire;

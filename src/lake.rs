@@ -26,6 +26,9 @@
 //! last record, and for `audit` its latest record, the final outcome) beside `<table>_raw`
 //! views with every record.
 //!
+//! An unreachable store stalls the worker with its buffered rows and is retried; see
+//! [`outage`].
+//!
 //! Finding one event: every file's id column (`id`, `event_id` in `audit`) has a bloom filter
 //! per row group, and [`find`] reads a file's rows only where its statistics and bloom filters
 //! allow the id (`reflex trace`).
@@ -33,6 +36,7 @@
 pub mod encode;
 pub mod evolution;
 pub mod find;
+pub mod outage;
 pub mod segment;
 pub mod shape;
 pub mod store;

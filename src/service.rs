@@ -260,7 +260,11 @@ impl Services {
         };
         match (before, after) {
             (BreakerState::Open, _) | (_, BreakerState::HalfOpen) => {}
-            (_, BreakerState::Open) => tracing::warn!(
+            // A failed trial: the service is still down, which the opening said once.
+            (BreakerState::HalfOpen, BreakerState::Open) => {
+                tracing::debug!(service, "circuit breaker trial failed: open again")
+            }
+            (BreakerState::Closed, BreakerState::Open) => tracing::warn!(
                 service,
                 open_for_ms = self.inner.config.breaker.open_for.as_millis() as u64,
                 "circuit breaker opened: calls fail fast"

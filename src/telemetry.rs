@@ -46,6 +46,9 @@
 //!   value came from (`cache`, `service`, `fallback`);
 //! - `reflex_kafka_unreachable_seconds` (gauge): how long the brokers have been unreachable, 0
 //!   while they answer; `reflex_kafka_outages_total` (counter): outages that ended;
+//! - `reflex_lake_store_unreachable_seconds` (gauge): how long the lake's object store has been
+//!   unreachable, 0 while it answers; `reflex_lake_store_outages_total` (counter): outages that
+//!   ended;
 //! - the process-wide policy counters of [`crate::policy::telemetry`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -183,6 +186,8 @@ pub struct Metrics {
     services: OnceLock<Services>,
     /// Whether the brokers are reachable, once the worker has its clients.
     kafka: OnceLock<std::sync::Arc<crate::kafka::Outage>>,
+    /// Whether the lake's store answers, once a lake worker has it.
+    store: OnceLock<std::sync::Arc<crate::lake::outage::StoreOutage>>,
     /// The exactly-once mode's transactions, when the worker runs in it.
     transactions: OnceLock<std::sync::Arc<crate::kafka::transaction::TransactionStats>>,
     stages: [Histogram; Stage::ALL.len()],
@@ -229,6 +234,7 @@ impl Metrics {
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
             services: OnceLock::new(),
             kafka: OnceLock::new(),
+            store: OnceLock::new(),
             transactions: OnceLock::new(),
             stages: std::array::from_fn(|_| Histogram::default()),
             in_flight: AtomicU64::new(0),
@@ -263,6 +269,19 @@ impl Metrics {
     /// outages ended since start.
     pub fn kafka_outage(&self) -> (Duration, u64) {
         self.kafka.get().map_or((Duration::ZERO, 0), |o| {
+            (o.down_for().unwrap_or(Duration::ZERO), o.ended())
+        })
+    }
+
+    /// Reports the lake store's outages from `outage` from now on (the first call wins).
+    pub fn watch_store(&self, outage: std::sync::Arc<crate::lake::outage::StoreOutage>) {
+        let _ = self.store.set(outage);
+    }
+
+    /// How long the lake's store has been unreachable (zero when it answers), and how many
+    /// outages ended since start.
+    pub fn store_outage(&self) -> (Duration, u64) {
+        self.store.get().map_or((Duration::ZERO, 0), |o| {
             (o.down_for().unwrap_or(Duration::ZERO), o.ended())
         })
     }

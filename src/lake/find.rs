@@ -285,7 +285,7 @@ mod tests {
             };
             if segments.push(&tp, o, Some(row), Instant::now()) {
                 let segment = segments.take(&tp).expect("segment");
-                write_segment(&store, &tables, settings, &tp, segment)
+                write_segment(&store, &tables, settings, &tp, &segment)
                     .await
                     .expect("write");
             }

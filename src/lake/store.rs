@@ -108,7 +108,15 @@ impl LakeStore {
                     }
                     builder = builder.with_client_options(options);
                 }
+                // A few quick tries heal a dropped connection; a store that stays down is an
+                // outage the lake worker reports and retries itself ([`super::outage`]).
+                let retry = object_store::RetryConfig {
+                    max_retries: 3,
+                    retry_timeout: std::time::Duration::from_secs(10),
+                    ..object_store::RetryConfig::default()
+                };
                 let mut builder = builder
+                    .with_retry(retry)
                     .with_bucket_name(bucket)
                     .with_region(&config.s3_region)
                     .with_virtual_hosted_style_request(!config.s3_path_style);

@@ -124,17 +124,18 @@ pub fn compare(tp: &TopicPartition, ours: &[i64], found: &ExistingFile) -> Found
     }
 }
 
-/// Writes every file of `segment`, in (table, hour) order; the caller commits afterwards,
-/// unless a file reaches past the segment ([`Written::reaching_past`]).
+/// Writes every file of `segment`, in (table, hour) order, keeping those already written (so it
+/// can be tried again after a failure); the caller commits afterwards, unless a file reaches
+/// past the segment ([`Written::reaching_past`]).
 pub async fn write_segment(
     store: &LakeStore,
     tables: &Tables,
     settings: EncodeSettings,
     tp: &TopicPartition,
-    segment: Segment,
+    segment: &Segment,
 ) -> Result<Written, LakeError> {
     let mut written = Written::default();
-    for ((index, hour), rows) in segment.files {
+    for (&(index, hour), rows) in &segment.files {
         let Some(table) = tables.get(index) else {
             continue;
         };
@@ -145,7 +146,9 @@ pub async fn write_segment(
             last_offset,
             ..
         } = rows;
-        let json = Bytes::from(json);
+        let last_offset = *last_offset;
+        // A copy, so that the segment stays whole for another try while the store is down.
+        let json = Bytes::copy_from_slice(json);
         // Rows from `start` on still need a file.
         let mut start = 0;
         while start < offsets.len() {
@@ -430,7 +433,7 @@ mod tests {
         let records = records(&tables);
         let seg = segment(&mut buffers(), &records, 0, 40).expect("segment");
         let files_of_segment = seg.files.len() as u64;
-        let first = write_segment(&store, &tables, SETTINGS, &tp, seg)
+        let first = write_segment(&store, &tables, SETTINGS, &tp, &seg)
             .await
             .expect("write");
         assert_eq!((first.files, first.present), (files_of_segment, 0));
@@ -438,7 +441,7 @@ mod tests {
 
         // The same segment again: nothing is written, every file is found.
         let seg = segment(&mut buffers(), &records, 0, 40).expect("segment");
-        let again = write_segment(&store, &tables, SETTINGS, &tp, seg)
+        let again = write_segment(&store, &tables, SETTINGS, &tp, &seg)
             .await
             .expect("write");
         assert_eq!(
@@ -454,7 +457,7 @@ mod tests {
         let mut gap = records.clone();
         gap[2] = None;
         let seg = segment(&mut buffers(), &gap, 0, 40).expect("segment");
-        let err = write_segment(&store, &tables, SETTINGS, &tp, seg)
+        let err = write_segment(&store, &tables, SETTINGS, &tp, &seg)
             .await
             .expect_err("a file with other records is refused");
         let message = err.to_string();
@@ -491,14 +494,14 @@ mod tests {
                     // Crash after writing some of the segment's files, before the commit.
                     let keep = rng.below(seg.files.len() as u64 + 1) as usize;
                     seg.files = seg.files.into_iter().take(keep).collect();
-                    write_segment(&store, &tables, settings, &tp, seg)
+                    write_segment(&store, &tables, settings, &tp, &seg)
                         .await
                         .expect("write");
                     crashes += 1;
                     break;
                 }
                 let next = seg.next_offset;
-                let written = write_segment(&store, &tables, settings, &tp, seg)
+                let written = write_segment(&store, &tables, settings, &tp, &seg)
                     .await
                     .expect("write");
                 present += written.present;

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::ingest::Admitter;
 use crate::kafka::{self, KafkaSetupError};
 use crate::lake::encode::EncodeSettings;
+use crate::lake::outage::{self, StoreOutage};
 use crate::lake::segment::{Row, Segment, Segments, TopicPartition};
 use crate::lake::store::LakeStore;
 use crate::lake::table::{Coordinates, Hour};
@@ -138,6 +139,10 @@ struct Lake<'a> {
     evaluator: crate::policy::Evaluator,
     /// The worker's metrics.
     metrics: Arc<Metrics>,
+    /// Whether the store answers.
+    store_outage: Arc<StoreOutage>,
+    /// Stops a write that waits for the store.
+    shutdown: CancellationToken,
 }
 
 /// Runs the lake role until `shutdown` is cancelled (or, with `drain`, until caught up).
@@ -248,7 +253,10 @@ pub async fn run(
         admitter: Admitter::new(config),
         evaluator: policy.evaluator(),
         metrics: Arc::clone(&metrics),
+        store_outage: StoreOutage::new(),
+        shutdown: shutdown.clone(),
     };
+    metrics.watch_store(Arc::clone(&lake.store_outage));
     let tick =
         (lake_cfg.limits.max_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut timer = tokio::time::interval(tick);
@@ -449,14 +457,41 @@ impl Lake<'_> {
         Ok(())
     }
 
-    /// Writes a segment's files; says whether the offset after it may be committed.
+    /// Writes a segment's files; says whether the offset after it may be committed. While the
+    /// store does not answer, the write is tried again with backoff (the loop reads nothing
+    /// meanwhile, so memory stays bounded); at shutdown it is given up, uncommitted, for the
+    /// partition's next reader.
     async fn write_files(
         &mut self,
         tp: &TopicPartition,
         segment: Segment,
     ) -> Result<bool, LakeError> {
         let next = segment.next_offset;
-        let written = write_segment(&self.store, &self.tables, self.settings, tp, segment).await?;
+        let mut attempt = 0;
+        let written = loop {
+            match write_segment(&self.store, &self.tables, self.settings, tp, &segment).await {
+                Ok(written) => break written,
+                Err(e) if outage::is_transient(&e) => {
+                    // Held rows count as buffered while the worker waits.
+                    let held = self.segments.bytes() + segment.bytes;
+                    self.metrics.set_lake_buffered(held);
+                    self.store_outage.failed(&e, held);
+                    if self.shutdown.is_cancelled() {
+                        tracing::warn!(topic = %tp.0, partition = tp.1, offset = segment.first_offset, "lake store unreachable at shutdown; these rows were not written or committed and will be read again");
+                        return Ok(false);
+                    }
+                    attempt += 1;
+                    // Waiting for the store is not a stalled loop.
+                    self.metrics.progress();
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => {}
+                        () = tokio::time::sleep(outage::retry_delay(attempt)) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.store_outage.answered();
         self.summary.files += written.files;
         self.summary.rows += written.rows;
         self.summary.bytes += written.bytes;

@@ -352,6 +352,26 @@ fn render_lake(out: &mut String, metrics: &Metrics) {
             .lake_buffered
             .load(std::sync::atomic::Ordering::Relaxed),
     );
+    let (down, outages) = metrics.store_outage();
+    family(
+        out,
+        "reflex_lake_store_unreachable_seconds",
+        "gauge",
+        "How long the lake's object store has been unreachable; 0 while it answers.",
+    );
+    sample(
+        out,
+        "reflex_lake_store_unreachable_seconds",
+        &[],
+        down.as_secs_f64(),
+    );
+    family(
+        out,
+        "reflex_lake_store_outages_total",
+        "counter",
+        "Lake store outages that ended (writes failing, then succeeding again).",
+    );
+    sample(out, "reflex_lake_store_outages_total", &[], outages);
 }
 
 fn render_partitions(out: &mut String, metrics: &Metrics) {

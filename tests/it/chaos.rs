@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,25 +21,29 @@ use serde_json::{json, Value};
 
 use crate::action_service::{ActionService, Behaviour};
 use crate::common::*;
+use crate::faults::{self, BrokersOverride, PrivateCluster, PrivateS3};
 use crate::lake::{LakeEnv, Store};
+use crate::outage::{free_ports, scrape};
 
 /// Whether the whole suite runs (`make chaos`) or its short version (`make test`).
-fn full() -> bool {
+pub(crate) fn full() -> bool {
     std::env::var("REFLEX_CHAOS").is_ok_and(|v| v == "full")
 }
 
 /// A worker process of the fleet.
-struct Worker {
-    role: &'static str,
+pub(crate) struct Worker {
+    pub role: &'static str,
     name: String,
     incarnation: u32,
     child: Option<Child>,
+    /// Its telemetry listener (`/metrics`), the same through restarts.
+    pub listen: SocketAddr,
 }
 
 /// The workers of a scenario, started and hurt as the scenario says.
-struct Fleet<'a> {
+pub(crate) struct Fleet<'a> {
     lake: &'a LakeEnv,
-    workers: Vec<Worker>,
+    pub workers: Vec<Worker>,
     /// Static membership: each worker restarts under its own `--instance-id`.
     static_members: bool,
     /// Incarnations ended by `kill -9` or paused past their session timeout.
@@ -67,11 +72,12 @@ impl<'a> Fleet<'a> {
         let w = &mut self.workers[index];
         w.incarnation += 1;
         let id = Self::worker_id(w);
-        let mut cmd = Command::new(reflex_bin());
-        cmd.args(["run", "--role", w.role, "--worker-id", &id])
-            .env("REFLEX_CONFIG", &self.lake.env.config_path)
-            .env("REFLEX_LOG", "warn,reflex=info")
-            .env_remove("REFLEX_CHAOS")
+        let mut cmd = self
+            .lake
+            .command(&["run", "--role", w.role, "--worker-id", &id]);
+        // INFO for reflex: an outage is one WARN line when it starts and one INFO when it ends.
+        cmd.env("REFLEX_LOG", "warn,reflex=info")
+            .env("REFLEX_TELEMETRY_LISTEN", w.listen.to_string())
             .stdout(Stdio::null())
             .stderr(self.log.try_clone().expect("log file"));
         if self.static_members {
@@ -88,6 +94,7 @@ impl<'a> Fleet<'a> {
             name: format!("{role}-{n}"),
             incarnation: 0,
             child: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], free_ports(1)[0])),
         });
         let index = self.workers.len() - 1;
         self.spawn(index);
@@ -165,7 +172,15 @@ impl<'a> Fleet<'a> {
         }
     }
 
-    fn running(&self, role: &str) -> Vec<usize> {
+    /// `/metrics` of every running worker of `role`.
+    pub fn scrape(&self, role: &str) -> Vec<String> {
+        self.running(role)
+            .into_iter()
+            .filter_map(|i| scrape(self.workers[i].listen))
+            .collect()
+    }
+
+    pub fn running(&self, role: &str) -> Vec<usize> {
         (0..self.workers.len())
             .filter(|&i| self.workers[i].role == role && self.workers[i].child.is_some())
             .collect()
@@ -207,6 +222,7 @@ async fn load(
     let tick = Duration::from_millis(100);
     let per_tick = (rate / 10).max(1);
     let mut produced = Vec::new();
+    let producer = idempotent_producer();
     let started = Instant::now();
     let mut n = 0usize;
     while started.elapsed() < duration {
@@ -241,7 +257,7 @@ async fn load(
             });
             n += 1;
         }
-        produce(&topic, &batch).await;
+        produce_with(&producer, &topic, &batch).await;
         let next = tick * u32::try_from(produced.len() / per_tick).unwrap_or(u32::MAX);
         if let Some(wait) = next.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
@@ -264,7 +280,11 @@ struct Figures {
     lake_ids: i64,
     kills: usize,
     longest_pause: Duration,
+    /// From the fault's end until the work it held back was done.
+    recovered: Option<Duration>,
     log_lines: usize,
+    /// What the scenario observed besides the table's columns.
+    notes: Vec<String>,
     violations: Vec<String>,
 }
 
@@ -467,7 +487,7 @@ async fn settle(env: &TestEnv, produced: &[Produced], limit: Duration) {
 
 /// The fault a scenario applies while the load runs.
 #[derive(Debug, Clone, Copy)]
-enum Fault {
+pub(crate) enum Fault {
     /// `kill -9` a random worker every `every` and restart it at once.
     Kill { every: Duration },
     /// SIGTERM one worker at a time and restart it, every `every`.
@@ -476,25 +496,42 @@ enum Fault {
     Storm { peak: usize, every: Duration },
     /// One actions worker is paused (SIGSTOP) for `pause`, then resumed.
     Zombie { pause: Duration },
+    /// The lake's object store (an s3s-fs of the scenario's own) is stopped for `outage`.
+    StoreDown { outage: Duration },
+    /// The action service answers 503 to every order for `failing`, then answers each after
+    /// `delay` for `slow`.
+    ServiceDown {
+        failing: Duration,
+        slow: Duration,
+        delay: Duration,
+    },
+    /// A syntax error is written into the policy directory, and fixed `broken` later.
+    BrokenPolicy { broken: Duration },
+    /// On a three-broker cluster of the scenario's own: one broker is killed for `node_down`,
+    /// later the whole cluster stops for `all_down`.
+    BrokersDown {
+        node_down: Duration,
+        all_down: Duration,
+    },
 }
 
-struct Scenario {
-    name: &'static str,
+pub(crate) struct Scenario {
+    pub name: &'static str,
     /// Orders are HTTP actions, and the service fails a burst of calls for the flaky keys every
     /// few seconds, so their events go through the retry topic while the faults happen.
-    flaky: bool,
+    pub flaky: bool,
     /// `[kafka.group] protocol`.
-    protocol: &'static str,
-    actions: usize,
-    lake: usize,
-    rate: usize,
-    duration: Duration,
-    fault: Fault,
-    static_members: bool,
+    pub protocol: &'static str,
+    pub actions: usize,
+    pub lake: usize,
+    pub rate: usize,
+    pub duration: Duration,
+    pub fault: Fault,
+    pub static_members: bool,
     /// Re-processing at a rebalance is expected (records in flight when partitions moved).
-    rebalances: bool,
+    pub rebalances: bool,
     /// `[kafka] guarantee = "exactly_once"`: no audit record or emitted event twice.
-    exactly_once: bool,
+    pub exactly_once: bool,
 }
 
 /// Waits until consumer group `group` is stable with `members` members.
@@ -525,14 +562,53 @@ async fn wait_for_members(group: &str, members: usize) {
     }
 }
 
+/// The machine's load averages, as `/proc/loadavg` gives them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn random_below(n: usize) -> usize {
     (uuid::Uuid::new_v4().as_u128() % n.max(1) as u128) as usize
 }
 
 async fn run(s: &Scenario) -> Figures {
-    let lake = LakeEnv::new(Store::Local, 6, "max_file_age = \"3s\"");
+    // The broker scenario runs on a cluster of its own, which every helper then uses.
+    let cluster = matches!(s.fault, Fault::BrokersDown { .. }).then(PrivateCluster::start);
+    let _brokers = cluster.as_ref().map(|c| BrokersOverride::set(&c.brokers()));
+    // The store outage needs a store of its own to stop; the others write to a local directory.
+    let s3 = matches!(s.fault, Fault::StoreDown { .. }).then(PrivateS3::start);
+    let lake = match &s3 {
+        Some(s3) => LakeEnv::on(
+            Store::S3,
+            6,
+            &format!(
+                "max_file_age = \"3s\"\nmax_buffered_bytes = {}",
+                faults::MAX_BUFFERED
+            ),
+            &s3.endpoint(),
+        ),
+        None => LakeEnv::new(Store::Local, 6, "max_file_age = \"3s\""),
+    };
     let env = &lake.env;
+    // The broken reload needs a policy directory of its own, polled twice a second.
+    let policies = matches!(s.fault, Fault::BrokenPolicy { .. }).then(|| {
+        let dir = copy_policies();
+        env.use_policies(dir.path(), Duration::from_millis(500));
+        dir
+    });
     let text = std::fs::read_to_string(&env.config_path).expect("config");
+    // On three brokers, reflex's topics are replicated to all three (min.insync.replicas=2 is
+    // the cluster's default).
+    let text = if cluster.is_some() {
+        text.replace(
+            "partitions = 6\n",
+            "partitions = 6\nreplication_factor = 3\n",
+        )
+    } else {
+        text
+    };
     // The test config's session settings are the classic protocol's; the new one takes the
     // broker's.
     let text = match s.protocol {
@@ -553,9 +629,24 @@ async fn run(s: &Scenario) -> Figures {
                 "[actions.request_shipment]\nkind = \"http\"\ntypes = [\"order.placed\"]\nurl = \"{}/orders/{{subject}}\"\nmax_attempts = 1\n",
                 service.url()
             );
-            text.replace(&emit, &http).replace(
+            // Retry rounds outlast the service's outage: nothing runs out of them.
+            let retries = match s.fault {
+                Fault::ServiceDown { failing, .. } => format!(
+                    "retry_delay = \"2s\"\nretry_rounds = {}\n",
+                    failing.as_secs() / 2 + 10
+                ),
+                _ => "retry_delay = \"1s\"\nretry_rounds = 8\n".to_owned(),
+            };
+            // A slow answer is an answer, not a timeout.
+            let timeout = match s.fault {
+                Fault::ServiceDown { delay, .. } => {
+                    format!("timeout = \"{}s\"\n", delay.as_secs() + 5)
+                }
+                _ => String::new(),
+            };
+            text.replace(&emit, &format!("{http}{timeout}")).replace(
                 "shutdown_timeout = \"20s\"\n",
-                "shutdown_timeout = \"20s\"\nretry_delay = \"1s\"\nretry_rounds = 8\n",
+                &format!("shutdown_timeout = \"20s\"\n{retries}"),
             )
         }
         None => text,
@@ -574,8 +665,9 @@ async fn run(s: &Scenario) -> Figures {
         format!("{text}\n[kafka.group]\nprotocol = \"{}\"\n", s.protocol),
     )
     .expect("config");
-    // A burst of failures for the flaky keys every 12 s.
-    let flaky = service.clone().map(|service| {
+    // A burst of failures for the flaky keys every 12 s (unless the whole service goes down).
+    let bursts = !matches!(s.fault, Fault::ServiceDown { .. });
+    let flaky = service.clone().filter(|_| bursts).map(|service| {
         tokio::spawn(async move {
             loop {
                 // Fewer failures in a burst than retry rounds: no event runs out of rounds.
@@ -587,13 +679,7 @@ async fn run(s: &Scenario) -> Figures {
     env.create_topics().await;
     // The workers' log is kept under target/chaos as an artifact of the run, also when the
     // scenario fails.
-    let kept = repo().join("target/chaos");
-    std::fs::create_dir_all(&kept).expect("target/chaos");
-    let name: String = format!("{}-{}-{}", s.name, s.protocol, guarantee(s))
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let log_path = kept.join(format!("{name}.log"));
+    let log_path = log_file(s);
     let log = File::create(&log_path).expect("log file");
     let mut fleet = Fleet::new(&lake, s.static_members, log);
     for _ in 0..s.actions {
@@ -620,6 +706,9 @@ async fn run(s: &Scenario) -> Figures {
         1000,
     ));
     let started = Instant::now();
+    let mut recovered = None;
+    let mut notes = Vec::new();
+    let mut violations = Vec::new();
     // Faults until the load ends.
     match s.fault {
         Fault::Kill { every } => {
@@ -685,6 +774,41 @@ async fn run(s: &Scenario) -> Figures {
                 }
             }
         }
+        Fault::StoreDown { outage } => {
+            let s3 = s3.as_ref().expect("the scenario's own store");
+            let seen = faults::store_down(s, &fleet, env, s3, outage).await;
+            recovered = Some(seen.recovered);
+            notes = seen.notes;
+            violations = seen.violations;
+        }
+        Fault::ServiceDown {
+            failing,
+            slow,
+            delay,
+        } => {
+            let service = service.as_ref().expect("the scenario's action service");
+            let seen = faults::service_down(s, &fleet, env, service, failing, slow, delay).await;
+            recovered = Some(seen.recovered);
+            notes = seen.notes;
+            violations = seen.violations;
+        }
+        Fault::BrokersDown {
+            node_down,
+            all_down,
+        } => {
+            let cluster = cluster.as_ref().expect("the scenario's cluster");
+            let seen = faults::brokers_down(s, env, cluster, node_down, all_down).await;
+            recovered = Some(seen.recovered);
+            notes = seen.notes;
+            violations = seen.violations;
+        }
+        Fault::BrokenPolicy { broken } => {
+            let dir = policies.as_ref().expect("the scenario's policies");
+            let seen = faults::broken_policy(s, &fleet, env, dir.path(), broken).await;
+            recovered = Some(seen.recovered);
+            notes = seen.notes;
+            violations = seen.violations;
+        }
     }
     let produced = loader.await.expect("load task");
     if let Some(flaky) = flaky {
@@ -708,6 +832,9 @@ async fn run(s: &Scenario) -> Figures {
         s.exactly_once,
     );
     figures.kills = fleet.kills;
+    figures.recovered = recovered;
+    figures.notes = notes;
+    figures.violations.extend(violations);
     figures.log_lines = std::fs::read_to_string(&log_path)
         .map(|t| {
             t.lines()
@@ -721,7 +848,7 @@ async fn run(s: &Scenario) -> Figures {
 
 fn table(name: &str, s: &Scenario, f: &Figures) -> String {
     format!(
-        "| {name} | {}+{} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {:.1} s | {} |",
+        "| {name} | {}+{} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {:.1} s | {} | {} |",
         s.actions,
         s.lake,
         f.produced,
@@ -735,11 +862,24 @@ fn table(name: &str, s: &Scenario, f: &Figures) -> String {
         f.lake_ids,
         f.lake_rows,
         f.longest_pause.as_secs_f64(),
+        f.recovered
+            .map_or("-".to_owned(), |r| format!("{:.1} s", r.as_secs_f64())),
         f.log_lines,
     )
 }
 
-const HEADER: &str = "| scenario | actions+lake | events | via retry | kills | lost | duplicated | re-delivered | out of order | violations | lake ids/rows | longest pause | ERROR/WARN lines |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+const HEADER: &str = "| scenario | actions+lake | events | via retry | kills | lost | duplicated | re-delivered | out of order | violations | lake ids/rows | longest pause | time to recover | ERROR/WARN lines |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// The workers' log of scenario `s`, under target/chaos (made if missing).
+pub(crate) fn log_file(s: &Scenario) -> std::path::PathBuf {
+    let kept = repo().join("target/chaos");
+    std::fs::create_dir_all(&kept).expect("target/chaos");
+    let name: String = format!("{}-{}-{}", s.name, s.protocol, guarantee(s))
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    kept.join(format!("{name}.log"))
+}
 
 fn guarantee(s: &Scenario) -> &'static str {
     if s.exactly_once {
@@ -749,10 +889,14 @@ fn guarantee(s: &Scenario) -> &'static str {
     }
 }
 
-async fn check(s: Scenario) {
+pub(crate) async fn check(s: Scenario) {
     let f = run(&s).await;
     let name = format!("{} ({}, {})", s.name, s.protocol, guarantee(&s));
     eprintln!("\n{HEADER}\n{}", table(&name, &s, &f));
+    for note in &f.notes {
+        eprintln!("- {note}");
+    }
+    eprintln!("- machine load (1, 5, 15 min): {}", load_average());
     assert!(
         f.violations.is_empty(),
         "{}: {} violations, e.g. {:?}",

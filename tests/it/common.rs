@@ -233,9 +233,25 @@ fn producer() -> FutureProducer {
         .expect("producer")
 }
 
+/// A producer for a stream of batches: idempotent, so that its retries after a broker failure
+/// never write a record twice (the chaos reconciler counts them).
+pub fn idempotent_producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
 /// Produces `records` to `topic`, waiting for every acknowledgement.
 pub async fn produce(topic: &str, records: &[Rec]) {
-    let producer = producer();
+    produce_with(&producer(), topic, records).await;
+}
+
+/// Produces `records` to `topic` with `producer`, waiting for every acknowledgement.
+pub async fn produce_with(producer: &FutureProducer, topic: &str, records: &[Rec]) {
     let mut deliveries = Vec::new();
     for r in records {
         let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {

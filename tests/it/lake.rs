@@ -31,6 +31,11 @@ pub struct LakeEnv {
 impl LakeEnv {
     /// Fresh topics, group and lake location; `lake` is extra `[lake]` keys.
     pub fn new(store: Store, partitions: i32, lake: &str) -> Self {
+        Self::on(store, partitions, lake, &s3_endpoint())
+    }
+
+    /// The same, with the S3 store at `endpoint`.
+    pub fn on(store: Store, partitions: i32, lake: &str, endpoint: &str) -> Self {
         let env = TestEnv::new(partitions);
         let dir = env.config_path.parent().expect("config dir").to_owned();
         let schema_dir = dir.join("schemas");
@@ -50,8 +55,7 @@ impl LakeEnv {
             &format!("dir = \"{}\"", schema_dir.display()),
         );
         let text = format!(
-            "{text}\n[roles.lake]\ngroup_id = \"{run}.group\"\n[lake]\nstore = \"{root}\"\n{lake}\n[lake.s3]\nendpoint = \"{}\"\n",
-            s3_endpoint()
+            "{text}\n[roles.lake]\ngroup_id = \"{run}.group\"\n[lake]\nstore = \"{root}\"\n{lake}\n[lake.s3]\nendpoint = \"{endpoint}\"\n",
         );
         std::fs::write(&env.config_path, text).expect("write config");
         Self {
@@ -68,6 +72,8 @@ impl LakeEnv {
             .env("REFLEX_CONFIG", &self.env.config_path)
             .env("REFLEX_LOG", "warn")
             .env_remove("REFLEX_CHAOS")
+            // The test harness's own setting; the config names the brokers.
+            .env_remove("REFLEX_TEST_BROKERS")
             .env(
                 "AWS_ACCESS_KEY_ID",
                 std::env::var("S3_ACCESS_KEY").unwrap_or_else(|_| "reflex".into()),

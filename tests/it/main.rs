@@ -9,6 +9,7 @@ mod chaos;
 mod cli;
 mod common;
 mod crash;
+mod faults;
 mod http_actions;
 mod lake;
 mod lake_files;

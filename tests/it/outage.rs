@@ -15,7 +15,7 @@ use rdkafka::ClientConfig;
 use crate::common::*;
 
 /// Ports nothing listens on now.
-fn free_ports(n: usize) -> Vec<u16> {
+pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
         .collect();
@@ -102,7 +102,7 @@ async fn produce_to(brokers: &str, topic: &str, from: usize, to: usize) {
 }
 
 /// `/metrics` of the worker, or nothing while it does not answer.
-fn scrape(addr: SocketAddr) -> Option<String> {
+pub fn scrape(addr: SocketAddr) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     stream
@@ -114,7 +114,7 @@ fn scrape(addr: SocketAddr) -> Option<String> {
 }
 
 /// The sum of every sample of `name` (with or without labels).
-fn metric(text: &str, name: &str) -> f64 {
+pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| {
             l.strip_prefix(name)
@@ -137,7 +137,7 @@ async fn wait_for(addr: SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> St
     }
 }
 
-fn log_lines(path: &Path, needle: &str) -> usize {
+pub fn log_lines(path: &Path, needle: &str) -> usize {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
