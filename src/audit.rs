@@ -113,6 +113,11 @@ pub struct AuditRecord {
     /// For a replayed dead letter, which one and why it was dead-lettered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<ReplayOf>,
+    /// The W3C trace id (32 hex digits) of the trace the processing belongs to: the record's
+    /// span when tracing is on, else the trace the event arrived in (its `traceparent`);
+    /// absent when there is neither (and in records written before the field existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceid: Option<String>,
     /// The enrichment lookups that fed the decision, and where each answer came from.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lookups: Vec<crate::enrich::LookupReport>,
@@ -148,6 +153,7 @@ impl AuditRecord {
             retry_round: None,
             origin: None,
             replay_of: None,
+            traceid: None,
             lookups: Vec::new(),
             enrichment: serde_json::Map::new(),
         }

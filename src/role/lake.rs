@@ -138,6 +138,8 @@ struct Lake<'a> {
     evaluator: crate::policy::Evaluator,
     /// The worker's metrics.
     metrics: Arc<Metrics>,
+    /// Exports a span per segment written, when tracing is on.
+    tracer: Option<crate::otel::Tracer>,
 }
 
 /// Runs the lake role until `shutdown` is cancelled (or, with `drain`, until caught up).
@@ -218,6 +220,15 @@ pub async fn run(
             telemetry_stop.clone(),
         )?;
     }
+    let tracer = match &config.telemetry.otlp_endpoint {
+        Some(endpoint) => {
+            let tracer = crate::otel::Tracer::start(endpoint, "lake", &lake_cfg.group_id)?;
+            tracing::info!(endpoint = %tracer.endpoint(), "exporting traces");
+            metrics.watch_spans(tracer.shared_stats());
+            Some(tracer)
+        }
+        None => None,
+    };
     tracing::info!(group = %lake_cfg.group_id, topics = ?topics, store = %store.location(), "lake worker started");
 
     // Hot reload, as in the actions role, so both hide the same fields after a policy change.
@@ -248,6 +259,7 @@ pub async fn run(
         admitter: Admitter::new(config),
         evaluator: policy.evaluator(),
         metrics: Arc::clone(&metrics),
+        tracer,
     };
     let tick =
         (lake_cfg.limits.max_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -327,6 +339,9 @@ pub async fn run(
         lake.write(&consumer, &tp).await?;
     }
     consumer.unsubscribe();
+    if let Some(tracer) = lake.tracer.take() {
+        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
+    }
     tracing::info!(
         rows = lake.summary.rows,
         files = lake.summary.files,
@@ -455,8 +470,30 @@ impl Lake<'_> {
         tp: &TopicPartition,
         segment: Segment,
     ) -> Result<bool, LakeError> {
-        let next = segment.next_offset;
+        let (first, next) = (segment.first_offset, segment.next_offset);
+        let started = std::time::SystemTime::now();
         let written = write_segment(&self.store, &self.tables, self.settings, tp, segment).await?;
+        if let Some(tracer) = &self.tracer {
+            let files: Vec<crate::otel::LakeFile<'_>> = written
+                .created
+                .iter()
+                .map(|f| crate::otel::LakeFile {
+                    table: &f.table,
+                    key: &f.key,
+                    rows: f.rows,
+                    bytes: f.bytes,
+                    span: f.span,
+                })
+                .collect();
+            let segment = crate::otel::LakeSegment {
+                topic: &tp.0,
+                partition: tp.1,
+                first_offset: first,
+                next_offset: next,
+                files_present: written.present,
+            };
+            tracer.lake_segment(segment, (started, std::time::SystemTime::now()), &files);
+        }
         self.summary.files += written.files;
         self.summary.rows += written.rows;
         self.summary.bytes += written.bytes;
