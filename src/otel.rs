@@ -2,9 +2,9 @@
 //! from an event, and the `traceparent` written on what the event causes.
 //!
 //! Tracing is off unless an OTLP endpoint is configured (`[telemetry] otlp_endpoint`, or
-//! `OTEL_EXPORTER_OTLP_ENDPOINT`); then the actions worker owns one [`Tracer`] whose spans go
-//! to a bounded queue ([`QUEUE_SPANS`]) that a background thread exports in batches over
-//! OTLP/HTTP (protobuf). A full queue drops spans; an unreachable collector fails exports on
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`); then each actions or lake worker owns one [`Tracer`] whose
+//! spans go to a bounded queue ([`QUEUE_SPANS`]) that a background thread exports in batches
+//! over OTLP/HTTP (protobuf). A full queue drops spans; an unreachable collector fails exports on
 //! that thread only. Both are counted ([`ExportStats`], served in `/metrics` and logged when
 //! the worker stops) and the pipeline never waits for them.
 //! [`Tracer::shutdown`] exports what is queued.
@@ -711,10 +711,10 @@ mod tests {
         let headers: [(&str, &[u8]); 1] = [(TRACEPARENT, PARENT.as_bytes())];
         let cx = parent(None, &headers);
         assert_eq!(
-            trace_id(&cx).as_deref(),
+            super::trace_id(&cx).as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
-        assert_eq!(trace_id(&parent(None, &[])), None);
+        assert_eq!(super::trace_id(&parent(None, &[])), None);
         assert_eq!(current_trace_id(), None);
         let _guard = cx.attach();
         assert_eq!(

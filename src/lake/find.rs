@@ -388,6 +388,109 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn audit_rows_read_back_as_the_audit_records_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, tables) = lake(dir.path()).await;
+        let records = [
+            json!({"event_id": "e-1", "type": "a.happened", "topic": "t", "partition": 0,
+                "offset": 4, "outcome": "retrying", "policy_revision": "sha256:1",
+                "decision": {"allow": true, "reasons": [], "obligations": {"redact": ["data.n"]}},
+                "action": {"name": "ship", "kind": "http", "status": 503, "attempts": 2},
+                "worker": "w", "processed_at": "2026-01-01T10:00:00.000001Z",
+                "timings_us": {"decode": 3, "validate": 2, "policy": 9, "action": 1},
+                "traceid": "4bf92f3577b34da6a3ce929d0e0e4736",
+                "lookups": [{"name": "customer", "source": "service", "status": 200, "tier": "x"}],
+                "future_field": {"kept": true}}),
+            json!({"event_id": "e-2", "topic": "t", "partition": 0, "offset": 5,
+                "outcome": "denied", "worker": "w", "processed_at": "2026-01-01T10:00:01Z"}),
+            json!({"event_id": "e-1", "topic": "retry", "partition": 0, "offset": 0,
+                "outcome": "actioned", "retry_round": 1, "worker": "w",
+                "processed_at": "2026-01-01T10:00:02Z"}),
+        ];
+        let tp: TopicPartition = ("audit".into(), 0);
+        let mut segments = Segments::new(Limits {
+            max_records: 10,
+            max_bytes: usize::MAX,
+            max_age: Duration::from_secs(3600),
+        });
+        let index = tables.audit_index();
+        let table = tables.get(index).expect("audit table");
+        let mut json = Vec::new();
+        for (offset, record) in records.iter().enumerate() {
+            let at = Coordinates {
+                topic: "audit",
+                partition: 0,
+                offset: offset as i64,
+                timestamp_ms: Some(1_767_261_600_000 + offset as i64),
+            };
+            json.clear();
+            let value = record.to_string();
+            let hour = table
+                .audit_row(value.as_bytes(), at, chrono::Utc::now(), &mut json)
+                .expect("a row");
+            let row = Row {
+                table: index,
+                hour,
+                json: &json,
+            };
+            segments.push(&tp, offset as i64, Some(row), Instant::now());
+        }
+        let segment = segments.take(&tp).expect("segment");
+        let settings = EncodeSettings {
+            row_group_rows: 10,
+            zstd_level: 1,
+        };
+        write_segment(&store, &tables, settings, &tp, segment)
+            .await
+            .expect("write");
+
+        let audits = audit_records(&store, &tables, "e-1", None)
+            .await
+            .expect("search");
+        let at: Vec<(&str, Option<i64>)> = audits
+            .iter()
+            .map(|a| (a.record.as_str(), a.timestamp_ms))
+            .collect();
+        assert_eq!(
+            at,
+            [
+                ("audit/0/0", Some(1_767_261_600_000)),
+                ("audit/0/2", Some(1_767_261_600_002))
+            ]
+        );
+        let first = &audits[0].value;
+        for key in [
+            "event_id",
+            "type",
+            "topic",
+            "partition",
+            "offset",
+            "outcome",
+            "decision",
+            "action",
+            "worker",
+            "timings_us",
+            "traceid",
+            "lookups",
+            "future_field",
+        ] {
+            assert_eq!(first[key], records[0][key], "{key}: {first}");
+        }
+        assert!(first["processed_at"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2026-01-01T10:00:00.000001")));
+        assert!(
+            first.get("subject").is_none(),
+            "absent stays absent: {first}"
+        );
+        assert_eq!(audits[1].value["retry_round"], 1);
+        assert!(audit_records(&store, &tables, "e-9", None)
+            .await
+            .expect("search")
+            .is_empty());
+    }
+
+    #[tokio::test]
     async fn finds_the_one_file_and_row_and_reads_no_rows_for_an_absent_id() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, tables) = lake(dir.path()).await;

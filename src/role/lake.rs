@@ -7,7 +7,8 @@
 //! flight: its buffered rows are dropped and its new owner reads them again from the committed
 //! offset. A quiet partition is written by a timer once its segment reaches `lake.max_file_age`;
 //! above `lake.max_buffered_bytes` the largest segment is written early. On shutdown every
-//! segment is written and committed.
+//! segment is written and committed. With tracing on, each segment written is a span with a
+//! child per file ([`crate::otel::Tracer::lake_segment`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};

@@ -385,6 +385,7 @@ async fn dashboard_queries_answer(prometheus: &Prometheus) {
             "reflex_breaker_state",
             "reason=\"",
             "kind=\"http\"",
+            "reflex_action_attempt",
         ]
         .iter()
         .any(|s| query.contains(s));
