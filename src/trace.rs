@@ -230,6 +230,7 @@ pub async fn trace(config: &Config, options: &TraceOptions) -> Result<Trace, Tra
         dlq: config.topics.dlq.clone(),
         emit: config.emit_topics(),
         lake_group: Some(config.lake.group_id.clone()),
+        default_partitioner: crate::kafka::default_partitioner(&config.kafka),
     };
     let (kafka_config, id, since_ms) = (config.kafka.clone(), options.id.clone(), options.since_ms);
     let kafka = tokio::task::spawn_blocking(move || {

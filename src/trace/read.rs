@@ -26,6 +26,9 @@ pub(super) struct Topics {
     pub(super) emit: Vec<String>,
     /// The lake role's consumer group, whose committed offsets bound the audit topic's read.
     pub(super) lake_group: Option<String>,
+    /// Whether reflex's producer places records with the default partitioner, so the audit
+    /// records of an id are in the partition it hashes to.
+    pub(super) default_partitioner: bool,
 }
 
 /// Dead letters with their record timestamps (milliseconds since the epoch).
@@ -62,7 +65,8 @@ fn mentions(m: &BorrowedMessage<'_>, needle: &[u8]) -> bool {
 }
 
 /// Reads the emit topics and then the audit topic, and beside them (a reader of its own) the
-/// dead-letter topic, each from `since_ms`.
+/// dead-letter topic, each from `since_ms`; the lake group's committed offsets are asked for
+/// beside them too (a client of their own, whose group coordinator lookup then costs nothing).
 pub(super) fn read_kafka(
     config: &KafkaConfig,
     topics: &Topics,
@@ -74,7 +78,16 @@ pub(super) fn read_kafka(
     let consumer = reader(config)?;
     std::thread::scope(|scope| {
         let dead = scope.spawn(|| dead_letters(&dlq_consumer, &topics.dlq, from, id));
-        let found = caused_and_audits(config, &consumer, topics, from, id);
+        let committed = scope.spawn(|| match &topics.lake_group {
+            Some(group) => lake_committed(config, group, &topics.audit),
+            None => HashMap::new(),
+        });
+        let committed = move || {
+            committed
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        };
+        let found = caused_and_audits(&consumer, topics, from, id, committed);
         let dead = dead
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -85,13 +98,14 @@ pub(super) fn read_kafka(
     })
 }
 
-/// The events `id` caused, on the emit topics, then the audit records of `id` and of them.
+/// The events `id` caused, on the emit topics, then the audit records of `id` and of them
+/// (past the lake group's offsets, which `committed` gives).
 fn caused_and_audits(
-    config: &KafkaConfig,
     consumer: &BaseConsumer,
     topics: &Topics,
     from: Start,
     id: &str,
+    committed: impl FnOnce() -> HashMap<i32, i64>,
 ) -> Result<KafkaFound, ReadError> {
     let mut found = KafkaFound::default();
     for topic in &topics.emit {
@@ -120,8 +134,10 @@ fn caused_and_audits(
     keys.insert(id);
     // Audit records are keyed by event id: only the partitions of these keys hold them.
     let partitions_of_keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-    let only = kafka::default_partitioner(config).then_some(partitions_of_keys.as_slice());
-    let starts = audit_starts(config, consumer, topics, from, only)?;
+    let only = topics
+        .default_partitioner
+        .then_some(partitions_of_keys.as_slice());
+    let starts = audit_starts(consumer, &topics.audit, from, only, &committed())?;
     found.audit_from_lake = starts.lake;
     let mut audits = Vec::new();
     let mut records = 0;
@@ -166,13 +182,12 @@ struct AuditStarts {
 /// records are in the `audit` table (searched beside). A partition with no record since
 /// `--since` is not read.
 fn audit_starts(
-    config: &KafkaConfig,
     consumer: &BaseConsumer,
-    topics: &Topics,
+    topic: &str,
     from: Start,
     keys: Option<&[&[u8]]>,
+    committed: &HashMap<i32, i64>,
 ) -> Result<AuditStarts, ReadError> {
-    let topic = &topics.audit;
     let all = partitions_of(consumer, topic)?;
     let count = all.len();
     let chosen: Vec<i32> = all
@@ -187,10 +202,6 @@ fn audit_starts(
     let since = match from {
         Start::Since(ms) => offsets_for_time(consumer, topic, &chosen, ms)?,
         _ => chosen.iter().map(|p| (*p, Offset::Beginning)).collect(),
-    };
-    let committed = match &topics.lake_group {
-        Some(group) => lake_committed(config, group, topic, &chosen),
-        None => HashMap::new(),
     };
     let mut starts = AuditStarts {
         kafka: HashMap::new(),
@@ -216,14 +227,9 @@ fn audit_starts(
     Ok(starts)
 }
 
-/// The offsets the lake group committed on `partitions` of `topic`; none when the group has
+/// The offsets the lake group committed on the partitions of `topic`; none when the group has
 /// none or the brokers do not answer (the whole range is then read from Kafka).
-fn lake_committed(
-    config: &KafkaConfig,
-    group: &str,
-    topic: &str,
-    partitions: &[i32],
-) -> HashMap<i32, i64> {
+fn lake_committed(config: &KafkaConfig, group: &str, topic: &str) -> HashMap<i32, i64> {
     let probe = match kafka::probe(config, group, kafka::Outage::new()) {
         Ok(p) => p,
         Err(e) => {
@@ -231,9 +237,21 @@ fn lake_committed(
             return HashMap::new();
         }
     };
+    let partitions: Vec<i32> = match probe.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+        Ok(metadata) => metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .map(|p| p.id())
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, topic, "partitions for the lake group's offsets");
+            return HashMap::new();
+        }
+    };
     let mut list = TopicPartitionList::new();
     for p in partitions {
-        list.add_partition(topic, *p);
+        list.add_partition(topic, p);
     }
     match probe.committed_offsets(list, Duration::from_secs(10)) {
         Ok(list) => list
