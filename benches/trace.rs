@@ -275,7 +275,18 @@ fn whole_trace(
     let brokers = std::env::var("REFLEX_BENCH_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let path = repo.join("config/reflex.toml");
-    let text = std::fs::read_to_string(&path).expect("config/reflex.toml");
+    // The actions' emit topics too are the bench's own, so another run's derived events on the
+    // shared broker are not read.
+    let text = std::fs::read_to_string(&path)
+        .expect("config/reflex.toml")
+        .replace(
+            "topic = \"events.shipments\"",
+            "topic = \"reflex-bench-trace.shipments\"",
+        )
+        .replace(
+            "topic = \"events.refunds.approved\"",
+            "topic = \"reflex-bench-trace.refunds.approved\"",
+        );
     let vars = [
         ("REFLEX_KAFKA_BROKERS", brokers.clone()),
         ("REFLEX_LAKE_STORE", dir.join("lake").display().to_string()),
