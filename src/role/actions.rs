@@ -263,8 +263,12 @@ pub async fn run(
             config.telemetry.lag_interval,
             telemetry_stop.clone(),
         )?;
+        // The producer that writes the outputs: the transactional one in exactly-once mode.
+        let writing = transaction
+            .as_ref()
+            .map_or_else(|| producer.clone(), |t| t.producer().clone());
         metrics::producer::spawn(
-            producer.clone(),
+            writing,
             config.topics.audit.clone(),
             Arc::clone(&metrics),
             config.telemetry.lag_interval,
