@@ -25,6 +25,8 @@ async fn main() -> anyhow::Result<()> {
         producer: Default::default(),
         security: Default::default(),
         group: Default::default(),
+        guarantee: Default::default(),
+        transactions: Default::default(),
     };
     let group = format!("bench-bare-{}", std::process::id());
     let consumer: StreamConsumer =

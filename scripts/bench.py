@@ -259,6 +259,13 @@ def main():
     figures["actions_role_compiled"] = actions_run("actions-compiled", reflex, compiled_env, n)
     log(f"actions role (compiled policy): {figures['actions_role_compiled']['events_per_second']} events/s")
 
+    log("actions role with [kafka] guarantee = \"exactly_once\" (same topic, its own group and outputs)")
+    eos_env = dict(env, REFLEX_KAFKA_GUARANTEE="exactly_once", REFLEX_ROLES_ACTIONS_GROUP_ID=f"{run}.actions-eos",
+                   REFLEX_TOPICS_AUDIT=f"{run}.audit-eos", REFLEX_TOPICS_DLQ=f"{run}.dlq-eos",
+                   REFLEX_TOPICS_RETRY=f"{run}.retry-eos")
+    figures["actions_role_exactly_once"] = actions_run("actions-eos", reflex, eos_env, n)
+    log(f"actions role (exactly_once): {figures['actions_role_exactly_once']['events_per_second']} events/s")
+
     log("lake role (events and their audit records)")
     out, wall, cpu, rss = timed("lake", [reflex, "run", "--role", "lake", "--drain"], env)
     m = re.search(r"lake: (\d+) records, (\d+) rows in (\d+) files \((\d+) bytes", out)
@@ -305,6 +312,8 @@ def main():
         "bare_consumer_over_perf_test": round(ceiling / figures["kafka_consumer_perf_test"]["events_per_second"], 3),
         "actions_compiled_over_bare_consumer": round(figures["actions_role_compiled"]["events_per_second"] / ceiling, 3),
         "actions_two_deciders_over_bare_consumer": round(figures["actions_role_two_deciders"]["events_per_second"] / ceiling, 3),
+        "exactly_once_over_at_least_once": round(figures["actions_role_exactly_once"]["events_per_second"]
+                                                 / figures["actions_role"]["events_per_second"], 3),
         "cpu_over_stage_sum": round(actions_ns / figures["cpu_breakdown"]["stage_sum_ns"], 2) if figures["cpu_breakdown"] else None,
         "avro_over_json": figures["avro_vs_json"]["avro_over_json"],
     }
@@ -323,6 +332,8 @@ def main():
     md.append(f"| actions role, two policy evaluators (`deciders = 2`) | {o['events_per_second']} | {o['wall_seconds']} | {o['cpu_seconds']} | {o['cpu_seconds_per_million']} | {o['peak_rss_mib']} |")
     c = figures["actions_role_compiled"]
     md.append(f"| actions role, `[policy] engine = \"compiled\"` | {c['events_per_second']} | {c['wall_seconds']} | {c['cpu_seconds']} | {c['cpu_seconds_per_million']} | {c['peak_rss_mib']} |")
+    e = figures["actions_role_exactly_once"]
+    md.append(f"| actions role, `[kafka] guarantee = \"exactly_once\"` | {e['events_per_second']} | {e['wall_seconds']} | {e['cpu_seconds']} | {e['cpu_seconds_per_million']} | {e['peak_rss_mib']} |")
     md.append(f"| lake role ({l['records']} records) | {l['records_per_second']} | {l['wall_seconds']} | {l['cpu_seconds']} | {l['cpu_seconds_per_million']} | {l['peak_rss_mib']} |")
     r = figures["ratios"]
     def stands(key):
@@ -338,6 +349,7 @@ def main():
            f"| actions role / bare consumer (events/s) | {stands('actions_over_bare_consumer')} |",
            f"| actions role with two policy evaluators / bare consumer | {r['actions_two_deciders_over_bare_consumer']} |",
            f"| actions role with the compiled policy engine / bare consumer | {r['actions_compiled_over_bare_consumer']} |",
+           f"| actions role exactly_once / at_least_once (events/s) | {r['exactly_once_over_at_least_once']} |",
            f"| lake role / bare consumer (records/s) | {stands('lake_over_bare_consumer')} |",
            f"| actions CPU per event / sum of stage costs | {stands('cpu_over_stage_sum')} |",
            f"| bare consumer / kafka-consumer-perf-test | {r['bare_consumer_over_perf_test']} |",

@@ -183,6 +183,10 @@ pub struct KafkaConfig {
     pub security: KafkaSecurity,
     /// Consumer group membership.
     pub group: crate::kafka::GroupSettings,
+    /// What the actions role guarantees for its Kafka outputs.
+    pub guarantee: crate::kafka::Guarantee,
+    /// The exactly-once mode's transactions.
+    pub transactions: crate::kafka::TransactionSettings,
 }
 
 /// Topic names and creation settings.
@@ -535,8 +539,11 @@ fn kafka_config(raw: RawKafka, base: &Path) -> Result<KafkaConfig, ConfigError> 
         }
     }
     let group = group_settings(&raw.group)?;
+    let transactions = transaction_settings(&raw.transactions)?;
     Ok(KafkaConfig {
         group,
+        guarantee: raw.guarantee,
+        transactions,
         security: security::kafka_security(&raw.security, base)?,
         brokers: raw.brokers,
         client_id: raw.client_id,
@@ -570,6 +577,40 @@ fn group_settings(raw: &raw::RawGroup) -> Result<crate::kafka::GroupSettings, Co
         session_timeout: session,
         heartbeat_interval: raw.heartbeat_interval,
         instance_id: None,
+    })
+}
+
+/// `[kafka.transactions]`, checked against the brokers' limits (`transaction.max.timeout.ms`,
+/// 15 min by default).
+fn transaction_settings(
+    raw: &raw::RawTransactions,
+) -> Result<crate::kafka::TransactionSettings, ConfigError> {
+    let duration = |d: Duration| humantime::format_duration(d).to_string();
+    if raw.timeout < Duration::from_secs(1) || raw.timeout > Duration::from_secs(900) {
+        return Err(ConfigError::Invalid {
+            key: "kafka.transactions.timeout",
+            value: duration(raw.timeout),
+            why: "must be between 1s and 15m (the brokers' transaction.max.timeout.ms)",
+        });
+    }
+    if raw.commit_interval.is_zero() || raw.commit_interval * 2 > raw.timeout {
+        return Err(ConfigError::Invalid {
+            key: "kafka.transactions.commit_interval",
+            value: duration(raw.commit_interval),
+            why: "must be above zero and at most half of kafka.transactions.timeout",
+        });
+    }
+    if raw.max_records == 0 {
+        return Err(ConfigError::Invalid {
+            key: "kafka.transactions.max_records",
+            value: "0".into(),
+            why: "must be at least 1",
+        });
+    }
+    Ok(crate::kafka::TransactionSettings {
+        commit_interval: raw.commit_interval,
+        max_records: raw.max_records,
+        timeout: raw.timeout,
     })
 }
 
@@ -739,6 +780,43 @@ types = ["refund.requested"]
             cfg.actions.get("order.placed").map(|a| a.name.as_str()),
             Some("ship")
         );
+    }
+
+    #[test]
+    fn the_guarantee_and_transaction_settings_are_read_and_checked() {
+        let f = Fixture::new();
+        let cfg = f.load(BOTH, &[]).expect("valid");
+        assert_eq!(cfg.kafka.guarantee, crate::kafka::Guarantee::AtLeastOnce);
+        assert_eq!(
+            cfg.kafka.transactions,
+            crate::kafka::TransactionSettings::default()
+        );
+        let body = format!(
+            "[kafka]\nguarantee = \"exactly_once\"\n[kafka.transactions]\ncommit_interval = \"250ms\"\nmax_records = 50\ntimeout = \"30s\"\n{BOTH}"
+        );
+        let cfg = f.load(&body, &[]).expect("valid");
+        assert_eq!(cfg.kafka.guarantee, crate::kafka::Guarantee::ExactlyOnce);
+        assert_eq!(
+            cfg.kafka.transactions,
+            crate::kafka::TransactionSettings {
+                commit_interval: Duration::from_millis(250),
+                max_records: 50,
+                timeout: Duration::from_secs(30),
+            }
+        );
+        let refused = |body: &str| {
+            f.load(&format!("{body}{BOTH}"), &[])
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = refused("[kafka.transactions]\ncommit_interval = \"6s\"\n");
+        assert!(e.contains("kafka.transactions.commit_interval") && e.contains("6s"), "{e}");
+        let e = refused("[kafka.transactions]\ntimeout = \"1h\"\n");
+        assert!(e.contains("kafka.transactions.timeout"), "{e}");
+        let e = refused("[kafka.transactions]\nmax_records = 0\n");
+        assert!(e.contains("kafka.transactions.max_records"), "{e}");
+        let e = refused("[kafka]\nguarantee = \"exactly-once\"\n");
+        assert!(e.contains("exactly-once"), "{e}");
     }
 
     #[test]

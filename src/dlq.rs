@@ -198,7 +198,7 @@ impl fmt::Display for Replayed {
 
 /// The dead letters already replayed: those an audit record names in `replay_of`.
 fn already_replayed(
-    consumer: &rdkafka::consumer::BaseConsumer,
+    consumer: &crate::kafka::Reader,
     audit_topic: &str,
 ) -> Result<std::collections::HashSet<String>, DlqError> {
     #[derive(serde::Deserialize)]

@@ -24,14 +24,17 @@ pub mod drain;
 pub mod group;
 pub mod outage;
 pub mod read;
+pub mod transaction;
 
 pub use connect::{connect, ConnectError, ConnectFailure, Connected, CONNECT_TIMEOUT};
 pub use drain::caught_up;
 pub use group::{consumer_fatal, Assignment, ConsumerFatal, GroupProtocol, GroupSettings};
 pub use outage::{Outage, OutageContext};
 pub use read::{
-    default_partition, default_partitioner, reader, scan, scan_keys, ReadError, Start, TopicReader,
+    default_partition, default_partitioner, reader, scan, scan_keys, ReadError, Reader, Start,
+    TopicReader,
 };
+pub use transaction::{Guarantee, Transaction, TransactionError, TransactionSettings};
 
 /// Largest record reflex produces (dead letters carry the original record).
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
@@ -60,6 +63,14 @@ pub enum KafkaSetupError {
     /// The brokers refused the connection or did not answer at start-up.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// The transactional producer could not start.
+    #[error("cannot start the transactional producer \"{id}\" ({source}); exactly_once needs brokers that allow transactions (transaction.state.log.replication.factor and min.isr no higher than the brokers there are)")]
+    Transactions {
+        /// The transactional id.
+        id: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
     /// The brokers did not answer.
     #[error("Kafka at {brokers} did not answer ({source}); is the broker running? (`make up` starts one)")]
     Unreachable {
@@ -249,6 +260,22 @@ fn owned_headers(record: &OutRecord) -> OwnedHeaders {
     )
 }
 
+/// `record` as rdkafka's record.
+fn future_record(record: &OutRecord) -> FutureRecord<'_, [u8], [u8]> {
+    let mut fr: FutureRecord<'_, [u8], [u8]> =
+        FutureRecord::to(&record.topic).headers(owned_headers(record));
+    if let Some(key) = &record.key {
+        fr = fr.key(key.as_slice());
+    }
+    if let Some(partition) = record.partition {
+        fr = fr.partition(partition);
+    }
+    if let Some(value) = &record.value {
+        fr = fr.payload(value.as_slice());
+    }
+    fr
+}
+
 /// Longest [`send`] waits for room in the producer's local queue before it gives up on a record.
 pub const QUEUE_FULL_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -261,18 +288,7 @@ pub async fn send(producer: &Producer, record: &OutRecord) -> Result<DeliveryFut
             .delays()
             .within(QUEUE_FULL_PATIENCE);
     loop {
-        let mut fr: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&record.topic).headers(owned_headers(record));
-        if let Some(key) = &record.key {
-            fr = fr.key(key.as_slice());
-        }
-        if let Some(partition) = record.partition {
-            fr = fr.partition(partition);
-        }
-        if let Some(value) = &record.value {
-            fr = fr.payload(value.as_slice());
-        }
-        match producer.send_result(fr) {
+        match producer.send_result(future_record(record)) {
             Ok(delivery) => return Ok(delivery),
             Err((error, _)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                 let Some(delay) = delays.next() else {

@@ -132,6 +132,13 @@ impl<P: Eq + Hash> Partitions<P> {
         }
     }
 
+    /// Whether a record of `generation` belongs to the current assignment of `partition`.
+    pub fn is_current(&self, partition: &P, generation: u64) -> bool {
+        self.assigned
+            .get(partition)
+            .is_some_and(|(current, _)| *current == generation)
+    }
+
     /// The partition was revoked: its tracker is dropped.
     pub fn revoke(&mut self, partition: &P) {
         self.assigned.remove(partition);

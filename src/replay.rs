@@ -81,10 +81,7 @@ struct Recorded {
 }
 
 /// The audit records, by the coordinates of the record they describe.
-fn read_trail(
-    consumer: &rdkafka::consumer::BaseConsumer,
-    audit_topic: &str,
-) -> Result<Trail, ReplayError> {
+fn read_trail(consumer: &crate::kafka::Reader, audit_topic: &str) -> Result<Trail, ReplayError> {
     let mut trail = Trail::default();
     kafka::scan(consumer, audit_topic, Start::Beginning, None, |m| {
         let audit = m

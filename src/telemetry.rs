@@ -198,6 +198,8 @@ pub struct Metrics {
     services: OnceLock<Services>,
     /// Whether the brokers are reachable, once the worker has its clients.
     kafka: OnceLock<std::sync::Arc<crate::kafka::Outage>>,
+    /// The exactly-once mode's transactions, when the worker runs in it.
+    transactions: OnceLock<std::sync::Arc<crate::kafka::transaction::TransactionStats>>,
     stages: [Histogram; Stage::ALL.len()],
     in_flight: AtomicU64,
     /// What the lake role wrote, by table.
@@ -245,6 +247,7 @@ impl Metrics {
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
             services: OnceLock::new(),
             kafka: OnceLock::new(),
+            transactions: OnceLock::new(),
             stages: std::array::from_fn(|_| Histogram::default()),
             in_flight: AtomicU64::new(0),
             lake: Mutex::new(lake),
@@ -290,6 +293,20 @@ impl Metrics {
     /// Makes `/readyz` check the worker's producer ([`ProducerChecked`] reports on it).
     pub fn watch_producer(&self) {
         lock(&self.producer).get_or_insert_with(ProducerCheck::default);
+    }
+
+    /// Reports the transactions of the exactly-once mode from now on (the first call wins).
+    pub fn watch_transactions(
+        &self,
+        stats: std::sync::Arc<crate::kafka::transaction::TransactionStats>,
+    ) {
+        let _ = self.transactions.set(stats);
+    }
+
+    /// Transactions committed and aborted, and how long the open one has held records; none
+    /// outside the exactly-once mode.
+    pub fn transactions(&self) -> Option<((u64, u64), Duration)> {
+        self.transactions.get().map(|t| (t.counts(), t.open_for()))
     }
 
     /// Reports the circuit breakers of `services` from now on (the first call wins).

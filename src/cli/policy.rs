@@ -259,6 +259,8 @@ mod tests {
                 producer: Default::default(),
                 security: Default::default(),
                 group: Default::default(),
+                guarantee: Default::default(),
+                transactions: Default::default(),
             },
             audit_topic: "reflex.audit".into(),
         }

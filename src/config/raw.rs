@@ -55,6 +55,35 @@ pub struct RawKafka {
     pub security: super::security::RawKafkaSecurity,
     /// Consumer group membership: `[kafka.group]`.
     pub group: RawGroup,
+    /// `at_least_once` (default) or `exactly_once` for the actions role's Kafka outputs.
+    pub guarantee: crate::kafka::Guarantee,
+    /// The exactly-once mode's transactions: `[kafka.transactions]`.
+    pub transactions: RawTransactions,
+}
+
+/// `[kafka.transactions]`: how the exactly-once mode batches its transactions.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTransactions {
+    /// Commit a transaction this long after its first record at the latest.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// ...or once it answers this many input records.
+    pub max_records: usize,
+    /// The broker aborts a transaction left open this long (`transaction.timeout.ms`).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RawTransactions {
+    fn default() -> Self {
+        let settings = crate::kafka::TransactionSettings::default();
+        Self {
+            commit_interval: settings.commit_interval,
+            max_records: settings.max_records,
+            timeout: settings.timeout,
+        }
+    }
 }
 
 /// `[kafka.group]`: how the roles' consumers take part in their groups.
@@ -92,6 +121,8 @@ impl Default for RawKafka {
             producer: BTreeMap::new(),
             security: super::security::RawKafkaSecurity::default(),
             group: RawGroup::default(),
+            guarantee: crate::kafka::Guarantee::default(),
+            transactions: RawTransactions::default(),
         }
     }
 }

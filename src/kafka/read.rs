@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
+use rdkafka::ClientContext;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::{base_config, with_properties, KafkaSetupError, MAX_MESSAGE_BYTES};
@@ -39,8 +40,26 @@ pub enum ReadError {
     },
 }
 
+/// A consumer that reads topics by assignment ([`reader`]).
+pub type Reader = BaseConsumer<ReaderContext>;
+
+/// A reader's client context: librdkafka's errors are logged, except the end of a partition,
+/// which a reader expects (it may arrive after the partition was released).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(error = %error, reason, "Kafka reader error");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// A consumer for reading topics by assignment: a group of its own that never commits.
-pub fn reader(config: &KafkaConfig) -> Result<BaseConsumer, ReadError> {
+pub fn reader(config: &KafkaConfig) -> Result<Reader, ReadError> {
     let mut settings = base_config(config);
     settings
         .set(
@@ -48,14 +67,16 @@ pub fn reader(config: &KafkaConfig) -> Result<BaseConsumer, ReadError> {
             format!("reflex-reader-{}", uuid::Uuid::new_v4()),
         )
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        // A partition written in transactions ends in a commit or abort marker, which is never
+        // delivered: the end of a partition is known by the end-of-partition event.
+        .set("enable.partition.eof", "true")
         .set("fetch.message.max.bytes", MAX_MESSAGE_BYTES.to_string())
         // A reader drains its queue as fast as it fills: after the queue's thresholds it
         // fetches again at once rather than after librdkafka's default 1 s, which halves the
         // time to read a busy topic to its end.
         .set("fetch.queue.backoff.ms", "1");
     with_properties(settings, config)
-        .create()
+        .create_with_context(ReaderContext)
         .map_err(|source| {
             ReadError::Setup(KafkaSetupError::Client {
                 what: "topic reader",
@@ -81,7 +102,7 @@ pub enum Start {
 
 /// Reads one topic from a start to the end each partition had when it was opened.
 pub struct TopicReader<'c> {
-    consumer: &'c BaseConsumer,
+    consumer: &'c Reader,
     topic: String,
     ends: HashMap<i32, i64>,
     started: Instant,
@@ -89,7 +110,7 @@ pub struct TopicReader<'c> {
 
 impl<'c> TopicReader<'c> {
     /// Assigns every partition of `topic` to `consumer` from `from`.
-    pub fn open(consumer: &'c BaseConsumer, topic: &str, from: Start) -> Result<Self, ReadError> {
+    pub fn open(consumer: &'c Reader, topic: &str, from: Start) -> Result<Self, ReadError> {
         Self::open_for_keys(consumer, topic, from, None)
     }
 
@@ -97,7 +118,7 @@ impl<'c> TopicReader<'c> {
     /// partitioner places them, see [`default_partition`]), or every partition with `None`,
     /// from `from`.
     pub fn open_for_keys(
-        consumer: &'c BaseConsumer,
+        consumer: &'c Reader,
         topic: &str,
         from: Start,
         keys: Option<&[&[u8]]>,
@@ -140,7 +161,7 @@ impl<'c> TopicReader<'c> {
     /// Assigns the partitions of `topic` named in `starts`, each from its offset (or the
     /// oldest kept, if later); a negative offset (none committed) reads from the oldest.
     pub fn open_partitions(
-        consumer: &'c BaseConsumer,
+        consumer: &'c Reader,
         topic: &str,
         starts: &HashMap<i32, i64>,
     ) -> Result<Self, ReadError> {
@@ -152,7 +173,7 @@ impl<'c> TopicReader<'c> {
     /// Assigns each partition of `topic` for which `start(partition, low, high)` names an
     /// offset, up to the end it has now.
     fn open_with(
-        consumer: &'c BaseConsumer,
+        consumer: &'c Reader,
         topic: &str,
         start: impl Fn(i32, i64, i64) -> Option<i64>,
     ) -> Result<Self, ReadError> {
@@ -205,7 +226,13 @@ impl<'c> TopicReader<'c> {
             let Some(message) = self.consumer.poll(Duration::from_millis(200)) else {
                 continue;
             };
-            let message = message.map_err(read_err)?;
+            let message = match message {
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    self.ends.remove(&partition);
+                    continue;
+                }
+                other => other.map_err(read_err)?,
+            };
             let (partition, offset) = (message.partition(), message.offset());
             let Some(end) = self.ends.get(&partition).copied() else {
                 continue;
@@ -223,7 +250,7 @@ impl<'c> TopicReader<'c> {
 }
 
 /// The partitions of `topic`, from the cluster's metadata.
-pub fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, ReadError> {
+pub fn partitions_of(consumer: &Reader, topic: &str) -> Result<Vec<i32>, ReadError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|source| ReadError::Read {
@@ -241,7 +268,7 @@ pub fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, R
 /// The offset of the first record at or after `ms` in each of `partitions` (`Offset::End` where
 /// there is none), in one offsets-for-times request.
 pub fn offsets_for_time(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     partitions: &[i32],
     ms: i64,
@@ -272,7 +299,7 @@ pub fn offsets_for_time(
 /// Calls `f` for every record of the partitions of `topic` that hold `keys` (see
 /// [`TopicReader::open_for_keys`]), from `from` to the end as it is now.
 pub fn scan_keys(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     from: Start,
     keys: Option<&[&[u8]]>,
@@ -316,7 +343,7 @@ fn crc32(bytes: &[u8]) -> u32 {
 
 /// Calls `f` for every record of `topic` from `from` to the end as it is now, at most `max`.
 pub fn scan(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     from: Start,
     max: Option<usize>,

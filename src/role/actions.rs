@@ -32,7 +32,7 @@ use crate::summary::Summary;
 use crate::telemetry::{self as metrics, Metrics};
 use pipeline::{Processor, ProcessorSettings};
 use rebalance::RebalanceContext;
-use scheduler::{Finished, Scheduler};
+use scheduler::{Finished, Outputs, Scheduler};
 
 mod delivery;
 pub mod pipeline;
@@ -88,6 +88,16 @@ pub enum WorkerError {
     Subscribe {
         /// The topics.
         topics: Vec<String>,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// The exactly-once mode's producer cannot go on.
+    #[error(transparent)]
+    Transaction(kafka::TransactionError),
+    /// After an aborted transaction, the assigned partitions could not be consumed again from
+    /// their committed offsets.
+    #[error("cannot go back to the committed offsets after an aborted transaction: {source}; stopping so the records are processed again after restart")]
+    Rewind {
         /// librdkafka's error.
         source: KafkaError,
     },
@@ -187,20 +197,29 @@ pub async fn run(
     }
     let outage = kafka::Outage::new();
     metrics.watch_kafka(Arc::clone(&outage));
-    let consumer: StreamConsumer<RebalanceContext> = kafka::consumer_config(
+    let exactly_once = config.kafka.guarantee == kafka::Guarantee::ExactlyOnce;
+    let mut consumer_config = kafka::consumer_config(
         &config.kafka,
         &role.group_id,
         kafka::Assignment::CoPartitioned,
-    )
-    .create_with_context(RebalanceContext::new(
-        Arc::clone(&metrics),
-        Arc::clone(&outage),
-    ))
-    .map_err(|source| KafkaSetupError::Client {
-        what: "consumer",
-        brokers: config.kafka.brokers.clone(),
-        source,
-    })?;
+    );
+    if exactly_once {
+        // Offsets are committed with the transactions; retry records and emitted events of
+        // aborted transactions are never read.
+        consumer_config
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed");
+    }
+    let consumer: StreamConsumer<RebalanceContext> = consumer_config
+        .create_with_context(RebalanceContext::new(
+            Arc::clone(&metrics),
+            Arc::clone(&outage),
+        ))
+        .map_err(|source| KafkaSetupError::Client {
+            what: "consumer",
+            brokers: config.kafka.brokers.clone(),
+            source,
+        })?;
     let mut subscribed = config.topics.events.clone();
     subscribed.push(config.topics.retry.clone());
     let topics: Vec<&str> = subscribed.iter().map(String::as_str).collect();
@@ -212,6 +231,30 @@ pub async fn run(
         })?;
     let producer = kafka::producer(&config.kafka, Arc::clone(&outage))?;
     check_retry_partitions(&producer, config)?;
+    let transaction = if exactly_once {
+        let id = kafka::transaction::transactional_id(
+            &role.group_id,
+            config.kafka.group.instance_id.as_deref(),
+            &options.worker_id,
+        );
+        let transaction = tokio::task::block_in_place(|| {
+            kafka::Transaction::start(
+                &config.kafka,
+                &config.kafka.transactions,
+                &id,
+                Arc::clone(&outage),
+            )
+        })?;
+        let transaction = Arc::new(transaction);
+        consumer
+            .context()
+            .commit_on_revoke(Arc::clone(&transaction));
+        metrics.watch_transactions(transaction.stats());
+        tracing::info!(transactional_id = %id, "exactly-once: outputs and offsets are committed in transactions");
+        Some(transaction)
+    } else {
+        None
+    };
     if config.telemetry.listen.is_some() {
         metrics::lag::spawn(
             &config.kafka,
@@ -220,8 +263,12 @@ pub async fn run(
             config.telemetry.lag_interval,
             telemetry_stop.clone(),
         )?;
+        // The producer that writes the outputs: the transactional one in exactly-once mode.
+        let writing = transaction
+            .as_ref()
+            .map_or_else(|| producer.clone(), |t| t.producer().clone());
         metrics::producer::spawn(
-            producer.clone(),
+            writing,
             config.topics.audit.clone(),
             Arc::clone(&metrics),
             config.telemetry.lag_interval,
@@ -301,7 +348,10 @@ pub async fn run(
     };
     let mut scheduler = Scheduler::new(
         Arc::clone(&processor),
-        producer.clone(),
+        match &transaction {
+            Some(transaction) => Outputs::Transactional(Arc::clone(transaction)),
+            None => Outputs::Acknowledged(producer.clone()),
+        },
         role.ordering,
         role.deciders > 1,
         &config.topics.retry,
@@ -315,10 +365,16 @@ pub async fn run(
     let mut drain_check = tokio::time::interval(Duration::from_millis(500));
     // The loop beats even when no record arrives; a loop stuck in an await stops beating.
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    // Exactly-once: the open transaction is looked at this often, and committed when due.
+    let mut commit_check = tokio::time::interval(
+        (config.kafka.transactions.commit_interval / 4).max(Duration::from_millis(5)),
+    );
+    commit_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let book = |summary: &mut Summary,
                 scheduler: &mut Scheduler<'_>,
                 first: Option<Instant>,
-                done: Finished| {
+                done: Finished|
+     -> Result<(), WorkerError> {
         if let Some(audit) = &done.audit {
             summary.record(audit);
             metrics::EventProcessed { audit }.emit(&metrics);
@@ -326,11 +382,24 @@ pub async fn run(
         if let Some(first) = first {
             summary.busy_ms = u64::try_from(first.elapsed().as_millis()).unwrap_or(u64::MAX);
         }
-        scheduler.finish(&consumer, done);
+        scheduler.finish(&consumer, done)?;
+        if scheduler.commit_due() {
+            scheduler.commit(&consumer)?;
+        }
+        Ok(())
     };
     // Partitions lost are forgotten, and the keys waiting in the retry partitions gained are
-    // learnt, before the next record is taken.
-    let rebalanced = |scheduler: &mut Scheduler<'_>| {
+    // learnt, before the next record is taken. A transaction aborted in the rebalance sends
+    // every assigned partition back to its committed offset first.
+    let rebalanced = |scheduler: &mut Scheduler<'_>| -> Result<(), WorkerError> {
+        match consumer.context().take_failed() {
+            None => {}
+            Some(kafka::TransactionError::Aborted { cause }) => {
+                tracing::warn!(error = %cause, "transaction aborted in a rebalance; processing its records again from the committed offsets");
+                scheduler.rewind(&consumer)?;
+            }
+            Some(fatal) => return Err(WorkerError::Transaction(fatal)),
+        }
         scheduler.revoke(consumer.context().take_revoked());
         let retry: Vec<i32> = consumer
             .context()
@@ -340,7 +409,7 @@ pub async fn run(
             .map(|(_, p)| p)
             .collect();
         if retry.is_empty() {
-            return;
+            return Ok(());
         }
         // A reader of its own for the rebalance: an idle client would queue librdkafka's
         // connection errors during an outage and report them all at the next rebalance.
@@ -356,19 +425,30 @@ pub async fn run(
                 "cannot read the keys waiting in the retry partitions assigned; until their records have run, later records of those keys may overtake them"
             ),
         }
+        Ok(())
     };
     loop {
-        rebalanced(&mut scheduler);
+        if let Err(e) = rebalanced(&mut scheduler) {
+            tracing::error!(error = %e, "stopping the worker");
+            result = Err(e);
+            break;
+        }
         metrics.set_in_flight(scheduler.in_flight());
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             _ = heartbeat.tick() => metrics.progress(),
             Some(done) = scheduler.running.next(), if !scheduler.running.is_empty() => {
-                match done {
-                    Ok(done) => book(&mut summary, &mut scheduler, first_received, done),
-                    Err(e) => {
-                        tracing::error!(error = %e, "record not delivered");
+                if let Err(e) = done.and_then(|done| book(&mut summary, &mut scheduler, first_received, done)) {
+                    tracing::error!(error = %e, "record not delivered");
+                    result = Err(e);
+                    break;
+                }
+            }
+            _ = commit_check.tick(), if scheduler.transactional() => {
+                if scheduler.commit_due() {
+                    if let Err(e) = scheduler.commit(&consumer) {
+                        tracing::error!(error = %e, "stopping the worker");
                         result = Err(e);
                         break;
                     }
@@ -414,7 +494,11 @@ pub async fn run(
                     .emit(&metrics);
                 }
                 let message = message.detach();
-                rebalanced(&mut scheduler);
+                if let Err(e) = rebalanced(&mut scheduler) {
+                    tracing::error!(error = %e, "stopping the worker");
+                    result = Err(e);
+                    break;
+                }
                 scheduler.accept(message);
             }
             _ = drain_check.tick(), if options.drain && scheduler.in_flight() == 0 => {
@@ -439,29 +523,35 @@ pub async fn run(
                 tracing::warn!(in_flight = scheduler.running.len(), "shutdown deadline reached; unfinished records will be re-processed");
                 scheduler.work_cancel.cancel();
             }
+            // Records waiting behind a finished one start in turn, so a clean stop leaves
+            // nothing done past the committed offset.
             Some(done) = scheduler.running.next() => {
-                match done {
-                    // Records waiting behind a finished one start in turn, so a clean stop
-                    // leaves nothing done past the committed offset.
-                    Ok(done) => book(&mut summary, &mut scheduler, first_received, done),
-                    Err(e) => {
-                        tracing::error!(error = %e, "record not delivered");
-                        if result.is_ok() {
-                            result = Err(e);
-                        }
-                        break;
+                if let Err(e) = done.and_then(|done| book(&mut summary, &mut scheduler, first_received, done)) {
+                    tracing::error!(error = %e, "record not delivered");
+                    if result.is_ok() {
+                        result = Err(e);
                     }
+                    break;
                 }
             }
         }
     }
-    if let Err(e) = producer.flush(rdkafka::util::Timeout::After(Duration::from_secs(5))) {
-        tracing::warn!(error = %e, "producer flush at shutdown");
-    }
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "final commit failed; uncommitted records will be re-delivered")
+    if scheduler.transactional() {
+        if result.is_ok() {
+            if let Err(e) = scheduler.commit(&consumer) {
+                tracing::warn!(error = %e, "final transaction not committed; its records will be processed again");
+            }
+        }
+    } else {
+        if let Err(e) = producer.flush(rdkafka::util::Timeout::After(Duration::from_secs(5))) {
+            tracing::warn!(error = %e, "producer flush at shutdown");
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(())
+            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "final commit failed; uncommitted records will be re-delivered")
+            }
         }
     }
     consumer.unsubscribe();

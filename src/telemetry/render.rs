@@ -84,6 +84,38 @@ pub fn render(metrics: &Metrics) -> String {
         "Kafka outages that ended (brokers unreachable, then answering again).",
     );
     sample(&mut out, "reflex_kafka_outages_total", &[], outages);
+    if let Some(((committed, aborted), open)) = metrics.transactions() {
+        family(
+            &mut out,
+            "reflex_kafka_transactions_total",
+            "counter",
+            "Transactions of the exactly-once mode, by result (committed, aborted).",
+        );
+        sample(
+            &mut out,
+            "reflex_kafka_transactions_total",
+            &[("result", "committed")],
+            committed,
+        );
+        sample(
+            &mut out,
+            "reflex_kafka_transactions_total",
+            &[("result", "aborted")],
+            aborted,
+        );
+        family(
+            &mut out,
+            "reflex_kafka_transaction_open_seconds",
+            "gauge",
+            "How long the open transaction has held records uncommitted (read_committed readers of reflex's topics wait behind it); 0 when it holds none.",
+        );
+        sample(
+            &mut out,
+            "reflex_kafka_transaction_open_seconds",
+            &[],
+            open.as_secs_f64(),
+        );
+    }
 
     family(
         &mut out,

@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
+use crate::kafka::Reader;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
@@ -101,7 +102,7 @@ pub(super) fn read_kafka(
 /// The events `id` caused, on the emit topics, then the audit records of `id` and of them
 /// (past the lake group's offsets, which `committed` gives).
 fn caused_and_audits(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topics: &Topics,
     from: Start,
     id: &str,
@@ -182,7 +183,7 @@ struct AuditStarts {
 /// records are in the `audit` table (searched beside). A partition with no record since
 /// `--since` is not read.
 fn audit_starts(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     from: Start,
     keys: Option<&[&[u8]]>,
@@ -271,7 +272,7 @@ fn lake_committed(config: &KafkaConfig, group: &str, topic: &str) -> HashMap<i32
 
 /// The dead letters holding `id` (read with [`DeadLetter::of`]) and their record timestamps.
 fn dead_letters(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     from: Start,
     id: &str,

@@ -9,7 +9,16 @@ use tokio_util::sync::CancellationToken;
 use crate::common::*;
 
 async fn drain(env: &TestEnv, worker: &str) -> reflex::summary::Summary {
-    let config = env.config();
+    drain_with(env, worker, reflex::kafka::Guarantee::AtLeastOnce).await
+}
+
+async fn drain_with(
+    env: &TestEnv,
+    worker: &str,
+    guarantee: reflex::kafka::Guarantee,
+) -> reflex::summary::Summary {
+    let mut config = env.config();
+    config.kafka.guarantee = guarantee;
     let options = RunOptions {
         worker_id: worker.to_owned(),
         drain: true,
@@ -25,6 +34,17 @@ async fn drain(env: &TestEnv, worker: &str) -> reflex::summary::Summary {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_outcome_is_audited_and_bad_input_is_dead_lettered() {
+    every_outcome(reflex::kafka::Guarantee::AtLeastOnce).await;
+}
+
+/// The same outcomes with outputs and offsets committed in transactions; the readers are
+/// `read_committed`, so what they count was committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_outcome_is_audited_once_under_exactly_once() {
+    every_outcome(reflex::kafka::Guarantee::ExactlyOnce).await;
+}
+
+async fn every_outcome(guarantee: reflex::kafka::Guarantee) {
     let env = TestEnv::new(2);
     env.create_topics().await;
     let stale_payment = json!({
@@ -59,7 +79,7 @@ async fn every_outcome_is_audited_and_bad_input_is_dead_lettered() {
     ];
     produce(&env.events, &records).await;
 
-    let summary = drain(&env, "it-worker").await;
+    let summary = drain_with(&env, "it-worker", guarantee).await;
     assert_eq!(summary.total(), 9, "{summary}");
 
     let audits = audits_by_key(&env.audit);
@@ -151,7 +171,7 @@ async fn every_outcome_is_audited_and_bad_input_is_dead_lettered() {
     assert_eq!(approved.len(), 2, "{approved:?}");
 
     // Offsets were committed: a second run of the same group finds nothing to do.
-    let again = drain(&env, "it-worker-2").await;
+    let again = drain_with(&env, "it-worker-2", guarantee).await;
     assert_eq!(
         again.total(),
         0,

@@ -70,7 +70,7 @@ impl<'a> Fleet<'a> {
         let mut cmd = Command::new(reflex_bin());
         cmd.args(["run", "--role", w.role, "--worker-id", &id])
             .env("REFLEX_CONFIG", &self.lake.env.config_path)
-            .env("REFLEX_LOG", "warn")
+            .env("REFLEX_LOG", "warn,reflex=info")
             .env_remove("REFLEX_CHAOS")
             .stdout(Stdio::null())
             .stderr(self.log.try_clone().expect("log file"));
@@ -125,10 +125,13 @@ impl<'a> Fleet<'a> {
     fn stop(&mut self, index: usize) -> Duration {
         let started = Instant::now();
         self.signal(index, "-TERM");
-        let mut child = self.workers[index].child.take().expect("running");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            // Left in place until it exits, so a worker that hangs is killed when the fleet is
+            // dropped.
+            let child = self.workers[index].child.as_mut().expect("running");
             if let Some(status) = child.try_wait().expect("wait") {
+                self.workers[index].child = None;
                 assert!(status.success(), "SIGTERM is a clean stop: {status}");
                 return started.elapsed();
             }
@@ -138,6 +141,19 @@ impl<'a> Fleet<'a> {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the worker exited by itself (it is reaped).
+    fn exited(&mut self, index: usize) -> bool {
+        let w = &mut self.workers[index];
+        let exited = w
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("wait").is_some());
+        if exited {
+            w.child = None;
+        }
+        exited
     }
 
     /// Stops every running worker cleanly.
@@ -175,6 +191,8 @@ struct Produced {
     id: String,
     key: String,
     valid: bool,
+    /// A refund request: its approval is emitted to the refunds topic.
+    refund: bool,
 }
 
 /// Produces `rate` events per second for `duration`, keyed over `keys` keys, every 20th one
@@ -215,7 +233,12 @@ async fn load(
                 event["data"]["currency"] = json!("XXX");
             }
             batch.push(Rec::json(&key, &event));
-            produced.push(Produced { id, key, valid });
+            produced.push(Produced {
+                id,
+                key,
+                valid,
+                refund: n % 2 == 1,
+            });
             n += 1;
         }
         produce(&topic, &batch).await;
@@ -252,6 +275,7 @@ fn reconcile(
     produced: &[Produced],
     killed: &BTreeSet<String>,
     rebalances: bool,
+    exactly_once: bool,
 ) -> Figures {
     let mut f = Figures {
         produced: produced.len(),
@@ -306,7 +330,12 @@ fn reconcile(
             // Every final record but the last is work whose commit did not happen: the worker
             // was killed, or (with `rebalances`) its partition was taken away meanwhile.
             for (worker, _) in &finals[..finals.len() - 1] {
-                if !killed.contains(worker) && !rebalances {
+                if exactly_once {
+                    f.violations.push(format!(
+                        "{}: two final audit records under exactly_once, the first by {worker}",
+                        p.id
+                    ));
+                } else if !killed.contains(worker) && !rebalances {
                     f.violations.push(format!(
                         "{}: processed twice, first by {worker}, which was neither killed nor rebalanced",
                         p.id
@@ -370,6 +399,28 @@ fn reconcile(
         if !dead.contains(&p.id) {
             f.violations
                 .push(format!("{}: bad input not dead-lettered", p.id));
+        }
+    }
+    // Each valid refund's approval was emitted; under exactly_once, once.
+    let mut approvals: BTreeMap<String, usize> = BTreeMap::new();
+    for r in read_all(&env.refunds_approved) {
+        let cause = r.json()["causationid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        *approvals.entry(cause).or_default() += 1;
+    }
+    for p in produced.iter().filter(|p| p.refund && p.valid) {
+        match approvals.get(&p.id).copied().unwrap_or(0) {
+            0 => f
+                .violations
+                .push(format!("{}: no refund approval emitted", p.id)),
+            1 => {}
+            n if exactly_once => f.violations.push(format!(
+                "{}: {n} refund approvals emitted under exactly_once",
+                p.id
+            )),
+            _ => {}
         }
     }
     // The lake holds each valid event once.
@@ -442,6 +493,8 @@ struct Scenario {
     static_members: bool,
     /// Re-processing at a rebalance is expected (records in flight when partitions moved).
     rebalances: bool,
+    /// `[kafka] guarantee = "exactly_once"`: no audit record or emitted event twice.
+    exactly_once: bool,
 }
 
 /// Waits until consumer group `group` is stable with `members` members.
@@ -507,6 +560,15 @@ async fn run(s: &Scenario) -> Figures {
         }
         None => text,
     };
+    let text = if s.exactly_once {
+        assert!(
+            text.contains("[kafka]\n"),
+            "the test config has a [kafka] table"
+        );
+        text.replace("[kafka]\n", "[kafka]\nguarantee = \"exactly_once\"\n")
+    } else {
+        text
+    };
     std::fs::write(
         &env.config_path,
         format!("{text}\n[kafka.group]\nprotocol = \"{}\"\n", s.protocol),
@@ -523,7 +585,15 @@ async fn run(s: &Scenario) -> Figures {
         })
     });
     env.create_topics().await;
-    let log_path = env.config_path.with_file_name("workers.log");
+    // The workers' log is kept under target/chaos as an artifact of the run, also when the
+    // scenario fails.
+    let kept = repo().join("target/chaos");
+    std::fs::create_dir_all(&kept).expect("target/chaos");
+    let name: String = format!("{}-{}-{}", s.name, s.protocol, guarantee(s))
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let log_path = kept.join(format!("{name}.log"));
     let log = File::create(&log_path).expect("log file");
     let mut fleet = Fleet::new(&lake, s.static_members, log);
     for _ in 0..s.actions {
@@ -606,6 +676,14 @@ async fn run(s: &Scenario) -> Figures {
             // may be done again by their new owner.
             let w = &fleet.workers[victim];
             fleet.killed.insert(Fleet::worker_id(w));
+            if s.exactly_once {
+                // Paused past the transaction timeout too, its producer was fenced: it stops
+                // by itself, and is restarted as an orchestrator would.
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if fleet.exited(victim) {
+                    fleet.spawn(victim);
+                }
+            }
         }
     }
     let produced = loader.await.expect("load task");
@@ -621,7 +699,14 @@ async fn run(s: &Scenario) -> Figures {
     tokio::time::sleep(Duration::from_secs(4)).await;
     fleet.stop_all();
     lake.drain("lake");
-    let mut figures = reconcile(env, &lake, &produced, &fleet.killed, s.rebalances);
+    let mut figures = reconcile(
+        env,
+        &lake,
+        &produced,
+        &fleet.killed,
+        s.rebalances,
+        s.exactly_once,
+    );
     figures.kills = fleet.kills;
     figures.log_lines = std::fs::read_to_string(&log_path)
         .map(|t| {
@@ -631,15 +716,6 @@ async fn run(s: &Scenario) -> Figures {
         })
         .unwrap_or(0);
     drop(fleet);
-    // The workers' log is kept as an artifact of the run.
-    let kept = repo().join("target/chaos");
-    if std::fs::create_dir_all(&kept).is_ok() {
-        let name: String = format!("{}-{}", s.name, s.protocol)
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let _ = std::fs::copy(&log_path, kept.join(format!("{name}.log")));
-    }
     figures
 }
 
@@ -665,9 +741,17 @@ fn table(name: &str, s: &Scenario, f: &Figures) -> String {
 
 const HEADER: &str = "| scenario | actions+lake | events | via retry | kills | lost | duplicated | re-delivered | out of order | violations | lake ids/rows | longest pause | ERROR/WARN lines |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
+fn guarantee(s: &Scenario) -> &'static str {
+    if s.exactly_once {
+        "exactly_once"
+    } else {
+        "at_least_once"
+    }
+}
+
 async fn check(s: Scenario) {
     let f = run(&s).await;
-    let name = format!("{} ({})", s.name, s.protocol);
+    let name = format!("{} ({}, {})", s.name, s.protocol, guarantee(&s));
     eprintln!("\n{HEADER}\n{}", table(&name, &s, &f));
     assert!(
         f.violations.is_empty(),
@@ -698,6 +782,7 @@ async fn chaos_kill_9_and_restart_with_live_workers() {
         // rebalance: only the killed incarnation's unfinished work is done twice.
         static_members: true,
         rebalances: false,
+        exactly_once: false,
     })
     .await;
 }
@@ -723,6 +808,7 @@ async fn chaos_rebalance_storm() {
         },
         static_members: false,
         rebalances: true,
+        exactly_once: false,
     })
     .await;
 }
@@ -746,6 +832,7 @@ async fn chaos_rolling_restart_with_static_members() {
         static_members: true,
         // Static members restart without a rebalance, and a clean stop commits all it did.
         rebalances: false,
+        exactly_once: false,
     })
     .await;
 }
@@ -768,6 +855,7 @@ async fn chaos_zombie_worker() {
         },
         static_members: false,
         rebalances: true,
+        exactly_once: false,
     })
     .await;
 }
@@ -793,6 +881,7 @@ async fn chaos_kill_9_under_the_consumer_protocol() {
         // the broker moves partitions to it from the others, whose records in flight run again.
         static_members: false,
         rebalances: true,
+        exactly_once: false,
     })
     .await;
 }
@@ -816,6 +905,57 @@ async fn chaos_rebalance_storm_under_the_consumer_protocol() {
         },
         static_members: false,
         rebalances: true,
+        exactly_once: false,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_kill_9_under_exactly_once() {
+    let (duration, every) = if full() {
+        (Duration::from_secs(200), Duration::from_secs(10))
+    } else {
+        (Duration::from_secs(45), Duration::from_secs(9))
+    };
+    check(Scenario {
+        name: "kill -9 + restart",
+        protocol: "classic",
+        flaky: true,
+        actions: 3,
+        lake: 2,
+        rate: 100,
+        duration,
+        fault: Fault::Kill { every },
+        static_members: true,
+        rebalances: false,
+        // Outputs and offsets are committed together: what a killed worker did since its last
+        // commit is aborted, and a read_committed reader sees each event's outcome once.
+        exactly_once: true,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_zombie_worker_under_exactly_once() {
+    if !full() {
+        return;
+    }
+    check(Scenario {
+        name: "zombie (SIGSTOP past the session timeout)",
+        protocol: "classic",
+        flaky: false,
+        actions: 2,
+        lake: 1,
+        rate: 100,
+        duration: Duration::from_secs(60),
+        fault: Fault::Zombie {
+            pause: Duration::from_secs(20),
+        },
+        static_members: false,
+        rebalances: true,
+        // The zombie's transaction cannot commit for partitions it lost: it is aborted, and
+        // nothing the zombie did after its pause is visible.
+        exactly_once: true,
     })
     .await;
 }

@@ -243,6 +243,10 @@ pub fn read_all(topic: &str) -> Vec<Read> {
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
+        // A transactional topic ends in a commit marker that is never delivered: the end of a
+        // partition is the end-of-partition event.
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
         .create()
         .expect("consumer");
     let metadata = consumer
@@ -279,6 +283,10 @@ pub fn read_all(topic: &str) -> Vec<Read> {
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
+        if let Err(rdkafka::error::KafkaError::PartitionEOF(p)) = message {
+            remaining.remove(&p);
+            continue;
+        }
         let m = message.expect("read");
         let headers = m
             .headers()

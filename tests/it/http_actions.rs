@@ -141,6 +141,17 @@ async fn retried_call_keeps_one_idempotency_key_and_is_audited() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_key_retries_in_order_without_blocking_other_keys_then_replays() {
+    failing_key_retries_in_order(false).await;
+}
+
+/// The same path with every output committed in transactions: the retry, dead-letter and
+/// audit topics then hold transaction markers, which readers and the drain check pass over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_key_retries_in_order_under_exactly_once() {
+    failing_key_retries_in_order(true).await;
+}
+
+async fn failing_key_retries_in_order(exactly_once: bool) {
     let service = ActionService::start();
     // Four failures: two attempts in the first pass, two in the one retry round.
     service.set_behaviour("/orders/bad", Behaviour::fail(500, 4));
@@ -150,6 +161,12 @@ async fn a_failing_key_retries_in_order_without_blocking_other_keys_then_replays
         "max_attempts = 2",
         "retry_delay = \"1s\"\nretry_rounds = 1",
     );
+    if exactly_once {
+        let text = std::fs::read_to_string(&env.config_path).expect("read config");
+        assert!(text.contains("[kafka]\n"));
+        let text = text.replace("[kafka]\n", "[kafka]\nguarantee = \"exactly_once\"\n");
+        std::fs::write(&env.config_path, text).expect("write config");
+    }
     env.create_topics().await;
     let mut records = vec![order_of("b1", "bad")];
     for i in 0..10 {

@@ -1,14 +1,14 @@
 //! Rebalance handling for the actions role: stored offsets are committed synchronously before
 //! partitions are taken away, and the worker learns which partitions it lost and gained.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::ClientContext;
 
-use crate::kafka::Outage;
+use crate::kafka::{Outage, Transaction, TransactionError};
 
 use crate::telemetry::{Metrics, PartitionsAssigned, PartitionsRevoked};
 
@@ -20,6 +20,11 @@ pub(super) struct RebalanceContext {
     assigned: Mutex<Vec<(String, i32)>>,
     metrics: Arc<Metrics>,
     outage: Arc<Outage>,
+    /// The exactly-once mode's transaction, committed (instead of the stored offsets) before
+    /// partitions are taken away.
+    transaction: OnceLock<Arc<Transaction>>,
+    /// A transaction that failed in a rebalance, for the worker to act on.
+    failed: Mutex<Option<TransactionError>>,
 }
 
 impl RebalanceContext {
@@ -29,7 +34,30 @@ impl RebalanceContext {
             assigned: Mutex::default(),
             metrics,
             outage,
+            transaction: OnceLock::new(),
+            failed: Mutex::default(),
         }
+    }
+
+    /// Commits `transaction` before partitions are taken away from now on.
+    pub(super) fn commit_on_revoke(&self, transaction: Arc<Transaction>) {
+        let _ = self.transaction.set(transaction);
+    }
+
+    /// The transaction that failed in a rebalance since the last call, if one did.
+    pub(super) fn take_failed(&self) -> Option<TransactionError> {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Partitions to treat as just assigned (after a rewind, their retry keys are read again).
+    pub(super) fn reassigned(&self, partitions: Vec<(String, i32)>) {
+        self.assigned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(partitions);
     }
 
     pub(super) fn take_revoked(&self) -> Vec<(String, i32)> {
@@ -58,7 +86,12 @@ impl ConsumerContext for RebalanceContext {
         if let Rebalance::Revoke(partitions) = rebalance {
             tracing::info!(
                 partitions = partitions.count(),
-                "partitions revoked; committing stored offsets"
+                "partitions revoked; committing {}",
+                if self.transaction.get().is_some() {
+                    "the open transaction"
+                } else {
+                    "stored offsets"
+                }
             );
             let lost: Vec<(String, i32)> = partitions
                 .elements()
@@ -70,6 +103,12 @@ impl ConsumerContext for RebalanceContext {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend(lost);
+            if let Some(transaction) = self.transaction.get() {
+                if let Err(e) = transaction.commit(consumer) {
+                    *self.failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                }
+                return;
+            }
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(())
                 | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}

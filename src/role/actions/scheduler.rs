@@ -2,6 +2,7 @@
 //! keys parked in the retry topic. Records of one slot (key, or partition) run one at a time in
 //! offset order; the offset stored is the highest one below which every record is done.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use futures_util::stream::FuturesUnordered;
 use opentelemetry::context::FutureExt as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::Offset;
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::deliver;
@@ -19,8 +21,8 @@ use super::rebalance::RebalanceContext;
 use super::traced::RecordSpan;
 use super::WorkerError;
 use crate::audit::AuditRecord;
-use crate::ingest::headers;
-use crate::kafka;
+use crate::ingest::{headers, OutRecord};
+use crate::kafka::{self, Transaction, TransactionError};
 use crate::ordering::{KeyQueue, Ordering, Parking, Partitions, Verdict};
 use crate::telemetry::{Metrics, OutputsDelivered};
 
@@ -50,6 +52,18 @@ pub(super) struct Finished {
     parked: Option<(ParkKey, String, bool)>,
     /// The audit record; none when the record was abandoned at shutdown.
     pub(super) audit: Option<AuditRecord>,
+    /// In the exactly-once mode, the output records, sent into the transaction when every
+    /// earlier record of the partition is done; empty otherwise (they were delivered).
+    outputs: Vec<OutRecord>,
+}
+
+/// How a record's output records reach Kafka.
+pub(super) enum Outputs {
+    /// Each record's outputs are delivered and acknowledged before its offset is stored
+    /// (at least once).
+    Acknowledged(crate::kafka::Producer),
+    /// Outputs and offsets are committed in transactions (exactly once).
+    Transactional(Arc<Transaction>),
 }
 
 pub(super) type Running = Pin<Box<dyn Future<Output = Result<Finished, WorkerError>> + Send>>;
@@ -58,7 +72,7 @@ pub(super) type Running = Pin<Box<dyn Future<Output = Result<Finished, WorkerErr
 /// keys parked in the retry topic.
 pub(super) struct Scheduler<'a> {
     processor: Arc<Processor>,
-    producer: crate::kafka::Producer,
+    outputs: Outputs,
     ordering: Ordering,
     /// Whether records run as tasks of their own (several evaluators).
     spawn: bool,
@@ -75,6 +89,11 @@ pub(super) struct Scheduler<'a> {
     pub(super) work_cancel: CancellationToken,
     /// The worker's metrics.
     metrics: Arc<Metrics>,
+    /// Exactly-once: outputs of records done while an earlier record of their partition is
+    /// not, by partition and offset. They join the transaction in offset order, with the
+    /// offset that covers them, so a transaction never holds a record's outputs without its
+    /// offset.
+    held: HashMap<Tp, BTreeMap<i64, Vec<OutRecord>>>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -83,7 +102,7 @@ impl<'a> Scheduler<'a> {
     /// their retry time.
     pub(super) fn new(
         processor: Arc<Processor>,
-        producer: crate::kafka::Producer,
+        outputs: Outputs,
         ordering: Ordering,
         spawn: bool,
         retry_topic: &'a str,
@@ -92,7 +111,7 @@ impl<'a> Scheduler<'a> {
     ) -> Self {
         Self {
             processor,
-            producer,
+            outputs,
             ordering,
             spawn,
             retry_topic,
@@ -104,6 +123,7 @@ impl<'a> Scheduler<'a> {
             sleep_cancel: shutdown.child_token(),
             work_cancel: CancellationToken::new(),
             metrics,
+            held: HashMap::new(),
         }
     }
 }
@@ -178,7 +198,10 @@ impl Scheduler<'_> {
         };
         drop(headers);
         let processor = Arc::clone(&self.processor);
-        let producer = self.producer.clone();
+        let producer = match &self.outputs {
+            Outputs::Acknowledged(producer) => Some(producer.clone()),
+            Outputs::Transactional(_) => None,
+        };
         let sleep_cancel = self.sleep_cancel.clone();
         let work_cancel = self.work_cancel.clone();
         let metrics = Arc::clone(&self.metrics);
@@ -200,6 +223,7 @@ impl Scheduler<'_> {
                 slot,
                 parked: None,
                 audit: None,
+                outputs: Vec::new(),
             };
             if let Some(due) = due {
                 let wait = due.saturating_sub(chrono::Utc::now().timestamp_millis());
@@ -230,6 +254,27 @@ impl Scheduler<'_> {
             if work_cancel.is_cancelled() {
                 return Ok(abandoned(slot));
             }
+            let parked = park_key
+                .zip(processed.audit.event_id.clone())
+                .map(|(k, id)| {
+                    let retrying = processed.audit.outcome == crate::audit::Outcome::Retrying;
+                    (k, id, retrying)
+                });
+            let Some(producer) = producer else {
+                // The outputs join the transaction when the worker books the record.
+                if let Some(span) = &span {
+                    span.finish(&processed.audit);
+                }
+                return Ok(Finished {
+                    tp,
+                    offset,
+                    generation,
+                    slot,
+                    parked,
+                    audit: Some(processed.audit),
+                    outputs: processed.records,
+                });
+            };
             let sent = Instant::now();
             let delivery = deliver(&producer, &input, &processed.records);
             let delivered = match &span {
@@ -249,12 +294,6 @@ impl Scheduler<'_> {
                 elapsed: sent.elapsed(),
             }
             .emit(&metrics);
-            let parked = park_key
-                .zip(processed.audit.event_id.clone())
-                .map(|(k, id)| {
-                    let retrying = processed.audit.outcome == crate::audit::Outcome::Retrying;
-                    (k, id, retrying)
-                });
             Ok(Finished {
                 tp,
                 offset,
@@ -262,6 +301,7 @@ impl Scheduler<'_> {
                 slot,
                 parked,
                 audit: Some(processed.audit),
+                outputs: Vec::new(),
             })
         };
         match input_at {
@@ -282,8 +322,15 @@ impl Scheduler<'_> {
         }
     }
 
-    /// Books a finished record: parking, the offset to store, and the next record of its slot.
-    pub(super) fn finish(&mut self, consumer: &StreamConsumer<RebalanceContext>, done: Finished) {
+    /// Books a finished record: parking, the offset to store (in the exactly-once mode, its
+    /// outputs and offset into the transaction), and the next record of its slot. Partitions
+    /// revoked meanwhile are forgotten first, so nothing of theirs joins a transaction.
+    pub(super) fn finish(
+        &mut self,
+        consumer: &StreamConsumer<RebalanceContext>,
+        done: Finished,
+    ) -> Result<(), WorkerError> {
+        self.revoke(consumer.context().take_revoked());
         if let Some((key, id, retrying)) = done.parked {
             if retrying {
                 self.parking.park(key, &id);
@@ -292,14 +339,45 @@ impl Scheduler<'_> {
             }
         }
         if done.audit.is_some() {
-            if let Some(upto) = self
-                .partitions
-                .complete(&done.tp, done.generation, done.offset)
-            {
-                if let Err(e) = consumer.store_offset(&done.tp.0, done.tp.1, upto) {
-                    // The partition was revoked meanwhile; its new owner re-processes.
-                    tracing::debug!(error = %e, topic = %done.tp.0, partition = done.tp.1, "offset not stored");
+            match self.transaction() {
+                None => {
+                    if let Some(upto) =
+                        self.partitions
+                            .complete(&done.tp, done.generation, done.offset)
+                    {
+                        if let Err(e) = consumer.store_offset(&done.tp.0, done.tp.1, upto) {
+                            // The partition was revoked meanwhile; its new owner re-processes.
+                            tracing::debug!(error = %e, topic = %done.tp.0, partition = done.tp.1, "offset not stored");
+                        }
+                    }
                 }
+                Some(transaction) if self.partitions.is_current(&done.tp, done.generation) => {
+                    let transaction = Arc::clone(transaction);
+                    let held = self.held.entry(done.tp.clone()).or_default();
+                    held.insert(done.offset, done.outputs);
+                    if let Some(upto) =
+                        self.partitions
+                            .complete(&done.tp, done.generation, done.offset)
+                    {
+                        let later = held.split_off(&(upto + 1));
+                        let ready = std::mem::replace(held, later);
+                        for (offset, outputs) in ready {
+                            tokio::task::block_in_place(|| transaction.send(&outputs)).map_err(
+                                |source| WorkerError::Delivery {
+                                    topic: outputs
+                                        .first()
+                                        .map(|r| r.topic.clone())
+                                        .unwrap_or_default(),
+                                    input: format!("{}/{}/{offset}", done.tp.0, done.tp.1),
+                                    source,
+                                },
+                            )?;
+                        }
+                        transaction.ready(&done.tp.0, done.tp.1, upto + 1);
+                    }
+                }
+                // Done after its partition was revoked: the next owner answers it.
+                Some(_) => {}
             }
         }
         if let Some(slot) = done.slot {
@@ -311,6 +389,79 @@ impl Scheduler<'_> {
                 self.start(next);
             }
         }
+        Ok(())
+    }
+
+    /// The exactly-once mode's transaction.
+    fn transaction(&self) -> Option<&Arc<Transaction>> {
+        match &self.outputs {
+            Outputs::Acknowledged(_) => None,
+            Outputs::Transactional(transaction) => Some(transaction),
+        }
+    }
+
+    /// Whether the worker runs in the exactly-once mode.
+    pub(super) fn transactional(&self) -> bool {
+        self.transaction().is_some()
+    }
+
+    /// Whether the open transaction is due for its commit.
+    pub(super) fn commit_due(&self) -> bool {
+        self.transaction().is_some_and(|t| t.due())
+    }
+
+    /// Commits the open transaction (exactly-once mode). An aborted one is processed again:
+    /// every assigned partition goes back to its committed offset.
+    pub(super) fn commit(
+        &mut self,
+        consumer: &StreamConsumer<RebalanceContext>,
+    ) -> Result<(), WorkerError> {
+        let Some(transaction) = self.transaction().cloned() else {
+            return Ok(());
+        };
+        self.revoke(consumer.context().take_revoked());
+        match tokio::task::block_in_place(|| transaction.commit(consumer)) {
+            Ok(_) => Ok(()),
+            Err(TransactionError::Aborted { cause }) => {
+                tracing::warn!(error = %cause, "transaction aborted; processing its records again from the committed offsets");
+                self.rewind(consumer)
+            }
+            Err(fatal) => Err(WorkerError::Transaction(fatal)),
+        }
+    }
+
+    /// After an aborted transaction: forgets every assigned partition's records in progress
+    /// and consumes each again from the group's committed offset. A partition that cannot be
+    /// sought stops the worker (its records would otherwise be skipped).
+    pub(super) fn rewind(
+        &mut self,
+        consumer: &StreamConsumer<RebalanceContext>,
+    ) -> Result<(), WorkerError> {
+        let timeout = Duration::from_secs(10);
+        let failed = |source| WorkerError::Rewind { source };
+        let assigned = consumer.assignment().map_err(failed)?;
+        let partitions: Vec<Tp> = assigned
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        self.revoke(partitions.clone());
+        let committed =
+            tokio::task::block_in_place(|| consumer.committed_offsets(assigned, timeout))
+                .map_err(failed)?;
+        for element in committed.elements() {
+            let offset = match element.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            tokio::task::block_in_place(|| {
+                consumer.seek(element.topic(), element.partition(), offset, timeout)
+            })
+            .map_err(failed)?;
+        }
+        // The keys waiting in the retry partitions are read again, as after an assignment.
+        consumer.context().reassigned(partitions);
+        Ok(())
     }
 
     /// Forgets revoked partitions: their waiting records are dropped (the new owner consumes
@@ -322,6 +473,10 @@ impl Scheduler<'_> {
         }
         for tp in &revoked {
             self.partitions.revoke(tp);
+            self.held.remove(tp);
+        }
+        if let Some(transaction) = self.transaction() {
+            transaction.forget(&revoked);
         }
         let dropped = self
             .queue

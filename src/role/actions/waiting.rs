@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::pipeline::{Admitted, Processor};
@@ -31,7 +31,7 @@ pub(super) struct Waiting {
 /// ids, in offset order.
 pub(super) fn waiting_in_retry(
     consumer: &StreamConsumer<RebalanceContext>,
-    reader: &BaseConsumer,
+    reader: &crate::kafka::Reader,
     retry_topic: &str,
     partitions: &[i32],
     processor: &Processor,
