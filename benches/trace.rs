@@ -370,7 +370,7 @@ async fn fill_audit(config: &Config) {
 /// Commits the lake group's offsets at the end of each audit partition, as a lake role that
 /// wrote every audit record would have, after checking that the lake's coordinates for a
 /// record are where Kafka holds it.
-fn commit_lake_offsets(config: &Config, consumer: &rdkafka::consumer::BaseConsumer) {
+fn commit_lake_offsets(config: &Config, consumer: &kafka::Reader) {
     use rdkafka::consumer::{CommitMode, Consumer};
     let probe_id = event_id(EVENTS / 2 + 7);
     let p = kafka::default_partition(probe_id.as_bytes(), AUDIT_PARTITIONS).expect("a key");

@@ -810,7 +810,10 @@ types = ["refund.requested"]
                 .to_string()
         };
         let e = refused("[kafka.transactions]\ncommit_interval = \"6s\"\n");
-        assert!(e.contains("kafka.transactions.commit_interval") && e.contains("6s"), "{e}");
+        assert!(
+            e.contains("kafka.transactions.commit_interval") && e.contains("6s"),
+            "{e}"
+        );
         let e = refused("[kafka.transactions]\ntimeout = \"1h\"\n");
         assert!(e.contains("kafka.transactions.timeout"), "{e}");
         let e = refused("[kafka.transactions]\nmax_records = 0\n");
