@@ -39,7 +39,7 @@ pyenv: ## Install the Python tools the tests use (confluent-kafka) into .stack/v
 test: up pyenv opa prometheus jaeger lake-tools ## Run every test (unit and integration) against the local stack
 	$(CARGO) test --locked --all-targets
 
-chaos: up pyenv lake-tools ## Fault suite with live workers: kill -9, rebalance storm, rolling restart, zombie; a table per scenario (~12 min)
+chaos: up pyenv lake-tools ## Fault suite with live workers: kill -9, rebalance storm, rolling restart, zombie, and kill -9, zombie and storm under exactly_once; a table per scenario (~19 min)
 	REFLEX_CHAOS=full $(CARGO) test --locked --test it chaos_ -- --nocapture --test-threads=1
 
 opa: ## Build the reference OPA (v1.22.3, Go module proxy) into .stack/bin once

@@ -84,6 +84,7 @@ fn stages(c: &mut Criterion) {
         enricher: Enricher::new(services.clone(), &EnrichmentTable::default()),
         services,
         tracer: None,
+        publishers: std::sync::Arc::default(),
     };
     let actions = Arc::new(ActionTable::new(inline));
     let processor = Processor::new(

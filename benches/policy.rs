@@ -96,25 +96,63 @@ fn decisions(c: &mut Criterion) {
         };
         let (event, now) = (&case.event, &case.now);
         let none = serde_json::Map::new();
+        // As the demo's desk signs its refunds.
+        let signed = reflex::publisher::Publisher {
+            verified: true,
+            key_id: Some("support-desk".into()),
+            status: reflex::publisher::Status::Verified,
+            claimed_key_id: Some("support-desk".into()),
+        };
+        let signed = &signed;
         assert_eq!(
-            policy_input(event, Mode::Structured, &input, now, &none),
-            regorus::Value::from(policy_document(event, Mode::Structured, &input, now, &none)),
+            policy_input(event, Mode::Structured, &input, now, signed, &none),
+            regorus::Value::from(policy_document(
+                event,
+                Mode::Structured,
+                &input,
+                now,
+                signed,
+                &none
+            )),
         );
         group.bench_function(BenchmarkId::new("input", name), |b| {
-            b.iter(|| policy_input(event, Mode::Structured, &input, now, &none));
+            b.iter(|| policy_input(event, Mode::Structured, &input, now, signed, &none));
         });
         group.bench_function(BenchmarkId::new("input_json", name), |b| {
             b.iter(|| {
-                regorus::Value::from(policy_document(event, Mode::Structured, &input, now, &none))
+                regorus::Value::from(policy_document(
+                    event,
+                    Mode::Structured,
+                    &input,
+                    now,
+                    signed,
+                    &none,
+                ))
             });
         });
         group.bench_function(BenchmarkId::new("stage", name), |b| {
             b.iter(|| {
-                interpreter.decide(policy_input(event, Mode::Structured, &input, now, &none))
+                interpreter.decide(policy_input(
+                    event,
+                    Mode::Structured,
+                    &input,
+                    now,
+                    signed,
+                    &none,
+                ))
             });
         });
         group.bench_function(BenchmarkId::new("stage_compiled", name), |b| {
-            b.iter(|| compiled.decide(policy_input(event, Mode::Structured, &input, now, &none)));
+            b.iter(|| {
+                compiled.decide(policy_input(
+                    event,
+                    Mode::Structured,
+                    &input,
+                    now,
+                    signed,
+                    &none,
+                ))
+            });
         });
         let mut redactor = set.evaluator();
         group.bench_function(BenchmarkId::new("redaction", name), |b| {

@@ -59,6 +59,7 @@ fn main() -> anyhow::Result<()> {
                 Mode::Structured,
                 &input,
                 now,
+                &reflex::publisher::Publisher::unsigned(),
                 &serde_json::Map::new(),
             ));
             allowed += usize::from(decision.allow);

@@ -48,6 +48,15 @@ export REFLEX_ROLES_ACTIONS_RETRY_ROUNDS="${REFLEX_ROLES_ACTIONS_RETRY_ROUNDS:-1
 export REFLEX_SERVICES_BREAKER_FAILURES="${REFLEX_SERVICES_BREAKER_FAILURES:-10}"
 mkdir -p "$out"
 
+step "a new signing key for the support desk (its refunds must be signed)"
+# The desk keeps the private key; reflex gets the public key (config/reflex.toml's
+# [publishers.support-desk], overridden here for this run).
+desk_key="$out/support-desk.key"
+rm -f "$desk_key"
+REFLEX_PUBLISHERS_SUPPORT_DESK_PUBLIC_KEY="$("$reflex" sign --new-key "$desk_key" | sed -n 's/^public_key = "\(.*\)"$/\1/p')"
+export REFLEX_PUBLISHERS_SUPPORT_DESK_PUBLIC_KEY
+echo "public key $REFLEX_PUBLISHERS_SUPPORT_DESK_PUBLIC_KEY"
+
 step "validate configuration, schemas and policies"
 "$reflex" --config "$config" check
 
@@ -60,11 +69,12 @@ python3 scripts/demo-events.py "$out"
 step "publish them (as they are: the bad ones are bad on purpose)"
 "$reflex" --config "$config" produce --no-validate --topic events.orders "$out/orders.jsonl"
 "$reflex" --config "$config" produce --no-validate --binary --topic events.payments "$out/payments.jsonl"
-"$reflex" --config "$config" produce --no-validate --topic events.refunds "$out/refunds.jsonl"
+python="$(scripts/pyenv.sh)"
+echo "the support desk signs its refunds (a few unsigned, one tampered with, one signed with an old key):"
+"$python" scripts/demo-refunds.py 127.0.0.1:9092 events.refunds "$out/refunds.jsonl" support-desk "$desk_key"
 
 step "register the schemas in the schema registry, and publish Avro events with confluent-kafka"
 "$reflex" --config "$config" schemas register
-python="$(scripts/pyenv.sh)"
 "$python" scripts/demo-avro.py 127.0.0.1:9092 http://127.0.0.1:8081/apis/ccompat/v7 events.payments schemas/payment.settled.avsc 40
 
 step "start the supporting services (customer lookups, payment ledger; the ledger refuses pay-100)"

@@ -21,7 +21,9 @@
 #   $STACK_DIR/kafka/tls (ca.pem, client.pem + client.key, scram-password):
 #   KAFKA_SASL_SSL_PORT (9094): SASL_SSL, SCRAM-SHA-512, user KAFKA_SCRAM_USER (reflex)
 #   with a random password in tls/scram-password; KAFKA_SSL_PORT (9095): SSL with a client
-#   certificate required (mutual TLS).
+#   certificate required (mutual TLS); KAFKA_OAUTH_PORT (9096): SASL_SSL with OAUTHBEARER,
+#   tokens checked by Kafka's unsecured JWT validator (any well-formed unsigned JWT with a
+#   `sub` and an `exp` is accepted: a test double of a managed cluster's token check).
 #
 # BROKERS=3: a three-node KRaft cluster instead, each node a combined broker and controller
 #   (node ids 1-3, a three-voter quorum, so one node down keeps both the metadata quorum and the
@@ -167,6 +169,7 @@ KAFKA_PIDFILE="$KAFKA_DIR/kafka.pid"
 KAFKA_ADDR="$KAFKA_HOST:$KAFKA_PORT"
 KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-9094}"
 KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-9095}"
+KAFKA_OAUTH_PORT="${KAFKA_OAUTH_PORT:-9096}"
 KAFKA_SCRAM_USER="${KAFKA_SCRAM_USER:-reflex}"
 KAFKA_TLS="$KAFKA_DIR/tls"                     # throw-away CA and certificates; removed by `down --clean`
 
@@ -176,6 +179,7 @@ KAFKA_TLS="$KAFKA_DIR/tls"                     # throw-away CA and certificates;
 [[ $KAFKA_SASL_SSL_PORT =~ ^[0-9]+$ ]] ||
     die "KAFKA_SASL_SSL_PORT must be a port number, got '$KAFKA_SASL_SSL_PORT'"
 [[ $KAFKA_SSL_PORT =~ ^[0-9]+$ ]] || die "KAFKA_SSL_PORT must be a port number, got '$KAFKA_SSL_PORT'"
+[[ $KAFKA_OAUTH_PORT =~ ^[0-9]+$ ]] || die "KAFKA_OAUTH_PORT must be a port number, got '$KAFKA_OAUTH_PORT'"
 
 # Health probe without starting a JVM: send a Kafka Metadata v4 request
 # (all topics) over /dev/tcp and require a reply listing at least one broker.
@@ -329,9 +333,9 @@ kafka_write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT,SASL_SSL://$KAFKA_HOST:$KAFKA_SASL_SSL_PORT,SSL://$KAFKA_HOST:$KAFKA_SSL_PORT
-advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,SASL_SSL://$KAFKA_HOST:$KAFKA_SASL_SSL_PORT,SSL://$KAFKA_HOST:$KAFKA_SSL_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT,SASL_SSL://$KAFKA_HOST:$KAFKA_SASL_SSL_PORT,SSL://$KAFKA_HOST:$KAFKA_SSL_PORT,OAUTH://$KAFKA_HOST:$KAFKA_OAUTH_PORT
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,SASL_SSL://$KAFKA_HOST:$KAFKA_SASL_SSL_PORT,SSL://$KAFKA_HOST:$KAFKA_SSL_PORT,OAUTH://$KAFKA_HOST:$KAFKA_OAUTH_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,OAUTH:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 
@@ -343,6 +347,9 @@ ssl.truststore.location=$KAFKA_TLS/ca.pem
 listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.ssl.ssl.client.auth=required
+# OAUTHBEARER with Kafka's default, unsecured validator (OAuthBearerUnsecuredValidatorCallbackHandler).
+listener.name.oauth.sasl.enabled.mechanisms=OAUTHBEARER
+listener.name.oauth.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;
 
 log.dirs=$KAFKA_LOG_DIRS
 
@@ -462,6 +469,8 @@ kafka_up() {
             else
                 say "kafka: warning: no SASL_SSL listener on $KAFKA_HOST:$KAFKA_SASL_SSL_PORT (the broker was started by an older stack script); restart it for the security tests: make down && make up" >&2
             fi
+            port_open "$KAFKA_HOST" "$KAFKA_OAUTH_PORT" ||
+                say "kafka: warning: no OAUTHBEARER listener on $KAFKA_HOST:$KAFKA_OAUTH_PORT (the broker was started by an older stack script); restart it for the security tests: make down && make up" >&2
             return 0
         fi
         say "kafka: pid $pid is up but not answering yet; waiting"
@@ -470,7 +479,7 @@ kafka_up() {
     fi
 
     local port
-    for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_SSL_PORT" "$KAFKA_SSL_PORT"; do
+    for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_SSL_PORT" "$KAFKA_SSL_PORT" "$KAFKA_OAUTH_PORT"; do
         ! port_open "$KAFKA_HOST" "$port" ||
             die "kafka: $KAFKA_HOST:$port is already in use by another process (a Docker Kafka? another stack dir?); stop it or set KAFKA_PORT / KAFKA_CONTROLLER_PORT"
     done
@@ -532,6 +541,7 @@ kafka_down() {
 
 kafka_sasl_ssl_probe() { port_open "$KAFKA_HOST" "$KAFKA_SASL_SSL_PORT"; }
 kafka_ssl_probe() { port_open "$KAFKA_HOST" "$KAFKA_SSL_PORT"; }
+kafka_oauth_probe() { port_open "$KAFKA_HOST" "$KAFKA_OAUTH_PORT"; }
 
 kafka_status() {
     if cluster_mode; then
@@ -544,6 +554,8 @@ kafka_status() {
     status_line kafka-sasl "sasl_ssl://$KAFKA_HOST:$KAFKA_SASL_SSL_PORT" "$pid" kafka_sasl_ssl_probe \
         "$KAFKA_LOGS/server.log" || rc=1
     status_line kafka-tls "ssl://$KAFKA_HOST:$KAFKA_SSL_PORT" "$pid" kafka_ssl_probe "$KAFKA_LOGS/server.log" || rc=1
+    status_line kafka-oauth "sasl_ssl://$KAFKA_HOST:$KAFKA_OAUTH_PORT" "$pid" kafka_oauth_probe \
+        "$KAFKA_LOGS/server.log" || rc=1
     if [[ -f $KAFKA_TLS/.complete ]]; then
         printf '%-10s %-10s %s\n' "" "" "SCRAM-SHA-512 user $KAFKA_SCRAM_USER, password file $KAFKA_TLS/scram-password; CA $KAFKA_TLS/ca.pem; client certificate $KAFKA_TLS/client.pem + client.key"
     fi

@@ -118,6 +118,9 @@ pub struct AuditRecord {
     /// absent when there is neither (and in records written before the field existed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traceid: Option<String>,
+    /// What the event's publisher signature proved (every admitted event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<crate::publisher::Publisher>,
     /// The enrichment lookups that fed the decision, and where each answer came from.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lookups: Vec<crate::enrich::LookupReport>,
@@ -154,6 +157,7 @@ impl AuditRecord {
             origin: None,
             replay_of: None,
             traceid: None,
+            publisher: None,
             lookups: Vec::new(),
             enrichment: serde_json::Map::new(),
         }

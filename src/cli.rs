@@ -9,11 +9,13 @@
 //! - [`schemas`]: `reflex schemas list|check|register` against the schema registry.
 //! - [`policy`]: `reflex policy check|status|test`.
 //! - [`produce`]: `reflex produce` and its summary.
+//! - [`sign`]: `reflex sign`, a record's publisher signature, and new publisher keys.
 
 pub mod check;
 pub mod policy;
 pub mod produce;
 pub mod schemas;
+pub mod sign;
 pub mod topics;
 
 use std::time::Duration;

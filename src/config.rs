@@ -3,6 +3,7 @@
 
 mod env;
 mod lake;
+mod publishers;
 mod raw;
 mod security;
 mod services;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use lake::{LakeConfig, RawLake, RawLakeRole, RawLakeS3, StoreLocation};
+pub use publishers::RawPublisherKey;
 pub use raw::{
     RawAction, RawActionsRole, RawConfig, RawEmitAction, RawHttpAction, RawKafka, RawLogAction,
     RawPolicy, RawRegistry, RawRoles, RawSchemas, RawTopics,
@@ -164,6 +166,22 @@ pub enum ConfigError {
     /// The policies failed to load.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A `[services.service_tls."<service>"]` table is not usable.
+    #[error("[services.service_tls.\"{service}\"]: {why}")]
+    ServiceTls {
+        /// The service name.
+        service: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A `[publishers.<id>]` key is not usable.
+    #[error("[publishers.{id}]: {why}")]
+    Publisher {
+        /// The key id.
+        id: String,
+        /// What is wrong (never the key material).
+        why: String,
+    },
 }
 
 /// Kafka connection settings.
@@ -270,6 +288,8 @@ pub struct Config {
     pub enrichment: Arc<EnrichmentTable>,
     /// The telemetry listener.
     pub telemetry: TelemetryConfig,
+    /// The publishers' keys, which verify record signatures at admission.
+    pub publishers: Arc<crate::publisher::Keyring>,
 }
 
 impl Config {
@@ -361,6 +381,7 @@ impl Config {
         let actions = build_actions(&raw.actions, &schemas, &schema_dir, env)?;
         let services = services::services_config(&raw.services, base)?;
         let enrichment = services::enrichment_table(&raw.enrichment, &schemas, &schema_dir)?;
+        services::check_service_tls(&services, &actions, &enrichment)?;
         let registry = match raw.registry.url.trim() {
             "" => None,
             url => {
@@ -378,6 +399,7 @@ impl Config {
         };
         let lake = LakeConfig::new(raw.lake, raw.roles.lake, base)?;
         let telemetry = TelemetryConfig::new(raw.telemetry, base)?;
+        let publishers = publishers::keyring(&raw.publishers, base)?;
         Ok(Self {
             path: path.to_owned(),
             kafka: kafka_config(raw.kafka, base)?,
@@ -418,6 +440,7 @@ impl Config {
             services,
             enrichment: Arc::new(enrichment),
             telemetry,
+            publishers: Arc::new(publishers),
         })
     }
 }

@@ -1,6 +1,9 @@
 //! `reflex check --connect`: tries every configured endpoint — the brokers, the schema
 //! registry, the lake's object store, each HTTP service — and reports each, so a user sees every
-//! unreachable, untrusted or unauthenticated endpoint at once, before a worker starts.
+//! unreachable, untrusted or unauthenticated endpoint at once, before a worker starts. Once the
+//! brokers answer, each configured topic is checked too: that it exists and, for the topics the
+//! worker writes, that this principal may write to it ([`crate::kafka::access`], which probes
+//! without writing).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -14,7 +17,7 @@ const SERVICE_TIMEOUT: Duration = Duration::from_secs(5);
 /// One endpoint and what trying it gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    /// `kafka`, `registry`, `lake` or `service`.
+    /// `kafka`, `topic`, `registry`, `lake` or `service`.
     pub kind: &'static str,
     /// Where: brokers, URL or store location.
     pub address: String,
@@ -68,11 +71,25 @@ pub async fn check(config: &Config) -> Vec<Endpoint> {
                 )
             })
             .map_err(|e| e.to_string());
-        Endpoint {
+        let mut endpoints = Vec::new();
+        let reached = result.is_ok();
+        endpoints.push(Endpoint {
             kind: "kafka",
             address: config.kafka.brokers.clone(),
             result,
+        });
+        if reached {
+            let emitted = config.emit_topics();
+            for topic in crate::kafka::access::check(&config.kafka, &config.topics, &emitted).await
+            {
+                endpoints.push(Endpoint {
+                    kind: "topic",
+                    address: format!("{} ({})", topic.topic, topic.role),
+                    result: topic.result,
+                });
+            }
         }
+        endpoints
     };
     let registry = async {
         let registry = config.registry.as_ref()?;
@@ -103,28 +120,36 @@ pub async fn check(config: &Config) -> Vec<Endpoint> {
         }
     };
     let services = async {
-        let client = crate::http::client_builder(&config.services.tls)
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                b.timeout(SERVICE_TIMEOUT)
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .map_err(|e| e.to_string())
-            });
-        let mut origins: Vec<String> = Vec::new();
+        let client = |tls: &crate::http::HttpTls| {
+            crate::http::client_builder(tls)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    b.timeout(SERVICE_TIMEOUT)
+                        .redirect(reqwest::redirect::Policy::none())
+                        .build()
+                        .map_err(|e| e.to_string())
+                })
+        };
+        // Each origin with the TLS settings of the service that calls it.
+        let mut origins: Vec<(String, String)> = Vec::new();
         for (ty, action) in config.actions.iter() {
             if let Some(http) = action.http() {
-                origins.extend(origin(http.url.as_str()));
+                origins.extend(origin(http.url.as_str()).map(|o| (o, http.service.clone())));
             }
             for lookup in config.enrichment.get(ty) {
-                origins.extend(origin(lookup.url.as_str()));
+                origins.extend(origin(lookup.url.as_str()).map(|o| (o, lookup.service.clone())));
             }
         }
         origins.sort();
         origins.dedup();
         let mut reports = Vec::new();
-        for address in origins {
-            let result = match &client {
+        for (address, service) in origins {
+            let tls = config
+                .services
+                .service_tls
+                .get(&service)
+                .unwrap_or(&config.services.tls);
+            let result = match client(tls) {
                 Ok(client) => {
                     let start = Instant::now();
                     client
@@ -140,7 +165,7 @@ pub async fn check(config: &Config) -> Vec<Endpoint> {
                         })
                         .map_err(|e| crate::http::error_chain(&e))
                 }
-                Err(e) => Err(e.clone()),
+                Err(e) => Err(e),
             };
             reports.push(Endpoint {
                 kind: "service",
@@ -151,7 +176,7 @@ pub async fn check(config: &Config) -> Vec<Endpoint> {
         reports
     };
     let (kafka, registry, lake, services) = tokio::join!(kafka, registry, lake, services);
-    let mut endpoints = vec![kafka];
+    let mut endpoints = kafka;
     endpoints.extend(registry);
     endpoints.push(lake);
     endpoints.extend(services);

@@ -4,10 +4,11 @@
 //! - [`Input`] is a consumed record as every stage sees it; [`OutRecord`] a record to publish.
 //! - [`headers`] owns every `reflex_*` header: the dead-letter and retry format.
 //! - [`Admitter::admit`] is the one admission: size limit → structured, binary or wire-format
-//!   decode → schema validation, giving an [`Admitted`] event or a [`Rejection`] with its
-//!   dead-letter reason.
-//! - [`policy_input`] is the one builder of the policy input document `{event, enrichment,
-//!   context}`, and [`decide`] the one decision on it: the full decision, the allowed `emit`
+//!   decode → schema validation, giving an [`Admitted`] event, with its publisher's signature
+//!   verified ([`crate::publisher`]), or a [`Rejection`] with its dead-letter reason. A missing
+//!   or bad signature is not a rejection: the policy decides on it.
+//! - [`policy_input`] is the one builder of the policy input document `{event, publisher,
+//!   enrichment, context}`, and [`decide`] the one decision on it: the full decision, the allowed `emit`
 //!   topics, and the redaction paths, which come from the event alone.
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::config::Config;
 use crate::event::{CloudEvent, Mode};
 use crate::policy::redaction::RedactionFailed;
 use crate::policy::{telemetry, Decision, Evaluator, Failure};
+use crate::publisher::{Keyring, Publisher};
 use crate::registry::HttpRegistry;
 use crate::schema::SchemaRegistry;
 
@@ -92,6 +94,8 @@ pub struct Admitted {
     pub mode: Mode,
     /// Whether its data came in the Confluent wire format.
     pub wire: bool,
+    /// What its publisher signature proves.
+    pub publisher: Publisher,
     /// Stage timings.
     pub timings: AdmitTimings,
 }
@@ -116,10 +120,12 @@ pub struct Admitter {
     registry: Option<Arc<HttpRegistry>>,
     type_header: String,
     max_event_bytes: usize,
+    publishers: Arc<Keyring>,
 }
 
 impl Admitter {
-    /// An admitter with the configuration's schemas, registry, type header and size limit.
+    /// An admitter with the configuration's schemas, registry, type header, size limit and
+    /// publisher keys.
     pub fn new(config: &Config) -> Self {
         Self::with(
             config.schemas.clone(),
@@ -127,6 +133,7 @@ impl Admitter {
             config.type_header.clone(),
             config.actions_role.max_event_bytes,
         )
+        .with_publishers(config.publishers.clone())
     }
 
     /// An admitter from its parts.
@@ -141,7 +148,15 @@ impl Admitter {
             registry,
             type_header,
             max_event_bytes,
+            publishers: Arc::default(),
         }
+    }
+
+    /// Verifies publisher signatures with `publishers` (without: every signed record has an
+    /// unknown key).
+    pub fn with_publishers(mut self, publishers: Arc<Keyring>) -> Self {
+        self.publishers = publishers;
+        self
     }
 
     /// The schema registry for wire-format data, if one is configured.
@@ -159,7 +174,8 @@ impl Admitter {
         }
     }
 
-    /// Size limit → decode (structured, binary or wire format) → schema validation.
+    /// Size limit → decode (structured, binary or wire format) → schema validation, and the
+    /// publisher's signature verified.
     pub fn admit(&self, input: &Input<'_>) -> Result<Admitted, Rejection> {
         let mut timings = AdmitTimings::default();
         let reject = |reason, error, envelope, timings| Rejection {
@@ -227,28 +243,34 @@ impl Admitter {
                 timings,
             ));
         }
+        let publisher = self
+            .publishers
+            .verify(input.key, input.value, input.headers);
         Ok(Admitted {
             event,
             mode,
             wire: is_wire,
+            publisher,
             timings,
         })
     }
 }
 
-/// The policy input document: `{event, enrichment, context}`. `now` is the moment of the
-/// decision; the audit record's `processed_at` is the same instant, so a replay can decide again
-/// with the same `context.now` (to the millisecond).
+/// The policy input document: `{event, publisher, enrichment, context}`. `now` is the moment of
+/// the decision; the audit record's `processed_at` is the same instant, so a replay can decide
+/// again with the same `context.now` (to the millisecond).
 pub fn policy_input(
     event: &CloudEvent,
     mode: Mode,
     input: &Input<'_>,
     now: &chrono::DateTime<chrono::Utc>,
+    publisher: &Publisher,
     enrichment: &Map<String, Value>,
 ) -> regorus::Value {
     let now = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     crate::policy::input::document(
         event,
+        publisher,
         enrichment,
         &crate::policy::input::Context {
             topic: input.topic,
@@ -267,10 +289,12 @@ pub fn policy_document(
     mode: Mode,
     input: &Input<'_>,
     now: &chrono::DateTime<chrono::Utc>,
+    publisher: &Publisher,
     enrichment: &Map<String, Value>,
 ) -> Value {
     serde_json::json!({
         "event": event,
+        "publisher": publisher.policy_value(),
         "enrichment": enrichment,
         "context": {
             "topic": input.topic,
@@ -285,10 +309,11 @@ pub fn policy_document(
 
 /// The policy input for a CloudEvent given by hand (`reflex policy eval`): decoded as a
 /// structured record is, wrapped as the worker wraps it, at the coordinates `(eval)/0/0`,
-/// without enrichment.
+/// with `publisher` as given, without enrichment.
 pub fn hand_document(
     text: &str,
     now: &chrono::DateTime<chrono::Utc>,
+    publisher: &Publisher,
 ) -> Result<Value, crate::event::DecodeError> {
     let (event, mode) = CloudEvent::decode(Some(text.as_bytes()), &[])?;
     let input = Input {
@@ -300,7 +325,14 @@ pub fn hand_document(
         headers: &[],
         timestamp_ms: None,
     };
-    Ok(policy_document(&event, mode, &input, now, &Map::new()))
+    Ok(policy_document(
+        &event,
+        mode,
+        &input,
+        now,
+        publisher,
+        &Map::new(),
+    ))
 }
 
 /// The topics `emit` obligations may name.
@@ -338,6 +370,8 @@ pub struct DecisionInput<'a> {
     pub input: &'a Input<'a>,
     /// The moment of the decision.
     pub now: &'a chrono::DateTime<chrono::Utc>,
+    /// What the record's publisher signature proves.
+    pub publisher: &'a Publisher,
     /// The enrichment answers by lookup name.
     pub enrichment: &'a Map<String, Value>,
 }
@@ -347,7 +381,14 @@ pub struct DecisionInput<'a> {
 /// or if the redaction rule cannot say what to hide; its `redact` obligation holds the redaction
 /// rule's paths ([`redaction`]).
 pub fn decide(evaluator: &mut Evaluator, on: &DecisionInput<'_>, emit: &EmitTopics) -> Decision {
-    let document = policy_input(on.event, on.mode, on.input, on.now, on.enrichment);
+    let document = policy_input(
+        on.event,
+        on.mode,
+        on.input,
+        on.now,
+        on.publisher,
+        on.enrichment,
+    );
     let mut decision = evaluator.decide(document);
     let paths = match redaction(evaluator, on.event) {
         Ok(paths) => paths,

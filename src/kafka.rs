@@ -1,5 +1,6 @@
 //! The Kafka layer: client settings (TLS and SASL from `[kafka.security]`), the connection
-//! check at start-up ([`connect()`]), topic creation, delivery of output records, reading topics
+//! check at start-up ([`connect()`]), what the worker may do on its topics ([`access`]), topic
+//! creation, delivery of output records, reading topics
 //! to their end ([`read`]) and knowing when a group has caught up ([`drain`]).
 //!
 //! It knows nothing about events, schemas or policies; it moves [`OutRecord`]s and reports what
@@ -19,6 +20,7 @@ use rdkafka::util::Timeout;
 use crate::config::{KafkaConfig, Topics};
 use crate::ingest::{Input, OutRecord};
 
+pub mod access;
 pub mod connect;
 pub mod drain;
 pub mod group;

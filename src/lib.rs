@@ -40,6 +40,8 @@
 //! - [`trace`]: `reflex trace`, one event's audit records, dead letters, replays, caused events
 //!   and lake files.
 //! - [`connectivity`]: `reflex check --connect`, every configured endpoint tried and reported.
+//! - [`publisher`]: publisher authentication: the signature a publisher puts on a record, its
+//!   verification at admission (`input.publisher` in the policy input) and signing.
 //! - [`secret`]: secrets read from `env:` or `file:` references, never shown.
 //! - [`http`]: the one HTTP client stack (reqwest over rustls): private CAs, client
 //!   certificates, credentials.
@@ -86,6 +88,7 @@ pub mod ordering;
 pub mod otel;
 pub mod policy;
 pub mod produce;
+pub mod publisher;
 pub mod registry;
 pub mod replay;
 pub mod role;

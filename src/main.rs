@@ -103,6 +103,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the `publisher-signature` header value of one record (a publisher's tool; it
+    /// reads no configuration), or make a new Ed25519 key with --new-key.
+    Sign {
+        /// The key id the header names (`[publishers.<id>]` on the consuming side).
+        #[arg(long, required_unless_present = "new_key")]
+        key_id: Option<String>,
+        /// The key's algorithm.
+        #[arg(long, value_enum, default_value_t = SignAlgorithm::Ed25519)]
+        algorithm: SignAlgorithm,
+        /// The HMAC secret, or the Ed25519 private key seed (base64): `env:VAR` or `file:PATH`.
+        #[arg(long, required_unless_present = "new_key")]
+        secret: Option<String>,
+        /// The record key.
+        #[arg(long)]
+        key: Option<String>,
+        /// A record header, NAME=VALUE (repeatable); `ce_*` and `content-type` are signed.
+        #[arg(long = "header", value_name = "NAME=VALUE")]
+        headers: Vec<String>,
+        /// The record value, signed byte for byte as read; `-` or nothing reads standard input.
+        file: Option<PathBuf>,
+        /// Write a new Ed25519 private key seed to this file (it must not exist) and print
+        /// the public key for `[publishers.<id>] public_key`.
+        #[arg(long, conflicts_with_all = ["key_id", "secret", "key", "headers", "file"])]
+        new_key: Option<PathBuf>,
+    },
     /// Create the configured topics that do not exist yet.
     Topics {
         #[command(flatten)]
@@ -142,6 +167,15 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+}
+
+/// `reflex sign --algorithm`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SignAlgorithm {
+    /// Ed25519 (the publisher keeps the private key; reflex gets the public key).
+    Ed25519,
+    /// HMAC-SHA256 with a shared secret.
+    HmacSha256,
 }
 
 #[derive(Debug, Subcommand)]
@@ -242,7 +276,8 @@ enum PolicyCommand {
         #[command(flatten)]
         output: Output,
     },
-    /// Decide on one event (a CloudEvent, or a full policy input `{event, context}`) and say why.
+    /// Decide on one event (a CloudEvent, or a full policy input `{event, publisher, context}`)
+    /// and say why.
     Eval {
         /// JSON file; `-` reads standard input.
         #[arg(long, short)]
@@ -253,6 +288,10 @@ enum PolicyCommand {
         /// The decision moment (`context.now`, RFC 3339) for a bare CloudEvent; default: now.
         #[arg(long)]
         now: Option<String>,
+        /// Decide a bare CloudEvent as if its publisher signature verified for this key id
+        /// (default: unsigned).
+        #[arg(long, value_name = "KEY_ID")]
+        signed_by: Option<String>,
         /// Print the explanation as JSON.
         #[arg(long)]
         json: bool,
@@ -297,6 +336,9 @@ fn main() -> ExitCode {
 }
 
 fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Sign { .. } = &args.command {
+        return sign_command(args.command);
+    }
     if let Command::Policy { command } = &args.command {
         if !matches!(command, PolicyCommand::Replay { .. }) {
             return policy_command(&args.config, command);
@@ -442,6 +484,7 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Sign { .. } => sign_command(args.command),
         Command::Lake {
             command: LakeCommand::Views,
         } => {
@@ -475,6 +518,74 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
 
 /// `reflex policy check|status|test|eval`: these need only the `[policy]` table, so they work on a
 /// policy set that does not compile.
+/// `reflex sign`, which reads no configuration.
+fn sign_command(command: Command) -> anyhow::Result<ExitCode> {
+    use reflex::cli::sign;
+    use reflex::publisher::Algorithm;
+    let Command::Sign {
+        key_id,
+        algorithm,
+        secret,
+        key,
+        headers,
+        file,
+        new_key,
+    } = command
+    else {
+        unreachable!("only called for `reflex sign`");
+    };
+    if let Some(path) = new_key {
+        let public = sign::new_key(&path)?;
+        eprintln!(
+            "wrote a new Ed25519 private key to {}; keep it with the publisher",
+            path.display()
+        );
+        println!("public_key = \"{public}\"");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(key_id), Some(secret)) = (key_id, secret) else {
+        anyhow::bail!("reflex sign needs --key-id and --secret (or --new-key FILE)");
+    };
+    let secret = secret
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
+    let headers = headers
+        .iter()
+        .map(|h| {
+            h.split_once('=')
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .with_context(|| format!("--header \"{h}\" must be NAME=VALUE"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let value = match file.as_deref() {
+        None => read_stdin()?,
+        Some(path) if path.as_os_str() == "-" => read_stdin()?,
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+    };
+    let request = sign::SignRequest {
+        key_id,
+        algorithm: match algorithm {
+            SignAlgorithm::Ed25519 => Algorithm::Ed25519,
+            SignAlgorithm::HmacSha256 => Algorithm::HmacSha256,
+        },
+        secret,
+        key,
+        headers,
+        value,
+    };
+    println!("{}", sign::sign(&request)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+        .context("cannot read standard input")?;
+    Ok(bytes)
+}
+
 fn policy_command(config: &Path, command: &PolicyCommand) -> anyhow::Result<ExitCode> {
     let settings = PolicySettings::load(config)
         .with_context(|| format!("configuration {} is not usable", config.display()))?;
@@ -490,6 +601,7 @@ fn policy_command(config: &Path, command: &PolicyCommand) -> anyhow::Result<Exit
             input,
             dir,
             now,
+            signed_by,
             json,
         } => {
             let text = if input.as_os_str() == "-" {
@@ -498,8 +610,14 @@ fn policy_command(config: &Path, command: &PolicyCommand) -> anyhow::Result<Exit
                 std::fs::read_to_string(input)
                     .with_context(|| format!("cannot read {}", input.display()))?
             };
-            let explanation = cli::policy::eval(&dir_or(dir), &settings, &text, now.as_deref())
-                .with_context(|| format!("{} is not a usable input", input.display()))?;
+            let explanation = cli::policy::eval(
+                &dir_or(dir),
+                &settings,
+                &text,
+                now.as_deref(),
+                signed_by.as_deref(),
+            )
+            .with_context(|| format!("{} is not a usable input", input.display()))?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&explanation)?);
             } else {

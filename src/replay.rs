@@ -185,6 +185,7 @@ pub async fn replay(config: &Config, options: &ReplayOptions) -> Result<ShadowRe
                 mode: admitted.mode,
                 input: &input,
                 now: &now,
+                publisher: &admitted.publisher,
                 enrichment,
             };
             let candidate = ingest::decide(&mut evaluator, &on, &emit);

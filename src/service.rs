@@ -42,6 +42,8 @@ pub struct ServicesConfig {
     pub breaker: BreakerSettings,
     /// Private CA and client certificate for HTTPS services.
     pub tls: crate::http::HttpTls,
+    /// TLS settings of single services, by service name, in place of `tls`.
+    pub service_tls: std::collections::BTreeMap<String, crate::http::HttpTls>,
 }
 
 /// Why the HTTP client cannot be built.
@@ -214,6 +216,8 @@ pub struct Services {
 
 struct Inner {
     client: reqwest::Client,
+    /// Clients of the services with TLS settings of their own.
+    service_clients: HashMap<String, reqwest::Client>,
     config: ServicesConfig,
     breakers: Mutex<HashMap<String, Breaker>>,
     observer: OnceLock<AttemptObserver>,
@@ -230,17 +234,19 @@ impl std::fmt::Debug for Inner {
 }
 
 impl Services {
-    /// One client (no redirects, pooled connections) and no breaker yet.
+    /// One client (no redirects, pooled connections), one more per service with TLS settings
+    /// of its own, and no breaker yet.
     pub fn new(config: ServicesConfig) -> Result<Self, ServiceError> {
-        let client = crate::http::client_builder(&config.tls)
-            .map_err(ServiceError::Tls)?
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("reflex/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(ServiceError::Client)?;
+        let client = Self::client_with(&config.tls)?;
+        let service_clients = config
+            .service_tls
+            .iter()
+            .map(|(service, tls)| Ok((service.clone(), Self::client_with(tls)?)))
+            .collect::<Result<_, ServiceError>>()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                service_clients,
                 config,
                 breakers: Mutex::default(),
                 observer: OnceLock::new(),
@@ -258,6 +264,23 @@ impl Services {
         if let Some(observer) = self.inner.observer.get() {
             observer(done);
         }
+    }
+
+    fn client_with(tls: &crate::http::HttpTls) -> Result<reqwest::Client, ServiceError> {
+        crate::http::client_builder(tls)
+            .map_err(ServiceError::Tls)?
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("reflex/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(ServiceError::Client)
+    }
+
+    /// The client that calls `service`: its own when it has TLS settings of its own.
+    fn client(&self, service: &str) -> &reqwest::Client {
+        self.inner
+            .service_clients
+            .get(service)
+            .unwrap_or(&self.inner.client)
     }
 
     /// The settings.

@@ -24,6 +24,8 @@ pub struct CheckReport {
     pub endpoints: Option<Vec<crate::connectivity::Endpoint>>,
     /// The action of each event type, sorted by type.
     pub actions: Vec<TypeAction>,
+    /// The publisher keys that verify record signatures: `<key id> (<algorithm>)`.
+    pub publishers: Vec<String>,
 }
 
 /// The schemas of a [`CheckReport`].
@@ -135,6 +137,11 @@ pub fn report(config: &Config) -> CheckReport {
             ),
         },
         actions,
+        publishers: config
+            .publishers
+            .keys()
+            .map(|(id, algorithm)| format!("{id} ({})", algorithm.name()))
+            .collect(),
         endpoints: None,
     }
 }
@@ -181,6 +188,9 @@ impl fmt::Display for CheckReport {
                     l.name, l.url, l.timeout, l.ttl, l.on_error
                 )?;
             }
+        }
+        if !self.publishers.is_empty() {
+            write!(f, "\n  publishers {}", self.publishers.join(", "))?;
         }
         if let Some(endpoints) = &self.endpoints {
             write!(f, "\n  endpoints")?;

@@ -141,13 +141,15 @@ pub enum EvalError {
 }
 
 /// `reflex policy eval`: the decision on one input and what each package contributed. `text`
-/// is a full policy input (`{event, enrichment, context}`), used as it is, or a CloudEvent,
-/// wrapped as the worker wraps it with `context.now` = `now` (RFC 3339; default: now).
+/// is a full policy input (`{event, publisher, enrichment, context}`), used as it is, or a
+/// CloudEvent, wrapped as the worker wraps it with `context.now` = `now` (RFC 3339; default:
+/// now), unsigned or, with `signed_by`, as if its signature verified for that key id.
 pub fn eval(
     dir: &Path,
     settings: &PolicySettings,
     text: &str,
     now: Option<&str>,
+    signed_by: Option<&str>,
 ) -> Result<Explanation, EvalError> {
     let set = PolicySet::load(dir, &settings.entry, settings.timeout)?
         .with_redaction(&settings.redact)?;
@@ -161,7 +163,15 @@ pub fn eval(
                 .with_timezone(&chrono::Utc),
             None => chrono::Utc::now(),
         };
-        crate::ingest::hand_document(text, &now)?
+        let publisher = signed_by.map_or_else(crate::publisher::Publisher::unsigned, |id| {
+            crate::publisher::Publisher {
+                verified: true,
+                key_id: Some(id.to_owned()),
+                status: crate::publisher::Status::Verified,
+                claimed_key_id: Some(id.to_owned()),
+            }
+        });
+        crate::ingest::hand_document(text, &now, &publisher)?
     };
     Ok(explain::explain(&set, &document))
 }

@@ -35,6 +35,8 @@ pub struct RawConfig {
     pub enrichment: BTreeMap<String, super::services::RawEnrichment>,
     /// The telemetry listener.
     pub telemetry: super::telemetry::RawTelemetry,
+    /// Keys publishers sign records with, by key id.
+    pub publishers: BTreeMap<String, super::publishers::RawPublisherKey>,
 }
 
 /// `[kafka]`: connection settings shared by consumers and producers.

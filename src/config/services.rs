@@ -48,6 +48,10 @@ pub struct RawServices {
     pub breaker_open_for: Duration,
     /// Private CA and client certificate for HTTPS services: `[services.tls]`.
     pub tls: super::security::RawHttpTls,
+    /// Per service name (an action's or lookup's `service`, by default the URL's host:port),
+    /// TLS settings that replace `[services.tls]` for that service:
+    /// `[services.service_tls."<service>"]`.
+    pub service_tls: BTreeMap<String, super::security::RawHttpTls>,
 }
 
 impl Default for RawServices {
@@ -57,6 +61,7 @@ impl Default for RawServices {
             breaker_failures: d.failures,
             breaker_open_for: d.open_for,
             tls: super::security::RawHttpTls::default(),
+            service_tls: BTreeMap::new(),
         }
     }
 }
@@ -124,7 +129,53 @@ pub fn services_config(raw: &RawServices, base: &Path) -> Result<ServicesConfig,
             open_for: raw.breaker_open_for,
         },
         tls: super::security::http_tls(&raw.tls, "services.tls", base)?,
+        service_tls: raw
+            .service_tls
+            .iter()
+            .map(|(service, tls)| {
+                super::security::http_tls(tls, "services.service_tls", base)
+                    .map(|tls| (service.clone(), tls))
+                    .map_err(|e| ConfigError::ServiceTls {
+                        service: service.clone(),
+                        why: e.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()?,
     })
+}
+
+/// Checks that every `[services.service_tls."<service>"]` names a service an action or lookup
+/// calls, so a misspelt name cannot leave a service on the default TLS settings unnoticed.
+pub fn check_service_tls(
+    services: &ServicesConfig,
+    actions: &crate::action::ActionTable,
+    enrichment: &EnrichmentTable,
+) -> Result<(), ConfigError> {
+    let mut known: Vec<&str> = Vec::new();
+    for (ty, action) in actions.iter() {
+        known.extend(action.http().map(|h| h.service.as_str()));
+        known.extend(enrichment.get(ty).iter().map(|l| l.service.as_str()));
+    }
+    known.sort_unstable();
+    known.dedup();
+    match services
+        .service_tls
+        .keys()
+        .find(|s| !known.contains(&s.as_str()))
+    {
+        None => Ok(()),
+        Some(service) => Err(ConfigError::ServiceTls {
+            service: service.clone(),
+            why: format!(
+                "no action or lookup calls a service of that name (the services are: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        }),
+    }
 }
 
 /// Validates the keys of a `kind = "http"` action; errors are sentences about the action.

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::consumer::{Consumer, ConsumerContext, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer as _;
 use rdkafka::{Offset, TopicPartitionList};
@@ -171,6 +171,8 @@ pub struct Transaction {
     id: String,
     settings: TransactionSettings,
     open: Mutex<Open>,
+    /// Held by the commit (or abort) in progress.
+    committing: Mutex<()>,
     stats: Arc<TransactionStats>,
 }
 
@@ -212,6 +214,7 @@ impl Transaction {
             id: id.to_owned(),
             settings: settings.clone(),
             open: Mutex::default(),
+            committing: Mutex::default(),
             stats: Arc::new(TransactionStats {
                 epoch: Some(Instant::now()),
                 ..TransactionStats::default()
@@ -279,20 +282,34 @@ impl Transaction {
             || (open.since.is_none() && !open.offsets.is_empty())
     }
 
-    /// Commits the open transaction with the offsets noted, and opens the next. Blocks for the
-    /// acknowledgements and two round trips to the coordinators. On an abortable error the
-    /// transaction is aborted (nothing of it becomes visible) and
-    /// [`TransactionError::Aborted`] tells the caller to process its inputs again.
+    /// Commits the open transaction with the offsets noted, and opens the next, as the group
+    /// member `consumer` is now. See [`Transaction::commit_as`].
     pub fn commit<C: ConsumerContext, K: Consumer<C>>(
         &self,
         consumer: &K,
     ) -> Result<usize, TransactionError> {
+        self.commit_as(consumer.group_metadata())
+    }
+
+    /// Commits the open transaction with the offsets noted, and opens the next; `group` is the
+    /// consumer's group metadata (a member fenced out of the group since cannot commit). Blocks
+    /// for the acknowledgements and two round trips to the coordinators; one commit runs at a
+    /// time. On an abortable error the transaction is aborted (nothing of it becomes visible)
+    /// and [`TransactionError::Aborted`] tells the caller to process its inputs again.
+    pub fn commit_as(
+        &self,
+        group: Option<ConsumerGroupMetadata>,
+    ) -> Result<usize, TransactionError> {
+        let _one_at_a_time = self
+            .committing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let open = std::mem::take(&mut *self.open.lock().unwrap_or_else(PoisonError::into_inner));
         if open.since.is_none() && open.offsets.is_empty() {
             return Ok(0);
         }
         let started = Instant::now();
-        let result = self.commit_open(consumer, &open);
+        let result = self.commit_open(group, &open);
         match result {
             Ok(()) => {
                 self.stats.closed(true);
@@ -313,9 +330,31 @@ impl Transaction {
         }
     }
 
-    fn commit_open<C: ConsumerContext, K: Consumer<C>>(
+    /// Aborts the open transaction (its inputs are processed again) and opens the next.
+    pub fn abort(&self) -> Result<(), TransactionError> {
+        let _one_at_a_time = self
+            .committing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let open = std::mem::take(&mut *self.open.lock().unwrap_or_else(PoisonError::into_inner));
+        if open.since.is_none() && open.offsets.is_empty() {
+            return Ok(());
+        }
+        self.stats.closed(false);
+        self.producer
+            .abort_transaction(CALL_TIMEOUT)
+            .and_then(|()| self.producer.begin_transaction())
+            .map_err(|cause| TransactionError::Fatal {
+                id: self.id.clone(),
+                cause,
+                hint: ". The worker stops; restarted, it aborts what this one left open and \
+                       resumes from the committed offsets",
+            })
+    }
+
+    fn commit_open(
         &self,
-        consumer: &K,
+        group: Option<ConsumerGroupMetadata>,
         open: &Open,
     ) -> Result<(), KafkaError> {
         if !open.offsets.is_empty() {
@@ -323,7 +362,7 @@ impl Transaction {
             for ((topic, partition), next) in &open.offsets {
                 offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
             }
-            let group = consumer.group_metadata().ok_or_else(|| {
+            let group = group.ok_or_else(|| {
                 KafkaError::Subscription("the consumer is not a member of its group".into())
             })?;
             self.producer

@@ -1,4 +1,4 @@
-//! The policy input document `{event, enrichment, context}` (and the redaction rule's `{event}`), built straight into regorus's value
+//! The policy input document `{event, publisher, enrichment, context}` (and the redaction rule's `{event}`), built straight into regorus's value
 //! type from the decoded event.
 //!
 //! Going through `serde_json::json!` first would copy the whole event (data included) into a
@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::event::{CloudEvent, Mode};
+use crate::publisher::Publisher;
 
 /// Where and when an event is decided: the input's `context` member.
 #[derive(Debug, Clone, Copy)]
@@ -29,14 +30,17 @@ pub struct Context<'a> {
     pub now: &'a str,
 }
 
-/// The input document for `event`; `enrichment` is the `enrichment` member.
+/// The input document for `event`; `publisher` is what its signature proves, `enrichment` the
+/// `enrichment` member.
 pub fn document(
     event: &CloudEvent,
+    publisher: &Publisher,
     enrichment: &serde_json::Map<String, serde_json::Value>,
     context: &Context<'_>,
 ) -> regorus::Value {
     let mut doc = BTreeMap::new();
     doc.insert(key("event"), event_value(event));
+    doc.insert(key("publisher"), publisher_value(publisher));
     let enrichment: BTreeMap<_, _> = enrichment
         .iter()
         .map(|(k, v)| (regorus::Value::from(k.as_str()), json(v)))
@@ -99,6 +103,28 @@ fn event_value(event: &CloudEvent) -> regorus::Value {
     regorus::Value::from(obj)
 }
 
+/// `input.publisher`: `{verified, key_id, status}`, and `claimed_key_id` when the record names
+/// one (see [`Publisher::policy_value`]).
+fn publisher_value(publisher: &Publisher) -> regorus::Value {
+    let mut obj = BTreeMap::new();
+    obj.insert(key("verified"), regorus::Value::from(publisher.verified));
+    obj.insert(
+        key("key_id"),
+        publisher
+            .key_id
+            .as_deref()
+            .map_or(regorus::Value::Null, regorus::Value::from),
+    );
+    obj.insert(key("status"), regorus::Value::from(publisher.status.name()));
+    if let Some(claimed) = &publisher.claimed_key_id {
+        obj.insert(
+            key("claimed_key_id"),
+            regorus::Value::from(claimed.as_str()),
+        );
+    }
+    regorus::Value::from(obj)
+}
+
 /// A borrowed JSON value as a regorus value, without an intermediate copy.
 pub fn json(value: &serde_json::Value) -> regorus::Value {
     // Deserializing from a `serde_json::Value` cannot fail for a type that accepts any JSON.
@@ -123,9 +149,14 @@ mod tests {
     use serde_json::json;
 
     /// The JSON route this module replaces.
-    fn via_json(event: &CloudEvent, context: &Context<'_>) -> regorus::Value {
+    fn via_json(
+        event: &CloudEvent,
+        publisher: &Publisher,
+        context: &Context<'_>,
+    ) -> regorus::Value {
         regorus::Value::from(json!({
             "event": event,
+            "publisher": publisher.policy_value(),
             "enrichment": {},
             "context": {
                 "topic": context.topic,
@@ -150,6 +181,18 @@ mod tests {
             json!({"specversion": "1.0", "id": "r-1", "source": "/desk", "type": "refund.requested",
                    "data": "plain text", "subject": "x"}),
         ];
+        let verified = Publisher {
+            verified: true,
+            key_id: Some("desk".into()),
+            status: crate::publisher::Status::Verified,
+            claimed_key_id: Some("desk".into()),
+        };
+        let unknown = Publisher {
+            verified: false,
+            key_id: None,
+            status: crate::publisher::Status::UnknownKey,
+            claimed_key_id: Some("who".into()),
+        };
         for (i, event) in events.into_iter().enumerate() {
             let event: CloudEvent = serde_json::from_value(event).expect("event");
             for (mode, ts) in [
@@ -164,11 +207,13 @@ mod tests {
                     kafka_timestamp_ms: ts,
                     now: "2026-03-01T10:00:00.250Z",
                 };
-                assert_eq!(
-                    document(&event, &serde_json::Map::new(), &context),
-                    via_json(&event, &context),
-                    "{event:?}"
-                );
+                for publisher in [Publisher::unsigned(), verified.clone(), unknown.clone()] {
+                    assert_eq!(
+                        document(&event, &publisher, &serde_json::Map::new(), &context),
+                        via_json(&event, &publisher, &context),
+                        "{event:?} {publisher:?}"
+                    );
+                }
             }
         }
         let enrichment = json!({"customer": {"tier": "gold", "since": 2019}});
@@ -185,7 +230,9 @@ mod tests {
             kafka_timestamp_ms: None,
             now: "2026-03-01T10:00:00.000Z",
         };
-        let doc = document(&event, &map, &context);
+        let doc = document(&event, &Publisher::unsigned(), &map, &context);
+        assert_eq!(doc["publisher"]["status"], regorus::Value::from("unsigned"));
+        assert_eq!(doc["publisher"]["key_id"], regorus::Value::Null);
         assert_eq!(doc["enrichment"], regorus::Value::from(enrichment));
         assert_eq!(doc["context"]["mode"], regorus::Value::from("plain"));
     }

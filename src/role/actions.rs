@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::OptionFuture;
 use futures_util::stream::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -322,6 +323,7 @@ pub async fn run(
             enricher: Enricher::new(services.clone(), &config.enrichment),
             services,
             tracer: tracer.clone(),
+            publishers: config.publishers.clone(),
         },
     ));
     tracing::info!(
@@ -384,7 +386,7 @@ pub async fn run(
         }
         scheduler.finish(&consumer, done)?;
         if scheduler.commit_due() {
-            scheduler.commit(&consumer)?;
+            scheduler.start_commit(&consumer);
         }
         Ok(())
     };
@@ -438,6 +440,13 @@ pub async fn run(
             biased;
             () = shutdown.cancelled() => break,
             _ = heartbeat.tick() => metrics.progress(),
+            Some(committed) = OptionFuture::from(scheduler.committing.as_mut()), if scheduler.committing.is_some() => {
+                if let Err(e) = scheduler.committed(&consumer, committed) {
+                    tracing::error!(error = %e, "stopping the worker");
+                    result = Err(e);
+                    break;
+                }
+            }
             Some(done) = scheduler.running.next(), if !scheduler.running.is_empty() => {
                 if let Err(e) = done.and_then(|done| book(&mut summary, &mut scheduler, first_received, done)) {
                     tracing::error!(error = %e, "record not delivered");
@@ -447,11 +456,7 @@ pub async fn run(
             }
             _ = commit_check.tick(), if scheduler.transactional() => {
                 if scheduler.commit_due() {
-                    if let Err(e) = scheduler.commit(&consumer) {
-                        tracing::error!(error = %e, "stopping the worker");
-                        result = Err(e);
-                        break;
-                    }
+                    scheduler.start_commit(&consumer);
                 }
             }
             message = consumer.recv(), if scheduler.in_flight() < role.max_in_flight => {
@@ -538,7 +543,7 @@ pub async fn run(
     }
     if scheduler.transactional() {
         if result.is_ok() {
-            if let Err(e) = scheduler.commit(&consumer) {
+            if let Err(e) = scheduler.commit(&consumer).await {
                 tracing::warn!(error = %e, "final transaction not committed; its records will be processed again");
             }
         }

@@ -53,8 +53,7 @@ impl Services {
             }
             attempt += 1;
             let request = self
-                .inner
-                .client
+                .client(&action.service)
                 .request(action.method.clone(), &url)
                 .timeout(action.timeout)
                 .headers(headers.clone())
@@ -104,8 +103,7 @@ impl Services {
         let mut headers = HeaderMap::new();
         crate::otel::inject(&mut headers);
         let request = self
-            .inner
-            .client
+            .client(service)
             .get(url)
             .timeout(timeout)
             .header(reqwest::header::ACCEPT, "application/json")

@@ -65,7 +65,8 @@ async fn every_outcome(guarantee: reflex::kafka::Guarantee) {
             ("ce_type".into(), b"refund.requested".to_vec()),
             ("content-type".into(), b"application/json".to_vec()),
         ],
-    };
+    }
+    .signed(&desk_key(), "support-desk");
     let records = vec![
         Rec::json("k1", &order("order-ok", "/shop/web", 99.5)),
         Rec::json("k2", &order("order-unauthorized", "/shop/intruder", 5.0)),

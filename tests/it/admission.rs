@@ -76,6 +76,7 @@ fn binary_refund(id: &str, amount: f64) -> Rec {
             ("content-type".into(), b"application/json".to_vec()),
         ],
     }
+    .signed(&desk_key(), "support-desk")
 }
 
 fn order_of(id: &str, customer: &str, amount: f64) -> Rec {

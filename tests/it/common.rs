@@ -81,6 +81,10 @@ dir = "{policies}"
 emit_topic = "{policy_events}"
 # Tests share a loaded machine: a slow decision must not become a policy_timeout deny.
 timeout = "5s"
+# The repository's policies require refunds signed by the desk: Rec::json signs them.
+[publishers.support-desk]
+algorithm = "ed25519"
+public_key = "{desk_public_key}"
 [actions.request_shipment]
 kind = "emit"
 types = ["order.placed"]
@@ -108,6 +112,7 @@ type = "refund.approved"
             shipments = env.shipments,
             refunds = env.refunds_approved,
             policy_events = env.policy_events,
+            desk_public_key = desk_key().public_key().expect("an ed25519 key"),
         );
         std::fs::write(&env.config_path, text).expect("write config");
         env
@@ -159,14 +164,54 @@ pub struct Rec {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// The support desk's signing key in the tests (`[publishers.support-desk]` of [`TestEnv`]).
+pub fn desk_key() -> reflex::publisher::SigningKey {
+    use base64::Engine as _;
+    let seed: &[u8; 32] = b"reflex tests: support desk key!!";
+    reflex::publisher::SigningKey::ed25519(&base64::engine::general_purpose::STANDARD.encode(seed))
+        .expect("a valid seed")
+}
+
 impl Rec {
-    /// A structured-mode record.
+    /// A structured-mode record; a refund request is signed by the support desk, as the
+    /// repository's policies require.
     pub fn json(key: &str, value: &Value) -> Self {
+        let rec = Self::unsigned(key, value);
+        if value["type"] == "refund.requested" {
+            return rec.signed(&desk_key(), "support-desk");
+        }
+        rec
+    }
+
+    /// A structured-mode record without a signature.
+    pub fn unsigned(key: &str, value: &Value) -> Self {
         Self {
             key: Some(key.to_owned()),
             value: Some(value.to_string().into_bytes()),
             headers: vec![],
         }
+    }
+
+    /// This record with a `publisher-signature` header by `key` under `key_id`.
+    pub fn signed(mut self, key: &reflex::publisher::SigningKey, key_id: &str) -> Self {
+        let headers: Vec<(&str, &[u8])> = self
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        let signature = key
+            .sign(
+                key_id,
+                self.key.as_deref().map(str::as_bytes),
+                self.value.as_deref(),
+                &headers,
+            )
+            .expect("sign");
+        self.headers.push((
+            reflex::publisher::HEADER.to_owned(),
+            signature.to_string().into_bytes(),
+        ));
+        self
     }
 
     /// Raw bytes.

@@ -15,6 +15,7 @@ mod lake_files;
 mod opa;
 mod outage;
 mod policy;
+mod publishers;
 mod registry;
 mod security;
 mod services;

@@ -300,7 +300,7 @@ fn policy_test_passes_on_the_repository_and_fails_with_the_decision_it_got() {
         policies.path().join("tests/wrong.yaml"),
         r#"cases:
   - note: a large refund is not approved automatically
-    input: {event: {id: r, source: /support/desk, type: refund.requested, data: {amount: 10, currency: EUR}}}
+    input: {event: {id: r, source: /support/desk, type: refund.requested, data: {amount: 10, currency: EUR}}, publisher: {verified: true, key_id: support-desk}}
     want: {allow: false}
 "#,
     )
@@ -366,7 +366,7 @@ fn policy_check_and_test_as_json() {
         policies.path().join("tests/wrong.yaml"),
         r#"cases:
   - note: a large refund is not approved automatically
-    input: {event: {id: r, source: /support/desk, type: refund.requested, data: {amount: 10, currency: EUR}}}
+    input: {event: {id: r, source: /support/desk, type: refund.requested, data: {amount: 10, currency: EUR}}, publisher: {verified: true, key_id: support-desk}}
     want: {allow: false}
 "#,
     )
@@ -440,6 +440,8 @@ fn policy_eval_prints_the_decision_and_the_rules_that_fired() {
             "eval",
             "--now",
             "2026-03-01T10:00:05Z",
+            "--signed-by",
+            "support-desk",
             "--input",
             event.to_str().expect("utf-8"),
         ],
@@ -453,5 +455,14 @@ fn policy_eval_prints_the_decision_and_the_rules_that_fired() {
     assert!(
         out.contains("data.reflex.business.deny = [\"refund above the automatic approval limit\"]"),
         "{out}"
+    );
+    let (ok, out) = reflex_policy(
+        &["eval", "--input", event.to_str().expect("utf-8")],
+        &repo().join("policies"),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("reason: a verified publisher signature is required for this event type"),
+        "a bare event is decided unsigned: {out}"
     );
 }

@@ -1,6 +1,7 @@
 //! Secured connections end to end against the stack's secured listeners (`make up` starts
-//! SASL_SSL with SCRAM-SHA-512 on 127.0.0.1:9094 and mutual TLS on :9095, with a throw-away CA
-//! in `.stack/kafka/tls`): the actions and lake roles over SASL_SSL, the failures a user meets
+//! SASL_SSL with SCRAM-SHA-512 on 127.0.0.1:9094, mutual TLS on :9095 and SASL_SSL with
+//! OAUTHBEARER on :9096, with a throw-away CA in `.stack/kafka/tls`): the actions and lake roles
+//! over SASL_SSL, the actions role with OIDC client credentials, the failures a user meets
 //! first (wrong password, unknown CA, expired certificate, plaintext to a TLS port), HTTPS with
 //! a private CA to an action service and the registry, and no secret in what reflex writes.
 
@@ -24,6 +25,11 @@ fn stack_tls() -> PathBuf {
 /// The SASL_SSL listener.
 fn sasl_brokers() -> String {
     std::env::var("REFLEX_TEST_SASL_BROKERS").unwrap_or_else(|_| "127.0.0.1:9094".into())
+}
+
+/// The OAUTHBEARER listener (Kafka's unsecured JWT validator).
+fn oauth_brokers() -> String {
+    std::env::var("REFLEX_TEST_OAUTH_BROKERS").unwrap_or_else(|_| "127.0.0.1:9096".into())
 }
 
 /// The mutual-TLS listener.
@@ -419,6 +425,7 @@ async fn no_secret_appears_in_logs_audit_dead_letters_or_check_output() {
         .trim_end()
         .to_owned();
     let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let desk_secret = format!("desk-secret-{}", uuid::Uuid::new_v4().simple());
     let env = TestEnv::new(1);
     env.create_topics().await;
     // The password comes from the environment, the registry token from a file.
@@ -438,12 +445,27 @@ async fn no_secret_appears_in_logs_audit_dead_letters_or_check_output() {
             token_file.display()
         ),
     );
+    // A publisher's HMAC secret comes from the environment too; refunds signed with it, one
+    // of them tampered with, and one with a schema violation (so it is dead-lettered with
+    // its signature header), pass through the worker.
+    let text = format!(
+        "{text}\n[publishers.desk-hmac]\nalgorithm = \"hmac-sha256\"\nsecret = \"env:REFLEX_IT_DESK_SECRET\"\n"
+    );
     std::fs::write(&env.config_path, text).expect("write");
+    let desk = reflex::publisher::SigningKey::hmac(desk_secret.as_bytes()).expect("hmac key");
+    let mut tampered =
+        Rec::unsigned("k4", &refund("leak-tampered", 10.0)).signed(&desk, "desk-hmac");
+    tampered.value = Some(refund("leak-tampered", 11.0).to_string().into_bytes());
+    let mut invalid = refund("leak-invalid", 10.0);
+    invalid["data"]["currency"] = serde_json::json!("DOGE");
     produce(
         &env.events,
         &[
             Rec::json("k1", &order("leak-ok", "/shop/web", 10.0)),
             Rec::raw("k2", b"garbage"),
+            Rec::unsigned("k3", &refund("leak-signed", 10.0)).signed(&desk, "desk-hmac"),
+            tampered,
+            Rec::unsigned("k5", &invalid).signed(&desk, "desk-hmac"),
         ],
     )
     .await;
@@ -452,6 +474,7 @@ async fn no_secret_appears_in_logs_audit_dead_letters_or_check_output() {
         .env("REFLEX_CONFIG", &env.config_path)
         .env("REFLEX_LOG", "debug,librdkafka=debug")
         .env("REFLEX_IT_KAFKA_PASSWORD", &password)
+        .env("REFLEX_IT_DESK_SECRET", &desk_secret)
         .output()
         .expect("reflex runs");
     let check = std::process::Command::new(reflex_bin())
@@ -459,6 +482,7 @@ async fn no_secret_appears_in_logs_audit_dead_letters_or_check_output() {
         .env("REFLEX_CONFIG", &env.config_path)
         .env("REFLEX_LOG", "debug")
         .env("REFLEX_IT_KAFKA_PASSWORD", &password)
+        .env("REFLEX_IT_DESK_SECRET", &desk_secret)
         .output()
         .expect("reflex check runs");
     let run_log = format!(
@@ -474,9 +498,16 @@ async fn no_secret_appears_in_logs_audit_dead_letters_or_check_output() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(check_out.contains("SASL_SSL/SCRAM-SHA-512"), "{check_out}");
-    let audits = wait_for_audits(&env.audit, 2).await;
+    let audits = wait_for_audits(&env.audit, 5).await;
+    let status = |id: &str| audits[id][0]["publisher"]["status"].clone();
+    assert_eq!(
+        status("leak-signed"),
+        "verified",
+        "the secret was read: {audits:?}"
+    );
+    assert_eq!(status("leak-tampered"), "bad_signature", "{audits:?}");
     let dead = read_all(&env.dlq);
-    assert_eq!(dead.len(), 1);
+    assert_eq!(dead.len(), 2, "the garbage and the schema-invalid refund");
     let mut written = vec![
         ("run output", run_log),
         ("check output", check_out),
@@ -493,6 +524,10 @@ async fn no_secret_appears_in_logs_audit_dead_letters_or_check_output() {
         assert!(
             !text.contains(&token),
             "the registry token is in the {what}"
+        );
+        assert!(
+            !text.contains(&desk_secret),
+            "the publisher's HMAC secret is in the {what}"
         );
     }
 }
@@ -579,4 +614,245 @@ async fn registry_credentials_are_sent_and_never_shown() {
             "{shown}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_with_tls_settings_of_its_own_is_verified_with_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger_ca = TestCa::new(dir.path(), "ledger");
+    let others_ca = TestCa::new(dir.path(), "others");
+    let service = crate::action_service::ActionService::start();
+    let proxy = tls_proxy(&ledger_ca.server_cert(false), Some(service.addr())).await;
+
+    // [services.tls] trusts only the other CA; the ledger's own table trusts its CA.
+    let env = TestEnv::new(1);
+    with_http_payment_action(
+        &env,
+        &format!("https://{}", proxy.addr),
+        &format!("ca_file = \"{}\"\n", others_ca.ca_file.display()),
+    );
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let text = text.replace(
+        "max_attempts = 2\n",
+        "max_attempts = 2\nservice = \"ledger\"\n",
+    );
+    std::fs::write(
+        &env.config_path,
+        format!(
+            "{text}\n[services.service_tls.ledger]\nca_file = \"{}\"\n",
+            ledger_ca.ca_file.display()
+        ),
+    )
+    .expect("write config");
+    env.create_topics().await;
+    produce(&env.events, &[Rec::json("p1", &payment("pay-ledger"))]).await;
+    let config = env.config();
+    worker::run(&config, options("service-tls"), CancellationToken::new())
+        .await
+        .expect("worker runs");
+    let audits = wait_for_audits(&env.audit, 1).await;
+    assert_eq!(audits["pay-ledger"][0]["outcome"], "actioned", "{audits:?}");
+    assert_eq!(service.requests_to("/payments/pay-ledger").len(), 1);
+
+    // `reflex check --connect` tries the ledger with its own settings too, and the topics.
+    let endpoints = reflex::connectivity::check(&config).await;
+    let ledger = endpoints
+        .iter()
+        .find(|e| e.kind == "service")
+        .expect("the ledger is checked");
+    assert!(ledger.ok(), "{ledger}");
+    let audit = endpoints
+        .iter()
+        .find(|e| e.kind == "topic" && e.address.starts_with(&format!("{} ", env.audit)))
+        .expect("the audit topic is checked");
+    assert!(
+        audit
+            .result
+            .as_ref()
+            .is_ok_and(|d| d.contains("write allowed")),
+        "{audit}"
+    );
+
+    // A name no action or lookup uses is refused, naming it.
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    std::fs::write(
+        &env.config_path,
+        text.replace(
+            "[services.service_tls.ledger]",
+            "[services.service_tls.ledgr]",
+        ),
+    )
+    .expect("write config");
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let error = reflex::config::Config::from_toml(&text, &env.config_path, Vec::new())
+        .expect_err("an unknown service name")
+        .to_string();
+    assert!(
+        error.contains("[services.service_tls.\"ledgr\"]") && error.contains("ledger"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_connect_reports_each_topic_and_probes_writes_without_writing() {
+    let env = TestEnv::new(1);
+    env.create_topics().await;
+    let missing = unique("it-missing");
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let text = text
+        .replace(
+            &format!("events = [\"{}\"]", env.events),
+            &format!("events = [\"{}\", \"{missing}\"]", env.events),
+        )
+        .replace("[topics]\n", "[topics]\ncreate_missing = false\n");
+    std::fs::write(&env.config_path, text).expect("write config");
+    let endpoints = reflex::connectivity::check(&env.config()).await;
+    let topic = |name: &str| {
+        endpoints
+            .iter()
+            .find(|e| e.kind == "topic" && e.address.starts_with(&format!("{name} (")))
+            .unwrap_or_else(|| panic!("{name} is checked: {endpoints:?}"))
+    };
+    let events = topic(&env.events);
+    assert_eq!(events.result, Ok("1 partition(s)".to_owned()), "{events}");
+    let absent = topic(&missing);
+    assert!(
+        absent
+            .result
+            .as_ref()
+            .is_err_and(|e| e.contains("does not exist") && e.contains("reflex topics")),
+        "{absent}"
+    );
+    for (name, how) in [
+        (&env.audit, "a record without key"),
+        (&env.dlq, "message.timestamp.after.max.ms"),
+    ] {
+        let checked = topic(name);
+        assert!(
+            checked
+                .result
+                .as_ref()
+                .is_ok_and(|d| d.contains("write allowed") && d.contains(how)),
+            "{checked}"
+        );
+    }
+    assert!(
+        read_all(&env.audit).is_empty(),
+        "the probe wrote to the audit topic"
+    );
+    assert!(
+        read_all(&env.dlq).is_empty(),
+        "the probe wrote to the dead-letter topic"
+    );
+}
+
+/// An OpenID Connect token endpoint for the client-credentials grant: it answers every request
+/// with an unsigned JWT for `subject` (which the stack's OAUTHBEARER listener, Kafka's unsecured
+/// validator, accepts) and records each request's `Authorization` header.
+async fn token_endpoint(
+    subject: &str,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let now = chrono::Utc::now().timestamp();
+    let jwt = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none"})),
+        b64(json!({"sub": subject, "iat": now, "exp": now + 3600, "scope": "kafka"}))
+    );
+    let body = json!({"access_token": jwt, "token_type": "Bearer", "expires_in": 3600}).to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The request line, headers and the short form body arrive together.
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&request).to_string();
+            let authorization = text
+                .lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+                        .map(|(_, v)| v.trim().to_owned())
+                })
+                .unwrap_or_default();
+            record.lock().expect("lock").push(authorization);
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn actions_role_runs_over_oauthbearer_with_oidc_client_credentials() {
+    use base64::Engine as _;
+    require_secured_stack();
+    assert!(
+        std::net::TcpStream::connect(oauth_brokers()).is_ok(),
+        "no OAUTHBEARER listener on {}: the local stack must be started by the current scripts/stack.sh (make down && make up)",
+        oauth_brokers()
+    );
+    let (token_url, requests) = token_endpoint("reflex-actions").await;
+    let env = TestEnv::new(1);
+    env.create_topics().await;
+    let secret = format!("client-secret-{}", uuid::Uuid::new_v4().simple());
+    let secret_file = env.config_path.with_file_name("client-secret");
+    std::fs::write(&secret_file, &secret).expect("write secret");
+    secure(
+        &env,
+        &oauth_brokers(),
+        &format!(
+            "protocol = \"sasl_ssl\"\nmechanism = \"OAUTHBEARER\"\nca_file = \"{ca}\"\noauth_token_url = \"http://{token_url}/token\"\noauth_client_id = \"reflex-actions\"\noauth_client_secret = \"file:{secret}\"\noauth_scope = \"kafka\"\n",
+            ca = stack_tls().join("ca.pem").display(),
+            secret = secret_file.display(),
+        ),
+    );
+    let config = env.config();
+    assert_eq!(config.kafka.security.describe(), "SASL_SSL/OAUTHBEARER");
+    produce(
+        &env.events,
+        &[Rec::json("k1", &order("oauth-ok", "/shop/web", 42.0))],
+    )
+    .await;
+    let summary = tokio::time::timeout(
+        Duration::from_secs(120),
+        worker::run(&config, options("oauth-worker"), CancellationToken::new()),
+    )
+    .await
+    .expect("drains within two minutes")
+    .expect("worker runs over SASL_SSL/OAUTHBEARER");
+    assert_eq!(summary.total(), 1, "{summary}");
+    let audits = wait_for_audits(&env.audit, 1).await;
+    assert_eq!(audits["oauth-ok"][0]["outcome"], "actioned", "{audits:?}");
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("reflex-actions:{secret}"))
+    );
+    let seen = requests.lock().expect("lock").clone();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|a| *a == expected),
+        "every token request carries the client credentials: {seen:?}"
+    );
 }

@@ -25,6 +25,7 @@ use crate::ingest::{
 };
 use crate::otel::{self, Tracer};
 use crate::policy::{Decision, Evaluator};
+use crate::publisher::{Keyring, Publisher};
 use crate::registry::HttpRegistry;
 use crate::schema::SchemaRegistry;
 use crate::service::{CallOutcome, Services};
@@ -83,6 +84,8 @@ pub struct ProcessorSettings {
     pub enricher: Enricher,
     /// The worker's tracer when tracing is on: stages run in spans of their own.
     pub tracer: Option<Tracer>,
+    /// The publishers' keys, which verify record signatures at admission.
+    pub publishers: Arc<Keyring>,
 }
 
 /// A record that passed decoding and validation: its event, ready for enrichment, the policy
@@ -91,6 +94,7 @@ pub struct ProcessorSettings {
 pub struct Admission {
     event: CloudEvent,
     mode: Mode,
+    publisher: Publisher,
     action: Arc<Action>,
     audit: AuditRecord,
     timings: Timings,
@@ -141,7 +145,8 @@ impl Processor {
             settings.registry.clone(),
             settings.type_header.clone(),
             settings.max_event_bytes,
-        );
+        )
+        .with_publishers(settings.publishers.clone());
         let emit = EmitTopics {
             default: settings.policy_emit_topic.clone(),
             allowed: settings.policy_emit_topics.clone(),
@@ -235,6 +240,7 @@ impl Processor {
             ))
             .or(audit.traceid);
         }
+        audit.publisher = Some(admitted.publisher.clone());
         let Some(action) = self.actions.get(&admitted.event.ty).cloned() else {
             // Start-up checks that every type with a schema has an action.
             let why = format!("event type \"{}\" has no action", admitted.event.ty);
@@ -244,6 +250,7 @@ impl Processor {
         Admitted::Event(Box::new(Admission {
             event: admitted.event,
             mode: admitted.mode,
+            publisher: admitted.publisher,
             action,
             audit,
             timings,
@@ -262,6 +269,7 @@ impl Processor {
         let Admission {
             event,
             mode,
+            publisher,
             action,
             mut audit,
             mut timings,
@@ -310,6 +318,7 @@ impl Processor {
                 mode,
                 input,
                 now: &now,
+                publisher: &publisher,
                 enrichment: &enrichment,
             };
             ingest::decide(&mut evaluator, &on, &self.emit)

@@ -94,6 +94,11 @@ pub(super) struct Scheduler<'a> {
     /// offset that covers them, so a transaction never holds a record's outputs without its
     /// offset.
     held: HashMap<Tp, BTreeMap<i64, Vec<OutRecord>>>,
+    /// Exactly-once: the commit running in the background, if one is.
+    pub(super) committing: Option<tokio::task::JoinHandle<Result<usize, TransactionError>>>,
+    /// Exactly-once: outputs (with the offset they let their partition commit up to) that
+    /// became ready while a commit ran; they join the next transaction.
+    deferred: Vec<(Tp, i64, BTreeMap<i64, Vec<OutRecord>>)>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -124,6 +129,8 @@ impl<'a> Scheduler<'a> {
             work_cancel: CancellationToken::new(),
             metrics,
             held: HashMap::new(),
+            committing: None,
+            deferred: Vec::new(),
         }
     }
 }
@@ -361,19 +368,13 @@ impl Scheduler<'_> {
                     {
                         let later = held.split_off(&(upto + 1));
                         let ready = std::mem::replace(held, later);
-                        for (offset, outputs) in ready {
-                            tokio::task::block_in_place(|| transaction.send(&outputs)).map_err(
-                                |source| WorkerError::Delivery {
-                                    topic: outputs
-                                        .first()
-                                        .map(|r| r.topic.clone())
-                                        .unwrap_or_default(),
-                                    input: format!("{}/{}/{offset}", done.tp.0, done.tp.1),
-                                    source,
-                                },
-                            )?;
+                        if self.committing.is_some() {
+                            // No record joins a transaction while it commits: these join the
+                            // next one.
+                            self.deferred.push((done.tp.clone(), upto, ready));
+                        } else {
+                            send_ready(&transaction, &done.tp, upto, ready)?;
                         }
-                        transaction.ready(&done.tp.0, done.tp.1, upto + 1);
                     }
                 }
                 // Done after its partition was revoked: the next owner answers it.
@@ -410,24 +411,71 @@ impl Scheduler<'_> {
         self.transaction().is_some_and(|t| t.due())
     }
 
-    /// Commits the open transaction (exactly-once mode). An aborted one is processed again:
-    /// every assigned partition goes back to its committed offset.
-    pub(super) fn commit(
+    /// Starts committing the open transaction in the background (exactly-once mode), unless a
+    /// commit is in progress; records keep running meanwhile, and their outputs wait for the
+    /// next transaction. The worker hands the result to [`Scheduler::committed`].
+    pub(super) fn start_commit(&mut self, consumer: &StreamConsumer<RebalanceContext>) {
+        if self.committing.is_some() {
+            return;
+        }
+        let Some(transaction) = self.transaction().cloned() else {
+            return;
+        };
+        self.revoke(consumer.context().take_revoked());
+        let group = consumer.group_metadata();
+        self.committing = Some(tokio::task::spawn_blocking(move || {
+            transaction.commit_as(group)
+        }));
+    }
+
+    /// Books the end of the background commit: the outputs that waited for it join the next
+    /// transaction; an aborted one is processed again (every assigned partition goes back to
+    /// its committed offset).
+    pub(super) fn committed(
         &mut self,
         consumer: &StreamConsumer<RebalanceContext>,
+        result: Result<Result<usize, TransactionError>, tokio::task::JoinError>,
     ) -> Result<(), WorkerError> {
+        self.committing = None;
         let Some(transaction) = self.transaction().cloned() else {
             return Ok(());
         };
         self.revoke(consumer.context().take_revoked());
-        match tokio::task::block_in_place(|| transaction.commit(consumer)) {
-            Ok(_) => Ok(()),
+        let result = result.map_err(|e| WorkerError::Task {
+            input: "the transaction commit".into(),
+            why: e.to_string(),
+        })?;
+        match result {
+            Ok(_) => {
+                for (tp, upto, ready) in std::mem::take(&mut self.deferred) {
+                    send_ready(&transaction, &tp, upto, ready)?;
+                }
+                Ok(())
+            }
             Err(TransactionError::Aborted { cause }) => {
                 tracing::warn!(error = %cause, "transaction aborted; processing its records again from the committed offsets");
                 self.rewind(consumer)
             }
             Err(fatal) => Err(WorkerError::Transaction(fatal)),
         }
+    }
+
+    /// Commits the open transaction and waits for it (exactly-once mode; at shutdown), after a
+    /// commit in progress ends.
+    pub(super) async fn commit(
+        &mut self,
+        consumer: &StreamConsumer<RebalanceContext>,
+    ) -> Result<(), WorkerError> {
+        if let Some(commit) = self.committing.take() {
+            let result = commit.await;
+            self.committed(consumer, result)?;
+        }
+        self.start_commit(consumer);
+        if let Some(commit) = self.committing.take() {
+            let result = commit.await;
+            self.committed(consumer, result)?;
+        }
+        Ok(())
     }
 
     /// After an aborted transaction: forgets every assigned partition's records in progress
@@ -439,6 +487,12 @@ impl Scheduler<'_> {
     ) -> Result<(), WorkerError> {
         let timeout = Duration::from_secs(10);
         let failed = |source| WorkerError::Rewind { source };
+        // What the open transaction holds answers records about to be processed again.
+        if let Some(transaction) = self.transaction().cloned() {
+            tokio::task::block_in_place(|| transaction.abort())
+                .map_err(WorkerError::Transaction)?;
+        }
+        self.deferred.clear();
         let assigned = consumer.assignment().map_err(failed)?;
         let partitions: Vec<Tp> = assigned
             .elements()
@@ -475,6 +529,7 @@ impl Scheduler<'_> {
             self.partitions.revoke(tp);
             self.held.remove(tp);
         }
+        self.deferred.retain(|(tp, _, _)| !revoked.contains(tp));
         if let Some(transaction) = self.transaction() {
             transaction.forget(&revoked);
         }
@@ -523,6 +578,27 @@ impl Scheduler<'_> {
             self.parking.park(w.key, &w.id);
         }
     }
+}
+
+/// Sends the outputs of a partition's records up to `upto` into the open transaction, and
+/// lets the partition commit up to there.
+fn send_ready(
+    transaction: &Transaction,
+    tp: &Tp,
+    upto: i64,
+    ready: BTreeMap<i64, Vec<OutRecord>>,
+) -> Result<(), WorkerError> {
+    for (offset, outputs) in ready {
+        tokio::task::block_in_place(|| transaction.send(&outputs)).map_err(|source| {
+            WorkerError::Delivery {
+                topic: outputs.first().map(|r| r.topic.clone()).unwrap_or_default(),
+                input: format!("{}/{}/{offset}", tp.0, tp.1),
+                source,
+            }
+        })?;
+    }
+    transaction.ready(&tp.0, tp.1, upto + 1);
+    Ok(())
 }
 
 /// The key a record is parked under: the event topic and partition it first came from (for a

@@ -69,6 +69,7 @@ fn fixture(policy: &str) -> Fixture {
                 &crate::enrich::EnrichmentTable::default(),
             ),
             tracer: None,
+            publishers: std::sync::Arc::default(),
         },
     );
     Fixture {
