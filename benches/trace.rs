@@ -5,10 +5,13 @@
 //! for an id that is there and one that is not. `make bench-trace` runs it (also in `make
 //! bench`); building the lake takes a minute or two the first time.
 //!
-//! With a broker (`REFLEX_BENCH_BROKERS`, default the local stack's 127.0.0.1:9092), the whole
-//! `reflex trace` is timed as well: an audit topic of 3 partitions holding the same 1,000,000
-//! audit records (filled once, keyed by event id as the actions role writes them) is read
-//! from `--since 24h` beside the lake search. Without one, that part is skipped with a note.
+//! The lake's audit rows are those of an audit topic of 3 partitions as the actions role fills
+//! it (keyed by event id, so placed by the default partitioner, in order). With a broker
+//! (`REFLEX_BENCH_BROKERS`, default the local stack's 127.0.0.1:9092), the whole `reflex trace`
+//! is timed as well: that audit topic is filled once with the same 1,000,000 audit records and
+//! the lake group's offsets are committed at its end, as a lake role that wrote them all would
+//! have, so the command reads the older audit records from the lake and Kafka only past those
+//! offsets. Without a broker, that part is skipped with a note.
 
 use std::path::Path;
 use std::time::Instant;
@@ -38,6 +41,15 @@ const SEGMENT_RECORDS: usize = 12_000;
 const START_MS: i64 = 1_772_582_400_000;
 const SPAN_MS: i64 = 2 * 86_400_000;
 const TYPES: [&str; 3] = ["order.placed", "payment.authorized", "refund.requested"];
+/// The audit topic the lake's audit rows come from, and its partitions.
+const AUDIT_TOPIC: &str = "reflex-bench-trace.audit";
+const AUDIT_PARTITIONS: usize = 3;
+/// The lake group whose committed offsets bound the audit topic's read.
+const LAKE_GROUP: &str = "reflex-bench-trace.lake";
+/// Written when the lake is complete; a lake with another mark is built again.
+fn complete_mark() -> String {
+    format!("{EVENTS} events; audit rows from {AUDIT_TOPIC} ({AUDIT_PARTITIONS} partitions)")
+}
 
 /// The id of the `n`th event: a UUID that looks random, as producers' ids do.
 fn event_id(n: u64) -> String {
@@ -101,55 +113,84 @@ async fn build(dir: &Path, store: &LakeStore, tables: &Tables) {
     };
     let now = chrono::Utc::now();
     let started = Instant::now();
+    let mut json = Vec::with_capacity(1024);
     for p in 0..PARTITIONS {
-        for topic in ["events", "audit"] {
-            let tp: TopicPartition = (format!("bench.{topic}"), p as i32);
-            let mut segments = Segments::new(limits);
-            let mut json = Vec::with_capacity(1024);
-            for offset in 0..EVENTS / PARTITIONS {
-                let n = offset * PARTITIONS + p;
-                let event = event(n);
-                let at = Coordinates {
-                    topic: &tp.0,
-                    partition: tp.1,
-                    offset: offset as i64,
-                    timestamp_ms: None,
-                };
-                json.clear();
-                let (table, hour) = if topic == "events" {
-                    let index = tables.index_of(&event.ty).expect("a table per type");
-                    let table = tables.get(index).expect("table");
-                    (index, table.event_row(&event, at, now, &mut json))
-                } else {
-                    let record = audit_record(n, offset);
-                    let index = tables.audit_index();
-                    let table = tables.get(index).expect("audit table");
-                    let row = record.to_string();
-                    let hour = table
-                        .audit_row(row.as_bytes(), at, now, &mut json)
-                        .expect("an audit row");
-                    (index, hour)
-                };
-                let row = Row {
-                    table,
-                    hour,
-                    json: &json,
-                };
-                if segments.push(&tp, offset as i64, Some(row), Instant::now()) {
-                    let segment = segments.take(&tp).expect("a full segment");
-                    write_segment(store, tables, settings, &tp, &segment)
-                        .await
-                        .expect("lake files written");
-                }
-            }
-            if let Some(segment) = segments.take(&tp) {
+        let tp: TopicPartition = ("bench.events".to_owned(), p as i32);
+        let mut segments = Segments::new(limits);
+        for offset in 0..EVENTS / PARTITIONS {
+            let n = offset * PARTITIONS + p;
+            let event = event(n);
+            let at = Coordinates {
+                topic: &tp.0,
+                partition: tp.1,
+                offset: offset as i64,
+                timestamp_ms: None,
+            };
+            json.clear();
+            let index = tables.index_of(&event.ty).expect("a table per type");
+            let table = tables.get(index).expect("table");
+            let hour = table.event_row(&event, at, now, &mut json);
+            let row = Row {
+                table: index,
+                hour,
+                json: &json,
+            };
+            if segments.push(&tp, offset as i64, Some(row), Instant::now()) {
+                let segment = segments.take(&tp).expect("a full segment");
                 write_segment(store, tables, settings, &tp, &segment)
                     .await
                     .expect("lake files written");
             }
         }
+        if let Some(segment) = segments.take(&tp) {
+            write_segment(store, tables, settings, &tp, &segment)
+                .await
+                .expect("lake files written");
+        }
     }
-    std::fs::write(dir.join("complete"), EVENTS.to_string()).expect("mark the lake complete");
+    // The audit topic's records, each at the partition and offset the actions role's producer
+    // gives it (see `fill_audit`).
+    let mut audits: Vec<Vec<u64>> = vec![Vec::new(); AUDIT_PARTITIONS];
+    for n in 0..EVENTS {
+        let p = kafka::default_partition(event_id(n).as_bytes(), AUDIT_PARTITIONS).expect("a key");
+        audits[p as usize].push(n);
+    }
+    for (p, ns) in audits.iter().enumerate() {
+        let tp: TopicPartition = (AUDIT_TOPIC.to_owned(), p as i32);
+        let mut segments = Segments::new(limits);
+        let index = tables.audit_index();
+        let table = tables.get(index).expect("audit table");
+        for (offset, n) in ns.iter().enumerate() {
+            let at = Coordinates {
+                topic: &tp.0,
+                partition: tp.1,
+                offset: offset as i64,
+                timestamp_ms: None,
+            };
+            json.clear();
+            let row = audit_record(*n, *n / PARTITIONS).to_string();
+            let hour = table
+                .audit_row(row.as_bytes(), at, now, &mut json)
+                .expect("an audit row");
+            let row = Row {
+                table: index,
+                hour,
+                json: &json,
+            };
+            if segments.push(&tp, offset as i64, Some(row), Instant::now()) {
+                let segment = segments.take(&tp).expect("a full segment");
+                write_segment(store, tables, settings, &tp, &segment)
+                    .await
+                    .expect("lake files written");
+            }
+        }
+        if let Some(segment) = segments.take(&tp) {
+            write_segment(store, tables, settings, &tp, &segment)
+                .await
+                .expect("lake files written");
+        }
+    }
+    std::fs::write(dir.join("complete"), complete_mark()).expect("mark the lake complete");
     eprintln!(
         "built a lake of {EVENTS} events and {EVENTS} audit records in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -179,7 +220,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let complete = std::fs::read_to_string(dir.join("complete")).ok();
-    if complete.as_deref() != Some(&EVENTS.to_string()) {
+    if complete.as_deref() != Some(complete_mark().as_str()) {
         let _ = std::fs::remove_dir_all(dir.join("lake"));
         runtime.block_on(build(&dir, &store, &tables));
     }
@@ -234,12 +275,24 @@ fn whole_trace(
     let brokers = std::env::var("REFLEX_BENCH_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let path = repo.join("config/reflex.toml");
-    let text = std::fs::read_to_string(&path).expect("config/reflex.toml");
+    // The actions' emit topics too are the bench's own, so another run's derived events on the
+    // shared broker are not read.
+    let text = std::fs::read_to_string(&path)
+        .expect("config/reflex.toml")
+        .replace(
+            "topic = \"events.shipments\"",
+            "topic = \"reflex-bench-trace.shipments\"",
+        )
+        .replace(
+            "topic = \"events.refunds.approved\"",
+            "topic = \"reflex-bench-trace.refunds.approved\"",
+        );
     let vars = [
         ("REFLEX_KAFKA_BROKERS", brokers.clone()),
         ("REFLEX_LAKE_STORE", dir.join("lake").display().to_string()),
         ("REFLEX_TOPICS_EVENTS", "reflex-bench-trace.events".into()),
-        ("REFLEX_TOPICS_AUDIT", "reflex-bench-trace.audit".into()),
+        ("REFLEX_TOPICS_AUDIT", AUDIT_TOPIC.into()),
+        ("REFLEX_ROLES_LAKE_GROUP_ID", LAKE_GROUP.into()),
         ("REFLEX_TOPICS_DLQ", "reflex-bench-trace.dlq".into()),
         ("REFLEX_TOPICS_RETRY", "reflex-bench-trace.retry".into()),
         ("REFLEX_TOPICS_PARTITIONS", "3".into()),
@@ -267,8 +320,10 @@ fn whole_trace(
     let mut group = c.benchmark_group("trace");
     group.sample_size(10);
     for (name, id) in [("whole_1m/present", present), ("whole_1m/absent", absent)] {
-        // Every audit record, as `--since 24h` reads on a day of 1,000,000 events however
-        // long ago the topic was filled; every lake file, as without `--since`.
+        // Every audit record inside `--since`, as `--since 24h` reads on a day of 1,000,000
+        // events however long ago the topic was filled (the lake holds them all, so only the
+        // records past the lake group's offsets are read from Kafka); every lake file, as
+        // without `--since`.
         let options = TraceOptions {
             id: id.to_owned(),
             since_ms: 0,
@@ -276,10 +331,11 @@ fn whole_trace(
         };
         let story = runtime.block_on(trace(&config, &options)).expect("trace");
         eprintln!(
-            "{name}: found {}, {} audit steps, searched {:?}",
+            "{name}: found {}, {} audit steps, searched {:?}, audit partitions read from the lake group's offsets {:?}",
             story.found,
             story.steps.len(),
-            story.searched.topics
+            story.searched.topics,
+            story.searched.audit_from_lake
         );
         group.bench_function(name, |b| {
             b.iter(|| runtime.block_on(trace(&config, &options)).expect("trace"))
@@ -305,9 +361,54 @@ async fn fill_audit(config: &Config) {
         .expect("watermarks");
         held += high - low;
     }
-    if held >= EVENTS as i64 {
-        return;
+    if held < EVENTS as i64 {
+        produce_audit(config).await;
     }
+    commit_lake_offsets(config, &consumer);
+}
+
+/// Commits the lake group's offsets at the end of each audit partition, as a lake role that
+/// wrote every audit record would have, after checking that the lake's coordinates for a
+/// record are where Kafka holds it.
+fn commit_lake_offsets(config: &Config, consumer: &kafka::Reader) {
+    use rdkafka::consumer::{CommitMode, Consumer};
+    let probe_id = event_id(EVENTS / 2 + 7);
+    let p = kafka::default_partition(probe_id.as_bytes(), AUDIT_PARTITIONS).expect("a key");
+    let offset = (0..EVENTS / 2 + 7)
+        .filter(|n| kafka::default_partition(event_id(*n).as_bytes(), AUDIT_PARTITIONS) == Some(p))
+        .count() as i64;
+    let starts = std::collections::HashMap::from([(p, offset)]);
+    let mut reader = kafka::TopicReader::open_partitions(consumer, &config.topics.audit, &starts)
+        .expect("the audit topic");
+    let found = reader
+        .next_record()
+        .expect("a record")
+        .and_then(|m| rdkafka::message::Message::key(&m).map(<[u8]>::to_vec));
+    drop(reader);
+    consumer.unassign().expect("unassign");
+    assert_eq!(
+        found.as_deref(),
+        Some(probe_id.as_bytes()),
+        "the audit topic holds the records in the order the lake's rows name (refill it: delete {})",
+        config.topics.audit
+    );
+    let group = kafka::probe(&config.kafka, &config.lake.group_id, kafka::Outage::new())
+        .expect("a client of the lake group");
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..AUDIT_PARTITIONS as i32 {
+        let (_, high) = consumer
+            .fetch_watermarks(&config.topics.audit, p, std::time::Duration::from_secs(10))
+            .expect("watermarks");
+        list.add_partition_offset(&config.topics.audit, p, rdkafka::Offset::Offset(high))
+            .expect("offset");
+    }
+    group
+        .commit(&list, CommitMode::Sync)
+        .expect("the lake group's offsets committed");
+}
+
+/// Fills the audit topic with the 1,000,000 audit records, in order, one producer.
+async fn produce_audit(config: &Config) {
     let started = Instant::now();
     let producer = kafka::producer(&config.kafka, kafka::Outage::new()).expect("producer");
     for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(50_000) {

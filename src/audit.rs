@@ -113,6 +113,11 @@ pub struct AuditRecord {
     /// For a replayed dead letter, which one and why it was dead-lettered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<ReplayOf>,
+    /// The W3C trace id (32 hex digits) of the trace the processing belongs to: the record's
+    /// span when tracing is on, else the trace the event arrived in (its `traceparent`);
+    /// absent when there is neither (and in records written before the field existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceid: Option<String>,
     /// What the event's publisher signature proved (every admitted event).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publisher: Option<crate::publisher::Publisher>,
@@ -151,6 +156,7 @@ impl AuditRecord {
             retry_round: None,
             origin: None,
             replay_of: None,
+            traceid: None,
             publisher: None,
             lookups: Vec::new(),
             enrichment: serde_json::Map::new(),

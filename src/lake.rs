@@ -62,6 +62,9 @@ pub enum LakeError {
     /// The telemetry listener could not start.
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::ListenError),
+    /// Tracing was asked for and cannot start.
+    #[error(transparent)]
+    Tracing(#[from] crate::otel::TraceError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

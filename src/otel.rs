@@ -2,11 +2,11 @@
 //! from an event, and the `traceparent` written on what the event causes.
 //!
 //! Tracing is off unless an OTLP endpoint is configured (`[telemetry] otlp_endpoint`, or
-//! `OTEL_EXPORTER_OTLP_ENDPOINT`); then the actions worker owns one [`Tracer`] whose spans go
-//! to a bounded queue ([`QUEUE_SPANS`]) that a background thread exports in batches over
-//! OTLP/HTTP (protobuf). A full queue drops spans; an unreachable collector fails exports on
-//! that thread only. Both are counted ([`ExportStats`], logged when the worker stops) and the
-//! pipeline never waits for them.
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`); then each actions or lake worker owns one [`Tracer`] whose
+//! spans go to a bounded queue ([`QUEUE_SPANS`]) that a background thread exports in batches
+//! over OTLP/HTTP (protobuf). A full queue drops spans; an unreachable collector fails exports on
+//! that thread only. Both are counted ([`ExportStats`], served in `/metrics` and logged when
+//! the worker stops) and the pipeline never waits for them.
 //! [`Tracer::shutdown`] exports what is queued.
 //!
 //! Context in ([`parent`]): the event's CloudEvents distributed-tracing extension (`traceparent`
@@ -74,25 +74,49 @@ pub fn traces_url(endpoint: &str) -> String {
     format!("{}/v1/traces", endpoint.trim_end_matches('/'))
 }
 
-/// Ended, exported and lost spans of one tracer.
+/// Started, ended, exported and lost spans of one tracer.
 #[derive(Debug, Default)]
 pub struct ExportStats {
+    /// Spans started.
+    pub started: AtomicU64,
     /// Spans ended (and offered to the export queue).
     pub ended: AtomicU64,
     /// Spans the collector accepted.
     pub exported: AtomicU64,
     /// Spans lost because an export failed (collector unreachable or refusing).
     pub failed: AtomicU64,
+    /// Spans dropped because the export queue held [`QUEUE_SPANS`] already.
+    pub dropped: AtomicU64,
+    /// Spans in the queue: offered and not yet taken by an export.
+    queued: AtomicU64,
     failing: AtomicBool,
 }
 
 impl ExportStats {
-    /// Spans neither exported nor failed: waiting in the queue, or (once the tracer is shut
-    /// down) dropped because the queue was full.
-    pub fn unaccounted(&self) -> u64 {
-        let ended = self.ended.load(Ordering::Relaxed);
-        let done = self.exported.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
-        ended.saturating_sub(done)
+    /// Spans waiting in the export queue.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Takes a place in the queue for one ended span; `false` (and the span counted as
+    /// dropped) when the queue is full.
+    fn enqueue(&self) -> bool {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE_SPANS as u64 {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// `spans` left the queue for an export.
+    fn dequeue(&self, spans: u64) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(spans))
+            });
     }
 }
 
@@ -193,9 +217,14 @@ impl Tracer {
         &self.endpoint
     }
 
-    /// Exported and lost spans so far.
+    /// Started, exported and lost spans so far.
     pub fn stats(&self) -> &ExportStats {
         &self.stats
+    }
+
+    /// The span counts, shared (for `/metrics`).
+    pub fn shared_stats(&self) -> Arc<ExportStats> {
+        Arc::clone(&self.stats)
     }
 
     /// The span of one consumed record (kind consumer), started at `start`, in the trace of
@@ -263,9 +292,95 @@ impl Tracer {
             endpoint = %self.endpoint,
             exported = self.stats.exported.load(Ordering::Relaxed),
             failed = self.stats.failed.load(Ordering::Relaxed),
-            dropped_queue_full = self.stats.unaccounted(),
+            dropped_queue_full = self.stats.dropped.load(Ordering::Relaxed),
             "trace export stopped"
         );
+    }
+}
+
+/// A segment of one partition the lake role wrote, for the attributes of its span.
+#[derive(Debug, Clone, Copy)]
+pub struct LakeSegment<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset of its first record.
+    pub first_offset: i64,
+    /// Offset after its last record.
+    pub next_offset: i64,
+    /// Files found already written with its records and kept.
+    pub files_present: u64,
+}
+
+/// One lake file written, for its span.
+#[derive(Debug, Clone, Copy)]
+pub struct LakeFile<'a> {
+    /// Its table.
+    pub table: &'a str,
+    /// Its key under the lake root.
+    pub key: &'a str,
+    /// Rows.
+    pub rows: u64,
+    /// Parquet bytes.
+    pub bytes: u64,
+    /// When encoding it began and when the store held it.
+    pub span: (SystemTime, SystemTime),
+}
+
+impl Tracer {
+    /// The spans of one segment the lake role wrote, from `start` to `end`: `lake write
+    /// <topic>` with the partition, offsets and totals, and a `lake file` child per file
+    /// created (table, key, rows, bytes). A trace of its own: a segment holds many events.
+    pub fn lake_segment(
+        &self,
+        segment: LakeSegment<'_>,
+        (start, end): (SystemTime, SystemTime),
+        files: &[LakeFile<'_>],
+    ) {
+        let total = |f: fn(&LakeFile<'_>) -> u64| {
+            i64::try_from(files.iter().map(f).sum::<u64>()).unwrap_or(i64::MAX)
+        };
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let attributes = vec![
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.destination.name", segment.topic.to_owned()),
+            KeyValue::new(
+                "messaging.destination.partition.id",
+                segment.partition.to_string(),
+            ),
+            KeyValue::new("messaging.consumer.group.name", self.group.to_string()),
+            KeyValue::new("reflex.lake.first_offset", segment.first_offset),
+            KeyValue::new("reflex.lake.next_offset", segment.next_offset),
+            KeyValue::new("reflex.lake.files", count(files.len() as u64)),
+            KeyValue::new("reflex.lake.files_present", count(segment.files_present)),
+            KeyValue::new("reflex.lake.rows", total(|f| f.rows)),
+            KeyValue::new("reflex.lake.bytes", total(|f| f.bytes)),
+        ];
+        let span = self
+            .tracer
+            .span_builder(format!("lake write {}", segment.topic))
+            .with_kind(SpanKind::Internal)
+            .with_start_time(start)
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, &Context::new());
+        let cx = Context::new().with_span(span);
+        for file in files {
+            let mut child = self
+                .tracer
+                .span_builder("lake file")
+                .with_kind(SpanKind::Client)
+                .with_start_time(file.span.0)
+                .with_attributes(vec![
+                    KeyValue::new("reflex.lake.table", file.table.to_owned()),
+                    KeyValue::new("reflex.lake.key", file.key.to_owned()),
+                    KeyValue::new("reflex.lake.rows", count(file.rows)),
+                    KeyValue::new("reflex.lake.bytes", count(file.bytes)),
+                ])
+                .start_with_context(&self.tracer, &cx);
+            opentelemetry::trace::Span::end_with_timestamp(&mut child, file.span.1);
+        }
+        cx.span().end_with_timestamp(end);
     }
 }
 
@@ -349,6 +464,18 @@ pub fn current() -> Option<(String, String)> {
     })
 }
 
+/// The trace id (32 lower-case hex digits) of the span in `cx`, if it is valid.
+pub fn trace_id(cx: &Context) -> Option<String> {
+    let span = cx.span();
+    let context = span.span_context();
+    context.is_valid().then(|| context.trace_id().to_string())
+}
+
+/// The trace id of the current span, if there is one.
+pub fn current_trace_id() -> Option<String> {
+    Context::map_current(trace_id)
+}
+
 /// Stamps the current span's context on an emitted event's extension attributes, replacing
 /// any it had; nothing without a current span.
 pub fn stamp(extensions: &mut BTreeMap<String, Value>) -> Option<String> {
@@ -396,7 +523,9 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
-/// The batch processor, counting the spans offered to its queue.
+/// The batch processor behind a queue bound of its own, counting the spans started, and those
+/// offered to the queue or dropped because it is full. The batch processor's own queue is as
+/// large as the bound, so it never drops a span this one let through.
 #[derive(Debug)]
 struct CountingProcessor {
     inner: BatchSpanProcessor,
@@ -405,12 +534,14 @@ struct CountingProcessor {
 
 impl SpanProcessor for CountingProcessor {
     fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.stats.started.fetch_add(1, Ordering::Relaxed);
         self.inner.on_start(span, cx);
     }
 
     fn on_end(&self, span: SpanData) {
-        self.stats.ended.fetch_add(1, Ordering::Relaxed);
-        self.inner.on_end(span);
+        if self.stats.enqueue() {
+            self.inner.on_end(span);
+        }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -438,6 +569,7 @@ struct Counting<E> {
 impl<E: SpanExporter> SpanExporter for Counting<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let spans = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        self.stats.dequeue(spans);
         let result = self.inner.export(batch).await;
         match &result {
             Ok(()) => {
@@ -557,6 +689,38 @@ mod tests {
         extensions.insert(TRACESTATE.to_owned(), Value::String("stale=1".to_owned()));
         assert_eq!(stamp(&mut extensions).as_deref(), Some(PARENT));
         assert_eq!(extensions[TRACESTATE], Value::String("vendor=1".to_owned()));
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_spans_until_an_export_takes_some() {
+        let stats = ExportStats::default();
+        for _ in 0..QUEUE_SPANS {
+            assert!(stats.enqueue());
+        }
+        assert!(!stats.enqueue(), "the queue is full");
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.queued(), QUEUE_SPANS as u64);
+        stats.dequeue(BATCH_SPANS as u64);
+        assert!(stats.enqueue(), "an export made room");
+        assert_eq!(stats.ended.load(Ordering::Relaxed), QUEUE_SPANS as u64 + 2);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_trace_id_is_that_of_the_context_or_none() {
+        let headers: [(&str, &[u8]); 1] = [(TRACEPARENT, PARENT.as_bytes())];
+        let cx = parent(None, &headers);
+        assert_eq!(
+            super::trace_id(&cx).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(super::trace_id(&parent(None, &[])), None);
+        assert_eq!(current_trace_id(), None);
+        let _guard = cx.attach();
+        assert_eq!(
+            current_trace_id().as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod retry;
 mod template;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
@@ -155,6 +155,55 @@ impl CallOutcome {
     }
 }
 
+/// What one HTTP attempt of an action came to, as a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AttemptResult {
+    /// The service answered with this status.
+    Status(u16),
+    /// No answer within the action's timeout.
+    Timeout,
+    /// The connection could not be opened.
+    Connect,
+    /// The service's open circuit breaker refused the attempt (nothing was sent).
+    CircuitOpen,
+    /// Any other transport failure.
+    Error,
+}
+
+impl AttemptResult {
+    /// The label: the status class (`2xx` … `5xx`) or the error kind (`timeout`, `connect`,
+    /// `circuit_open`, `error`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Status(s) if s < 200 => "1xx",
+            Self::Status(s) if s < 300 => "2xx",
+            Self::Status(s) if s < 400 => "3xx",
+            Self::Status(s) if s < 500 => "4xx",
+            Self::Status(_) => "5xx",
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::CircuitOpen => "circuit_open",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// One HTTP attempt of an action, as [`Services::perform`] reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptDone<'a> {
+    /// The service called.
+    pub service: &'a str,
+    /// Which attempt of the call it was, from 1.
+    pub attempt: u32,
+    /// What it came to.
+    pub result: AttemptResult,
+    /// From sending the request to the answer's head (or the failure).
+    pub elapsed: Duration,
+}
+
+/// Told of every HTTP attempt of an action (see [`Services::observe_attempts`]).
+pub type AttemptObserver = Arc<dyn Fn(&AttemptDone<'_>) + Send + Sync>;
+
 fn micros<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
@@ -165,13 +214,23 @@ pub struct Services {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     client: reqwest::Client,
     /// Clients of the services with TLS settings of their own.
     service_clients: HashMap<String, reqwest::Client>,
     config: ServicesConfig,
     breakers: Mutex<HashMap<String, Breaker>>,
+    observer: OnceLock<AttemptObserver>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("config", &self.config)
+            .field("breakers", &self.breakers)
+            .field("observed", &self.observer.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Services {
@@ -190,8 +249,21 @@ impl Services {
                 service_clients,
                 config,
                 breakers: Mutex::default(),
+                observer: OnceLock::new(),
             }),
         })
+    }
+
+    /// Tells `observer` of every HTTP attempt of an action from now on (the first call wins).
+    pub fn observe_attempts(&self, observer: AttemptObserver) {
+        let _ = self.inner.observer.set(observer);
+    }
+
+    /// Reports one attempt to the observer, if there is one.
+    fn attempted(&self, done: &AttemptDone<'_>) {
+        if let Some(observer) = self.inner.observer.get() {
+            observer(done);
+        }
     }
 
     fn client_with(tls: &crate::http::HttpTls) -> Result<reqwest::Client, ServiceError> {

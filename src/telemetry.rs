@@ -2,7 +2,8 @@
 //! them, and the listener that serves them ([`listener`]) with the probes.
 //!
 //! Each worker owns one [`Metrics`]; its listener (`[telemetry] listen`) serves `/metrics` in
-//! the Prometheus text format, `/healthz`, `/readyz`, and the status page (`/` and
+//! the Prometheus text format, `/healthz`, `/readyz` (policy loaded, partitions assigned, and
+//! the producer reaching the brokers, [`producer`]), and the status page (`/` and
 //! `/status.json`, [`status`]), both read from the same [`Metrics`]. Labels take only bounded
 //! values: event types that have a schema (others are `(unknown)`, records without a type
 //! `(undecodable)`), outcome and reason codes, stage names, service names, and the assigned
@@ -44,6 +45,13 @@
 //!   HTTP status the service last answered (`error` when it never answered; `ok` for inline
 //!   kinds); `reflex_lookups_total{lookup, source}` (counter): enrichment lookups by where the
 //!   value came from (`cache`, `service`, `fallback`);
+//! - `reflex_action_attempts_total{service, result, attempt}` (counter): every HTTP attempt of
+//!   an action, by service, result (status class `2xx` … `5xx`, or `timeout`, `connect`,
+//!   `circuit_open`, `error`) and attempt number (`1`, `2`, `3`, `4+`);
+//!   `reflex_action_attempt_duration_seconds{service}` (histogram): their durations;
+//! - `reflex_spans_started_total`, `reflex_spans_exported_total` and
+//!   `reflex_spans_dropped_total{reason}` (counters, `queue_full` or `export_failed`): the
+//!   OpenTelemetry spans of this worker (all 0 while tracing is off);
 //! - `reflex_kafka_unreachable_seconds` (gauge): how long the brokers have been unreachable, 0
 //!   while they answer; `reflex_kafka_outages_total` (counter): outages that ended;
 //! - `reflex_lake_store_unreachable_seconds` (gauge): how long the lake's object store has been
@@ -64,6 +72,7 @@ use crate::service::Services;
 mod histogram;
 pub mod lag;
 pub mod listener;
+pub mod producer;
 mod render;
 pub mod status;
 
@@ -180,6 +189,12 @@ pub struct Metrics {
     actions: Mutex<BTreeMap<String, BTreeMap<ActionResult, u64>>>,
     /// Lookups, by lookup and where the value came from (cache, service, fallback).
     lookups: Mutex<BTreeMap<String, [u64; 3]>>,
+    /// HTTP attempts of actions, by service.
+    attempts: Mutex<BTreeMap<String, ServiceAttempts>>,
+    /// What the producer's last check found, once the worker has a producer.
+    producer: Mutex<Option<ProducerCheck>>,
+    /// The tracer's span counts, when tracing is on.
+    spans: OnceLock<std::sync::Arc<crate::otel::ExportStats>>,
     /// The last denials and dead letters, newest at the front.
     recent: Mutex<VecDeque<Recent>>,
     /// The HTTP services whose breakers are reported, once the worker has them.
@@ -231,6 +246,9 @@ impl Metrics {
             dead_letters: Mutex::default(),
             actions: Mutex::default(),
             lookups: Mutex::default(),
+            attempts: Mutex::default(),
+            producer: Mutex::new(None),
+            spans: OnceLock::new(),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
             services: OnceLock::new(),
             kafka: OnceLock::new(),
@@ -284,6 +302,16 @@ impl Metrics {
         self.store.get().map_or((Duration::ZERO, 0), |o| {
             (o.down_for().unwrap_or(Duration::ZERO), o.ended())
         })
+    }
+
+    /// Reports the spans of a tracer from now on (the first call wins).
+    pub fn watch_spans(&self, stats: std::sync::Arc<crate::otel::ExportStats>) {
+        let _ = self.spans.set(stats);
+    }
+
+    /// Makes `/readyz` check the worker's producer ([`ProducerChecked`] reports on it).
+    pub fn watch_producer(&self) {
+        lock(&self.producer).get_or_insert_with(ProducerCheck::default);
     }
 
     /// Reports the transactions of the exactly-once mode from now on (the first call wins).
@@ -364,19 +392,57 @@ impl Metrics {
         Ok(())
     }
 
-    /// Whether the worker can do its work: a policy set is loaded and partitions are assigned.
-    pub fn readiness(&self) -> Result<(), &'static str> {
-        if lock(&self.policy).is_none() {
-            return Err("no policy set loaded");
-        }
-        if lock(&self.partitions).values().all(BTreeMap::is_empty) {
-            return Err(if self.assigned_once.load(Ordering::Relaxed) {
-                "no partitions assigned (all revoked)"
+    /// The checks of `/readyz`, in order: `policy` (a policy set is loaded), `group`
+    /// (partitions are assigned) and, in a worker with a producer, `producer` (its last
+    /// metadata request was answered and no Kafka outage is open).
+    pub fn ready_checks(&self) -> Vec<ReadyCheck> {
+        let mut checks = Vec::with_capacity(3);
+        checks.push(ReadyCheck {
+            name: "policy",
+            problem: lock(&self.policy)
+                .is_none()
+                .then(|| "no policy set loaded".to_owned()),
+        });
+        let group = if lock(&self.partitions).values().all(BTreeMap::is_empty) {
+            Some(if self.assigned_once.load(Ordering::Relaxed) {
+                "no partitions assigned (all revoked)".to_owned()
             } else {
-                "no partitions assigned yet"
+                "no partitions assigned yet".to_owned()
+            })
+        } else {
+            None
+        };
+        checks.push(ReadyCheck {
+            name: "group",
+            problem: group,
+        });
+        if let Some(check) = lock(&self.producer).as_ref() {
+            let down = self
+                .kafka
+                .get()
+                .and_then(|o| o.down_for())
+                .map(|d| format!("Kafka brokers unreachable for {:.0}s", d.as_secs_f64()));
+            let problem = match (&check.error, check.answered) {
+                (Some(error), _) => {
+                    Some(format!("the brokers did not answer the producer: {error}"))
+                }
+                (None, None) => Some("the producer has not reached the brokers yet".to_owned()),
+                (None, Some(_)) => down,
+            };
+            checks.push(ReadyCheck {
+                name: "producer",
+                problem,
             });
         }
-        Ok(())
+        checks
+    }
+
+    /// Whether the worker can do its work: the first failing check of [`Self::ready_checks`].
+    pub fn readiness(&self) -> Result<(), String> {
+        match self.ready_checks().into_iter().find_map(|c| c.problem) {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
     }
 
     /// The assigned partitions, for the lag probe.
@@ -395,6 +461,43 @@ impl Metrics {
                 f(&(topic.clone(), *partition), state);
             }
         }
+    }
+}
+
+/// One check of `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyCheck {
+    /// Its name: `policy`, `group` or `producer`.
+    pub name: &'static str,
+    /// Why it fails; `None` when it passes.
+    pub problem: Option<String>,
+}
+
+/// What the last check of the worker's producer found.
+#[derive(Debug, Clone, Default)]
+struct ProducerCheck {
+    /// When the brokers last answered it.
+    answered: Option<Instant>,
+    /// The last check's error, if it failed.
+    error: Option<String>,
+}
+
+/// HTTP attempts of actions on one service.
+#[derive(Debug, Default)]
+pub(crate) struct ServiceAttempts {
+    /// Attempts by result label and attempt label.
+    pub counts: BTreeMap<(&'static str, &'static str), u64>,
+    /// Their durations.
+    pub duration: Histogram,
+}
+
+/// The `attempt` label: `1`, `2`, `3`, then `4+`.
+pub fn attempt_label(attempt: u32) -> &'static str {
+    match attempt {
+        0 | 1 => "1",
+        2 => "2",
+        3 => "3",
+        _ => "4+",
     }
 }
 
@@ -683,6 +786,64 @@ impl LakeFilesWritten<'_> {
         t.rows += self.rows;
         t.bytes += self.bytes;
         t.last_file = Some(Instant::now());
+    }
+}
+
+/// One HTTP attempt of an action ended (see [`crate::service::AttemptDone`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ActionAttempted<'a> {
+    /// The attempt.
+    pub done: &'a crate::service::AttemptDone<'a>,
+}
+
+impl ActionAttempted<'_> {
+    /// Counts it by service, result and attempt, and observes its duration.
+    pub fn emit(self, metrics: &Metrics) {
+        let done = self.done;
+        let mut attempts = lock(&metrics.attempts);
+        // A service is allocated only the first time it is called.
+        let service = match attempts.get_mut(done.service) {
+            Some(s) => s,
+            None => attempts.entry(done.service.to_owned()).or_default(),
+        };
+        *service
+            .counts
+            .entry((done.result.label(), attempt_label(done.attempt)))
+            .or_default() += 1;
+        service.duration.observe(done.elapsed.as_secs_f64());
+    }
+
+    /// An observer for [`crate::service::Services::observe_attempts`] that emits this event.
+    pub fn observer(metrics: std::sync::Arc<Metrics>) -> crate::service::AttemptObserver {
+        std::sync::Arc::new(move |done| ActionAttempted { done }.emit(&metrics))
+    }
+}
+
+/// The worker's producer was asked for the brokers' metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct ProducerChecked<'a> {
+    /// The error, if the brokers did not answer.
+    pub error: Option<&'a str>,
+}
+
+impl ProducerChecked<'_> {
+    /// Keeps the answer for `/readyz`; a failure that starts is logged once (the outage, if
+    /// it lasts, has its own line).
+    pub fn emit(self, metrics: &Metrics) {
+        let mut producer = lock(&metrics.producer);
+        let check = producer.get_or_insert_with(ProducerCheck::default);
+        match self.error {
+            None => {
+                check.answered = Some(Instant::now());
+                check.error = None;
+            }
+            Some(error) => {
+                if check.error.is_none() {
+                    tracing::debug!(error, "the producer's metadata request was not answered");
+                }
+                check.error = Some(error.to_owned());
+            }
+        }
     }
 }
 

@@ -11,9 +11,11 @@
 //!
 //! Kafka is read only from `--since` on: each partition from the first offset at or after that
 //! instant (offsets-for-times) to the end it had when the reading began; of the audit topic,
-//! keyed by event id, only the partitions the ids hash to. The audit topic is
-//! compacted, so once compaction has run only an event's last audit record is left there; the
-//! lake's `audit` table keeps every one, and the files holding them are listed.
+//! keyed by event id, only the partitions the ids hash to, and only past the offsets the lake
+//! group committed: the records before them are read from the lake's `audit` table, found by
+//! the same bloom-filtered search that lists the lake files. The audit topic is compacted, so
+//! once compaction has run only an event's last audit record is left there; the lake's `audit`
+//! table keeps every one, and they are all steps of the story.
 
 mod read;
 mod text;
@@ -196,6 +198,10 @@ pub struct Caused {
 pub struct Searched {
     /// Records read per topic, since `since`.
     pub topics: Vec<TopicRead>,
+    /// The audit partitions read from the lake group's committed offset (`partition →
+    /// offset`): their earlier records came from the lake's `audit` table.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub audit_from_lake: std::collections::BTreeMap<i32, i64>,
     /// The lake search.
     pub lake: find::Searched,
     /// The lake's location.
@@ -223,6 +229,8 @@ pub async fn trace(config: &Config, options: &TraceOptions) -> Result<Trace, Tra
         audit: config.topics.audit.clone(),
         dlq: config.topics.dlq.clone(),
         emit: config.emit_topics(),
+        lake_group: Some(config.lake.group_id.clone()),
+        default_partitioner: crate::kafka::default_partitioner(&config.kafka),
     };
     let (kafka_config, id, since_ms) = (config.kafka.clone(), options.id.clone(), options.since_ms);
     let kafka = tokio::task::spawn_blocking(move || {
@@ -237,8 +245,28 @@ pub async fn trace(config: &Config, options: &TraceOptions) -> Result<Trace, Tra
         options.lake_from_date.as_deref(),
     )
     .await;
-    let read = kafka.await.map_err(|e| TraceError::Task(e.to_string()))??;
+    let mut read = kafka.await.map_err(|e| TraceError::Task(e.to_string()))??;
     let (holdings, lake_searched) = lake?;
+    // The audit records before the lake group's offsets are read from the lake's audit table.
+    let lake_audits = holdings.iter().flat_map(|h| h.audits.iter().cloned());
+    add_lake_audits(&mut read, &options.id, lake_audits);
+    // A caused event without an audit record past those offsets has its own in the lake.
+    let unseen: Vec<String> = read
+        .caused
+        .iter()
+        .map(|(identity, _, _)| identity.id.clone())
+        .filter(|cid| !read.audits.iter().any(|a| a.key == *cid))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .take(CAUSED_FROM_LAKE)
+        .collect();
+    if !read.audit_from_lake.is_empty() {
+        for cid in unseen {
+            let from = options.lake_from_date.as_deref();
+            let audits = find::audit_records(&store, &tables, &cid, from).await?;
+            add_lake_audits(&mut read, &cid, audits.into_iter());
+        }
+    }
     Ok(assemble(
         options,
         read,
@@ -246,6 +274,28 @@ pub async fn trace(config: &Config, options: &TraceOptions) -> Result<Trace, Tra
         lake_searched,
         store.location(),
     ))
+}
+
+/// Caused events whose audit records are looked up in the lake, at most.
+const CAUSED_FROM_LAKE: usize = 16;
+
+/// Adds the audit records of `key` read from the lake that Kafka did not give.
+fn add_lake_audits(
+    read: &mut read::KafkaFound,
+    key: &str,
+    audits: impl Iterator<Item = find::LakeAudit>,
+) {
+    for audit in audits {
+        if read.audits.iter().any(|a| a.record == audit.record) {
+            continue;
+        }
+        read.audits.push(read::AuditRead {
+            key: key.to_owned(),
+            record: audit.record,
+            timestamp_ms: audit.timestamp_ms,
+            value: audit.value,
+        });
+    }
 }
 
 /// The parts of an audit record the story is ordered and linked by.
@@ -395,6 +445,7 @@ fn assemble(
         lake,
         searched: Searched {
             topics: read.topics,
+            audit_from_lake: read.audit_from_lake,
             lake: lake_searched,
             lake_location: lake_location.to_owned(),
         },
@@ -484,6 +535,7 @@ mod tests {
                 Some(2_400),
             )],
             topics: vec![],
+            audit_from_lake: Default::default(),
         };
         let trace = assemble(&options, read, vec![], find::Searched::default(), "lake");
         assert!(trace.found);

@@ -252,7 +252,7 @@ impl<'c> TopicReader<'c> {
 }
 
 /// The partitions of `topic`, from the cluster's metadata.
-fn partitions_of(consumer: &Reader, topic: &str) -> Result<Vec<i32>, ReadError> {
+pub fn partitions_of(consumer: &Reader, topic: &str) -> Result<Vec<i32>, ReadError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|source| ReadError::Read {
@@ -269,7 +269,7 @@ fn partitions_of(consumer: &Reader, topic: &str) -> Result<Vec<i32>, ReadError> 
 
 /// The offset of the first record at or after `ms` in each of `partitions` (`Offset::End` where
 /// there is none), in one offsets-for-times request.
-fn offsets_for_time(
+pub fn offsets_for_time(
     consumer: &Reader,
     topic: &str,
     partitions: &[i32],

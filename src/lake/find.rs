@@ -5,10 +5,12 @@
 //! it are skipped by name. For each remaining file the footer is read, and each row group is
 //! checked against the id column's statistics (min and max) and then its bloom filter (written
 //! by [`super::encode`]); only row groups that pass both are read, and only their id and Kafka
-//! coordinate columns. A file written before bloom filters were is read by statistics alone.
+//! coordinate columns (every column in the `audit` table, whose rows are the event's audit
+//! records, [`LakeAudit`]). A file written before bloom filters were is read by statistics
+//! alone.
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::types::{Int32Type, Int64Type, TimestampMillisecondType};
 use arrow_array::{Array, RecordBatch};
 use futures_util::{StreamExt, TryStreamExt};
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
@@ -17,6 +19,7 @@ use parquet::file::statistics::Statistics;
 use serde::Serialize;
 
 use super::store::{LakeStore, StoreError};
+use super::table::{Table, TableKind};
 use super::Tables;
 
 /// Files searched at once (their footers and bloom filters are small reads).
@@ -36,6 +39,22 @@ pub struct Holding {
     pub path: String,
     /// The Kafka record of each row with the id (`topic/partition/offset`).
     pub records: Vec<String>,
+    /// In the `audit` table, the audit records those rows hold.
+    #[serde(skip)]
+    pub audits: Vec<LakeAudit>,
+}
+
+/// An audit record read back from the lake's `audit` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeAudit {
+    /// The audit record's Kafka record (`topic/partition/offset`).
+    pub record: String,
+    /// Its partition and offset.
+    pub at: (i32, i64),
+    /// Its Kafka timestamp (milliseconds since the epoch).
+    pub timestamp_ms: Option<i64>,
+    /// The record (see [`Table::audit_value`]).
+    pub value: serde_json::Value,
 }
 
 /// What the search looked at: how much the date, statistics and bloom filters left unread.
@@ -74,9 +93,36 @@ pub async fn files_holding(
     id: &str,
     from_date: Option<&str>,
 ) -> Result<(Vec<Holding>, Searched), StoreError> {
+    search(store, tables, id, from_date, false).await
+}
+
+/// The audit records of `id` in the lake's `audit` table (no other table is searched), in
+/// the order of their Kafka records.
+pub async fn audit_records(
+    store: &LakeStore,
+    tables: &Tables,
+    id: &str,
+    from_date: Option<&str>,
+) -> Result<Vec<LakeAudit>, StoreError> {
+    let (found, _) = search(store, tables, id, from_date, true).await?;
+    let mut audits: Vec<LakeAudit> = found.into_iter().flat_map(|h| h.audits).collect();
+    audits.sort_by_key(|a| a.at);
+    Ok(audits)
+}
+
+async fn search(
+    store: &LakeStore,
+    tables: &Tables,
+    id: &str,
+    from_date: Option<&str>,
+    audit_only: bool,
+) -> Result<(Vec<Holding>, Searched), StoreError> {
     let mut searched = Searched::default();
     let mut candidates = Vec::new();
     for table in tables.iter() {
+        if audit_only && table.kind != TableKind::Audit {
+            continue;
+        }
         for file in store.list(&table.name).await? {
             searched.files += 1;
             let date = file
@@ -89,11 +135,11 @@ pub async fn files_holding(
                     continue;
                 }
             }
-            candidates.push((table.name.clone(), table.id_column(), file));
+            candidates.push((table, file));
         }
     }
     let results: Vec<(Option<Holding>, Searched)> =
-        futures_util::stream::iter(candidates.into_iter().map(|(table, column, file)| {
+        futures_util::stream::iter(candidates.into_iter().map(|(table, file)| {
             let (reader, key) = store.reader(&file);
             let path = format!("{}/{key}", store.location().trim_end_matches('/'));
             async move {
@@ -103,12 +149,14 @@ pub async fn files_holding(
                     key: key.clone(),
                     source: Box::new(source),
                 };
-                let (records, searched) = search_file(reader, column, id).await.map_err(error)?;
+                let (records, audits, searched) =
+                    search_file(reader, table, id).await.map_err(error)?;
                 let holding = (!records.is_empty()).then(|| Holding {
-                    table,
+                    table: table.name.clone(),
                     key: key.clone(),
                     path,
                     records,
+                    audits,
                 });
                 Ok::<_, StoreError>((holding, searched))
             }
@@ -125,12 +173,18 @@ pub async fn files_holding(
     Ok((found, searched))
 }
 
-/// The coordinates of the rows of one file whose `column` is `id`.
+/// What one file holds of an id: the coordinates of its rows, and in the audit table the
+/// audit records.
+type FileFound = (Vec<String>, Vec<LakeAudit>, Searched);
+
+/// The coordinates of the rows of one file of `table` whose id column is `id` (and in the
+/// audit table the audit records).
 async fn search_file(
     reader: parquet::arrow::async_reader::ParquetObjectReader,
-    column: &str,
+    table: &Table,
     id: &str,
-) -> Result<(Vec<String>, Searched), parquet::errors::ParquetError> {
+) -> Result<FileFound, parquet::errors::ParquetError> {
+    let column = table.id_column();
     let mut searched = Searched::default();
     let mut builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
     let metadata = builder.metadata().clone();
@@ -142,7 +196,7 @@ async fn search_file(
             .position(|c| c.path().parts() == [name])
     };
     let Some(id_leaf) = leaf(column) else {
-        return Ok((Vec::new(), searched));
+        return Ok((Vec::new(), Vec::new(), searched));
     };
     let mut wanted = Vec::new();
     for (index, group) in metadata.row_groups().iter().enumerate() {
@@ -167,26 +221,63 @@ async fn search_file(
         wanted.push(index);
     }
     if wanted.is_empty() {
-        return Ok((Vec::new(), searched));
+        return Ok((Vec::new(), Vec::new(), searched));
     }
     searched.row_groups_read = wanted.len() as u64;
-    let mut leaves = vec![id_leaf];
-    leaves.extend(COORDINATES.iter().filter_map(|c| leaf(c)));
-    let mask = ProjectionMask::leaves(descr, leaves);
+    let audit = table.kind == TableKind::Audit;
+    let mask = if audit {
+        ProjectionMask::all()
+    } else {
+        let mut leaves = vec![id_leaf];
+        leaves.extend(COORDINATES.iter().filter_map(|c| leaf(c)));
+        ProjectionMask::leaves(descr, leaves)
+    };
     let stream = builder
         .with_row_groups(wanted)
         .with_projection(mask)
         .build()?;
     let batches: Vec<RecordBatch> = stream.try_collect().await?;
     let mut records = Vec::new();
+    let mut audits = Vec::new();
     for batch in &batches {
-        records.extend(matching_rows(batch, column, id));
+        let rows = matching_rows(batch, column, id);
+        if audit {
+            audits.extend(
+                rows.iter()
+                    .filter_map(|(row, record)| audit_of(table, batch, *row, record)),
+            );
+        }
+        records.extend(rows.into_iter().map(|(_, record)| record));
     }
-    Ok((records, searched))
+    Ok((records, audits, searched))
 }
 
-/// `topic/partition/offset` of each row of `batch` whose `column` is `id`.
-fn matching_rows(batch: &RecordBatch, column: &str, id: &str) -> Vec<String> {
+/// The audit record of row `row` of `batch` (a batch of the audit table), if it converts.
+fn audit_of(table: &Table, batch: &RecordBatch, row: usize, record: &str) -> Option<LakeAudit> {
+    let one = batch.slice(row, 1);
+    let mut writer = arrow_json::ArrayWriter::new(Vec::new());
+    writer.write(&one).ok()?;
+    writer.finish().ok()?;
+    let rows: Vec<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_slice(&writer.into_inner()).ok()?;
+    let value = table.audit_value(rows.first()?);
+    let column = |name| batch.column_by_name(name);
+    let partition = column(COORDINATES[1])?.as_primitive_opt::<Int32Type>()?;
+    let offset = column(COORDINATES[2])?.as_primitive_opt::<Int64Type>()?;
+    let timestamp = column("kafka_timestamp")
+        .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
+        .filter(|t| t.is_valid(row))
+        .map(|t| t.value(row));
+    Some(LakeAudit {
+        record: record.to_owned(),
+        at: (partition.value(row), offset.value(row)),
+        timestamp_ms: timestamp,
+        value,
+    })
+}
+
+/// Each row of `batch` whose `column` is `id`, with its `topic/partition/offset`.
+fn matching_rows(batch: &RecordBatch, column: &str, id: &str) -> Vec<(usize, String)> {
     let Some(ids) = batch
         .column_by_name(column)
         .and_then(|c| c.as_string_opt::<i32>())
@@ -204,11 +295,14 @@ fn matching_rows(batch: &RecordBatch, column: &str, id: &str) -> Vec<String> {
         .and_then(|c| c.as_primitive_opt::<Int64Type>());
     (0..ids.len())
         .filter(|&row| ids.is_valid(row) && ids.value(row) == id)
-        .map(|row| match (topics, partitions, offsets) {
-            (Some(t), Some(p), Some(o)) => {
-                format!("{}/{}/{}", t.value(row), p.value(row), o.value(row))
-            }
-            _ => format!("row {row}"),
+        .map(|row| {
+            let record = match (topics, partitions, offsets) {
+                (Some(t), Some(p), Some(o)) => {
+                    format!("{}/{}/{}", t.value(row), p.value(row), o.value(row))
+                }
+                _ => format!("row {row}"),
+            };
+            (row, record)
         })
         .collect()
 }
@@ -291,6 +385,109 @@ mod tests {
             }
         }
         (store, tables)
+    }
+
+    #[tokio::test]
+    async fn audit_rows_read_back_as_the_audit_records_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, tables) = lake(dir.path()).await;
+        let records = [
+            json!({"event_id": "e-1", "type": "a.happened", "topic": "t", "partition": 0,
+                "offset": 4, "outcome": "retrying", "policy_revision": "sha256:1",
+                "decision": {"allow": true, "reasons": [], "obligations": {"redact": ["data.n"]}},
+                "action": {"name": "ship", "kind": "http", "status": 503, "attempts": 2},
+                "worker": "w", "processed_at": "2026-01-01T10:00:00.000001Z",
+                "timings_us": {"decode": 3, "validate": 2, "policy": 9, "action": 1},
+                "traceid": "4bf92f3577b34da6a3ce929d0e0e4736",
+                "lookups": [{"name": "customer", "source": "service", "status": 200, "tier": "x"}],
+                "future_field": {"kept": true}}),
+            json!({"event_id": "e-2", "topic": "t", "partition": 0, "offset": 5,
+                "outcome": "denied", "worker": "w", "processed_at": "2026-01-01T10:00:01Z"}),
+            json!({"event_id": "e-1", "topic": "retry", "partition": 0, "offset": 0,
+                "outcome": "actioned", "retry_round": 1, "worker": "w",
+                "processed_at": "2026-01-01T10:00:02Z"}),
+        ];
+        let tp: TopicPartition = ("audit".into(), 0);
+        let mut segments = Segments::new(Limits {
+            max_records: 10,
+            max_bytes: usize::MAX,
+            max_age: Duration::from_secs(3600),
+        });
+        let index = tables.audit_index();
+        let table = tables.get(index).expect("audit table");
+        let mut json = Vec::new();
+        for (offset, record) in records.iter().enumerate() {
+            let at = Coordinates {
+                topic: "audit",
+                partition: 0,
+                offset: offset as i64,
+                timestamp_ms: Some(1_767_261_600_000 + offset as i64),
+            };
+            json.clear();
+            let value = record.to_string();
+            let hour = table
+                .audit_row(value.as_bytes(), at, chrono::Utc::now(), &mut json)
+                .expect("a row");
+            let row = Row {
+                table: index,
+                hour,
+                json: &json,
+            };
+            segments.push(&tp, offset as i64, Some(row), Instant::now());
+        }
+        let segment = segments.take(&tp).expect("segment");
+        let settings = EncodeSettings {
+            row_group_rows: 10,
+            zstd_level: 1,
+        };
+        write_segment(&store, &tables, settings, &tp, &segment)
+            .await
+            .expect("write");
+
+        let audits = audit_records(&store, &tables, "e-1", None)
+            .await
+            .expect("search");
+        let at: Vec<(&str, Option<i64>)> = audits
+            .iter()
+            .map(|a| (a.record.as_str(), a.timestamp_ms))
+            .collect();
+        assert_eq!(
+            at,
+            [
+                ("audit/0/0", Some(1_767_261_600_000)),
+                ("audit/0/2", Some(1_767_261_600_002))
+            ]
+        );
+        let first = &audits[0].value;
+        for key in [
+            "event_id",
+            "type",
+            "topic",
+            "partition",
+            "offset",
+            "outcome",
+            "decision",
+            "action",
+            "worker",
+            "timings_us",
+            "traceid",
+            "lookups",
+            "future_field",
+        ] {
+            assert_eq!(first[key], records[0][key], "{key}: {first}");
+        }
+        assert!(first["processed_at"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2026-01-01T10:00:00.000001")));
+        assert!(
+            first.get("subject").is_none(),
+            "absent stays absent: {first}"
+        );
+        assert_eq!(audits[1].value["retry_round"], 1);
+        assert!(audit_records(&store, &tables, "e-9", None)
+            .await
+            .expect("search")
+            .is_empty());
     }
 
     #[tokio::test]

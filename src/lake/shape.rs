@@ -166,6 +166,32 @@ impl Shape {
         }
     }
 
+    /// The value [`Self::normalize`] was given, as far as a row read back as JSON tells it:
+    /// JSON text parsed again, nulls dropped from objects (timestamps stay as read).
+    pub fn restore(&self, value: &Value) -> Value {
+        match (self, value) {
+            (Self::Json, Value::String(text)) => {
+                serde_json::from_str(text).unwrap_or_else(|_| value.clone())
+            }
+            (Self::List(item), Value::Array(values)) => {
+                Value::Array(values.iter().map(|v| item.restore(v)).collect())
+            }
+            (Self::Struct(fields), Value::Object(map)) => Value::Object(
+                map.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(name, v)| {
+                        let shape = fields.iter().find(|(n, _)| n == name).map(|(_, s)| s);
+                        (
+                            name.clone(),
+                            shape.map_or_else(|| v.clone(), |s| s.restore(v)),
+                        )
+                    })
+                    .collect(),
+            ),
+            (_, v) => v.clone(),
+        }
+    }
+
     /// The parts of `value` the schema does not name, at any depth, in the value's own
     /// structure (array elements without extras are `null`); `None` when there are none.
     pub fn extra(&self, value: &Value) -> Option<Value> {

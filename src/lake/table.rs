@@ -55,6 +55,7 @@ const AUDIT_SCHEMA: &str = r#"{"type": "object", "properties": {
     "topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}}},
   "replay_of": {"type": "object", "properties": {
     "dead_letter": {"type": "string"}, "reason": {"type": "string"}}},
+  "traceid": {"type": "string"},
   "lookups": {"type": "array", "items": {"type": "object", "properties": {
     "name": {"type": "string"}, "source": {"type": "string"}, "status": {"type": "integer"},
     "error": {"type": "string"}}}}
@@ -249,6 +250,28 @@ impl Table {
         Some(Hour::of(hour))
     }
 
+    /// The audit record a row of the audit table holds (the row as JSON, as `arrow-json`
+    /// writes it): its columns and the `extra` parts merged again; the Kafka columns dropped.
+    pub fn audit_value(&self, row: &Map<String, Value>) -> Value {
+        let mut record = Map::new();
+        for (property, column, shape) in &self.columns {
+            match row.get(column) {
+                Some(Value::Null) | None => {}
+                Some(v) => {
+                    record.insert(property.clone(), shape.restore(v));
+                }
+            }
+        }
+        if let Some(Value::Object(extra)) = row
+            .get("extra")
+            .and_then(Value::as_str)
+            .and_then(|t| serde_json::from_str(t).ok())
+        {
+            merge(&mut record, extra);
+        }
+        Value::Object(record)
+    }
+
     /// Adds the payload's columns and its unnamed parts to `row`.
     fn payload(&self, payload: &Value, row: &mut Map<String, Value>, extra_column: &str) {
         for (property, column, shape) in &self.columns {
@@ -263,6 +286,26 @@ impl Table {
         }
         let extra = self.shape.extra(payload).map(|e| e.to_string());
         row.insert(extra_column.to_owned(), extra.into());
+    }
+}
+
+/// Merges `extra` (the parts of a record the schema does not name) into `into`, at any depth.
+fn merge(into: &mut Map<String, Value>, extra: Map<String, Value>) {
+    for (key, value) in extra {
+        match (into.get_mut(&key), value) {
+            (Some(Value::Object(inner)), Value::Object(more)) => merge(inner, more),
+            // A list's extras are per element, `null` where an element has none.
+            (Some(Value::Array(items)), Value::Array(more)) => {
+                for (item, more) in items.iter_mut().zip(more) {
+                    if let (Value::Object(item), Value::Object(more)) = (item, more) {
+                        merge(item, more);
+                    }
+                }
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
     }
 }
 

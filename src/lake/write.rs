@@ -28,6 +28,23 @@ pub struct Written {
     /// Files found already written that reach past the segment: (table index, hour, offset of
     /// their last row). The rows up to that offset are in the lake.
     pub reaching_past: Vec<(usize, Hour, i64)>,
+    /// Each file created, in order.
+    pub created: Vec<FileWritten>,
+}
+
+/// One file created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileWritten {
+    /// Its table.
+    pub table: String,
+    /// Its key under the lake root.
+    pub key: String,
+    /// Rows.
+    pub rows: u64,
+    /// Parquet bytes.
+    pub bytes: u64,
+    /// When encoding it began and when the store held it.
+    pub span: (std::time::SystemTime, std::time::SystemTime),
 }
 
 /// What writing a segment produced for one table.
@@ -156,10 +173,18 @@ pub async fn write_segment(
             let key = file_key(&table.name, hour, tp, first);
             let from = start.checked_sub(1).map_or(0, |i| ends[i]);
             let range = (first, last_offset);
+            let began = std::time::SystemTime::now();
             let (put, size) =
                 create(store, table, settings, tp, &key, json.slice(from..), range).await?;
             if put == Put::Created {
                 let count = offsets.len() - start;
+                written.created.push(FileWritten {
+                    table: table.name.clone(),
+                    key: key.clone(),
+                    rows: count as u64,
+                    bytes: size as u64,
+                    span: (began, std::time::SystemTime::now()),
+                });
                 written.files += 1;
                 written.rows += count as u64;
                 written.bytes += size as u64;

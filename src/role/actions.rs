@@ -264,6 +264,17 @@ pub async fn run(
             config.telemetry.lag_interval,
             telemetry_stop.clone(),
         )?;
+        // The producer that writes the outputs: the transactional one in exactly-once mode.
+        let writing = transaction
+            .as_ref()
+            .map_or_else(|| producer.clone(), |t| t.producer().clone());
+        metrics::producer::spawn(
+            writing,
+            config.topics.audit.clone(),
+            Arc::clone(&metrics),
+            config.telemetry.lag_interval,
+            telemetry_stop.clone(),
+        );
     }
     // Hot reload: the watcher stops with the worker.
     let watch_stop = shutdown.child_token();
@@ -275,10 +286,12 @@ pub async fn run(
     );
     let services = Services::new(config.services.clone())?;
     metrics.watch_breakers(&services);
+    services.observe_attempts(metrics::ActionAttempted::observer(Arc::clone(&metrics)));
     let tracer = match &config.telemetry.otlp_endpoint {
         Some(endpoint) => {
             let tracer = crate::otel::Tracer::start(endpoint, "actions", &role.group_id)?;
             tracing::info!(endpoint = %tracer.endpoint(), "exporting traces");
+            metrics.watch_spans(tracer.shared_stats());
             Some(tracer)
         }
         None => None,

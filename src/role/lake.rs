@@ -7,7 +7,8 @@
 //! flight: its buffered rows are dropped and its new owner reads them again from the committed
 //! offset. A quiet partition is written by a timer once its segment reaches `lake.max_file_age`;
 //! above `lake.max_buffered_bytes` the largest segment is written early. On shutdown every
-//! segment is written and committed.
+//! segment is written and committed. With tracing on, each segment written is a span with a
+//! child per file ([`crate::otel::Tracer::lake_segment`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -143,6 +144,8 @@ struct Lake<'a> {
     store_outage: Arc<StoreOutage>,
     /// Stops a write that waits for the store.
     shutdown: CancellationToken,
+    /// Exports a span per segment written, when tracing is on.
+    tracer: Option<crate::otel::Tracer>,
 }
 
 /// Runs the lake role until `shutdown` is cancelled (or, with `drain`, until caught up).
@@ -223,6 +226,15 @@ pub async fn run(
             telemetry_stop.clone(),
         )?;
     }
+    let tracer = match &config.telemetry.otlp_endpoint {
+        Some(endpoint) => {
+            let tracer = crate::otel::Tracer::start(endpoint, "lake", &lake_cfg.group_id)?;
+            tracing::info!(endpoint = %tracer.endpoint(), "exporting traces");
+            metrics.watch_spans(tracer.shared_stats());
+            Some(tracer)
+        }
+        None => None,
+    };
     tracing::info!(group = %lake_cfg.group_id, topics = ?topics, store = %store.location(), "lake worker started");
 
     // Hot reload, as in the actions role, so both hide the same fields after a policy change.
@@ -255,6 +267,7 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         store_outage: StoreOutage::new(),
         shutdown: shutdown.clone(),
+        tracer,
     };
     metrics.watch_store(Arc::clone(&lake.store_outage));
     let tick =
@@ -335,6 +348,9 @@ pub async fn run(
         lake.write(&consumer, &tp).await?;
     }
     consumer.unsubscribe();
+    if let Some(tracer) = lake.tracer.take() {
+        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
+    }
     tracing::info!(
         rows = lake.summary.rows,
         files = lake.summary.files,
@@ -466,7 +482,8 @@ impl Lake<'_> {
         tp: &TopicPartition,
         segment: Segment,
     ) -> Result<bool, LakeError> {
-        let next = segment.next_offset;
+        let (first, next) = (segment.first_offset, segment.next_offset);
+        let started = std::time::SystemTime::now();
         let mut attempt = 0;
         let written = loop {
             match write_segment(&self.store, &self.tables, self.settings, tp, &segment).await {
@@ -492,6 +509,27 @@ impl Lake<'_> {
             }
         };
         self.store_outage.answered();
+        if let Some(tracer) = &self.tracer {
+            let files: Vec<crate::otel::LakeFile<'_>> = written
+                .created
+                .iter()
+                .map(|f| crate::otel::LakeFile {
+                    table: &f.table,
+                    key: &f.key,
+                    rows: f.rows,
+                    bytes: f.bytes,
+                    span: f.span,
+                })
+                .collect();
+            let segment = crate::otel::LakeSegment {
+                topic: &tp.0,
+                partition: tp.1,
+                first_offset: first,
+                next_offset: next,
+                files_present: written.present,
+            };
+            tracer.lake_segment(segment, (started, std::time::SystemTime::now()), &files);
+        }
         self.summary.files += written.files;
         self.summary.rows += written.rows;
         self.summary.bytes += written.bytes;

@@ -7,8 +7,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    parse_retry_after, retryable_status, CallOutcome, CallReport, HttpAction, Services, CANCELLED,
-    EXCERPT_BYTES,
+    parse_retry_after, retryable_status, AttemptDone, AttemptResult, CallOutcome, CallReport,
+    HttpAction, Services, CANCELLED, EXCERPT_BYTES,
 };
 use crate::event::CloudEvent;
 
@@ -16,6 +16,7 @@ use crate::event::CloudEvent;
 struct Attempt {
     outcome: CallOutcome,
     retry_after: Option<Duration>,
+    result: AttemptResult,
 }
 
 impl Services {
@@ -57,11 +58,18 @@ impl Services {
                 .timeout(action.timeout)
                 .headers(headers.clone())
                 .body(body.clone());
+            let sent = Instant::now();
             let done = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return report(cancelled(None), attempt),
                 done = self.exchange(&action.service, request, action.timeout, super::ACTION_RESPONSE_BYTES) => done,
             };
+            self.attempted(&AttemptDone {
+                service: &action.service,
+                attempt,
+                result: done.result,
+                elapsed: sent.elapsed(),
+            });
             if !done.outcome.retryable() || attempt >= max_attempts {
                 return report(done.outcome, attempt);
             }
@@ -126,6 +134,7 @@ impl Services {
                     circuit_open: true,
                 },
                 retry_after: None,
+                result: AttemptResult::CircuitOpen,
             };
         }
         let mut response = match request.send().await {
@@ -135,9 +144,17 @@ impl Services {
                 if !builder {
                     self.record(service, false);
                 }
+                let result = if e.is_timeout() {
+                    AttemptResult::Timeout
+                } else if e.is_connect() {
+                    AttemptResult::Connect
+                } else {
+                    AttemptResult::Error
+                };
                 return Attempt {
                     outcome: CallOutcome::failed(describe(&e, timeout), !builder),
                     retry_after: None,
+                    result,
                 };
             }
         };
@@ -159,6 +176,7 @@ impl Services {
             return Attempt {
                 outcome: CallOutcome::Succeeded { status, response },
                 retry_after: None,
+                result: AttemptResult::Status(status),
             };
         }
         let retryable = retryable_status(status);
@@ -185,6 +203,7 @@ impl Services {
                 circuit_open: false,
             },
             retry_after,
+            result: AttemptResult::Status(status),
         }
     }
 }

@@ -248,14 +248,15 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics, guard: &Guard) -> Respons
             Ok(()) => text(StatusCode::OK, PLAIN, "ok\n".into()),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{why}\n")),
         },
-        "/readyz" => match metrics.readiness() {
-            Ok(()) => text(StatusCode::OK, PLAIN, "ready\n".into()),
-            Err(why) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                PLAIN,
-                format!("not ready: {why}\n"),
-            ),
-        },
+        "/readyz" => {
+            let (ready, body) = ready_body(&metrics.ready_checks());
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            text(status, PLAIN, body)
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             PLAIN,
@@ -268,9 +269,54 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics, guard: &Guard) -> Respons
     response
 }
 
+/// The `/readyz` body in the verbose form of Kubernetes' own probes (`[+]name ok`,
+/// `[-]name failed: why`, then `ok` or `readyz check failed`), and whether every check passes.
+fn ready_body(checks: &[super::ReadyCheck]) -> (bool, String) {
+    let mut body = String::new();
+    let mut ready = true;
+    for check in checks {
+        match &check.problem {
+            None => body.push_str(&format!("[+]{} ok\n", check.name)),
+            Some(why) => {
+                ready = false;
+                body.push_str(&format!("[-]{} failed: {why}\n", check.name));
+            }
+        }
+    }
+    body.push_str(if ready {
+        "ok\n"
+    } else {
+        "readyz check failed\n"
+    });
+    (ready, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readyz_lists_every_check_and_fails_if_one_fails() {
+        let check = |name, problem: Option<&str>| super::super::ReadyCheck {
+            name,
+            problem: problem.map(str::to_owned),
+        };
+        let (ready, body) = ready_body(&[check("policy", None), check("producer", None)]);
+        assert!(ready);
+        assert_eq!(body, "[+]policy ok\n[+]producer ok\nok\n");
+        let (ready, body) = ready_body(&[
+            check("policy", None),
+            check(
+                "producer",
+                Some("the producer has not reached the brokers yet"),
+            ),
+        ]);
+        assert!(!ready);
+        assert_eq!(
+            body,
+            "[+]policy ok\n[-]producer failed: the producer has not reached the brokers yet\nreadyz check failed\n"
+        );
+    }
 
     #[test]
     fn bearer_credentials_are_read_from_the_header_value() {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::histogram::HistogramSnapshot;
 use super::{lock, LakeTable, Metrics, Stage, OUTCOMES};
 use crate::policy::telemetry as policy_telemetry;
 use crate::service::BreakerState;
@@ -62,6 +63,7 @@ pub fn render(metrics: &Metrics) -> String {
         render_lake(&mut out, metrics);
     }
     render_partitions(&mut out, metrics);
+    render_spans(&mut out, metrics);
     let (down, outages) = metrics.kafka_outage();
     family(
         &mut out,
@@ -211,6 +213,7 @@ fn render_actions(out: &mut String, metrics: &Metrics) {
             );
         }
     }
+    render_attempts(out, metrics);
     family(
         out,
         "reflex_lookups_total",
@@ -236,23 +239,7 @@ fn render_actions(out: &mut String, metrics: &Metrics) {
     );
     for stage in Stage::ALL {
         let snap = metrics.stage(stage).snapshot();
-        let label = stage.label();
-        for (bound, n) in &snap.buckets {
-            let le = float(*bound);
-            sample(
-                out,
-                &format!("{name}_bucket"),
-                &[("stage", label), ("le", &le)],
-                n,
-            );
-        }
-        sample(out, &format!("{name}_sum"), &[("stage", label)], snap.sum);
-        sample(
-            out,
-            &format!("{name}_count"),
-            &[("stage", label)],
-            snap.count,
-        );
+        histogram(out, name, &[("stage", stage.label())], &snap);
     }
     family(
         out,
@@ -282,6 +269,98 @@ fn render_actions(out: &mut String, metrics: &Metrics) {
             );
         }
     }
+}
+
+/// A histogram's `_bucket`, `_sum` and `_count` samples with `labels` (before `le`).
+fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], snap: &HistogramSnapshot) {
+    let bucket = format!("{name}_bucket");
+    for (bound, n) in &snap.buckets {
+        let le = float(*bound);
+        let mut with_le = labels.to_vec();
+        with_le.push(("le", &le));
+        sample(out, &bucket, &with_le, n);
+    }
+    sample(out, &format!("{name}_sum"), labels, snap.sum);
+    sample(out, &format!("{name}_count"), labels, snap.count);
+}
+
+fn render_attempts(out: &mut String, metrics: &Metrics) {
+    let attempts = lock(&metrics.attempts);
+    family(
+        out,
+        "reflex_action_attempts_total",
+        "counter",
+        "HTTP attempts of actions, by service, result (status class, or timeout, connect, circuit_open, error) and attempt number (1, 2, 3, 4+).",
+    );
+    for (service, a) in attempts.iter() {
+        for ((result, attempt), n) in &a.counts {
+            sample(
+                out,
+                "reflex_action_attempts_total",
+                &[
+                    ("service", service),
+                    ("result", result),
+                    ("attempt", attempt),
+                ],
+                n,
+            );
+        }
+    }
+    let name = "reflex_action_attempt_duration_seconds";
+    family(
+        out,
+        name,
+        "histogram",
+        "Duration of each HTTP attempt of an action, by service.",
+    );
+    for (service, a) in attempts.iter() {
+        histogram(out, name, &[("service", service)], &a.duration.snapshot());
+    }
+}
+
+fn render_spans(out: &mut String, metrics: &Metrics) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = metrics.spans.get();
+    let load = |f: fn(&crate::otel::ExportStats) -> &std::sync::atomic::AtomicU64| {
+        stats.map_or(0, |s| f(s).load(Relaxed))
+    };
+    family(
+        out,
+        "reflex_spans_started_total",
+        "counter",
+        "OpenTelemetry spans started by this worker (0 while tracing is off).",
+    );
+    sample(out, "reflex_spans_started_total", &[], load(|s| &s.started));
+    family(
+        out,
+        "reflex_spans_exported_total",
+        "counter",
+        "Spans the OTLP collector accepted.",
+    );
+    sample(
+        out,
+        "reflex_spans_exported_total",
+        &[],
+        load(|s| &s.exported),
+    );
+    family(
+        out,
+        "reflex_spans_dropped_total",
+        "counter",
+        "Spans lost: the export queue was full, or the collector did not take them.",
+    );
+    sample(
+        out,
+        "reflex_spans_dropped_total",
+        &[("reason", "queue_full")],
+        load(|s| &s.dropped),
+    );
+    sample(
+        out,
+        "reflex_spans_dropped_total",
+        &[("reason", "export_failed")],
+        load(|s| &s.failed),
+    );
 }
 
 fn render_lake(out: &mut String, metrics: &Metrics) {

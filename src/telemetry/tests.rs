@@ -159,18 +159,126 @@ fn every_family_has_help_and_type_once() {
 #[test]
 fn readiness_needs_a_policy_and_partitions() {
     let m = metrics();
-    assert_eq!(m.readiness(), Err("no policy set loaded"));
+    assert_eq!(m.readiness(), Err("no policy set loaded".to_owned()));
     PolicyActive {
         revision: "sha256:1",
         engine: PolicyEngine::Interpreter,
     }
     .emit(&m);
-    assert_eq!(m.readiness(), Err("no partitions assigned yet"));
+    assert_eq!(m.readiness(), Err("no partitions assigned yet".to_owned()));
     let tps = [("events".to_owned(), 0), ("events".to_owned(), 1)];
     PartitionsAssigned { partitions: &tps }.emit(&m);
     assert_eq!(m.readiness(), Ok(()));
     PartitionsRevoked { partitions: &tps }.emit(&m);
-    assert_eq!(m.readiness(), Err("no partitions assigned (all revoked)"));
+    assert_eq!(
+        m.readiness(),
+        Err("no partitions assigned (all revoked)".to_owned())
+    );
+}
+
+#[test]
+fn readiness_needs_a_producer_that_reached_the_brokers_once_it_has_one() {
+    let m = metrics();
+    PolicyActive {
+        revision: "sha256:1",
+        engine: PolicyEngine::Interpreter,
+    }
+    .emit(&m);
+    PartitionsAssigned {
+        partitions: &[("events".to_owned(), 0)],
+    }
+    .emit(&m);
+    let names: Vec<&str> = m.ready_checks().iter().map(|c| c.name).collect();
+    assert_eq!(names, ["policy", "group"], "no producer, no producer check");
+    m.watch_producer();
+    assert_eq!(
+        m.readiness(),
+        Err("the producer has not reached the brokers yet".to_owned())
+    );
+    ProducerChecked { error: None }.emit(&m);
+    assert_eq!(m.readiness(), Ok(()));
+    ProducerChecked {
+        error: Some("Local: Broker transport failure"),
+    }
+    .emit(&m);
+    assert_eq!(
+        m.readiness(),
+        Err("the brokers did not answer the producer: Local: Broker transport failure".to_owned())
+    );
+    let names: Vec<&str> = m.ready_checks().iter().map(|c| c.name).collect();
+    assert_eq!(names, ["policy", "group", "producer"]);
+    ProducerChecked { error: None }.emit(&m);
+    assert_eq!(m.readiness(), Ok(()));
+}
+
+#[test]
+fn action_attempts_are_counted_by_service_result_and_bounded_attempt() {
+    use crate::service::{AttemptDone, AttemptResult};
+    let m = metrics();
+    let observe = ActionAttempted::observer(std::sync::Arc::new(metrics()));
+    observe(&AttemptDone {
+        service: "unused",
+        attempt: 1,
+        result: AttemptResult::Timeout,
+        elapsed: Duration::from_millis(1),
+    });
+    let attempts = [
+        (1, AttemptResult::Status(503)),
+        (2, AttemptResult::Status(502)),
+        (3, AttemptResult::Timeout),
+        (4, AttemptResult::CircuitOpen),
+        (5, AttemptResult::Connect),
+        (6, AttemptResult::Status(201)),
+    ];
+    for (attempt, result) in attempts {
+        ActionAttempted {
+            done: &AttemptDone {
+                service: "payments:8080",
+                attempt,
+                result,
+                elapsed: Duration::from_millis(30),
+            },
+        }
+        .emit(&m);
+    }
+    let text = render(&m);
+    let series = |result: &str, attempt: &str| {
+        line(
+            &text,
+            &format!("reflex_action_attempts_total{{service=\"payments:8080\",result=\"{result}\",attempt=\"{attempt}\"}} "),
+        )
+        .map(str::to_owned)
+    };
+    assert_eq!(series("5xx", "1").as_deref(), Some("1"));
+    assert_eq!(series("5xx", "2").as_deref(), Some("1"));
+    assert_eq!(series("timeout", "3").as_deref(), Some("1"));
+    assert_eq!(series("circuit_open", "4+").as_deref(), Some("1"));
+    assert_eq!(series("connect", "4+").as_deref(), Some("1"));
+    assert_eq!(series("2xx", "4+").as_deref(), Some("1"));
+    assert_eq!(
+        line(
+            &text,
+            "reflex_action_attempt_duration_seconds_count{service=\"payments:8080\"}"
+        ),
+        Some("6")
+    );
+    assert_eq!(
+        line(
+            &text,
+            "reflex_action_attempt_duration_seconds_bucket{service=\"payments:8080\",le=\"0.025\"}"
+        ),
+        Some("0"),
+        "30 ms is above the 25 ms bucket"
+    );
+    assert_eq!(
+        line(
+            &text,
+            "reflex_action_attempt_duration_seconds_bucket{service=\"payments:8080\",le=\"0.05\"}"
+        ),
+        Some("6")
+    );
+    assert!(!text.contains("unused"), "another worker's metrics");
+    assert_eq!(line(&text, "reflex_spans_started_total"), Some("0"));
 }
 
 #[test]

@@ -82,8 +82,22 @@ impl Trace {
             .map(|t| t.topic.as_str())
             .collect();
         let lake = &self.searched.lake;
+        let from_lake = if self.searched.audit_from_lake.is_empty() {
+            String::new()
+        } else {
+            let at: Vec<String> = self
+                .searched
+                .audit_from_lake
+                .iter()
+                .map(|(p, o)| format!("{p} from {o}"))
+                .collect();
+            format!(
+                " (audit partition {}: earlier audit records from the lake)",
+                at.join(", ")
+            )
+        };
         format!(
-            "read {records} records since {} from {}; lake {}: {} files ({} skipped by date), {} row groups ({} skipped by statistics, {} by bloom filter, {} read)",
+            "read {records} records since {} from {}{from_lake}; lake {}: {} files ({} skipped by date), {} row groups ({} skipped by statistics, {} by bloom filter, {} read)",
             self.since,
             topics.join(", "),
             self.searched.lake_location,

@@ -1,7 +1,8 @@
 //! A Kafka outage as an operator reads it: the only broker of a private single-node cluster
 //! (started by `scripts/stack.sh` in a stack directory of its own, so other tests keep theirs)
 //! stops for 20 s under an actions worker. The worker logs one line when the broker goes and
-//! one when it is back, `/metrics` shows the outage meanwhile, and nothing is lost.
+//! one when it is back, `/metrics` shows the outage meanwhile, `/readyz` fails its producer
+//! check until the broker is back, and nothing is lost.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -103,14 +104,36 @@ async fn produce_to(brokers: &str, topic: &str, from: usize, to: usize) {
 
 /// `/metrics` of the worker, or nothing while it does not answer.
 pub fn scrape(addr: SocketAddr) -> Option<String> {
+    get(addr, "/metrics")
+}
+
+/// The whole HTTP/1.0 answer (status line, headers, body) to `GET path`.
+fn get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
     Some(text)
+}
+
+/// Waits for `/readyz` to answer `status`; returns its body.
+async fn wait_ready(addr: SocketAddr, status: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(answer) = get(addr, "/readyz") {
+            if answer.starts_with(&format!("HTTP/1.1 {status} "))
+                || answer.starts_with(&format!("HTTP/1.0 {status} "))
+            {
+                let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+                return body.to_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "/readyz {status} within 120 s");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// The sum of every sample of `name` (with or without labels).
@@ -179,6 +202,8 @@ async fn a_broker_outage_reads_as_one_line_when_it_starts_and_one_when_it_ends()
         metric(m, "reflex_events_processed_total") >= 200.0
     })
     .await;
+    let ready = wait_ready(listen, 200).await;
+    assert!(ready.contains("[+]producer ok\n"), "{ready}");
 
     kafka.stack("down");
     let during = wait_for(listen, "the outage in /metrics", |m| {
@@ -186,6 +211,9 @@ async fn a_broker_outage_reads_as_one_line_when_it_starts_and_one_when_it_ends()
     })
     .await;
     assert_eq!(metric(&during, "reflex_kafka_outages_total"), 0.0);
+    let unready = wait_ready(listen, 503).await;
+    assert!(unready.contains("[-]producer failed: "), "{unready}");
+    assert!(unready.ends_with("readyz check failed\n"), "{unready}");
     tokio::time::sleep(Duration::from_secs(20)).await;
     kafka.stack("up");
 
@@ -196,6 +224,8 @@ async fn a_broker_outage_reads_as_one_line_when_it_starts_and_one_when_it_ends()
     .await;
     assert_eq!(metric(&after, "reflex_kafka_unreachable_seconds"), 0.0);
     assert_eq!(metric(&after, "reflex_kafka_outages_total"), 1.0, "{after}");
+    let ready = wait_ready(listen, 200).await;
+    assert!(ready.contains("[+]producer ok\n"), "{ready}");
 
     let status = Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])

@@ -385,6 +385,7 @@ async fn dashboard_queries_answer(prometheus: &Prometheus) {
             "reflex_breaker_state",
             "reason=\"",
             "kind=\"http\"",
+            "reflex_action_attempt",
         ]
         .iter()
         .any(|s| query.contains(s));
@@ -428,14 +429,16 @@ async fn readyz_is_unavailable_until_partitions_are_assigned() {
         || async {
             get(addr, "/readyz")
                 .await
-                .filter(|(_, body)| body != "not ready: no policy set loaded\n")
+                .filter(|(_, body)| !body.starts_with("[-]policy failed: no policy set loaded\n"))
         },
     )
     .await;
-    assert_eq!(
-        (status, body.as_str()),
-        (503, "not ready: no partitions assigned yet\n")
+    assert_eq!(status, 503);
+    assert!(
+        body.starts_with("[+]policy ok\n[-]group failed: no partitions assigned yet\n"),
+        "{body}"
     );
+    assert!(body.ends_with("\nreadyz check failed\n"), "{body}");
 
     env.create_topics().await;
     let ready = wait_for("/readyz to turn ready", Duration::from_secs(60), || async {
@@ -444,7 +447,7 @@ async fn readyz_is_unavailable_until_partitions_are_assigned() {
             .filter(|(status, _)| *status == 200)
     })
     .await;
-    assert_eq!(ready.1, "ready\n");
+    assert_eq!(ready.1, "[+]policy ok\n[+]group ok\n[+]producer ok\nok\n");
     let (_, metrics) = get(addr, "/metrics").await.expect("metrics");
     assert!(
         metrics.contains("\nreflex_assigned_partitions 2\n"),
@@ -559,6 +562,93 @@ async fn lag_rises_while_the_worker_is_held_up_and_returns_to_zero_after_it_drai
         Some(6.0)
     );
     drop(prometheus);
+    stop_worker(stop, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_http_attempt_is_counted_by_service_result_and_attempt_and_readyz_checks_the_producer(
+) {
+    // The service fails its first four requests with 503; one record in flight at a time, so
+    // the first order takes five attempts (four failures, then 200) and the second one.
+    let service = ActionService::start();
+    service.set_behaviour("", Behaviour::fail(503, 4));
+    let env = TestEnv::new(1);
+    let addr = free_addr();
+    listen_on(&env, addr);
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let emit = format!(
+        "[actions.request_shipment]\nkind = \"emit\"\ntypes = [\"order.placed\"]\ntopic = \"{}\"\ntype = \"shipment.requested\"\n",
+        env.shipments
+    );
+    let http = format!(
+        "[actions.request_shipment]\nkind = \"http\"\ntypes = [\"order.placed\"]\nurl = \"{}/orders/{{subject}}\"\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\nmax_attempts = 10\n",
+        service.url()
+    );
+    assert!(text.contains(&emit));
+    let text = text.replace(&emit, &http).replace(
+        "shutdown_timeout = \"20s\"\n",
+        "shutdown_timeout = \"20s\"\nmax_in_flight = 1\n",
+    ) + "\n[services]\nbreaker_failures = 1000000\n";
+    std::fs::write(&env.config_path, text).expect("write config");
+    env.create_topics().await;
+    produce(
+        &env.events,
+        &[
+            Rec::json("k1", &order("attempts-1", "/shop/web", 10.0)),
+            Rec::json("k2", &order("attempts-2", "/shop/web", 10.0)),
+        ],
+    )
+    .await;
+
+    let (stop, task) = start_worker(&env);
+    let audits = wait_for_audits(&env.audit, 2).await;
+    assert_eq!(audits["attempts-1"][0]["action"]["attempts"], 5);
+    assert_eq!(audits["attempts-2"][0]["action"]["attempts"], 1);
+    assert_eq!(service.total(), 6);
+    let (status, metrics) = get(addr, "/metrics").await.expect("metrics");
+    assert_eq!(status, 200);
+    let name = service.addr().to_string();
+    let attempts = |result: &str, attempt: &str| {
+        sample(
+            &metrics,
+            &format!("reflex_action_attempts_total{{service=\"{name}\",result=\"{result}\",attempt=\"{attempt}\"}}"),
+        )
+    };
+    assert_eq!(attempts("5xx", "1"), Some(1.0), "{metrics}");
+    assert_eq!(attempts("5xx", "2"), Some(1.0));
+    assert_eq!(attempts("5xx", "3"), Some(1.0));
+    assert_eq!(attempts("5xx", "4+"), Some(1.0), "the fourth attempt");
+    assert_eq!(attempts("2xx", "4+"), Some(1.0), "the fifth attempt");
+    assert_eq!(attempts("2xx", "1"), Some(1.0), "the second order");
+    assert_eq!(attempts("2xx", "2"), None);
+    let duration = |suffix: &str, le: &str| {
+        sample(
+            &metrics,
+            &format!("reflex_action_attempt_duration_seconds_{suffix}{{service=\"{name}\"{le}}}"),
+        )
+    };
+    assert_eq!(duration("count", ""), Some(6.0));
+    assert_eq!(duration("bucket", ",le=\"+Inf\""), Some(6.0));
+    assert!(duration("sum", "").is_some_and(|s| s > 0.0));
+    assert_eq!(
+        sample(
+            &metrics,
+            "reflex_action_results_total{action=\"request_shipment\",kind=\"http\",result=\"200\"}"
+        ),
+        Some(2.0),
+        "one result per action, whatever its attempts"
+    );
+    assert_eq!(sample(&metrics, "reflex_spans_started_total"), Some(0.0));
+
+    // The producer has reached the brokers: /readyz lists it beside the group and the policy.
+    let (status, body) = wait_for("the producer check", Duration::from_secs(30), || async {
+        get(addr, "/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "[+]policy ok\n[+]group ok\n[+]producer ok\nok\n");
     stop_worker(stop, task).await;
 }
 
@@ -928,7 +1018,7 @@ async fn the_token_guards_everything_but_the_probes() {
         || async { get(addr, "/readyz").await.filter(|(s, _)| *s == 200) },
     )
     .await;
-    assert_eq!(ready.1, "ready\n");
+    assert_eq!(ready.1, "[+]policy ok\n[+]group ok\n[+]producer ok\nok\n");
     assert_eq!(get(addr, "/healthz").await.map(|r| r.0), Some(200));
 
     let client = client();

@@ -143,6 +143,18 @@ async fn a_refused_then_replayed_event_shows_retrying_dead_lettered_replayed_act
         "the audit table's event_id column has a bloom filter"
     );
     assert!(story["searched"]["lake"]["files"].as_u64() >= Some(2));
+    // The lake role wrote every audit record and committed: the audit topic is read only past
+    // the lake group's offset, and the four steps' audit records came from the lake's table.
+    assert_eq!(
+        story["searched"]["audit_from_lake"],
+        serde_json::json!({"0": 3}),
+        "{story:#}"
+    );
+    let audit_read = story["searched"]["topics"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["topic"] == lake.env.audit.as_str()))
+        .map(|t| t["records"].clone());
+    assert_eq!(audit_read, Some(serde_json::json!(0)), "{story:#}");
 
     // The same story as text.
     let out = trace(&lake, &[&id]);

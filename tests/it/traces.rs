@@ -272,6 +272,10 @@ async fn an_events_trace_reaches_jaeger_the_action_service_and_the_emitted_event
     produce(&env.events, &[Rec::json("o", &order), refund_record]).await;
     let summary = drain(&env).await;
     assert_eq!(summary.total(), 2, "{summary}");
+    // The audit records name the traces their events arrived in.
+    let audits = audits_by_key(&env.audit);
+    assert_eq!(audits["o-traced"][0]["traceid"], ORDER_TRACE);
+    assert_eq!(audits["r-traced"][0]["traceid"], REFUND_TRACE);
 
     // (a) The action service was called in the order's trace, by reflex's `action` span.
     let calls = service.requests_to("/orders/o-traced");
@@ -407,4 +411,102 @@ async fn an_unreachable_collector_does_not_hold_up_events() {
         calls[0].header("traceparent").map(|t| ids(t).0),
         Some(ORDER_TRACE.to_owned())
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lake_role_exports_a_span_per_segment_with_a_child_per_file() {
+    use crate::lake::{LakeEnv, Store};
+    let jaeger = Jaeger::start().await;
+    let lake = LakeEnv::new(Store::Local, 1, "");
+    let text = std::fs::read_to_string(&lake.env.config_path).expect("read config");
+    let off = "[telemetry]\nlisten = \"\"\n";
+    assert!(
+        text.contains(off),
+        "the test config has a [telemetry] table"
+    );
+    let otlp = format!("{off}otlp_endpoint = \"http://{}\"\n", jaeger.otlp);
+    std::fs::write(&lake.env.config_path, text.replace(off, &otlp)).expect("write config");
+    lake.env.create_topics().await;
+    let records: Vec<Rec> = (0..3)
+        .map(|i| {
+            Rec::json(
+                &format!("o{i}"),
+                &order(&format!("lake-{i}"), "/shop/web", 5.0),
+            )
+        })
+        .chain([Rec::json("r", &refund("lake-r", 20.0))])
+        .collect();
+    produce(&lake.env.events, &records).await;
+    lake.drain("lake");
+
+    // Export is batched and the worker exports what is queued when it stops; poll anyway.
+    let path = "/api/traces?service=reflex-lake&limit=50";
+    let segment_name = format!("lake write {}", lake.env.events);
+    let found = wait_for(Duration::from_secs(60), || async {
+        let answer = jaeger.get(path).await?;
+        let traces = answer["data"].as_array()?.clone();
+        traces.into_iter().find(|t| {
+            t["spans"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["operationName"] == *segment_name))
+        })
+    })
+    .await;
+    let Some(trace) = found else {
+        panic!(
+            "Jaeger never had the lake's span {segment_name}; last answer: {:?}\nJaeger's log:\n{}",
+            jaeger.get(path).await,
+            jaeger.log()
+        );
+    };
+    let spans = trace["spans"].as_array().expect("spans");
+    let segment = spans
+        .iter()
+        .find(|s| s["operationName"] == *segment_name)
+        .expect("the segment's span");
+    assert_eq!(
+        tag(segment, "reflex.lake.rows"),
+        Some(&json!(4)),
+        "{segment}"
+    );
+    assert_eq!(tag(segment, "reflex.lake.first_offset"), Some(&json!(0)));
+    assert_eq!(tag(segment, "reflex.lake.next_offset"), Some(&json!(4)));
+    assert_eq!(
+        tag(segment, "messaging.destination.partition.id"),
+        Some(&json!("0"))
+    );
+    let files: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["operationName"] == "lake file")
+        .collect();
+    assert_eq!(
+        tag(segment, "reflex.lake.files"),
+        Some(&json!(files.len())),
+        "a child per file"
+    );
+    let rows_of = |table: &str| -> i64 {
+        files
+            .iter()
+            .filter(|f| tag(f, "reflex.lake.table") == Some(&json!(table)))
+            .filter_map(|f| tag(f, "reflex.lake.rows").and_then(Value::as_i64))
+            .sum()
+    };
+    assert_eq!(rows_of("order.placed"), 3);
+    assert_eq!(rows_of("refund.requested"), 1);
+    let segment_id = segment["spanID"].as_str().expect("span id");
+    for file in &files {
+        assert_eq!(parents(file), [segment_id], "{file}");
+        assert!(tag(file, "reflex.lake.bytes")
+            .and_then(Value::as_i64)
+            .is_some_and(|b| b > 0));
+        let key = tag(file, "reflex.lake.key")
+            .and_then(Value::as_str)
+            .expect("the file's key");
+        assert!(
+            std::path::Path::new(&lake.root).join(key).exists(),
+            "{key} is in the lake"
+        );
+    }
+    let process = &trace["processes"][segment["processID"].as_str().expect("process id")];
+    assert_eq!(process["serviceName"], "reflex-lake", "{process}");
 }

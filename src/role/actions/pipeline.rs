@@ -216,6 +216,8 @@ impl Processor {
         audit.retry_round = headers::retry_round(input);
         audit.origin = headers::origin(input);
         audit.replay_of = headers::replay_of(input);
+        // The trace the record arrived in; a decoded event's own `traceparent` comes first.
+        audit.traceid = crate::otel::trace_id(&crate::otel::parent(None, input.headers));
         let admitted = match self.admitter.admit(input) {
             Ok(admitted) => admitted,
             Err(rejection) => {
@@ -231,6 +233,13 @@ impl Processor {
         timings.decode = admitted.timings.decode;
         timings.validate = admitted.timings.validate;
         describe(&mut audit, &admitted.event, admitted.mode);
+        if !admitted.event.extensions.is_empty() {
+            audit.traceid = crate::otel::trace_id(&crate::otel::parent(
+                Some(&admitted.event.extensions),
+                input.headers,
+            ))
+            .or(audit.traceid);
+        }
         audit.publisher = Some(admitted.publisher.clone());
         let Some(action) = self.actions.get(&admitted.event.ty).cloned() else {
             // Start-up checks that every type with a schema has an action.
@@ -465,6 +474,10 @@ impl Processor {
             audit.policy_revision = self.evaluator().revision().to_owned();
         }
         audit.timings_us = timings;
+        // The record's span, when tracing is on, is current while its stages run.
+        if let Some(traceid) = crate::otel::current_trace_id() {
+            audit.traceid = Some(traceid);
+        }
         records.push(OutRecord {
             partition: None,
             topic: self.settings.audit_topic.clone(),

@@ -179,12 +179,12 @@ impl Scheduler<'_> {
         let headers = kafka::headers_of(&message);
         let input = kafka::input_of(&message, &headers);
         let started = self.processor.tracer().map(|_| SystemTime::now());
-        let admitted = self.processor.admit(&input);
+        let mut admitted = self.processor.admit(&input);
         let span = self
             .processor
             .tracer()
             .zip(started)
-            .map(|(tracer, started)| RecordSpan::begin(tracer, &input, started, &admitted));
+            .map(|(tracer, started)| RecordSpan::begin(tracer, &input, started, &mut admitted));
         let due = if from_retry {
             headers::retry_due(&input)
         } else {

@@ -24,13 +24,37 @@ pub(super) struct RecordSpan {
 
 impl RecordSpan {
     /// The record's span, started at `started` (before admission), with its finished
-    /// `decode` and `validate` children.
+    /// `decode` and `validate` children. A record finished at admission gets the span's trace
+    /// id in its audit record (the pipeline's later stages find the span current).
     pub(super) fn begin(
         tracer: &Tracer,
         input: &Input<'_>,
         started: SystemTime,
-        admitted: &Admitted,
+        admitted: &mut Admitted,
     ) -> Self {
+        let cx = Self::start(tracer, input, started, admitted);
+        if let Admitted::Finished(p) = admitted {
+            if p.audit.traceid.is_none() {
+                p.audit.traceid = otel::trace_id(&cx);
+                // The audit record is the last output.
+                if let Some(record) = p.records.last_mut() {
+                    record.value = Some(p.audit.encode());
+                }
+            }
+        }
+        Self {
+            tracer: tracer.clone(),
+            cx,
+        }
+    }
+
+    /// Starts the record's span and its finished admission stages; returns its context.
+    fn start(
+        tracer: &Tracer,
+        input: &Input<'_>,
+        started: SystemTime,
+        admitted: &Admitted,
+    ) -> Context {
         let (extensions, timings) = match admitted {
             Admitted::Event(a) => (Some(&a.event().extensions), a.timings()),
             Admitted::Finished(p) => (None, &p.audit.timings_us),
@@ -66,10 +90,7 @@ impl RecordSpan {
             let validated = decoded + Duration::from_micros(timings.validate);
             tracer.finished_stage(&cx, "validate", decoded, validated);
         }
-        Self {
-            tracer: tracer.clone(),
-            cx,
-        }
+        cx
     }
 
     /// The context holding the record's span, current while its stages run.

@@ -142,6 +142,28 @@ fn allowed_event_emits_and_audits() {
 }
 
 #[test]
+fn the_audit_record_names_the_trace_the_event_arrived_in_even_with_tracing_off() {
+    let f = fixture(POLICY);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    // The CloudEvents extension attribute.
+    let value = format!(
+        r#"{{"specversion":"1.0","id":"t1","source":"/desk","type":"refund.requested","traceparent":"{traceparent}","data":{{"amount": 20}}}}"#
+    );
+    let p = f.process(&input(value.as_bytes(), &[]));
+    assert_eq!(audit_json(&p)["traceid"], trace);
+    // The Kafka header, also for a record dead-lettered at admission.
+    let headers: [(&str, &[u8]); 1] = [("traceparent", traceparent.as_bytes())];
+    let p = f.process(&input(b"not json", &headers));
+    assert_eq!(p.audit.outcome, Outcome::DeadLettered);
+    assert_eq!(audit_json(&p)["traceid"], trace);
+    // No trace: no field.
+    let value = refund("t2", r#"{"amount": 20}"#);
+    let p = f.process(&input(&value, &[]));
+    assert!(audit_json(&p).get("traceid").is_none());
+}
+
+#[test]
 fn denied_event_is_audited_not_actioned() {
     let f = fixture(POLICY);
     let value = refund("r2", r#"{"amount": 500}"#);
