@@ -47,7 +47,7 @@ impl PrivateKafka {
         }
         let kafka = Self {
             dir,
-            ports: free_ports(4),
+            ports: free_ports(5),
         };
         kafka.stack("up");
         kafka
@@ -65,6 +65,7 @@ impl PrivateKafka {
             .env("KAFKA_CONTROLLER_PORT", self.ports[1].to_string())
             .env("KAFKA_SASL_SSL_PORT", self.ports[2].to_string())
             .env("KAFKA_SSL_PORT", self.ports[3].to_string())
+            .env("KAFKA_OAUTH_PORT", self.ports[4].to_string())
             .stdout(Stdio::null())
             .status()
             .expect("stack.sh runs");
