@@ -881,6 +881,45 @@ pub(crate) fn log_file(s: &Scenario) -> std::path::PathBuf {
     kept.join(format!("{name}.log"))
 }
 
+/// Keeps a scenario's row and notes under `target/chaos` (`header.md`, `rows.md`, `notes.md`),
+/// which `make chaos` starts afresh and prints as one table at its end; scenarios running side by
+/// side each append in one write.
+fn keep_in_report(row: &str, name: &str, notes: &str) {
+    use std::io::Write;
+    let dir = repo().join("target/chaos");
+    let append = |file: &str, text: String| -> std::io::Result<()> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(file))?
+            .write_all(text.as_bytes())
+    };
+    let kept = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join("header.md"), format!("{HEADER}\n")))
+        .and_then(|()| append("rows.md", format!("{row}\n")))
+        .and_then(|()| append("notes.md", format!("\n{name}:\n{notes}")));
+    if let Err(e) = kept {
+        eprintln!("target/chaos: the scenario's figures were not kept: {e}");
+    }
+}
+
+/// Keeps a scenario's figures that have columns of their own (the registry outage) in the notes
+/// of `target/chaos/report.md`.
+pub(crate) fn keep_note(name: &str, text: &str) {
+    use std::io::Write;
+    let dir = repo().join("target/chaos");
+    let kept = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("notes.md"))?
+            .write_all(format!("\n{name}:\n\n{text}").as_bytes())
+    });
+    if let Err(e) = kept {
+        eprintln!("target/chaos: the scenario's figures were not kept: {e}");
+    }
+}
+
 fn guarantee(s: &Scenario) -> &'static str {
     if s.exactly_once {
         "exactly_once"
@@ -892,11 +931,15 @@ fn guarantee(s: &Scenario) -> &'static str {
 pub(crate) async fn check(s: Scenario) {
     let f = run(&s).await;
     let name = format!("{} ({}, {})", s.name, s.protocol, guarantee(&s));
-    eprintln!("\n{HEADER}\n{}", table(&name, &s, &f));
-    for note in &f.notes {
-        eprintln!("- {note}");
-    }
-    eprintln!("- machine load (1, 5, 15 min): {}", load_average());
+    let row = table(&name, &s, &f);
+    eprintln!("\n{HEADER}\n{row}");
+    let mut notes: String = f.notes.iter().map(|n| format!("- {n}\n")).collect();
+    notes.push_str(&format!(
+        "- machine load (1, 5, 15 min): {}\n",
+        load_average()
+    ));
+    eprint!("{notes}");
+    keep_in_report(&row, &name, &notes);
     assert!(
         f.violations.is_empty(),
         "{}: {} violations, e.g. {:?}",
@@ -909,7 +952,7 @@ pub(crate) async fn check(s: Scenario) {
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_kill_9_and_restart_with_live_workers() {
     let (duration, every) = if full() {
-        (Duration::from_secs(200), Duration::from_secs(10))
+        (Duration::from_secs(126), Duration::from_secs(6))
     } else {
         (Duration::from_secs(45), Duration::from_secs(9))
     };
@@ -934,7 +977,7 @@ async fn chaos_kill_9_and_restart_with_live_workers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_rebalance_storm() {
     let (duration, peak) = if full() {
-        (Duration::from_secs(90), 4)
+        (Duration::from_secs(60), 4)
     } else {
         (Duration::from_secs(36), 3)
     };
@@ -969,7 +1012,7 @@ async fn chaos_rolling_restart_with_static_members() {
         actions: 3,
         lake: 1,
         rate: 100,
-        duration: Duration::from_secs(60),
+        duration: Duration::from_secs(45),
         fault: Fault::Rolling {
             every: Duration::from_secs(8),
         },
@@ -993,7 +1036,7 @@ async fn chaos_zombie_worker() {
         actions: 2,
         lake: 1,
         rate: 100,
-        duration: Duration::from_secs(60),
+        duration: Duration::from_secs(45),
         fault: Fault::Zombie {
             pause: Duration::from_secs(20),
         },
@@ -1016,7 +1059,7 @@ async fn chaos_kill_9_under_the_consumer_protocol() {
         actions: 3,
         lake: 2,
         rate: 100,
-        duration: Duration::from_secs(90),
+        duration: Duration::from_secs(60),
         fault: Fault::Kill {
             every: Duration::from_secs(9),
         },
@@ -1042,7 +1085,7 @@ async fn chaos_rebalance_storm_under_the_consumer_protocol() {
         actions: 1,
         lake: 1,
         rate: 100,
-        duration: Duration::from_secs(90),
+        duration: Duration::from_secs(60),
         fault: Fault::Storm {
             peak: 4,
             every: Duration::from_secs(5),
@@ -1057,7 +1100,7 @@ async fn chaos_rebalance_storm_under_the_consumer_protocol() {
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_kill_9_under_exactly_once() {
     let (duration, every) = if full() {
-        (Duration::from_secs(120), Duration::from_secs(8))
+        (Duration::from_secs(90), Duration::from_secs(6))
     } else {
         (Duration::from_secs(45), Duration::from_secs(9))
     };
@@ -1091,7 +1134,7 @@ async fn chaos_zombie_worker_under_exactly_once() {
         actions: 2,
         lake: 1,
         rate: 100,
-        duration: Duration::from_secs(60),
+        duration: Duration::from_secs(45),
         fault: Fault::Zombie {
             pause: Duration::from_secs(20),
         },
@@ -1116,7 +1159,7 @@ async fn chaos_rebalance_storm_under_exactly_once() {
         actions: 1,
         lake: 1,
         rate: 100,
-        duration: Duration::from_secs(90),
+        duration: Duration::from_secs(60),
         fault: Fault::Storm {
             peak: 4,
             every: Duration::from_secs(5),

@@ -321,9 +321,18 @@ pub fn read_all(topic: &str) -> Vec<Read> {
     let mut tpl = TopicPartitionList::new();
     let mut remaining = BTreeMap::new();
     for p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, *p, Duration::from_secs(10))
-            .expect("watermarks");
+        // Right after brokers come back, leadership may still be moving: ask again a while.
+        let asked = std::time::Instant::now();
+        let (low, high) = loop {
+            match consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)) {
+                Ok(marks) => break marks,
+                Err(e) if asked.elapsed() < Duration::from_secs(60) => {
+                    eprintln!("watermarks of {topic}/{p} not read yet ({e}); asking again");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => panic!("watermarks of {topic}/{p}: {e}"),
+            }
+        };
         if high > low {
             tpl.add_partition_offset(topic, *p, Offset::Beginning)
                 .expect("add partition");
