@@ -33,6 +33,10 @@ struct Failing {
     cause: String,
     /// Whether the outage was logged (and is shown in the metrics).
     announced: bool,
+    /// Whether librdkafka said every broker is down: then the outage is announced once the
+    /// grace period passes with no data flowing, even when no further failure is reported
+    /// (librdkafka suppresses a broker's identical connection errors for 30 s).
+    all_down: bool,
 }
 
 /// Whether the brokers are reachable, shared by a worker's Kafka clients.
@@ -51,17 +55,18 @@ impl Outage {
 
     /// librdkafka could not reach a broker: an outage once failures go on past [`GRACE`].
     pub fn failed(&self, cause: &str) {
+        self.failure(cause, false);
+    }
+
+    fn failure(&self, cause: &str, all_down: bool) {
         let now = Instant::now();
         let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
         match failing.as_mut() {
-            Some(f) if f.announced || now.duration_since(f.last) < STALE => {
+            Some(f) if f.announced || f.all_down || now.duration_since(f.last) < STALE => {
                 f.last = now;
+                f.all_down |= all_down;
                 if !f.announced && now.duration_since(f.first) >= GRACE {
-                    f.announced = true;
-                    tracing::warn!(
-                        cause = %f.cause,
-                        "Kafka brokers unreachable; reflex keeps retrying and resumes where it stopped (one line when they answer again)"
-                    );
+                    announce(f);
                 } else {
                     tracing::debug!(cause, "Kafka still unreachable");
                 }
@@ -73,15 +78,41 @@ impl Outage {
                     last: now,
                     cause: cause.to_owned(),
                     announced: false,
+                    all_down,
                 });
             }
         }
     }
 
-    /// Data flowed: closes the outage if one is open.
+    /// Called every second or so by a worker's loop: every broker down for the grace period,
+    /// with no data flowing since, is an outage even if librdkafka reported nothing more.
+    pub fn tick(&self) {
+        let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = failing.as_mut() {
+            if f.all_down && !f.announced && f.first.elapsed() >= GRACE {
+                announce(f);
+            }
+        }
+    }
+
+    /// A record was consumed: closes the outage if one is open, unless every broker was
+    /// reported down (the record may come from what was fetched before they went).
     pub fn flowing(&self) {
+        self.end(false);
+    }
+
+    /// A broker answered a request (an acknowledgement, a commit, watermarks, metadata):
+    /// closes the outage if one is open.
+    pub fn answered(&self) {
+        self.end(true);
+    }
+
+    fn end(&self, answered: bool) {
         // The hot path: one uncontended lock, no allocation.
         let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        if failing.as_ref().is_some_and(|f| f.all_down && !answered) {
+            return;
+        }
         if let Some(f) = failing.take() {
             if f.announced {
                 self.ended.fetch_add(1, Ordering::Relaxed);
@@ -114,8 +145,8 @@ impl Outage {
     /// Whether `error` (from a poll or a delivery) means the brokers cannot be reached; such an
     /// error is then counted here and needs no log line of its own.
     pub fn absorbs(&self, error: &KafkaError) -> bool {
-        if error.rdkafka_error_code().is_some_and(is_unreachable) {
-            self.failed(&error.to_string());
+        if let Some(code) = error.rdkafka_error_code().filter(|c| is_unreachable(*c)) {
+            self.failure(&error.to_string(), code == RDKafkaErrorCode::AllBrokersDown);
             true
         } else {
             false
@@ -145,12 +176,20 @@ impl Outage {
 
     /// Handles a librdkafka global error.
     pub fn error(&self, error: &KafkaError, reason: &str) {
-        if error.rdkafka_error_code().is_some_and(is_unreachable) {
-            self.failed(reason);
+        if let Some(code) = error.rdkafka_error_code().filter(|c| is_unreachable(*c)) {
+            self.failure(reason, code == RDKafkaErrorCode::AllBrokersDown);
         } else {
             tracing::error!(target: "librdkafka", error = %error, "{reason}");
         }
     }
+}
+
+fn announce(f: &mut Failing) {
+    f.announced = true;
+    tracing::warn!(
+        cause = %f.cause,
+        "Kafka brokers unreachable; reflex keeps retrying and resumes where it stopped (one line when they answer again)"
+    );
 }
 
 /// The error codes that say a broker cannot be reached (not that it refused something).
@@ -196,6 +235,64 @@ impl rdkafka::producer::ProducerContext for OutageContext {
 mod tests {
     use super::*;
 
+    fn age(outage: &Outage, by: Duration) {
+        if let Some(f) = outage
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            f.first -= by;
+            f.last -= by;
+        }
+    }
+
+    #[test]
+    fn every_broker_down_is_an_outage_after_the_grace_period_without_further_failures() {
+        let outage = Outage::new();
+        outage.error(
+            &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "3/3 brokers are down",
+        );
+        outage.tick();
+        assert!(outage.down_for().is_none(), "not before the grace period");
+        // librdkafka goes quiet (its repeated connection errors are suppressed) past STALE.
+        age(&outage, STALE + GRACE);
+        outage.tick();
+        assert!(
+            outage.down_for().is_some(),
+            "every broker down, nothing flowing"
+        );
+        outage.flowing();
+        assert_eq!(
+            outage.ended(),
+            0,
+            "a consumed record may have been fetched before"
+        );
+        outage.answered();
+        assert_eq!(outage.ended(), 1, "a broker answered");
+    }
+
+    #[test]
+    fn one_dropped_connection_is_not_an_outage() {
+        let outage = Outage::new();
+        outage.log(
+            RDKafkaLogLevel::Error,
+            "FAIL",
+            "127.0.0.1:9092/1: Disconnected (after 600000ms in state UP)",
+        );
+        age(&outage, STALE + GRACE);
+        outage.tick();
+        assert!(outage.down_for().is_none());
+        // Another isolated failure long after is not the same outage either.
+        outage.log(
+            RDKafkaLogLevel::Error,
+            "FAIL",
+            "127.0.0.1:9092/1: Disconnected (after 600000ms in state UP)",
+        );
+        assert!(outage.down_for().is_none());
+    }
+
     #[test]
     fn an_outage_opens_once_and_closes_when_data_flows() {
         let outage = Outage::new();
@@ -234,6 +331,11 @@ mod tests {
         );
         assert!(outage.down_for().is_some());
         outage.flowing();
+        assert!(
+            outage.down_for().is_some(),
+            "every broker was down: a consumed record may have been fetched before"
+        );
+        outage.answered();
         assert!(outage.down_for().is_none());
         assert_eq!(outage.ended(), 1, "four reports, one outage");
     }

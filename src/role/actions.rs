@@ -380,6 +380,10 @@ pub async fn run(
         if let Some(audit) = &done.audit {
             summary.record(audit);
             metrics::EventProcessed { audit }.emit(&metrics);
+            if !scheduler.transactional() {
+                // Its outputs were acknowledged: the brokers answer.
+                outage.answered();
+            }
         }
         if let Some(first) = first {
             summary.busy_ms = u64::try_from(first.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -439,7 +443,10 @@ pub async fn run(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            _ = heartbeat.tick() => metrics.progress(),
+            _ = heartbeat.tick() => {
+                metrics.progress();
+                outage.tick();
+            }
             Some(committed) = OptionFuture::from(scheduler.committing.as_mut()), if scheduler.committing.is_some() => {
                 if let Err(e) = scheduler.committed(&consumer, committed) {
                     tracing::error!(error = %e, "stopping the worker");

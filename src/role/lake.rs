@@ -282,6 +282,7 @@ pub async fn run(
             // The timer first: under a steady stream it must still write quiet partitions.
             _ = timer.tick() => {
                 metrics.progress();
+                outage.tick();
                 lake.forget_revoked(&consumer);
                 for tp in lake.segments.expired(Instant::now()) {
                     lake.write(&consumer, &tp).await?;
@@ -461,6 +462,9 @@ impl Lake<'_> {
         let committed = offsets
             .add_partition_offset(&tp.0, tp.1, Offset::Offset(next))
             .and_then(|()| consumer.commit(&offsets, CommitMode::Sync));
+        if committed.is_ok() {
+            consumer.context().outage.answered();
+        }
         if let Err(e) = committed {
             // The files are written; reading the segment again rewrites the same files.
             tracing::warn!(error = %e, topic = %tp.0, partition = tp.1, offset = first, "commit failed; reading the partition again from the segment's start");

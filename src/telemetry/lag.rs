@@ -56,7 +56,7 @@ pub fn spawn(
             };
             if !watermarks.is_empty() {
                 // The brokers answered: an outage is over even while no record flows.
-                metrics.outage().flowing();
+                metrics.outage().answered();
             }
             let now_ms = chrono::Utc::now().timestamp_millis();
             metrics.update_partitions(|tp, state| {

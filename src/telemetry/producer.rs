@@ -47,7 +47,7 @@ pub fn spawn(
             match answer {
                 Ok(()) => {
                     // The brokers answered: an outage is over even while no record flows.
-                    metrics.outage().flowing();
+                    metrics.outage().answered();
                     ProducerChecked { error: None }.emit(&metrics);
                 }
                 Err(e) => ProducerChecked {

@@ -447,6 +447,8 @@ impl Scheduler<'_> {
         })?;
         match result {
             Ok(_) => {
+                // The brokers answered: a Kafka outage, if one was open, is over.
+                self.metrics.outage().answered();
                 for (tp, upto, ready) in std::mem::take(&mut self.deferred) {
                     send_ready(&transaction, &tp, upto, ready)?;
                 }
