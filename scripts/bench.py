@@ -130,14 +130,31 @@ def summary_of(path):
         return None
 
 
+_SUMMARY_FLAG = {}
+
+
+def has_summary_json(reflex):
+    """Whether a reflex binary has `run --summary-json` (a baseline build may be older)."""
+    if reflex not in _SUMMARY_FLAG:
+        out = subprocess.run([reflex, "run", "--help"], capture_output=True, text=True)
+        _SUMMARY_FLAG[reflex] = "--summary-json" in out.stdout
+    return _SUMMARY_FLAG[reflex]
+
+
 def role_run(name, reflex, env, role, expected):
     """Drains a topic with a role, timed by /usr/bin/time and by the worker's own summary
-    (`--summary-json`: busy seconds from its first record received to its last one done)."""
+    (`--summary-json`: busy seconds from its first record received to its last one done; an
+    older build's printed summary instead)."""
     summary_path = OUT / f"{name}.summary.json"
     summary_path.unlink(missing_ok=True)
-    _, wall, cpu, rss = timed(name, [reflex, "run", "--role", role, "--drain", "--worker-id", "bench",
-                                     "--summary-json", str(summary_path)], env)
+    cmd = [reflex, "run", "--role", role, "--drain", "--worker-id", "bench"]
+    if has_summary_json(reflex):
+        cmd += ["--summary-json", str(summary_path)]
+    out, wall, cpu, rss = timed(name, cmd, env)
     summary = summary_of(summary_path) or {}
+    printed = re.search(r"(\d+) records in ([\d.]+)s from the first received", out)
+    if not summary and printed:
+        summary = {"records": int(printed.group(1)), "busy_seconds": float(printed.group(2))}
     records = summary.get("records") or expected
     busy = summary.get("busy_seconds") or wall
     if records != expected:
@@ -290,6 +307,14 @@ def main():
         subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=t), check=True, capture_output=True)
         load_topic(loader, t, payloads, hot_n, keys)
     log(f"loaded {hot_n} events under one key into {run}.hot and under {hot_n} keys into {run}.distinct")
+    # A baseline build may take a record per broker round trip on one key: its hot-key drains
+    # get topics of their own, small, measured for both builds.
+    small_n = min(hot_n, 3000)
+    small_topics = {"hot": (f"{run}.hot-small", 1), "distinct": (f"{run}.distinct-small", small_n)}
+    if args.baseline:
+        for label, (t, keys) in small_topics.items():
+            subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=t), check=True, capture_output=True)
+            load_topic(loader, t, payloads, small_n, keys)
 
     def outputs(name, i, **extra):
         """The environment for one drain: the same events, a group and outputs of its own."""
@@ -346,11 +371,17 @@ def main():
         for label, (t, _) in hot_topics.items():
             measure(f"actions_{label}_keys", i, lambda: actions_run(
                 f"actions-{label}", reflex, outputs(label, i, REFLEX_TOPICS_EVENTS=t), hot_n))
+        if args.baseline:
+            for label, (t, _) in small_topics.items():
+                for build, binary in (("", reflex), ("baseline_", args.baseline)):
+                    measure(f"actions_{build}{label}_keys_small", i, lambda: actions_run(
+                        f"actions-{build}{label}-small", binary,
+                        outputs(f"{build}{label}-small", i, REFLEX_TOPICS_EVENTS=t), small_n))
 
     def per_repeat(a, b, key="events_per_second"):
         return spread([x[key] / y[key] for x, y in zip(runs[a], runs[b]) if x.get(key) and y.get(key)])
 
-    figures = {"events": n, "repeats": repeats, "keys": args.keys, "hot_events": hot_n,
+    figures = {"events": n, "repeats": repeats, "keys": args.keys, "hot_events": hot_n, "hot_events_small": small_n,
                "partitions": args.partitions, "payload_lines": len(lines), "audit_bytes_mirrored": AUDIT_BYTES,
                "machine": f"{os.cpu_count()} cores, broker on the same machine",
                "load_average_start": runs["bare_consumer"][0]["load_before"], "runs": runs}
@@ -370,6 +401,10 @@ def main():
     if args.baseline:
         ratios["actions_over_baseline"] = per_repeat("actions", "actions_baseline")
         ratios["actions_cpu_over_baseline"] = per_repeat("actions", "actions_baseline", "cpu_us_per_record")
+        ratios["hot_key_over_distinct_keys_small"] = per_repeat("actions_hot_keys_small", "actions_distinct_keys_small")
+        ratios["baseline_hot_key_over_distinct_keys_small"] = per_repeat("actions_baseline_hot_keys_small",
+                                                                         "actions_baseline_distinct_keys_small")
+        ratios["hot_key_over_baseline_hot_key_small"] = per_repeat("actions_hot_keys_small", "actions_baseline_hot_keys_small")
 
     rate = max(1, round(figures["summary"]["actions"]["events_per_second"]["median"] / 2))
     if args.paced_seconds > 0:
@@ -436,7 +471,11 @@ def write_markdown(figures, args):
               ("actions_exactly_once", "actions role, `guarantee = \"exactly_once\"`"),
               ("lake", "lake role (events + audit records, per record)"),
               ("actions_hot_keys", f"actions role, {figures['hot_events']} events under one key"),
-              ("actions_distinct_keys", f"actions role, the same {figures['hot_events']} events under distinct keys")]
+              ("actions_distinct_keys", f"actions role, the same {figures['hot_events']} events under distinct keys"),
+              ("actions_hot_keys_small", f"actions role, {figures['hot_events_small']} events under one key"),
+              ("actions_distinct_keys_small", f"actions role, the same {figures['hot_events_small']} events under distinct keys"),
+              ("actions_baseline_hot_keys_small", f"actions role, baseline build, {figures['hot_events_small']} events under one key"),
+              ("actions_baseline_distinct_keys_small", f"actions role, baseline build, the same {figures['hot_events_small']} events under distinct keys")]
     for key, label in labels:
         if key in s:
             f = s[key]
