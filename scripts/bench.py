@@ -263,7 +263,7 @@ def load_topic(load, topic, payloads, count, keys):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_EVENTS", 300_000)))
+    parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_EVENTS", 200_000)))
     parser.add_argument("--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", 3)))
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--hot-events", type=int, default=int(os.environ.get("BENCH_HOT_EVENTS", 40_000)))
