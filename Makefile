@@ -7,7 +7,7 @@ REFLEX := target/release/reflex
 DUCKDB_VERSION := 1.4.4
 LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSION).20260205
 
-.PHONY: chaos bench help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus jaeger policy-test bench-policy lake-tools bench-lake bench-ordering bench-trace
+.PHONY: chaos bench bench-quick help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus jaeger policy-test bench-policy lake-tools bench-lake bench-ordering bench-trace
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -75,12 +75,17 @@ bench-ordering: up ## Key-ordered concurrency against sequential processing with
 test-unit: ## Run the unit tests only (no broker)
 	$(CARGO) test --locked --lib
 
-bench: up ## Criterion micro-benchmarks, the end-to-end load run (BENCH_EVENTS, default 1000000) and bench-ordering; ~14 min
+bench: up ## Criterion micro-benchmarks, the end-to-end load run (three interleaved repeats against two ceilings; BENCH_EVENTS, BENCH_BASELINE) and bench-ordering; ~25 min
 	$(CARGO) bench --locked --bench decode --bench lake --bench policy --bench pipeline --bench trace -- --warm-up-time 1 --measurement-time 3
-	$(CARGO) build --release --locked --example bare_consumer --example bench_load
+	$(CARGO) build --release --locked --example bare_consumer --example bench_load --example mirror
 	$(CARGO) build --release --locked
 	@python3 scripts/bench.py
 	@$(MAKE) --no-print-directory bench-ordering
+
+bench-quick: up ## The load run small (30,000 events, three repeats, no criterion): the same report format, ~3 min; compare two runs with scripts/bench-compare.py
+	$(CARGO) build --release --locked --example bare_consumer --example bench_load --example mirror
+	$(CARGO) build --release --locked
+	@python3 scripts/bench.py --events 30000 --hot-events 10000 --paced-seconds 8 --wire-events 0
 
 lint: ## rustfmt and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check

@@ -4,6 +4,10 @@
 //! bench_load paced BROKERS TOPIC PAYLOADS_JSONL RATE SECONDS
 //!     Produces the payload lines (JSON CloudEvents) round-robin at RATE events/s for SECONDS,
 //!     each with a fresh `id` and `time` = the moment it is handed to the producer (ms).
+//! bench_load keyed BROKERS TOPIC PAYLOADS_JSONL COUNT KEYS
+//!     Produces COUNT records as fast as the broker takes them: the payload lines round-robin,
+//!     each with a fresh `id`, keyed by one of KEYS keys (record n has key n mod KEYS, so KEYS = 1
+//!     is a topic of one hot key).
 //! bench_load settled BROKERS TOPIC AVSC SCHEMA_ID COUNT avro|json
 //!     COUNT `payment.settled` events with the same data either as binary-mode CloudEvents whose
 //!     value is Avro in the Confluent wire format (schema SCHEMA_ID), or as structured JSON
@@ -60,6 +64,57 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The payload lines: JSON objects (CloudEvents), or lines sent as they are (the mix has
+/// undecodable events on purpose).
+fn payload_lines(payloads: &str) -> anyhow::Result<Vec<Result<Value, String>>> {
+    let text = std::fs::read_to_string(payloads).with_context(|| payloads.to_owned())?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| l.to_owned())
+        })
+        .collect())
+}
+
+fn keyed(brokers: &str, topic: &str, payloads: &str, count: u64, keys: u64) -> anyhow::Result<()> {
+    let events = payload_lines(payloads)?;
+    if events.is_empty() || keys == 0 {
+        bail!("no payloads, or no keys");
+    }
+    let producer = producer(brokers)?;
+    let started = Instant::now();
+    for n in 0..count {
+        let value = match &events[(n as usize) % events.len()] {
+            Ok(event) => {
+                let mut event = event.clone();
+                if let Some(obj) = event.as_object_mut() {
+                    obj.insert("id".into(), json!(format!("bench-{n}")));
+                }
+                serde_json::to_vec(&event)?
+            }
+            Err(raw) => raw.as_bytes().to_vec(),
+        };
+        let key = format!("key-{}", n % keys);
+        send(
+            &producer,
+            BaseRecord::to(topic)
+                .key(key.as_bytes())
+                .payload(value.as_slice()),
+        )?;
+    }
+    producer.flush(Duration::from_secs(60))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"records": count, "keys": keys, "seconds": elapsed, "events_per_second": count as f64 / elapsed})
+    );
+    Ok(())
+}
+
 fn paced(
     brokers: &str,
     topic: &str,
@@ -67,18 +122,7 @@ fn paced(
     rate: f64,
     seconds: f64,
 ) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(payloads).with_context(|| payloads.to_owned())?;
-    // Lines that are not JSON objects (the mix has undecodable events on purpose) go as they are.
-    let events: Vec<Result<Value, &str>> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .filter(Value::is_object)
-                .ok_or(l)
-        })
-        .collect();
+    let events = payload_lines(payloads)?;
     if events.is_empty() || rate <= 0.0 {
         bail!("no payloads, or a rate of zero");
     }
@@ -304,6 +348,9 @@ fn main() -> anyhow::Result<()> {
             arg(5).parse()?,
             arg(6),
         ),
+        "keyed" if args.len() == 6 => {
+            keyed(arg(1), arg(2), arg(3), arg(4).parse()?, arg(5).parse()?)
+        }
         "latency" if args.len() == 4 => latency(arg(1), arg(2), arg(3).parse()?),
         _ => bail!("usage: see the module documentation of examples/bench_load.rs"),
     }

@@ -1,26 +1,37 @@
 #!/usr/bin/env python3
-"""The end-to-end load run: reflex's roles against the ceiling of the same broker, in one run.
+"""The end-to-end load run: reflex's roles against two ceilings on the same broker, in one run.
 
-Loads N demo-like events (valid and invalid, JSON CloudEvents over the demo types) into a fresh
-topic with Kafka's own producer-perf-test, then drains that one topic with, in turn:
-  - a bare rdkafka consumer with the worker's consumer settings (examples/bare_consumer.rs),
-  - Kafka's kafka-consumer-perf-test,
-  - the actions role (`reflex run --role actions --drain`),
-  - the lake role (`reflex run --role lake --drain`, the events and their audit records),
-each as its own process, timed with /usr/bin/time (CPU seconds, peak RSS). Then:
-  - paced latency: one actions worker on a fresh topic fed at half the actions role's measured
-    maximum for --paced-seconds; latency = the audit record's Kafka timestamp (CreateTime, set by
-    the worker's producer) minus the event's `time` (set by the producer at send, ms);
+Loads N demo-like events (the demo's mix of types and sizes, about 5 % bad input: schema
+violations, an unknown type, undecodable lines), each with a fresh id and keyed by one of
+--keys keys, into a fresh topic (examples/bench_load.rs), then drains that topic, each drain a
+process of its own with a consumer group of its own, with:
+  - `bare`: a bare rdkafka consumer with the worker's consumer settings (examples/bare_consumer.rs);
+  - `mirror`: a bare rdkafka program that consumes each event and produces one audit-sized record
+    with the worker's producer settings, storing offsets after acknowledgement
+    (examples/mirror.rs) -- the honest ceiling for an audited pipeline;
+  - the actions role (inline actions), also with the compiled policy engine, with two policy
+    evaluators and under exactly_once, and, with --baseline BIN, another reflex build;
+  - the lake role (the events and the actions role's audit records);
+  - a hot key: the first --hot-events events again, all under one key, and the same under
+    distinct keys, each drained by the actions role.
+Every drain is repeated --repeats times, the repeats interleaved (all processes once, then again),
+and each figure is reported as the median with its range; each ratio is taken within a repeat
+and reported the same way. Busy time comes from each process's own summary (first record
+received to last one done: `reflex run --summary-json`), CPU seconds and peak RSS from
+/usr/bin/time (the whole process, start-up included). Then, once:
+  - paced latency: one actions worker on a fresh topic fed at half the actions role's median
+    events/s for --paced-seconds; latency = the audit record's Kafka timestamp (CreateTime, set
+    by the worker's producer) minus the event's `time` (set by the producer at send, ms);
   - CPU ratio: the actions role's CPU per event over the sum of its stages measured alone by
     criterion (decode + validate + policy stage + audit encode, from target/criterion, so
     `cargo bench` must have run) plus the bare consumer's CPU per event;
-  - Avro vs JSON: --wire-events `payment.settled` events as binary-mode CloudEvents with Avro
-    data in the Confluent wire format (schema registered with `reflex schemas register`), and
-    the same events as structured JSON, each drained by the actions role.
-Writes target/bench/report.md and target/bench/report.json with every figure, the ratios and
-the targets. About 4 minutes for the default sizes on a 2-core machine; progress is printed.
+  - Avro vs JSON (unless --wire-events 0): `payment.settled` events as binary-mode CloudEvents
+    with Avro data in the Confluent wire format, and the same events as structured JSON.
+Writes target/bench/report.md and target/bench/report.json; scripts/bench-compare.py sets two
+reports side by side. The machine's load average is recorded before and after every drain.
 
-usage: scripts/bench.py [--events N] [--partitions P] [--paced-seconds S] [--wire-events M]
+usage: scripts/bench.py [--events N] [--repeats R] [--keys K] [--hot-events H] [--partitions P]
+                        [--paced-seconds S] [--wire-events M] [--baseline REFLEX_BINARY]
        (the local stack must be up: make up; make bench builds and runs everything)
 """
 import argparse
@@ -38,8 +49,12 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
 OUT = REPO / "target" / "bench"
-TARGETS = {"actions_over_bare_consumer": 0.3, "lake_over_bare_consumer": 0.5,
-           "cpu_over_stage_sum": 1.25}
+TARGETS = {"actions_over_mirror": ("≥", 0.5), "actions_cpu_us_per_event": ("≤", 20),
+           "lake_cpu_us_per_record": ("≤", 10), "lake_peak_rss_mib": ("≤", 1024),
+           "cpu_over_stage_sum": ("≤", 1.3), "hot_key_over_distinct_keys": ("≥", 0.5)}
+# The mean value size of the demo's audit records (722 bytes over its audit topic), which `mirror` produces
+# one of per event.
+AUDIT_BYTES = 720
 BROKERS = os.environ.get("REFLEX_BENCH_BROKERS", "127.0.0.1:9092")
 
 
@@ -108,14 +123,52 @@ def criterion_mean(group, function):
     return (statistics.mean(values.values()) if values else None), values
 
 
+def summary_of(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+_SUMMARY_FLAG = {}
+
+
+def has_summary_json(reflex):
+    """Whether a reflex binary has `run --summary-json` (a baseline build may be older)."""
+    if reflex not in _SUMMARY_FLAG:
+        out = subprocess.run([reflex, "run", "--help"], capture_output=True, text=True)
+        _SUMMARY_FLAG[reflex] = "--summary-json" in out.stdout
+    return _SUMMARY_FLAG[reflex]
+
+
+def role_run(name, reflex, env, role, expected):
+    """Drains a topic with a role, timed by /usr/bin/time and by the worker's own summary
+    (`--summary-json`: busy seconds from its first record received to its last one done; an
+    older build's printed summary instead)."""
+    summary_path = OUT / f"{name}.summary.json"
+    summary_path.unlink(missing_ok=True)
+    cmd = [reflex, "run", "--role", role, "--drain", "--worker-id", "bench"]
+    if has_summary_json(reflex):
+        cmd += ["--summary-json", str(summary_path)]
+    out, wall, cpu, rss = timed(name, cmd, env)
+    summary = summary_of(summary_path) or {}
+    printed = re.search(r"(\d+) records in ([\d.]+)s from the first received", out)
+    if not summary and printed:
+        summary = {"records": int(printed.group(1)), "busy_seconds": float(printed.group(2))}
+    records = summary.get("records") or expected
+    busy = summary.get("busy_seconds") or wall
+    if records != expected:
+        log(f"{name}: {records} records, expected {expected}")
+    return {"records": records, "events_per_second": round(records / max(busy, 1e-9)),
+            "busy_seconds": round(busy, 3), "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+            "cpu_us_per_record": round(cpu * 1e6 / max(records, 1), 1), "peak_rss_mib": round(rss, 1),
+            **({"rows": summary.get("rows"), "files": summary.get("files"), "parquet_bytes": summary.get("bytes")}
+               if role == "lake" else {})}
+
+
 def actions_run(name, reflex, env, expected):
     """Drains a topic with the actions role; returns its figures."""
-    out, wall, cpu, rss = timed(name, [reflex, "run", "--role", "actions", "--drain", "--worker-id", "bench"], env)
-    m = re.search(r"(\d+) events in ([\d.]+)s .*\((\d+) events/s\)", out)
-    busy = float(m.group(2)) if m else wall
-    return {"events_per_second": round(expected / busy), "busy_seconds": busy, "wall_seconds": round(wall, 2),
-            "cpu_seconds": round(cpu, 2), "cpu_seconds_per_million": round(cpu * 1e6 / expected, 2),
-            "peak_rss_mib": round(rss, 1)}
+    return role_run(name, reflex, env, "actions", expected)
 
 
 def role_env(base, run, name):
@@ -184,15 +237,45 @@ def wire_comparison(reflex, load, env, run, count, partitions):
     return figures
 
 
+def spread(values):
+    """Median, low and high of a list of numbers (None when empty)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": round(statistics.median(values), 3), "low": round(min(values), 3),
+            "high": round(max(values), 3), "runs": [round(v, 3) for v in values]}
+
+
+def fmt(s, digits=0):
+    if s is None:
+        return "n/a"
+    f = (lambda v: f"{v:.{digits}f}")
+    return f"{f(s['median'])} ({f(s['low'])}–{f(s['high'])})" if len(s["runs"]) > 1 else f(s["median"])
+
+
+def load_topic(load, topic, payloads, count, keys):
+    out = subprocess.run([load, "keyed", BROKERS, topic, str(payloads), str(count), str(keys)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"loading {topic} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_EVENTS", 1_000_000)))
-    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_EVENTS", 200_000)))
+    parser.add_argument("--repeats", type=int, default=int(os.environ.get("BENCH_REPEATS", 3)))
+    parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--hot-events", type=int, default=int(os.environ.get("BENCH_HOT_EVENTS", 40_000)))
+    parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--paced-seconds", type=float, default=float(os.environ.get("BENCH_PACED_SECONDS", 25)))
-    parser.add_argument("--wire-events", type=int, default=int(os.environ.get("BENCH_WIRE_EVENTS", 200_000)))
+    parser.add_argument("--wire-events", type=int, default=int(os.environ.get("BENCH_WIRE_EVENTS", 100_000)))
+    parser.add_argument("--baseline", default=os.environ.get("BENCH_BASELINE"),
+                        help="another reflex binary whose actions role is measured beside this build's")
     args = parser.parse_args()
     started = time.monotonic()
-    n = args.events
+    n, repeats = args.events, max(1, args.repeats)
+    hot_n = min(args.hot_events, n)
     OUT.mkdir(parents=True, exist_ok=True)
     run = "bench-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
     topic = f"{run}.events"
@@ -208,7 +291,6 @@ def main():
                REFLEX_ROLES_ACTIONS_GROUP_ID=f"{run}.actions", REFLEX_ROLES_LAKE_GROUP_ID=f"{run}.lake",
                REFLEX_LAKE_STORE=str(OUT / f"{run}-lake"))
 
-    log(f"{n} events over the demo types into {topic} ({args.partitions} partitions)")
     subprocess.run([sys.executable, str(REPO / "scripts/demo-events.py"), str(OUT / "payloads")],
                    check=True, capture_output=True)
     payloads = OUT / "payloads.jsonl"
@@ -217,173 +299,222 @@ def main():
         lines += [l for l in (OUT / "payloads" / f"{name}.jsonl").read_text().splitlines() if l.strip()]
     payloads.write_text("\n".join(lines))
     subprocess.run([reflex, "topics"], env=env, check=True, capture_output=True)
-    load = subprocess.run([str(REPO / "scripts/kafka-tool.sh"), "producer-perf-test", "--topic", topic,
-                           "--num-records", str(n), "--throughput", "-1", "--payload-file", str(payloads),
-                           "--producer-props", f"bootstrap.servers={BROKERS}", "acks=1", "linger.ms=20",
-                           "batch.size=262144", "compression.type=lz4"], capture_output=True, text=True)
-    if load.returncode != 0:
-        sys.exit(f"loading failed: {load.stderr[-2000:]}")
-    log(load.stdout.strip().splitlines()[-1])
+    log(f"loading {n} events over {args.keys} keys into {topic} ({args.partitions} partitions)")
+    loaded = load_topic(loader, topic, payloads, n, args.keys)
+    log(f"loaded at {loaded['events_per_second']:.0f} events/s")
+    hot_topics = {"hot": (f"{run}.hot", 1), "distinct": (f"{run}.distinct", hot_n)}
+    for label, (t, keys) in hot_topics.items():
+        subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=t), check=True, capture_output=True)
+        load_topic(loader, t, payloads, hot_n, keys)
+    log(f"loaded {hot_n} events under one key into {run}.hot and under {hot_n} keys into {run}.distinct")
+    # A baseline build may take a record per broker round trip on one key: its hot-key drains
+    # get topics of their own, small, measured for both builds.
+    small_n = min(hot_n, 3000)
+    small_topics = {"hot": (f"{run}.hot-small", 1), "distinct": (f"{run}.distinct-small", small_n)}
+    if args.baseline:
+        for label, (t, keys) in small_topics.items():
+            subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=t), check=True, capture_output=True)
+            load_topic(loader, t, payloads, small_n, keys)
 
-    figures = {"events": n, "partitions": args.partitions, "payload_lines": len(lines),
+    def outputs(name, i, **extra):
+        """The environment for one drain: the same events, a group and outputs of its own."""
+        tag = f"{name}-{i}"
+        return dict(env, REFLEX_ROLES_ACTIONS_GROUP_ID=f"{run}.{tag}", REFLEX_TOPICS_AUDIT=f"{run}.{tag}.audit",
+                    REFLEX_TOPICS_DLQ=f"{run}.{tag}.dlq", REFLEX_TOPICS_RETRY=f"{run}.{tag}.retry", **extra)
+
+    runs = {}
+
+    def measure(name, i, fn):
+        before = os.getloadavg()[0]
+        figures = fn()
+        figures["load_before"], figures["load_after"] = round(before, 2), round(os.getloadavg()[0], 2)
+        runs.setdefault(name, []).append(figures)
+        rate = figures.get("events_per_second")
+        log(f"[{i + 1}/{repeats}] {name}: {rate} events/s, {figures.get('cpu_us_per_record', '-')} CPU-µs per record"
+            f" (load {before:.1f})")
+
+    def bare():
+        out, wall, cpu, rss = timed("bare", [str(TARGET / "release/examples/bare_consumer"), BROKERS, topic, str(n)])
+        b = json.loads(out.strip().splitlines()[-1])
+        return {"records": n, "events_per_second": round(b["events_per_second"]), "busy_seconds": b["seconds"],
+                "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+                "cpu_us_per_record": round(cpu * 1e6 / n, 1), "peak_rss_mib": round(rss, 1)}
+
+    def mirror(i):
+        out_topic = f"{run}.mirror-{i}"
+        subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=out_topic), check=True, capture_output=True)
+        summary = OUT / "mirror.summary.json"
+        _, wall, cpu, rss = timed("mirror", [str(TARGET / "release/examples/mirror"), BROKERS, topic, out_topic,
+                                             str(n), str(AUDIT_BYTES), str(summary)])
+        m = summary_of(summary)
+        return {"records": n, "events_per_second": round(m["events_per_second"]), "busy_seconds": round(m["busy_seconds"], 3),
+                "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+                "cpu_us_per_record": round(cpu * 1e6 / n, 1), "peak_rss_mib": round(rss, 1)}
+
+    for i in range(repeats):
+        measure("bare_consumer", i, bare)
+        measure("mirror", i, lambda: mirror(i))
+        measure("actions", i, lambda: actions_run("actions", reflex, outputs("actions", i), n))
+        if args.baseline:
+            measure("actions_baseline", i, lambda: actions_run("actions-baseline", args.baseline,
+                                                               outputs("baseline", i), n))
+        measure("actions_compiled", i, lambda: actions_run("actions-compiled", reflex,
+                                                           outputs("compiled", i, REFLEX_POLICY_ENGINE="compiled"), n))
+        measure("actions_two_deciders", i, lambda: actions_run("actions-deciders", reflex,
+                                                               outputs("deciders", i, REFLEX_ROLES_ACTIONS_DECIDERS="2"), n))
+        measure("actions_exactly_once", i, lambda: actions_run("actions-eos", reflex,
+                                                               outputs("eos", i, REFLEX_KAFKA_GUARANTEE="exactly_once"), n))
+        # The lake reads the events and the audit records of this repeat's actions run.
+        measure("lake", i, lambda: role_run("lake", reflex, dict(
+            env, REFLEX_TOPICS_AUDIT=f"{run}.actions-{i}.audit", REFLEX_ROLES_LAKE_GROUP_ID=f"{run}.lake-{i}",
+            REFLEX_LAKE_STORE=str(OUT / f"{run}-lake-{i}")), "lake", 2 * n))
+        for label, (t, _) in hot_topics.items():
+            measure(f"actions_{label}_keys", i, lambda: actions_run(
+                f"actions-{label}", reflex, outputs(label, i, REFLEX_TOPICS_EVENTS=t), hot_n))
+        if args.baseline:
+            for label, (t, _) in small_topics.items():
+                for build, binary in (("", reflex), ("baseline_", args.baseline)):
+                    measure(f"actions_{build}{label}_keys_small", i, lambda: actions_run(
+                        f"actions-{build}{label}-small", binary,
+                        outputs(f"{build}{label}-small", i, REFLEX_TOPICS_EVENTS=t), small_n))
+
+    def per_repeat(a, b, key="events_per_second"):
+        return spread([x[key] / y[key] for x, y in zip(runs[a], runs[b]) if x.get(key) and y.get(key)])
+
+    figures = {"events": n, "repeats": repeats, "keys": args.keys, "hot_events": hot_n, "hot_events_small": small_n,
+               "partitions": args.partitions, "payload_lines": len(lines), "audit_bytes_mirrored": AUDIT_BYTES,
                "machine": f"{os.cpu_count()} cores, broker on the same machine",
-               "load_average_start": os.getloadavg()}
+               "load_average_start": runs["bare_consumer"][0]["load_before"], "runs": runs}
+    figures["summary"] = {name: {k: spread([r.get(k) for r in rs])
+                                 for k in ("events_per_second", "cpu_us_per_record", "peak_rss_mib", "busy_seconds")}
+                          for name, rs in runs.items()}
+    ratios = {
+        "actions_over_mirror": per_repeat("actions", "mirror"),
+        "actions_over_bare_consumer": per_repeat("actions", "bare_consumer"),
+        "mirror_over_bare_consumer": per_repeat("mirror", "bare_consumer"),
+        "lake_over_bare_consumer": per_repeat("lake", "bare_consumer"),
+        "actions_compiled_over_mirror": per_repeat("actions_compiled", "mirror"),
+        "actions_two_deciders_over_actions": per_repeat("actions_two_deciders", "actions"),
+        "exactly_once_over_at_least_once": per_repeat("actions_exactly_once", "actions"),
+        "hot_key_over_distinct_keys": per_repeat("actions_hot_keys", "actions_distinct_keys"),
+    }
+    if args.baseline:
+        ratios["actions_over_baseline"] = per_repeat("actions", "actions_baseline")
+        ratios["actions_cpu_over_baseline"] = per_repeat("actions", "actions_baseline", "cpu_us_per_record")
+        ratios["hot_key_over_distinct_keys_small"] = per_repeat("actions_hot_keys_small", "actions_distinct_keys_small")
+        ratios["baseline_hot_key_over_distinct_keys_small"] = per_repeat("actions_baseline_hot_keys_small",
+                                                                         "actions_baseline_distinct_keys_small")
+        ratios["hot_key_over_baseline_hot_key_small"] = per_repeat("actions_hot_keys_small", "actions_baseline_hot_keys_small")
 
-    log("ceiling: bare rdkafka consumer (worker's consumer settings, payloads discarded)")
-    out, wall, cpu, rss = timed("bare", [str(TARGET / "release/examples/bare_consumer"), BROKERS, topic, str(n)])
-    bare = json.loads(out.strip().splitlines()[-1])
-    figures["bare_consumer"] = {"events_per_second": bare["events_per_second"], "busy_seconds": bare["seconds"],
-                                "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "peak_rss_mib": round(rss, 1)}
-
-    log("ceiling: kafka-consumer-perf-test")
-    out, wall, cpu, rss = timed("perf_test", [str(REPO / "scripts/kafka-tool.sh"), "consumer-perf-test",
-                                              "--bootstrap-server", BROKERS, "--topic", topic,
-                                              "--num-records", str(n), "--group", f"{run}.perf"])
-    row = [l for l in out.splitlines() if re.match(r"^\d{4}-", l)][-1].split(",")
-    figures["kafka_consumer_perf_test"] = {"events_per_second": float(row[5]), "mb_per_second": float(row[3]),
-                                           "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
-
-    log("actions role (full pipeline, inline actions)")
-    figures["actions_role"] = actions_run("actions", reflex, env, n)
-    log(f"actions role: {figures['actions_role']['events_per_second']} events/s")
-    log("actions role with two policy evaluators (roles.actions.deciders = 2; same topic, its own group and outputs)")
-    single_env = dict(env, REFLEX_ROLES_ACTIONS_DECIDERS="2", REFLEX_ROLES_ACTIONS_GROUP_ID=f"{run}.actions-single",
-                      REFLEX_TOPICS_AUDIT=f"{run}.audit-single", REFLEX_TOPICS_DLQ=f"{run}.dlq-single",
-                      REFLEX_TOPICS_RETRY=f"{run}.retry-single")
-    figures["actions_role_two_deciders"] = actions_run("actions-single", reflex, single_env, n)
-    log(f"actions role (two evaluators): {figures['actions_role_two_deciders']['events_per_second']} events/s")
-    log("actions role with [policy] engine = \"compiled\" (same topic, its own group and outputs)")
-    compiled_env = dict(env, REFLEX_POLICY_ENGINE="compiled", REFLEX_ROLES_ACTIONS_GROUP_ID=f"{run}.actions-compiled",
-                        REFLEX_TOPICS_AUDIT=f"{run}.audit-compiled", REFLEX_TOPICS_DLQ=f"{run}.dlq-compiled",
-                        REFLEX_TOPICS_RETRY=f"{run}.retry-compiled")
-    figures["actions_role_compiled"] = actions_run("actions-compiled", reflex, compiled_env, n)
-    log(f"actions role (compiled policy): {figures['actions_role_compiled']['events_per_second']} events/s")
-
-    log("actions role with [kafka] guarantee = \"exactly_once\" (same topic, its own group and outputs)")
-    eos_env = dict(env, REFLEX_KAFKA_GUARANTEE="exactly_once", REFLEX_ROLES_ACTIONS_GROUP_ID=f"{run}.actions-eos",
-                   REFLEX_TOPICS_AUDIT=f"{run}.audit-eos", REFLEX_TOPICS_DLQ=f"{run}.dlq-eos",
-                   REFLEX_TOPICS_RETRY=f"{run}.retry-eos")
-    figures["actions_role_exactly_once"] = actions_run("actions-eos", reflex, eos_env, n)
-    log(f"actions role (exactly_once): {figures['actions_role_exactly_once']['events_per_second']} events/s")
-
-    log("lake role (events and their audit records)")
-    out, wall, cpu, rss = timed("lake", [reflex, "run", "--role", "lake", "--drain"], env)
-    m = re.search(r"lake: (\d+) records, (\d+) rows in (\d+) files \((\d+) bytes", out)
-    records = int(m.group(1)) if m else 2 * n
-    figures["lake_role"] = {"records": records, "rows": int(m.group(2)) if m else None,
-                            "files": int(m.group(3)) if m else None, "parquet_bytes": int(m.group(4)) if m else None,
-                            "records_per_second": round(records / wall), "wall_seconds": round(wall, 2),
-                            "cpu_seconds": round(cpu, 2), "cpu_seconds_per_million": round(cpu * 1e6 / records, 2),
-                            "peak_rss_mib": round(rss, 1)}
-
-    rate = max(1, round(figures["actions_role"]["events_per_second"] / 2))
-    log(f"paced latency: half the actions role's maximum, {rate} events/s, one worker, fresh topic")
-    figures["paced_latency"] = paced_latency(reflex, loader, env, run, payloads, rate, args.paced_seconds)
-    pl = figures["paced_latency"]
-    log(f"paced latency: p50 {pl['p50_ms']} ms, p99 {pl['p99_ms']} ms, max {pl['max_ms']} ms; steady state p99 {pl['steady_p99_ms']} ms")
-
-    log(f"Avro vs JSON through the actions role ({args.wire_events} payment.settled events each)")
-    figures["avro_vs_json"] = wire_comparison(reflex, loader, env, run, args.wire_events, args.partitions)
+    rate = max(1, round(figures["summary"]["actions"]["events_per_second"]["median"] / 2))
+    if args.paced_seconds > 0:
+        log(f"paced latency: half the actions role's median, {rate} events/s, one worker, fresh topic")
+        figures["paced_latency"] = paced_latency(reflex, loader, env, run, payloads, rate, args.paced_seconds)
+        pl = figures["paced_latency"]
+        log(f"paced latency: p50 {pl['p50_ms']} ms, p99 {pl['p99_ms']} ms, max {pl['max_ms']} ms; steady state p99 {pl['steady_p99_ms']} ms")
+    if args.wire_events > 0:
+        log(f"Avro vs JSON through the actions role ({args.wire_events} payment.settled events each)")
+        figures["avro_vs_json"] = wire_comparison(reflex, loader, env, run, args.wire_events, args.partitions)
+        ratios["avro_over_json"] = spread([figures["avro_vs_json"]["avro_over_json"]])
 
     # The actions role's CPU per event against its stages measured alone (criterion, this build).
-    stage_ns = {"consume (bare consumer CPU per event)": figures["bare_consumer"]["cpu_seconds"] * 1e9 / n,
+    actions_ns = figures["summary"]["actions"]["cpu_us_per_record"]["median"] * 1000
+    stage_ns = {"consume (bare consumer CPU per event)": figures["summary"]["bare_consumer"]["cpu_us_per_record"]["median"] * 1000,
                 "decode (structured CloudEvent)": criterion_ns("decode", "cloudevent_structured"),
                 "validate (JSON Schema)": criterion_mean("pipeline", "validate")[0],
                 "policy (input + decision)": criterion_mean("policy", "stage")[0],
                 "audit encode": criterion_mean("pipeline", "audit_encode")[0]}
-    process_ns = criterion_mean("pipeline", "process")[0]
-    actions_ns = figures["actions_role"]["cpu_seconds"] * 1e9 / n
     if all(v is not None for v in stage_ns.values()):
         stage_sum = sum(stage_ns.values())
+        process_ns = criterion_mean("pipeline", "process")[0]
         figures["cpu_breakdown"] = {"stage_ns": {k: round(v) for k, v in stage_ns.items()},
                                     "stage_sum_ns": round(stage_sum), "actions_cpu_ns_per_event": round(actions_ns),
                                     "process_alone_ns": round(process_ns) if process_ns else None,
                                     "policy_decide_interpreter_ns": round(criterion_mean("policy", "decide")[0] or 0),
-                                    "policy_decide_compiled_ns": round(criterion_mean("policy", "decide_compiled")[0] or 0),
-                                    "policy_stage_compiled_ns": round(criterion_mean("policy", "stage_compiled")[0] or 0)}
+                                    "policy_decide_compiled_ns": round(criterion_mean("policy", "decide_compiled")[0] or 0)}
+        ratios["cpu_over_stage_sum"] = spread([r["cpu_us_per_record"] * 1000 / stage_sum for r in runs["actions"]])
     else:
         figures["cpu_breakdown"] = None
         log("criterion estimates missing (run cargo bench first): no CPU ratio")
-
-    ceiling = figures["bare_consumer"]["events_per_second"]
-    figures["ratios"] = {
-        "actions_over_bare_consumer": round(figures["actions_role"]["events_per_second"] / ceiling, 3),
-        "lake_over_bare_consumer": round(figures["lake_role"]["records_per_second"] / ceiling, 3),
-        "bare_consumer_over_perf_test": round(ceiling / figures["kafka_consumer_perf_test"]["events_per_second"], 3),
-        "actions_compiled_over_bare_consumer": round(figures["actions_role_compiled"]["events_per_second"] / ceiling, 3),
-        "actions_two_deciders_over_bare_consumer": round(figures["actions_role_two_deciders"]["events_per_second"] / ceiling, 3),
-        "exactly_once_over_at_least_once": round(figures["actions_role_exactly_once"]["events_per_second"]
-                                                 / figures["actions_role"]["events_per_second"], 3),
-        "cpu_over_stage_sum": round(actions_ns / figures["cpu_breakdown"]["stage_sum_ns"], 2) if figures["cpu_breakdown"] else None,
-        "avro_over_json": figures["avro_vs_json"]["avro_over_json"],
-    }
-    figures["targets"] = TARGETS
+    figures["ratios"] = ratios
+    summary = figures["summary"]
+    measured = {"actions_over_mirror": ratios["actions_over_mirror"],
+                "actions_cpu_us_per_event": summary["actions"]["cpu_us_per_record"],
+                "lake_cpu_us_per_record": summary["lake"]["cpu_us_per_record"],
+                "lake_peak_rss_mib": summary["lake"]["peak_rss_mib"],
+                "cpu_over_stage_sum": ratios.get("cpu_over_stage_sum"),
+                "hot_key_over_distinct_keys": ratios["hot_key_over_distinct_keys"]}
+    figures["targets"] = {k: {"target": f"{op} {v}", "median": measured[k]["median"] if measured[k] else None,
+                              "met": None if not measured[k] else
+                              (measured[k]["median"] >= v if op == "≥" else measured[k]["median"] <= v)}
+                          for k, (op, v) in TARGETS.items()}
     figures["load_average_end"] = os.getloadavg()
     figures["run_seconds"] = round(time.monotonic() - started)
     (OUT / "report.json").write_text(json.dumps(figures, indent=2))
+    write_markdown(figures, args)
+
+
+def write_markdown(figures, args):
+    n, repeats, s, r = figures["events"], figures["repeats"], figures["summary"], figures["ratios"]
     md = ["# reflex end-to-end load run", "",
-          f"{n} events, {args.partitions} partitions, {figures['machine']}; {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.", "",
-          "| process | events/s | wall s | CPU s | CPU s per 1M | peak RSS MiB |", "|---|---|---|---|---|---|"]
-    b, p, a, l = (figures[k] for k in ("bare_consumer", "kafka_consumer_perf_test", "actions_role", "lake_role"))
-    md.append(f"| bare rdkafka consumer | {b['events_per_second']:.0f} | {b['wall_seconds']} | {b['cpu_seconds']} | {b['cpu_seconds'] * 1e6 / n:.2f} | {b['peak_rss_mib']} |")
-    md.append(f"| kafka-consumer-perf-test | {p['events_per_second']:.0f} | {p['wall_seconds']} | {p['cpu_seconds']} | {p['cpu_seconds'] * 1e6 / n:.2f} | |")
-    md.append(f"| actions role | {a['events_per_second']} | {a['wall_seconds']} | {a['cpu_seconds']} | {a['cpu_seconds_per_million']} | {a['peak_rss_mib']} |")
-    o = figures["actions_role_two_deciders"]
-    md.append(f"| actions role, two policy evaluators (`deciders = 2`) | {o['events_per_second']} | {o['wall_seconds']} | {o['cpu_seconds']} | {o['cpu_seconds_per_million']} | {o['peak_rss_mib']} |")
-    c = figures["actions_role_compiled"]
-    md.append(f"| actions role, `[policy] engine = \"compiled\"` | {c['events_per_second']} | {c['wall_seconds']} | {c['cpu_seconds']} | {c['cpu_seconds_per_million']} | {c['peak_rss_mib']} |")
-    e = figures["actions_role_exactly_once"]
-    md.append(f"| actions role, `[kafka] guarantee = \"exactly_once\"` | {e['events_per_second']} | {e['wall_seconds']} | {e['cpu_seconds']} | {e['cpu_seconds_per_million']} | {e['peak_rss_mib']} |")
-    md.append(f"| lake role ({l['records']} records) | {l['records_per_second']} | {l['wall_seconds']} | {l['cpu_seconds']} | {l['cpu_seconds_per_million']} | {l['peak_rss_mib']} |")
-    r = figures["ratios"]
-    def stands(key):
-        value, target = r.get(key), TARGETS[key]
-        if value is None:
-            return "not measured"
-        ok = value <= target if key == "cpu_over_stage_sum" else value >= target
-        return f"{value} (target {'≤' if key == 'cpu_over_stage_sum' else '≥'} {target}: {'met' if ok else 'short'})"
-    md += ["", "The bare consumer and the actions role are timed from their first record received (the actions",
-           "role to its last record acknowledged); the lake role and the perf test by wall time, start-up included.",
-           "", "## Ratios (same run) and targets", "",
-           "| ratio | value |", "|---|---|",
-           f"| actions role / bare consumer (events/s) | {stands('actions_over_bare_consumer')} |",
-           f"| actions role with two policy evaluators / bare consumer | {r['actions_two_deciders_over_bare_consumer']} |",
-           f"| actions role with the compiled policy engine / bare consumer | {r['actions_compiled_over_bare_consumer']} |",
-           f"| actions role exactly_once / at_least_once (events/s) | {r['exactly_once_over_at_least_once']} |",
-           f"| lake role / bare consumer (records/s) | {stands('lake_over_bare_consumer')} |",
-           f"| actions CPU per event / sum of stage costs | {stands('cpu_over_stage_sum')} |",
-           f"| bare consumer / kafka-consumer-perf-test | {r['bare_consumer_over_perf_test']} |",
-           f"| Avro / JSON through the actions role (events/s) | {r['avro_over_json']} |"]
-    md += ["", f"## Latency at a paced rate ({pl['rate_target']} events/s = half the actions role's maximum, "
-           f"achieved {pl['rate_achieved']}/s, {pl['seconds']} s, one worker, fresh topic)", "",
-           "From the event's `time` (set by the producer at send, ms) to its audit record's Kafka timestamp",
-           "(CreateTime, set by the worker's producer when it sends the audit record).", "",
-           "| records | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|",
-           "| all " + " | ".join([str(pl["measured"])] + ["n/a" if pl[k] is None else f"{pl[k]:.0f}"
-                                                           for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")]) + " |",
-           f"| steady state (events after the first {pl['warm_up_ms']} ms) " + " | ".join(
-               [str(pl["steady_measured"])] + ["n/a" if pl[k] is None else f"{pl[k]:.0f}"
-                                               for k in ("steady_p50_ms", "steady_p90_ms", "steady_p99_ms", "steady_max_ms")]) + " |"]
-    cb = figures["cpu_breakdown"]
+          f"{n} events over {figures['keys']} keys, {figures['partitions']} partitions, {figures['machine']}; "
+          f"{repeats} repeats, interleaved; {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+          "Each figure: median (lowest–highest) over the repeats. Events/s from each process's busy time "
+          "(first record received to last one done); CPU and peak RSS of the whole process.", "",
+          "| process | events/s | CPU-µs per record | peak RSS MiB |", "|---|---|---|---|"]
+    labels = [("bare_consumer", "bare rdkafka consumer (ceiling)"),
+              ("mirror", f"mirror: consume + produce a {AUDIT_BYTES}-byte record, offsets after ack (ceiling)"),
+              ("actions", "actions role"),
+              ("actions_baseline", f"actions role, baseline build ({args.baseline})"),
+              ("actions_compiled", "actions role, `[policy] engine = \"compiled\"`"),
+              ("actions_two_deciders", "actions role, `deciders = 2`"),
+              ("actions_exactly_once", "actions role, `guarantee = \"exactly_once\"`"),
+              ("lake", "lake role (events + audit records, per record)"),
+              ("actions_hot_keys", f"actions role, {figures['hot_events']} events under one key"),
+              ("actions_distinct_keys", f"actions role, the same {figures['hot_events']} events under distinct keys"),
+              ("actions_hot_keys_small", f"actions role, {figures['hot_events_small']} events under one key"),
+              ("actions_distinct_keys_small", f"actions role, the same {figures['hot_events_small']} events under distinct keys"),
+              ("actions_baseline_hot_keys_small", f"actions role, baseline build, {figures['hot_events_small']} events under one key"),
+              ("actions_baseline_distinct_keys_small", f"actions role, baseline build, the same {figures['hot_events_small']} events under distinct keys")]
+    for key, label in labels:
+        if key in s:
+            f = s[key]
+            md.append(f"| {label} | {fmt(f['events_per_second'])} | {fmt(f['cpu_us_per_record'], 1)} | {fmt(f['peak_rss_mib'])} |")
+    md += ["", "## Ratios (within each repeat) and targets", "", "| ratio | median (range) |", "|---|---|"]
+    md += [f"| {k} | {fmt(v, 3)} |" for k, v in r.items()]
+    md += ["", "| target | wanted | median | |", "|---|---|---|---|"]
+    md += [f"| {k} | {t['target']} | {t['median']} | {'met' if t['met'] else 'not met' if t['met'] is False else 'not measured'} |"
+           for k, t in figures["targets"].items()]
+    pl = figures.get("paced_latency")
+    if pl:
+        md += ["", f"## Latency at a paced rate ({pl['rate_target']} events/s = half the actions role's median, "
+               f"achieved {pl['rate_achieved']}/s, {pl['seconds']} s, one worker, fresh topic)", "",
+               "From the event's `time` (set by the producer at send, ms) to its audit record's Kafka timestamp.", "",
+               "| records | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|",
+               "| all " + " | ".join([str(pl["measured"])] + ["n/a" if pl[k] is None else f"{pl[k]:.0f}"
+                                                               for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")]) + " |",
+               f"| steady state (after the first {pl['warm_up_ms']} ms) " + " | ".join(
+                   [str(pl["steady_measured"])] + ["n/a" if pl[k] is None else f"{pl[k]:.0f}"
+                                                   for k in ("steady_p50_ms", "steady_p90_ms", "steady_p99_ms", "steady_max_ms")]) + " |"]
+    cb = figures.get("cpu_breakdown")
     if cb:
         md += ["", "## CPU per event: the actions role against its stages measured alone", "",
                "| stage | ns per event |", "|---|---|"]
         md += [f"| {k} | {v} |" for k, v in cb["stage_ns"].items()]
         md += [f"| **sum of stages** | **{cb['stage_sum_ns']}** |",
-               f"| actions role CPU per event (this run) | {cb['actions_cpu_ns_per_event']} |",
+               f"| actions role CPU per event (median) | {cb['actions_cpu_ns_per_event']} |",
                f"| `Processor::process` alone (criterion, no Kafka) | {cb['process_alone_ns']} |", "",
-               f"Policy decision alone (criterion, same build): {cb['policy_decide_interpreter_ns']} ns with regorus's interpreter "
-               f"(the default engine), {cb['policy_decide_compiled_ns']} ns compiled to regorus's VM (`[policy] engine = \"compiled\"`). Stage costs are the means over the",
-               "demo inputs of `benches/`; the load run's mix also has invalid events (dead-lettered, no policy)."]
-    av = figures["avro_vs_json"]
-    md += ["", f"## Avro vs JSON ({av['events']} `payment.settled` events each, actions role, same run)", "",
-           "| data | events/s | CPU s per 1M | peak RSS MiB |", "|---|---|---|---|"]
-    for fmt, label in (("avro", "Avro, Confluent wire format, binary-mode CloudEvent"), ("json", "JSON, structured CloudEvent")):
-        f = av[fmt]
-        md.append(f"| {label} | {f['events_per_second']} | {f['cpu_seconds_per_million']} | {f['peak_rss_mib']} |")
-    la0, la1 = figures["load_average_start"], figures["load_average_end"]
-    md += ["", f"Load average at start {la0[0]:.1f}, at end {la1[0]:.1f} (2 cores shared with other work); "
-           f"the whole run took {figures['run_seconds']} s."]
+               f"Policy decision alone: {cb['policy_decide_interpreter_ns']} ns interpreted, "
+               f"{cb['policy_decide_compiled_ns']} ns compiled."]
+    av = figures.get("avro_vs_json")
+    if av:
+        md += ["", f"## Avro vs JSON ({av['events']} `payment.settled` events each, actions role, one run)", "",
+               "| data | events/s | CPU-µs per record | peak RSS MiB |", "|---|---|---|---|"]
+        for key, label in (("avro", "Avro, Confluent wire format, binary mode"), ("json", "JSON, structured")):
+            f = av[key]
+            md.append(f"| {label} | {f['events_per_second']} | {f['cpu_us_per_record']} | {f['peak_rss_mib']} |")
+    md += ["", f"Load average at start {figures['load_average_start']:.1f}, at end {figures['load_average_end'][0]:.1f} "
+           f"(each drain's load before and after is in report.json); the whole run took {figures['run_seconds']} s."]
     (OUT / "report.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

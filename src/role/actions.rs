@@ -377,7 +377,7 @@ pub async fn run(
                 first: Option<Instant>,
                 done: Finished|
      -> Result<(), WorkerError> {
-        if let Some(audit) = &done.audit {
+        if let Some(audit) = done.outcome() {
             summary.record(audit);
             metrics::EventProcessed { audit }.emit(&metrics);
             if !scheduler.transactional() {

@@ -41,7 +41,7 @@ pub struct LakeRunOptions {
 }
 
 /// What the lake role did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LakeSummary {
     /// Records consumed.
     pub records: u64,
@@ -55,6 +55,9 @@ pub struct LakeSummary {
     pub bytes: u64,
     /// Files found already written with the same records (a replay), kept as they were.
     pub present: u64,
+    /// Milliseconds of work: from the first record received to the last, plus the final
+    /// writes at the stop (time spent idle before a drained worker stops is left out).
+    pub busy_ms: u64,
 }
 
 impl std::fmt::Display for LakeSummary {
@@ -275,6 +278,7 @@ pub async fn run(
     let mut timer = tokio::time::interval(tick);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut idle_since = Instant::now();
+    let mut received: Option<(Instant, Instant)> = None;
     loop {
         tokio::select! {
             biased;
@@ -311,6 +315,7 @@ pub async fn run(
                 };
                 outage.flowing();
                 idle_since = Instant::now();
+                received = Some((received.map_or(idle_since, |(first, _)| first), idle_since));
                 metrics::RecordConsumed {
                     topic: message.topic(),
                     partition: message.partition(),
@@ -345,8 +350,13 @@ pub async fn run(
         }
     }
     lake.forget_revoked(&consumer);
+    let stopping = Instant::now();
     for tp in lake.segments.partitions() {
         lake.write(&consumer, &tp).await?;
+    }
+    if let Some((first, last)) = received {
+        let busy = last.duration_since(first) + stopping.elapsed();
+        lake.summary.busy_ms = u64::try_from(busy.as_millis()).unwrap_or(u64::MAX);
     }
     consumer.unsubscribe();
     if let Some(tracer) = lake.tracer.take() {

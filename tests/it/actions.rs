@@ -218,3 +218,45 @@ async fn oversized_event_is_dead_lettered_whole() {
         "original bytes kept whole"
     );
 }
+
+/// A key's next record starts once the previous one's outputs are in the producer's hands, not
+/// once they are acknowledged: the emitted events of one key still reach their topic in the
+/// order of the events that caused them, and every one is audited once.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_hot_keys_outputs_keep_its_offset_order() {
+    let env = TestEnv::new(2);
+    env.create_topics().await;
+    let ids: Vec<String> = (0..300).map(|n| format!("hot-order-{n}")).collect();
+    let records: Vec<Rec> = ids
+        .iter()
+        .map(|id| Rec::json("one-customer", &order(id, "/shop/web", 10.0)))
+        .collect();
+    produce(&env.events, &records).await;
+    let summary = drain(&env, "hot-key").await;
+    assert_eq!(summary.total(), 300, "{summary}");
+    let shipments = read_all(&env.shipments);
+    let causes: Vec<String> = shipments
+        .iter()
+        .map(|r| {
+            r.json()["causationid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        causes, ids,
+        "the shipments of one key, in their partition's order"
+    );
+    let partitions: std::collections::BTreeSet<i32> =
+        shipments.iter().map(|r| r.partition).collect();
+    assert_eq!(partitions.len(), 1, "one key, one partition");
+    let audits = audits_by_key(&env.audit);
+    for id in &ids {
+        let outcomes: Vec<&Value> = audits
+            .get(id)
+            .map(|a| a.iter().map(|a| &a["outcome"]).collect())
+            .unwrap_or_default();
+        assert_eq!(outcomes, vec![&json!("actioned")], "{id}");
+    }
+}

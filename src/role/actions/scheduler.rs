@@ -15,7 +15,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::Offset;
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::deliver;
+use super::delivery::{hand_over, Handed};
 use super::pipeline::{Admitted, Processor};
 use super::rebalance::RebalanceContext;
 use super::traced::RecordSpan;
@@ -53,14 +53,62 @@ pub(super) struct Finished {
     /// The audit record; none when the record was abandoned at shutdown.
     pub(super) audit: Option<AuditRecord>,
     /// In the exactly-once mode, the output records, sent into the transaction when every
-    /// earlier record of the partition is done; empty otherwise (they were delivered).
+    /// earlier record of the partition is done; empty otherwise (they were handed over).
     outputs: Vec<OutRecord>,
+    /// At least once: the output records handed to the producer, whose acknowledgements the
+    /// record's offset still waits for.
+    pending: Option<Pending>,
+}
+
+impl Finished {
+    /// The record's audit record once it is final: its outputs acknowledged (at least once) or
+    /// ready for the transaction (exactly once); none before, and for a record abandoned at
+    /// shutdown.
+    pub(super) fn outcome(&self) -> Option<&AuditRecord> {
+        self.audit.as_ref().filter(|_| self.pending.is_none())
+    }
+}
+
+/// At least once: a record whose outputs are in the producer's hands.
+pub(super) struct Pending {
+    handed: Handed,
+    span: Option<RecordSpan>,
+    sent: Instant,
+}
+
+/// Waits for the acknowledgements of a record's outputs; the record is then booked again, to
+/// store its offset.
+async fn acknowledged(
+    done: Finished,
+    pending: Pending,
+    metrics: Arc<Metrics>,
+) -> Result<Finished, WorkerError> {
+    let Pending { handed, span, sent } = pending;
+    let records = handed.len();
+    let acknowledged = match &span {
+        Some(span) => span.deliver(records, handed.acknowledged()).await,
+        None => handed.acknowledged().await,
+    };
+    if let Err(e) = acknowledged {
+        if let Some(span) = &span {
+            span.undelivered();
+        }
+        return Err(e);
+    }
+    if let (Some(span), Some(audit)) = (&span, &done.audit) {
+        span.finish(audit);
+    }
+    OutputsDelivered {
+        elapsed: sent.elapsed(),
+    }
+    .emit(&metrics);
+    Ok(done)
 }
 
 /// How a record's output records reach Kafka.
 pub(super) enum Outputs {
-    /// Each record's outputs are delivered and acknowledged before its offset is stored
-    /// (at least once).
+    /// Each record's outputs are handed to the producer before the next record of its key
+    /// starts, and acknowledged before its offset is stored (at least once).
     Acknowledged(crate::kafka::Producer),
     /// Outputs and offsets are committed in transactions (exactly once).
     Transactional(Arc<Transaction>),
@@ -211,7 +259,6 @@ impl Scheduler<'_> {
         };
         let sleep_cancel = self.sleep_cancel.clone();
         let work_cancel = self.work_cancel.clone();
-        let metrics = Arc::clone(&self.metrics);
         let input_at = self.spawn.then(|| {
             format!(
                 "{}/{}/{}",
@@ -231,6 +278,7 @@ impl Scheduler<'_> {
                 parked: None,
                 audit: None,
                 outputs: Vec::new(),
+                pending: None,
             };
             if let Some(due) = due {
                 let wait = due.saturating_sub(chrono::Utc::now().timestamp_millis());
@@ -280,27 +328,19 @@ impl Scheduler<'_> {
                     parked,
                     audit: Some(processed.audit),
                     outputs: processed.records,
+                    pending: None,
                 });
             };
             let sent = Instant::now();
-            let delivery = deliver(&producer, &input, &processed.records);
-            let delivered = match &span {
-                Some(span) => span.deliver(processed.records.len(), delivery).await,
-                None => delivery.await,
-            };
-            if let Err(e) = delivered {
-                if let Some(span) = &span {
-                    span.undelivered();
+            let handed = match hand_over(&producer, &input, &processed.records).await {
+                Ok(handed) => handed,
+                Err(e) => {
+                    if let Some(span) = &span {
+                        span.undelivered();
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-            if let Some(span) = &span {
-                span.finish(&processed.audit);
-            }
-            OutputsDelivered {
-                elapsed: sent.elapsed(),
-            }
-            .emit(&metrics);
+            };
             Ok(Finished {
                 tp,
                 offset,
@@ -309,6 +349,7 @@ impl Scheduler<'_> {
                 parked,
                 audit: Some(processed.audit),
                 outputs: Vec::new(),
+                pending: Some(Pending { handed, span, sent }),
             })
         };
         match input_at {
@@ -335,15 +376,28 @@ impl Scheduler<'_> {
     pub(super) fn finish(
         &mut self,
         consumer: &StreamConsumer<RebalanceContext>,
-        done: Finished,
+        mut done: Finished,
     ) -> Result<(), WorkerError> {
         self.revoke(consumer.context().take_revoked());
-        if let Some((key, id, retrying)) = done.parked {
+        if let Some((key, id, retrying)) = done.parked.take() {
             if retrying {
                 self.parking.park(key, &id);
             } else {
                 self.parking.resolve(&key, &id);
             }
+        }
+        if let Some(pending) = done.pending.take() {
+            // The outputs are in the producer's hands, which keeps their order within each
+            // partition: the key's next record may start. The offset waits for the brokers'
+            // acknowledgements, and the record is booked again when they arrive.
+            let slot = done.slot.take();
+            let metrics = Arc::clone(&self.metrics);
+            self.running
+                .push(Box::pin(acknowledged(done, pending, metrics)));
+            if let Some(next) = slot.and_then(|slot| self.queue.finish(&slot)) {
+                self.start(next);
+            }
+            return Ok(());
         }
         if done.audit.is_some() {
             match self.transaction() {
