@@ -21,9 +21,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 /// dropped connection that librdkafka re-opens at once is not one.
 const GRACE: Duration = Duration::from_secs(3);
 
-/// Failures further apart than this are not one outage (librdkafka retries a connection at
-/// least every `reconnect.backoff.max.ms`, 10 s by default).
-const STALE: Duration = Duration::from_secs(15);
+/// Failures further apart than this are not one outage. librdkafka retries a connection at
+/// least every `reconnect.backoff.max.ms` (10 s by default) but reports a broker's identical
+/// connection errors only once in 30 s, so with every broker down the reports can be 30 s apart.
+const STALE: Duration = Duration::from_secs(45);
 
 /// Failures since data last flowed.
 #[derive(Debug)]
@@ -65,7 +66,11 @@ impl Outage {
             Some(f) if f.announced || f.all_down || now.duration_since(f.last) < STALE => {
                 f.last = now;
                 f.all_down |= all_down;
-                if !f.announced && now.duration_since(f.first) >= GRACE {
+                // A connection that was up and closed (an idle connection the broker dropped,
+                // say) is re-opened at once; only a failure to connect, or a request that
+                // cannot be sent, says the brokers cannot be reached.
+                let dropped = cause.contains(": Disconnected");
+                if !f.announced && !dropped && now.duration_since(f.first) >= GRACE {
                     announce(f);
                 } else {
                     tracing::debug!(cause, "Kafka still unreachable");
@@ -271,6 +276,17 @@ mod tests {
         );
         outage.answered();
         assert_eq!(outage.ended(), 1, "a broker answered");
+    }
+
+    #[test]
+    fn connection_failures_reported_30_s_apart_are_one_outage() {
+        let outage = Outage::new();
+        let refused = "127.0.0.1:9092/1: Connect to ipv4#127.0.0.1:9092 failed: Connection refused";
+        outage.log(RDKafkaLogLevel::Error, "FAIL", refused);
+        // librdkafka reports the same error again only 30 s later.
+        age(&outage, Duration::from_secs(31));
+        outage.log(RDKafkaLogLevel::Error, "FAIL", refused);
+        assert!(outage.down_for().is_some());
     }
 
     #[test]

@@ -76,10 +76,14 @@ impl<'a> Fleet<'a> {
             .lake
             .command(&["run", "--role", w.role, "--worker-id", &id]);
         // INFO for reflex: an outage is one WARN line when it starts and one INFO when it ends.
-        cmd.env("REFLEX_LOG", "warn,reflex=info")
-            .env("REFLEX_TELEMETRY_LISTEN", w.listen.to_string())
-            .stdout(Stdio::null())
-            .stderr(self.log.try_clone().expect("log file"));
+        // REFLEX_CHAOS_LOG sets the workers' log filter, e.g. to look into one module.
+        cmd.env(
+            "REFLEX_LOG",
+            std::env::var("REFLEX_CHAOS_LOG").unwrap_or_else(|_| "warn,reflex=info".into()),
+        )
+        .env("REFLEX_TELEMETRY_LISTEN", w.listen.to_string())
+        .stdout(Stdio::null())
+        .stderr(self.log.try_clone().expect("log file"));
         if self.static_members {
             cmd.args(["--instance-id", &w.name]);
         }
