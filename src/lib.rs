@@ -15,6 +15,8 @@
 //! - [`policy`]: Rego policies with regorus; the decision contract (emit obligations); the pure
 //!   redaction rule; failing closed; hot reload; `reflex policy test` and `eval`; shadow
 //!   comparison.
+//! - [`analytics`]: windowed aggregates, anomaly baselines and absence rules on event time,
+//!   whose findings are new events; pure, run by [`role::analytics`] and `reflex analytics`.
 //! - [`action`]: the actions (inline `emit` and `log`, `http` calls) and the type → action table.
 //! - [`service`]: calling HTTP services: retries with backoff, circuit breakers, URL templates.
 //! - [`enrich`]: lookups in supporting services, cached, whose answers join the policy input.
@@ -72,6 +74,7 @@
 //! whole Parquet files ([`lake`]) before it commits the offsets they cover.
 
 pub mod action;
+pub mod analytics;
 pub mod audit;
 pub mod backoff;
 pub mod cli;
