@@ -1,6 +1,7 @@
 //! Configuration: the file as written ([`RawConfig`]), environment overrides, and the validated
 //! [`Config`] that has compiled the schemas, loaded the policies and checked cross-field rules.
 
+mod analytics;
 mod env;
 mod lake;
 mod publishers;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use analytics::{AnalyticsConfig, RawAnalytics};
 pub use lake::{LakeConfig, RawLake, RawLakeRole, RawLakeS3, StoreLocation};
 pub use publishers::RawPublisherKey;
 pub use raw::{
@@ -174,6 +176,9 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// An analysis in `analytics/` is not usable.
+    #[error(transparent)]
+    Analytics(#[from] crate::analytics::SpecError),
     /// A `[publishers.<id>]` key is not usable.
     #[error("[publishers.{id}]: {why}")]
     Publisher {
@@ -290,6 +295,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The publishers' keys, which verify record signatures at admission.
     pub publishers: Arc<crate::publisher::Keyring>,
+    /// The analytics role and its analyses.
+    pub analytics: AnalyticsConfig,
 }
 
 impl Config {
@@ -400,6 +407,13 @@ impl Config {
         let lake = LakeConfig::new(raw.lake, raw.roles.lake, base)?;
         let telemetry = TelemetryConfig::new(raw.telemetry, base)?;
         let publishers = publishers::keyring(&raw.publishers, base)?;
+        let analytics = AnalyticsConfig::new(
+            raw.analytics,
+            base,
+            &schemas,
+            &schema_dir,
+            &raw.topics.events,
+        )?;
         Ok(Self {
             path: path.to_owned(),
             kafka: kafka_config(raw.kafka, base)?,
@@ -441,6 +455,7 @@ impl Config {
             enrichment: Arc::new(enrichment),
             telemetry,
             publishers: Arc::new(publishers),
+            analytics,
         })
     }
 }

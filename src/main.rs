@@ -143,6 +143,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Run the analyses offline: their test cases, or the findings over a file of events.
+    Analytics {
+        #[command(subcommand)]
+        command: AnalyticsCommand,
+    },
     /// Data lake commands.
     Lake {
         #[command(subcommand)]
@@ -318,6 +323,30 @@ enum PolicyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AnalyticsCommand {
+    /// Run the cases in `<dir>/tests/*.yaml`; exits non-zero on a failure.
+    Test {
+        /// Analyses directory (default: `[analytics] dir` of the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Print the findings of the analyses over a JSON-lines file of events (closing every
+    /// window at its end), one CloudEvent per line.
+    Eval {
+        /// JSON-lines file of CloudEvents, in arrival order.
+        #[arg(long, short)]
+        input: PathBuf,
+        /// Analyses directory (default: `[analytics] dir` of the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum LakeCommand {
     /// Print SQL that creates one DuckDB view per lake table (`duckdb -init <file>`).
     Views,
@@ -485,6 +514,15 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Sign { .. } => sign_command(args.command),
+        Command::Analytics {
+            command: AnalyticsCommand::Test { dir, output },
+        } => print(&cli::analytics::test(&config, dir.as_deref())?, output),
+        Command::Analytics {
+            command: AnalyticsCommand::Eval { input, dir, output },
+        } => print(
+            &cli::analytics::eval(&config, dir.as_deref(), &input)?,
+            output,
+        ),
         Command::Lake {
             command: LakeCommand::Views,
         } => {

@@ -184,7 +184,11 @@ impl Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let d = &self.0;
         DigestForm {
-            centroids: d.centroids().iter().map(|c| (c.mean(), c.weight())).collect(),
+            centroids: d
+                .centroids()
+                .iter()
+                .map(|c| (c.mean(), c.weight()))
+                .collect(),
             sum: d.sum(),
             count: d.count(),
             min: d.min(),

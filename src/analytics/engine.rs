@@ -23,7 +23,8 @@ use super::spec::{Absence, Aggregate, Analysis, Anomaly, Direction, FieldValue, 
 use crate::event::{CloudEvent, SPEC_VERSION};
 
 /// Name space of finding ids (UUID v5 of analysis, window and group).
-const FINDING_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x7a1c_55e0_2b7d_4f0e_9d43_0c1f_aa5e_d013);
+const FINDING_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x7a1c_55e0_2b7d_4f0e_9d43_0c1f_aa5e_d013);
 /// Windows an anomaly group fills with empty values after a gap; past that it skips ahead.
 const MAX_EMPTY_WINDOWS: i64 = 100;
 
@@ -552,9 +553,19 @@ fn advance_to(
                             .and_then(|i| values[i])
                             .is_some_and(|v| c.op.holds(v, c.value))
                     });
-                let judged = anomaly.as_ref().and_then(|a| judge(a, group, values[a.metric]));
+                let judged = anomaly
+                    .as_ref()
+                    .and_then(|a| judge(a, group, values[a.metric]));
                 if met || judged.is_some() {
-                    let mut data = window_data(analysis, aggregates, &group.values, start, end, &values, win.events);
+                    let mut data = window_data(
+                        analysis,
+                        aggregates,
+                        &group.values,
+                        start,
+                        end,
+                        &values,
+                        win.events,
+                    );
                     if let (Some(j), Some(a)) = (&judged, anomaly) {
                         data.insert(
                             "anomaly".into(),
@@ -568,7 +579,15 @@ fn advance_to(
                             }),
                         );
                     }
-                    out.push(finding(analysis, &key, &group.values, start, end, data, win.first_id.take()));
+                    out.push(finding(
+                        analysis,
+                        &key,
+                        &group.values,
+                        start,
+                        end,
+                        data,
+                        win.first_id.take(),
+                    ));
                 }
                 if let (Some(_), Window::Tumbling(size), true) = (anomaly, window, refill) {
                     // The next period exists even if no event comes: a silent period is a 0.
@@ -662,7 +681,15 @@ fn fire_absence(
                     "absence".into(),
                     json!({"first": absence.first, "then": absence.then, "first_id": id}),
                 );
-                out.push(finding(analysis, key, &group.values, *ta, deadline, data, Some(id.clone())));
+                out.push(finding(
+                    analysis,
+                    key,
+                    &group.values,
+                    *ta,
+                    deadline,
+                    data,
+                    Some(id.clone()),
+                ));
             }
             state.remove_group(key);
         }

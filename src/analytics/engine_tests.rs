@@ -19,7 +19,12 @@ fn feed(engine: &mut Engine, events: &[(CloudEvent, i64)], topic: &str) -> (Vec<
     let mut late = 0;
     for (offset, (event, time_ms)) in events.iter().enumerate() {
         let o = engine.observe(
-            Observation { event, time_ms: *time_ms, topic, offset: offset as i64 },
+            Observation {
+                event,
+                time_ms: *time_ms,
+                topic,
+                offset: offset as i64,
+            },
             &mut out,
         );
         late += o.late;
@@ -49,13 +54,29 @@ fn the_slowest_input_holds_the_watermark_until_it_catches_up_or_is_idle() {
         ev("c", "refund", 75, json!({"order": "o3", "amount": 1})),
     ];
     for (offset, (event, time_ms)) in events.iter().enumerate() {
-        let obs = Observation { event, time_ms: *time_ms, topic: "t", offset: offset as i64 };
+        let obs = Observation {
+            event,
+            time_ms: *time_ms,
+            topic: "t",
+            offset: offset as i64,
+        };
         engine.observe(obs, &mut out);
     }
     assert!(out.is_empty(), "input u has no event yet: {out:?}");
     let (other, t) = ev("d", "other", 62, json!({}));
-    engine.observe(Observation { event: &other, time_ms: t, topic: "u", offset: 0 }, &mut out);
-    assert!(out.is_empty(), "u is at 62 min, the watermark at 52: {out:?}");
+    engine.observe(
+        Observation {
+            event: &other,
+            time_ms: t,
+            topic: "u",
+            offset: 0,
+        },
+        &mut out,
+    );
+    assert!(
+        out.is_empty(),
+        "u is at 62 min, the watermark at 52: {out:?}"
+    );
     engine.set_idle("u", true, &mut out);
     assert_eq!(out.len(), 1, "u idle: t alone (75 - 10) closes [0, 60)");
     assert_eq!(out[0].key, "o1");
@@ -103,7 +124,10 @@ fn late_events_inside_the_lateness_count_and_beyond_it_are_reported() {
     assert_eq!(late, 1);
     assert_eq!(engine.state(0).late, 1);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].event.data.as_ref().expect("data")["values"]["n"], json!(2.0));
+    assert_eq!(
+        out[0].event.data.as_ref().expect("data")["values"]["n"],
+        json!(2.0)
+    );
 }
 
 #[test]
@@ -116,9 +140,21 @@ fn hopping_windows_count_an_event_in_each_window_holding_it() {
     engine.flush(&mut out);
     let starts: Vec<String> = out
         .iter()
-        .map(|f| f.event.data.as_ref().expect("data")["window"]["start"].as_str().expect("start").to_owned())
+        .map(|f| {
+            f.event.data.as_ref().expect("data")["window"]["start"]
+                .as_str()
+                .expect("start")
+                .to_owned()
+        })
         .collect();
-    assert_eq!(starts, ["1970-01-01T00:00:00.000Z", "1970-01-01T00:10:00.000Z", "1970-01-01T00:20:00.000Z"]);
+    assert_eq!(
+        starts,
+        [
+            "1970-01-01T00:00:00.000Z",
+            "1970-01-01T00:10:00.000Z",
+            "1970-01-01T00:20:00.000Z"
+        ]
+    );
 }
 
 #[test]
@@ -146,8 +182,14 @@ fn session_windows_merge_when_an_event_bridges_them() {
     assert_eq!(
         got,
         [
-            (json!("1970-01-01T00:00:00.000Z"), json!({"n": 3.0, "top": 7.0})),
-            (json!("1970-01-01T00:40:00.000Z"), json!({"n": 1.0, "top": 1.0})),
+            (
+                json!("1970-01-01T00:00:00.000Z"),
+                json!({"n": 3.0, "top": 7.0})
+            ),
+            (
+                json!("1970-01-01T00:40:00.000Z"),
+                json!({"n": 1.0, "top": 1.0})
+            ),
         ]
     );
 }
@@ -173,8 +215,18 @@ fn absence_fires_for_the_first_event_without_a_follow_up_in_time() {
         .map(|f| (f.key.clone(), f.event.extensions["causationid"].to_string()))
         .collect();
     got.sort();
-    assert_eq!(got, [("p2".to_owned(), "\"a2\"".to_owned()), ("p3".to_owned(), "\"a3\"".to_owned())]);
-    assert_eq!(engine.state(0).groups(), 0, "fired and settled pairs are forgotten");
+    assert_eq!(
+        got,
+        [
+            ("p2".to_owned(), "\"a2\"".to_owned()),
+            ("p3".to_owned(), "\"a3\"".to_owned())
+        ]
+    );
+    assert_eq!(
+        engine.state(0).groups(),
+        0,
+        "fired and settled pairs are forgotten"
+    );
 }
 
 #[test]
@@ -220,7 +272,14 @@ fn the_group_bound_evicts_the_least_recently_used_and_counts_it() {
 #[test]
 fn a_restored_checkpoint_skips_what_it_reflects_and_ends_the_same() {
     let events: Vec<(CloudEvent, i64)> = (0..40)
-        .map(|i| ev(&format!("e{i}"), "refund", i * 4, json!({"order": format!("o{}", i % 3), "amount": i})))
+        .map(|i| {
+            ev(
+                &format!("e{i}"),
+                "refund",
+                i * 4,
+                json!({"order": format!("o{}", i % 3), "amount": i}),
+            )
+        })
         .collect();
     let mut whole = Engine::new(analyses(REFUNDS), 100);
     let (want, _) = feed(&mut whole, &events, "t");
@@ -228,7 +287,15 @@ fn a_restored_checkpoint_skips_what_it_reflects_and_ends_the_same() {
     let mut first = Engine::new(analyses(REFUNDS), 100);
     let mut got = Vec::new();
     for (offset, (event, time_ms)) in events.iter().enumerate().take(25) {
-        first.observe(Observation { event, time_ms: *time_ms, topic: "t", offset: offset as i64 }, &mut got);
+        first.observe(
+            Observation {
+                event,
+                time_ms: *time_ms,
+                topic: "t",
+                offset: offset as i64,
+            },
+            &mut got,
+        );
     }
     let snapshot = first.snapshot(0).expect("snapshot");
     // Crash: findings after the checkpoint are emitted again by the replay.

@@ -286,8 +286,9 @@ impl Aggregate {
             .strip_suffix(')')
             .ok_or_else(|| format!("\"{text}\" lacks its closing parenthesis"))?
             .trim();
-        let field = Field::parse(argument)
-            .ok_or_else(|| format!("\"{text}\": \"{argument}\" is not a field (e.g. data.amount)"))?;
+        let field = Field::parse(argument).ok_or_else(|| {
+            format!("\"{text}\": \"{argument}\" is not a field (e.g. data.amount)")
+        })?;
         match function.trim() {
             "sum" => Ok(Self::Sum(field)),
             "min" => Ok(Self::Min(field)),
@@ -383,7 +384,11 @@ pub fn parse_condition(text: &str, names: &[String]) -> Result<Vec<Clause>, Stri
             "<=" => Op::Le,
             "==" => Op::Eq,
             "!=" => Op::Ne,
-            other => return Err(format!("unknown comparison \"{other}\"; use >, >=, <, <=, == or !=")),
+            other => {
+                return Err(format!(
+                    "unknown comparison \"{other}\"; use >, >=, <, <=, == or !="
+                ))
+            }
         };
         if !names.iter().any(|n| n == name) {
             return Err(format!(
@@ -548,7 +553,10 @@ fn build(path: &Path, name: &str, raw: RawAnalysis) -> Result<Analysis, SpecErro
         if absence.first == absence.then {
             return Err(invalid(
                 "absence.then",
-                format!("\"{}\" is also absence.first; name another type", absence.then),
+                format!(
+                    "\"{}\" is also absence.first; name another type",
+                    absence.then
+                ),
             ));
         }
         let correlate = field("absence.correlate", &absence.correlate)?;
@@ -801,8 +809,9 @@ emit = "reflex.analytics.refunds_high"
         assert!(text.contains("key condition"), "{text}");
         assert!(text.contains("\"nope\""), "{text}");
 
-        let e = one("[y]\ntypes = [\"a\"]\nwindow = { tumbling = \"1m\" }\nbogus = 1\nemit = \"t\"\n")
-            .expect_err("unknown key");
+        let e =
+            one("[y]\ntypes = [\"a\"]\nwindow = { tumbling = \"1m\" }\nbogus = 1\nemit = \"t\"\n")
+                .expect_err("unknown key");
         assert!(e.to_string().contains("bogus"), "{e}");
 
         let e = one("[z]\ntypes = [\"a\"]\nwindow = { hopping = \"1m\" }\ncondition = \"count > 1\"\nemit = \"t\"\n")
@@ -829,7 +838,13 @@ emit = "reflex.analytics.payment_not_settled"
         )
         .expect("valid");
         assert_eq!(a.types, ["payment.authorized", "payment.settled"]);
-        assert!(matches!(a.kind, Kind::Absence(Absence { within: 1_800_000, .. })));
+        assert!(matches!(
+            a.kind,
+            Kind::Absence(Absence {
+                within: 1_800_000,
+                ..
+            })
+        ));
         let e = one(
             "[u]\nabsence = { first = \"a\", then = \"b\", correlate = \"data.x\", within = \"1m\" }\nwindow = { tumbling = \"1m\" }\nemit = \"t\"\n",
         )

@@ -169,11 +169,17 @@ pub fn run(dir: &Path, analyses: &[Analysis], max_groups: usize) -> Result<TestR
         };
         let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
         let file: CaseFile = serde_yaml_ng::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let rel = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
+        let rel = path
+            .strip_prefix(dir)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
         for case in file.cases {
             let name = format!("{rel}: {}", case.note);
             let base = path.parent().unwrap_or(dir);
-            report.outcomes.push(run_case(name, base, &case, analyses, max_groups));
+            report
+                .outcomes
+                .push(run_case(name, base, &case, analyses, max_groups));
         }
     }
     Ok(report)
@@ -232,7 +238,10 @@ fn run_case(
         }
     }
     let unexpected: Vec<Value> = got.into_iter().flatten().collect();
-    let late = case.late.filter(|want| *want != late).map(|want| (want, late));
+    let late = case
+        .late
+        .filter(|want| *want != late)
+        .map(|want| (want, late));
     Outcome {
         passed: missing.is_empty() && unexpected.is_empty() && late.is_none(),
         name,
@@ -240,5 +249,45 @@ fn run_case(
         unexpected,
         late,
         error: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repository_cases_pass() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("analytics");
+        let analyses = crate::analytics::spec::load_dir(&dir).expect("analyses load");
+        let report = run(&dir, &analyses, 10_000).expect("cases load");
+        assert!(report.outcomes.len() >= 3, "{report}");
+        assert_eq!(report.failed(), 0, "{report}");
+    }
+
+    #[test]
+    fn a_wrong_expectation_fails_and_says_what_came_instead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("tests")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("tests/events.jsonl"),
+            "{\"specversion\":\"1.0\",\"id\":\"e1\",\"source\":\"/s\",\"type\":\"x\",\"time\":\"2026-01-01T00:00:00Z\"}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("tests/c.yaml"),
+            "cases:\n  - note: wrong count\n    events: events.jsonl\n    want: [{type: found, data: {values: {count: 2}}}]\n",
+        )
+        .expect("write");
+        let analyses = crate::analytics::spec::parse_file(
+            Path::new("a.toml"),
+            "[a]\ntypes = [\"x\"]\nwindow = { tumbling = \"1m\" }\ncondition = \"count >= 1\"\nemit = \"found\"\n",
+        )
+        .expect("valid");
+        let report = run(dir.path(), &analyses, 10).expect("runs");
+        assert_eq!(report.failed(), 1);
+        let text = report.to_string();
+        assert!(text.contains("missing:"), "{text}");
+        assert!(text.contains("\"count\":1.0"), "{text}");
     }
 }
