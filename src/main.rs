@@ -56,6 +56,7 @@ struct Output {
 enum Role {
     Actions,
     Lake,
+    Analytics,
 }
 
 #[derive(Debug, Subcommand)]
@@ -466,6 +467,24 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
             let summary = runtime.block_on(async {
                 tokio::spawn(signal_shutdown(shutdown.clone()));
                 reflex::role::lake::run(&config, LakeRunOptions { drain }, shutdown).await
+            })?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            role: Role::Analytics,
+            drain,
+            worker_id,
+            instance_id: _,
+        } => {
+            let options = reflex::role::analytics::AnalyticsRunOptions {
+                drain,
+                worker_id: worker_id.unwrap_or_else(default_worker_id),
+            };
+            let shutdown = CancellationToken::new();
+            let summary = runtime.block_on(async {
+                tokio::spawn(signal_shutdown(shutdown.clone()));
+                reflex::role::analytics::run(&config, options, shutdown).await
             })?;
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
