@@ -159,6 +159,11 @@ impl State {
             for (start, win) in &group.windows {
                 self.timers.insert((win.end, key.clone(), *start));
             }
+            if let Some(p) = &group.pending {
+                for t in p.first.iter().map(|(t, _)| *t).chain(p.then) {
+                    self.timers.insert((t + p.within, key.clone(), t));
+                }
+            }
         }
     }
 

@@ -307,3 +307,28 @@ fn a_restored_checkpoint_skips_what_it_reflects_and_ends_the_same() {
     all.dedup_by(|a, b| a.event.id == b.event.id);
     assert_eq!(all, want);
 }
+
+#[test]
+fn pending_absences_survive_a_checkpoint() {
+    let text = "[unsettled]\nabsence = { first = \"auth\", then = \"settle\", correlate = \"data.p\", within = \"30m\" }\nemit = \"unsettled\"\n";
+    let mut before = Engine::new(analyses(text), 100);
+    let (out, _) = feed(&mut before, &[ev("a1", "auth", 0, json!({"p": "p1"}))], "t");
+    assert!(out.is_empty());
+    let mut after = Engine::new(analyses(text), 100);
+    after
+        .restore(0, &before.snapshot(0).expect("snapshot"))
+        .expect("restore");
+    let mut out = Vec::new();
+    let (tick, t) = ev("z", "other", 100, json!({}));
+    after.observe(
+        Observation {
+            event: &tick,
+            time_ms: t,
+            topic: "t",
+            offset: 1,
+        },
+        &mut out,
+    );
+    assert_eq!(out.len(), 1, "the restored timer fires");
+    assert_eq!(out[0].key, "p1");
+}

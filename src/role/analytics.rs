@@ -202,7 +202,13 @@ struct Checkpoint {
 fn fingerprint(analysis: &crate::analytics::Analysis) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(format!("{:?}", analysis.kind).as_bytes())[..8])
-        + &format!("/{}/{:?}/{:?}/{}", analysis.types.join(","), analysis.group_by, analysis.filter, analysis.allowed_lateness)
+        + &format!(
+            "/{}/{:?}/{:?}/{}",
+            analysis.types.join(","),
+            analysis.group_by,
+            analysis.filter,
+            analysis.allowed_lateness
+        )
 }
 
 /// Runs the analytics role until `shutdown` is cancelled (or, with `drain`, until caught up).
@@ -398,13 +404,14 @@ async fn ensure_changelog(config: &Config) -> Result<(), AnalyticsError> {
     .set("cleanup.policy", "compact")
     .set("max.message.bytes", "16777216");
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics([&spec], &options)
-        .await
-        .map_err(|e| AnalyticsError::Changelog {
-            topic: topic.clone(),
-            message: e.to_string(),
-        })?;
+    let results =
+        admin
+            .create_topics([&spec], &options)
+            .await
+            .map_err(|e| AnalyticsError::Changelog {
+                topic: topic.clone(),
+                message: e.to_string(),
+            })?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -494,7 +501,9 @@ impl Worker<'_> {
                 .map_err(|e| e.to_string())
                 .and_then(|c| {
                     if c.spec == fingerprint(analysis) {
-                        engine.restore(i, c.state.get().as_bytes()).map_err(|e| e.to_string())
+                        engine
+                            .restore(i, c.state.get().as_bytes())
+                            .map_err(|e| e.to_string())
                     } else {
                         Err("the analysis's declaration changed since".into())
                     }
@@ -514,7 +523,11 @@ impl Worker<'_> {
                 .map(|i| (engine.state(i).late, engine.state(i).evicted))
                 .collect(),
             engine,
-            seen: self.inputs.iter().map(|t| (t.clone(), (now, false))).collect(),
+            seen: self
+                .inputs
+                .iter()
+                .map(|t| (t.clone(), (now, false)))
+                .collect(),
             pending: Vec::new(),
         })
     }
@@ -619,13 +632,12 @@ impl Worker<'_> {
     }
 
     async fn publish(&mut self, p: i32, record: OutRecord) -> Result<(), AnalyticsError> {
-        let delivery =
-            kafka::send(&self.producer, &record)
-                .await
-                .map_err(|source| AnalyticsError::Publish {
-                    topic: record.topic.clone(),
-                    source,
-                })?;
+        let delivery = kafka::send(&self.producer, &record)
+            .await
+            .map_err(|source| AnalyticsError::Publish {
+                topic: record.topic.clone(),
+                source,
+            })?;
         if let Some(task) = self.tasks.get_mut(&p) {
             task.pending.push((record.topic, delivery));
         }

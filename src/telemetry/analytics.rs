@@ -135,7 +135,12 @@ pub(super) fn render(out: &mut String, metrics: &Metrics) {
         "counter",
         "State checkpoints written to the changelog topic.",
     );
-    sample(out, "reflex_analytics_checkpoints_total", &[], counts.checkpoints);
+    sample(
+        out,
+        "reflex_analytics_checkpoints_total",
+        &[],
+        counts.checkpoints,
+    );
     family(
         out,
         "reflex_analytics_checkpoint_bytes_total",

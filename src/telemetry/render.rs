@@ -15,7 +15,12 @@ pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Writes one sample; `labels` are name/value pairs, values escaped.
-pub(super) fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+pub(super) fn sample(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    value: impl std::fmt::Display,
+) {
     out.push_str(name);
     if !labels.is_empty() {
         out.push('{');
@@ -272,7 +277,12 @@ fn render_actions(out: &mut String, metrics: &Metrics) {
 }
 
 /// A histogram's `_bucket`, `_sum` and `_count` samples with `labels` (before `le`).
-pub(super) fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], snap: &HistogramSnapshot) {
+pub(super) fn histogram(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    snap: &HistogramSnapshot,
+) {
     let bucket = format!("{name}_bucket");
     for (bound, n) in &snap.buckets {
         let le = float(*bound);
