@@ -480,7 +480,7 @@ pub struct Analysis {
 impl Analysis {
     /// Whether the event is of a source type and passes the filter.
     pub fn reads(&self, event: &crate::event::CloudEvent) -> bool {
-        self.types.iter().any(|t| *t == event.ty)
+        self.types.contains(&event.ty)
             && self
                 .filter
                 .iter()
