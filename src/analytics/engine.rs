@@ -210,18 +210,14 @@ impl State {
     }
 
     fn compute_watermark(&self, lateness: i64) -> Option<i64> {
-        let active: Vec<Option<i64>> = self
-            .inputs
-            .values()
-            .filter(|i| !i.idle)
-            .map(|i| i.max_ms)
-            .collect();
-        let newest = if active.is_empty() {
+        let mut active = self.inputs.values().filter(|i| !i.idle).peekable();
+        let newest = if active.peek().is_none() {
             self.inputs.values().filter_map(|i| i.max_ms).max()
-        } else if active.iter().any(Option::is_none) {
-            None
         } else {
-            active.into_iter().flatten().min()
+            // An active input without an event yet holds the watermark back.
+            active
+                .map(|i| i.max_ms)
+                .try_fold(i64::MAX, |min, t| t.map(|t| min.min(t)))
         };
         let computed = newest.map(|t| t.saturating_sub(lateness));
         match (self.watermark, computed) {
@@ -305,7 +301,12 @@ impl Engine {
         for i in 0..self.analyses.len() {
             let analysis = &self.analyses[i];
             let state = &mut self.states[i];
-            let input = state.inputs.entry(obs.topic.to_owned()).or_default();
+            if !state.inputs.contains_key(obs.topic) {
+                state.inputs.insert(obs.topic.to_owned(), Input::default());
+            }
+            let Some(input) = state.inputs.get_mut(obs.topic) else {
+                continue;
+            };
             if obs.offset < input.next_offset {
                 observed.skipped += 1;
                 continue;

@@ -258,7 +258,6 @@ pub async fn run(
     let outage = kafka::Outage::new();
     metrics.watch_kafka(Arc::clone(&outage));
     let producer = kafka::producer(&config.kafka, Arc::clone(&outage))?;
-    metrics.watch_producer();
     let mut client = kafka::consumer_config(
         &config.kafka,
         &settings.group_id,
@@ -300,6 +299,13 @@ pub async fn run(
             config.telemetry.lag_interval,
             telemetry_stop.clone(),
         )?;
+        metrics::producer::spawn(
+            producer.clone(),
+            settings.topic.clone(),
+            Arc::clone(&metrics),
+            config.telemetry.lag_interval,
+            telemetry_stop.clone(),
+        );
     }
     // Policies are not consulted here, but readiness asks for a policy set: name the one the
     // actions role decides the findings with.
@@ -665,14 +671,17 @@ impl Worker<'_> {
         let analyses = Arc::clone(&self.config.analytics.analyses);
         let mut moved = Vec::new();
         if let Some(task) = self.tasks.get_mut(&p) {
-            for (i, analysis) in analyses.iter().enumerate() {
+            for i in 0..analyses.len() {
                 let state = task.engine.state(i);
                 let (late, evicted) = task.reported[i];
                 if state.late != late || state.evicted != evicted {
-                    moved.push((i, state.late - late, state.evicted.saturating_sub(evicted)));
+                    moved.push((
+                        i,
+                        state.late.saturating_sub(late),
+                        state.evicted.saturating_sub(evicted),
+                    ));
                     task.reported[i] = (state.late, state.evicted);
                 }
-                let _ = analysis;
             }
         }
         for (i, late, evicted) in moved {
