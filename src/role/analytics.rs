@@ -347,6 +347,8 @@ pub async fn run(
                     && probe.as_ref().is_some_and(|p| kafka::caught_up(&consumer, p, &worker.inputs))
                 {
                     tracing::info!("all partitions consumed to their end");
+                    // The input ends here: every partition is as idle as it will get.
+                    worker.release_all().await?;
                     break;
                 }
             }
@@ -722,6 +724,25 @@ impl Worker<'_> {
                     if !*idle && at.elapsed() >= timeout {
                         *idle = true;
                         tracing::debug!(topic = %topic, partition = p, "input idle; it no longer holds the watermark back");
+                        task.engine.set_idle(topic, true, &mut findings);
+                    }
+                }
+            }
+            self.publish_findings(p, &mut findings).await?;
+            self.findings = findings;
+        }
+        Ok(())
+    }
+
+    /// Marks every input of every task idle (the end of a drain), publishing what closes.
+    async fn release_all(&mut self) -> Result<(), AnalyticsError> {
+        let partitions: Vec<i32> = self.tasks.keys().copied().collect();
+        for p in partitions {
+            let mut findings = std::mem::take(&mut self.findings);
+            if let Some(task) = self.tasks.get_mut(&p) {
+                for (topic, (_, idle)) in &mut task.seen {
+                    if !*idle {
+                        *idle = true;
                         task.engine.set_idle(topic, true, &mut findings);
                     }
                 }
