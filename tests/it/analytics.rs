@@ -55,7 +55,7 @@ impl AnalyticsEnv {
             &format!("events = [\"{}\", \"{findings}\"]", env.events),
         );
         let text = format!(
-            "{text}\n[analytics]\ndir = \"{dir}\"\ngroup_id = \"{group}.analytics\"\ntopic = \"{findings}\"\nchangelog_topic = \"{findings}.changelog\"\nidle_timeout = \"1s\"\ncheckpoint_interval = \"300ms\"\n[actions.analytics_findings]\nkind = \"log\"\ntypes = [\"reflex.analytics.refunds_high\", \"reflex.analytics.payment_not_settled\", \"reflex.analytics.orders_rate_anomaly\"]\n",
+            "{text}\n[analytics]\ndir = \"{dir}\"\ngroup_id = \"{group}.analytics\"\ntopic = \"{findings}\"\nchangelog_topic = \"{findings}.changelog\"\nidle_timeout = \"1s\"\ncheckpoint_interval = \"300ms\"\n",
             dir = analyses.path().display(),
             group = env.group,
         );
