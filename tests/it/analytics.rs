@@ -279,8 +279,12 @@ async fn analytics_windows_equal_a_recomputation_and_absence_fires_only_for_unse
 }
 
 fn spawn_analytics(a: &AnalyticsEnv, drain: bool) -> Child {
+    spawn_named(a, drain, "it")
+}
+
+fn spawn_named(a: &AnalyticsEnv, drain: bool, worker_id: &str) -> Child {
     let mut cmd = Command::new(reflex_bin());
-    cmd.args(["run", "--role", "analytics", "--worker-id", "it"])
+    cmd.args(["run", "--role", "analytics", "--worker-id", worker_id])
         .env("REFLEX_CONFIG", &a.env.config_path)
         .env("REFLEX_LOG", "warn")
         .stdout(Stdio::piped())
@@ -331,4 +335,49 @@ async fn analytics_killed_mid_stream_emits_every_finding_with_the_same_id_and_va
     assert!(status.success());
     let found = findings_by_id(&a.findings);
     check_findings(&found, &refunds);
+}
+
+/// Waits until the changelog holds more than `than` records; returns how many it holds.
+async fn checkpointed_past(changelog: &str, than: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = read_all(changelog).len();
+        if now > than {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint within 90 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn analytics_two_workers_with_a_rebalance_between_them_emit_the_same_findings() {
+    let a = AnalyticsEnv::new(2);
+    a.env.create_topics().await;
+    let (records, refunds) = stream(2);
+    let changelog = format!("{}.changelog", a.findings);
+    let (first_half, second_half) = records.split_at(records.len() / 2);
+    produce(&a.env.events, first_half).await;
+    let mut first = spawn_named(&a, false, "it-1");
+    let seen = checkpointed_past(&changelog, 0).await;
+    // The second worker joins: the group rebalances and the partitions are shared, each
+    // moved one restored from its checkpoint.
+    let mut second = spawn_named(&a, false, "it-2");
+    produce(&a.env.events, second_half).await;
+    checkpointed_past(&changelog, seen).await;
+    let want = recompute(&refunds).len() + 5;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while findings_by_id(&a.findings).len() < want {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {want} findings within 120 s",
+            findings_by_id(&a.findings).len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for worker in [&mut first, &mut second] {
+        worker.kill().expect("stopped");
+        worker.wait().expect("reaped");
+    }
+    check_findings(&findings_by_id(&a.findings), &refunds);
 }
