@@ -46,26 +46,33 @@ struct AnalyticsEnv {
 impl AnalyticsEnv {
     fn new(partitions: i32) -> Self {
         let env = TestEnv::new(partitions);
-        let analyses = tempfile::tempdir().expect("tempdir");
-        std::fs::write(analyses.path().join("test.toml"), ANALYSES).expect("write analyses");
-        let findings = format!("{}.findings", env.events);
-        let text = std::fs::read_to_string(&env.config_path).expect("read config");
-        let text = text.replace(
-            &format!("events = [\"{}\"]", env.events),
-            &format!("events = [\"{}\", \"{findings}\"]", env.events),
-        );
-        let text = format!(
-            "{text}\n[analytics]\ndir = \"{dir}\"\ngroup_id = \"{group}.analytics\"\ntopic = \"{findings}\"\nchangelog_topic = \"{findings}.changelog\"\nidle_timeout = \"1s\"\ncheckpoint_interval = \"300ms\"\n",
-            dir = analyses.path().display(),
-            group = env.group,
-        );
-        std::fs::write(&env.config_path, text).expect("write config");
+        let (findings, analyses) = add_analytics(&env);
         Self {
             env,
             findings,
             _analyses: analyses,
         }
     }
+}
+
+/// Adds the analytics role to `env`'s configuration: the analyses above in a new directory
+/// and the findings' topic among the event topics. Returns that topic and the directory.
+fn add_analytics(env: &TestEnv) -> (String, tempfile::TempDir) {
+    let analyses = tempfile::tempdir().expect("tempdir");
+    std::fs::write(analyses.path().join("test.toml"), ANALYSES).expect("write analyses");
+    let findings = format!("{}.findings", env.events);
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    let text = text.replace(
+        &format!("events = [\"{}\"]", env.events),
+        &format!("events = [\"{}\", \"{findings}\"]", env.events),
+    );
+    let text = format!(
+        "{text}\n[analytics]\ndir = \"{dir}\"\ngroup_id = \"{group}.analytics\"\ntopic = \"{findings}\"\nchangelog_topic = \"{findings}.changelog\"\nidle_timeout = \"1s\"\ncheckpoint_interval = \"300ms\"\ndead_letter_late = true\n",
+        dir = analyses.path().display(),
+        group = env.group,
+    );
+    std::fs::write(&env.config_path, text).expect("write config");
+    (findings, analyses)
 }
 
 /// One refund request of `order` at `minute`.
@@ -248,6 +255,14 @@ async fn analytics_windows_equal_a_recomputation_and_absence_fires_only_for_unse
     .await
     .expect("the analytics role runs");
     assert_eq!(summary.late, 1, "{summary}");
+    let late: Vec<Read> = read_all(&a.env.dlq);
+    assert_eq!(
+        late.len(),
+        1,
+        "the late refund, and only it, is dead-lettered"
+    );
+    assert_eq!(late[0].headers["reflex_reason"], "late");
+    assert_eq!(late[0].json()["id"], "r-5000");
     let found = findings_by_id(&a.findings);
     check_findings(&found, &refunds);
     assert!(
@@ -380,4 +395,55 @@ async fn analytics_two_workers_with_a_rebalance_between_them_emit_the_same_findi
         worker.wait().expect("reaped");
     }
     check_findings(&findings_by_id(&a.findings), &refunds);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn analytics_windows_equal_the_same_aggregation_by_duckdb_over_the_lake() {
+    let lake = crate::lake::LakeEnv::new(crate::lake::Store::Local, 2, "max_file_age = \"1s\"");
+    let (findings, _analyses) = add_analytics(&lake.env);
+    lake.env.create_topics().await;
+    let (records, _) = stream(2);
+    produce(&lake.env.events, &records).await;
+    lake.drain("analytics");
+    lake.drain("lake");
+    let mut found: BTreeMap<(String, i64), Value> = BTreeMap::new();
+    for (_, copies) in findings_by_id(&findings) {
+        let (ty, subject, data) = &copies[0];
+        if ty == "reflex.analytics.refunds_high" {
+            let start = chrono::DateTime::parse_from_rfc3339(
+                data["window"]["start"].as_str().expect("start"),
+            )
+            .expect("start")
+            .timestamp_millis();
+            found.insert((subject.clone(), start), data["values"].clone());
+        }
+    }
+    // The batch: every refund in the lake but the last one (ord-999), whose hour never closes.
+    let batch: BTreeMap<(String, i64), Value> = lake
+        .query(
+            "SELECT order_id, (epoch_ms(\"time\") // 3600000) * 3600000 AS start, count(*),
+                    sum(amount), min(amount), max(amount)
+             FROM refund_requested WHERE order_id <> 'ord-999' GROUP BY ALL ORDER BY ALL",
+        )
+        .into_iter()
+        .map(|row| {
+            (
+                (
+                    row[0].as_str().expect("order").to_owned(),
+                    row[1].as_i64().expect("start"),
+                ),
+                json!({
+                    "refunds": row[2].as_f64().expect("count"),
+                    "total": row[3].as_f64().expect("sum"),
+                    "smallest": row[4].as_f64().expect("min"),
+                    "largest": row[5].as_f64().expect("max"),
+                }),
+            )
+        })
+        .collect();
+    assert!(!batch.is_empty());
+    assert_eq!(
+        found, batch,
+        "the findings equal DuckDB's aggregation of the lake's rows"
+    );
 }
