@@ -138,3 +138,73 @@ impl AnalyticsConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    /// A directory with schemas, a policy and one analysis emitting `emit`.
+    fn fixture(emit: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for sub in ["schemas", "policies", "analyses"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+        }
+        for ty in ["order.placed", "order.rate"] {
+            std::fs::write(dir.path().join(format!("schemas/{ty}.json")), "{}").expect("write");
+        }
+        std::fs::write(
+            dir.path().join("policies/p.rego"),
+            "package reflex\nredact := []\ndecision := {\"allow\": true, \"reasons\": [], \"obligations\": {}}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("analyses/a.toml"),
+            format!("[rate]\ntypes = [\"order.placed\"]\nwindow = {{ tumbling = \"1m\" }}\ncondition = \"count > 5\"\nemit = \"{emit}\"\n"),
+        )
+        .expect("write");
+        dir
+    }
+
+    fn load(dir: &tempfile::TempDir, events: &str, extra: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[topics]\nevents = [{events}]\n[actions.all]\nkind = \"log\"\ntypes = [\"order.placed\", \"order.rate\"]\n[analytics]\ndir = \"analyses\"\n{extra}"
+        );
+        Config::from_toml(&text, &dir.path().join("reflex.toml"), Vec::new())
+    }
+
+    #[test]
+    fn analyses_load_with_their_settings() {
+        let dir = fixture("order.rate");
+        let config = load(
+            &dir,
+            "\"events.orders\", \"reflex.analytics\"",
+            "max_groups = 7\nidle_timeout = \"2s\"\n",
+        )
+        .expect("valid");
+        assert_eq!(config.analytics.analyses.len(), 1);
+        assert_eq!(config.analytics.analyses[0].name, "rate");
+        assert_eq!(config.analytics.max_groups, 7);
+        assert_eq!(
+            config.analytics.idle_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(config.analytics.topic, "reflex.analytics");
+    }
+
+    #[test]
+    fn an_emitted_type_without_schema_and_a_topic_nobody_reads_are_refused() {
+        let dir = fixture("order.storm");
+        let e = load(&dir, "\"events.orders\", \"reflex.analytics\"", "")
+            .expect_err("no schema")
+            .to_string();
+        assert!(e.contains("a.toml: analysis \"rate\", key emit"), "{e}");
+        assert!(e.contains("\"order.storm\" has no schema"), "{e}");
+
+        let dir = fixture("order.rate");
+        let e = load(&dir, "\"events.orders\"", "")
+            .expect_err("findings topic not read")
+            .to_string();
+        assert!(e.contains("analytics.topic = \"reflex.analytics\""), "{e}");
+        assert!(e.contains("topics.events"), "{e}");
+    }
+}

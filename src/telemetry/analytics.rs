@@ -166,3 +166,48 @@ pub(super) fn render(out: &mut String, metrics: &Metrics) {
         &counts.checkpoint_seconds.snapshot(),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_analytics_families_render_per_analysis() {
+        let metrics = Metrics::new("analytics", "g", ["t"], Duration::from_secs(30));
+        AnalyticsProgress {
+            analysis: "refunds",
+            findings: 2,
+            late: 1,
+            evicted: 0,
+            groups: 5,
+        }
+        .emit(&metrics);
+        AnalyticsProgress {
+            analysis: "refunds",
+            findings: 1,
+            late: 0,
+            evicted: 3,
+            groups: 4,
+        }
+        .emit(&metrics);
+        AnalyticsCheckpointed {
+            records: 2,
+            bytes: 100,
+            took: Duration::from_millis(3),
+        }
+        .emit(&metrics);
+        let text = super::super::render::render(&metrics);
+        for line in [
+            "reflex_analytics_findings_total{analysis=\"refunds\"} 3",
+            "reflex_analytics_late_events_total{analysis=\"refunds\"} 1",
+            "reflex_analytics_groups_evicted_total{analysis=\"refunds\"} 3",
+            "reflex_analytics_groups{analysis=\"refunds\"} 4",
+            "reflex_analytics_checkpoints_total 1",
+            "reflex_analytics_checkpoint_bytes_total 100",
+            "reflex_analytics_checkpoint_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in:\n{text}");
+        }
+        assert!(!text.contains("reflex_lake_"), "{text}");
+    }
+}
