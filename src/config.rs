@@ -336,12 +336,9 @@ impl Config {
         let (raw, unknown) = raw_from_toml(text, path, vars.clone())?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         let mut config = Self::validate(raw, path, &base, &vars)?;
-        config.warnings = unknown
-            .into_iter()
-            .map(|name| {
-                format!("environment variable {name} names no configuration key; it is ignored")
-            })
-            .collect();
+        config.warnings.extend(unknown.into_iter().map(|name| {
+            format!("environment variable {name} names no configuration key; it is ignored")
+        }));
         Ok(config)
     }
 
@@ -446,7 +443,7 @@ impl Config {
             policy_dir,
             registry,
             type_header: raw.registry.type_header,
-            warnings: Vec::new(),
+            warnings: analytics.warnings.clone(),
             policy_reload_interval: raw.policy.reload_interval,
             policy_emit_topic: raw.policy.emit_topic,
             policy_emit_topics: raw.policy.emit_topics,

@@ -3,7 +3,8 @@
 //! Every key is documented in `config/reflex.toml`. The analyses themselves are validated here
 //! (see [`crate::analytics::spec`]) together with what they need from the rest of the
 //! configuration: a schema for each emitted type (the existing rules then demand its one
-//! action) and the findings' topic among the event topics, so the actions role reads them.
+//! action), and a warning when the findings' topic is not among the event topics (the actions
+//! role would not read them).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,6 +76,8 @@ pub struct AnalyticsConfig {
     pub checkpoint_interval: Duration,
     /// Late events also go to the dead-letter topic.
     pub dead_letter_late: bool,
+    /// Problems that do not stop reflex (`reflex check` lists them).
+    pub warnings: Vec<String>,
 }
 
 impl AnalyticsConfig {
@@ -118,12 +121,12 @@ impl AnalyticsConfig {
                 .into());
             }
         }
+        let mut warnings = Vec::new();
         if !analyses.is_empty() && !events.contains(&raw.topic) {
-            return Err(ConfigError::Invalid {
-                key: "analytics.topic",
-                value: format!("\"{}\"", raw.topic),
-                why: "add it to topics.events, so the actions role acts on the findings",
-            });
+            warnings.push(format!(
+                "analytics.topic = \"{}\" is not among topics.events: the actions role does not act on the analyses' findings; add it there",
+                raw.topic
+            ));
         }
         Ok(Self {
             dir,
@@ -135,6 +138,7 @@ impl AnalyticsConfig {
             idle_timeout: raw.idle_timeout,
             checkpoint_interval: raw.checkpoint_interval,
             dead_letter_late: raw.dead_letter_late,
+            warnings,
         })
     }
 }
@@ -192,7 +196,7 @@ mod tests {
     }
 
     #[test]
-    fn an_emitted_type_without_schema_and_a_topic_nobody_reads_are_refused() {
+    fn an_emitted_type_without_schema_is_refused_and_a_topic_nobody_reads_warned_of() {
         let dir = fixture("order.storm");
         let e = load(&dir, "\"events.orders\", \"reflex.analytics\"", "")
             .expect_err("no schema")
@@ -201,10 +205,9 @@ mod tests {
         assert!(e.contains("\"order.storm\" has no schema"), "{e}");
 
         let dir = fixture("order.rate");
-        let e = load(&dir, "\"events.orders\"", "")
-            .expect_err("findings topic not read")
-            .to_string();
-        assert!(e.contains("analytics.topic = \"reflex.analytics\""), "{e}");
-        assert!(e.contains("topics.events"), "{e}");
+        let config = load(&dir, "\"events.orders\"", "").expect("a warning only");
+        let w = config.warnings.join("\n");
+        assert!(w.contains("analytics.topic = \"reflex.analytics\""), "{w}");
+        assert!(w.contains("topics.events"), "{w}");
     }
 }
