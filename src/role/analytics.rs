@@ -184,6 +184,8 @@ struct Task {
     pending: Vec<(String, DeliveryFuture)>,
     /// Counters already reported per analysis: (late, evicted).
     reported: Vec<(u64, u64)>,
+    /// Whether the state changed since the last checkpoint.
+    dirty: bool,
 }
 
 /// The changelog record key of an analysis's state in a task.
@@ -537,6 +539,7 @@ impl Worker<'_> {
                 .map(|t| (t.clone(), (now, false)))
                 .collect(),
             pending: Vec::new(),
+            dirty: false,
         })
     }
 
@@ -571,6 +574,7 @@ impl Worker<'_> {
             if let Some(seen) = task.seen.get_mut(message.topic()) {
                 *seen = (Instant::now(), false);
             }
+            task.dirty = true;
             task.engine.observe(
                 Observation {
                     event: &event,
@@ -723,6 +727,7 @@ impl Worker<'_> {
                 for (topic, (at, idle)) in &mut task.seen {
                     if !*idle && at.elapsed() >= timeout {
                         *idle = true;
+                        task.dirty = true;
                         tracing::debug!(topic = %topic, partition = p, "input idle; it no longer holds the watermark back");
                         task.engine.set_idle(topic, true, &mut findings);
                     }
@@ -743,6 +748,7 @@ impl Worker<'_> {
                 for (topic, (_, idle)) in &mut task.seen {
                     if !*idle {
                         *idle = true;
+                        task.dirty = true;
                         task.engine.set_idle(topic, true, &mut findings);
                     }
                 }
@@ -759,7 +765,7 @@ impl Worker<'_> {
         &mut self,
         consumer: &StreamConsumer<AnalyticsContext>,
     ) -> Result<(), AnalyticsError> {
-        if self.tasks.is_empty() {
+        if self.tasks.values().all(|t| !t.dirty && t.pending.is_empty()) {
             return Ok(());
         }
         let started = Instant::now();
@@ -768,6 +774,10 @@ impl Worker<'_> {
         let mut offsets = TopicPartitionList::new();
         let (mut records, mut bytes) = (0u64, 0u64);
         for (p, task) in &mut self.tasks {
+            if !task.dirty && task.pending.is_empty() {
+                continue;
+            }
+            task.dirty = false;
             for (topic, delivery) in task.pending.drain(..) {
                 kafka::delivered(delivery)
                     .await
