@@ -32,7 +32,7 @@
 //!   its records (a replay after a crash or a rebalance) and kept;
 //! - `reflex_lake_buffered_bytes` (gauge): row bytes waiting to be written.
 //!
-//! Analytics role ([`analytics`]):
+//! Analytics role:
 //! - `reflex_analytics_findings_total{analysis}`, `reflex_analytics_late_events_total{analysis}`,
 //!   `reflex_analytics_groups_evicted_total{analysis}` (counters): findings emitted, events that
 //!   came after every window they belong to had closed, groups dropped at `max_groups`;

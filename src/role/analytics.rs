@@ -765,7 +765,11 @@ impl Worker<'_> {
         &mut self,
         consumer: &StreamConsumer<AnalyticsContext>,
     ) -> Result<(), AnalyticsError> {
-        if self.tasks.values().all(|t| !t.dirty && t.pending.is_empty()) {
+        if self
+            .tasks
+            .values()
+            .all(|t| !t.dirty && t.pending.is_empty())
+        {
             return Ok(());
         }
         let started = Instant::now();
