@@ -56,6 +56,37 @@ pub fn run_offline(
     Ok((out, late))
 }
 
+/// The event type under which an analysis reads the audit topic's records (`types =
+/// ["reflex.audit"]`): the role then subscribes to the audit topic too.
+pub const AUDIT_TYPE: &str = "reflex.audit";
+
+/// An audit record as an event an analysis can read: type [`AUDIT_TYPE`], source
+/// `/reflex/audit`, the audited event's id as `id` and its type as `subject`, the moment of the
+/// decision (`processed_at`) as `time`, and the whole record as `data` (`data.outcome`,
+/// `data.reason`, `data.decision.allow`, …). `None` for a value that is not an audit record.
+pub fn audit_event(value: &[u8], topic: &str, partition: i32, offset: i64) -> Option<CloudEvent> {
+    let record: serde_json::Value = serde_json::from_slice(value).ok()?;
+    let object = record.as_object()?;
+    let text = |key: &str| object.get(key).and_then(serde_json::Value::as_str);
+    let time = text("processed_at")?.to_owned();
+    chrono::DateTime::parse_from_rfc3339(&time).ok()?;
+    let id =
+        text("event_id").map_or_else(|| format!("{topic}/{partition}/{offset}"), str::to_owned);
+    let subject = text("type").map(str::to_owned);
+    Some(CloudEvent {
+        specversion: crate::event::SPEC_VERSION.to_owned(),
+        id,
+        source: "/reflex/audit".to_owned(),
+        ty: AUDIT_TYPE.to_owned(),
+        subject,
+        time: Some(time),
+        datacontenttype: Some("application/json".to_owned()),
+        dataschema: None,
+        data: Some(record),
+        extensions: std::collections::BTreeMap::new(),
+    })
+}
+
 /// Why events cannot be analysed offline.
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
@@ -108,4 +139,30 @@ pub fn read_events(path: &Path) -> Result<Vec<CloudEvent>, OfflineError> {
         events.push(event);
     }
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_record_reads_as_an_event_of_type_reflex_audit() {
+        let record = br#"{"event_id":"o-1","type":"order.placed","outcome":"denied","decision":{"allow":false,"reasons":["x"]},"processed_at":"2026-03-01T10:00:00Z"}"#;
+        let event = audit_event(record, "reflex.audit", 0, 7).expect("an audit record");
+        assert_eq!(event.ty, AUDIT_TYPE);
+        assert_eq!(event.id, "o-1");
+        assert_eq!(event.subject.as_deref(), Some("order.placed"));
+        assert_eq!(event.time.as_deref(), Some("2026-03-01T10:00:00Z"));
+        let analyses: Arc<[Analysis]> = spec::parse_file(
+            Path::new("a.toml"),
+            "[denials]\ntypes = [\"reflex.audit\"]\nwhere = { \"data.outcome\" = \"denied\" }\ngroup_by = [\"subject\"]\nwindow = { tumbling = \"10m\" }\ncondition = \"count >= 1\"\nemit = \"denials.high\"\n",
+        )
+        .expect("valid")
+        .into();
+        let (found, _) = run_offline(analyses, &[event], 10).expect("runs");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].key, "order.placed");
+        assert!(audit_event(b"{}", "reflex.audit", 0, 1).is_none());
+        assert!(audit_event(b"not json", "reflex.audit", 0, 1).is_none());
+    }
 }

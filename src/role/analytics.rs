@@ -250,13 +250,21 @@ pub async fn run(
         kafka::ensure_topics(&config.kafka, &config.topics, &[]).await?;
         ensure_changelog(config).await?;
     }
-    let inputs: Vec<String> = config
+    let mut inputs: Vec<String> = config
         .topics
         .events
         .iter()
         .filter(|t| **t != settings.topic)
         .cloned()
         .collect();
+    // An analysis of outcomes (types = ["reflex.audit"]) reads the audit topic too.
+    if settings
+        .analyses
+        .iter()
+        .any(|a| a.types.iter().any(|t| t == crate::analytics::AUDIT_TYPE))
+    {
+        inputs.push(config.topics.audit.clone());
+    }
     let outage = kafka::Outage::new();
     metrics.watch_kafka(Arc::clone(&outage));
     let producer = kafka::producer(&config.kafka, Arc::clone(&outage))?;
@@ -549,8 +557,18 @@ impl Worker<'_> {
         let p = message.partition();
         let headers = kafka::headers_of(message);
         let input = kafka::input_of(message, &headers);
-        let admitted = match self.admitter.admit(&input) {
-            Ok(admitted) => admitted,
+        let admitted = if message.topic() == self.config.topics.audit {
+            match message.payload().and_then(|v| {
+                crate::analytics::audit_event(v, message.topic(), p, message.offset())
+            }) {
+                Some(event) => Ok(event),
+                None => return Ok(()),
+            }
+        } else {
+            self.admitter.admit(&input).map(|a| a.event)
+        };
+        let event = match admitted {
+            Ok(event) => event,
             Err(rejection) => {
                 tracing::debug!(
                     topic = message.topic(),
@@ -562,7 +580,6 @@ impl Worker<'_> {
                 return Ok(());
             }
         };
-        let event = admitted.event;
         let time_ms = event
             .parsed_time()
             .map(|t| t.timestamp_millis())
