@@ -293,11 +293,21 @@ async fn analytics_windows_equal_a_recomputation_and_absence_fires_only_for_unse
     let _ = (&mut actions).await;
 }
 
-fn spawn_analytics(a: &AnalyticsEnv, drain: bool) -> Child {
+/// A worker process, killed if the test ends (or fails) while it runs.
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_analytics(a: &AnalyticsEnv, drain: bool) -> Worker {
     spawn_named(a, drain, "it")
 }
 
-fn spawn_named(a: &AnalyticsEnv, drain: bool, worker_id: &str) -> Child {
+fn spawn_named(a: &AnalyticsEnv, drain: bool, worker_id: &str) -> Worker {
     let mut cmd = Command::new(reflex_bin());
     cmd.args(["run", "--role", "analytics", "--worker-id", worker_id])
         .env("REFLEX_CONFIG", &a.env.config_path)
@@ -307,7 +317,7 @@ fn spawn_named(a: &AnalyticsEnv, drain: bool, worker_id: &str) -> Child {
     if drain {
         cmd.arg("--drain");
     }
-    cmd.spawn().expect("reflex starts")
+    Worker(cmd.spawn().expect("reflex starts"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -322,23 +332,14 @@ async fn analytics_killed_mid_stream_emits_every_finding_with_the_same_id_and_va
     for part in records.chunks(chunk) {
         produce(&a.env.events, part).await;
         let mut worker = spawn_analytics(&a, false);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let now = read_all(&changelog).len();
-            if now > checkpoints {
-                checkpoints = now;
-                break;
-            }
-            assert!(Instant::now() < deadline, "no checkpoint within 90 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        worker.kill().expect("SIGKILL");
-        worker.wait().expect("reaped");
+        checkpoints = checkpointed_past(&changelog, checkpoints).await;
+        worker.0.kill().expect("SIGKILL");
+        worker.0.wait().expect("reaped");
     }
     let mut last = spawn_analytics(&a, true);
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
-        if let Some(status) = last.try_wait().expect("wait") {
+        if let Some(status) = last.0.try_wait().expect("wait") {
             break status;
         }
         assert!(
@@ -352,11 +353,34 @@ async fn analytics_killed_mid_stream_emits_every_finding_with_the_same_id_and_va
     check_findings(&found, &refunds);
 }
 
+/// Records written to `topic` so far (the sum of its high watermarks); 0 while the topic does
+/// not exist yet or has no leaders (the worker creates the changelog at start-up).
+fn written(topic: &str) -> usize {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let Ok(consumer) = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create::<BaseConsumer>()
+    else {
+        return 0;
+    };
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+        return 0;
+    };
+    let mut total = 0;
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        match consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(5)) {
+            Ok((_, high)) => total += usize::try_from(high).unwrap_or(0),
+            Err(_) => return 0,
+        }
+    }
+    total
+}
+
 /// Waits until the changelog holds more than `than` records; returns how many it holds.
 async fn checkpointed_past(changelog: &str, than: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let now = read_all(changelog).len();
+        let now = written(changelog);
         if now > than {
             return now;
         }
@@ -391,8 +415,8 @@ async fn analytics_two_workers_with_a_rebalance_between_them_emit_the_same_findi
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     for worker in [&mut first, &mut second] {
-        worker.kill().expect("stopped");
-        worker.wait().expect("reaped");
+        worker.0.kill().expect("stopped");
+        worker.0.wait().expect("reaped");
     }
     check_findings(&findings_by_id(&a.findings), &refunds);
 }
