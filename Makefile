@@ -7,7 +7,7 @@ REFLEX := target/release/reflex
 DUCKDB_VERSION := 1.4.4
 LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSION).20260205
 
-.PHONY: chaos bench bench-quick help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus jaeger policy-test bench-policy lake-tools bench-lake bench-ordering bench-trace
+.PHONY: chaos bench bench-quick help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus jaeger policy-test bench-policy lake-tools bench-lake bench-analytics bench-ordering bench-trace
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ lake-tools: ## Install DuckDB for Python (with httpfs) into the user site, to qu
 
 bench-lake: ## Criterion benchmark: demo-like events encoded to Parquet in memory
 	$(CARGO) bench --locked --bench lake
+
+bench-analytics: ## Criterion benchmark: the analytics engine on a count window over 10,000 groups, and a checkpoint's cost
+	$(CARGO) bench --locked --bench analytics -- --warm-up-time 1 --measurement-time 3
 
 bench-trace: ## reflex trace on 1,000,000 events: the lake lookup (lake built once into target/bench/trace-lake) and, with the stack up, the whole command
 	$(CARGO) bench --locked --bench trace -- --warm-up-time 1 --measurement-time 3

@@ -95,7 +95,7 @@ url = "{service}/{ordering}/{{subject}}"
 timeout = "2s"
 [actions.others]
 kind = "log"
-types = ["payment.authorized", "payment.settled", "refund.requested"]
+types = ["payment.authorized", "payment.settled", "refund.requested", "reflex.analytics.refunds_high", "reflex.analytics.payment_not_settled", "reflex.analytics.orders_rate_anomaly"]
 "#,
         brokers = args.brokers,
         partitions = args.partitions,

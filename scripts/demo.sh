@@ -66,10 +66,18 @@ step "create topics"
 step "generate sample events (valid, denied, schema-invalid, unknown type, malformed)"
 python3 scripts/demo-events.py "$out"
 
+python="$(scripts/pyenv.sh)"
+step "analytics: events of two hours ago in which the analyses (analytics/shop.toml) find something"
+python3 scripts/demo-analytics.py "$out"
+"$reflex" --config "$config" analytics test
+# Published first: the events below, at the current time, then move event time past their windows.
+"$reflex" --config "$config" produce --no-validate --topic events.orders "$out/analytics-orders.jsonl"
+"$reflex" --config "$config" produce --no-validate --topic events.payments "$out/analytics-payments.jsonl"
+"$python" scripts/demo-refunds.py 127.0.0.1:9092 events.refunds "$out/analytics-refunds.jsonl" support-desk "$desk_key"
+
 step "publish them (as they are: the bad ones are bad on purpose)"
 "$reflex" --config "$config" produce --no-validate --topic events.orders "$out/orders.jsonl"
 "$reflex" --config "$config" produce --no-validate --binary --topic events.payments "$out/payments.jsonl"
-python="$(scripts/pyenv.sh)"
 echo "the support desk signs its refunds (a few unsigned, one tampered with, one signed with an old key):"
 "$python" scripts/demo-refunds.py 127.0.0.1:9092 events.refunds "$out/refunds.jsonl" support-desk "$desk_key"
 
@@ -81,7 +89,18 @@ step "start the supporting services (customer lookups, payment ledger; the ledge
 start_service --fail /ledger/pay-100=503
 echo "sample action service on http://127.0.0.1:8090 (pid $service_pid)"
 
-step "run the actions worker until the topics are drained"
+step "run the analytics worker until drained: its findings go to reflex.analytics"
+"$reflex" --config "$config" run --role analytics --drain --worker-id demo
+echo "findings:"
+scripts/kafka-tool.sh console-consumer --bootstrap-server 127.0.0.1:9092 --topic reflex.analytics \
+    --from-beginning --timeout-ms 5000 2>/dev/null | python3 -c 'import json, sys
+for line in sys.stdin:
+    f = json.loads(line)
+    d = f["data"]
+    print("  %-40s %-10s %s..%s %s" % (f["type"], f.get("subject", "-"), d["window"]["start"][11:16],
+          d["window"]["end"][11:16], json.dumps(d.get("values") or d.get("absence"))))' || true
+
+step "run the actions worker until the topics are drained (the findings too: policy, action, audit)"
 "$reflex" --config "$config" run --role actions --drain --worker-id demo
 
 step "dead letters by type and reason"
@@ -158,6 +177,12 @@ echo
 python3 scripts/lake-sql.py "@$out/views.sql" "
     SELECT type, outcome, coalesce(reason, decision.reasons[1], '') AS why, count(*) AS events
     FROM audit WHERE event_id LIKE '$run-%' GROUP BY ALL ORDER BY 1, 2, 3"
+
+echo
+# The analytics role's findings: decided, acted on and audited like any event.
+python3 scripts/lake-sql.py "@$out/views.sql" "
+    SELECT type, outcome, count(*) AS findings FROM audit
+    WHERE type LIKE 'reflex.analytics.%' GROUP BY ALL ORDER BY 1, 2"
 
 cat <<NOTE
 

@@ -4,6 +4,7 @@
 //! parses the arguments, calls these, prints the report and maps it to the exit status.
 //!
 //! # Layout
+//! - [`analytics`]: `reflex analytics test|eval`, the analyses run offline.
 //! - [`check`]: `reflex check`, what the validated configuration holds.
 //! - [`topics`]: `reflex topics`, the topics created.
 //! - [`schemas`]: `reflex schemas list|check|register` against the schema registry.
@@ -11,6 +12,7 @@
 //! - [`produce`]: `reflex produce` and its summary.
 //! - [`sign`]: `reflex sign`, a record's publisher signature, and new publisher keys.
 
+pub mod analytics;
 pub mod check;
 pub mod policy;
 pub mod produce;

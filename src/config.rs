@@ -1,6 +1,7 @@
 //! Configuration: the file as written ([`RawConfig`]), environment overrides, and the validated
 //! [`Config`] that has compiled the schemas, loaded the policies and checked cross-field rules.
 
+mod analytics;
 mod env;
 mod lake;
 mod publishers;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use analytics::{AnalyticsConfig, RawAnalytics};
 pub use lake::{LakeConfig, RawLake, RawLakeRole, RawLakeS3, StoreLocation};
 pub use publishers::RawPublisherKey;
 pub use raw::{
@@ -174,6 +176,9 @@ pub enum ConfigError {
         /// What is wrong.
         why: String,
     },
+    /// An analysis in `analytics/` is not usable.
+    #[error(transparent)]
+    Analytics(#[from] crate::analytics::SpecError),
     /// A `[publishers.<id>]` key is not usable.
     #[error("[publishers.{id}]: {why}")]
     Publisher {
@@ -290,6 +295,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The publishers' keys, which verify record signatures at admission.
     pub publishers: Arc<crate::publisher::Keyring>,
+    /// The analytics role and its analyses.
+    pub analytics: AnalyticsConfig,
 }
 
 impl Config {
@@ -329,12 +336,9 @@ impl Config {
         let (raw, unknown) = raw_from_toml(text, path, vars.clone())?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         let mut config = Self::validate(raw, path, &base, &vars)?;
-        config.warnings = unknown
-            .into_iter()
-            .map(|name| {
-                format!("environment variable {name} names no configuration key; it is ignored")
-            })
-            .collect();
+        config.warnings.extend(unknown.into_iter().map(|name| {
+            format!("environment variable {name} names no configuration key; it is ignored")
+        }));
         Ok(config)
     }
 
@@ -400,6 +404,13 @@ impl Config {
         let lake = LakeConfig::new(raw.lake, raw.roles.lake, base)?;
         let telemetry = TelemetryConfig::new(raw.telemetry, base)?;
         let publishers = publishers::keyring(&raw.publishers, base)?;
+        let analytics = AnalyticsConfig::new(
+            raw.analytics,
+            base,
+            &schemas,
+            &schema_dir,
+            &raw.topics.events,
+        )?;
         Ok(Self {
             path: path.to_owned(),
             kafka: kafka_config(raw.kafka, base)?,
@@ -432,7 +443,7 @@ impl Config {
             policy_dir,
             registry,
             type_header: raw.registry.type_header,
-            warnings: Vec::new(),
+            warnings: analytics.warnings.clone(),
             policy_reload_interval: raw.policy.reload_interval,
             policy_emit_topic: raw.policy.emit_topic,
             policy_emit_topics: raw.policy.emit_topics,
@@ -441,6 +452,7 @@ impl Config {
             enrichment: Arc::new(enrichment),
             telemetry,
             publishers: Arc::new(publishers),
+            analytics,
         })
     }
 }

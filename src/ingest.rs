@@ -57,6 +57,8 @@ pub enum DeadLetterReason {
     ActionFailed,
     /// An enrichment lookup whose fallback is `retry` kept failing through every retry round.
     EnrichmentFailed,
+    /// The analytics role found the event late: every window it belongs to had closed.
+    Late,
 }
 
 impl DeadLetterReason {
@@ -73,6 +75,7 @@ impl DeadLetterReason {
             Self::DataUndecodable => "data_undecodable",
             Self::ActionFailed => "action_failed",
             Self::EnrichmentFailed => "enrichment_failed",
+            Self::Late => "late",
         }
     }
 }

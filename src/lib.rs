@@ -15,6 +15,8 @@
 //! - [`policy`]: Rego policies with regorus; the decision contract (emit obligations); the pure
 //!   redaction rule; failing closed; hot reload; `reflex policy test` and `eval`; shadow
 //!   comparison.
+//! - [`analytics`]: windowed aggregates, anomaly baselines and absence rules on event time,
+//!   whose findings are new events; pure, run by [`role::analytics`] and `reflex analytics`.
 //! - [`action`]: the actions (inline `emit` and `log`, `http` calls) and the type → action table.
 //! - [`service`]: calling HTTP services: retries with backoff, circuit breakers, URL templates.
 //! - [`enrich`]: lookups in supporting services, cached, whose answers join the policy input.
@@ -31,7 +33,8 @@
 //!   tracker.
 //! - [`role`]: the worker roles side by side: [`role::actions`] (the consumer loop, scheduler,
 //!   rebalance handling, delivery, and the pipeline: the order of the stages for one event, free
-//!   of Kafka) and [`role::lake`] (the lake's consumer loop).
+//!   of Kafka), [`role::lake`] (the lake's consumer loop) and [`role::analytics`] (the
+//!   analyses' consumer loop, their checkpoints and findings).
 //! - [`lake`]: the lake's tables, Parquet encoding, segments, object store and DuckDB views.
 //! - [`produce`]: `reflex produce`, publishing CloudEvents from JSON lines.
 //! - [`dlq`]: `reflex dlq list|replay`: the dead-letter topic summarised and sent back.
@@ -70,8 +73,14 @@
 //! The lake role ([`role::lake`]) reads the same topics and the audit topic again, admits each
 //! record the same way, removes the same redacted fields, buffers rows per partition, and writes
 //! whole Parquet files ([`lake`]) before it commits the offsets they cover.
+//!
+//! The analytics role ([`role::analytics`]) reads the event topics in a third group, feeds each
+//! event to the analyses of [`analytics`] (windows, baselines and absence timers on event
+//! time), and publishes their findings as CloudEvents on a topic the actions role reads, so a
+//! finding is decided, acted on and audited like any event.
 
 pub mod action;
+pub mod analytics;
 pub mod audit;
 pub mod backoff;
 pub mod cli;

@@ -62,6 +62,7 @@ struct Output {
 enum Role {
     Actions,
     Lake,
+    Analytics,
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,6 +154,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Run the analyses offline: their test cases, or the findings over a file of events.
+    Analytics {
+        #[command(subcommand)]
+        command: AnalyticsCommand,
     },
     /// Data lake commands.
     Lake {
@@ -329,6 +335,30 @@ enum PolicyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AnalyticsCommand {
+    /// Run the cases in `<dir>/tests/*.yaml`; exits non-zero on a failure.
+    Test {
+        /// Analyses directory (default: `[analytics] dir` of the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Print the findings of the analyses over a JSON-lines file of events (closing every
+    /// window at its end), one CloudEvent per line.
+    Eval {
+        /// JSON-lines file of CloudEvents, in arrival order.
+        #[arg(long, short)]
+        input: PathBuf,
+        /// Analyses directory (default: `[analytics] dir` of the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum LakeCommand {
     /// Print SQL that creates one DuckDB view per lake table (`duckdb -init <file>`).
     Views,
@@ -476,6 +506,24 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run {
+            role: Role::Analytics,
+            drain,
+            worker_id,
+            instance_id: _,
+        } => {
+            let options = reflex::role::analytics::AnalyticsRunOptions {
+                drain,
+                worker_id: worker_id.unwrap_or_else(default_worker_id),
+            };
+            let shutdown = CancellationToken::new();
+            let summary = runtime.block_on(async {
+                tokio::spawn(signal_shutdown(shutdown.clone()));
+                reflex::role::analytics::run(&config, options, shutdown).await
+            })?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dlq {
             command: DlqCommand::List { filter, json },
         } => {
@@ -520,6 +568,15 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Sign { .. } => sign_command(args.command),
+        Command::Analytics {
+            command: AnalyticsCommand::Test { dir, output },
+        } => print(&cli::analytics::test(&config, dir.as_deref())?, output),
+        Command::Analytics {
+            command: AnalyticsCommand::Eval { input, dir, output },
+        } => print(
+            &cli::analytics::eval(&config, dir.as_deref(), &input)?,
+            output,
+        ),
         Command::Lake {
             command: LakeCommand::Views,
         } => {

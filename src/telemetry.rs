@@ -32,7 +32,15 @@
 //!   its records (a replay after a crash or a rebalance) and kept;
 //! - `reflex_lake_buffered_bytes` (gauge): row bytes waiting to be written.
 //!
-//! Both roles:
+//! Analytics role:
+//! - `reflex_analytics_findings_total{analysis}`, `reflex_analytics_late_events_total{analysis}`,
+//!   `reflex_analytics_groups_evicted_total{analysis}` (counters): findings emitted, events that
+//!   came after every window they belong to had closed, groups dropped at `max_groups`;
+//! - `reflex_analytics_groups{analysis}` (gauge): groups held over the assigned partitions;
+//! - `reflex_analytics_checkpoints_total`, `reflex_analytics_checkpoint_bytes_total` (counters)
+//!   and `reflex_analytics_checkpoint_seconds` (histogram): state checkpoints written.
+//!
+//! Every role:
 //! - `reflex_consumer_lag_records{topic, partition}` (gauge): high watermark − position of each
 //!   assigned partition (the committed offset, before the worker consumed from it);
 //! - `reflex_consumer_lag_seconds{topic, partition}` (gauge): age of the oldest unprocessed
@@ -69,6 +77,7 @@ use crate::ingest::DeadLetterReason;
 use crate::policy::PolicyEngine;
 use crate::service::Services;
 
+mod analytics;
 mod histogram;
 pub mod lag;
 pub mod listener;
@@ -76,6 +85,7 @@ pub mod producer;
 mod render;
 pub mod status;
 
+pub use analytics::{AnalysisCounts, AnalyticsCheckpointed, AnalyticsProgress};
 pub use histogram::Histogram;
 pub use listener::{serve, ListenError};
 pub use render::render;
@@ -211,6 +221,8 @@ pub struct Metrics {
     lake: Mutex<BTreeMap<String, LakeTable>>,
     lake_present: AtomicU64,
     lake_buffered: AtomicU64,
+    /// What the analytics role counted, by analysis.
+    analytics: Mutex<analytics::AnalyticsCounts>,
     policy: Mutex<Option<(String, PolicyEngine)>>,
     /// Assigned partitions by topic, so the hot path finds one without allocating.
     partitions: Mutex<BTreeMap<String, BTreeMap<i32, PartitionState>>>,
@@ -259,6 +271,7 @@ impl Metrics {
             lake: Mutex::new(lake),
             lake_present: AtomicU64::new(0),
             lake_buffered: AtomicU64::new(0),
+            analytics: Mutex::default(),
             policy: Mutex::new(None),
             partitions: Mutex::default(),
             started: Instant::now(),

@@ -26,6 +26,8 @@ pub struct CheckReport {
     pub actions: Vec<TypeAction>,
     /// The publisher keys that verify record signatures: `<key id> (<algorithm>)`.
     pub publishers: Vec<String>,
+    /// The analyses in the analytics directory: `<name>: <types> -> <emitted type>`.
+    pub analyses: Vec<String>,
 }
 
 /// The schemas of a [`CheckReport`].
@@ -143,6 +145,12 @@ pub fn report(config: &Config) -> CheckReport {
             .map(|(id, algorithm)| format!("{id} ({})", algorithm.name()))
             .collect(),
         endpoints: None,
+        analyses: config
+            .analytics
+            .analyses
+            .iter()
+            .map(|a| format!("{}: {} -> {}", a.name, a.types.join(", "), a.emit))
+            .collect(),
     }
 }
 
@@ -191,6 +199,9 @@ impl fmt::Display for CheckReport {
         }
         if !self.publishers.is_empty() {
             write!(f, "\n  publishers {}", self.publishers.join(", "))?;
+        }
+        for analysis in &self.analyses {
+            write!(f, "\n  analysis {analysis}")?;
         }
         if let Some(endpoints) = &self.endpoints {
             write!(f, "\n  endpoints")?;

@@ -37,6 +37,8 @@ pub struct RawConfig {
     pub telemetry: super::telemetry::RawTelemetry,
     /// Keys publishers sign records with, by key id.
     pub publishers: BTreeMap<String, super::publishers::RawPublisherKey>,
+    /// The analytics role and where its analyses are declared.
+    pub analytics: super::analytics::RawAnalytics,
 }
 
 /// `[kafka]`: connection settings shared by consumers and producers.

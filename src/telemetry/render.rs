@@ -9,13 +9,18 @@ use crate::policy::telemetry as policy_telemetry;
 use crate::service::BreakerState;
 
 /// Writes a metric family's `# HELP` and `# TYPE` lines.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// Writes one sample; `labels` are name/value pairs, values escaped.
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+pub(super) fn sample(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    value: impl std::fmt::Display,
+) {
     out.push_str(name);
     if !labels.is_empty() {
         out.push('{');
@@ -57,10 +62,10 @@ fn float(v: f64) -> String {
 pub fn render(metrics: &Metrics) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let role = metrics.role;
-    if role == "actions" {
-        render_actions(&mut out, metrics);
-    } else {
-        render_lake(&mut out, metrics);
+    match role {
+        "actions" => render_actions(&mut out, metrics),
+        "analytics" => super::analytics::render(&mut out, metrics),
+        _ => render_lake(&mut out, metrics),
     }
     render_partitions(&mut out, metrics);
     render_spans(&mut out, metrics);
@@ -272,7 +277,12 @@ fn render_actions(out: &mut String, metrics: &Metrics) {
 }
 
 /// A histogram's `_bucket`, `_sum` and `_count` samples with `labels` (before `le`).
-fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], snap: &HistogramSnapshot) {
+pub(super) fn histogram(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    snap: &HistogramSnapshot,
+) {
     let bucket = format!("{name}_bucket");
     for (bound, n) in &snap.buckets {
         let le = float(*bound);

@@ -47,7 +47,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// A copy of the repository's config, schemas and policies that a test may break.
 fn sandbox() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    for d in ["config", "schemas", "policies"] {
+    for d in ["config", "schemas", "policies", "analytics"] {
         copy_dir(&repo().join(d), &dir.path().join(d));
     }
     dir
@@ -68,6 +68,44 @@ fn check_accepts_the_repository_config() {
     assert!(
         text.contains("order.placed -> request_shipment (emit)"),
         "{text}"
+    );
+    assert!(
+        text.contains("analysis payment_not_settled: payment.authorized, payment.settled -> reflex.analytics.payment_not_settled"),
+        "{text}"
+    );
+}
+
+#[test]
+fn analytics_test_passes_on_the_repository_cases_and_fails_on_a_wrong_one() {
+    let dir = sandbox();
+    let config = dir.path().join("config/reflex.toml");
+    let out = reflex(&config, &["analytics", "test"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("3 cases passed, 0 failed"), "{text}");
+    let cases = dir.path().join("analytics/tests/shop.yaml");
+    let wrong = std::fs::read_to_string(&cases).expect("read").replace(
+        "values: {refunds: 3, total: 55",
+        "values: {refunds: 4, total: 55",
+    );
+    std::fs::write(&cases, wrong).expect("write");
+    let out = reflex(&config, &["analytics", "test", "--json"], None);
+    assert!(!out.status.success());
+    let report = json_of(&out);
+    let failed: Vec<&Value> = report["outcomes"]
+        .as_array()
+        .expect("outcomes")
+        .iter()
+        .filter(|o| o["passed"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1, "{report}");
+    assert_eq!(
+        failed[0]["missing"][0]["data"]["values"]["refunds"], 4,
+        "{report}"
+    );
+    assert_eq!(
+        failed[0]["unexpected"][0]["data"]["values"]["refunds"], 3.0,
+        "{report}"
     );
 }
 
@@ -113,7 +151,7 @@ fn check_json_names_each_type_its_action_and_lookups() {
     assert_eq!(payment["http"]["max_attempts"], 4);
     assert_eq!(
         report["schemas"]["types"].as_array().map(Vec::len),
-        Some(4),
+        Some(7),
         "{report}"
     );
     assert!(
@@ -154,6 +192,18 @@ fn check_names_each_configuration_error() {
                 std::fs::remove_file(d.join("schemas/refund.requested.json")).expect("rm")
             }),
             "event type \"refund.requested\" of action \"approve_refund\" has no schema",
+        ),
+        (
+            "an analysis emits a type without a schema",
+            Box::new(|d: &Path| {
+                let p = d.join("analytics/shop.toml");
+                let text = std::fs::read_to_string(&p).expect("read").replace(
+                    "emit = \"reflex.analytics.refunds_high\"",
+                    "emit = \"reflex.analytics.refund_storm\"",
+                );
+                std::fs::write(p, text).expect("write");
+            }),
+            "analysis \"refunds_per_order\", key emit: event type \"reflex.analytics.refund_storm\" has no schema",
         ),
         (
             "schema does not compile",

@@ -101,6 +101,9 @@ kind = "emit"
 types = ["refund.requested"]
 topic = "{refunds}"
 type = "refund.approved"
+[actions.analytics_findings]
+kind = "log"
+types = ["reflex.analytics.refunds_high", "reflex.analytics.payment_not_settled", "reflex.analytics.orders_rate_anomaly"]
 "#,
             brokers = brokers(),
             events = env.events,

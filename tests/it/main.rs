@@ -4,6 +4,7 @@
 mod action_service;
 mod actions;
 mod admission;
+mod analytics;
 mod brokers;
 mod chaos;
 mod cli;

@@ -1,0 +1,782 @@
+//! The analytics engine of one task (one input partition number across the input topics):
+//! windows on event time, the watermark, anomaly baselines and absence timers, free of Kafka.
+//!
+//! Each analysis keeps its own [`State`], which records for every input topic the next offset
+//! it reflects, so a state restored from a checkpoint skips the records it already holds when
+//! the input is read again from an earlier offset.
+//!
+//! The watermark of an analysis is the smallest newest event time over the task's inputs that
+//! are not idle, minus `allowed_lateness`; it never goes back. A window closes when its end is
+//! at or below the watermark; an event whose every window is closed is late: it is counted
+//! ([`State::late`]) and reported to the caller, never added. Absence timers fire the same way,
+//! at `first`'s time + `within`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::aggregate::Acc;
+use super::spec::{Absence, Aggregate, Analysis, Anomaly, Direction, FieldValue, Kind, Window};
+use crate::event::{CloudEvent, SPEC_VERSION};
+
+/// Name space of finding ids (UUID v5 of analysis, window and group).
+const FINDING_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x7a1c_55e0_2b7d_4f0e_9d43_0c1f_aa5e_d013);
+/// Windows an anomaly group fills with empty values after a gap; past that it skips ahead.
+const MAX_EMPTY_WINDOWS: i64 = 100;
+
+/// One record for the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    /// The event.
+    pub event: &'a CloudEvent,
+    /// Its event time (ms since the epoch): `time`, or the record's timestamp without one.
+    pub time_ms: i64,
+    /// The input topic it was read from (the task fixes the partition).
+    pub topic: &'a str,
+    /// Its offset.
+    pub offset: i64,
+}
+
+/// A finding: an event to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// The analysis that found it.
+    pub analysis: String,
+    /// The record key: the group's text (or the analysis name without a grouping).
+    pub key: String,
+    /// The CloudEvent, with a deterministic id.
+    pub event: CloudEvent,
+}
+
+/// What the engine did with one record, over all analyses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Analyses that read it.
+    pub counted: u32,
+    /// Analyses for which it was late (counted in their state, not added).
+    pub late: u32,
+    /// Analyses whose state already reflected it (a replay after a checkpoint).
+    pub skipped: u32,
+}
+
+/// One input topic's clock in a task.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Input {
+    next_offset: i64,
+    max_ms: Option<i64>,
+    idle: bool,
+}
+
+/// One window of one group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Win {
+    end: i64,
+    events: u64,
+    /// The first event counted, for `causationid`.
+    first_id: Option<String>,
+    accs: Vec<Acc>,
+}
+
+/// An EWMA mean and variance of a group's metric.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct Baseline {
+    mean: f64,
+    var: f64,
+    n: u32,
+}
+
+/// An absence's pending pair.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Pending {
+    /// Time and id of the earliest `first` event.
+    first: Option<(i64, String)>,
+    /// Time of the earliest `then` event.
+    then: Option<i64>,
+    /// The absence's `within` (ms), which places the timers.
+    within: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Group {
+    values: Vec<Value>,
+    touched: u64,
+    windows: BTreeMap<i64, Win>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    baseline: Option<Baseline>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<Pending>,
+}
+
+/// The state of one analysis in one task: what a checkpoint holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    inputs: BTreeMap<String, Input>,
+    groups: BTreeMap<String, Group>,
+    seq: u64,
+    watermark: Option<i64>,
+    /// Late events counted.
+    pub late: u64,
+    /// Groups evicted at the `max_groups` bound.
+    pub evicted: u64,
+    /// Timers: (end, group, start). Rebuilt on restore.
+    #[serde(skip)]
+    timers: BTreeSet<(i64, String, i64)>,
+    /// Groups by last use. Rebuilt on restore.
+    #[serde(skip)]
+    recency: BTreeMap<u64, String>,
+}
+
+impl State {
+    /// Groups held.
+    pub fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The next offset of `topic` this state reflects (0: none).
+    pub fn next_offset(&self, topic: &str) -> i64 {
+        self.inputs.get(topic).map_or(0, |i| i.next_offset)
+    }
+
+    /// Input topics and the next offset reflected of each.
+    pub fn offsets(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.inputs.iter().map(|(t, i)| (t.as_str(), i.next_offset))
+    }
+
+    /// The watermark (ms), once there is one.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    fn rebuild(&mut self) {
+        self.timers.clear();
+        self.recency.clear();
+        for (key, group) in &self.groups {
+            self.recency.insert(group.touched, key.clone());
+            for (start, win) in &group.windows {
+                self.timers.insert((win.end, key.clone(), *start));
+            }
+            if let Some(p) = &group.pending {
+                for t in p.first.iter().map(|(t, _)| *t).chain(p.then) {
+                    self.timers.insert((t + p.within, key.clone(), t));
+                }
+            }
+        }
+    }
+
+    fn touch(&mut self, key: &str, values: impl FnOnce() -> Vec<Value>) -> bool {
+        self.seq += 1;
+        let seq = self.seq;
+        let created = !self.groups.contains_key(key);
+        let group = self.groups.entry(key.to_owned()).or_insert_with(|| Group {
+            values: values(),
+            ..Group::default()
+        });
+        if !created {
+            self.recency.remove(&group.touched);
+        }
+        group.touched = seq;
+        self.recency.insert(seq, key.to_owned());
+        created
+    }
+
+    fn remove_group(&mut self, key: &str) {
+        if let Some(group) = self.groups.remove(key) {
+            self.recency.remove(&group.touched);
+            for (start, win) in &group.windows {
+                self.timers.remove(&(win.end, key.to_owned(), *start));
+            }
+            if let Some(p) = &group.pending {
+                for t in p.first.iter().map(|(t, _)| *t).chain(p.then) {
+                    self.timers.remove(&(t + p.within, key.to_owned(), t));
+                }
+            }
+        }
+    }
+
+    /// Evicts the least recently used groups above `max`, except `keep`.
+    fn bound(&mut self, max: usize, keep: &str) {
+        while self.groups.len() > max {
+            let Some((_, key)) = self.recency.iter().find(|(_, k)| k.as_str() != keep) else {
+                break;
+            };
+            let key = key.clone();
+            self.remove_group(&key);
+            self.evicted += 1;
+        }
+    }
+
+    fn compute_watermark(&self, lateness: i64) -> Option<i64> {
+        let mut active = self.inputs.values().filter(|i| !i.idle).peekable();
+        let newest = if active.peek().is_none() {
+            self.inputs.values().filter_map(|i| i.max_ms).max()
+        } else {
+            // An active input without an event yet holds the watermark back.
+            active
+                .map(|i| i.max_ms)
+                .try_fold(i64::MAX, |min, t| t.map(|t| min.min(t)))
+        };
+        let computed = newest.map(|t| t.saturating_sub(lateness));
+        match (self.watermark, computed) {
+            (Some(w), Some(c)) => Some(w.max(c)),
+            (w, c) => w.or(c),
+        }
+    }
+}
+
+/// The analyses of one task and their states.
+#[derive(Debug)]
+pub struct Engine {
+    analyses: Arc<[Analysis]>,
+    states: Vec<State>,
+    max_groups: usize,
+}
+
+fn rfc3339(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// The finding id: a UUID v5 of analysis, window and group.
+pub fn finding_id(analysis: &str, start: i64, end: i64, group: &str) -> String {
+    let name = format!("{analysis}\n{start}\n{end}\n{group}");
+    uuid::Uuid::new_v5(&FINDING_NAMESPACE, name.as_bytes()).to_string()
+}
+
+impl Engine {
+    /// An engine with empty states; each analysis holds at most `max_groups` groups.
+    pub fn new(analyses: Arc<[Analysis]>, max_groups: usize) -> Self {
+        let states = analyses.iter().map(|_| State::default()).collect();
+        Self {
+            analyses,
+            states,
+            max_groups: max_groups.max(1),
+        }
+    }
+
+    /// The analyses.
+    pub fn analyses(&self) -> &[Analysis] {
+        &self.analyses
+    }
+
+    /// The state of analysis `i`.
+    pub fn state(&self, i: usize) -> &State {
+        &self.states[i]
+    }
+
+    /// Makes `topic` an input of the task: until it has an event (or is idle) it holds the
+    /// watermark back.
+    pub fn track(&mut self, topic: &str) {
+        for state in &mut self.states {
+            state.inputs.entry(topic.to_owned()).or_default();
+        }
+    }
+
+    /// The serialised state of analysis `i`, for the checkpoint.
+    pub fn snapshot(&mut self, i: usize) -> Result<Vec<u8>, serde_json::Error> {
+        let state = &mut self.states[i];
+        for group in state.groups.values_mut() {
+            for win in group.windows.values_mut() {
+                win.accs.iter_mut().for_each(Acc::settle);
+            }
+        }
+        serde_json::to_vec(state)
+    }
+
+    /// Replaces the state of analysis `i` with a checkpoint's.
+    pub fn restore(&mut self, i: usize, bytes: &[u8]) -> Result<(), serde_json::Error> {
+        let mut state: State = serde_json::from_slice(bytes)?;
+        state.rebuild();
+        self.states[i] = state;
+        Ok(())
+    }
+
+    /// Feeds one record to every analysis; findings of windows and timers it closes go to `out`.
+    pub fn observe(&mut self, obs: Observation<'_>, out: &mut Vec<Finding>) -> Observed {
+        let mut observed = Observed::default();
+        for i in 0..self.analyses.len() {
+            let analysis = &self.analyses[i];
+            let state = &mut self.states[i];
+            if !state.inputs.contains_key(obs.topic) {
+                state.inputs.insert(obs.topic.to_owned(), Input::default());
+            }
+            let Some(input) = state.inputs.get_mut(obs.topic) else {
+                continue;
+            };
+            if obs.offset < input.next_offset {
+                observed.skipped += 1;
+                continue;
+            }
+            input.next_offset = obs.offset + 1;
+            input.idle = false;
+            let before = state.watermark;
+            input.max_ms = Some(input.max_ms.map_or(obs.time_ms, |m| m.max(obs.time_ms)));
+            if analysis.reads(obs.event) {
+                if add(analysis, state, obs, before, self.max_groups) {
+                    observed.counted += 1;
+                } else {
+                    state.late += 1;
+                    observed.late += 1;
+                }
+            }
+            let watermark = state.compute_watermark(analysis.allowed_lateness);
+            advance(analysis, state, watermark, out);
+        }
+        observed
+    }
+
+    /// Marks `topic` idle (it stops holding the watermark back until its next record) or not.
+    pub fn set_idle(&mut self, topic: &str, idle: bool, out: &mut Vec<Finding>) {
+        for (analysis, state) in self.analyses.iter().zip(&mut self.states) {
+            if let Some(input) = state.inputs.get_mut(topic) {
+                input.idle = idle;
+            }
+            let watermark = state.compute_watermark(analysis.allowed_lateness);
+            advance(analysis, state, watermark, out);
+        }
+    }
+
+    /// Closes every window and fires every timer, as at the end of a finite input.
+    pub fn flush(&mut self, out: &mut Vec<Finding>) {
+        for (analysis, state) in self.analyses.iter().zip(&mut self.states) {
+            // Anomaly groups would refill empty windows forever: close what holds events.
+            let last = state.timers.iter().map(|(end, _, _)| *end).max();
+            if let Some(last) = last {
+                advance_to(analysis, state, last, out, false);
+            }
+        }
+    }
+}
+
+/// The windows that contain `t`, as (start, end).
+fn windows_of(window: Window, t: i64) -> Vec<(i64, i64)> {
+    match window {
+        Window::Tumbling(size) => {
+            let start = t - t.rem_euclid(size);
+            vec![(start, start + size)]
+        }
+        Window::Hopping { size, advance } => {
+            let mut start = t - t.rem_euclid(advance);
+            let mut out = Vec::new();
+            while start + size > t {
+                out.push((start, start + size));
+                start -= advance;
+            }
+            out.reverse();
+            out
+        }
+        Window::Session(gap) => vec![(t, t + gap)],
+    }
+}
+
+fn group_key(analysis: &Analysis, event: &CloudEvent) -> String {
+    let mut key = String::new();
+    for (i, field) in analysis.group_by.iter().enumerate() {
+        if i > 0 {
+            key.push('/');
+        }
+        match field.get(event) {
+            Some(v) => key.push_str(&v.text()),
+            None => key.push('-'),
+        }
+    }
+    key
+}
+
+fn group_values(analysis: &Analysis, event: &CloudEvent) -> Vec<Value> {
+    analysis
+        .group_by
+        .iter()
+        .map(|f| f.get(event).map_or(Value::Null, FieldValue::to_json))
+        .collect()
+}
+
+/// Adds the event to the analysis's state; `false` when it is late.
+fn add(
+    analysis: &Analysis,
+    state: &mut State,
+    obs: Observation<'_>,
+    watermark: Option<i64>,
+    max_groups: usize,
+) -> bool {
+    let t = obs.time_ms;
+    let closed = |end: i64| watermark.is_some_and(|w| end <= w);
+    let key = group_key(analysis, obs.event);
+    match &analysis.kind {
+        Kind::Absence(absence) => {
+            if closed(t.saturating_add(absence.within)) {
+                return false;
+            }
+            state.touch(&key, || group_values(analysis, obs.event));
+            let within = absence.within;
+            let mut timer = None;
+            if let Some(group) = state.groups.get_mut(&key) {
+                let pending = group.pending.get_or_insert_with(|| Pending {
+                    within,
+                    ..Pending::default()
+                });
+                if obs.event.ty == absence.first {
+                    if pending.first.as_ref().is_none_or(|(ft, _)| t < *ft) {
+                        pending.first = Some((t, obs.event.id.clone()));
+                        timer = Some((t + within, t));
+                    }
+                } else if pending.then.is_none_or(|bt| t < bt) {
+                    pending.then = Some(t);
+                    timer = Some((t + within, t));
+                }
+            }
+            if let Some((end, start)) = timer {
+                state.timers.insert((end, key.clone(), start));
+            }
+            state.bound(max_groups, &key);
+            true
+        }
+        Kind::Windowed {
+            window, aggregates, ..
+        } => {
+            let windows = windows_of(*window, t);
+            if windows.iter().all(|(_, end)| closed(*end)) {
+                return false;
+            }
+            state.touch(&key, || group_values(analysis, obs.event));
+            let Some(group) = state.groups.get_mut(&key) else {
+                return true;
+            };
+            let new_win = |end: i64| Win {
+                end,
+                events: 0,
+                first_id: None,
+                accs: aggregates.iter().map(|(_, a)| Acc::new(a)).collect(),
+            };
+            let mut touched: Vec<i64> = Vec::new();
+            if let Window::Session(_) = window {
+                let (mut start, mut end) = windows[0];
+                // Sessions of a group never overlap: merge every one the new one touches.
+                let overlapping: Vec<i64> = group
+                    .windows
+                    .range(..=end)
+                    .filter(|(_, w)| w.end >= start)
+                    .map(|(s, _)| *s)
+                    .collect();
+                let mut merged = new_win(end);
+                for s in overlapping {
+                    if let Some(old) = group.windows.remove(&s) {
+                        state.timers.remove(&(old.end, key.clone(), s));
+                        start = start.min(s);
+                        end = end.max(old.end);
+                        merged.events += old.events;
+                        if merged.first_id.is_none() {
+                            merged.first_id = old.first_id;
+                        }
+                        for (acc, other) in merged.accs.iter_mut().zip(old.accs) {
+                            acc.merge(other);
+                        }
+                    }
+                }
+                merged.end = end;
+                group.windows.insert(start, merged);
+                touched.push(start);
+            } else {
+                for (start, end) in windows {
+                    if closed(end) {
+                        continue;
+                    }
+                    group.windows.entry(start).or_insert_with(|| new_win(end));
+                    touched.push(start);
+                }
+            }
+            for start in touched {
+                if let Some(win) = group.windows.get_mut(&start) {
+                    win.events += 1;
+                    if win.first_id.is_none() {
+                        win.first_id = Some(obs.event.id.clone());
+                    }
+                    for (acc, (_, aggregate)) in win.accs.iter_mut().zip(aggregates) {
+                        acc.add(aggregate, obs.event);
+                    }
+                    state.timers.insert((win.end, key.clone(), start));
+                }
+            }
+            state.bound(max_groups, &key);
+            true
+        }
+    }
+}
+
+/// Moves the watermark to `watermark` (if later) and closes what it passes.
+fn advance(analysis: &Analysis, state: &mut State, watermark: Option<i64>, out: &mut Vec<Finding>) {
+    let Some(w) = watermark else { return };
+    if state.watermark.is_some_and(|old| old >= w) {
+        return;
+    }
+    advance_to(analysis, state, w, out, true);
+}
+
+fn advance_to(
+    analysis: &Analysis,
+    state: &mut State,
+    w: i64,
+    out: &mut Vec<Finding>,
+    refill: bool,
+) {
+    state.watermark = Some(state.watermark.map_or(w, |old| old.max(w)));
+    while let Some(first) = state.timers.first() {
+        if first.0 > w {
+            break;
+        }
+        let Some((end, key, start)) = state.timers.pop_first() else {
+            break;
+        };
+        match &analysis.kind {
+            Kind::Absence(absence) => fire_absence(analysis, absence, state, &key, start, out),
+            Kind::Windowed {
+                window,
+                aggregates,
+                condition,
+                anomaly,
+            } => {
+                let Some(group) = state.groups.get_mut(&key) else {
+                    continue;
+                };
+                let Some(mut win) = group.windows.remove(&start) else {
+                    continue;
+                };
+                let values: Vec<Option<f64>> = win
+                    .accs
+                    .iter_mut()
+                    .zip(aggregates)
+                    .map(|(acc, (_, a))| acc.value(a))
+                    .collect();
+                let met = !condition.is_empty()
+                    && condition.iter().all(|c| {
+                        aggregates
+                            .iter()
+                            .position(|(n, _)| *n == c.name)
+                            .and_then(|i| values[i])
+                            .is_some_and(|v| c.op.holds(v, c.value))
+                    });
+                let judged = anomaly
+                    .as_ref()
+                    .and_then(|a| judge(a, group, values[a.metric]));
+                if met || judged.is_some() {
+                    let mut data = window_data(
+                        analysis,
+                        aggregates,
+                        &group.values,
+                        start,
+                        end,
+                        &values,
+                        win.events,
+                    );
+                    if let (Some(j), Some(a)) = (&judged, anomaly) {
+                        data.insert(
+                            "anomaly".into(),
+                            json!({
+                                "metric": aggregates[a.metric].0,
+                                "value": values[a.metric],
+                                "mean": j.mean,
+                                "stddev": j.stddev,
+                                "z": j.z,
+                                "threshold": a.threshold,
+                            }),
+                        );
+                    }
+                    out.push(finding(
+                        analysis,
+                        &key,
+                        &group.values,
+                        start,
+                        end,
+                        data,
+                        win.first_id.take(),
+                    ));
+                }
+                if let (Some(_), Window::Tumbling(size), true) = (anomaly, window, refill) {
+                    // The next period exists even if no event comes: a silent period is a 0.
+                    let mut next = end;
+                    if w - next > MAX_EMPTY_WINDOWS * size {
+                        next = w - w.rem_euclid(*size);
+                    }
+                    group.windows.entry(next).or_insert_with(|| Win {
+                        end: next + size,
+                        events: 0,
+                        first_id: None,
+                        accs: aggregates.iter().map(|(_, a)| Acc::new(a)).collect(),
+                    });
+                    state.timers.insert((next + size, key.clone(), next));
+                } else if group.windows.is_empty() && group.baseline.is_none() {
+                    let key = key.clone();
+                    state.remove_group(&key);
+                }
+            }
+        }
+    }
+}
+
+struct Judgement {
+    mean: f64,
+    stddev: f64,
+    z: f64,
+}
+
+/// Judges a window's value against the group's baseline, then learns it.
+fn judge(anomaly: &Anomaly, group: &mut Group, value: Option<f64>) -> Option<Judgement> {
+    let value = value?;
+    let baseline = group.baseline.get_or_insert_with(Baseline::default);
+    let mut judgement = None;
+    if baseline.n >= anomaly.warmup && baseline.n > 0 {
+        let stddev = baseline.var.max(0.0).sqrt();
+        // A flat baseline has no spread: any change is infinitely far; keep it finite.
+        let z = ((value - baseline.mean) / stddev.max(1e-9)).clamp(-1e9, 1e9);
+        let far = match anomaly.direction {
+            Direction::Both => z.abs() >= anomaly.threshold,
+            Direction::Above => z >= anomaly.threshold,
+            Direction::Below => z <= -anomaly.threshold,
+        };
+        if far {
+            judgement = Some(Judgement {
+                mean: baseline.mean,
+                stddev,
+                z,
+            });
+        }
+    }
+    if baseline.n == 0 {
+        baseline.mean = value;
+        baseline.var = 0.0;
+    } else {
+        let diff = value - baseline.mean;
+        let step = anomaly.alpha * diff;
+        baseline.mean += step;
+        baseline.var = (1.0 - anomaly.alpha) * (baseline.var + diff * step);
+    }
+    baseline.n = baseline.n.saturating_add(1);
+    judgement
+}
+
+fn fire_absence(
+    analysis: &Analysis,
+    absence: &Absence,
+    state: &mut State,
+    key: &str,
+    start: i64,
+    out: &mut Vec<Finding>,
+) {
+    let Some(group) = state.groups.get(key) else {
+        return;
+    };
+    let Some(pending) = &group.pending else {
+        return;
+    };
+    match &pending.first {
+        Some((ta, id)) if *ta == start => {
+            let deadline = ta + absence.within;
+            if pending.then.is_none_or(|tb| tb > deadline) {
+                let mut data = Map::new();
+                data.insert("analysis".into(), Value::String(analysis.name.clone()));
+                data.insert(
+                    "window".into(),
+                    json!({"start": rfc3339(*ta), "end": rfc3339(deadline)}),
+                );
+                data.insert("group".into(), group_object(analysis, &group.values));
+                data.insert(
+                    "absence".into(),
+                    json!({"first": absence.first, "then": absence.then, "first_id": id}),
+                );
+                out.push(finding(
+                    analysis,
+                    key,
+                    &group.values,
+                    *ta,
+                    deadline,
+                    data,
+                    Some(id.clone()),
+                ));
+            }
+            state.remove_group(key);
+        }
+        None if pending.then == Some(start) => state.remove_group(key),
+        _ => {}
+    }
+}
+
+fn group_object(analysis: &Analysis, values: &[Value]) -> Value {
+    Value::Object(
+        analysis
+            .group_by
+            .iter()
+            .zip(values)
+            .map(|(f, v)| (f.name.clone(), v.clone()))
+            .collect(),
+    )
+}
+
+fn window_data(
+    analysis: &Analysis,
+    aggregates: &[(String, Aggregate)],
+    group: &[Value],
+    start: i64,
+    end: i64,
+    values: &[Option<f64>],
+    events: u64,
+) -> Map<String, Value> {
+    let mut data = Map::new();
+    data.insert("analysis".into(), Value::String(analysis.name.clone()));
+    data.insert(
+        "window".into(),
+        json!({"start": rfc3339(start), "end": rfc3339(end)}),
+    );
+    data.insert("group".into(), group_object(analysis, group));
+    data.insert(
+        "values".into(),
+        Value::Object(
+            aggregates
+                .iter()
+                .zip(values)
+                .map(|((n, _), v)| (n.clone(), v.map_or(Value::Null, |v| json!(v))))
+                .collect(),
+        ),
+    );
+    data.insert("events".into(), json!(events));
+    data
+}
+
+fn finding(
+    analysis: &Analysis,
+    key: &str,
+    group: &[Value],
+    start: i64,
+    end: i64,
+    data: Map<String, Value>,
+    cause: Option<String>,
+) -> Finding {
+    let mut extensions = BTreeMap::new();
+    if let Some(cause) = cause {
+        extensions.insert("causationid".to_owned(), Value::String(cause));
+    }
+    let subject = (!group.is_empty()).then(|| key.to_owned());
+    Finding {
+        analysis: analysis.name.clone(),
+        key: subject.clone().unwrap_or_else(|| analysis.name.clone()),
+        event: CloudEvent {
+            specversion: SPEC_VERSION.to_owned(),
+            id: finding_id(&analysis.name, start, end, key),
+            source: format!("/reflex/analytics/{}", analysis.name),
+            ty: analysis.emit.clone(),
+            subject,
+            time: Some(rfc3339(end)),
+            datacontenttype: Some("application/json".into()),
+            dataschema: None,
+            data: Some(Value::Object(data)),
+            extensions,
+        },
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

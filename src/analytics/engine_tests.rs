@@ -1,0 +1,334 @@
+use super::*;
+use crate::analytics::spec::parse_file;
+use std::path::Path;
+
+fn analyses(text: &str) -> Arc<[Analysis]> {
+    parse_file(Path::new("t.toml"), text).expect("valid").into()
+}
+
+fn ev(id: &str, ty: &str, minute: i64, data: Value) -> (CloudEvent, i64) {
+    let event = serde_json::from_value(json!({
+        "specversion": "1.0", "id": id, "source": "/s", "type": ty, "data": data
+    }))
+    .expect("event");
+    (event, minute * 60_000)
+}
+
+fn feed(engine: &mut Engine, events: &[(CloudEvent, i64)], topic: &str) -> (Vec<Finding>, u32) {
+    let mut out = Vec::new();
+    let mut late = 0;
+    for (offset, (event, time_ms)) in events.iter().enumerate() {
+        let o = engine.observe(
+            Observation {
+                event,
+                time_ms: *time_ms,
+                topic,
+                offset: offset as i64,
+            },
+            &mut out,
+        );
+        late += o.late;
+    }
+    (out, late)
+}
+
+const REFUNDS: &str = r#"
+[refunds]
+types = ["refund"]
+group_by = ["data.order"]
+window = { tumbling = "1h" }
+allowed_lateness = "10m"
+aggregates = { n = "count", total = "sum(data.amount)" }
+condition = "n >= 2"
+emit = "refunds.high"
+"#;
+
+#[test]
+fn the_slowest_input_holds_the_watermark_until_it_catches_up_or_is_idle() {
+    let mut engine = Engine::new(analyses(REFUNDS), 100);
+    engine.track("u");
+    let mut out = Vec::new();
+    let events = [
+        ev("a", "refund", 1, json!({"order": "o1", "amount": 10})),
+        ev("b", "refund", 5, json!({"order": "o1", "amount": 5})),
+        ev("c", "refund", 75, json!({"order": "o3", "amount": 1})),
+    ];
+    for (offset, (event, time_ms)) in events.iter().enumerate() {
+        let obs = Observation {
+            event,
+            time_ms: *time_ms,
+            topic: "t",
+            offset: offset as i64,
+        };
+        engine.observe(obs, &mut out);
+    }
+    assert!(out.is_empty(), "input u has no event yet: {out:?}");
+    let (other, t) = ev("d", "other", 62, json!({}));
+    engine.observe(
+        Observation {
+            event: &other,
+            time_ms: t,
+            topic: "u",
+            offset: 0,
+        },
+        &mut out,
+    );
+    assert!(
+        out.is_empty(),
+        "u is at 62 min, the watermark at 52: {out:?}"
+    );
+    engine.set_idle("u", true, &mut out);
+    assert_eq!(out.len(), 1, "u idle: t alone (75 - 10) closes [0, 60)");
+    assert_eq!(out[0].key, "o1");
+}
+
+#[test]
+fn windows_close_on_the_watermark_and_ids_are_deterministic() {
+    let run = || {
+        let mut engine = Engine::new(analyses(REFUNDS), 100);
+        let events = vec![
+            ev("a", "refund", 1, json!({"order": "o1", "amount": 10})),
+            ev("b", "refund", 5, json!({"order": "o1", "amount": 5})),
+            ev("c", "refund", 7, json!({"order": "o2", "amount": 1})),
+            ev("d", "refund", 70, json!({"order": "o3", "amount": 1})),
+        ];
+        feed(&mut engine, &events, "t").0
+    };
+    let out = run();
+    assert_eq!(out.len(), 1, "{out:?}");
+    let f = &out[0];
+    assert_eq!(f.key, "o1");
+    assert_eq!(f.event.ty, "refunds.high");
+    assert_eq!(f.event.extensions["causationid"], json!("a"));
+    let data = f.event.data.as_ref().expect("data");
+    assert_eq!(data["values"], json!({"n": 2.0, "total": 15.0}));
+    assert_eq!(data["window"]["start"], json!("1970-01-01T00:00:00.000Z"));
+    assert_eq!(data["group"], json!({"data.order": "o1"}));
+    assert_eq!(f.event.id, finding_id("refunds", 0, 3_600_000, "o1"));
+    assert_eq!(run(), out, "the same input gives the same findings and ids");
+}
+
+#[test]
+fn late_events_inside_the_lateness_count_and_beyond_it_are_reported() {
+    let mut engine = Engine::new(analyses(REFUNDS), 100);
+    let events = vec![
+        ev("a", "refund", 1, json!({"order": "o1"})),
+        ev("b", "refund", 65, json!({"order": "o9"})),
+        // 3 min is behind the newest (65) but its window [0,60) closes at watermark 60: in time.
+        ev("c", "refund", 3, json!({"order": "o1"})),
+        ev("d", "refund", 71, json!({"order": "o9"})),
+        // The watermark is now 61: [0,60) closed, so this one is late.
+        ev("e", "refund", 4, json!({"order": "o1"})),
+    ];
+    let (out, late) = feed(&mut engine, &events, "t");
+    assert_eq!(late, 1);
+    assert_eq!(engine.state(0).late, 1);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].event.data.as_ref().expect("data")["values"]["n"],
+        json!(2.0)
+    );
+}
+
+#[test]
+fn hopping_windows_count_an_event_in_each_window_holding_it() {
+    let a = analyses(
+        "[h]\ntypes = [\"x\"]\nwindow = { hopping = \"30m\", advance = \"10m\" }\ncondition = \"count >= 1\"\nemit = \"h\"\n",
+    );
+    let mut engine = Engine::new(a, 100);
+    let (mut out, _) = feed(&mut engine, &[ev("a", "x", 25, json!({}))], "t");
+    engine.flush(&mut out);
+    let starts: Vec<String> = out
+        .iter()
+        .map(|f| {
+            f.event.data.as_ref().expect("data")["window"]["start"]
+                .as_str()
+                .expect("start")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        starts,
+        [
+            "1970-01-01T00:00:00.000Z",
+            "1970-01-01T00:10:00.000Z",
+            "1970-01-01T00:20:00.000Z"
+        ]
+    );
+}
+
+#[test]
+fn session_windows_merge_when_an_event_bridges_them() {
+    let a = analyses(
+        "[s]\ntypes = [\"x\"]\ngroup_by = [\"data.user\"]\nwindow = { session = \"10m\" }\nallowed_lateness = \"1h\"\naggregates = { n = \"count\", top = \"max(data.v)\" }\ncondition = \"n >= 1\"\nemit = \"s\"\n",
+    );
+    let mut engine = Engine::new(a, 100);
+    let events = vec![
+        ev("a", "x", 0, json!({"user": "u", "v": 1})),
+        ev("b", "x", 15, json!({"user": "u", "v": 2})),
+        // 8 min bridges [0,10) and [15,25).
+        ev("c", "x", 8, json!({"user": "u", "v": 7})),
+        ev("d", "x", 40, json!({"user": "u", "v": 1})),
+    ];
+    let (mut out, _) = feed(&mut engine, &events, "t");
+    engine.flush(&mut out);
+    let got: Vec<(Value, Value)> = out
+        .iter()
+        .map(|f| {
+            let d = f.event.data.as_ref().expect("data");
+            (d["window"]["start"].clone(), d["values"].clone())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                json!("1970-01-01T00:00:00.000Z"),
+                json!({"n": 3.0, "top": 7.0})
+            ),
+            (
+                json!("1970-01-01T00:40:00.000Z"),
+                json!({"n": 1.0, "top": 1.0})
+            ),
+        ]
+    );
+}
+
+#[test]
+fn absence_fires_for_the_first_event_without_a_follow_up_in_time() {
+    let a = analyses(
+        "[unsettled]\nabsence = { first = \"auth\", then = \"settle\", correlate = \"data.p\", within = \"30m\" }\nemit = \"unsettled\"\n",
+    );
+    let mut engine = Engine::new(a, 100);
+    let events = vec![
+        ev("a1", "auth", 0, json!({"p": "p1"})),
+        ev("a2", "auth", 1, json!({"p": "p2"})),
+        ev("a3", "auth", 2, json!({"p": "p3"})),
+        ev("s1", "settle", 10, json!({"p": "p1"})),
+        // p2 settles too late (after 31 min).
+        ev("s2", "settle", 40, json!({"p": "p2"})),
+        ev("z", "other", 100, json!({})),
+    ];
+    let (out, _) = feed(&mut engine, &events, "t");
+    let mut got: Vec<(String, String)> = out
+        .iter()
+        .map(|f| (f.key.clone(), f.event.extensions["causationid"].to_string()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("p2".to_owned(), "\"a2\"".to_owned()),
+            ("p3".to_owned(), "\"a3\"".to_owned())
+        ]
+    );
+    assert_eq!(
+        engine.state(0).groups(),
+        0,
+        "fired and settled pairs are forgotten"
+    );
+}
+
+#[test]
+fn an_anomaly_fires_when_a_period_falls_far_below_the_baseline_even_when_silent() {
+    let a = analyses(
+        "[rate]\ntypes = [\"order\"]\nwindow = { tumbling = \"1m\" }\naggregates = { orders = \"count\" }\nanomaly = { metric = \"orders\", warmup = 5, threshold = 3.0, direction = \"below\" }\nemit = \"rate.low\"\n",
+    );
+    let mut engine = Engine::new(a, 100);
+    let mut events = Vec::new();
+    let mut n = 0;
+    for minute in 0..10 {
+        let per = if minute % 2 == 0 { 10 } else { 12 };
+        for _ in 0..per {
+            n += 1;
+            events.push(ev(&format!("o{n}"), "order", minute, json!({})));
+        }
+    }
+    // Minutes 10 and 11 are silent; minute 12 has an order, which moves the watermark past 12.
+    events.push(ev("late-one", "order", 12, json!({})));
+    events.push(ev("tick", "order", 13, json!({})));
+    let (out, _) = feed(&mut engine, &events, "t");
+    assert_eq!(out.len(), 1, "{out:?}");
+    let data = out[0].event.data.as_ref().expect("data");
+    assert_eq!(data["window"]["start"], json!("1970-01-01T00:10:00.000Z"));
+    assert_eq!(data["anomaly"]["value"], json!(0.0));
+    assert!(data["anomaly"]["z"].as_f64().expect("z") <= -3.0);
+}
+
+#[test]
+fn the_group_bound_evicts_the_least_recently_used_and_counts_it() {
+    let mut engine = Engine::new(analyses(REFUNDS), 2);
+    let events = vec![
+        ev("a", "refund", 1, json!({"order": "o1"})),
+        ev("b", "refund", 2, json!({"order": "o2"})),
+        ev("c", "refund", 3, json!({"order": "o1"})),
+        ev("d", "refund", 4, json!({"order": "o3"})),
+    ];
+    feed(&mut engine, &events, "t");
+    assert_eq!(engine.state(0).groups(), 2);
+    assert_eq!(engine.state(0).evicted, 1);
+}
+
+#[test]
+fn a_restored_checkpoint_skips_what_it_reflects_and_ends_the_same() {
+    let events: Vec<(CloudEvent, i64)> = (0..40)
+        .map(|i| {
+            ev(
+                &format!("e{i}"),
+                "refund",
+                i * 4,
+                json!({"order": format!("o{}", i % 3), "amount": i}),
+            )
+        })
+        .collect();
+    let mut whole = Engine::new(analyses(REFUNDS), 100);
+    let (want, _) = feed(&mut whole, &events, "t");
+
+    let mut first = Engine::new(analyses(REFUNDS), 100);
+    let mut got = Vec::new();
+    for (offset, (event, time_ms)) in events.iter().enumerate().take(25) {
+        first.observe(
+            Observation {
+                event,
+                time_ms: *time_ms,
+                topic: "t",
+                offset: offset as i64,
+            },
+            &mut got,
+        );
+    }
+    let snapshot = first.snapshot(0).expect("snapshot");
+    // Crash: findings after the checkpoint are emitted again by the replay.
+    let mut restored = Engine::new(analyses(REFUNDS), 100);
+    restored.restore(0, &snapshot).expect("restore");
+    assert_eq!(restored.state(0).next_offset("t"), 25);
+    let (again, _) = feed(&mut restored, &events, "t");
+    let mut all: Vec<Finding> = got.into_iter().chain(again).collect();
+    all.dedup_by(|a, b| a.event.id == b.event.id);
+    assert_eq!(all, want);
+}
+
+#[test]
+fn pending_absences_survive_a_checkpoint() {
+    let text = "[unsettled]\nabsence = { first = \"auth\", then = \"settle\", correlate = \"data.p\", within = \"30m\" }\nemit = \"unsettled\"\n";
+    let mut before = Engine::new(analyses(text), 100);
+    let (out, _) = feed(&mut before, &[ev("a1", "auth", 0, json!({"p": "p1"}))], "t");
+    assert!(out.is_empty());
+    let mut after = Engine::new(analyses(text), 100);
+    after
+        .restore(0, &before.snapshot(0).expect("snapshot"))
+        .expect("restore");
+    let mut out = Vec::new();
+    let (tick, t) = ev("z", "other", 100, json!({}));
+    after.observe(
+        Observation {
+            event: &tick,
+            time_ms: t,
+            topic: "t",
+            offset: 1,
+        },
+        &mut out,
+    );
+    assert_eq!(out.len(), 1, "the restored timer fires");
+    assert_eq!(out[0].key, "p1");
+}
