@@ -511,6 +511,7 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
             drain,
             worker_id,
             instance_id: _,
+            summary_json,
         } => {
             let options = reflex::role::analytics::AnalyticsRunOptions {
                 drain,
@@ -521,6 +522,13 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
                 tokio::spawn(signal_shutdown(shutdown.clone()));
                 reflex::role::analytics::run(&config, options, shutdown).await
             })?;
+            if let Some(path) = summary_json {
+                let mut json = serde_json::to_value(&summary)?;
+                if let Some(fields) = json.as_object_mut() {
+                    fields.insert("role".into(), "analytics".into());
+                }
+                write_summary(&path, json)?;
+            }
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }

@@ -101,7 +101,7 @@ pub struct AnalyticsRunOptions {
 }
 
 /// What the analytics role did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct AnalyticsSummary {
     /// Records consumed.
     pub records: u64,
