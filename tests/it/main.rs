@@ -5,6 +5,7 @@ mod action_service;
 mod actions;
 mod admission;
 mod brokers;
+mod bundle;
 mod chaos;
 mod cli;
 mod common;
