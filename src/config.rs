@@ -919,6 +919,24 @@ types = ["refund.requested"]
         assert_eq!(cfg.policy.revision(), "b-1");
         assert!(cfg.policy.bundle().is_some());
 
+        std::fs::write(f.dir.path().join("other"), "another-key").expect("key");
+        // As the chart sets it: the file leaves the key empty, the environment names it.
+        let empty = format!("{BOTH}\n[policy.bundle]\nurl = \"file://b.tar.gz\"\nverification_key = \"\"\nalgorithm = \"HS256\"\n");
+        let cfg = f
+            .load(
+                &empty,
+                &[("REFLEX_POLICY_BUNDLE_VERIFICATION_KEY", "file:key")],
+            )
+            .expect("valid");
+        assert_eq!(cfg.policy.revision(), "b-1");
+        let err = f
+            .load(
+                &empty,
+                &[("REFLEX_POLICY_BUNDLE_VERIFICATION_KEY", "file:other")],
+            )
+            .expect_err("the variable's key is used");
+        assert!(err.to_string().contains("signature"), "{err}");
+
         let err = f.load(&table("PS512", "key"), &[]).expect_err("algorithm");
         assert!(
             err.to_string()

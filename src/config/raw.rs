@@ -302,8 +302,11 @@ pub struct RawPolicyBundle {
     /// `file:///path`, `http(s)://…` or `s3://bucket/key`; empty: policies come from `dir`.
     pub url: String,
     /// The key bundles must be signed with (`env:VAR` or `file:PATH`): the shared secret for
-    /// HS256, a PEM public key for RS256 and ES256. Unset: signatures are not checked.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// HS256, a PEM public key for RS256 and ES256. Unset or `""`: signatures are not checked.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "empty_is_none"
+    )]
     pub verification_key: Option<crate::secret::SecretRef>,
     /// `HS256`, `RS256` or `ES256`.
     pub algorithm: String,
@@ -312,6 +315,17 @@ pub struct RawPolicyBundle {
     /// Longest one fetch may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+/// A secret reference where `""` means none (so `REFLEX_*` can set a key the file leaves empty).
+fn empty_is_none<'de, D>(deserializer: D) -> Result<Option<crate::secret::SecretRef>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text: Option<String> = Option::deserialize(deserializer)?;
+    Ok(text
+        .filter(|t| !t.trim().is_empty())
+        .map(crate::secret::SecretRef::from))
 }
 
 impl Default for RawPolicyBundle {
