@@ -180,6 +180,8 @@ pub struct PolicySet {
     dir: PathBuf,
     timeout: Duration,
     bundle: Option<Arc<bundle::fetch::BundleSpec>>,
+    /// The SHA-256 of the bundle bytes this set was read from.
+    bundle_digest: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -273,6 +275,7 @@ impl PolicySet {
             dir: dir.to_owned(),
             timeout,
             bundle: None,
+            bundle_digest: None,
         })
     }
 
@@ -312,6 +315,7 @@ impl PolicySet {
         let spec = Arc::new(spec);
         let mut set = Self::read_bundle(&spec, &bytes, entry, timeout)?;
         set.bundle = Some(spec);
+        set.bundle_digest = Some(digest(&bytes));
         Ok(set)
     }
 
@@ -328,6 +332,11 @@ impl PolicySet {
             }
         })?;
         Self::from_bundle(&read, &spec.url, entry, timeout)
+    }
+
+    /// The SHA-256 of the bundle bytes this set was read from, if it came from a bundle.
+    pub fn bundle_digest(&self) -> Option<&[u8]> {
+        self.bundle_digest.as_deref()
     }
 
     /// The bundle this set reloads from, if it came from one.
@@ -349,6 +358,7 @@ impl PolicySet {
             .with_redaction(redact)?
             .with_engine(self.engine_kind);
         set.bundle = Some(spec);
+        set.bundle_digest = Some(digest(bytes));
         Ok(set)
     }
 
@@ -578,6 +588,12 @@ impl Evaluator {
             Ok(v) => serde_json::to_value(&v).ok(),
         }
     }
+}
+
+/// The SHA-256 of `bytes`.
+fn digest(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).to_vec()
 }
 
 /// The failure an interpreter error stands for: the time limit, or any other error.

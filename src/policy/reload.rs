@@ -219,7 +219,7 @@ impl PolicyWatch {
                 }
             };
             // The bytes last compiled or refused, and the last fetch error: each handled once.
-            let mut last: Option<Vec<u8>> = None;
+            let mut last: Option<Vec<u8>> = running.bundle_digest().map(<[u8]>::to_vec);
             let mut last_error: Option<String> = None;
             loop {
                 tokio::select! {
@@ -450,5 +450,59 @@ mod tests {
         assert_eq!(status.running, next.revision());
         assert!(watch.changed().is_none());
         assert!(telemetry::refused_reloads() > refused_before);
+    }
+
+    #[tokio::test]
+    async fn a_bundle_url_is_polled_and_a_new_revision_handed_over_a_broken_one_refused() {
+        use crate::policy::bundle::{self, fetch::BundleSpec, Manifest};
+        let dir = dir_with(10);
+        let out = dir.path().join("b.tar.gz");
+        let write = |revision: &str| {
+            let manifest = Manifest {
+                revision: revision.into(),
+                ..Manifest::default()
+            };
+            bundle::build(dir.path(), &load(&dir), &manifest, None, &out).expect("built");
+        };
+        write("r1");
+        let spec = BundleSpec {
+            url: format!("file://{}", out.display()),
+            key: None,
+            timeout: Duration::from_secs(5),
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
+            s3_path_style: true,
+        };
+        let set = PolicySet::load_bundle(spec, "data.reflex.decision", Duration::from_secs(1))
+            .expect("loads");
+        assert_eq!(set.revision(), "r1");
+        let shutdown = CancellationToken::new();
+        let _guard = shutdown.clone().drop_guard();
+        let mut watch = PolicyWatch::spawn(set, Duration::from_millis(20), shutdown);
+        assert_eq!(watch.evaluator().revision(), "r1");
+
+        write("r2");
+        let mut next = None;
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            next = watch.changed();
+            if next.is_some() {
+                break;
+            }
+        }
+        assert_eq!(next.expect("the new bundle arrives").revision(), "r2");
+
+        std::fs::write(&out, b"not a bundle").expect("write");
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if watch.status().refused.is_some() {
+                break;
+            }
+        }
+        let status = watch.status();
+        let refusal = status.refused.expect("the broken bundle is reported");
+        assert!(refusal.error.contains("b.tar.gz"), "{refusal:?}");
+        assert_eq!(status.running, "r2");
+        assert!(watch.changed().is_none());
     }
 }

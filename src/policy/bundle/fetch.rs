@@ -212,3 +212,84 @@ pub fn fetch_once(spec: &BundleSpec) -> Result<Vec<u8>, BundleError> {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn spec(url: String) -> BundleSpec {
+        BundleSpec {
+            url,
+            key: None,
+            timeout: Duration::from_secs(5),
+            s3_endpoint: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_path_style: true,
+        }
+    }
+
+    /// An HTTP server with ETag "v1" that answers 304 to a matching If-None-Match.
+    async fn server(full: Arc<AtomicUsize>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = vec![0; 4096];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                let response = if request.contains("if-none-match: \"v1\"") {
+                    "HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+                } else {
+                    full.fetch_add(1, Ordering::SeqCst);
+                    "HTTP/1.1 200 OK\r\netag: \"v1\"\r\ncontent-length: 6\r\nconnection: close\r\n\r\nbundle".to_owned()
+                };
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}/bundle.tar.gz")
+    }
+
+    #[tokio::test]
+    async fn http_fetches_are_conditional_on_the_last_etag() {
+        let full = Arc::new(AtomicUsize::new(0));
+        let url = server(full.clone()).await;
+        let mut fetcher = Fetcher::new(&spec(url)).expect("fetcher");
+        let Fetched::Bundle(bytes) = fetcher.fetch().await.expect("first fetch") else {
+            panic!("the first fetch returns the bundle");
+        };
+        assert_eq!(bytes, b"bundle");
+        for _ in 0..3 {
+            assert!(matches!(
+                fetcher.fetch().await.expect("fetch"),
+                Fetched::NotModified
+            ));
+        }
+        assert_eq!(
+            full.load(Ordering::SeqCst),
+            1,
+            "one full download, then 304s"
+        );
+    }
+
+    #[tokio::test]
+    async fn files_are_fetched_again_only_when_their_content_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("b.tar.gz");
+        std::fs::write(&path, "one").expect("write");
+        let mut fetcher =
+            Fetcher::new(&spec(format!("file://{}", path.display()))).expect("fetcher");
+        assert!(matches!(fetcher.fetch().await, Ok(Fetched::Bundle(_))));
+        assert!(matches!(fetcher.fetch().await, Ok(Fetched::NotModified)));
+        std::fs::write(&path, "two").expect("write");
+        assert!(matches!(fetcher.fetch().await, Ok(Fetched::Bundle(b)) if b == b"two"));
+        let err = Fetcher::new(&spec("ftp://x/b".into())).expect_err("scheme");
+        assert!(err.to_string().contains("ftp://x/b"), "{err}");
+        std::fs::remove_file(&path).expect("rm");
+        let err = fetcher.fetch().await.expect_err("gone");
+        assert!(err.to_string().contains("b.tar.gz"), "{err}");
+    }
+}
