@@ -92,12 +92,13 @@ test_image() {
     local user out
     user="$(podman image inspect --format '{{.Config.User}}' "$IMAGE")"
     [[ $user == "$UID_GID:$UID_GID" ]] || die "$IMAGE runs as '$user', expected $UID_GID:$UID_GID"
-    out="$(run --network none "$IMAGE" check)" || die "reflex check failed in $IMAGE: $out"
+    out="$(run --network none --read-only "$IMAGE" check)" || die "reflex check failed in $IMAGE: $out"
     printf '%s\n' "$out"
     grep -q 'policies' <<<"$out" || die "reflex check in $IMAGE printed no policy summary"
     grep -q 'refund.requested -> approve_refund' <<<"$out" || die "reflex check in $IMAGE printed no action table"
-    # A bundle built inside the container from its default policies, written where it may write.
-    out="$(run --network none "$IMAGE" policy bundle build -o /tmp/b.tar.gz --revision image-test)" ||
+    # As the chart runs it: a read-only root filesystem, only /tmp writable. A bundle built
+    # inside the container from its default policies, written there.
+    out="$(run --network none --read-only "$IMAGE" policy bundle build -o /tmp/b.tar.gz --revision image-test)" ||
         die "reflex policy bundle build failed in $IMAGE: $out"
     grep -q 'revision image-test' <<<"$out" || die "unexpected bundle report: $out"
     printf '%s\n' "$out"
