@@ -32,7 +32,7 @@ VALUE_SETS=(
     "default|"
     "statefulset|--set roles.actions.kind=StatefulSet --set roles.lake.kind=StatefulSet"
     "no-keda|--set autoscaling.enabled=false --set roles.lake.enabled=false"
-    "bundle|--set policyBundle.url=s3://policies/reflex/bundle.tar.gz --set policyBundle.verificationKey=file:/etc/reflex/secrets/bundle.pub --set-string secrets.files.bundle\\.pub=PEM --set-string secrets.env.AWS_ACCESS_KEY_ID=id --set-string secrets.env.AWS_SECRET_ACCESS_KEY=key --set autoscaling.triggerAuthentication=kafka-auth"
+    "bundle|--set policyBundle.url=s3://policies/reflex/bundle.tar.gz --set policyBundle.verificationKey=file:/etc/reflex/secrets/bundle.pub --set-string secrets.files.bundle\\.pub=PEM --set-string secrets.env.AWS_ACCESS_KEY_ID=id --set-string secrets.env.AWS_SECRET_ACCESS_KEY=key --set autoscaling.triggerAuthentication=kafka-auth --set lake.store=s3://lake/reflex --set lake.s3Endpoint=http://minio:9000"
 )
 
 render() { # render HELM NAME FLAGS
