@@ -56,7 +56,7 @@ test-k8s: helm ## Every rendered object as a server-side dry run on a real kube-
 image: ## Build the OCI image (localhost/reflex:dev) with buildah, no Docker daemon: release binary on a scratch base, non-root; also target/image/reflex.oci.tar
 	@scripts/image.sh build
 
-test-image: ## Run reflex check (and a bundle build) inside the image with podman
+test-image: ## Run reflex check, a bundle build and (with make up) an actions worker on fresh topics inside the image with podman
 	@scripts/image.sh test
 
 chaos: up pyenv lake-tools ## Fault suite with live workers: kill -9, rebalance storm, rolling restart, zombie (also under exactly_once), store/registry/service/policy faults, three brokers; a table per scenario (~35 min)

@@ -2,7 +2,8 @@
 # The reflex container image, built and run without a Docker daemon or a registry.
 #
 #   scripts/image.sh build            cargo build --release, lay out the root filesystem, buildah bud
-#   scripts/image.sh test             run `reflex check` (and `--version`) inside the image with podman
+#   scripts/image.sh test             run `reflex check`, a bundle build and (with a broker on the
+#                                     host) an actions worker inside the image with podman
 #   scripts/image.sh rootfs BIN DIR   lay out the runtime root filesystem for binary BIN in DIR
 #
 # The runtime image is `FROM scratch`: the binary (debug info stripped), the shared libraries
@@ -102,7 +103,29 @@ test_image() {
         die "reflex policy bundle build failed in $IMAGE: $out"
     grep -q 'revision image-test' <<<"$out" || die "unexpected bundle report: $out"
     printf '%s\n' "$out"
-    echo "image test: 2 passed, 0 failed"
+    local passed=2
+    # With a broker on the host (make up), a real worker in the container: one order produced
+    # and decided, its audit record written, on fresh topics.
+    local brokers=${KAFKA_BROKERS:-127.0.0.1:9092}
+    if timeout 2 bash -c 'exec 3<>"/dev/tcp/${0%:*}/${0##*:}"' "$brokers" 2>/dev/null; then
+        local run env event
+        run="img-$(openssl rand -hex 5)"
+        env=(-e "REFLEX_KAFKA_BROKERS=$brokers" -e "REFLEX_TOPICS_EVENTS=$run.orders"
+            -e "REFLEX_TOPICS_AUDIT=$run.audit" -e "REFLEX_TOPICS_DLQ=$run.dlq"
+            -e "REFLEX_TOPICS_RETRY=$run.retry" -e "REFLEX_ROLES_ACTIONS_GROUP_ID=$run"
+            -e REFLEX_TELEMETRY_LISTEN= -e REFLEX_LOG=warn)
+        event='{"specversion":"1.0","id":"'$run'-1","source":"/shop/web","type":"order.placed","subject":"ord-1","time":"2026-12-02T06:00:00Z","datacontenttype":"application/json","data":{"order_id":"ord-1","customer_id":"c-1","amount":12.5,"currency":"EUR","items":[{"sku":"S-1","quantity":1}]}}'
+        out="$(run -i --network host --read-only "${env[@]}" "$IMAGE" produce --topic "$run.orders" <<<"$event" 2>&1)" ||
+            die "reflex produce failed in $IMAGE: $out"
+        out="$(run --network host --read-only "${env[@]}" "$IMAGE" run --role actions --drain --worker-id image-test 2>&1)" ||
+            die "the actions role failed in $IMAGE: $out"
+        printf '%s\n' "$out"
+        grep -Eq '^order\.placed +1 ' <<<"$out" || die "the worker in $IMAGE did not action the order: $out"
+        passed=3
+    else
+        echo "no broker at $brokers (make up): the worker run in the container is skipped"
+    fi
+    echo "image test: $passed passed, 0 failed"
 }
 
 case "${1:-}" in
