@@ -7,7 +7,6 @@ REFLEX := target/release/reflex
 DUCKDB_VERSION := 1.4.4
 LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSION).20260205
 
-.PHONY: image test-image helm k8s-lint k8s-render test-k8s
 .PHONY: chaos bench help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus jaeger policy-test bench-policy lake-tools bench-lake bench-ordering bench-trace
 
 help: ## Show the targets
@@ -40,6 +39,8 @@ pyenv: ## Install the Python tools the tests use (confluent-kafka) into .stack/v
 test: up pyenv opa prometheus jaeger lake-tools helm ## Run every test (unit and integration) against the local stack, and the chart checks
 	$(CARGO) test --locked --all-targets
 	@scripts/k8s-check.sh lint
+
+.PHONY: image test-image helm k8s-lint k8s-render test-k8s
 
 helm: ## Build Helm (v3.22.0, Go module proxy) into .stack/bin once, for the chart checks
 	@scripts/k8s-tools.sh helm >/dev/null
