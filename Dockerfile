@@ -24,11 +24,16 @@ RUN cargo build --release --locked --bin reflex \
 
 # Stage 1b: the root filesystem `make image` laid out on the host.
 FROM scratch AS prebuilt
+LABEL org.reflex.image=build-stage
 COPY target/image/rootfs/ /rootfs/
 
 # Stage 2: the runtime image, from nothing but that root filesystem.
 FROM ${ROOTFS_FROM} AS rootfs
 FROM scratch
+LABEL org.opencontainers.image.title=reflex \
+      org.opencontainers.image.description="Policy-governed, audited actions and a Parquet lake from CloudEvents on Kafka" \
+      org.opencontainers.image.licenses=Apache-2.0 \
+      org.reflex.image=runtime
 COPY --from=rootfs /rootfs/ /
 ENV REFLEX_CONFIG=/etc/reflex/config/reflex.toml \
     REFLEX_LOG=info \

@@ -59,6 +59,16 @@ build() {
     rootfs "$bin" "$OUT/rootfs"
     buildah bud --quiet --layers=false --build-arg ROOTFS_FROM=prebuilt -t "$IMAGE" \
         -f "$REPO_DIR/Dockerfile" "$REPO_DIR" >/dev/null
+    # buildah keeps a working container of the build stage; it and the images of earlier builds,
+    # now untagged, are removed (only reflex's own, by their label).
+    local id image
+    while read -r id image; do
+        [[ -n $(podman image inspect --format '{{index .Labels "org.reflex.image"}}' "$image" 2>/dev/null) ]] &&
+            buildah rm "$id" >/dev/null
+    done < <(buildah containers --noheading --format '{{.ContainerID}} {{.ImageID}}')
+    for label in build-stage runtime; do
+        podman image prune -f --filter "label=org.reflex.image=$label" >/dev/null 2>&1 || true
+    done
     rm -f "$OUT/reflex.oci.tar"
     buildah push --quiet "$IMAGE" "oci-archive:$OUT/reflex.oci.tar:$IMAGE"
     printf '%s built (%s), OCI archive %s\n' "$IMAGE" \
