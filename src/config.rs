@@ -533,9 +533,11 @@ fn policy_bundle(
             )
         }
     };
+    let tls = security::http_tls(&raw.tls, "policy.bundle.tls", base)?;
     Ok(Some(crate::policy::bundle::fetch::BundleSpec {
         url,
         key,
+        tls,
         timeout: raw.timeout,
         s3_endpoint: s3.endpoint.clone(),
         s3_region: s3.region.clone(),
@@ -949,6 +951,12 @@ types = ["refund.requested"]
             .expect_err("wrong key");
         assert!(err.to_string().contains("signature"), "{err}");
         assert!(!err.to_string().contains("another-key"), "{err}");
+        let no_ca = format!("{BOTH}\n[policy.bundle]\nurl = \"https://bundles.example/b.tar.gz\"\n[policy.bundle.tls]\nca_file = \"missing-ca.pem\"\n");
+        let err = f.load(&no_ca, &[]).expect_err("missing CA");
+        assert!(
+            err.to_string().contains("policy.bundle.tls.ca_file"),
+            "{err}"
+        );
         let missing = format!("{BOTH}\n[policy.bundle]\nurl = \"file:///nonexistent/b.tar.gz\"\n");
         let err = f.load(&missing, &[]).expect_err("missing");
         assert!(err.to_string().contains("/nonexistent/b.tar.gz"), "{err}");

@@ -315,6 +315,8 @@ pub struct RawPolicyBundle {
     /// Longest one fetch may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// HTTPS to the bundle server: the only CAs trusted and a client certificate.
+    pub tls: super::security::RawHttpTls,
 }
 
 /// A secret reference where `""` means none (so `REFLEX_*` can set a key the file leaves empty).
@@ -336,6 +338,7 @@ impl Default for RawPolicyBundle {
             algorithm: "RS256".into(),
             key_id: String::new(),
             timeout: Duration::from_secs(10),
+            tls: super::security::RawHttpTls::default(),
         }
     }
 }

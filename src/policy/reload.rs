@@ -468,6 +468,7 @@ mod tests {
         let spec = BundleSpec {
             url: format!("file://{}", out.display()),
             key: None,
+            tls: crate::http::HttpTls::default(),
             timeout: Duration::from_secs(5),
             s3_endpoint: String::new(),
             s3_region: String::new(),

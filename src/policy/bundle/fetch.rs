@@ -20,6 +20,8 @@ pub struct BundleSpec {
     pub url: String,
     /// The key that must have signed it (`None`: signatures are not checked).
     pub key: Option<VerificationKey>,
+    /// TLS settings for an `https://` URL.
+    pub tls: crate::http::HttpTls,
     /// HTTP timeout for one fetch.
     pub timeout: Duration,
     /// S3 endpoint (empty: AWS).
@@ -70,7 +72,7 @@ impl Fetcher {
             }
             Kind::File(PathBuf::from(path))
         } else if url.starts_with("http://") || url.starts_with("https://") {
-            let client = crate::http::client_builder(&crate::http::HttpTls::default())
+            let client = crate::http::client_builder(&spec.tls)
                 .map_err(|e| BundleError::Fetch {
                     url: url.to_owned(),
                     why: e.to_string(),
@@ -223,6 +225,7 @@ mod tests {
         BundleSpec {
             url,
             key: None,
+            tls: crate::http::HttpTls::default(),
             timeout: Duration::from_secs(5),
             s3_endpoint: String::new(),
             s3_region: "us-east-1".into(),
