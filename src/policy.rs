@@ -295,6 +295,12 @@ impl PolicySet {
                 source,
             })?;
         let mut set = Self::compile(&files, Path::new(origin), entry, timeout, false)?;
+        bundle
+            .check_roots(&set.packages())
+            .map_err(|source| PolicyError::Bundle {
+                url: origin.to_owned(),
+                source,
+            })?;
         if !bundle.manifest.revision.is_empty() {
             set.revision.clone_from(&bundle.manifest.revision);
         }

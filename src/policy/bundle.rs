@@ -55,6 +55,14 @@ pub enum BundleError {
     /// The signature does not hold.
     #[error("signature refused: {0}")]
     Signature(#[from] SignatureError),
+    /// A package or data document lies outside the manifest's roots.
+    #[error("{what} is outside the bundle's roots ({roots}): OPA refuses such a bundle too; add its root to the manifest")]
+    Root {
+        /// The package (`data.x.y`) or data path.
+        what: String,
+        /// The manifest's roots.
+        roots: String,
+    },
     /// The bundle could not be fetched.
     #[error("cannot fetch {url}: {why}")]
     Fetch {
@@ -222,6 +230,59 @@ impl Bundle {
     }
 }
 
+impl Bundle {
+    /// Refuses a module package (`data.x.y`, from `packages`) or a data document outside the
+    /// manifest's roots, as OPA does. No roots (or the root `""`) means all of `data`.
+    pub fn check_roots(&self, packages: &[String]) -> Result<(), BundleError> {
+        let Some(roots) = self.manifest.roots.as_ref() else {
+            return Ok(());
+        };
+        let roots: Vec<&str> = roots.iter().map(|r| r.trim_matches('/')).collect();
+        let under = |path: &str| {
+            roots
+                .iter()
+                .any(|r| r.is_empty() || path == *r || path.starts_with(&format!("{r}/")))
+        };
+        let outside = |what: String| BundleError::Root {
+            what,
+            roots: roots
+                .iter()
+                .map(|r| format!("\"{r}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        for package in packages {
+            let path = package.trim_start_matches("data.").replace('.', "/");
+            if !under(&path) {
+                return Err(outside(package.clone()));
+            }
+        }
+        for (name, bytes) in &self.files {
+            let base = name.rsplit('/').next().unwrap_or(name);
+            if base != "data.json" {
+                continue;
+            }
+            let dir = name.strip_suffix(base).unwrap_or("").trim_matches('/');
+            let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(bytes) else {
+                continue;
+            };
+            for key in doc.keys() {
+                let path = if dir.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{dir}/{key}")
+                };
+                // A document may also hold a root deeper down (`{"a": {"b": …}}` for root a/b).
+                let holds_root = roots.iter().any(|r| r.starts_with(&format!("{path}/")));
+                if !under(&path) && !holds_root {
+                    return Err(outside(format!("data.{}", path.replace('/', "."))));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Checks the signature over `files`: every file signed with a matching hash, every signed
 /// file present.
 fn verify_files(
@@ -296,6 +357,13 @@ pub fn build(
         why: e.to_string(),
     })?;
     files.push((MANIFEST.into(), manifest_json));
+    // A bundle workers (and OPA) would refuse is not written.
+    Bundle {
+        manifest: manifest.clone(),
+        files: files.clone(),
+        verified: false,
+    }
+    .check_roots(&set.packages())?;
     if let Some(key) = key {
         let sigs = key.sign(&files)?;
         files.push((SIGNATURES.into(), sigs));
@@ -433,6 +501,37 @@ mod tests {
             Bundle::read(b"not a bundle", None),
             Err(BundleError::Archive(_))
         ));
+    }
+
+    #[test]
+    fn packages_and_data_outside_the_roots_are_refused() {
+        let bundle = |roots: &[&str]| Bundle {
+            manifest: Manifest {
+                roots: Some(roots.iter().map(|r| (*r).to_owned()).collect()),
+                ..Manifest::default()
+            },
+            files: vec![
+                ("data.json".into(), br#"{"limits": {"max": 1}}"#.to_vec()),
+                ("ext/data.json".into(), br#"{"x": 1}"#.to_vec()),
+            ],
+            verified: false,
+        };
+        let packages = ["data.reflex".to_owned(), "data.reflex.business".to_owned()];
+        assert!(bundle(&["reflex", "limits", "ext"])
+            .check_roots(&packages)
+            .is_ok());
+        assert!(bundle(&[""]).check_roots(&packages).is_ok());
+        let err = bundle(&["reflex", "limits"])
+            .check_roots(&packages)
+            .expect_err("ext");
+        assert!(err.to_string().contains("data.ext.x"), "{err}");
+        let err = bundle(&["reflex/business", "limits", "ext"])
+            .check_roots(&packages)
+            .expect_err("package");
+        assert!(
+            err.to_string().starts_with("data.reflex is outside"),
+            "{err}"
+        );
     }
 
     #[test]
