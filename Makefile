@@ -10,7 +10,7 @@ LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSIO
 .PHONY: chaos bench bench-quick help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus jaeger policy-test bench-policy lake-tools bench-lake bench-analytics bench-ordering bench-trace
 
 help: ## Show the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 up: ## Start the local stack (Apache Kafka 4.4.0 KRaft, Apicurio Registry 3.3.3, s3s-fs on :8014) and wait until it answers; BROKERS=3 for a three-broker cluster
 	@scripts/stack.sh up
@@ -36,8 +36,29 @@ demo: up build pyenv lake-tools ## Start the stack, push the sample events throu
 pyenv: ## Install the Python tools the tests use (confluent-kafka) into .stack/venv
 	@scripts/pyenv.sh >/dev/null
 
-test: up pyenv opa prometheus jaeger lake-tools ## Run every test (unit and integration) against the local stack
+test: up pyenv opa prometheus jaeger lake-tools helm ## Run every test (unit and integration) against the local stack, and the chart checks
 	$(CARGO) test --locked --all-targets
+	@scripts/k8s-check.sh lint
+
+.PHONY: image test-image helm k8s-lint k8s-render test-k8s
+
+helm: ## Build Helm (v3.22.0, Go module proxy) into .stack/bin once, for the chart checks
+	@scripts/k8s-tools.sh helm >/dev/null
+
+k8s-lint: helm ## helm lint and helm template of deploy/helm/reflex over several value sets; deploy/k8s up to date
+	@scripts/k8s-check.sh lint
+
+k8s-render: helm ## Write deploy/k8s/ anew from the chart (after changing the chart or config/reflex.toml)
+	@scripts/k8s-check.sh render
+
+test-k8s: helm ## Every rendered object as a server-side dry run on a real kube-apiserver (built once from k8s.io/kubernetes, ~20 min) with etcd and KEDA's CRDs
+	@scripts/k8s-check.sh apiserver
+
+image: ## Build the OCI image (localhost/reflex:dev) with buildah, no Docker daemon: release binary on a scratch base, non-root; also target/image/reflex.oci.tar
+	@scripts/image.sh build
+
+test-image: ## Run reflex check, a bundle build and (with make up) an actions worker on fresh topics inside the image with podman
+	@scripts/image.sh test
 
 chaos: up pyenv lake-tools ## Fault suite with live workers: kill -9, rebalance storm, rolling restart, zombie (also under exactly_once), store/registry/service/policy faults, three brokers; one table of every scenario (~15 min)
 	CARGO="$(CARGO)" scripts/chaos.sh

@@ -93,7 +93,8 @@ pub struct AuditRecord {
     /// The policy decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
-    /// Content hash of the policy set that decided.
+    /// Revision of the policy set that decided: the content hash of the policy files, or the
+    /// manifest revision of the bundle it was loaded from.
     pub policy_revision: String,
     /// The action that ran.
     #[serde(skip_serializing_if = "Option::is_none")]

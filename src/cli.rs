@@ -9,10 +9,12 @@
 //! - [`topics`]: `reflex topics`, the topics created.
 //! - [`schemas`]: `reflex schemas list|check|register` against the schema registry.
 //! - [`policy`]: `reflex policy check|status|test`.
+//! - [`bundle`]: `reflex policy bundle build`, an OPA-format bundle.
 //! - [`produce`]: `reflex produce` and its summary.
 //! - [`sign`]: `reflex sign`, a record's publisher signature, and new publisher keys.
 
 pub mod analytics;
+pub mod bundle;
 pub mod check;
 pub mod policy;
 pub mod produce;

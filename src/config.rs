@@ -22,7 +22,7 @@ pub use lake::{LakeConfig, RawLake, RawLakeRole, RawLakeS3, StoreLocation};
 pub use publishers::RawPublisherKey;
 pub use raw::{
     RawAction, RawActionsRole, RawConfig, RawEmitAction, RawHttpAction, RawKafka, RawLogAction,
-    RawPolicy, RawRegistry, RawRoles, RawSchemas, RawTopics,
+    RawPolicy, RawPolicyBundle, RawRegistry, RawRoles, RawSchemas, RawTopics,
 };
 pub use security::{
     KafkaSecurity, RawHttpTls, RawKafkaSecurity, SaslAuth, SaslMechanism, SecurityProtocol,
@@ -58,6 +58,9 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// `[policy.bundle] verification_key` is not a key for its algorithm.
+    #[error("policy.bundle.verification_key: {0}")]
+    PolicyBundleKey(String),
     /// A secret could not be read from its reference.
     #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
@@ -379,9 +382,12 @@ impl Config {
         let schema_dir = base.join(&raw.schemas.dir);
         let policy_dir = base.join(&raw.policy.dir);
         let schemas = SchemaRegistry::load(&schema_dir)?;
-        let policy = PolicySet::load(&policy_dir, &raw.policy.entry, raw.policy.timeout)?
-            .with_redaction(&raw.policy.redact)?
-            .with_engine(raw.policy.engine);
+        let policy = match policy_bundle(&raw.policy.bundle, &raw.lake.s3, base)? {
+            Some(spec) => PolicySet::load_bundle(spec, &raw.policy.entry, raw.policy.timeout)?,
+            None => PolicySet::load(&policy_dir, &raw.policy.entry, raw.policy.timeout)?,
+        }
+        .with_redaction(&raw.policy.redact)?
+        .with_engine(raw.policy.engine);
         let actions = build_actions(&raw.actions, &schemas, &schema_dir, env)?;
         let services = services::services_config(&raw.services, base)?;
         let enrichment = services::enrichment_table(&raw.enrichment, &schemas, &schema_dir)?;
@@ -505,6 +511,50 @@ fn check_actions(tree: &toml::Value) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// `[policy.bundle]` resolved: `None` when no bundle URL is set. S3 bundles use the endpoint,
+/// region and path style of `[lake.s3]`.
+fn policy_bundle(
+    raw: &raw::RawPolicyBundle,
+    s3: &lake::RawLakeS3,
+    base: &Path,
+) -> Result<Option<crate::policy::bundle::fetch::BundleSpec>, ConfigError> {
+    use crate::policy::bundle::sign::{Algorithm, VerificationKey};
+    let url = raw.url.trim();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let url = match url.strip_prefix("file://") {
+        // A relative file URL is relative to the configuration file, like `dir`.
+        Some(path) if !path.starts_with('/') => format!("file://{}", base.join(path).display()),
+        _ => url.to_owned(),
+    };
+    let key = match &raw.verification_key {
+        None => None,
+        Some(reference) => {
+            let algorithm: Algorithm = raw.algorithm.parse().map_err(|_| ConfigError::Invalid {
+                key: "policy.bundle.algorithm",
+                value: format!("\"{}\"", raw.algorithm),
+                why: "use HS256, RS256 or ES256",
+            })?;
+            let secret = reference.resolve("policy.bundle.verification_key", base)?;
+            Some(
+                VerificationKey::new(algorithm, &secret, &raw.key_id)
+                    .map_err(|e| ConfigError::PolicyBundleKey(e.to_string()))?,
+            )
+        }
+    };
+    let tls = security::http_tls(&raw.tls, "policy.bundle.tls", base)?;
+    Ok(Some(crate::policy::bundle::fetch::BundleSpec {
+        url,
+        key,
+        tls,
+        timeout: raw.timeout,
+        s3_endpoint: s3.endpoint.clone(),
+        s3_region: s3.region.clone(),
+        s3_path_style: s3.path_style,
+    }))
 }
 
 /// Where the policies are and how they are evaluated: the `[policy]` table, resolved.
@@ -855,6 +905,73 @@ types = ["refund.requested"]
         assert!(e.contains("kafka.transactions.max_records"), "{e}");
         let e = refused("[kafka]\nguarantee = \"exactly-once\"\n");
         assert!(e.contains("exactly-once"), "{e}");
+    }
+
+    #[test]
+    fn a_policy_bundle_replaces_the_directory_and_must_verify() {
+        use crate::policy::bundle::{self, sign, Manifest};
+        let f = Fixture::new();
+        let policies = f.dir.path().join("policies");
+        let set = PolicySet::load(&policies, "data.reflex.decision", Duration::from_secs(1))
+            .expect("loads");
+        std::fs::write(f.dir.path().join("key"), "bundle-config-test-key\n").expect("key");
+        let secret = crate::secret::SecretRef::File("key".into())
+            .resolve("k", f.dir.path())
+            .expect("secret");
+        let signer = sign::SigningKey::new(sign::Algorithm::HS256, &secret, "").expect("key");
+        let manifest = Manifest {
+            revision: "b-1".into(),
+            ..Manifest::default()
+        };
+        let out = f.dir.path().join("b.tar.gz");
+        bundle::build(&policies, &set, &manifest, Some(&signer), &out).expect("built");
+
+        let table = |alg: &str, key: &str| {
+            format!("{BOTH}\n[policy.bundle]\nurl = \"file://b.tar.gz\"\nverification_key = \"file:{key}\"\nalgorithm = \"{alg}\"\n")
+        };
+        let cfg = f.load(&table("HS256", "key"), &[]).expect("valid");
+        assert_eq!(cfg.policy.revision(), "b-1");
+        assert!(cfg.policy.bundle().is_some());
+
+        std::fs::write(f.dir.path().join("other"), "another-key").expect("key");
+        // As the chart sets it: the file leaves the key empty, the environment names it.
+        let empty = format!("{BOTH}\n[policy.bundle]\nurl = \"file://b.tar.gz\"\nverification_key = \"\"\nalgorithm = \"HS256\"\n");
+        let cfg = f
+            .load(
+                &empty,
+                &[("REFLEX_POLICY_BUNDLE_VERIFICATION_KEY", "file:key")],
+            )
+            .expect("valid");
+        assert_eq!(cfg.policy.revision(), "b-1");
+        let err = f
+            .load(
+                &empty,
+                &[("REFLEX_POLICY_BUNDLE_VERIFICATION_KEY", "file:other")],
+            )
+            .expect_err("the variable's key is used");
+        assert!(err.to_string().contains("signature"), "{err}");
+
+        let err = f.load(&table("PS512", "key"), &[]).expect_err("algorithm");
+        assert!(
+            err.to_string()
+                .contains("policy.bundle.algorithm = \"PS512\""),
+            "{err}"
+        );
+        std::fs::write(f.dir.path().join("other"), "another-key").expect("key");
+        let err = f
+            .load(&table("HS256", "other"), &[])
+            .expect_err("wrong key");
+        assert!(err.to_string().contains("signature"), "{err}");
+        assert!(!err.to_string().contains("another-key"), "{err}");
+        let no_ca = format!("{BOTH}\n[policy.bundle]\nurl = \"https://bundles.example/b.tar.gz\"\n[policy.bundle.tls]\nca_file = \"missing-ca.pem\"\n");
+        let err = f.load(&no_ca, &[]).expect_err("missing CA");
+        assert!(
+            err.to_string().contains("policy.bundle.tls.ca_file"),
+            "{err}"
+        );
+        let missing = format!("{BOTH}\n[policy.bundle]\nurl = \"file:///nonexistent/b.tar.gz\"\n");
+        let err = f.load(&missing, &[]).expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent/b.tar.gz"), "{err}");
     }
 
     #[test]

@@ -313,6 +313,11 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// OPA-format policy bundles, for workers that load policies from a URL.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
     /// Re-decide recorded events with a candidate policy set and show what would change
     /// against the decisions in the audit topic.
     Replay {
@@ -355,6 +360,38 @@ enum AnalyticsCommand {
         dir: Option<PathBuf>,
         #[command(flatten)]
         output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Compile the policy directory and write it as a bundle (gzipped tar: .manifest with
+    /// revision and roots, the production *.rego modules, data.json), optionally signed.
+    Build {
+        /// Policy directory (default: `[policy] dir` of the configuration).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The bundle file to write.
+        #[arg(long, short, default_value = "bundle.tar.gz")]
+        output: PathBuf,
+        /// The manifest revision (default: the content hash of the policy files).
+        #[arg(long, default_value = "")]
+        revision: String,
+        /// A manifest root, a path under `data` the bundle owns (repeatable; default: all).
+        #[arg(long = "root")]
+        roots: Vec<String>,
+        /// Sign with this key, `env:VAR` or `file:PATH`: the shared secret for HS256, a PEM
+        /// private key for RS256 and ES256.
+        #[arg(long, value_name = "REF")]
+        signing_key: Option<reflex::secret::SecretRef>,
+        /// The signature algorithm: HS256, RS256 or ES256.
+        #[arg(long, default_value = "RS256")]
+        signing_alg: String,
+        /// The key id written into the signature.
+        #[arg(long, default_value = "")]
+        key_id: String,
+        #[command(flatten)]
+        output_format: Output,
     },
 }
 
@@ -727,6 +764,31 @@ fn policy_command(config: &Path, command: &PolicyCommand) -> anyhow::Result<Exit
         }
         PolicyCommand::Status { tail, output } => {
             print(&cli::policy::status(&settings, *tail)?, *output)
+        }
+        PolicyCommand::Bundle {
+            command:
+                BundleCommand::Build {
+                    dir,
+                    output,
+                    revision,
+                    roots,
+                    signing_key,
+                    signing_alg,
+                    key_id,
+                    output_format,
+                },
+        } => {
+            let options = cli::bundle::BuildOptions {
+                dir: dir_or(dir),
+                output: output.clone(),
+                revision: revision.clone(),
+                roots: roots.clone(),
+                signing_key: signing_key.clone(),
+                algorithm: signing_alg.clone(),
+                key_id: key_id.clone(),
+            };
+            let report = cli::bundle::build(&options, &settings, Path::new("."))?;
+            print(&report, *output_format)
         }
         PolicyCommand::Replay { .. } => Ok(ExitCode::FAILURE),
     }

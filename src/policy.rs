@@ -19,8 +19,11 @@
 //! [`input`] builds the input document. Around that core: [`redact`] removes the redacted paths
 //! from an event, [`reload`] watches the directory and swaps revisions atomically, [`testing`]
 //! runs `test_*` rules and YAML cases, [`explain`] says which rules fired, and [`shadow`]
-//! compares candidate decisions with recorded ones.
+//! compares candidate decisions with recorded ones. [`bundle`] reads and writes OPA-format
+//! bundles, the other source of a policy set: workers fetch one from a URL, and its revision is
+//! the bundle's.
 
+pub mod bundle;
 mod compiled;
 pub mod decision;
 pub mod explain;
@@ -146,6 +149,14 @@ pub enum PolicyError {
         /// Its file and line.
         location: String,
     },
+    /// A policy bundle could not be fetched, verified or read.
+    #[error("policy bundle {url}: {source}")]
+    Bundle {
+        /// Where it came from.
+        url: String,
+        /// What is wrong.
+        source: bundle::BundleError,
+    },
     /// The syntax tree regorus gave could not be read.
     #[error("cannot analyse redaction rule {rule}: {message}")]
     Analysis {
@@ -168,6 +179,9 @@ pub struct PolicySet {
     modules: Vec<PathBuf>,
     dir: PathBuf,
     timeout: Duration,
+    bundle: Option<Arc<bundle::fetch::BundleSpec>>,
+    /// The SHA-256 of the bundle bytes this set was read from.
+    bundle_digest: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -260,7 +274,98 @@ impl PolicySet {
             modules,
             dir: dir.to_owned(),
             timeout,
+            bundle: None,
+            bundle_digest: None,
         })
+    }
+
+    /// Compiles a bundle's modules and data (see [`bundle::Bundle::policy_files`]); `origin`
+    /// names it in messages. The revision is the manifest's, or the content hash when the
+    /// manifest gives none.
+    pub fn from_bundle(
+        bundle: &bundle::Bundle,
+        origin: &str,
+        entry: &str,
+        timeout: Duration,
+    ) -> Result<Self, PolicyError> {
+        let files = bundle
+            .policy_files(origin)
+            .map_err(|source| PolicyError::Bundle {
+                url: origin.to_owned(),
+                source,
+            })?;
+        let mut set = Self::compile(&files, Path::new(origin), entry, timeout, false)?;
+        bundle
+            .check_roots(&set.packages())
+            .map_err(|source| PolicyError::Bundle {
+                url: origin.to_owned(),
+                source,
+            })?;
+        if !bundle.manifest.revision.is_empty() {
+            set.revision.clone_from(&bundle.manifest.revision);
+        }
+        Ok(set)
+    }
+
+    /// Fetches the bundle `spec` names once and loads it (for start-up); the set then reloads
+    /// from that URL ([`reload::PolicyWatch::spawn`]).
+    pub fn load_bundle(
+        spec: bundle::fetch::BundleSpec,
+        entry: &str,
+        timeout: Duration,
+    ) -> Result<Self, PolicyError> {
+        let bytes = bundle::fetch::fetch_once(&spec).map_err(|source| PolicyError::Bundle {
+            url: spec.url.clone(),
+            source,
+        })?;
+        let spec = Arc::new(spec);
+        let mut set = Self::read_bundle(&spec, &bytes, entry, timeout)?;
+        set.bundle = Some(spec);
+        set.bundle_digest = Some(digest(&bytes));
+        Ok(set)
+    }
+
+    fn read_bundle(
+        spec: &bundle::fetch::BundleSpec,
+        bytes: &[u8],
+        entry: &str,
+        timeout: Duration,
+    ) -> Result<Self, PolicyError> {
+        let read = bundle::Bundle::read(bytes, spec.key.as_ref()).map_err(|source| {
+            PolicyError::Bundle {
+                url: spec.url.clone(),
+                source,
+            }
+        })?;
+        Self::from_bundle(&read, &spec.url, entry, timeout)
+    }
+
+    /// The SHA-256 of the bundle bytes this set was read from, if it came from a bundle.
+    pub fn bundle_digest(&self) -> Option<&[u8]> {
+        self.bundle_digest.as_deref()
+    }
+
+    /// The bundle this set reloads from, if it came from one.
+    pub fn bundle(&self) -> Option<&Arc<bundle::fetch::BundleSpec>> {
+        self.bundle.as_ref()
+    }
+
+    /// Loads a newly fetched copy of this set's bundle with the same entry rule, redaction rule,
+    /// time limit and engine; refused (an error) unless it verifies and compiles.
+    pub fn reload_from_bundle(&self, bytes: &[u8]) -> Result<Self, PolicyError> {
+        let Some(spec) = self.bundle.clone() else {
+            return Err(PolicyError::Bundle {
+                url: self.dir.display().to_string(),
+                source: bundle::BundleError::Url(self.dir.display().to_string()),
+            });
+        };
+        let redact = self.redaction.as_ref().map_or("", |r| r.entry.as_str());
+        let mut set = Self::read_bundle(&spec, bytes, &self.entry, self.timeout)?
+            .with_redaction(redact)?
+            .with_engine(self.engine_kind);
+        set.bundle = Some(spec);
+        set.bundle_digest = Some(digest(bytes));
+        Ok(set)
     }
 
     /// Decides with `kind`. For [`PolicyEngine::Compiled`] the entry rule is compiled to the VM
@@ -489,6 +594,12 @@ impl Evaluator {
             Ok(v) => serde_json::to_value(&v).ok(),
         }
     }
+}
+
+/// The SHA-256 of `bytes`.
+fn digest(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).to_vec()
 }
 
 /// The failure an interpreter error stands for: the time limit, or any other error.

@@ -292,6 +292,57 @@ pub struct RawPolicy {
     pub emit_topics: Vec<String>,
     /// Which regorus evaluator decides: `interpreter` or `compiled`.
     pub engine: crate::policy::PolicyEngine,
+    /// An OPA-format bundle to decide with instead of `dir`.
+    pub bundle: RawPolicyBundle,
+}
+
+/// `[policy.bundle]`: where workers fetch an OPA-format policy bundle, and the key it must be
+/// signed with.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPolicyBundle {
+    /// `file:///path`, `http(s)://…` or `s3://bucket/key`; empty: policies come from `dir`.
+    pub url: String,
+    /// The key bundles must be signed with (`env:VAR` or `file:PATH`): the shared secret for
+    /// HS256, a PEM public key for RS256 and ES256. Unset or `""`: signatures are not checked.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "empty_is_none"
+    )]
+    pub verification_key: Option<crate::secret::SecretRef>,
+    /// `HS256`, `RS256` or `ES256`.
+    pub algorithm: String,
+    /// The key id bundles must name, if any.
+    pub key_id: String,
+    /// Longest one fetch may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// HTTPS to the bundle server: the only CAs trusted and a client certificate.
+    pub tls: super::security::RawHttpTls,
+}
+
+/// A secret reference where `""` means none (so `REFLEX_*` can set a key the file leaves empty).
+fn empty_is_none<'de, D>(deserializer: D) -> Result<Option<crate::secret::SecretRef>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text: Option<String> = Option::deserialize(deserializer)?;
+    Ok(text
+        .filter(|t| !t.trim().is_empty())
+        .map(crate::secret::SecretRef::from))
+}
+
+impl Default for RawPolicyBundle {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            verification_key: None,
+            algorithm: "RS256".into(),
+            key_id: String::new(),
+            timeout: Duration::from_secs(10),
+            tls: super::security::RawHttpTls::default(),
+        }
+    }
 }
 
 impl Default for RawPolicy {
@@ -305,6 +356,7 @@ impl Default for RawPolicy {
             emit_topic: "reflex.policy.events".into(),
             emit_topics: Vec::new(),
             engine: crate::policy::PolicyEngine::Interpreter,
+            bundle: RawPolicyBundle::default(),
         }
     }
 }

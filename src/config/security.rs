@@ -430,6 +430,9 @@ fn table_key(table: &'static str, key: &'static str) -> &'static str {
         ("registry.tls", "ca_file") => "registry.tls.ca_file",
         ("registry.tls", "certificate_file") => "registry.tls.certificate_file",
         ("registry.tls", "key_file") => "registry.tls.key_file",
+        ("policy.bundle.tls", "ca_file") => "policy.bundle.tls.ca_file",
+        ("policy.bundle.tls", "certificate_file") => "policy.bundle.tls.certificate_file",
+        ("policy.bundle.tls", "key_file") => "policy.bundle.tls.key_file",
         _ => table,
     }
 }

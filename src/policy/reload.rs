@@ -14,6 +14,11 @@
 //! running revision stays, the refusal is logged at ERROR and counted
 //! ([`super::telemetry::PolicyReloadRefused`]), and [`PolicyWatch::status`] reports it. The same
 //! broken revision is refused once, not at every poll.
+//!
+//! A set loaded from a bundle URL ([`super::bundle`]) is polled at its URL instead, at the same
+//! interval with ±20 % jitter so many replicas do not ask the bundle server in step: a fetch
+//! answered "not modified" costs nothing, a new bundle is verified and compiled, then published
+//! or refused the same way.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -154,11 +159,14 @@ impl PolicyWatch {
         }
     }
 
-    /// Starts polling `set`'s directory every `interval` until `shutdown` (must run inside a
-    /// Tokio runtime). A zero interval means no reload.
+    /// Starts polling `set`'s directory (or its bundle URL) every `interval` until `shutdown`
+    /// (must run inside a Tokio runtime). A zero interval means no reload.
     pub fn spawn(set: PolicySet, interval: Duration, shutdown: CancellationToken) -> Self {
         if interval.is_zero() {
             return Self::fixed(set);
+        }
+        if set.bundle().is_some() {
+            return Self::spawn_bundle(set, interval, shutdown);
         }
         let watch = Self::fixed(set);
         let (tx, rx) = watch::channel(watch.rx.borrow().clone());
@@ -184,33 +192,88 @@ impl PolicyWatch {
                 let running = r.running().revision().to_owned();
                 let refused = r.refused().unwrap_or("unreadable").to_owned();
                 reloader = Some(r);
-                let mut status = status.lock().unwrap_or_else(PoisonError::into_inner);
-                match poll {
-                    Poll::Unchanged => {}
-                    Poll::Reloaded(set) => {
-                        telemetry::PolicyReloaded {
-                            from: &status.running,
-                            to: set.revision(),
-                        }
-                        .emit();
-                        status.running = set.revision().to_owned();
-                        status.loaded_at = now();
-                        status.refused = None;
-                        tx.send_replace(set);
-                    }
-                    Poll::Refused(error) => {
-                        telemetry::PolicyReloadRefused {
-                            running: &running,
-                            error: &error,
-                        }
-                        .emit();
-                        status.refused = Some(Refusal {
-                            revision: refused,
-                            error: error.to_string(),
-                            at: now(),
-                        });
-                    }
+                publish(&status, &tx, poll, &running, refused);
+            }
+        });
+        Self {
+            rx,
+            status: watch.status,
+        }
+    }
+
+    /// Polls the bundle URL of `set` every `interval` (±20 %) until `shutdown`.
+    fn spawn_bundle(set: PolicySet, interval: Duration, shutdown: CancellationToken) -> Self {
+        let watch = Self::fixed(set);
+        let (tx, rx) = watch::channel(watch.rx.borrow().clone());
+        let status = watch.status.clone();
+        let mut running = rx.borrow().clone();
+        tokio::spawn(async move {
+            let Some(spec) = running.bundle().cloned() else {
+                return;
+            };
+            let mut fetcher = match super::bundle::fetch::Fetcher::new(&spec) {
+                Ok(f) => f,
+                Err(error) => {
+                    tracing::error!(%error, "policy bundle polling is off; the loaded revision keeps deciding");
+                    return;
                 }
+            };
+            // The bytes last compiled or refused, and the last fetch error: each handled once.
+            let mut last: Option<Vec<u8>> = running.bundle_digest().map(<[u8]>::to_vec);
+            let mut last_error: Option<String> = None;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(jittered(interval)) => {}
+                }
+                let bytes = match fetcher.fetch().await {
+                    Ok(super::bundle::fetch::Fetched::NotModified) => continue,
+                    Ok(super::bundle::fetch::Fetched::Bundle(bytes)) => bytes,
+                    Err(source) => {
+                        let key = source.to_string();
+                        if last_error.as_deref() != Some(key.as_str()) {
+                            last_error = Some(key);
+                            let error = PolicyError::Bundle {
+                                url: spec.url.clone(),
+                                source,
+                            };
+                            let revision = running.revision().to_owned();
+                            publish(
+                                &status,
+                                &tx,
+                                Poll::Refused(error),
+                                &revision,
+                                "unreadable".into(),
+                            );
+                        }
+                        continue;
+                    }
+                };
+                last_error = None;
+                let digest = {
+                    use sha2::Digest as _;
+                    sha2::Sha256::digest(&bytes).to_vec()
+                };
+                if last.as_deref() == Some(digest.as_slice()) {
+                    continue;
+                }
+                last = Some(digest.clone());
+                let current = running.clone();
+                let Ok(loaded) =
+                    tokio::task::spawn_blocking(move || current.reload_from_bundle(&bytes)).await
+                else {
+                    break;
+                };
+                let revision = running.revision().to_owned();
+                let poll = match loaded {
+                    Ok(set) => {
+                        running = Arc::new(set);
+                        Poll::Reloaded(running.clone())
+                    }
+                    Err(error) => Poll::Refused(error),
+                };
+                let refused = format!("sha256:{}", hex::encode(&digest));
+                publish(&status, &tx, poll, &revision, refused);
             }
         });
         Self {
@@ -244,6 +307,48 @@ impl PolicyWatch {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+}
+
+/// `interval` ±20 %.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.8 + 0.4 * fastrand::f64())
+}
+
+/// Records what a poll found in `status` and hands a new set to the workers.
+fn publish(
+    status: &Mutex<ReloadStatus>,
+    tx: &watch::Sender<Arc<PolicySet>>,
+    poll: Poll,
+    running: &str,
+    refused: String,
+) {
+    let mut status = status.lock().unwrap_or_else(PoisonError::into_inner);
+    match poll {
+        Poll::Unchanged => {}
+        Poll::Reloaded(set) => {
+            telemetry::PolicyReloaded {
+                from: &status.running,
+                to: set.revision(),
+            }
+            .emit();
+            status.running = set.revision().to_owned();
+            status.loaded_at = now();
+            status.refused = None;
+            tx.send_replace(set);
+        }
+        Poll::Refused(error) => {
+            telemetry::PolicyReloadRefused {
+                running,
+                error: &error,
+            }
+            .emit();
+            status.refused = Some(Refusal {
+                revision: refused,
+                error: error.to_string(),
+                at: now(),
+            });
+        }
     }
 }
 
@@ -345,5 +450,60 @@ mod tests {
         assert_eq!(status.running, next.revision());
         assert!(watch.changed().is_none());
         assert!(telemetry::refused_reloads() > refused_before);
+    }
+
+    #[tokio::test]
+    async fn a_bundle_url_is_polled_and_a_new_revision_handed_over_a_broken_one_refused() {
+        use crate::policy::bundle::{self, fetch::BundleSpec, Manifest};
+        let dir = dir_with(10);
+        let out = dir.path().join("b.tar.gz");
+        let write = |revision: &str| {
+            let manifest = Manifest {
+                revision: revision.into(),
+                ..Manifest::default()
+            };
+            bundle::build(dir.path(), &load(&dir), &manifest, None, &out).expect("built");
+        };
+        write("r1");
+        let spec = BundleSpec {
+            url: format!("file://{}", out.display()),
+            key: None,
+            tls: crate::http::HttpTls::default(),
+            timeout: Duration::from_secs(5),
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
+            s3_path_style: true,
+        };
+        let set = PolicySet::load_bundle(spec, "data.reflex.decision", Duration::from_secs(1))
+            .expect("loads");
+        assert_eq!(set.revision(), "r1");
+        let shutdown = CancellationToken::new();
+        let _guard = shutdown.clone().drop_guard();
+        let mut watch = PolicyWatch::spawn(set, Duration::from_millis(20), shutdown);
+        assert_eq!(watch.evaluator().revision(), "r1");
+
+        write("r2");
+        let mut next = None;
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            next = watch.changed();
+            if next.is_some() {
+                break;
+            }
+        }
+        assert_eq!(next.expect("the new bundle arrives").revision(), "r2");
+
+        std::fs::write(&out, b"not a bundle").expect("write");
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if watch.status().refused.is_some() {
+                break;
+            }
+        }
+        let status = watch.status();
+        let refusal = status.refused.expect("the broken bundle is reported");
+        assert!(refusal.error.contains("b.tar.gz"), "{refusal:?}");
+        assert_eq!(status.running, "r2");
+        assert!(watch.changed().is_none());
     }
 }

@@ -6,6 +6,7 @@ mod actions;
 mod admission;
 mod analytics;
 mod brokers;
+mod bundle;
 mod chaos;
 mod cli;
 mod common;

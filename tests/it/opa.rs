@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::common::repo;
 
 /// The `opa` binary: `REFLEX_OPA`, or built (once) by `scripts/opa.sh`.
-fn opa() -> PathBuf {
+pub fn opa() -> PathBuf {
     if let Ok(path) = std::env::var("REFLEX_OPA") {
         return PathBuf::from(path);
     }
