@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The reflex image: one static-enough binary on an empty base (`FROM scratch`) with only the
 # shared libraries it links (glibc, OpenSSL, zlib, libgcc), CA certificates, a non-root user, and
-# the repository's config/, schemas/ and policies/ as defaults under /etc/reflex (mount your own
+# the repository's config/, schemas/, policies/ and analytics/ as defaults under /etc/reflex (mount your own
 # over them, or point REFLEX_CONFIG elsewhere).
 #
 # Two ways to build it:

@@ -8,7 +8,7 @@
 #
 # The runtime image is `FROM scratch`: the binary (debug info stripped), the shared libraries
 # `ldd` names (glibc, OpenSSL, zlib, libgcc), the CA bundle, /etc/passwd with the non-root user
-# reflex (uid 10001), and config/, schemas/, policies/ under /etc/reflex. Nothing is pulled.
+# reflex (uid 10001), and config/, schemas/, policies/, analytics/ under /etc/reflex. Nothing is pulled.
 # The image is also written as an OCI archive (target/image/reflex.oci.tar) to load elsewhere
 # (`skopeo copy oci-archive:target/image/reflex.oci.tar docker://registry/reflex:TAG`).
 #   IMAGE (localhost/reflex:dev), REFLEX_BIN (skip the cargo build, use this binary)
@@ -44,7 +44,7 @@ rootfs() {
     printf 'root:x:0:0:root:/root:/sbin/nologin\nreflex:x:%s:%s:reflex:/var/lib/reflex:/sbin/nologin\n' \
         "$UID_GID" "$UID_GID" >"$dir/etc/passwd"
     printf 'root:x:0:\nreflex:x:%s:\n' "$UID_GID" >"$dir/etc/group"
-    cp -r "$REPO_DIR/config" "$REPO_DIR/schemas" "$REPO_DIR/policies" "$dir/etc/reflex/"
+    cp -r "$REPO_DIR/config" "$REPO_DIR/schemas" "$REPO_DIR/policies" "$REPO_DIR/analytics" "$dir/etc/reflex/"
     chmod 1777 "$dir/tmp"
     touch "$dir/var/lib/reflex/.keep"
 }
