@@ -7,7 +7,7 @@ REFLEX := target/release/reflex
 DUCKDB_VERSION := 1.4.4
 LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSION).20260205
 
-.PHONY: chaos bench bench-quick help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus jaeger policy-test bench-policy lake-tools bench-lake bench-analytics bench-ordering bench-trace
+.PHONY: chaos bench bench-quick scale help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus jaeger policy-test bench-policy lake-tools bench-lake bench-analytics bench-ordering bench-trace
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,12 +52,15 @@ k8s-render: helm ## Write deploy/k8s/ anew from the chart (after changing the ch
 	@scripts/k8s-check.sh render
 
 test-k8s: helm ## Every rendered object as a server-side dry run on a real kube-apiserver (built once from k8s.io/kubernetes, ~20 min) with etcd and KEDA's CRDs
+	@scripts/debs.sh k8s
 	@scripts/k8s-check.sh apiserver
 
 image: ## Build the OCI image (localhost/reflex:dev) with buildah, no Docker daemon: release binary on a scratch base, non-root; also target/image/reflex.oci.tar
+	@scripts/debs.sh image
 	@scripts/image.sh build
 
 test-image: ## Run reflex check, a bundle build and (with make up) an actions worker on fresh topics inside the image with podman
+	@scripts/debs.sh image
 	@scripts/image.sh test
 
 chaos: up pyenv lake-tools ## Fault suite with live workers: kill -9, rebalance storm, rolling restart, zombie (also under exactly_once), store/registry/service/policy faults, three brokers; one table of every scenario (~15 min)
@@ -105,6 +108,10 @@ bench: up ## Criterion micro-benchmarks, the end-to-end load run (three interlea
 	$(CARGO) build --release --locked
 	@python3 scripts/bench.py
 	@$(MAKE) --no-print-directory bench-ordering
+
+scale: up ## 1, 2 and 4 actions workers (processes) on a 12-partition topic, then a worker joining and one leaving under load, dynamic and static membership; nothing lost (target/bench/scale.md, ~8 min)
+	$(CARGO) build --release --locked --bin reflex --example bench_load
+	@python3 scripts/scale.py
 
 bench-quick: up ## The load run small (30,000 events, three repeats, no criterion): the same report format, ~3 min; compare two runs with scripts/bench-compare.py
 	$(CARGO) build --release --locked --example bare_consumer --example bench_load --example mirror

@@ -15,6 +15,11 @@
 //! bench_load latency BROKERS AUDIT_TOPIC EXPECTED
 //!     Reads the audit topic to its end and reports, per audit record, its Kafka timestamp (the
 //!     worker's producer sets CreateTime when it sends the record) minus the event's `time`.
+//! bench_load audit BROKERS AUDIT_TOPIC EXPECTED
+//!     Reads the audit topic until 3 s without a record once EXPECTED have come (20 s before),
+//!     and prints one line per audit record (tab-separated): its Kafka timestamp (ms), the input
+//!     partition and offset it reports, the event's `time` (ms, or -) and the worker; then the
+//!     JSON line with the count.
 //! ```
 //! Each prints one JSON line with its figures.
 
@@ -333,6 +338,51 @@ fn latency(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn audit(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-audit-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut records = 0u64;
+    let mut idle = Instant::now();
+    // Past EXPECTED, duplicates may still hide records not yet read: keep reading until the
+    // topic has been quiet for 3 s.
+    let quiet = |records: u64| Duration::from_secs(if records >= expected { 3 } else { 20 });
+    while idle.elapsed() < quiet(records) {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        idle = Instant::now();
+        records += 1;
+        let audit: Value = message
+            .payload()
+            .and_then(|p| serde_json::from_slice(p).ok())
+            .unwrap_or(Value::Null);
+        let event_time = audit["event_time"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map_or_else(|| "-".to_owned(), |t| t.timestamp_millis().to_string());
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}",
+            message.timestamp().to_millis().unwrap_or(-1),
+            audit["partition"].as_i64().unwrap_or(-1),
+            audit["offset"].as_i64().unwrap_or(-1),
+            event_time,
+            audit["worker"].as_str().unwrap_or("-"),
+        )?;
+    }
+    writeln!(out, "{}", json!({"records": records, "expected": expected}))?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
@@ -352,6 +402,7 @@ fn main() -> anyhow::Result<()> {
             keyed(arg(1), arg(2), arg(3), arg(4).parse()?, arg(5).parse()?)
         }
         "latency" if args.len() == 4 => latency(arg(1), arg(2), arg(3).parse()?),
+        "audit" if args.len() == 4 => audit(arg(1), arg(2), arg(3).parse()?),
         _ => bail!("usage: see the module documentation of examples/bench_load.rs"),
     }
 }

@@ -253,6 +253,19 @@ def fmt(s, digits=0):
     return f"{f(s['median'])} ({f(s['low'])}–{f(s['high'])})" if len(s["runs"]) > 1 else f(s["median"])
 
 
+def bench_payloads():
+    """The demo's events (scripts/demo-events.py: its mix of types and sizes, bad input included),
+    one per line in target/bench/payloads.jsonl; returns the path and the lines."""
+    subprocess.run([sys.executable, str(REPO / "scripts/demo-events.py"), str(OUT / "payloads")],
+                   check=True, capture_output=True)
+    payloads = OUT / "payloads.jsonl"
+    lines = []
+    for name in ("orders", "payments", "refunds"):
+        lines += [l for l in (OUT / "payloads" / f"{name}.jsonl").read_text().splitlines() if l.strip()]
+    payloads.write_text("\n".join(lines))
+    return payloads, lines
+
+
 def load_topic(load, topic, payloads, count, keys):
     out = subprocess.run([load, "keyed", BROKERS, topic, str(payloads), str(count), str(keys)],
                          capture_output=True, text=True)
@@ -291,13 +304,7 @@ def main():
                REFLEX_ROLES_ACTIONS_GROUP_ID=f"{run}.actions", REFLEX_ROLES_LAKE_GROUP_ID=f"{run}.lake",
                REFLEX_LAKE_STORE=str(OUT / f"{run}-lake"))
 
-    subprocess.run([sys.executable, str(REPO / "scripts/demo-events.py"), str(OUT / "payloads")],
-                   check=True, capture_output=True)
-    payloads = OUT / "payloads.jsonl"
-    lines = []
-    for name in ("orders", "payments", "refunds"):
-        lines += [l for l in (OUT / "payloads" / f"{name}.jsonl").read_text().splitlines() if l.strip()]
-    payloads.write_text("\n".join(lines))
+    payloads, lines = bench_payloads()
     subprocess.run([reflex, "topics"], env=env, check=True, capture_output=True)
     log(f"loading {n} events over {args.keys} keys into {topic} ({args.partitions} partitions)")
     loaded = load_topic(loader, topic, payloads, n, args.keys)

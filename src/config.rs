@@ -572,6 +572,8 @@ pub struct PolicySettings {
     pub kafka: KafkaConfig,
     /// The audit topic.
     pub audit_topic: String,
+    /// The bundle workers decide with instead of `dir`, when `[policy.bundle] url` is set.
+    pub bundle: Option<crate::policy::bundle::fetch::BundleSpec>,
 }
 
 impl PolicySettings {
@@ -584,7 +586,9 @@ impl PolicySettings {
         })?;
         let (raw, _) = raw_from_toml(&text, path, std::env::vars())?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let bundle = policy_bundle(&raw.policy.bundle, &raw.lake.s3, &base)?;
         Ok(Self {
+            bundle,
             dir: base.join(&raw.policy.dir),
             entry: raw.policy.entry,
             redact: raw.policy.redact,

@@ -276,8 +276,9 @@ enum PolicyCommand {
         #[command(flatten)]
         output: Output,
     },
-    /// The revision in the policy directory (and whether it compiles) against the revisions
-    /// workers decide with, read from the tail of the audit topic.
+    /// The revision workers should decide with (the policy directory's, or the bundle's at
+    /// `[policy.bundle] url`, fetched and verified) and whether it compiles, against the
+    /// revisions workers decide with, read from the tail of the audit topic.
     Status {
         /// Audit records read per partition, from the end.
         #[arg(long, default_value_t = 1000)]

@@ -176,8 +176,9 @@ pub fn eval(
     Ok(explain::explain(&set, &document))
 }
 
-/// `reflex policy status`: the directory's revision against the workers' (from the tail of
-/// the audit topic, `tail` records per partition).
+/// `reflex policy status`: the revision workers should run (the directory's, or the bundle's
+/// when `[policy.bundle] url` is set) against the workers' (from the tail of the audit topic,
+/// `tail` records per partition).
 pub fn status(settings: &PolicySettings, tail: i64) -> Result<PolicyStatus, ReplayError> {
     crate::replay::status::status(settings, tail)
 }
@@ -273,6 +274,7 @@ mod tests {
                 transactions: Default::default(),
             },
             audit_topic: "reflex.audit".into(),
+            bundle: None,
         }
     }
 

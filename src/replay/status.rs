@@ -1,5 +1,7 @@
-//! `reflex policy status`: the policy directory's revision, and whether it compiles, against the
-//! revisions workers decide with.
+//! `reflex policy status`: the revision workers should run, and whether it compiles, against the
+//! revisions workers decide with. That revision is the policy directory's, or, when
+//! `[policy.bundle] url` is set, the manifest revision of the bundle there, fetched and verified
+//! as a worker would.
 //!
 //! Workers run in other processes (and on other hosts); the one record all of them write is the
 //! audit trail, and every audit record names the worker and the revision that decided. So the
@@ -81,9 +83,14 @@ pub fn running_revisions(
 pub struct PolicyStatus {
     /// The policy directory.
     pub dir: PathBuf,
-    /// Its revision.
+    /// The bundle URL workers decide from, when one is configured (then `dir` is not used).
+    pub bundle: Option<String>,
+    /// Whether the bundle's signature was checked (a verification key is configured) and held.
+    pub verified: bool,
+    /// The directory's revision, or the bundle's manifest revision (empty when the bundle
+    /// could not be fetched, verified or read).
     pub revision: String,
-    /// Why it does not compile, when it does not.
+    /// Why it does not compile (or, for a bundle, cannot be fetched or verified), when so.
     pub refused: Option<String>,
     /// The audit topic read.
     pub audit_topic: String,
@@ -95,14 +102,29 @@ pub struct PolicyStatus {
 
 /// Compiles the directory and reads the workers' revisions from the audit trail.
 pub fn status(settings: &PolicySettings, tail: i64) -> Result<PolicyStatus, ReplayError> {
-    let revision = files::revision(&settings.dir).map_err(ReplayError::Directory)?;
-    let refused = PolicySet::load(&settings.dir, &settings.entry, settings.timeout)
-        .and_then(|set| set.with_redaction(&settings.redact))
-        .err()
-        .map(|e| e.to_string());
+    let (revision, refused) = match &settings.bundle {
+        Some(spec) => {
+            match PolicySet::load_bundle(spec.clone(), &settings.entry, settings.timeout)
+                .and_then(|set| set.with_redaction(&settings.redact))
+            {
+                Ok(set) => (set.revision().to_owned(), None),
+                Err(e) => (String::new(), Some(e.to_string())),
+            }
+        }
+        None => {
+            let revision = files::revision(&settings.dir).map_err(ReplayError::Directory)?;
+            let refused = PolicySet::load(&settings.dir, &settings.entry, settings.timeout)
+                .and_then(|set| set.with_redaction(&settings.redact))
+                .err()
+                .map(|e| e.to_string());
+            (revision, refused)
+        }
+    };
     let workers = running_revisions(&settings.kafka, &settings.audit_topic, tail)?;
     Ok(PolicyStatus {
         dir: settings.dir.clone(),
+        bundle: settings.bundle.as_ref().map(|b| b.url.clone()),
+        verified: refused.is_none() && settings.bundle.as_ref().is_some_and(|b| b.key.is_some()),
         revision,
         refused,
         audit_topic: settings.audit_topic.clone(),
@@ -113,12 +135,34 @@ pub fn status(settings: &PolicySettings, tail: i64) -> Result<PolicyStatus, Repl
 
 impl fmt::Display for PolicyStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let dir = self.dir.display();
-        match &self.refused {
-            None => writeln!(f, "{dir}: revision {} (compiles)", self.revision)?,
-            Some(e) => {
-                writeln!(f, "{dir}: revision {} REFUSED: {e}", self.revision)?;
+        let source = match &self.bundle {
+            Some(url) => format!("bundle {url}"),
+            None => self.dir.display().to_string(),
+        };
+        match (&self.refused, &self.bundle) {
+            (None, None) => writeln!(f, "{source}: revision {} (compiles)", self.revision)?,
+            (None, Some(_)) => {
+                let signature = if self.verified {
+                    "signature verified"
+                } else {
+                    "not verified: no [policy.bundle] verification_key"
+                };
+                writeln!(
+                    f,
+                    "{source}: revision {} ({signature}, compiles)",
+                    self.revision
+                )?
+            }
+            (Some(e), None) => {
+                writeln!(f, "{source}: revision {} REFUSED: {e}", self.revision)?;
                 writeln!(f, "  workers keep the revision they run until it compiles")?;
+            }
+            (Some(e), Some(_)) => {
+                writeln!(f, "{source}: REFUSED: {e}")?;
+                writeln!(
+                    f,
+                    "  workers keep the revision they run until the bundle there loads"
+                )?;
             }
         }
         if self.workers.is_empty() {
@@ -131,6 +175,8 @@ impl fmt::Display for PolicyStatus {
         for (i, w) in self.workers.iter().enumerate() {
             let note = if w.revision == self.revision {
                 "current"
+            } else if self.refused.is_some() && self.bundle.is_some() {
+                "running (bundle refused)"
             } else if self.refused.is_some() {
                 "running (directory refused)"
             } else {

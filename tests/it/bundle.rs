@@ -388,6 +388,31 @@ fn spawn_worker(env: &TestEnv, id: &str, log: &Path) -> Child {
         .expect("reflex starts")
 }
 
+/// `reflex policy status --json` with the test's configuration.
+fn policy_status(env: &TestEnv) -> serde_json::Value {
+    let out = Command::new(reflex_bin())
+        .args(["policy", "status", "--json"])
+        .env("REFLEX_CONFIG", &env.config_path)
+        .env_remove("REFLEX_TEST_BROKERS")
+        .env(
+            "AWS_ACCESS_KEY_ID",
+            std::env::var("S3_ACCESS_KEY").unwrap_or_else(|_| "reflex".into()),
+        )
+        .env(
+            "AWS_SECRET_ACCESS_KEY",
+            std::env::var("S3_SECRET_KEY").unwrap_or_else(|_| "reflex-secret".into()),
+        )
+        .output()
+        .expect("reflex policy status runs");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "policy status printed no JSON ({e}): {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Workers and revisions in the audit records: worker -> revisions it decided with.
 fn revisions_by_worker(audit: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -479,6 +504,23 @@ async fn three_workers_polling_one_bundle_switch_revision_and_ignore_a_tampered_
     publish(repo_bundle(dir.path(), "rev-2", &key)).await;
     until_all_decide_with(&env, &ids, "rev-2", &mut wave).await;
 
+    // `reflex policy status` fetches and verifies the bundle as the workers do and sees them on it.
+    let status = policy_status(&env);
+    assert_eq!(status["revision"], "rev-2", "{status}");
+    assert_eq!(status["verified"], true, "{status}");
+    assert!(status["refused"].is_null(), "{status}");
+    let on_rev2: BTreeSet<&str> = status["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .filter(|w| w["revision"] == "rev-2")
+        .filter_map(|w| w["worker"].as_str())
+        .collect();
+    assert!(
+        ids.iter().all(|id| on_rev2.contains(id)),
+        "every worker on rev-2: {status}"
+    );
+
     // A tampered copy (a signed rev-3 with its data changed): every worker refuses it.
     let rev3 = repo_bundle(dir.path(), "rev-3", &key);
     publish(tamper(&rev3, "data.json", br#"{"limits": {}}"#)).await;
@@ -494,6 +536,12 @@ async fn three_workers_polling_one_bundle_switch_revision_and_ignore_a_tampered_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let status = policy_status(&env);
+    let refused = status["refused"].as_str().unwrap_or_default();
+    assert!(
+        refused.contains("signature") || refused.contains("digest"),
+        "policy status refuses the tampered bundle, naming the signature: {status}"
+    );
     let records: Vec<Rec> = (0..24)
         .map(|n| {
             Rec::json(
