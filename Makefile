@@ -103,7 +103,7 @@ test-unit: ## Run the unit tests only (no broker)
 	$(CARGO) test --locked --lib
 
 bench: up ## Criterion micro-benchmarks, the end-to-end load run (three interleaved repeats against two ceilings; BENCH_EVENTS, BENCH_BASELINE) and bench-ordering; ~25 min
-	$(CARGO) bench --locked --bench decode --bench lake --bench policy --bench pipeline --bench trace -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) bench --locked --bench decode --bench lake --bench policy --bench pipeline --bench trace --bench analytics -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) build --release --locked --example bare_consumer --example bench_load --example mirror
 	$(CARGO) build --release --locked
 	@python3 scripts/bench.py

@@ -15,6 +15,11 @@
 //! bench_load latency BROKERS AUDIT_TOPIC EXPECTED
 //!     Reads the audit topic to its end and reports, per audit record, its Kafka timestamp (the
 //!     worker's producer sets CreateTime when it sends the record) minus the event's `time`.
+//! bench_load customers BROKERS TOPIC PAYLOADS_JSONL COUNT GROUPS
+//!     COUNT copies of the first `order.placed` payload line, record n with a fresh `id`,
+//!     `data.customer_id` = `c-{n mod GROUPS}` (also its key) and an event `time` 10 ms after
+//!     the previous one's (100 events per second of event time, from one day ago), so the
+//!     analytics role's windows close as the stream moves on.
 //! bench_load audit BROKERS AUDIT_TOPIC EXPECTED
 //!     Reads the audit topic until 3 s without a record once EXPECTED have come (20 s before),
 //!     and prints one line per audit record (tab-separated): its Kafka timestamp (ms), the input
@@ -338,6 +343,50 @@ fn latency(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn customers(
+    brokers: &str,
+    topic: &str,
+    payloads: &str,
+    count: u64,
+    groups: u64,
+) -> anyhow::Result<()> {
+    let Some(order) = payload_lines(payloads)?
+        .into_iter()
+        .flatten()
+        .find(|e| e["type"] == "order.placed")
+    else {
+        bail!("no order.placed line in {payloads}");
+    };
+    if groups == 0 {
+        bail!("no groups");
+    }
+    let producer = producer(brokers)?;
+    let start = chrono::Utc::now() - chrono::Duration::days(1);
+    let started = Instant::now();
+    for n in 0..count {
+        let customer = format!("c-{}", n % groups);
+        let mut event = order.clone();
+        event["id"] = json!(format!("customers-{n}"));
+        event["time"] = json!((start + chrono::Duration::milliseconds(10 * n as i64))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        event["data"]["customer_id"] = json!(customer);
+        let value = serde_json::to_vec(&event)?;
+        send(
+            &producer,
+            BaseRecord::to(topic)
+                .key(customer.as_bytes())
+                .payload(value.as_slice()),
+        )?;
+    }
+    producer.flush(Duration::from_secs(60))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"records": count, "groups": groups, "seconds": elapsed, "events_per_second": count as f64 / elapsed})
+    );
+    Ok(())
+}
+
 fn audit(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
     use std::io::Write;
     let consumer: BaseConsumer = ClientConfig::new()
@@ -403,6 +452,9 @@ fn main() -> anyhow::Result<()> {
         }
         "latency" if args.len() == 4 => latency(arg(1), arg(2), arg(3).parse()?),
         "audit" if args.len() == 4 => audit(arg(1), arg(2), arg(3).parse()?),
+        "customers" if args.len() == 6 => {
+            customers(arg(1), arg(2), arg(3), arg(4).parse()?, arg(5).parse()?)
+        }
         _ => bail!("usage: see the module documentation of examples/bench_load.rs"),
     }
 }

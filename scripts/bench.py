@@ -12,6 +12,9 @@ process of its own with a consumer group of its own, with:
   - the actions role (inline actions), also with the compiled policy engine, with two policy
     evaluators and under exactly_once, and, with --baseline BIN, another reflex build;
   - the lake role (the events and the actions role's audit records);
+  - the analytics role: a count window per customer over 10 000 customers (orders keyed by
+    customer, event time advancing 100 events/s), and once with --analytics-groups-max groups
+    open at once (one event each in a one-day window) for its memory;
   - a hot key: the first --hot-events events again, all under one key, and the same under
     distinct keys, each drained by the actions role.
 Every drain is repeated --repeats times, the repeats interleaved (all processes once, then again),
@@ -51,6 +54,7 @@ TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
 OUT = REPO / "target" / "bench"
 TARGETS = {"actions_over_mirror": ("≥", 0.5), "actions_cpu_us_per_event": ("≤", 20),
            "lake_cpu_us_per_record": ("≤", 10), "lake_peak_rss_mib": ("≤", 1024),
+           "analytics_cpu_us_per_event": ("≤", 5),
            "cpu_over_stage_sum": ("≤", 1.3), "hot_key_over_distinct_keys": ("≥", 0.5)}
 # The mean value size of the demo's audit records (722 bytes over its audit topic), which `mirror` produces
 # one of per event.
@@ -266,6 +270,37 @@ def bench_payloads():
     return payloads, lines
 
 
+ANALYTICS_GROUPS = 10_000
+
+
+def analytics_env(base, run, tag, window, max_groups):
+    """The environment for an analytics drain over `{run}.customers-*`: one count analysis per
+    customer (`data.customer_id`, which is also the record key) on a tumbling `window`,
+    declared in target/bench/analytics-<window>/, with a group and topics of its own."""
+    decl = OUT / f"analytics-{window}"
+    decl.mkdir(parents=True, exist_ok=True)
+    (decl / "bench.toml").write_text(
+        "[orders_per_customer]\n"
+        'types = ["order.placed"]\n'
+        'group_by = ["data.customer_id"]\n'
+        f'window = {{ tumbling = "{window}" }}\n'
+        'aggregates = { orders = "count" }\n'
+        'condition = "orders > 1000"\n'
+        'emit = "reflex.analytics.refunds_high"\n')
+    return dict(base, REFLEX_ANALYTICS_DIR=str(decl), REFLEX_ANALYTICS_GROUP_ID=f"{run}.{tag}",
+                REFLEX_ANALYTICS_TOPIC=f"{run}.{tag}.findings",
+                REFLEX_ANALYTICS_CHANGELOG_TOPIC=f"{run}.{tag}.changelog",
+                REFLEX_ANALYTICS_MAX_GROUPS=str(max_groups))
+
+
+def load_customers(load, topic, payloads, count, groups):
+    out = subprocess.run([load, "customers", BROKERS, topic, str(payloads), str(count), str(groups)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"loading {topic} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def load_topic(load, topic, payloads, count, keys):
     out = subprocess.run([load, "keyed", BROKERS, topic, str(payloads), str(count), str(keys)],
                          capture_output=True, text=True)
@@ -283,6 +318,9 @@ def main():
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--paced-seconds", type=float, default=float(os.environ.get("BENCH_PACED_SECONDS", 25)))
     parser.add_argument("--wire-events", type=int, default=int(os.environ.get("BENCH_WIRE_EVENTS", 100_000)))
+    parser.add_argument("--analytics-groups-max", type=int,
+                        default=int(os.environ.get("BENCH_ANALYTICS_GROUPS_MAX", 1_000_000)),
+                        help="groups held open at once for the analytics role's memory figure (0: skip)")
     parser.add_argument("--baseline", default=os.environ.get("BENCH_BASELINE"),
                         help="another reflex binary whose actions role is measured beside this build's")
     args = parser.parse_args()
@@ -314,6 +352,10 @@ def main():
         subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=t), check=True, capture_output=True)
         load_topic(loader, t, payloads, hot_n, keys)
     log(f"loaded {hot_n} events under one key into {run}.hot and under {hot_n} keys into {run}.distinct")
+    customers = f"{run}.customers"
+    subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=customers), check=True, capture_output=True)
+    load_customers(loader, customers, payloads, n, ANALYTICS_GROUPS)
+    log(f"loaded {n} orders of {ANALYTICS_GROUPS} customers into {customers}")
     # A baseline build may take a record per broker round trip on one key: its hot-key drains
     # get topics of their own, small, measured for both builds.
     small_n = min(hot_n, 3000)
@@ -375,6 +417,9 @@ def main():
         measure("lake", i, lambda: role_run("lake", reflex, dict(
             env, REFLEX_TOPICS_AUDIT=f"{run}.actions-{i}.audit", REFLEX_ROLES_LAKE_GROUP_ID=f"{run}.lake-{i}",
             REFLEX_LAKE_STORE=str(OUT / f"{run}-lake-{i}")), "lake", 2 * n))
+        measure("analytics", i, lambda: role_run("analytics", reflex, dict(
+            analytics_env(env, run, f"analytics-{i}", "1m", 100_000), REFLEX_TOPICS_EVENTS=customers),
+            "analytics", n))
         for label, (t, _) in hot_topics.items():
             measure(f"actions_{label}_keys", i, lambda: actions_run(
                 f"actions-{label}", reflex, outputs(label, i, REFLEX_TOPICS_EVENTS=t), hot_n))
@@ -400,6 +445,7 @@ def main():
         "actions_over_bare_consumer": per_repeat("actions", "bare_consumer"),
         "mirror_over_bare_consumer": per_repeat("mirror", "bare_consumer"),
         "lake_over_bare_consumer": per_repeat("lake", "bare_consumer"),
+        "analytics_over_bare_consumer": per_repeat("analytics", "bare_consumer"),
         "actions_compiled_over_mirror": per_repeat("actions_compiled", "mirror"),
         "actions_two_deciders_over_actions": per_repeat("actions_two_deciders", "actions"),
         "exactly_once_over_at_least_once": per_repeat("actions_exactly_once", "actions"),
@@ -412,6 +458,19 @@ def main():
         ratios["baseline_hot_key_over_distinct_keys_small"] = per_repeat("actions_baseline_hot_keys_small",
                                                                          "actions_baseline_distinct_keys_small")
         ratios["hot_key_over_baseline_hot_key_small"] = per_repeat("actions_hot_keys_small", "actions_baseline_hot_keys_small")
+
+    if args.analytics_groups_max > 0:
+        g = args.analytics_groups_max
+        topic_g = f"{run}.customers-{g}"
+        subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=topic_g), check=True, capture_output=True)
+        load_customers(loader, topic_g, payloads, g, g)
+        log(f"analytics: {g} orders of {g} customers, one day's window: {g} groups open at once")
+        figures["analytics_many_groups"] = dict(role_run("analytics-many", reflex, dict(
+            analytics_env(env, run, "analytics-many", "24h", 2 * g), REFLEX_TOPICS_EVENTS=topic_g), "analytics", g),
+            groups=g)
+        am = figures["analytics_many_groups"]
+        log(f"analytics at {g} open groups: peak RSS {am['peak_rss_mib']} MiB, {am['cpu_us_per_record']} CPU-µs per event")
+    figures["analytics_checkpoint"] = {"ns_10k_groups": criterion_ns("analytics_checkpoint", "snapshot_10k_groups")}
 
     rate = max(1, round(figures["summary"]["actions"]["events_per_second"]["median"] / 2))
     if args.paced_seconds > 0:
@@ -449,6 +508,7 @@ def main():
                 "actions_cpu_us_per_event": summary["actions"]["cpu_us_per_record"],
                 "lake_cpu_us_per_record": summary["lake"]["cpu_us_per_record"],
                 "lake_peak_rss_mib": summary["lake"]["peak_rss_mib"],
+                "analytics_cpu_us_per_event": summary["analytics"]["cpu_us_per_record"],
                 "cpu_over_stage_sum": ratios.get("cpu_over_stage_sum"),
                 "hot_key_over_distinct_keys": ratios["hot_key_over_distinct_keys"]}
     figures["targets"] = {k: {"target": f"{op} {v}", "median": measured[k]["median"] if measured[k] else None,
@@ -477,6 +537,7 @@ def write_markdown(figures, args):
               ("actions_two_deciders", "actions role, `deciders = 2`"),
               ("actions_exactly_once", "actions role, `guarantee = \"exactly_once\"`"),
               ("lake", "lake role (events + audit records, per record)"),
+              ("analytics", f"analytics role, a count window per customer over {ANALYTICS_GROUPS} customers"),
               ("actions_hot_keys", f"actions role, {figures['hot_events']} events under one key"),
               ("actions_distinct_keys", f"actions role, the same {figures['hot_events']} events under distinct keys"),
               ("actions_hot_keys_small", f"actions role, {figures['hot_events_small']} events under one key"),
@@ -503,6 +564,14 @@ def write_markdown(figures, args):
                f"| steady state (after the first {pl['warm_up_ms']} ms) " + " | ".join(
                    [str(pl["steady_measured"])] + ["n/a" if pl[k] is None else f"{pl[k]:.0f}"
                                                    for k in ("steady_p50_ms", "steady_p90_ms", "steady_p99_ms", "steady_max_ms")]) + " |"]
+    am = figures.get("analytics_many_groups")
+    if am:
+        md += ["", f"Analytics role with {am['groups']} groups open at once (one event each, a one-day window): "
+               f"peak RSS {am['peak_rss_mib']} MiB, {am['cpu_us_per_record']} CPU-µs per event, "
+               f"{am['events_per_second']} events/s."]
+    ck = figures.get("analytics_checkpoint", {}).get("ns_10k_groups")
+    if ck:
+        md += [f"A checkpoint of 10 000 open groups (criterion, `analytics_checkpoint/snapshot_10k_groups`): {ck / 1e6:.2f} ms."]
     cb = figures.get("cpu_breakdown")
     if cb:
         md += ["", "## CPU per event: the actions role against its stages measured alone", "",
