@@ -434,7 +434,15 @@ kafka_format() {
 # Wait until the broker answers, or fail (stopping it) with a pointer to the log.
 kafka_wait_ready() {
     local pid=$1 log_from=${2:-0} start=$SECONDS
-    local deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+    # A broker loads every partition it holds before it answers: after many test runs (each
+    # makes topics of its own) that takes minutes, so the wait grows by 20 ms a partition.
+    local partitions timeout=$KAFKA_START_TIMEOUT
+    partitions=$(find "$KAFKA_LOG_DIRS" -mindepth 1 -maxdepth 1 -type d -name '*-[0-9]*' 2>/dev/null | wc -l)
+    if ((partitions > 1000)); then
+        timeout=$((KAFKA_START_TIMEOUT + partitions / 50))
+        say "kafka: loading $partitions partitions (waiting up to ${timeout}s; scripts/stack.sh down --clean kafka starts empty)"
+    fi
+    local deadline=$((SECONDS + timeout))
     while ! kafka_probe; do
         if ! pid_alive "$pid"; then
             rm -f "$KAFKA_PIDFILE"
@@ -445,7 +453,7 @@ kafka_wait_ready() {
         if ((SECONDS >= deadline)); then
             show_log_tail "$KAFKA_LOGS/server.log" "$log_from"
             kafka_stop "$pid" >&2
-            die "kafka: broker not ready on $KAFKA_ADDR after ${KAFKA_START_TIMEOUT}s (stopped it); see $KAFKA_LOGS/server.log"
+            die "kafka: broker not ready on $KAFKA_ADDR after ${timeout}s (stopped it; $partitions partitions on disk, KAFKA_START_TIMEOUT raises the wait, scripts/stack.sh down --clean kafka starts empty); see $KAFKA_LOGS/server.log"
         fi
         sleep 1
     done
