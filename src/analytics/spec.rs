@@ -7,6 +7,7 @@
 //! types = ["refund.requested"]                 # the source: event types...
 //! where = { "data.currency" = "EUR" }          # ...and, optionally, fields that must equal
 //! group_by = ["data.order_id"]                 # envelope fields or data.* paths
+//! keyed_by_group = true                        # records are keyed by the group: no repartition
 //! window = { tumbling = "1h" }                 # or { hopping = "1h", advance = "10m" }, { session = "30m" }
 //! allowed_lateness = "5m"
 //! aggregates = { refunds = "count", total = "sum(data.amount)" }
@@ -80,6 +81,10 @@ pub struct Analysis {
     pub filter: Vec<(Field, Value)>,
     /// The grouping fields (none: one group).
     pub group_by: Vec<Field>,
+    /// The input records are keyed by the group's text (`keyed_by_group = true`), so the
+    /// records of one group share a partition; otherwise the role re-keys them through a
+    /// repartition topic first.
+    pub keyed_by_group: bool,
     /// Event time an event may arrive behind the newest one seen and still count (ms).
     pub allowed_lateness: i64,
     /// What it computes.
@@ -97,7 +102,35 @@ impl Analysis {
                 .iter()
                 .all(|(field, want)| field.get(event).is_some_and(|v| v.equals(want)))
     }
+
+    /// The event's group as text: the `group_by` values joined by `/` (`-` for a missing
+    /// one); empty without a grouping.
+    pub fn group_key(&self, event: &crate::event::CloudEvent) -> String {
+        let mut key = String::new();
+        for (i, field) in self.group_by.iter().enumerate() {
+            if i > 0 {
+                key.push('/');
+            }
+            match field.get(event) {
+                Some(v) => key.push_str(&v.text()),
+                None => key.push('-'),
+            }
+        }
+        key
+    }
+
+    /// The record key the event is re-keyed by on the way to the analysis's repartition
+    /// topic: its group, or the analysis's name when it has no grouping (one group, one
+    /// partition).
+    pub fn partition_key(&self, event: &crate::event::CloudEvent) -> String {
+        if self.group_by.is_empty() {
+            self.name.clone()
+        } else {
+            self.group_key(event)
+        }
+    }
 }
+
 /// Parses the analyses of one file (`text`, read from `path`).
 pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Analysis>, SpecError> {
     let table: toml::Table = toml::from_str(text).map_err(|e| SpecError::Parse {

@@ -16,6 +16,7 @@
 //! holding its task's watermark back.
 
 mod checkpoint;
+pub mod repartition;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -71,6 +72,14 @@ pub enum AnalyticsError {
         /// The broker's answer.
         message: String,
     },
+    /// A repartition topic cannot be created or used.
+    #[error("repartition topic {topic}: {message}")]
+    Repartition {
+        /// The topic (or the input topic it depends on).
+        topic: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// A finding or a checkpoint could not be published (permanently).
     #[error("cannot publish to {topic}: {source}")]
     Publish {
@@ -110,14 +119,16 @@ pub struct AnalyticsSummary {
     pub late: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
+    /// Records forwarded to repartition topics.
+    pub repartitioned: u64,
 }
 
 impl std::fmt::Display for AnalyticsSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "analytics: {} records, {} findings, {} late events, {} checkpoints",
-            self.records, self.findings, self.late, self.checkpoints
+            "analytics: {} records, {} findings, {} late events, {} checkpoints, {} records repartitioned",
+            self.records, self.findings, self.late, self.checkpoints, self.repartitioned
         )
     }
 }
@@ -246,11 +257,20 @@ pub async fn run(
             brokers: config.kafka.brokers.clone(),
             source,
         })?;
-    let names: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    // Analyses not keyed by their group run from their repartition topics, read in the same
+    // group: partition p of each goes with partition p of the inputs.
+    let routes = repartition::ensure(config, &inputs).await?;
+    let subscribed: Vec<String> = inputs
+        .iter()
+        .map(String::as_str)
+        .chain(routes.repartition_topics())
+        .map(str::to_owned)
+        .collect();
+    let names: Vec<&str> = subscribed.iter().map(String::as_str).collect();
     consumer
         .subscribe(&names)
         .map_err(|source| AnalyticsError::Subscribe {
-            topics: inputs.clone(),
+            topics: subscribed.clone(),
             source,
         })?;
     let probe = if options.drain {
@@ -285,7 +305,7 @@ pub async fn run(
         engine: config.policy.engine(),
     }
     .emit(&metrics);
-    tracing::info!(group = %settings.group_id, topics = ?inputs, analyses = settings.analyses.len(), "analytics worker started");
+    tracing::info!(group = %settings.group_id, topics = ?subscribed, analyses = settings.analyses.len(), "analytics worker started");
 
     let mut worker = Worker {
         config,
@@ -297,6 +317,7 @@ pub async fn run(
         summary: AnalyticsSummary::default(),
         worker_id: options.worker_id,
         findings: Vec::new(),
+        routes,
     };
     let mut timer = tokio::time::interval(Duration::from_millis(250));
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -315,8 +336,13 @@ pub async fn run(
                     last_checkpoint = Instant::now();
                 }
                 if idle_since.elapsed() > Duration::from_millis(500)
-                    && probe.as_ref().is_some_and(|p| kafka::caught_up(&consumer, p, &worker.inputs))
+                    && probe.as_ref().is_some_and(|p| kafka::caught_up(&consumer, p, &subscribed))
                 {
+                    if worker.settle().await? > 0 {
+                        // Records just forwarded to a repartition topic are still to be read.
+                        idle_since = Instant::now();
+                        continue;
+                    }
                     tracing::info!("all partitions consumed to their end");
                     // The input ends here: every partition is as idle as it will get.
                     worker.release_all().await?;

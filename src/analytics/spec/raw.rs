@@ -25,6 +25,8 @@ pub(super) struct RawAnalysis {
     #[serde(default)]
     group_by: Vec<String>,
     #[serde(default)]
+    keyed_by_group: bool,
+    #[serde(default)]
     window: Option<RawWindow>,
     #[serde(default, with = "humantime_serde")]
     allowed_lateness: Option<Duration>,
@@ -167,6 +169,7 @@ pub(super) fn build(path: &Path, name: &str, raw: RawAnalysis) -> Result<Analysi
             types: vec![absence.first.clone(), absence.then.clone()],
             filter,
             group_by: vec![correlate.clone()],
+            keyed_by_group: raw.keyed_by_group,
             allowed_lateness,
             kind: Kind::Absence(Absence {
                 first: absence.first,
@@ -221,6 +224,12 @@ pub(super) fn build(path: &Path, name: &str, raw: RawAnalysis) -> Result<Analysi
         .collect::<Result<Vec<_>, _>>()?;
     if aggregates.is_empty() {
         aggregates.push(("count".to_owned(), Aggregate::Count));
+    }
+    if raw.keyed_by_group && group_by.is_empty() {
+        return Err(invalid(
+            "keyed_by_group",
+            "without group_by every event is in one group, which one worker must hold: remove keyed_by_group (the events are then re-keyed to one partition)".into(),
+        ));
     }
     let names: Vec<String> = aggregates.iter().map(|(n, _)| n.clone()).collect();
     let condition = match &raw.condition {
@@ -281,6 +290,7 @@ pub(super) fn build(path: &Path, name: &str, raw: RawAnalysis) -> Result<Analysi
         types: raw.types,
         filter,
         group_by,
+        keyed_by_group: raw.keyed_by_group,
         allowed_lateness,
         kind: Kind::Windowed {
             window,

@@ -45,6 +45,11 @@ fn fingerprint(analysis: &crate::analytics::Analysis) -> String {
             analysis.filter,
             analysis.allowed_lateness
         )
+        + if analysis.keyed_by_group {
+            ""
+        } else {
+            "/repartitioned"
+        }
 }
 
 /// Creates the changelog topic, compacted, if it does not exist.
@@ -92,8 +97,15 @@ impl Worker<'_> {
     pub(super) async fn restore(&self, p: i32) -> Result<Task, AnalyticsError> {
         let settings = &self.config.analytics;
         let mut engine = Engine::new(Arc::clone(&settings.analyses), settings.max_groups);
-        for topic in &self.inputs {
-            engine.track(topic);
+        for (i, route) in self.routes.topics.iter().enumerate() {
+            let inputs = if route.is_some() {
+                &self.routes.sources
+            } else {
+                &self.inputs
+            };
+            for input in inputs {
+                engine.track_for(i, input);
+            }
         }
         let keys: BTreeMap<String, usize> = settings
             .analyses
@@ -148,6 +160,21 @@ impl Worker<'_> {
                 .iter()
                 .map(|t| (t.clone(), (now, false)))
                 .collect(),
+            seen_sources: self
+                .routes
+                .topics
+                .iter()
+                .map(|route| match route {
+                    Some(_) => self
+                        .routes
+                        .sources
+                        .iter()
+                        .map(|s| (s.clone(), (now, false)))
+                        .collect(),
+                    None => BTreeMap::new(),
+                })
+                .collect(),
+            consumed: BTreeMap::new(),
             pending: Vec::new(),
             dirty: false,
         })
@@ -181,7 +208,9 @@ impl Worker<'_> {
                     .await
                     .map_err(|source| AnalyticsError::Publish { topic, source })?;
             }
-            let mut next: BTreeMap<String, i64> = BTreeMap::new();
+            // What the task read, but no further than a state on the inputs reflects (the
+            // forwarded records of that stretch are acknowledged above).
+            let mut next: BTreeMap<String, i64> = task.consumed.clone();
             for (i, analysis) in settings.analyses.iter().enumerate() {
                 let state = match task.engine.snapshot(i) {
                     Ok(state) => state,
@@ -195,9 +224,11 @@ impl Worker<'_> {
                     serde_json::Value::String(fingerprint(analysis)),
                     String::from_utf8_lossy(&state)
                 );
-                for (topic, offset) in task.engine.state(i).offsets() {
-                    let entry = next.entry(topic.to_owned()).or_insert(offset);
-                    *entry = (*entry).min(offset);
+                if self.routes.topics.get(i).is_some_and(Option::is_none) {
+                    for (topic, offset) in task.engine.state(i).offsets() {
+                        let entry = next.entry(topic.to_owned()).or_insert(offset);
+                        *entry = (*entry).min(offset);
+                    }
                 }
                 bytes += value.len() as u64;
                 records += 1;

@@ -9,10 +9,13 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::DeliveryFuture;
 
+use super::repartition::{self, source_input, Routes};
 use super::{AnalyticsContext, AnalyticsError, AnalyticsSummary};
 use crate::analytics::{Engine, Finding, Observation};
 use crate::config::Config;
-use crate::ingest::headers::{dead_letter, Letter, Origin};
+use crate::event::CloudEvent;
+use crate::ingest::headers::{dead_letter, Letter, Origin, WORKER};
+use crate::ingest::Input;
 use crate::ingest::{Admitter, DeadLetterReason, OutRecord};
 use crate::kafka;
 use crate::telemetry::{self as metrics, Metrics};
@@ -22,6 +25,12 @@ pub(super) struct Task {
     pub(super) engine: Engine,
     /// When each input last had a record, and whether it is marked idle.
     pub(super) seen: BTreeMap<String, (Instant, bool)>,
+    /// The same per analysis fed through a repartition topic, for each original topic
+    /// partition (empty for the others).
+    pub(super) seen_sources: Vec<BTreeMap<String, (Instant, bool)>>,
+    /// The next offset of each topic read by this task (inputs and repartition topics): what
+    /// the checkpoint commits once the state and every record forwarded are acknowledged.
+    pub(super) consumed: BTreeMap<String, i64>,
     /// Findings (and dead letters) published since the last checkpoint.
     pub(super) pending: Vec<(String, DeliveryFuture)>,
     /// Counters already reported per analysis: (late, evicted).
@@ -41,6 +50,7 @@ pub(super) struct Worker<'a> {
     pub(super) summary: AnalyticsSummary,
     pub(super) worker_id: String,
     pub(super) findings: Vec<Finding>,
+    pub(super) routes: Routes,
 }
 
 impl Worker<'_> {
@@ -73,7 +83,9 @@ impl Worker<'_> {
             .unwrap_or_else(|| unreachable!("inserted above")))
     }
 
-    /// Feeds one record to its task and publishes what it finds.
+    /// Feeds one record to its task and publishes what it finds: an input record to the
+    /// analyses that run on the inputs and, forwarded, to the repartition topics of the others;
+    /// a repartition topic's record to its analysis.
     pub(super) async fn handle(
         &mut self,
         message: &BorrowedMessage<'_>,
@@ -82,6 +94,9 @@ impl Worker<'_> {
         let p = message.partition();
         let headers = kafka::headers_of(message);
         let input = kafka::input_of(message, &headers);
+        if let Some(i) = self.routes.analysis_of(message.topic()) {
+            return self.handle_forwarded(i, &input).await;
+        }
         let admitted = if message.topic() == self.config.topics.audit {
             match message.payload().and_then(|v| {
                 crate::analytics::audit_event(v, message.topic(), p, message.offset())
@@ -110,49 +125,129 @@ impl Worker<'_> {
             .map(|t| t.timestamp_millis())
             .or(message.timestamp().to_millis())
             .unwrap_or_default();
+        let origin = Origin::of(&input);
         let mut findings = std::mem::take(&mut self.findings);
-        let observed = {
-            let task = self.task(p).await?;
+        let mut late = 0;
+        {
+            self.task(p).await?;
+            let routes = &self.routes.topics;
+            let Some(task) = self.tasks.get_mut(&p) else {
+                return Ok(());
+            };
             if let Some(seen) = task.seen.get_mut(message.topic()) {
                 *seen = (Instant::now(), false);
             }
             task.dirty = true;
-            task.engine.observe(
-                Observation {
-                    event: &event,
-                    time_ms,
-                    topic: message.topic(),
-                    offset: message.offset(),
-                },
-                &mut findings,
-            )
-        };
-        if observed.late > 0 && self.config.analytics.dead_letter_late {
-            let origin = Origin::of(&input);
-            let error = format!(
-                "event time {} is behind the watermark of {} analyses: their windows had closed",
-                event.time.as_deref().unwrap_or("(record timestamp)"),
-                observed.late
-            );
-            let record = dead_letter(
-                &input,
-                &self.config.topics.dlq,
-                &Letter {
-                    reason: DeadLetterReason::Late,
-                    error: &error,
-                    origin: &origin,
-                    worker: &self.worker_id,
-                    event_type: Some(&event.ty),
-                    retry_round: None,
-                    context: None,
-                },
-            );
-            self.publish(p, record).await?;
+            consumed(task, message.topic(), message.offset());
+            let observation = Observation {
+                event: &event,
+                time_ms,
+                topic: message.topic(),
+                offset: message.offset(),
+            };
+            for (i, _) in routes.iter().enumerate().filter(|(_, r)| r.is_none()) {
+                late += task.engine.observe_for(i, observation, &mut findings).late;
+            }
         }
+        let analyses = Arc::clone(&self.config.analytics.analyses);
+        for (analysis, topic) in analyses.iter().zip(self.routes.topics.clone()) {
+            if let Some(topic) = topic.filter(|_| analysis.reads(&event)) {
+                let record = repartition::forward(
+                    analysis,
+                    &topic,
+                    self.routes.partitions,
+                    &event,
+                    time_ms,
+                    &origin,
+                );
+                self.summary.repartitioned += 1;
+                self.publish(p, record).await?;
+            }
+        }
+        self.late(p, &input, &origin, &event, late).await?;
         self.publish_findings(p, &mut findings).await?;
         self.findings = findings;
         self.report(p);
         Ok(())
+    }
+
+    /// Feeds a record of analysis `i`'s repartition topic to that analysis, as read from its
+    /// original topic partition (whose offsets skip a record forwarded twice).
+    async fn handle_forwarded(
+        &mut self,
+        i: usize,
+        input: &Input<'_>,
+    ) -> Result<(), AnalyticsError> {
+        let p = input.partition;
+        let Some(forwarded) = repartition::read(input.value, input.headers) else {
+            tracing::warn!(
+                topic = input.topic,
+                partition = p,
+                offset = input.offset,
+                "a record of a repartition topic without the event, its time or its origin; skipped (only the analytics role writes there)"
+            );
+            return Ok(());
+        };
+        let source = source_input(&forwarded.origin.topic, forwarded.origin.partition);
+        let mut findings = std::mem::take(&mut self.findings);
+        let late = {
+            let task = self.task(p).await?;
+            if let Some(seen) = task.seen_sources.get_mut(i) {
+                seen.insert(source.clone(), (Instant::now(), false));
+            }
+            task.dirty = true;
+            consumed(task, input.topic, input.offset);
+            task.engine
+                .observe_for(
+                    i,
+                    Observation {
+                        event: &forwarded.event,
+                        time_ms: forwarded.time_ms,
+                        topic: &source,
+                        offset: forwarded.origin.offset,
+                    },
+                    &mut findings,
+                )
+                .late
+        };
+        self.late(p, input, &forwarded.origin, &forwarded.event, late)
+            .await?;
+        self.publish_findings(p, &mut findings).await?;
+        self.findings = findings;
+        self.report(p);
+        Ok(())
+    }
+
+    /// Dead-letters a record `late` analyses found late, when `dead_letter_late` asks for it.
+    async fn late(
+        &mut self,
+        p: i32,
+        input: &Input<'_>,
+        origin: &Origin,
+        event: &CloudEvent,
+        late: u32,
+    ) -> Result<(), AnalyticsError> {
+        if late == 0 || !self.config.analytics.dead_letter_late {
+            return Ok(());
+        }
+        let error = format!(
+            "event time {} is behind the watermark of {late} analyses: their windows had closed",
+            event.time.as_deref().unwrap_or("(record timestamp)"),
+        );
+        let record = dead_letter(
+            input,
+            &self.config.topics.dlq,
+            &Letter {
+                reason: DeadLetterReason::Late,
+                error: &error,
+                origin,
+                worker: &self.worker_id,
+                event_type: Some(&event.ty),
+                retry_round: None,
+                context: None,
+            },
+        );
+        self.publish(p, record).await
     }
 
     async fn publish_findings(
@@ -175,10 +270,13 @@ impl Worker<'_> {
                 partition: None,
                 key: Some(finding.key.into_bytes()),
                 value: Some(finding.event.to_structured()),
-                headers: vec![(
-                    "content-type".into(),
-                    b"application/cloudevents+json".to_vec(),
-                )],
+                headers: vec![
+                    (
+                        "content-type".into(),
+                        b"application/cloudevents+json".to_vec(),
+                    ),
+                    (WORKER.into(), self.worker_id.clone().into_bytes()),
+                ],
             };
             self.publish(p, record).await?;
         }
@@ -266,14 +364,7 @@ impl Worker<'_> {
         for p in partitions {
             let mut findings = std::mem::take(&mut self.findings);
             if let Some(task) = self.tasks.get_mut(&p) {
-                for (topic, (at, idle)) in &mut task.seen {
-                    if !*idle && at.elapsed() >= timeout {
-                        *idle = true;
-                        task.dirty = true;
-                        tracing::debug!(topic = %topic, partition = p, "input idle; it no longer holds the watermark back");
-                        task.engine.set_idle(topic, true, &mut findings);
-                    }
-                }
+                task.release(&self.routes, |at| at.elapsed() >= timeout, &mut findings);
             }
             self.publish_findings(p, &mut findings).await?;
             self.findings = findings;
@@ -287,17 +378,73 @@ impl Worker<'_> {
         for p in partitions {
             let mut findings = std::mem::take(&mut self.findings);
             if let Some(task) = self.tasks.get_mut(&p) {
-                for (topic, (_, idle)) in &mut task.seen {
-                    if !*idle {
-                        *idle = true;
-                        task.dirty = true;
-                        task.engine.set_idle(topic, true, &mut findings);
-                    }
-                }
+                task.release(&self.routes, |_| true, &mut findings);
             }
             self.publish_findings(p, &mut findings).await?;
             self.findings = findings;
         }
         Ok(())
+    }
+
+    /// Waits for every record published so far (forwarded records, findings, dead letters);
+    /// returns how many there were.
+    pub(super) async fn settle(&mut self) -> Result<usize, AnalyticsError> {
+        let mut settled = 0;
+        for task in self.tasks.values_mut() {
+            for (topic, delivery) in task.pending.drain(..) {
+                kafka::delivered(delivery)
+                    .await
+                    .map_err(|source| AnalyticsError::Publish { topic, source })?;
+                settled += 1;
+            }
+        }
+        Ok(settled)
+    }
+}
+
+impl Task {
+    /// Marks idle the inputs (and, per analysis fed through a repartition topic, the original
+    /// topic partitions) whose last record `expired`, publishing to `out` what that closes.
+    fn release(
+        &mut self,
+        routes: &Routes,
+        expired: impl Fn(Instant) -> bool,
+        out: &mut Vec<Finding>,
+    ) {
+        for (topic, (at, idle)) in &mut self.seen {
+            if !*idle && expired(*at) {
+                *idle = true;
+                self.dirty = true;
+                tracing::debug!(topic = %topic, "input idle; it no longer holds the watermark back");
+                for (i, _) in routes
+                    .topics
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.is_none())
+                {
+                    self.engine.set_idle_for(i, topic, true, out);
+                }
+            }
+        }
+        for (i, sources) in self.seen_sources.iter_mut().enumerate() {
+            for (source, (at, idle)) in sources {
+                if !*idle && expired(*at) {
+                    *idle = true;
+                    self.dirty = true;
+                    tracing::debug!(analysis = i, source = %source, "source partition idle; it no longer holds the repartitioned windows back");
+                    self.engine.set_idle_for(i, source, true, out);
+                }
+            }
+        }
+    }
+}
+
+/// Notes that `topic`'s record at `offset` was handled by `task`.
+fn consumed(task: &mut Task, topic: &str, offset: i64) {
+    match task.consumed.get_mut(topic) {
+        Some(next) => *next = (*next).max(offset + 1),
+        None => {
+            task.consumed.insert(topic.to_owned(), offset + 1);
+        }
     }
 }
