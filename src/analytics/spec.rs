@@ -261,6 +261,10 @@ emit = "reflex.analytics.refunds_high"
             .expect_err("unknown function");
         assert!(e.to_string().contains("aggregates.n"), "{e}");
 
+        let e = one("[k]\ntypes = [\"a\"]\nkeyed_by_group = true\nwindow = { tumbling = \"1m\" }\ncondition = \"count > 1\"\nemit = \"t\"\n")
+            .expect_err("keyed by a group it does not have");
+        assert!(e.to_string().contains("key keyed_by_group"), "{e}");
+
         let e = one("[v]\ntypes = [\"a\"]\nwindow = { session = \"1m\" }\nanomaly = { metric = \"count\" }\nemit = \"t\"\n")
             .expect_err("anomaly on a session window");
         assert!(e.to_string().contains("key anomaly"), "{e}");
