@@ -1,19 +1,20 @@
 //! The analytics role: a consumer-group worker that runs the analyses of
 //! [`crate::analytics`] over the event topics and publishes their findings.
 //!
-//! State is kept per task: the partition number shared by the input topics (partition `p` of
-//! every input goes to one worker, a range assignor). Each analysis's state in a task is
-//! checkpointed as one record of the compacted changelog topic, keyed `<analysis>/<p>`, holding
-//! the state and the input offsets it reflects. When a worker is given a partition it restores
-//! the task's checkpoints and reads on from the committed offsets, which are never past any
-//! checkpoint (they are committed after it), skipping for each analysis what its state already
-//! holds. So after a crash the input since the last checkpoint is read again and the findings
-//! of that stretch are emitted again, with the same ids and values.
+//! State is kept per task: the partition number shared by the topics read (partition `p` of
+//! every input and repartition topic goes to one worker, a range assignor). An analysis not
+//! keyed by its group runs from its repartition topic ([`repartition`]). Each analysis's state
+//! in a task is checkpointed as one record of the compacted changelog topic, keyed
+//! `<analysis>/<p>`, holding the state and the offsets it reflects. When a worker is given a
+//! partition it restores the task's checkpoints and reads on from the committed offsets, which
+//! are never past any checkpoint (they are committed after it), skipping for each analysis what
+//! its state already holds. So after a crash the input since the last checkpoint is read again
+//! and the findings of that stretch are emitted again, with the same ids and values.
 //!
-//! A checkpoint waits for every finding published before it, writes the states, waits for
-//! them, then commits the input offsets (synchronously). Revoked partitions drop their tasks;
-//! the next owner restores them. An input partition without a record for `idle_timeout` stops
-//! holding its task's watermark back.
+//! A checkpoint waits for every finding and forwarded record published before it, writes the
+//! states, waits for them, then commits the offsets read (synchronously). Revoked partitions
+//! drop their tasks; the next owner restores them. An input partition without a record for
+//! `idle_timeout` stops holding its task's watermark back.
 
 mod checkpoint;
 pub mod repartition;
