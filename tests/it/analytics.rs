@@ -367,7 +367,7 @@ async fn analytics_killed_mid_stream_emits_every_finding_with_the_same_id_and_va
 
 /// Records written to `topic` so far (the sum of its high watermarks); 0 while the topic does
 /// not exist yet or has no leaders (the worker creates the changelog at start-up).
-fn written(topic: &str) -> usize {
+pub fn written(topic: &str) -> usize {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let Ok(consumer) = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -389,7 +389,7 @@ fn written(topic: &str) -> usize {
 }
 
 /// Waits until the changelog holds more than `than` records; returns how many it holds.
-async fn checkpointed_past(changelog: &str, than: usize) -> usize {
+pub async fn checkpointed_past(changelog: &str, than: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let now = written(changelog);

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::analytics::{add_analyses, at, findings_by_id, spawn_worker};
+use crate::analytics::{
+    add_analyses, at, checkpointed_past, findings_by_id, spawn_worker, written,
+};
 use crate::common::*;
 
 const PER_CUSTOMER: &str = r#"
@@ -55,19 +57,17 @@ fn members(group: &str) -> usize {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn analytics_two_workers_count_randomly_keyed_orders_per_customer_through_a_repartition_topic(
-) {
-    let env = TestEnv::new(2);
-    let (findings, _analyses) = add_analyses(&env, PER_CUSTOMER);
-    env.create_topics().await;
-    let group = format!("{}.analytics", env.group);
-    let repartition = format!("{group}-orders_per_customer-repartition");
+/// Per (customer, window start): the orders' count and sum.
+type Windows = BTreeMap<(String, String), (f64, f64)>;
 
-    // 8 customers over three hours, randomly keyed, so each customer's orders are spread
-    // over both input partitions; a few arrive up to 8 minutes out of order.
+/// Orders of 8 customers over three hours, randomly keyed, so each customer's orders are
+/// spread over the input partitions; a few arrive up to 8 minutes out of order. Last, a day
+/// later, one order of a customer placed on each of the `partitions` repartition partitions:
+/// the event time there passes every window above (their own windows never close). Returns
+/// the records and, per customer and hour, the count and sum of the orders.
+fn orders_stream(partitions: usize) -> (Vec<Rec>, Windows) {
     let mut arriving: Vec<(i64, Rec)> = Vec::new();
-    let mut want: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
+    let mut want = Windows::new();
     for n in 0..160 {
         let customer = format!("c-{}", n % 8);
         let minute = (n as i64 * 7) % 180;
@@ -81,19 +81,55 @@ async fn analytics_two_workers_count_randomly_keyed_orders_per_customer_through_
     }
     arriving.sort_by_key(|(arrival, _)| *arrival);
     let mut records: Vec<Rec> = arriving.into_iter().map(|(_, r)| r).collect();
-    // A day later, one order of a customer placed on each repartition partition: the event
-    // time there passes every window above (their own windows never close).
     let mut covered = BTreeSet::new();
     for k in 0.. {
         let customer = format!("tick-{k}");
-        let p = reflex::kafka::read::default_partition(customer.as_bytes(), 2).expect("partition");
+        let p = reflex::kafka::read::default_partition(customer.as_bytes(), partitions)
+            .expect("partition");
         if covered.insert(p) {
             records.push(order_at(1000 + k, &customer, 24 * 60, 1.0));
         }
-        if covered.len() == 2 {
+        if covered.len() == partitions {
             break;
         }
     }
+    (records, want)
+}
+
+/// The per-customer findings on `topic` as (customer, window start) -> (orders, total),
+/// checking that every copy of a finding has the same values.
+fn per_customer(topic: &str) -> Windows {
+    let mut windows = BTreeMap::new();
+    for (id, copies) in &findings_by_id(topic) {
+        let (_, subject, data) = &copies[0];
+        assert!(
+            copies.iter().all(|c| c == &copies[0]),
+            "finding {id} was emitted with different values: {copies:?}"
+        );
+        let values = &data["values"];
+        windows.insert(
+            (
+                subject.clone(),
+                data["window"]["start"].as_str().expect("start").to_owned(),
+            ),
+            (
+                values["orders"].as_f64().expect("orders"),
+                values["total"].as_f64().expect("total"),
+            ),
+        );
+    }
+    windows
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn analytics_two_workers_count_randomly_keyed_orders_per_customer_through_a_repartition_topic(
+) {
+    let env = TestEnv::new(2);
+    let (findings, _analyses) = add_analyses(&env, PER_CUSTOMER);
+    env.create_topics().await;
+    let group = format!("{}.analytics", env.group);
+    let repartition = format!("{group}-orders_per_customer-repartition");
+    let (records, want) = orders_stream(2);
 
     let mut first = spawn_worker(&env, false, "w-1");
     let mut second = spawn_worker(&env, false, "w-2");
@@ -123,26 +159,7 @@ async fn analytics_two_workers_count_randomly_keyed_orders_per_customer_through_
         worker.0.wait().expect("reaped");
     }
 
-    let found = findings_by_id(&findings);
-    let mut windows = BTreeMap::new();
-    for (id, copies) in &found {
-        let (_, subject, data) = &copies[0];
-        assert!(
-            copies.iter().all(|c| c == &copies[0]),
-            "finding {id} was emitted with different values: {copies:?}"
-        );
-        let values = &data["values"];
-        windows.insert(
-            (
-                subject.clone(),
-                data["window"]["start"].as_str().expect("start").to_owned(),
-            ),
-            (
-                values["orders"].as_f64().expect("orders"),
-                values["total"].as_f64().expect("total"),
-            ),
-        );
-    }
+    let windows = per_customer(&findings);
     assert_eq!(
         windows, want,
         "per customer and hour, the counts and sums equal a recomputation of the orders"
@@ -178,6 +195,50 @@ async fn analytics_two_workers_count_randomly_keyed_orders_per_customer_through_
             reflex::kafka::read::default_partition(key.as_bytes(), 2)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn analytics_killed_mid_stream_counts_each_order_once_though_it_is_forwarded_again() {
+    let env = TestEnv::new(2);
+    let (findings, _analyses) = add_analyses(&env, PER_CUSTOMER);
+    env.create_topics().await;
+    let changelog = format!("{findings}.changelog");
+    let repartition = format!("{}.analytics-orders_per_customer-repartition", env.group);
+    let (records, want) = orders_stream(2);
+    // Three kills, each once the worker has checkpointed further than before: what it
+    // forwarded after its last checkpoint is forwarded again by the next worker.
+    let chunk = records.len() / 3 + 1;
+    let mut checkpoints = 0;
+    for part in records.chunks(chunk) {
+        produce(&env.events, part).await;
+        let mut worker = spawn_worker(&env, false, "it");
+        checkpoints = checkpointed_past(&changelog, checkpoints).await;
+        worker.0.kill().expect("SIGKILL");
+        worker.0.wait().expect("reaped");
+    }
+    let mut last = spawn_worker(&env, true, "it");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = last.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the draining worker did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success());
+    eprintln!(
+        "{} orders, {} records forwarded to {repartition}",
+        records.len(),
+        written(&repartition)
+    );
+    assert_eq!(
+        per_customer(&findings),
+        want,
+        "per customer and hour, each order counted once"
+    );
 }
 
 const DENIALS: &str = r#"

@@ -149,6 +149,20 @@ impl Worker<'_> {
                 }
             }
         }
+        // Idleness is this worker's observation: a restored input holds the watermark back
+        // again until it has been silent here for idle_timeout (records that were merely not
+        // read yet while the task moved must not be late).
+        let mut none = Vec::new();
+        for (i, route) in self.routes.topics.iter().enumerate() {
+            let inputs = if route.is_some() {
+                &self.routes.sources
+            } else {
+                &self.inputs
+            };
+            for input in inputs {
+                engine.set_idle_for(i, input, false, &mut none);
+            }
+        }
         let now = Instant::now();
         Ok(Task {
             reported: (0..settings.analyses.len())
