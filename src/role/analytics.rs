@@ -331,6 +331,7 @@ pub async fn run(
             _ = timer.tick() => {
                 metrics.progress();
                 worker.forget_revoked(&consumer);
+                worker.adopt_assigned(&consumer).await?;
                 worker.release_idle().await?;
                 if last_checkpoint.elapsed() >= settings.checkpoint_interval {
                     worker.checkpoint(&consumer).await?;

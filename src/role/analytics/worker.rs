@@ -71,6 +71,28 @@ impl Worker<'_> {
         self.report_groups();
     }
 
+    /// Restores the task of every assigned partition that has none yet, so the windows of a
+    /// restored state close (when its inputs go idle, or at the end of a drain) even if no
+    /// record comes.
+    pub(super) async fn adopt_assigned(
+        &mut self,
+        consumer: &StreamConsumer<AnalyticsContext>,
+    ) -> Result<(), AnalyticsError> {
+        let Ok(assignment) = consumer.assignment() else {
+            return Ok(());
+        };
+        let partitions: std::collections::BTreeSet<i32> = assignment
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .filter(|p| !self.tasks.contains_key(p))
+            .collect();
+        for p in partitions {
+            self.task(p).await?;
+        }
+        Ok(())
+    }
+
     /// The task of partition `p`, restored from the changelog the first time.
     async fn task(&mut self, p: i32) -> Result<&mut Task, AnalyticsError> {
         if !self.tasks.contains_key(&p) {
