@@ -13,8 +13,9 @@
 //!
 //! A checkpoint waits for every finding and forwarded record published before it, writes the
 //! states, waits for them, then commits the offsets read (synchronously). Revoked partitions
-//! drop their tasks; the next owner restores them. An input partition without a record for
-//! `idle_timeout` stops holding its task's watermark back.
+//! drop their tasks; the next owner restores them as soon as they are assigned. An input
+//! partition without a record for `idle_timeout` in this worker stops holding its task's
+//! watermark back.
 
 mod checkpoint;
 pub mod repartition;
