@@ -171,20 +171,30 @@ impl Worker<'_> {
                 late += task.engine.observe_for(i, observation, &mut findings).late;
             }
         }
-        let analyses = Arc::clone(&self.config.analytics.analyses);
-        for (analysis, topic) in analyses.iter().zip(self.routes.topics.clone()) {
-            if let Some(topic) = topic.filter(|_| analysis.reads(&event)) {
-                let record = repartition::forward(
-                    analysis,
-                    &topic,
-                    self.routes.partitions,
-                    &event,
-                    time_ms,
-                    &origin,
-                );
-                self.summary.repartitioned += 1;
-                self.publish(p, record).await?;
-            }
+        let routes = &self.routes;
+        let forwards: Vec<OutRecord> = self
+            .config
+            .analytics
+            .analyses
+            .iter()
+            .zip(&routes.topics)
+            .filter_map(|(analysis, topic)| {
+                let topic = topic.as_deref()?;
+                analysis.reads(&event).then(|| {
+                    repartition::forward(
+                        analysis,
+                        topic,
+                        routes.partitions,
+                        &event,
+                        time_ms,
+                        &origin,
+                    )
+                })
+            })
+            .collect();
+        for record in forwards {
+            self.summary.repartitioned += 1;
+            self.publish(p, record).await?;
         }
         self.late(p, &input, &origin, &event, late).await?;
         self.publish_findings(p, &mut findings).await?;
