@@ -25,8 +25,9 @@ def main():
         return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     # The record key (`partitionkey` for reflex produce, `subject` for the refunds' signer) is
-    # what an analysis groups or correlates by: its events then share a partition, whose
-    # worker holds the group's state.
+    # what an analysis groups or correlates by, so analytics/shop.toml declares those analyses
+    # keyed_by_group = true and they need no repartition topic; the orders per minute, one
+    # group, go through theirs.
     def event(id_, source, type_, minutes, data, key):
         return {"specversion": "1.0", "id": f"{run}-{id_}", "source": source, "type": type_,
                 "subject": key, "time": ts(minutes), "datacontenttype": "application/json",

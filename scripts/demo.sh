@@ -12,6 +12,10 @@ export REFLEX_LOG="${REFLEX_LOG:-warn}"
 # One id prefix for every event this run publishes, so the lake query can pick them out.
 export DEMO_RUN="${DEMO_RUN:-$(date -u +%Y%m%d%H%M%S)}"
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+# Each run analyses its own events with its own group and state: a group restored from an
+# earlier run's changelog would hold that run's watermark, and find this run's events late.
+export REFLEX_ANALYTICS_GROUP_ID="${REFLEX_ANALYTICS_GROUP_ID:-reflex-analytics-demo-$DEMO_RUN}"
+export REFLEX_ANALYTICS_CHANGELOG_TOPIC="${REFLEX_ANALYTICS_CHANGELOG_TOPIC:-reflex.analytics.changelog.demo-$DEMO_RUN}"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -70,6 +74,13 @@ python="$(scripts/pyenv.sh)"
 step "analytics: events of two hours ago in which the analyses (analytics/shop.toml) find something"
 python3 scripts/demo-analytics.py "$out"
 "$reflex" --config "$config" analytics test
+# This run's analytics group starts where the topics end now, as a worker started at this
+# point would: it reads this run's events only (earlier runs' events are hours ahead of them).
+inputs=()
+for topic in $(sed -n 's/^events = \[\(.*\)\]/\1/p' "$config" | tr -d '",'); do inputs+=(--topic "$topic"); done
+scripts/kafka-tool.sh consumer-groups --bootstrap-server 127.0.0.1:9092 --group "$REFLEX_ANALYTICS_GROUP_ID" \
+    --reset-offsets --to-latest --execute "${inputs[@]}" >/dev/null
+echo "analytics group $REFLEX_ANALYTICS_GROUP_ID starts at the end of ${inputs[*]//--topic /}"
 # Published first: the events below, at the current time, then move event time past their windows.
 "$reflex" --config "$config" produce --no-validate --topic events.orders "$out/analytics-orders.jsonl"
 "$reflex" --config "$config" produce --no-validate --topic events.payments "$out/analytics-payments.jsonl"
@@ -91,14 +102,16 @@ echo "sample action service on http://127.0.0.1:8090 (pid $service_pid)"
 
 step "run the analytics worker until drained: its findings go to reflex.analytics"
 "$reflex" --config "$config" run --role analytics --drain --worker-id demo
-echo "findings:"
+echo "findings of this run:"
 scripts/kafka-tool.sh console-consumer --bootstrap-server 127.0.0.1:9092 --topic reflex.analytics \
     --from-beginning --timeout-ms 5000 2>/dev/null | python3 -c 'import json, sys
 for line in sys.stdin:
     f = json.loads(line)
+    if not f.get("causationid", "").startswith(sys.argv[1] + "-"):
+        continue
     d = f["data"]
     print("  %-40s %-10s %s..%s %s" % (f["type"], f.get("subject", "-"), d["window"]["start"][11:16],
-          d["window"]["end"][11:16], json.dumps(d.get("values") or d.get("absence"))))' || true
+          d["window"]["end"][11:16], json.dumps(d.get("values") or d.get("absence"))))' "$DEMO_RUN" || true
 
 step "run the actions worker until the topics are drained (the findings too: policy, action, audit)"
 "$reflex" --config "$config" run --role actions --drain --worker-id demo

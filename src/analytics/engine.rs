@@ -271,9 +271,15 @@ impl Engine {
     /// Makes `topic` an input of the task: until it has an event (or is idle) it holds the
     /// watermark back.
     pub fn track(&mut self, topic: &str) {
-        for state in &mut self.states {
-            state.inputs.entry(topic.to_owned()).or_default();
+        for i in 0..self.states.len() {
+            self.track_for(i, topic);
         }
+    }
+
+    /// Makes `input` an input of analysis `i` only (for an analysis fed through a repartition
+    /// topic, one input per original topic partition).
+    pub fn track_for(&mut self, i: usize, input: &str) {
+        self.states[i].inputs.entry(input.to_owned()).or_default();
     }
 
     /// The serialised state of analysis `i`, for the checkpoint.
@@ -299,45 +305,69 @@ impl Engine {
     pub fn observe(&mut self, obs: Observation<'_>, out: &mut Vec<Finding>) -> Observed {
         let mut observed = Observed::default();
         for i in 0..self.analyses.len() {
-            let analysis = &self.analyses[i];
-            let state = &mut self.states[i];
-            if !state.inputs.contains_key(obs.topic) {
-                state.inputs.insert(obs.topic.to_owned(), Input::default());
-            }
-            let Some(input) = state.inputs.get_mut(obs.topic) else {
-                continue;
-            };
-            if obs.offset < input.next_offset {
-                observed.skipped += 1;
-                continue;
-            }
-            input.next_offset = obs.offset + 1;
-            input.idle = false;
-            let before = state.watermark;
-            input.max_ms = Some(input.max_ms.map_or(obs.time_ms, |m| m.max(obs.time_ms)));
-            if analysis.reads(obs.event) {
-                if add(analysis, state, obs, before, self.max_groups) {
-                    observed.counted += 1;
-                } else {
-                    state.late += 1;
-                    observed.late += 1;
-                }
-            }
-            let watermark = state.compute_watermark(analysis.allowed_lateness);
-            advance(analysis, state, watermark, out);
+            let one = self.observe_for(i, obs, out);
+            observed.counted += one.counted;
+            observed.late += one.late;
+            observed.skipped += one.skipped;
         }
+        observed
+    }
+
+    /// Feeds one record to analysis `i` only. `obs.topic` names the input: an input topic, or
+    /// for an analysis fed through a repartition topic the original topic partition, whose
+    /// offsets (`obs.offset`) then skip a record forwarded twice.
+    pub fn observe_for(
+        &mut self,
+        i: usize,
+        obs: Observation<'_>,
+        out: &mut Vec<Finding>,
+    ) -> Observed {
+        let mut observed = Observed::default();
+        let analysis = &self.analyses[i];
+        let state = &mut self.states[i];
+        if !state.inputs.contains_key(obs.topic) {
+            state.inputs.insert(obs.topic.to_owned(), Input::default());
+        }
+        let Some(input) = state.inputs.get_mut(obs.topic) else {
+            return observed;
+        };
+        if obs.offset < input.next_offset {
+            observed.skipped += 1;
+            return observed;
+        }
+        input.next_offset = obs.offset + 1;
+        input.idle = false;
+        let before = state.watermark;
+        input.max_ms = Some(input.max_ms.map_or(obs.time_ms, |m| m.max(obs.time_ms)));
+        if analysis.reads(obs.event) {
+            if add(analysis, state, obs, before, self.max_groups) {
+                observed.counted += 1;
+            } else {
+                state.late += 1;
+                observed.late += 1;
+            }
+        }
+        let watermark = state.compute_watermark(analysis.allowed_lateness);
+        advance(analysis, state, watermark, out);
         observed
     }
 
     /// Marks `topic` idle (it stops holding the watermark back until its next record) or not.
     pub fn set_idle(&mut self, topic: &str, idle: bool, out: &mut Vec<Finding>) {
-        for (analysis, state) in self.analyses.iter().zip(&mut self.states) {
-            if let Some(input) = state.inputs.get_mut(topic) {
-                input.idle = idle;
-            }
-            let watermark = state.compute_watermark(analysis.allowed_lateness);
-            advance(analysis, state, watermark, out);
+        for i in 0..self.states.len() {
+            self.set_idle_for(i, topic, idle, out);
         }
+    }
+
+    /// Marks `input` of analysis `i` idle or not (see [`Self::set_idle`]).
+    pub fn set_idle_for(&mut self, i: usize, input: &str, idle: bool, out: &mut Vec<Finding>) {
+        let analysis = &self.analyses[i];
+        let state = &mut self.states[i];
+        if let Some(input) = state.inputs.get_mut(input) {
+            input.idle = idle;
+        }
+        let watermark = state.compute_watermark(analysis.allowed_lateness);
+        advance(analysis, state, watermark, out);
     }
 
     /// Closes every window and fires every timer, as at the end of a finite input.
@@ -373,20 +403,6 @@ fn windows_of(window: Window, t: i64) -> Vec<(i64, i64)> {
     }
 }
 
-fn group_key(analysis: &Analysis, event: &CloudEvent) -> String {
-    let mut key = String::new();
-    for (i, field) in analysis.group_by.iter().enumerate() {
-        if i > 0 {
-            key.push('/');
-        }
-        match field.get(event) {
-            Some(v) => key.push_str(&v.text()),
-            None => key.push('-'),
-        }
-    }
-    key
-}
-
 fn group_values(analysis: &Analysis, event: &CloudEvent) -> Vec<Value> {
     analysis
         .group_by
@@ -405,7 +421,7 @@ fn add(
 ) -> bool {
     let t = obs.time_ms;
     let closed = |end: i64| watermark.is_some_and(|w| end <= w);
-    let key = group_key(analysis, obs.event);
+    let key = analysis.group_key(obs.event);
     match &analysis.kind {
         Kind::Absence(absence) => {
             if closed(t.saturating_add(absence.within)) {

@@ -332,3 +332,42 @@ fn pending_absences_survive_a_checkpoint() {
     assert_eq!(out.len(), 1, "the restored timer fires");
     assert_eq!(out[0].key, "p1");
 }
+
+#[test]
+fn a_record_forwarded_twice_from_one_source_partition_counts_once() {
+    let mut engine = Engine::new(analyses(REFUNDS), 100);
+    engine.track_for(0, "events/0");
+    engine.track_for(0, "events/1");
+    let mut out = Vec::new();
+    let one = ev("a", "refund", 1, json!({"order": "o1", "amount": 10}));
+    let two = ev("b", "refund", 2, json!({"order": "o1", "amount": 5}));
+    // Source partition 0 forwards offsets 7 and 8, then (after a crash) 7 and 8 again.
+    let mut seen = Vec::new();
+    for (event, offset) in [(&one, 7), (&two, 8), (&one, 7), (&two, 8)] {
+        seen.push(engine.observe_for(0, obs(event, "events/0", offset), &mut out));
+    }
+    assert_eq!(seen.iter().map(|o| o.counted).sum::<u32>(), 2);
+    assert_eq!(seen.iter().map(|o| o.skipped).sum::<u32>(), 2);
+    // Source partition 1 has sent nothing: it holds the watermark back until it is idle.
+    let late = ev("c", "refund", 200, json!({"order": "o2", "amount": 1}));
+    engine.observe_for(0, obs(&late, "events/0", 9), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    engine.set_idle_for(0, "events/1", true, &mut out);
+    assert_eq!(out.len(), 1);
+    let values = &out[0].event.data.as_ref().expect("data")["values"];
+    assert_eq!(values["n"], json!(2.0));
+    assert_eq!(values["total"], json!(15.0));
+}
+
+fn obs<'a>(
+    (event, time_ms): &'a (CloudEvent, i64),
+    topic: &'a str,
+    offset: i64,
+) -> Observation<'a> {
+    Observation {
+        event,
+        time_ms: *time_ms,
+        topic,
+        offset,
+    }
+}

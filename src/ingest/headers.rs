@@ -49,6 +49,8 @@ pub const REPLAY_OF: &str = "reflex_replay_of";
 /// The reason code of the dead letter a replayed record comes from.
 pub const REPLAY_REASON: &str = "reflex_replay_reason";
 /// Every header reflex adds starts with this; they are stripped before adding new ones.
+/// A record's event time in ms since the epoch (on the analytics role's repartition topics).
+pub const EVENT_TIME: &str = "reflex_event_time";
 pub const PREFIX: &str = "reflex_";
 
 /// Where a record first appeared (for a record read from the retry topic, the event topic it

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::common::*;
 
 /// Minutes after 2026-03-01T00:00:00Z as RFC 3339.
-fn at(minute: i64) -> String {
+pub fn at(minute: i64) -> String {
     let base = chrono::DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z").expect("base");
     (base + chrono::Duration::minutes(minute))
         .to_utc()
@@ -24,6 +24,7 @@ const ANALYSES: &str = r#"
 [refunds_per_order]
 types = ["refund.requested"]
 group_by = ["data.order_id"]
+keyed_by_group = true
 window = { tumbling = "1h" }
 allowed_lateness = "10m"
 aggregates = { refunds = "count", total = "sum(data.amount)", smallest = "min(data.amount)", largest = "max(data.amount)" }
@@ -32,6 +33,7 @@ emit = "reflex.analytics.refunds_high"
 
 [payment_not_settled]
 absence = { first = "payment.authorized", then = "payment.settled", correlate = "data.payment_id", within = "30m" }
+keyed_by_group = true
 allowed_lateness = "10m"
 emit = "reflex.analytics.payment_not_settled"
 "#;
@@ -58,8 +60,13 @@ impl AnalyticsEnv {
 /// Adds the analytics role to `env`'s configuration: the analyses above in a new directory
 /// and the findings' topic among the event topics. Returns that topic and the directory.
 fn add_analytics(env: &TestEnv) -> (String, tempfile::TempDir) {
+    add_analyses(env, ANALYSES)
+}
+
+/// [`add_analytics`] with other analyses.
+pub fn add_analyses(env: &TestEnv, declared: &str) -> (String, tempfile::TempDir) {
     let analyses = tempfile::tempdir().expect("tempdir");
-    std::fs::write(analyses.path().join("test.toml"), ANALYSES).expect("write analyses");
+    std::fs::write(analyses.path().join("test.toml"), declared).expect("write analyses");
     let findings = format!("{}.findings", env.events);
     let text = std::fs::read_to_string(&env.config_path).expect("read config");
     let text = text.replace(
@@ -181,7 +188,7 @@ fn recompute(refunds: &[Value]) -> BTreeMap<(String, String), Value> {
 }
 
 /// The findings on the topic: by id, every copy's (type, subject, data).
-fn findings_by_id(topic: &str) -> BTreeMap<String, Vec<(String, String, Value)>> {
+pub fn findings_by_id(topic: &str) -> BTreeMap<String, Vec<(String, String, Value)>> {
     let mut out: BTreeMap<String, Vec<(String, String, Value)>> = BTreeMap::new();
     for r in read_all(topic) {
         let v = r.json();
@@ -294,7 +301,7 @@ async fn analytics_windows_equal_a_recomputation_and_absence_fires_only_for_unse
 }
 
 /// A worker process, killed if the test ends (or fails) while it runs.
-struct Worker(Child);
+pub struct Worker(pub Child);
 
 impl Drop for Worker {
     fn drop(&mut self) {
@@ -308,9 +315,14 @@ fn spawn_analytics(a: &AnalyticsEnv, drain: bool) -> Worker {
 }
 
 fn spawn_named(a: &AnalyticsEnv, drain: bool, worker_id: &str) -> Worker {
+    spawn_worker(&a.env, drain, worker_id)
+}
+
+/// An analytics worker process on `env`'s configuration.
+pub fn spawn_worker(env: &TestEnv, drain: bool, worker_id: &str) -> Worker {
     let mut cmd = Command::new(reflex_bin());
     cmd.args(["run", "--role", "analytics", "--worker-id", worker_id])
-        .env("REFLEX_CONFIG", &a.env.config_path)
+        .env("REFLEX_CONFIG", &env.config_path)
         .env("REFLEX_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -355,7 +367,7 @@ async fn analytics_killed_mid_stream_emits_every_finding_with_the_same_id_and_va
 
 /// Records written to `topic` so far (the sum of its high watermarks); 0 while the topic does
 /// not exist yet or has no leaders (the worker creates the changelog at start-up).
-fn written(topic: &str) -> usize {
+pub fn written(topic: &str) -> usize {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let Ok(consumer) = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -377,7 +389,7 @@ fn written(topic: &str) -> usize {
 }
 
 /// Waits until the changelog holds more than `than` records; returns how many it holds.
-async fn checkpointed_past(changelog: &str, than: usize) -> usize {
+pub async fn checkpointed_past(changelog: &str, than: usize) -> usize {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let now = written(changelog);

@@ -5,6 +5,7 @@ mod action_service;
 mod actions;
 mod admission;
 mod analytics;
+mod analytics_repartition;
 mod brokers;
 mod bundle;
 mod chaos;
