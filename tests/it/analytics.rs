@@ -483,3 +483,91 @@ async fn analytics_windows_equal_the_same_aggregation_by_duckdb_over_the_lake() 
         "the findings equal DuckDB's aggregation of the lake's rows"
     );
 }
+
+/// Drains the event topics once with the analytics role, in process.
+async fn drain_analytics(env: &TestEnv) -> reflex::role::analytics::AnalyticsSummary {
+    reflex::role::analytics::run(
+        &env.config(),
+        reflex::role::analytics::AnalyticsRunOptions {
+            drain: true,
+            worker_id: "it".into(),
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the analytics role runs")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn analytics_state_larger_than_a_record_is_checkpointed_in_parts_and_restored() {
+    let env = TestEnv::new(1);
+    let (findings, _analyses) = add_analyses(
+        &env,
+        r#"
+[refunds_per_order]
+types = ["refund.requested"]
+group_by = ["data.order_id"]
+keyed_by_group = true
+window = { tumbling = "24h" }
+aggregates = { refunds = "count" }
+condition = "refunds >= 2"
+emit = "reflex.analytics.refunds_high"
+"#,
+    );
+    env.create_topics().await;
+    // 10 000 orders open in one day's window: over a megabyte of state, more than one record.
+    const ORDERS: usize = 10_000;
+    let refunds = |from: usize| -> Vec<Rec> {
+        (0..ORDERS)
+            .map(|o| Rec::json(&format!("ord-{o}"), &refund_at(from + o, o, 60, 1.0)))
+            .collect()
+    };
+    produce(&env.events, &refunds(0)).await;
+    let first = drain_analytics(&env).await;
+    assert_eq!(
+        first.findings, 0,
+        "one refund per order is no finding: {first}"
+    );
+
+    // The changelog's head for the task names its parts.
+    let changelog = format!("{findings}.changelog");
+    let mut latest: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    for r in read_all(&changelog) {
+        latest.insert(r.key.clone().expect("keyed"), r.value.clone());
+    }
+    let head: Value = serde_json::from_slice(
+        latest["refunds_per_order/0"]
+            .as_deref()
+            .expect("a head record"),
+    )
+    .expect("the head is JSON");
+    let parts = head["parts"]
+        .as_u64()
+        .expect("the state was written in parts");
+    assert!(parts >= 2, "{head}");
+    let generation = head["generation"].as_str().expect("generation");
+    for n in 0..parts {
+        let key = format!("refunds_per_order/0/{generation}/{n}");
+        let part = latest[&key].as_deref().expect("every part is there");
+        assert!(part.len() <= 512 * 1024, "{key}: {} bytes", part.len());
+    }
+
+    // A second refund of every order, and one two days later that closes the window: a fresh
+    // worker counts both refunds only if it restored the state from its parts.
+    let mut second = refunds(ORDERS);
+    second.push(Rec::json(
+        "ord-late",
+        &refund_at(3 * ORDERS, ORDERS + 1, 3 * 24 * 60, 1.0),
+    ));
+    produce(&env.events, &second).await;
+    let summary = drain_analytics(&env).await;
+    let found = findings_by_id(&findings);
+    assert_eq!(found.len(), ORDERS, "one finding per order: {summary}");
+    assert!(
+        found
+            .values()
+            .all(|copies| copies[0].2["values"]["refunds"].as_f64() == Some(2.0)),
+        "every order counted both refunds: {:?}",
+        found.values().next()
+    );
+}

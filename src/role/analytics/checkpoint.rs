@@ -1,6 +1,14 @@
 //! The analytics role's checkpoints: each analysis's state per task in the compacted changelog
 //! topic, with the input offsets it reflects, written before the input offsets are committed and
 //! restored when a task starts.
+//!
+//! A state is one record keyed `<analysis>/<p>` while it fits in [`PART_BYTES`]. A larger one
+//! (a million open groups is over 100 MB of JSON) is written in parts keyed
+//! `<analysis>/<p>/<generation>/<n>`, a fresh generation each time, and the record at
+//! `<analysis>/<p>` is written only once every part is acknowledged: it names the generation and
+//! the number of parts. A worker stopped half-way leaves the previous head, whose parts are
+//! untouched, so a restore never sees half a state. Parts a newer checkpoint replaced are
+//! deleted (tombstones) at the next checkpoint, so compaction removes them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -27,12 +35,92 @@ pub fn changelog_key(analysis: &str, partition: i32) -> String {
     format!("{analysis}/{partition}")
 }
 
+/// The largest changelog record value written; a larger state is written in parts. Half the
+/// producer's default `message.max.bytes`, so a changelog topic made by hand with the broker's
+/// default record size limit takes it too.
+pub(super) const PART_BYTES: usize = 512 * 1024;
+
 /// A changelog record: the state of one analysis in one task, with a fingerprint of the
 /// analysis's declaration (a changed declaration starts from an empty state).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Checkpoint {
     spec: String,
     state: Box<serde_json::value::RawValue>,
+}
+
+/// The record at `<analysis>/<p>` when the state is written in parts: the [`Checkpoint`]'s
+/// JSON, cut into `parts` records keyed `<analysis>/<p>/<generation>/<n>`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Head {
+    generation: String,
+    parts: usize,
+}
+
+/// The key of part `n` of a state written in generation `generation`.
+fn part_key(head_key: &str, generation: &str, n: usize) -> String {
+    format!("{head_key}/{generation}/{n}")
+}
+
+/// The records a state of `value` bytes is written as: `(key, value)`, the head last.
+fn records_for(head_key: &str, value: Vec<u8>, generation: &str) -> Vec<(String, Vec<u8>)> {
+    if value.len() <= PART_BYTES {
+        return vec![(head_key.to_owned(), value)];
+    }
+    let mut out: Vec<(String, Vec<u8>)> = value
+        .chunks(PART_BYTES)
+        .enumerate()
+        .map(|(n, chunk)| (part_key(head_key, generation, n), chunk.to_vec()))
+        .collect();
+    let head = Head {
+        generation: generation.to_owned(),
+        parts: out.len(),
+    };
+    out.push((
+        head_key.to_owned(),
+        serde_json::to_vec(&head).unwrap_or_default(),
+    ));
+    out
+}
+
+/// The state stored under `head_key` in `found` (the changelog's latest value per key), put
+/// back together from its parts when it was written in parts; the error says what is missing.
+/// Also returns the keys of parts that are not the head's (replaced, to be deleted).
+fn assemble(
+    head_key: &str,
+    found: &BTreeMap<String, Vec<u8>>,
+) -> (Option<Result<Vec<u8>, String>>, Vec<String>) {
+    let prefix = format!("{head_key}/");
+    let mut stale: Vec<String> = found
+        .keys()
+        .filter(|k| k.starts_with(&prefix))
+        .cloned()
+        .collect();
+    let Some(value) = found.get(head_key) else {
+        return (None, stale);
+    };
+    let Ok(head) = serde_json::from_slice::<Head>(value) else {
+        return (Some(Ok(value.clone())), stale);
+    };
+    let keys: Vec<String> = (0..head.parts)
+        .map(|n| part_key(head_key, &head.generation, n))
+        .collect();
+    stale.retain(|k| !keys.contains(k));
+    let mut whole = Vec::new();
+    for key in &keys {
+        match found.get(key) {
+            Some(part) => whole.extend_from_slice(part),
+            None => {
+                return (
+                    Some(Err(format!(
+                        "part {key} of {} is missing from the changelog",
+                        head.parts
+                    ))),
+                    stale,
+                )
+            }
+        }
+    }
+    (Some(Ok(whole)), stale)
 }
 
 fn fingerprint(analysis: &crate::analytics::Analysis) -> String {
@@ -126,11 +214,22 @@ impl Worker<'_> {
                 topic: settings.changelog_topic.clone(),
                 source,
             })?;
-        for (key, bytes) in found {
-            let Some(&i) = keys.get(&key) else { continue };
+        let mut stale = BTreeSet::new();
+        let mut parts = vec![Vec::new(); settings.analyses.len()];
+        for (key, &i) in &keys {
+            let (state, replaced) = assemble(key, &found);
+            stale.extend(replaced);
+            let Some(bytes) = state else { continue };
+            if let Ok(head) = serde_json::from_slice::<Head>(&found[key]) {
+                parts[i] = (0..head.parts)
+                    .map(|n| part_key(key, &head.generation, n))
+                    .collect();
+            }
             let analysis = &settings.analyses[i];
-            let restored = serde_json::from_slice::<Checkpoint>(&bytes)
-                .map_err(|e| e.to_string())
+            let restored = bytes
+                .and_then(|bytes| {
+                    serde_json::from_slice::<Checkpoint>(&bytes).map_err(|e| e.to_string())
+                })
                 .and_then(|c| {
                     if c.spec == fingerprint(analysis) {
                         engine
@@ -191,6 +290,8 @@ impl Worker<'_> {
             consumed: BTreeMap::new(),
             pending: Vec::new(),
             dirty: false,
+            stale,
+            parts,
         })
     }
 
@@ -225,6 +326,9 @@ impl Worker<'_> {
             // What the task read, but no further than a state on the inputs reflects (the
             // forwarded records of that stretch are acknowledged above).
             let mut next: BTreeMap<String, i64> = task.consumed.clone();
+            // Parts replaced before this checkpoint; this one's replaced parts wait for the next,
+            // once the heads that replace them are acknowledged.
+            let stale = std::mem::take(&mut task.stale);
             for (i, analysis) in settings.analyses.iter().enumerate() {
                 let state = match task.engine.snapshot(i) {
                     Ok(state) => state,
@@ -245,21 +349,44 @@ impl Worker<'_> {
                     }
                 }
                 bytes += value.len() as u64;
-                records += 1;
-                let record = OutRecord {
-                    topic: settings.changelog_topic.clone(),
-                    partition: None,
-                    key: Some(changelog_key(&analysis.name, *p).into_bytes()),
-                    value: Some(value.into_bytes()),
-                    headers: Vec::new(),
-                };
-                let delivery = kafka::send(&self.producer, &record)
-                    .await
-                    .map_err(|source| AnalyticsError::Publish {
-                        topic: record.topic.clone(),
-                        source,
-                    })?;
-                deliveries.push(delivery);
+                let head_key = changelog_key(&analysis.name, *p);
+                let generation = uuid::Uuid::new_v4().simple().to_string();
+                let mut written = records_for(&head_key, value.into_bytes(), &generation);
+                let head = written.pop();
+                // The parts first, acknowledged, then the head that names them.
+                let mut part_deliveries = Vec::new();
+                for (key, value) in written.iter().cloned() {
+                    part_deliveries.push(
+                        send_changelog(&self.producer, &settings.changelog_topic, key, Some(value))
+                            .await?,
+                    );
+                }
+                for delivery in part_deliveries {
+                    kafka::delivered(delivery)
+                        .await
+                        .map_err(|source| AnalyticsError::Publish {
+                            topic: settings.changelog_topic.clone(),
+                            source,
+                        })?;
+                }
+                records += written.len() as u64 + 1;
+                if let Some((key, value)) = head {
+                    deliveries.push(
+                        send_changelog(&self.producer, &settings.changelog_topic, key, Some(value))
+                            .await?,
+                    );
+                }
+                let replaced = std::mem::replace(
+                    &mut task.parts[i],
+                    written.into_iter().map(|(key, _)| key).collect(),
+                );
+                task.stale.extend(replaced);
+            }
+            // Parts replaced by an earlier checkpoint, whose heads are acknowledged by now.
+            for key in stale {
+                deliveries.push(
+                    send_changelog(&self.producer, &settings.changelog_topic, key, None).await?,
+                );
             }
             for (topic, offset) in next {
                 if offset > 0 {
@@ -293,7 +420,30 @@ impl Worker<'_> {
     }
 }
 
-/// The latest value of each of `keys` in the changelog topic.
+/// Sends one changelog record (`None`: a tombstone).
+async fn send_changelog(
+    producer: &kafka::Producer,
+    topic: &str,
+    key: String,
+    value: Option<Vec<u8>>,
+) -> Result<rdkafka::producer::DeliveryFuture, AnalyticsError> {
+    let record = OutRecord {
+        topic: topic.to_owned(),
+        partition: None,
+        key: Some(key.into_bytes()),
+        value,
+        headers: Vec::new(),
+    };
+    kafka::send(producer, &record)
+        .await
+        .map_err(|source| AnalyticsError::Publish {
+            topic: record.topic.clone(),
+            source,
+        })
+}
+
+/// The latest value of each of `keys` in the changelog topic, and of every part written under
+/// them (`<key>/...`).
 fn read_changelog(
     kafka: &crate::config::KafkaConfig,
     topic: &str,
@@ -306,7 +456,12 @@ fn read_changelog(
         let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
             continue;
         };
-        if keys.contains(key) {
+        let wanted = keys.contains(key)
+            || key
+                .rsplitn(3, '/')
+                .nth(2)
+                .is_some_and(|head| keys.contains(head));
+        if wanted {
             match message.payload() {
                 Some(value) => {
                     found.insert(key.to_owned(), value.to_vec());
@@ -318,4 +473,64 @@ fn read_changelog(
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(records: &[(String, Vec<u8>)]) -> BTreeMap<String, Vec<u8>> {
+        records.iter().cloned().collect()
+    }
+
+    #[test]
+    fn a_small_state_is_one_record() {
+        let records = records_for("a/0", b"{}".to_vec(), "g1");
+        assert_eq!(records, vec![("a/0".to_owned(), b"{}".to_vec())]);
+        let (state, stale) = assemble("a/0", &stored(&records));
+        assert_eq!(state, Some(Ok(b"{}".to_vec())));
+        assert!(stale.is_empty());
+    }
+
+    #[test]
+    fn a_large_state_is_written_in_parts_with_the_head_last_and_reassembled() {
+        let value: Vec<u8> = (0..PART_BYTES * 2 + 10).map(|n| (n % 251) as u8).collect();
+        let records = records_for("a/3", value.clone(), "g1");
+        assert_eq!(records.len(), 4, "three parts and the head");
+        assert_eq!(records.last().map(|r| r.0.as_str()), Some("a/3"));
+        assert!(records[..3].iter().all(|(_, v)| v.len() <= PART_BYTES));
+        let (state, stale) = assemble("a/3", &stored(&records));
+        assert_eq!(state, Some(Ok(value)));
+        assert!(stale.is_empty());
+    }
+
+    #[test]
+    fn parts_of_a_replaced_generation_are_stale_and_a_missing_part_is_an_error() {
+        let old = records_for("a/0", vec![1; PART_BYTES * 3], "old");
+        let new = records_for("a/0", vec![2; PART_BYTES + 1], "new");
+        // The changelog after the new checkpoint: old parts still there, the head replaced.
+        let mut found = stored(&old);
+        found.extend(stored(&new));
+        let (state, stale) = assemble("a/0", &found);
+        assert_eq!(state, Some(Ok(vec![2; PART_BYTES + 1])));
+        assert_eq!(
+            stale,
+            vec![
+                "a/0/old/0".to_owned(),
+                "a/0/old/1".to_owned(),
+                "a/0/old/2".to_owned()
+            ]
+        );
+        // A worker stopped before the new head was written: the old head and its parts hold.
+        let mut half = stored(&old);
+        half.insert(new[0].0.clone(), new[0].1.clone());
+        let (state, stale) = assemble("a/0", &half);
+        assert_eq!(state, Some(Ok(vec![1; PART_BYTES * 3])));
+        assert_eq!(stale, vec![new[0].0.clone()]);
+        // A part missing under its head is an error naming it.
+        let mut broken = stored(&new);
+        broken.remove("a/0/new/1");
+        let (state, _) = assemble("a/0", &broken);
+        assert!(matches!(state, Some(Err(why)) if why.contains("a/0/new/1")));
+    }
 }

@@ -1,7 +1,7 @@
 //! The analytics role's worker: its tasks (the analyses' states per partition number), how a
 //! record is fed to them, and the publishing of findings, late dead letters and idle releases.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
@@ -37,6 +37,12 @@ pub(super) struct Task {
     pub(super) reported: Vec<(u64, u64)>,
     /// Whether the state changed since the last checkpoint.
     pub(super) dirty: bool,
+    /// Changelog keys to delete at the next checkpoint: the parts of states written in parts
+    /// that a newer checkpoint replaced (see [`super::checkpoint`]).
+    pub(super) stale: BTreeSet<String>,
+    /// Per analysis, the changelog keys of the parts its latest checkpoint was written in
+    /// (empty when it was one record).
+    pub(super) parts: Vec<Vec<String>>,
 }
 
 /// The worker's state besides the consumer.
