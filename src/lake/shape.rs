@@ -192,6 +192,21 @@ impl Shape {
         }
     }
 
+    /// Whether `value` has parts the schema does not name, at any depth: whether
+    /// [`Self::extra`] is `Some`, without building it.
+    pub fn has_extra(&self, value: &Value) -> bool {
+        match (self, value) {
+            (Self::Struct(fields), Value::Object(map)) => map.iter().any(|(key, v)| {
+                fields
+                    .iter()
+                    .find(|(name, _)| name == key)
+                    .is_none_or(|(_, shape)| shape.has_extra(v))
+            }),
+            (Self::List(item), Value::Array(values)) => values.iter().any(|v| item.has_extra(v)),
+            _ => false,
+        }
+    }
+
     /// The parts of `value` the schema does not name, at any depth, in the value's own
     /// structure (array elements without extras are `null`); `None` when there are none.
     pub fn extra(&self, value: &Value) -> Option<Value> {

@@ -19,13 +19,16 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::event::CloudEvent;
 use crate::ingest::Admitter;
 use crate::kafka::{self, KafkaSetupError};
 use crate::lake::encode::EncodeSettings;
 use crate::lake::outage::{self, StoreOutage};
+use crate::lake::rows::Rows;
 use crate::lake::segment::{Row, Segment, Segments, TopicPartition};
 use crate::lake::store::LakeStore;
 use crate::lake::table::{Coordinates, Hour};
@@ -131,12 +134,11 @@ impl ConsumerContext for LakeContext {
 /// The worker's state besides the consumer.
 struct Lake<'a> {
     config: &'a Config,
-    tables: Tables,
+    tables: Arc<Tables>,
     store: LakeStore,
     segments: Segments,
     settings: EncodeSettings,
     summary: LakeSummary,
-    row: Vec<u8>,
     /// Admits event records as every role does.
     admitter: Admitter,
     /// Decides which fields of each event are redacted, as the actions role does.
@@ -256,7 +258,7 @@ pub async fn run(
     .emit(&metrics);
     let mut lake = Lake {
         config,
-        tables,
+        tables: Arc::new(tables),
         store,
         segments: Segments::new(lake_cfg.limits),
         settings: EncodeSettings {
@@ -264,7 +266,6 @@ pub async fn run(
             zstd_level: lake_cfg.zstd_level,
         },
         summary: LakeSummary::default(),
-        row: Vec::with_capacity(4096),
         admitter: Admitter::new(config),
         evaluator: policy.evaluator(),
         metrics: Arc::clone(&metrics),
@@ -394,36 +395,55 @@ impl Lake<'_> {
             offset: message.offset(),
             timestamp_ms: message.timestamp().to_millis(),
         };
-        self.row.clear();
-        let row = if at.topic == self.config.topics.audit {
-            let table = self.tables.audit_index();
-            self.tables.get(table).and_then(|t| {
-                let value = message.payload()?;
-                let hour = t.audit_row(value, at, Utc::now(), &mut self.row)?;
-                Some((table, hour))
-            })
-        } else {
-            self.event_row(message, at)
+        let tp = (at.topic.to_owned(), at.partition);
+        let now = Utc::now();
+        let tables = Arc::clone(&self.tables);
+        if at.topic == self.config.topics.audit {
+            let index = tables.audit_index();
+            let record: Option<Value> = message
+                .payload()
+                .and_then(|value| serde_json::from_slice(value).ok());
+            let row = tables
+                .get(index)
+                .zip(record.as_ref())
+                .and_then(|(t, record)| t.audit_record(record, at, now));
+            let append = |rows: &mut Rows| row.as_ref().map_or(0, |r| r.append(rows));
+            return self.push(&tp, at.offset, row.map(|r| (index, r.hour())), &append);
+        }
+        let Some((index, event)) = self.admitted_event(message, at) else {
+            return self.push(&tp, at.offset, None, &|_: &mut Rows| 0);
         };
+        let row = tables.get(index).map(|t| t.event(&event, at, now));
+        let append = |rows: &mut Rows| row.as_ref().map_or(0, |r| r.append(rows));
+        self.push(&tp, at.offset, row.map(|r| (index, r.hour())), &append)
+    }
+
+    /// Adds a record (and its row, if it is one) to its partition's segment.
+    fn push(
+        &mut self,
+        tp: &TopicPartition,
+        offset: i64,
+        row: Option<(usize, Hour)>,
+        append: &dyn Fn(&mut Rows) -> usize,
+    ) -> bool {
         if row.is_none() {
             self.summary.skipped += 1;
         }
-        let tp = (at.topic.to_owned(), at.partition);
         let row = row.map(|(table, hour)| Row {
             table,
             hour,
-            json: &self.row,
+            append,
         });
-        self.segments.push(&tp, at.offset, row, Instant::now())
+        self.segments.push(tp, offset, row, Instant::now())
     }
 
-    /// The row of a valid event; `None` for what the actions role dead-letters (its audit
-    /// record, which says why, is a row of the audit table).
-    fn event_row(
+    /// The table and the (redacted) event of a valid event record; `None` for what the actions
+    /// role dead-letters (its audit record, which says why, is a row of the audit table).
+    fn admitted_event(
         &mut self,
         message: &BorrowedMessage<'_>,
         at: Coordinates<'_>,
-    ) -> Option<(usize, Hour)> {
+    ) -> Option<(usize, CloudEvent)> {
         let headers = kafka::headers_of(message);
         let input = kafka::input_of(message, &headers);
         let admitted = match self.admitter.admit(&input) {
@@ -442,7 +462,6 @@ impl Lake<'_> {
         let table = self.tables.index_of(&admitted.event.ty)?;
         // The same redaction as the actions role's, from the event alone. When it cannot be
         // decided, nothing of `data` is written: a row without data rather than unredacted data.
-        let now = Utc::now();
         let paths = crate::ingest::redaction(&mut self.evaluator, &admitted.event)
             .unwrap_or_else(|_| Arc::from(vec!["data".to_owned()]));
         let event = if paths.is_empty() {
@@ -450,8 +469,7 @@ impl Lake<'_> {
         } else {
             crate::policy::redact::redacted(&admitted.event, &paths)
         };
-        let t = self.tables.get(table)?;
-        Some((table, t.event_row(&event, at, now, &mut self.row)))
+        Some((table, event))
     }
 
     /// Writes a partition's segment and commits the offset after it.
