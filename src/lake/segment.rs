@@ -419,6 +419,29 @@ mod tests {
     }
 
     #[test]
+    fn rows_covered_by_a_file_found_after_they_were_buffered_are_left_out_of_the_write() {
+        let tp: TopicPartition = ("t".into(), 0);
+        let mut s = Segments::new(limits());
+        let now = Instant::now();
+        for offset in 20..25 {
+            s.push(&tp, offset, row((offset % 2) as usize, 1), now);
+        }
+        let mut seg = s.take(&tp).expect("open");
+        // While the segment was buffered, the write before it found a file of table 0 that
+        // holds the rows up to offset 22, and one of table 1 up to offset 30.
+        s.cover(&tp, 0, Hour(1), 22);
+        s.cover(&tp, 1, Hour(1), 30);
+        s.trim_covered(&tp, &mut seg);
+        let files: Vec<(usize, i64, i64, usize, Vec<i64>)> = seg
+            .files
+            .iter()
+            .map(|((t, _), f)| (*t, f.first_offset, f.last_offset, f.rows, f.offsets.clone()))
+            .collect();
+        assert_eq!(files, [(0, 24, 24, 1, vec![24])]);
+        assert_eq!((seg.first_offset, seg.next_offset), (20, 25));
+    }
+
+    #[test]
     fn covered_rows_are_not_buffered_and_hold_back_the_commit() {
         let tp: TopicPartition = ("t".into(), 0);
         let mut s = Segments::new(limits());
