@@ -247,6 +247,9 @@ mod tests {
             StoreLocation::Local(PathBuf::from("/etc/reflex/../lake"))
         );
         assert_eq!(cfg.limits.max_age, Duration::from_secs(300));
+        assert_eq!(cfg.max_segments_writing, 2);
+        let cfg = parse("max_segments_writing = 5").expect("five");
+        assert_eq!(cfg.max_segments_writing, 5);
         let cfg = parse("store = \"s3://lake/raw/\"\nmax_file_age = \"2s\"").expect("s3");
         assert_eq!(
             cfg.location,
@@ -271,6 +274,10 @@ mod tests {
         assert!(msg.contains("needs a bucket"), "{msg}");
         let msg = parse("max_file_records = 0").expect_err("zero").to_string();
         assert!(msg.contains("lake.max_file_records"), "{msg}");
+        let msg = parse("max_segments_writing = 0")
+            .expect_err("zero")
+            .to_string();
+        assert!(msg.contains("lake.max_segments_writing"), "{msg}");
         let msg = parse("zstd_level = 40").expect_err("level").to_string();
         assert!(msg.contains("lake.zstd_level = 40"), "{msg}");
     }

@@ -823,6 +823,28 @@ mod tests {
     }
 
     #[test]
+    fn sealed_rows_can_leave_out_their_first_rows() {
+        let table = Table::events("x.y", &json!({"type": "object", "properties": {}}));
+        let mut rng = Lcg(5);
+        let events: Vec<CloudEvent> = (0..5).map(|n| event("x.y", n, None, &mut rng)).collect();
+        let mut rows = Rows::default();
+        for (n, e) in events.iter().enumerate() {
+            table
+                .event(e, coordinates(n as u64, &mut rng), Utc::now())
+                .append(&mut rows);
+        }
+        rows.seal();
+        rows.skip(2);
+        let batch = rows.batch().expect("sealed");
+        let offsets = batch.column_by_name("kafka_offset").expect("offsets");
+        let offsets = offsets
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>()
+            .expect("int64");
+        assert_eq!(offsets.values().to_vec(), [2, 3, 4]);
+    }
+
+    #[test]
     fn a_value_of_the_wrong_kind_fails_the_file_naming_its_column() {
         let table = Table::events(
             "x.y",
