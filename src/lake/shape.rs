@@ -2,7 +2,8 @@
 //!
 //! A [`Shape`] is derived once per table from the event type's JSON Schema. It gives the Arrow
 //! data type of each column (objects → structs, arrays → lists, `date-time` → timestamp,
-//! integers → int64, numbers → float64) and prepares each row for the Arrow JSON decoder:
+//! integers → int64, numbers → float64) and prepares each row for the Arrow JSON decoder (the
+//! builders of [`super::rows`] read values the same way):
 //! values the schema leaves untyped are kept as their JSON text, and properties the schema does
 //! not name are collected separately ([`Shape::extra`]) so nothing is lost.
 
