@@ -1,12 +1,14 @@
-//! Lake encoding throughput: demo-like `order.placed` events turned into lake rows and encoded
-//! as one zstd Parquet file in memory, the work the lake role does per file besides Kafka and
-//! the store. `make bench-lake` runs it.
+//! Lake encoding throughput: demo-like `order.placed` events appended to a file's Arrow
+//! builders and encoded as one zstd Parquet file in memory, the work the lake role does per file
+//! besides Kafka and the store; beside it the same through JSON rows and arrow-json's decoder.
+//! `make bench-lake` runs it.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use reflex::event::CloudEvent;
-use reflex::lake::encode::{encode, EncodeSettings};
+use reflex::lake::encode::{encode, encode_batch, EncodeSettings};
+use reflex::lake::rows::Rows;
 use reflex::lake::table::{Coordinates, Table};
 use serde_json::{json, Value};
 
@@ -76,37 +78,46 @@ fn bench(c: &mut Criterion) {
         parquet.len()
     );
 
+    let arrow = |events: &[CloudEvent]| {
+        let mut rows = Rows::default();
+        for (offset, event) in events.iter().enumerate() {
+            let at = Coordinates {
+                topic: "events.orders",
+                partition: 0,
+                offset: offset as i64,
+                timestamp_ms: Some(1_772_600_000_000),
+            };
+            table.event(event, at, chrono::Utc::now()).append(&mut rows);
+        }
+        rows.seal();
+        let batch = rows.batch().unwrap_or_else(|e| panic!("rows: {e}")).clone();
+        encode_batch(&table.name, table.id_column(), &batch, settings, vec![]).map(|p| p.len())
+    };
+    let json_path = |events: &[CloudEvent]| {
+        let json = rows(events);
+        encode(
+            &table.name,
+            &table.schema,
+            table.id_column(),
+            &json,
+            settings,
+            vec![],
+        )
+        .map(|p| p.len())
+    };
+
     let mut group = c.benchmark_group("lake");
     group.sample_size(10);
     group.throughput(Throughput::Elements(EVENTS as u64));
     group.bench_function("rows_and_parquet_events", |b| {
-        b.iter(|| {
-            let json = rows(black_box(&events));
-            encode(
-                &table.name,
-                &table.schema,
-                table.id_column(),
-                &json,
-                settings,
-                vec![],
-            )
-            .map(|p| p.len())
-        })
+        b.iter(|| arrow(black_box(&events)))
+    });
+    group.bench_function("json_rows_and_parquet_events", |b| {
+        b.iter(|| json_path(black_box(&events)))
     });
     group.throughput(Throughput::Bytes(input_bytes as u64));
     group.bench_function("rows_and_parquet_bytes", |b| {
-        b.iter(|| {
-            let json = rows(black_box(&events));
-            encode(
-                &table.name,
-                &table.schema,
-                table.id_column(),
-                &json,
-                settings,
-                vec![],
-            )
-            .map(|p| p.len())
-        })
+        b.iter(|| arrow(black_box(&events)))
     });
     group.finish();
 }

@@ -23,6 +23,7 @@ use reflex::ingest::OutRecord;
 use reflex::kafka;
 use reflex::lake::encode::EncodeSettings;
 use reflex::lake::find::files_holding;
+use reflex::lake::rows::Rows;
 use reflex::lake::segment::{Limits, Row, Segments, TopicPartition};
 use reflex::lake::store::LakeStore;
 use reflex::lake::table::Coordinates;
@@ -113,7 +114,6 @@ async fn build(dir: &Path, store: &LakeStore, tables: &Tables) {
     };
     let now = chrono::Utc::now();
     let started = Instant::now();
-    let mut json = Vec::with_capacity(1024);
     for p in 0..PARTITIONS {
         let tp: TopicPartition = ("bench.events".to_owned(), p as i32);
         let mut segments = Segments::new(limits);
@@ -126,14 +126,14 @@ async fn build(dir: &Path, store: &LakeStore, tables: &Tables) {
                 offset: offset as i64,
                 timestamp_ms: None,
             };
-            json.clear();
             let index = tables.index_of(&event.ty).expect("a table per type");
             let table = tables.get(index).expect("table");
-            let hour = table.event_row(&event, at, now, &mut json);
+            let prepared = table.event(&event, at, now);
+            let append = |rows: &mut Rows| prepared.append(rows);
             let row = Row {
                 table: index,
-                hour,
-                json: &json,
+                hour: prepared.hour(),
+                append: &append,
             };
             if segments.push(&tp, offset as i64, Some(row), Instant::now()) {
                 let segment = segments.take(&tp).expect("a full segment");
@@ -167,15 +167,13 @@ async fn build(dir: &Path, store: &LakeStore, tables: &Tables) {
                 offset: offset as i64,
                 timestamp_ms: None,
             };
-            json.clear();
-            let row = audit_record(*n, *n / PARTITIONS).to_string();
-            let hour = table
-                .audit_row(row.as_bytes(), at, now, &mut json)
-                .expect("an audit row");
+            let record = audit_record(*n, *n / PARTITIONS);
+            let prepared = table.audit_record(&record, at, now).expect("an audit row");
+            let append = |rows: &mut Rows| prepared.append(rows);
             let row = Row {
                 table: index,
-                hour,
-                json: &json,
+                hour: prepared.hour(),
+                append: &append,
             };
             if segments.push(&tp, offset as i64, Some(row), Instant::now()) {
                 let segment = segments.take(&tp).expect("a full segment");

@@ -37,6 +37,7 @@ pub mod encode;
 pub mod evolution;
 pub mod find;
 pub mod outage;
+pub mod rows;
 pub mod segment;
 pub mod shape;
 pub mod store;

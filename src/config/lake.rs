@@ -27,6 +27,8 @@ pub struct RawLake {
     pub max_file_age: Duration,
     /// Bound on all buffered rows; above it, the largest buffer is written early.
     pub max_buffered_bytes: usize,
+    /// Segments encoded and uploaded at once, off the consumer loop.
+    pub max_segments_writing: usize,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
     /// zstd level of Parquet pages.
@@ -43,6 +45,7 @@ impl Default for RawLake {
             max_file_bytes: 128 * 1024 * 1024,
             max_file_age: Duration::from_secs(300),
             max_buffered_bytes: 512 * 1024 * 1024,
+            max_segments_writing: 2,
             row_group_rows: 122_880,
             zstd_level: 3,
             s3: RawLakeS3::default(),
@@ -123,8 +126,10 @@ pub struct LakeConfig {
     pub s3_ca_file: Option<PathBuf>,
     /// Rotation limits per partition.
     pub limits: Limits,
-    /// Bound on all buffered rows.
+    /// Bound on all buffered rows, those being written included.
     pub max_buffered_bytes: usize,
+    /// Segments being encoded and uploaded at once.
+    pub max_segments_writing: usize,
     /// Rows per row group.
     pub row_group_rows: usize,
     /// zstd level.
@@ -183,6 +188,7 @@ impl LakeConfig {
                 max_age: raw.max_file_age,
             },
             max_buffered_bytes: positive("lake.max_buffered_bytes", raw.max_buffered_bytes)?,
+            max_segments_writing: positive("lake.max_segments_writing", raw.max_segments_writing)?,
             row_group_rows: positive("lake.row_group_rows", raw.row_group_rows)?,
             zstd_level: raw.zstd_level,
         })
@@ -241,6 +247,9 @@ mod tests {
             StoreLocation::Local(PathBuf::from("/etc/reflex/../lake"))
         );
         assert_eq!(cfg.limits.max_age, Duration::from_secs(300));
+        assert_eq!(cfg.max_segments_writing, 2);
+        let cfg = parse("max_segments_writing = 5").expect("five");
+        assert_eq!(cfg.max_segments_writing, 5);
         let cfg = parse("store = \"s3://lake/raw/\"\nmax_file_age = \"2s\"").expect("s3");
         assert_eq!(
             cfg.location,
@@ -265,6 +274,10 @@ mod tests {
         assert!(msg.contains("needs a bucket"), "{msg}");
         let msg = parse("max_file_records = 0").expect_err("zero").to_string();
         assert!(msg.contains("lake.max_file_records"), "{msg}");
+        let msg = parse("max_segments_writing = 0")
+            .expect_err("zero")
+            .to_string();
+        assert!(msg.contains("lake.max_segments_writing"), "{msg}");
         let msg = parse("zstd_level = 40").expect_err("level").to_string();
         assert!(msg.contains("lake.zstd_level = 40"), "{msg}");
     }

@@ -1,8 +1,9 @@
-//! JSON rows to a Parquet file in memory: arrow-json decodes the rows against the table's Arrow
-//! schema into record batches, and the Arrow writer encodes them with zstd. The table's id
+//! Rows to a Parquet file in memory: the Arrow writer encodes a file's record batch (built by
+//! [`crate::lake::rows`], or decoded from JSON rows by arrow-json) with zstd. The table's id
 //! column gets a bloom filter per row group, so that finding one event (`reflex trace`) reads
 //! a few hundred bytes of a file that does not hold it instead of its rows.
 
+use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
@@ -29,6 +30,14 @@ pub enum EncodeError {
         /// arrow-json's error.
         source: ArrowError,
     },
+    /// A row's value does not fit its column.
+    #[error("rows of table \"{table}\" do not fit its schema: {message}")]
+    Row {
+        /// The table.
+        table: String,
+        /// The column and the value.
+        message: String,
+    },
     /// The Parquet writer failed.
     #[error("cannot encode Parquet for table \"{table}\": {source}")]
     Parquet {
@@ -48,8 +57,36 @@ pub struct EncodeSettings {
     pub zstd_level: i32,
 }
 
-/// Encodes newline-separated JSON rows as one Parquet file, with a bloom filter on
-/// `id_column` (see [`crate::lake::table::Table::id_column`]); `metadata` goes into its footer.
+/// Encodes a record batch (the rows of [`crate::lake::rows::Rows`]) as one Parquet file, with
+/// a bloom filter on `id_column` (see [`crate::lake::table::Table::id_column`]); `metadata`
+/// goes into its footer.
+pub fn encode_batch(
+    table: &str,
+    id_column: &str,
+    batch: &RecordBatch,
+    settings: EncodeSettings,
+    metadata: Vec<(String, String)>,
+) -> Result<Bytes, EncodeError> {
+    let parquet_err = |source| EncodeError::Parquet {
+        table: table.to_owned(),
+        source,
+    };
+    let properties =
+        properties(id_column, batch.num_rows(), settings, metadata).map_err(parquet_err)?;
+    let capacity = batch.get_array_memory_size() / 4;
+    let mut writer = ArrowWriter::try_new(
+        Vec::with_capacity(capacity),
+        batch.schema(),
+        Some(properties),
+    )
+    .map_err(parquet_err)?;
+    writer.write(batch).map_err(parquet_err)?;
+    let bytes = writer.into_inner().map_err(parquet_err)?;
+    Ok(Bytes::from(bytes))
+}
+
+/// Encodes newline-separated JSON rows ([`crate::lake::table::Table::event_row`]) as one
+/// Parquet file, decoding them with arrow-json against `schema`; otherwise as [`encode_batch`].
 pub fn encode(
     table: &str,
     schema: &SchemaRef,
@@ -58,20 +95,66 @@ pub fn encode(
     settings: EncodeSettings,
     metadata: Vec<(String, String)>,
 ) -> Result<Bytes, EncodeError> {
-    let decode_err = |source| EncodeError::Decode {
-        table: table.to_owned(),
-        source,
-    };
     let parquet_err = |source| EncodeError::Parquet {
         table: table.to_owned(),
         source,
     };
-    let level = ZstdLevel::try_new(settings.zstd_level).map_err(parquet_err)?;
-    // Sized for the rows of one row group (the filter is per row group): ids are distinct.
-    let rows = json.iter().filter(|b| **b == b'\n').count().max(1);
-    let distinct = rows.min(settings.row_group_rows.max(1)) as u64;
+    let rows = json.iter().filter(|b| **b == b'\n').count();
+    let properties = properties(id_column, rows, settings, metadata).map_err(parquet_err)?;
+    let mut writer = ArrowWriter::try_new(
+        Vec::with_capacity(json.len() / 4),
+        schema.clone(),
+        Some(properties),
+    )
+    .map_err(parquet_err)?;
+    for batch in decode_json(table, schema, json)? {
+        writer.write(&batch).map_err(parquet_err)?;
+    }
+    let bytes = writer.into_inner().map_err(parquet_err)?;
+    Ok(Bytes::from(bytes))
+}
+
+/// Newline-separated JSON rows as record batches of `schema`, by arrow-json's decoder.
+pub fn decode_json(
+    table: &str,
+    schema: &SchemaRef,
+    json: &[u8],
+) -> Result<Vec<RecordBatch>, EncodeError> {
+    let decode_err = |source| EncodeError::Decode {
+        table: table.to_owned(),
+        source,
+    };
+    let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(BATCH_ROWS)
+        .build_decoder()
+        .map_err(decode_err)?;
+    let mut batches = Vec::new();
+    let mut rest = json;
+    while !rest.is_empty() {
+        let read = decoder.decode(rest).map_err(decode_err)?;
+        rest = &rest[read..];
+        if let Some(batch) = decoder.flush().map_err(decode_err)? {
+            batches.push(batch);
+        }
+    }
+    if let Some(batch) = decoder.flush().map_err(decode_err)? {
+        batches.push(batch);
+    }
+    Ok(batches)
+}
+
+/// The writer's settings: zstd, row groups, the id column's bloom filter sized for the rows of
+/// one row group (the filter is per row group; ids are distinct), the footer's metadata.
+fn properties(
+    id_column: &str,
+    rows: usize,
+    settings: EncodeSettings,
+    metadata: Vec<(String, String)>,
+) -> Result<WriterProperties, ParquetError> {
+    let level = ZstdLevel::try_new(settings.zstd_level)?;
+    let distinct = rows.max(1).min(settings.row_group_rows.max(1)) as u64;
     let id_path = ColumnPath::from(id_column);
-    let properties = WriterProperties::builder()
+    Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_size(settings.row_group_rows)
         .set_column_bloom_filter_enabled(id_path.clone(), true)
@@ -83,30 +166,7 @@ pub fn encode(
                 .map(|(k, v)| KeyValue::new(k, v))
                 .collect(),
         ))
-        .build();
-    let mut decoder = arrow_json::ReaderBuilder::new(schema.clone())
-        .with_batch_size(BATCH_ROWS)
-        .build_decoder()
-        .map_err(decode_err)?;
-    let mut writer = ArrowWriter::try_new(
-        Vec::with_capacity(json.len() / 4),
-        schema.clone(),
-        Some(properties),
-    )
-    .map_err(parquet_err)?;
-    let mut rest = json;
-    while !rest.is_empty() {
-        let read = decoder.decode(rest).map_err(decode_err)?;
-        rest = &rest[read..];
-        if let Some(batch) = decoder.flush().map_err(decode_err)? {
-            writer.write(&batch).map_err(parquet_err)?;
-        }
-    }
-    if let Some(batch) = decoder.flush().map_err(decode_err)? {
-        writer.write(&batch).map_err(parquet_err)?;
-    }
-    let bytes = writer.into_inner().map_err(parquet_err)?;
-    Ok(Bytes::from(bytes))
+        .build())
 }
 
 #[cfg(test)]

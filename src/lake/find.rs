@@ -346,7 +346,6 @@ mod tests {
             max_bytes: usize::MAX,
             max_age: Duration::from_secs(3600),
         });
-        let mut json = Vec::new();
         for o in 0..400_i64 {
             let ty = if o % 2 == 0 {
                 "a.happened"
@@ -365,17 +364,15 @@ mod tests {
                 offset: o,
                 timestamp_ms: None,
             };
-            json.clear();
-            let hour = tables.get(table).expect("table").event_row(
-                &event,
-                at,
-                chrono::Utc::now(),
-                &mut json,
-            );
+            let prepared = tables
+                .get(table)
+                .expect("table")
+                .event(&event, at, chrono::Utc::now());
+            let append = |rows: &mut crate::lake::rows::Rows| prepared.append(rows);
             let row = Row {
                 table,
-                hour,
-                json: &json,
+                hour: prepared.hour(),
+                append: &append,
             };
             if segments.push(&tp, o, Some(row), Instant::now()) {
                 let segment = segments.take(&tp).expect("segment");
@@ -415,7 +412,6 @@ mod tests {
         });
         let index = tables.audit_index();
         let table = tables.get(index).expect("audit table");
-        let mut json = Vec::new();
         for (offset, record) in records.iter().enumerate() {
             let at = Coordinates {
                 topic: "audit",
@@ -423,15 +419,14 @@ mod tests {
                 offset: offset as i64,
                 timestamp_ms: Some(1_767_261_600_000 + offset as i64),
             };
-            json.clear();
-            let value = record.to_string();
-            let hour = table
-                .audit_row(value.as_bytes(), at, chrono::Utc::now(), &mut json)
+            let prepared = table
+                .audit_record(record, at, chrono::Utc::now())
                 .expect("a row");
+            let append = |rows: &mut crate::lake::rows::Rows| prepared.append(rows);
             let row = Row {
                 table: index,
-                hour,
-                json: &json,
+                hour: prepared.hour(),
+                append: &append,
             };
             segments.push(&tp, offset as i64, Some(row), Instant::now());
         }

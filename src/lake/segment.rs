@@ -30,6 +30,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use super::rows::Rows;
 use super::table::Hour;
 
 /// A Kafka topic and partition.
@@ -40,7 +41,7 @@ pub type TopicPartition = (String, i32);
 pub struct Limits {
     /// Records (valid or not) per segment.
     pub max_records: usize,
-    /// Buffered row bytes (JSON) per segment.
+    /// Buffered row bytes (Arrow arrays) per segment.
     pub max_bytes: usize,
     /// Age of a segment's first record.
     pub max_age: Duration,
@@ -55,12 +56,10 @@ pub struct FileRows {
     pub last_offset: i64,
     /// Rows.
     pub rows: usize,
-    /// The rows as JSON lines.
-    pub json: Vec<u8>,
+    /// The rows as Arrow arrays, sealed into a record batch when the segment is taken.
+    pub data: Rows,
     /// The offset of each row, ascending.
     pub offsets: Vec<i64>,
-    /// Where each row's JSON line ends in `json`.
-    pub ends: Vec<usize>,
 }
 
 /// Consecutive records of one partition.
@@ -93,15 +92,24 @@ impl Segment {
     }
 }
 
-/// A row to buffer: its table, its hour and its JSON line.
-#[derive(Debug, Clone, Copy)]
+/// A row to buffer: its table, its hour and how to append it to its file's rows.
+#[derive(Clone, Copy)]
 pub struct Row<'a> {
     /// Index of the table.
     pub table: usize,
     /// Hour partition.
     pub hour: Hour,
-    /// The JSON line.
-    pub json: &'a [u8],
+    /// Appends the row's values to the rows of its file; returns the bytes they add.
+    pub append: &'a dyn Fn(&mut Rows) -> usize,
+}
+
+impl std::fmt::Debug for Row<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Row")
+            .field("table", &self.table)
+            .field("hour", &self.hour)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The open segments of every assigned partition, with their total size.
@@ -178,26 +186,55 @@ impl Segments {
                 });
             file.last_offset = offset;
             file.rows += 1;
-            file.json.extend_from_slice(row.json);
+            let bytes = (row.append)(&mut file.data);
             file.offsets.push(offset);
-            file.ends.push(file.json.len());
-            segment.bytes += row.json.len();
-            self.bytes += row.json.len();
+            segment.bytes += bytes;
+            self.bytes += bytes;
         }
         segment.records >= self.limits.max_records || segment.bytes >= self.limits.max_bytes
     }
 
-    /// Removes a partition's segment to write it.
+    /// Removes a partition's segment to write it, its files' rows sealed into record batches.
     pub fn take(&mut self, tp: &TopicPartition) -> Option<Segment> {
-        let segment = self.open.remove(tp)?;
+        let mut segment = self.open.remove(tp)?;
         self.bytes -= segment.bytes;
+        for file in segment.files.values_mut() {
+            file.data.seal();
+        }
         Some(segment)
     }
 
     /// Forgets a partition's segment and what is known of its files (revoked, or re-read).
     pub fn drop_partition(&mut self, tp: &TopicPartition) {
-        drop(self.take(tp));
+        if let Some(segment) = self.open.remove(tp) {
+            self.bytes -= segment.bytes;
+        }
         self.covered.remove(tp);
+    }
+
+    /// Leaves out of a taken segment the rows that a lake file written since they were
+    /// buffered already holds ([`Self::cover`]): the first rows of a file, or all of them.
+    pub fn trim_covered(&self, tp: &TopicPartition, segment: &mut Segment) {
+        let Some(covered) = self.covered.get(tp) else {
+            return;
+        };
+        segment.files.retain(|key, file| {
+            let Some(last) = covered.get(key) else {
+                return true;
+            };
+            let skip = file.offsets.partition_point(|o| o <= last);
+            if skip == 0 {
+                return true;
+            }
+            if skip == file.offsets.len() {
+                return false;
+            }
+            file.offsets.drain(..skip);
+            file.rows -= skip;
+            file.first_offset = file.offsets[0];
+            file.data.skip(skip);
+            true
+        });
     }
 
     /// Forgets every segment.
@@ -248,10 +285,24 @@ impl Segments {
 
     /// The partition with the most buffered bytes.
     pub fn largest(&self) -> Option<TopicPartition> {
+        self.largest_where(|_| true)
+    }
+
+    /// The partition with the most buffered bytes among those `eligible` accepts.
+    pub fn largest_where(
+        &self,
+        eligible: impl Fn(&TopicPartition) -> bool,
+    ) -> Option<TopicPartition> {
         self.open
             .iter()
+            .filter(|(tp, _)| eligible(tp))
             .max_by_key(|(tp, s)| (s.bytes, std::cmp::Reverse((*tp).clone())))
             .map(|(tp, _)| tp.clone())
+    }
+
+    /// Whether a partition has an open segment.
+    pub fn contains(&self, tp: &TopicPartition) -> bool {
+        self.open.contains_key(tp)
     }
 
     /// Every partition with an open segment.
@@ -284,11 +335,16 @@ mod tests {
         }
     }
 
+    /// A row of three bytes (the length of `{}` and a newline).
+    fn three_bytes(_: &mut Rows) -> usize {
+        3
+    }
+
     fn row(table: usize, hour: i64) -> Option<Row<'static>> {
         Some(Row {
             table,
             hour: Hour(hour),
-            json: b"{}\n",
+            append: &three_bytes,
         })
     }
 
@@ -360,6 +416,29 @@ mod tests {
         assert_eq!(s.largest().map(|tp| tp.1), Some(0));
         assert!(s.push(&b, 1, row(0, 0), now));
         assert_eq!(s.largest(), Some(b));
+    }
+
+    #[test]
+    fn rows_covered_by_a_file_found_after_they_were_buffered_are_left_out_of_the_write() {
+        let tp: TopicPartition = ("t".into(), 0);
+        let mut s = Segments::new(limits());
+        let now = Instant::now();
+        for offset in 20..25 {
+            s.push(&tp, offset, row((offset % 2) as usize, 1), now);
+        }
+        let mut seg = s.take(&tp).expect("open");
+        // While the segment was buffered, the write before it found a file of table 0 that
+        // holds the rows up to offset 22, and one of table 1 up to offset 30.
+        s.cover(&tp, 0, Hour(1), 22);
+        s.cover(&tp, 1, Hour(1), 30);
+        s.trim_covered(&tp, &mut seg);
+        let files: Vec<(usize, i64, i64, usize, Vec<i64>)> = seg
+            .files
+            .iter()
+            .map(|((t, _), f)| (*t, f.first_offset, f.last_offset, f.rows, f.offsets.clone()))
+            .collect();
+        assert_eq!(files, [(0, 24, 24, 1, vec![24])]);
+        assert_eq!((seg.first_offset, seg.next_offset), (20, 25));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! A [`Shape`] is derived once per table from the event type's JSON Schema. It gives the Arrow
 //! data type of each column (objects → structs, arrays → lists, `date-time` → timestamp,
-//! integers → int64, numbers → float64) and prepares each row for the Arrow JSON decoder:
+//! integers → int64, numbers → float64) and prepares each row for the Arrow JSON decoder (the
+//! builders of [`super::rows`] read values the same way):
 //! values the schema leaves untyped are kept as their JSON text, and properties the schema does
 //! not name are collected separately ([`Shape::extra`]) so nothing is lost.
 
@@ -189,6 +190,21 @@ impl Shape {
                     .collect(),
             ),
             (_, v) => v.clone(),
+        }
+    }
+
+    /// Whether `value` has parts the schema does not name, at any depth: whether
+    /// [`Self::extra`] is `Some`, without building it.
+    pub fn has_extra(&self, value: &Value) -> bool {
+        match (self, value) {
+            (Self::Struct(fields), Value::Object(map)) => map.iter().any(|(key, v)| {
+                fields
+                    .iter()
+                    .find(|(name, _)| name == key)
+                    .is_none_or(|(_, shape)| shape.has_extra(v))
+            }),
+            (Self::List(item), Value::Array(values)) => values.iter().any(|v| item.has_extra(v)),
+            _ => false,
         }
     }
 

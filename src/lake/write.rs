@@ -4,9 +4,9 @@
 //! A key that is taken is read and compared with the rows meant for it ([`compare`]); what
 //! happens then is described in [`super::segment`].
 
-use bytes::Bytes;
+use arrow_array::RecordBatch;
 
-use super::encode::{encode, EncodeSettings};
+use super::encode::{encode_batch, EncodeError, EncodeSettings};
 use super::segment::{file_key, FileRows, Segment, TopicPartition};
 use super::store::{ExistingFile, LakeStore, Put};
 use super::table::{Hour, Table};
@@ -158,24 +158,26 @@ pub async fn write_segment(
         };
         let FileRows {
             offsets,
-            ends,
-            json,
+            data,
             last_offset,
             ..
         } = rows;
         let last_offset = *last_offset;
-        // A copy, so that the segment stays whole for another try while the store is down.
-        let json = Bytes::copy_from_slice(json);
+        // Sealed when the segment was taken; shared, so the segment stays whole for another try
+        // while the store is down.
+        let batch = data.batch().map_err(|message| EncodeError::Row {
+            table: table.name.clone(),
+            message,
+        })?;
         // Rows from `start` on still need a file.
         let mut start = 0;
         while start < offsets.len() {
             let first = offsets[start];
             let key = file_key(&table.name, hour, tp, first);
-            let from = start.checked_sub(1).map_or(0, |i| ends[i]);
             let range = (first, last_offset);
             let began = std::time::SystemTime::now();
-            let (put, size) =
-                create(store, table, settings, tp, &key, json.slice(from..), range).await?;
+            let rest = batch.slice(start, batch.num_rows().saturating_sub(start));
+            let (put, size) = create(store, table, settings, tp, &key, rest, range).await?;
             if put == Put::Created {
                 let count = offsets.len() - start;
                 written.created.push(FileWritten {
@@ -237,14 +239,14 @@ pub async fn write_segment(
     Ok(written)
 }
 
-/// Encodes JSON rows (offsets `first..=last`) and creates the file at `key` unless it exists.
+/// Encodes rows (offsets `first..=last`) and creates the file at `key` unless it exists.
 async fn create(
     store: &LakeStore,
     table: &Table,
     settings: EncodeSettings,
     tp: &TopicPartition,
     key: &str,
-    json: Bytes,
+    rows: RecordBatch,
     (first, last): (i64, i64),
 ) -> Result<(Put, usize), LakeError> {
     let metadata = vec![
@@ -253,9 +255,9 @@ async fn create(
         ("reflex.first_offset".to_owned(), first.to_string()),
         ("reflex.last_offset".to_owned(), last.to_string()),
     ];
-    let (name, schema, id) = (table.name.clone(), table.schema.clone(), table.id_column());
+    let (name, id) = (table.name.clone(), table.id_column());
     let bytes =
-        tokio::task::spawn_blocking(move || encode(&name, &schema, id, &json, settings, metadata))
+        tokio::task::spawn_blocking(move || encode_batch(&name, id, &rows, settings, metadata))
             .await
             .map_err(|e| LakeError::Task {
                 table: table.name.clone(),
@@ -279,7 +281,7 @@ mod tests {
     use crate::config::{LakeConfig, RawLake, RawLakeRole};
     use crate::event::CloudEvent;
     use crate::lake::segment::{Limits, Row, Segments};
-    use crate::lake::table::{Coordinates, Hour};
+    use crate::lake::table::Coordinates;
     use crate::schema::SchemaRegistry;
 
     const RECORDS: i64 = 300;
@@ -297,8 +299,8 @@ mod tests {
         }
     }
 
-    /// Offset → (table, hour, JSON row); every 9th record is not a row.
-    fn records(tables: &Tables) -> Vec<Option<(usize, Hour, Vec<u8>)>> {
+    /// Offset → (table, event); every 9th record is not a row.
+    fn records(tables: &Tables) -> Vec<Option<(usize, CloudEvent)>> {
         (0..RECORDS)
             .map(|o| {
                 if o % 9 == 4 {
@@ -314,20 +316,7 @@ mod tests {
                     "time": format!("2026-01-01T0{}:00:00Z", (o / 25) % 3), "data": {"n": o}}))
                 .expect("event");
                 let table = tables.index_of(ty).expect("table");
-                let at = Coordinates {
-                    topic: "t",
-                    partition: 0,
-                    offset: o,
-                    timestamp_ms: None,
-                };
-                let mut json = Vec::new();
-                let hour = tables.get(table).expect("table").event_row(
-                    &event,
-                    at,
-                    chrono::Utc::now(),
-                    &mut json,
-                );
-                Some((table, hour, json))
+                Some((table, event))
             })
             .collect()
     }
@@ -345,16 +334,30 @@ mod tests {
     /// age or memory pressure would).
     fn segment(
         segments: &mut Segments,
-        records: &[Option<(usize, Hour, Vec<u8>)>],
+        tables: &Tables,
+        records: &[Option<(usize, CloudEvent)>],
         from: i64,
         to: i64,
     ) -> Option<crate::lake::segment::Segment> {
         let tp: TopicPartition = ("t".into(), 0);
         for o in from..to {
-            let row = records[o as usize].as_ref().map(|(table, hour, json)| Row {
+            let at = Coordinates {
+                topic: "t",
+                partition: 0,
+                offset: o,
+                timestamp_ms: None,
+            };
+            let prepared = records[o as usize].as_ref().map(|(table, event)| {
+                let t = tables.get(*table).expect("table");
+                (*table, t.event(event, at, chrono::Utc::now()))
+            });
+            let append = |rows: &mut crate::lake::rows::Rows| {
+                prepared.as_ref().map_or(0, |(_, row)| row.append(rows))
+            };
+            let row = prepared.as_ref().map(|(table, row)| Row {
                 table: *table,
-                hour: *hour,
-                json,
+                hour: row.hour(),
+                append: &append,
             });
             segments.push(&tp, o, row, Instant::now());
         }
@@ -456,7 +459,7 @@ mod tests {
         let (dir, tables, store) = fixture();
         let tp: TopicPartition = ("t".into(), 0);
         let records = records(&tables);
-        let seg = segment(&mut buffers(), &records, 0, 40).expect("segment");
+        let seg = segment(&mut buffers(), &tables, &records, 0, 40).expect("segment");
         let files_of_segment = seg.files.len() as u64;
         let first = write_segment(&store, &tables, SETTINGS, &tp, &seg)
             .await
@@ -465,7 +468,7 @@ mod tests {
         let before = files(&dir.path().join("lake"));
 
         // The same segment again: nothing is written, every file is found.
-        let seg = segment(&mut buffers(), &records, 0, 40).expect("segment");
+        let seg = segment(&mut buffers(), &tables, &records, 0, 40).expect("segment");
         let again = write_segment(&store, &tables, SETTINGS, &tp, &seg)
             .await
             .expect("write");
@@ -481,7 +484,7 @@ mod tests {
         // Other records under the same names (offset 2 missing): refused, nothing replaced.
         let mut gap = records.clone();
         gap[2] = None;
-        let seg = segment(&mut buffers(), &gap, 0, 40).expect("segment");
+        let seg = segment(&mut buffers(), &tables, &gap, 0, 40).expect("segment");
         let err = write_segment(&store, &tables, SETTINGS, &tp, &seg)
             .await
             .expect_err("a file with other records is refused");
@@ -512,7 +515,7 @@ mod tests {
                 // Boundaries as age and memory pressure would place them: short and long.
                 let most = if rng.below(2) == 0 { 6 } else { 80 };
                 let end = (offset + 1 + rng.below(most) as i64).min(RECORDS);
-                let Some(mut seg) = segment(&mut segments, &records, offset, end) else {
+                let Some(mut seg) = segment(&mut segments, &tables, &records, offset, end) else {
                     break;
                 };
                 if rng.below(2) == 0 {

@@ -1,17 +1,25 @@
 //! The lake role: a consumer-group worker that turns records into Parquet files.
 //!
-//! Offsets are committed by hand, synchronously, right after a segment's files are written, at
-//! exactly the offset after the segment (unless a file found already written reaches past it:
-//! then after a later segment, see [`crate::lake::segment`]); automatic commits are off. Writes happen in the
-//! consumer loop, never while a poll could rebalance, so a revoked partition has nothing in
-//! flight: its buffered rows are dropped and its new owner reads them again from the committed
-//! offset. A quiet partition is written by a timer once its segment reaches `lake.max_file_age`;
-//! above `lake.max_buffered_bytes` the largest segment is written early. On shutdown every
-//! segment is written and committed. With tracing on, each segment written is a span with a
-//! child per file ([`crate::otel::Tracer::lake_segment`]).
+//! Each record's row is appended to the Arrow builders of its file ([`crate::lake::rows`]).
+//! When a segment rotates, its files are encoded and uploaded by a task off the consumer loop,
+//! which goes on reading meanwhile; at most `lake.max_segments_writing` segments are written at
+//! once, one per partition, and buffered plus writing rows stay within
+//! `lake.max_buffered_bytes`: at either bound the loop waits for a write to finish.
+//!
+//! Offsets are committed by hand, synchronously, by the loop once a segment's files are
+//! written, at exactly the offset after the segment (unless a file found already written
+//! reaches past it: then after a later segment, see [`crate::lake::segment`]); automatic
+//! commits are off. A partition revoked while its segment is written keeps its buffered rows
+//! no longer (they are dropped) and commits nothing when the write ends: its new owner reads
+//! from the committed offset and meets the same file names (see [`crate::lake::segment`] for
+//! why that neither repeats nor loses rows). A quiet partition is written by a timer once its
+//! segment reaches `lake.max_file_age`; above `lake.max_buffered_bytes` the largest segment is
+//! written early. On shutdown every segment is written and committed. With tracing on, each
+//! segment written is a span with a child per file ([`crate::otel::Tracer::lake_segment`]).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use chrono::Utc;
 use rdkafka::consumer::{
@@ -19,17 +27,21 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::event::CloudEvent;
 use crate::ingest::Admitter;
 use crate::kafka::{self, KafkaSetupError};
 use crate::lake::encode::EncodeSettings;
 use crate::lake::outage::{self, StoreOutage};
+use crate::lake::rows::Rows;
 use crate::lake::segment::{Row, Segment, Segments, TopicPartition};
 use crate::lake::store::LakeStore;
 use crate::lake::table::{Coordinates, Hour};
-use crate::lake::write::write_segment;
+use crate::lake::write::{write_segment, Written};
 use crate::lake::{check_evolution, LakeError, Tables};
 use crate::telemetry::{self as metrics, Metrics};
 
@@ -131,12 +143,17 @@ impl ConsumerContext for LakeContext {
 /// The worker's state besides the consumer.
 struct Lake<'a> {
     config: &'a Config,
-    tables: Tables,
+    tables: Arc<Tables>,
     store: LakeStore,
     segments: Segments,
     settings: EncodeSettings,
     summary: LakeSummary,
-    row: Vec<u8>,
+    /// Segments being written, by partition (one per partition at a time).
+    writing: HashMap<TopicPartition, Writing>,
+    /// The tasks writing them.
+    tasks: JoinSet<Done>,
+    /// `lake.max_segments_writing`.
+    max_writing: usize,
     /// Admits event records as every role does.
     admitter: Admitter,
     /// Decides which fields of each event are redacted, as the actions role does.
@@ -256,7 +273,7 @@ pub async fn run(
     .emit(&metrics);
     let mut lake = Lake {
         config,
-        tables,
+        tables: Arc::new(tables),
         store,
         segments: Segments::new(lake_cfg.limits),
         settings: EncodeSettings {
@@ -264,7 +281,9 @@ pub async fn run(
             zstd_level: lake_cfg.zstd_level,
         },
         summary: LakeSummary::default(),
-        row: Vec::with_capacity(4096),
+        writing: HashMap::new(),
+        tasks: JoinSet::new(),
+        max_writing: lake_cfg.max_segments_writing,
         admitter: Admitter::new(config),
         evaluator: policy.evaluator(),
         metrics: Arc::clone(&metrics),
@@ -289,7 +308,10 @@ pub async fn run(
                 outage.tick();
                 lake.forget_revoked(&consumer);
                 for tp in lake.segments.expired(Instant::now()) {
-                    lake.write(&consumer, &tp).await?;
+                    // One being written already is written on a later tick.
+                    if !lake.writing.contains_key(&tp) {
+                        lake.write(&consumer, &tp).await?;
+                    }
                 }
                 if idle_since.elapsed() > Duration::from_millis(500)
                     && probe.as_ref().is_some_and(|p| kafka::caught_up(&consumer, p, &topics))
@@ -297,6 +319,10 @@ pub async fn run(
                     tracing::info!("all partitions consumed to their end");
                     break;
                 }
+            }
+            Some(done) = lake.tasks.join_next(), if !lake.tasks.is_empty() => {
+                lake.forget_revoked(&consumer);
+                lake.finished(&consumer, done)?;
             }
             message = consumer.recv() => {
                 lake.forget_revoked(&consumer);
@@ -340,12 +366,8 @@ pub async fn run(
                 if lake.add(&message) {
                     lake.write(&consumer, &tp).await?;
                 }
-                while lake.segments.bytes() > lake_cfg.max_buffered_bytes {
-                    let Some(largest) = lake.segments.largest() else { break };
-                    tracing::debug!(buffered = lake.segments.bytes(), "memory bound reached; writing the largest segment early");
-                    lake.write(&consumer, &largest).await?;
-                }
-                metrics.set_lake_buffered(lake.segments.bytes());
+                lake.bound_memory(&consumer, lake_cfg.max_buffered_bytes).await?;
+                metrics.set_lake_buffered(lake.held());
             }
         }
     }
@@ -354,6 +376,7 @@ pub async fn run(
     for tp in lake.segments.partitions() {
         lake.write(&consumer, &tp).await?;
     }
+    lake.finish_all(&consumer).await?;
     if let Some((first, last)) = received {
         let busy = last.duration_since(first) + stopping.elapsed();
         lake.summary.busy_ms = u64::try_from(busy.as_millis()).unwrap_or(u64::MAX);
@@ -371,7 +394,9 @@ pub async fn run(
 }
 
 impl Lake<'_> {
-    /// Drops the segments of partitions revoked since the last call.
+    /// Drops the segments of partitions revoked since the last call; a write of one that is in
+    /// flight finishes (its files are named by their offsets, so the partition's next owner
+    /// finds them) but commits nothing.
     fn forget_revoked(&mut self, consumer: &StreamConsumer<LakeContext>) {
         let revoked = std::mem::take(
             &mut *consumer
@@ -382,7 +407,15 @@ impl Lake<'_> {
         );
         for tp in &revoked {
             self.segments.drop_partition(tp);
+            if let Some(writing) = self.writing.get_mut(tp) {
+                writing.revoked = true;
+            }
         }
+    }
+
+    /// Bytes held: buffered rows and the segments being written.
+    fn held(&self) -> usize {
+        self.segments.bytes() + self.writing.values().map(|w| w.bytes).sum::<usize>()
     }
 
     /// Buffers a record; says whether its segment is full.
@@ -394,36 +427,55 @@ impl Lake<'_> {
             offset: message.offset(),
             timestamp_ms: message.timestamp().to_millis(),
         };
-        self.row.clear();
-        let row = if at.topic == self.config.topics.audit {
-            let table = self.tables.audit_index();
-            self.tables.get(table).and_then(|t| {
-                let value = message.payload()?;
-                let hour = t.audit_row(value, at, Utc::now(), &mut self.row)?;
-                Some((table, hour))
-            })
-        } else {
-            self.event_row(message, at)
+        let tp = (at.topic.to_owned(), at.partition);
+        let now = Utc::now();
+        let tables = Arc::clone(&self.tables);
+        if at.topic == self.config.topics.audit {
+            let index = tables.audit_index();
+            let record: Option<Value> = message
+                .payload()
+                .and_then(|value| serde_json::from_slice(value).ok());
+            let row = tables
+                .get(index)
+                .zip(record.as_ref())
+                .and_then(|(t, record)| t.audit_record(record, at, now));
+            let append = |rows: &mut Rows| row.as_ref().map_or(0, |r| r.append(rows));
+            return self.push(&tp, at.offset, row.map(|r| (index, r.hour())), &append);
+        }
+        let Some((index, event)) = self.admitted_event(message, at) else {
+            return self.push(&tp, at.offset, None, &|_: &mut Rows| 0);
         };
+        let row = tables.get(index).map(|t| t.event(&event, at, now));
+        let append = |rows: &mut Rows| row.as_ref().map_or(0, |r| r.append(rows));
+        self.push(&tp, at.offset, row.map(|r| (index, r.hour())), &append)
+    }
+
+    /// Adds a record (and its row, if it is one) to its partition's segment.
+    fn push(
+        &mut self,
+        tp: &TopicPartition,
+        offset: i64,
+        row: Option<(usize, Hour)>,
+        append: &dyn Fn(&mut Rows) -> usize,
+    ) -> bool {
         if row.is_none() {
             self.summary.skipped += 1;
         }
-        let tp = (at.topic.to_owned(), at.partition);
         let row = row.map(|(table, hour)| Row {
             table,
             hour,
-            json: &self.row,
+            append,
         });
-        self.segments.push(&tp, at.offset, row, Instant::now())
+        self.segments.push(tp, offset, row, Instant::now())
     }
 
-    /// The row of a valid event; `None` for what the actions role dead-letters (its audit
-    /// record, which says why, is a row of the audit table).
-    fn event_row(
+    /// The table and the (redacted) event of a valid event record; `None` for what the actions
+    /// role dead-letters (its audit record, which says why, is a row of the audit table).
+    fn admitted_event(
         &mut self,
         message: &BorrowedMessage<'_>,
         at: Coordinates<'_>,
-    ) -> Option<(usize, Hour)> {
+    ) -> Option<(usize, CloudEvent)> {
         let headers = kafka::headers_of(message);
         let input = kafka::input_of(message, &headers);
         let admitted = match self.admitter.admit(&input) {
@@ -442,7 +494,6 @@ impl Lake<'_> {
         let table = self.tables.index_of(&admitted.event.ty)?;
         // The same redaction as the actions role's, from the event alone. When it cannot be
         // decided, nothing of `data` is written: a row without data rather than unredacted data.
-        let now = Utc::now();
         let paths = crate::ingest::redaction(&mut self.evaluator, &admitted.event)
             .unwrap_or_else(|_| Arc::from(vec!["data".to_owned()]));
         let event = if paths.is_empty() {
@@ -450,21 +501,175 @@ impl Lake<'_> {
         } else {
             crate::policy::redact::redacted(&admitted.event, &paths)
         };
-        let t = self.tables.get(table)?;
-        Some((table, t.event_row(&event, at, now, &mut self.row)))
+        Some((table, event))
     }
 
-    /// Writes a partition's segment and commits the offset after it.
+    /// Starts writing a partition's segment off the loop. Waits first for the partition's
+    /// previous write (its files and commit come first) and, when `max_segments_writing`
+    /// writes are in flight, for one of them.
     async fn write(
         &mut self,
         consumer: &StreamConsumer<LakeContext>,
         tp: &TopicPartition,
     ) -> Result<(), LakeError> {
-        let Some(segment) = self.segments.take(tp) else {
+        if !self.segments.contains(tp) {
+            return Ok(());
+        }
+        while self.writing.contains_key(tp) || self.writing.len() >= self.max_writing {
+            self.finish_one(consumer).await?;
+        }
+        // Revoked while the loop waited: nothing to write.
+        self.forget_revoked(consumer);
+        let Some(mut segment) = self.segments.take(tp) else {
             return Ok(());
         };
-        let (first, next) = (segment.first_offset, segment.next_offset);
-        if !self.write_files(tp, segment).await? {
+        // Rows that a file found by the previous write already holds.
+        self.segments.trim_covered(tp, &mut segment);
+        self.writing.insert(
+            tp.clone(),
+            Writing {
+                bytes: segment.bytes,
+                revoked: false,
+            },
+        );
+        let task = WriteTask {
+            store: self.store.clone(),
+            tables: Arc::clone(&self.tables),
+            settings: self.settings,
+            tp: tp.clone(),
+            store_outage: Arc::clone(&self.store_outage),
+            metrics: Arc::clone(&self.metrics),
+            shutdown: self.shutdown.clone(),
+        };
+        self.tasks.spawn(task.run(segment));
+        self.metrics.set_lake_buffered(self.held());
+        Ok(())
+    }
+
+    /// Writes the largest segments early until buffered and writing rows fit
+    /// `lake.max_buffered_bytes`, waiting for writes to finish when as many as allowed are in
+    /// flight.
+    async fn bound_memory(
+        &mut self,
+        consumer: &StreamConsumer<LakeContext>,
+        max_buffered_bytes: usize,
+    ) -> Result<(), LakeError> {
+        while self.held() > max_buffered_bytes {
+            let idle = self
+                .segments
+                .largest_where(|tp| !self.writing.contains_key(tp));
+            match idle {
+                Some(largest) if self.writing.len() < self.max_writing => {
+                    tracing::debug!(
+                        buffered = self.held(),
+                        "memory bound reached; writing the largest segment early"
+                    );
+                    self.write(consumer, &largest).await?;
+                }
+                _ if !self.writing.is_empty() => self.finish_one(consumer).await?,
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the next write to finish and commits after it.
+    async fn finish_one(
+        &mut self,
+        consumer: &StreamConsumer<LakeContext>,
+    ) -> Result<(), LakeError> {
+        match self.tasks.join_next().await {
+            Some(done) => self.finished(consumer, done),
+            None => {
+                self.writing.clear();
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for every write in flight.
+    async fn finish_all(
+        &mut self,
+        consumer: &StreamConsumer<LakeContext>,
+    ) -> Result<(), LakeError> {
+        while !self.tasks.is_empty() {
+            self.finish_one(consumer).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes a finished write into account: counts its files and commits the offset after its
+    /// segment, unless a file found reaches past it or the partition was revoked meanwhile.
+    fn finished(
+        &mut self,
+        consumer: &StreamConsumer<LakeContext>,
+        done: Result<Done, tokio::task::JoinError>,
+    ) -> Result<(), LakeError> {
+        let done = done.map_err(|e| LakeError::Task {
+            table: "(a segment's files)".to_owned(),
+            message: e.to_string(),
+        })?;
+        let Done {
+            tp,
+            first,
+            next,
+            span,
+            written,
+        } = done;
+        let writing = self.writing.remove(&tp);
+        self.metrics.set_lake_buffered(self.held());
+        // Given up at shutdown while the store did not answer: read again by the next owner.
+        let Some(written) = written? else {
+            return Ok(());
+        };
+        if let Some(tracer) = &self.tracer {
+            let files: Vec<crate::otel::LakeFile<'_>> = written
+                .created
+                .iter()
+                .map(|f| crate::otel::LakeFile {
+                    table: &f.table,
+                    key: &f.key,
+                    rows: f.rows,
+                    bytes: f.bytes,
+                    span: f.span,
+                })
+                .collect();
+            let segment = crate::otel::LakeSegment {
+                topic: &tp.0,
+                partition: tp.1,
+                first_offset: first,
+                next_offset: next,
+                files_present: written.present,
+            };
+            tracer.lake_segment(segment, span, &files);
+        }
+        self.summary.files += written.files;
+        self.summary.rows += written.rows;
+        self.summary.bytes += written.bytes;
+        for t in &written.tables {
+            metrics::LakeFilesWritten {
+                table: &t.table,
+                files: t.files,
+                rows: t.rows,
+                bytes: t.bytes,
+            }
+            .emit(&self.metrics);
+        }
+        self.summary.present += written.present;
+        if written.present > 0 {
+            metrics::LakeFilesPresent {
+                files: written.present,
+            }
+            .emit(&self.metrics);
+        }
+        if writing.is_none_or(|w| w.revoked) {
+            tracing::debug!(topic = %tp.0, partition = tp.1, offset = next, "partition revoked while its segment was written; its next owner commits");
+            return Ok(());
+        }
+        for (table, hour, last) in written.reaching_past {
+            self.segments.cover(&tp, table, hour, last);
+        }
+        if !self.segments.may_commit(&tp, next) {
             tracing::debug!(topic = %tp.0, partition = tp.1, offset = next, "a lake file reaches past the segment; committing after a later one");
             return Ok(());
         }
@@ -486,30 +691,58 @@ impl Lake<'_> {
         }
         Ok(())
     }
+}
 
-    /// Writes a segment's files; says whether the offset after it may be committed. While the
-    /// store does not answer, the write is tried again with backoff (the loop reads nothing
-    /// meanwhile, so memory stays bounded); at shutdown it is given up, uncommitted, for the
-    /// partition's next reader.
-    async fn write_files(
-        &mut self,
-        tp: &TopicPartition,
-        segment: Segment,
-    ) -> Result<bool, LakeError> {
-        let (first, next) = (segment.first_offset, segment.next_offset);
-        let started = std::time::SystemTime::now();
+/// A segment being written.
+#[derive(Debug, Clone, Copy)]
+struct Writing {
+    /// Its buffered bytes.
+    bytes: usize,
+    /// Its partition was revoked since: commit nothing for it.
+    revoked: bool,
+}
+
+/// What a write task reports.
+struct Done {
+    tp: TopicPartition,
+    first: i64,
+    next: i64,
+    /// When writing began and ended.
+    span: (SystemTime, SystemTime),
+    /// The files, or `None` when the store did not answer before shutdown.
+    written: Result<Option<Written>, LakeError>,
+}
+
+/// Writes one segment's files off the consumer loop.
+struct WriteTask {
+    store: LakeStore,
+    tables: Arc<Tables>,
+    settings: EncodeSettings,
+    tp: TopicPartition,
+    store_outage: Arc<StoreOutage>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+impl WriteTask {
+    /// Writes the segment's files. While the store does not answer, the write is tried again
+    /// with backoff (the loop reads on until `lake.max_buffered_bytes` holds it, so memory stays
+    /// bounded); at shutdown it is given up, uncommitted, for the partition's next reader.
+    async fn run(self, segment: Segment) -> Done {
+        let started = SystemTime::now();
         let mut attempt = 0;
         let written = loop {
-            match write_segment(&self.store, &self.tables, self.settings, tp, &segment).await {
-                Ok(written) => break written,
+            match write_segment(&self.store, &self.tables, self.settings, &self.tp, &segment).await
+            {
+                Ok(written) => {
+                    self.store_outage.answered();
+                    break Ok(Some(written));
+                }
                 Err(e) if outage::is_transient(&e) => {
-                    // Held rows count as buffered while the worker waits.
-                    let held = self.segments.bytes() + segment.bytes;
-                    self.metrics.set_lake_buffered(held);
-                    self.store_outage.failed(&e, held);
+                    self.store_outage.failed(&e, segment.bytes);
                     if self.shutdown.is_cancelled() {
-                        tracing::warn!(topic = %tp.0, partition = tp.1, offset = segment.first_offset, "lake store unreachable at shutdown; these rows were not written or committed and will be read again");
-                        return Ok(false);
+                        tracing::warn!(topic = %self.tp.0, partition = self.tp.1, offset = segment.first_offset, "lake store unreachable at shutdown; these rows were not written or committed and will be read again");
+                        break Ok(None);
                     }
                     attempt += 1;
                     // Waiting for the store is not a stalled loop.
@@ -519,54 +752,15 @@ impl Lake<'_> {
                         () = tokio::time::sleep(outage::retry_delay(attempt)) => {}
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
         };
-        self.store_outage.answered();
-        if let Some(tracer) = &self.tracer {
-            let files: Vec<crate::otel::LakeFile<'_>> = written
-                .created
-                .iter()
-                .map(|f| crate::otel::LakeFile {
-                    table: &f.table,
-                    key: &f.key,
-                    rows: f.rows,
-                    bytes: f.bytes,
-                    span: f.span,
-                })
-                .collect();
-            let segment = crate::otel::LakeSegment {
-                topic: &tp.0,
-                partition: tp.1,
-                first_offset: first,
-                next_offset: next,
-                files_present: written.present,
-            };
-            tracer.lake_segment(segment, (started, std::time::SystemTime::now()), &files);
+        Done {
+            tp: self.tp,
+            first: segment.first_offset,
+            next: segment.next_offset,
+            span: (started, SystemTime::now()),
+            written,
         }
-        self.summary.files += written.files;
-        self.summary.rows += written.rows;
-        self.summary.bytes += written.bytes;
-        for t in &written.tables {
-            metrics::LakeFilesWritten {
-                table: &t.table,
-                files: t.files,
-                rows: t.rows,
-                bytes: t.bytes,
-            }
-            .emit(&self.metrics);
-        }
-        self.summary.present += written.present;
-        if written.present > 0 {
-            metrics::LakeFilesPresent {
-                files: written.present,
-            }
-            .emit(&self.metrics);
-        }
-        for (table, hour, last) in written.reaching_past {
-            self.segments.cover(tp, table, hour, last);
-        }
-        self.metrics.set_lake_buffered(self.segments.bytes());
-        Ok(self.segments.may_commit(tp, next))
     }
 }
