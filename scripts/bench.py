@@ -283,6 +283,7 @@ def analytics_env(base, run, tag, window, max_groups):
         "[orders_per_customer]\n"
         'types = ["order.placed"]\n'
         'group_by = ["data.customer_id"]\n'
+        'keyed_by_group = true\n'
         f'window = {{ tumbling = "{window}" }}\n'
         'aggregates = { orders = "count" }\n'
         'condition = "orders > 1000"\n'
