@@ -33,6 +33,7 @@ pub mod redact;
 pub mod redaction;
 pub mod reload;
 pub mod shadow;
+mod syntax;
 pub mod telemetry;
 pub mod testing;
 
