@@ -273,6 +273,9 @@ mod tests {
                 transactions: Default::default(),
             },
             audit_topic: "reflex.audit".into(),
+            engine: crate::policy::PolicyEngine::Auto,
+            schema_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"),
+            registry_url: String::new(),
         }
     }
 

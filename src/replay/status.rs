@@ -85,6 +85,12 @@ pub struct PolicyStatus {
     pub revision: String,
     /// Why it does not compile, when it does not.
     pub refused: Option<String>,
+    /// The engine that decides it (`compiled` or `interpreter`), when it compiles.
+    pub engine: Option<&'static str>,
+    /// `[policy] engine` as configured.
+    pub configured_engine: &'static str,
+    /// Why `engine = "auto"` decides it with the interpreter (`file:line: what may raise`).
+    pub not_compiled: Vec<String>,
     /// The audit topic read.
     pub audit_topic: String,
     /// Records read per partition.
@@ -96,15 +102,24 @@ pub struct PolicyStatus {
 /// Compiles the directory and reads the workers' revisions from the audit trail.
 pub fn status(settings: &PolicySettings, tail: i64) -> Result<PolicyStatus, ReplayError> {
     let revision = files::revision(&settings.dir).map_err(ReplayError::Directory)?;
-    let refused = PolicySet::load(&settings.dir, &settings.entry, settings.timeout)
+    let loaded = PolicySet::load(&settings.dir, &settings.entry, settings.timeout)
         .and_then(|set| set.with_redaction(&settings.redact))
-        .err()
-        .map(|e| e.to_string());
+        .map(|set| {
+            set.with_input_facts(settings.input_facts())
+                .with_engine(settings.engine)
+        });
+    let (refused, engine, not_compiled) = match loaded {
+        Ok(set) => (None, Some(set.engine().name()), set.not_compiled().to_vec()),
+        Err(e) => (Some(e.to_string()), None, Vec::new()),
+    };
     let workers = running_revisions(&settings.kafka, &settings.audit_topic, tail)?;
     Ok(PolicyStatus {
         dir: settings.dir.clone(),
         revision,
         refused,
+        engine,
+        configured_engine: settings.engine.name(),
+        not_compiled,
         audit_topic: settings.audit_topic.clone(),
         tail,
         workers,
@@ -115,7 +130,20 @@ impl fmt::Display for PolicyStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dir = self.dir.display();
         match &self.refused {
-            None => writeln!(f, "{dir}: revision {} (compiles)", self.revision)?,
+            None => {
+                writeln!(f, "{dir}: revision {} (compiles)", self.revision)?;
+                let engine = self.engine.unwrap_or("interpreter");
+                if self.configured_engine == "auto" && engine == "compiled" {
+                    writeln!(f, "engine: compiled (auto: proved compiled-safe)")?;
+                } else if self.configured_engine == "auto" {
+                    writeln!(f, "engine: interpreter (auto: not proved compiled-safe)")?;
+                    for why in &self.not_compiled {
+                        writeln!(f, "  {why}")?;
+                    }
+                } else {
+                    writeln!(f, "engine: {engine} (configured)")?;
+                }
+            }
             Some(e) => {
                 writeln!(f, "{dir}: revision {} REFUSED: {e}", self.revision)?;
                 writeln!(f, "  workers keep the revision they run until it compiles")?;
