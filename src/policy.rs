@@ -189,6 +189,9 @@ pub struct PolicySet {
     engine_kind: PolicyEngine,
     /// Why `auto` decides with the interpreter (empty when it compiles, or not `auto`).
     not_compiled: Arc<[String]>,
+    /// Why `auto` decides wire-format records (data validated by a registry's schema) with the
+    /// interpreter although it compiles the set (empty: the VM decides them too).
+    not_compiled_wire: Arc<[String]>,
     /// What admission guarantees about the input, for the proof.
     facts: InputFacts,
     /// One compiled decision in this many is also decided by the interpreter (0: none).
@@ -289,6 +292,7 @@ impl PolicySet {
             compiled: None,
             engine_kind: PolicyEngine::Interpreter,
             not_compiled: Arc::from(Vec::new()),
+            not_compiled_wire: Arc::from(Vec::new()),
             facts: InputFacts::envelope(),
             cross_check_every: DEFAULT_CROSS_CHECK_EVERY,
             entry: entry.to_owned(),
@@ -403,11 +407,15 @@ impl PolicySet {
     pub fn with_engine(mut self, kind: PolicyEngine) -> Self {
         self.engine_kind = kind;
         let mut reasons = Vec::new();
+        let mut wire = Vec::new();
         self.compiled = match kind {
             PolicyEngine::Interpreter => None,
             PolicyEngine::Compiled => self.compile_rule(&self.entry),
             PolicyEngine::Auto => {
-                reasons = self.proof();
+                reasons = self.proof(&self.facts);
+                if reasons.is_empty() && self.facts.registry() {
+                    wire = self.proof(&self.facts.without_data());
+                }
                 if reasons.is_empty() {
                     compiled::Compiled::build(&self.engine, &self.entry)
                         .map_err(|e| {
@@ -423,23 +431,29 @@ impl PolicySet {
             }
         };
         self.not_compiled = Arc::from(reasons);
+        self.not_compiled_wire = Arc::from(if self.compiled.is_some() {
+            wire
+        } else {
+            Vec::new()
+        });
         telemetry::PolicyEngineChosen {
             revision: &self.revision,
             configured: kind,
             deciding: self.engine(),
             reasons: &self.not_compiled,
+            wire: &self.not_compiled_wire,
         }
         .emit();
         self
     }
 
-    /// Why the entry rule may raise on validated input (empty: compiled-safe).
-    fn proof(&self) -> Vec<String> {
+    /// Why the entry rule may raise on input `facts` describes (empty: compiled-safe).
+    fn proof(&self, facts: &InputFacts) -> Vec<String> {
         let ast = match self.engine.get_ast_as_json() {
             Ok(ast) => ast,
             Err(e) => return vec![format!("the syntax tree cannot be read: {e}")],
         };
-        safety::prove(&ast, &self.entry, &self.data(), &self.facts, &self.dir)
+        safety::prove(&ast, &self.entry, &self.data(), facts, &self.dir)
             .unwrap_or_else(|e| vec![format!("the syntax tree cannot be analysed: {e}")])
     }
 
@@ -462,6 +476,13 @@ impl PolicySet {
     /// the engine was chosen explicitly.
     pub fn not_compiled(&self) -> &[String] {
         &self.not_compiled
+    }
+
+    /// Why `engine = "auto"`, although it compiles this set, decides wire-format records (whose
+    /// data a registry's schema validated, not the schema files) with the interpreter. Empty when
+    /// the compiled engine decides every record.
+    pub fn not_compiled_wire(&self) -> &[String] {
+        &self.not_compiled_wire
     }
 
     /// The engine as configured (`auto`, `interpreter`, `compiled`).
@@ -587,6 +608,7 @@ impl PolicySet {
         Evaluator {
             engine: Some(self.engine.clone()),
             machine,
+            machine_for_wire: self.not_compiled_wire.is_empty(),
             cross_check_every: self.cross_check_every,
             decisions: 0,
             last_input: None,
@@ -601,6 +623,8 @@ impl PolicySet {
 pub struct Evaluator {
     engine: Option<regorus::Engine>,
     machine: Option<compiled::Machine>,
+    /// Whether the VM decides wire-format records too ([`PolicySet::not_compiled_wire`]).
+    machine_for_wire: bool,
     /// One VM decision in this many is also decided by the interpreter (0: none).
     cross_check_every: u64,
     /// VM decisions so far.
@@ -618,6 +642,7 @@ impl Evaluator {
         Self {
             engine: None,
             machine: None,
+            machine_for_wire: false,
             cross_check_every: 0,
             decisions: 0,
             last_input: None,
@@ -653,6 +678,20 @@ impl Evaluator {
     /// `[policy] cross_check_every` is decided by the interpreter too; when they disagree the
     /// interpreter's decision is the one returned (see [`Evaluator::cross_check`]).
     pub fn decide(&mut self, input: regorus::Value) -> Decision {
+        self.decide_record(input, false)
+    }
+
+    /// [`Evaluator::decide`] for an admitted record; `wire`: its data arrived in the Confluent
+    /// wire format and was validated against the registry's schema, not the schema files, so
+    /// the VM decides it only if the set is proved compiled-safe without the data schemas.
+    pub fn decide_record(&mut self, input: regorus::Value, wire: bool) -> Decision {
+        if wire && !self.machine_for_wire && self.machine.is_some() {
+            let decision = to_decision(self.interpret(input));
+            if let Some(failure) = decision.failure {
+                telemetry::PolicyFailedClosed { failure }.emit();
+            }
+            return decision;
+        }
         let checked = self.machine.is_some() && self.cross_check_every > 0 && {
             let due = self.decisions % self.cross_check_every == 0;
             self.decisions = self.decisions.wrapping_add(1);

@@ -11,7 +11,7 @@
 //! - operators: `+`, `-`, `*` of numbers (`-` of sets), `/` and `%` only by a non-zero constant,
 //!   `|` and `&` of sets, ordering comparisons of operands of one type, `==`, `!=`, `in`;
 //! - builtins from an allow-list, each with the argument types it cannot raise on
-//!   ([`builtin`]); `time.parse_rfc3339_ns` only of a value known to be an RFC 3339 time;
+//!   (`count`, `floor`, `lower`, …); `time.parse_rfc3339_ns` only of a value known to be an RFC 3339 time;
 //! - no `with`, no object comprehension, no partial object rule, no complete rule or function
 //!   defined twice with values that may differ, no complete rule or function whose body iterates
 //!   and whose value is not constant (one body could give two values).
@@ -103,8 +103,8 @@ struct Proof<'p, 'a> {
 /// Local variables and their kinds.
 type Env = HashMap<String, Kind>;
 
-/// Where an expression is: whether directly in a rule body (not in a comprehension), and the
-/// event type that body requires, if any.
+/// Where an expression is: the event type its rule body requires (`input.event.type == "…"`),
+/// when it sits directly in that body (not under `not`, nor in a comprehension or a head).
 #[derive(Clone, Copy)]
 struct Ctx<'s> {
     narrowed: Option<&'s str>,
@@ -289,10 +289,6 @@ impl<'p, 'a> Proof<'p, 'a> {
                     rule.path.join(".")
                 ),
             );
-        }
-        if head_kind == "Func" {
-            // A function used as a value is its definition, not a result.
-            return kind;
         }
         kind
     }
@@ -610,12 +606,15 @@ impl<'p, 'a> Proof<'p, 'a> {
         };
         for index in &chain.indexes {
             // A variable index not bound yet iterates (`data.x[k]`) and binds it.
-            if let Some(name) = index.get("Var").and_then(|v| v["value"].as_str()) {
+            if let (Some(name), Some(var)) = (
+                index.get("Var").and_then(|v| v["value"].as_str()),
+                Chain::of(index),
+            ) {
                 let free = !env.contains_key(name)
-                    && self.graph.resolve(
-                        self.graph.rules[self.current].module,
-                        &Chain::of(index).expect("a variable is a chain"),
-                    ) == Target::Local;
+                    && self
+                        .graph
+                        .resolve(self.graph.rules[self.current].module, &var)
+                        == Target::Local;
                 if free {
                     self.iterates = true;
                     env.insert(name.to_owned(), Kind::ANY);

@@ -35,6 +35,8 @@ pub struct PolicyEngineChosen<'a> {
     pub deciding: PolicyEngine,
     /// Why `auto` chose the interpreter.
     pub reasons: &'a [String],
+    /// Why `auto` decides wire-format records with the interpreter although it compiled.
+    pub wire: &'a [String],
 }
 
 impl PolicyEngineChosen<'_> {
@@ -42,11 +44,18 @@ impl PolicyEngineChosen<'_> {
     pub fn emit(self) {
         let configured = self.configured.name();
         match (self.configured, self.deciding) {
-            (PolicyEngine::Auto, PolicyEngine::Compiled) => tracing::info!(
+            (PolicyEngine::Auto, PolicyEngine::Compiled) if self.wire.is_empty() => tracing::info!(
                 revision = self.revision,
                 engine = "compiled",
                 configured,
                 "the policy set is proved compiled-safe: deciding with the compiled engine"
+            ),
+            (PolicyEngine::Auto, PolicyEngine::Compiled) => tracing::info!(
+                revision = self.revision,
+                engine = "compiled",
+                configured,
+                wire_format_why = %self.wire.join("; "),
+                "the policy set is proved compiled-safe for data the schema files validate: deciding with the compiled engine, and wire-format records (validated by the registry's schema) with the interpreter"
             ),
             (PolicyEngine::Auto, _) => tracing::info!(
                 revision = self.revision,

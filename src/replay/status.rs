@@ -91,6 +91,8 @@ pub struct PolicyStatus {
     pub configured_engine: &'static str,
     /// Why `engine = "auto"` decides it with the interpreter (`file:line: what may raise`).
     pub not_compiled: Vec<String>,
+    /// Why `engine = "auto"`, compiling it, decides wire-format records with the interpreter.
+    pub not_compiled_wire: Vec<String>,
     /// The audit topic read.
     pub audit_topic: String,
     /// Records read per partition.
@@ -108,9 +110,14 @@ pub fn status(settings: &PolicySettings, tail: i64) -> Result<PolicyStatus, Repl
             set.with_input_facts(settings.input_facts())
                 .with_engine(settings.engine)
         });
-    let (refused, engine, not_compiled) = match loaded {
-        Ok(set) => (None, Some(set.engine().name()), set.not_compiled().to_vec()),
-        Err(e) => (Some(e.to_string()), None, Vec::new()),
+    let (refused, engine, not_compiled, not_compiled_wire) = match loaded {
+        Ok(set) => (
+            None,
+            Some(set.engine().name()),
+            set.not_compiled().to_vec(),
+            set.not_compiled_wire().to_vec(),
+        ),
+        Err(e) => (Some(e.to_string()), None, Vec::new(), Vec::new()),
     };
     let workers = running_revisions(&settings.kafka, &settings.audit_topic, tail)?;
     Ok(PolicyStatus {
@@ -120,6 +127,7 @@ pub fn status(settings: &PolicySettings, tail: i64) -> Result<PolicyStatus, Repl
         engine,
         configured_engine: settings.engine.name(),
         not_compiled,
+        not_compiled_wire,
         audit_topic: settings.audit_topic.clone(),
         tail,
         workers,
@@ -135,6 +143,12 @@ impl fmt::Display for PolicyStatus {
                 let engine = self.engine.unwrap_or("interpreter");
                 if self.configured_engine == "auto" && engine == "compiled" {
                     writeln!(f, "engine: compiled (auto: proved compiled-safe)")?;
+                    if !self.not_compiled_wire.is_empty() {
+                        writeln!(f, "  wire-format records (data validated by the registry's schema, not the files) are decided by the interpreter:")?;
+                        for why in &self.not_compiled_wire {
+                            writeln!(f, "  {why}")?;
+                        }
+                    }
                 } else if self.configured_engine == "auto" {
                     writeln!(f, "engine: interpreter (auto: not proved compiled-safe)")?;
                     for why in &self.not_compiled {

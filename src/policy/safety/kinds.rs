@@ -140,9 +140,12 @@ pub(crate) fn at(value: &Value, parts: &[Option<String>]) -> Kind {
 /// reflex. With [`InputFacts::validated`], also the JSON Schema of each event type's `data`.
 #[derive(Debug, Clone, Default)]
 pub struct InputFacts {
-    /// The JSON Schema of each admitted event type's data, when every record's data is checked
+    /// The JSON Schema of each admitted event type's data, when records' data is checked
     /// against it; `None`: the data's shape is not known.
     schemas: Option<Arc<BTreeMap<String, Value>>>,
+    /// Whether wire-format records' data is checked against a registry's schema instead (whose
+    /// shape the files do not tell).
+    registry: bool,
 }
 
 impl InputFacts {
@@ -160,7 +163,26 @@ impl InputFacts {
             .collect();
         Self {
             schemas: Some(Arc::new(schemas)),
+            registry: false,
         }
+    }
+
+    /// These facts, for a deployment with a schema registry: wire-format records' data is
+    /// validated against the schema the registry holds for its id, so the file schemas hold for
+    /// the other records only ([`InputFacts::without_data`] for wire-format ones).
+    pub fn with_registry(mut self) -> Self {
+        self.registry = true;
+        self
+    }
+
+    /// Whether some records' data is validated against a registry's schema.
+    pub(crate) fn registry(&self) -> bool {
+        self.registry && self.schemas.is_some()
+    }
+
+    /// The envelope alone (what holds for a wire-format record with a registry).
+    pub(crate) fn without_data(&self) -> Self {
+        Self::envelope()
     }
 
     /// The kind of `input.<parts>`; `ty`: the event's type, when the rule body requires one.

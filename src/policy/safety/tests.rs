@@ -285,3 +285,53 @@ fn the_cross_check_keeps_the_interpreters_deny_when_the_engines_disagree() {
         .evaluator();
     assert!(unchecked.decide(raising()).allow);
 }
+
+#[test]
+fn with_a_registry_wire_format_records_are_decided_by_the_interpreter_unless_proved_without_schemas(
+) {
+    let set = PolicySet::load(
+        &repo().join("policies"),
+        "data.reflex.decision",
+        Duration::from_secs(1),
+    )
+    .expect("the repo's policies load")
+    .with_input_facts(repo_facts().with_registry())
+    .with_engine(PolicyEngine::Auto);
+    assert!(set.is_compiled(), "{:?}", set.not_compiled());
+    let why = set.not_compiled_wire().join("\n");
+    assert!(
+        why.contains("business.rego:6: input.event.data.amount >"),
+        "{why}"
+    );
+
+    // An amount that is a string passes no file schema, but a registry's schema could allow it:
+    // the interpreter orders it after numbers (deny), the VM would refuse to compare (no deny).
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("p.rego"),
+        with_deny(r#"deny contains "big" if { input.event.type == "order.placed"; input.event.data.amount > 5 }"#),
+    )
+    .expect("write policy");
+    let set = PolicySet::load(dir.path(), "data.reflex.decision", Duration::from_secs(1))
+        .expect("loads")
+        .with_input_facts(repo_facts().with_registry())
+        .with_cross_check(0)
+        .with_engine(PolicyEngine::Auto);
+    assert!(set.is_compiled() && !set.not_compiled_wire().is_empty());
+    let input = || {
+        regorus::Value::from(
+            json!({"event": {"id": "w-1", "type": "order.placed", "data": {"amount": "lots"}}}),
+        )
+    };
+    let mut evaluator = set.evaluator();
+    let wire = evaluator.decide_record(input(), true);
+    assert_eq!(
+        (wire.allow, wire.reasons.clone()),
+        (false, vec!["big".to_owned()]),
+        "{wire:?}"
+    );
+    assert!(
+        evaluator.decide_record(input(), false).allow,
+        "the VM decides the other records"
+    );
+}
