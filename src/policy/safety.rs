@@ -19,9 +19,10 @@
 //! Types come from literals, from the data files (known at load), from other rules' values, and
 //! from what admission guarantees of the input ([`InputFacts`]): the CloudEvents envelope's
 //! attributes are strings and its `time` an RFC 3339 timestamp (checked at decode, with a year the
-//! decision can represent in nanoseconds), `input.context.now` is written by reflex, and, when
-//! every record's data is validated against the file schemas (no remote registry), the `type`
-//! keywords of each event type's JSON Schema. A comparison in a rule body that also checks
+//! decision can represent in nanoseconds), `input.context.now` is written by reflex, and the
+//! `type` keywords of each event type's schema file (with a registry, wire-format records' data
+//! is validated against the registry's schema instead, so the set is proved a second time without
+//! them: [`super::PolicySet::not_compiled_wire`]). A comparison in a rule body that also checks
 //! `input.event.type == "<type>"` reads `input.event.data` with that type's schema alone: were
 //! the comparison to raise in the VM, the body would not hold there either way.
 //!
