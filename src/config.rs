@@ -387,6 +387,8 @@ impl Config {
             None => PolicySet::load(&policy_dir, &raw.policy.entry, raw.policy.timeout)?,
         }
         .with_redaction(&raw.policy.redact)?
+        .with_input_facts(input_facts(&schemas, &raw.registry.url))
+        .with_cross_check(raw.policy.cross_check_every)
         .with_engine(raw.policy.engine);
         let actions = build_actions(&raw.actions, &schemas, &schema_dir, env)?;
         let services = services::services_config(&raw.services, base)?;
@@ -574,9 +576,24 @@ pub struct PolicySettings {
     pub audit_topic: String,
     /// The bundle workers decide with instead of `dir`, when `[policy.bundle] url` is set.
     pub bundle: Option<crate::policy::bundle::fetch::BundleSpec>,
+    /// `[policy] engine`.
+    pub engine: crate::policy::PolicyEngine,
+    /// The schema directory (what admission validates the data against).
+    pub schema_dir: PathBuf,
+    /// `[registry] url` (`""`: none).
+    pub registry_url: String,
 }
 
 impl PolicySettings {
+    /// What admission guarantees about the policy input with these settings (the envelope
+    /// alone when the schema directory does not load).
+    pub fn input_facts(&self) -> crate::policy::InputFacts {
+        match SchemaRegistry::load(&self.schema_dir) {
+            Ok(schemas) => input_facts(&schemas, &self.registry_url),
+            Err(_) => crate::policy::InputFacts::envelope(),
+        }
+    }
+
     /// Reads only the `[policy]` table of `path` (with `REFLEX_*` overrides), without loading
     /// the policies, so `reflex policy` commands work on a set that does not compile.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -595,7 +612,27 @@ impl PolicySettings {
             timeout: raw.policy.timeout,
             kafka: kafka_config(raw.kafka, &base)?,
             audit_topic: raw.topics.audit,
+            engine: raw.policy.engine,
+            schema_dir: base.join(&raw.schemas.dir),
+            registry_url: raw.registry.url,
         })
+    }
+}
+
+/// What admission guarantees about the policy input: the envelope, and each event type's data
+/// schema, against which records' data is validated. With a registry, wire-format data is
+/// validated against the schema the registry holds for its id instead, which may differ from
+/// the file, so for those records the data's shape is not known.
+fn input_facts(schemas: &SchemaRegistry, registry_url: &str) -> crate::policy::InputFacts {
+    let facts = crate::policy::InputFacts::validated(
+        schemas
+            .types()
+            .filter_map(|ty| schemas.schema(ty).map(|schema| (ty, schema))),
+    );
+    if registry_url.trim().is_empty() {
+        facts
+    } else {
+        facts.with_registry()
     }
 }
 
@@ -848,6 +885,35 @@ type = "shipment.requested"
 kind = "log"
 types = ["refund.requested"]
 "#;
+
+    #[test]
+    fn the_policy_engine_is_auto_by_default_and_the_schemas_feed_its_proof() {
+        let f = Fixture::new();
+        let cfg = f.load(BOTH, &[]).expect("valid");
+        // The fixture's policy raises nothing: proved, so compiled.
+        use crate::policy::PolicyEngine;
+        assert_eq!(cfg.policy.configured_engine(), PolicyEngine::Auto);
+        assert_eq!(cfg.policy.engine(), PolicyEngine::Compiled);
+        let cfg = f
+            .load(
+                &format!("{BOTH}\n[policy]\nengine = \"interpreter\"\ncross_check_every = 0\n"),
+                &[],
+            )
+            .expect("valid");
+        assert_eq!(cfg.policy.engine(), PolicyEngine::Interpreter);
+        let cfg = f
+            .load(BOTH, &[("REFLEX_POLICY_ENGINE", "compiled")])
+            .expect("valid");
+        assert_eq!(cfg.policy.configured_engine(), PolicyEngine::Compiled);
+        let err = f
+            .load(&format!("{BOTH}\n[policy]\nengine = \"vm\"\n"), &[])
+            .expect_err("unknown engine");
+        assert!(err.to_string().contains("vm"), "{err}");
+        // With a registry, the data schemas hold for records that are not in wire format.
+        let schemas = SchemaRegistry::load(&f.dir.path().join("schemas")).expect("schemas");
+        assert!(!input_facts(&schemas, "").registry());
+        assert!(input_facts(&schemas, "http://registry:8081").registry());
+    }
 
     #[test]
     fn valid_config_with_defaults_and_env() {

@@ -79,6 +79,9 @@ pub enum DecodeError {
     /// `time` is not an RFC 3339 timestamp.
     #[error("time \"{0}\" is not an RFC 3339 timestamp")]
     Time(String),
+    /// `time` is outside the years policies can compute with (1677 to 2262).
+    #[error("time \"{0}\" is outside the range policies compute with (1677-09-21 to 2262-04-11, nanoseconds since 1970 in 64 bits)")]
+    TimeOutOfRange(String),
     /// A `ce_*` header is not UTF-8.
     #[error("header \"{0}\" is not UTF-8")]
     HeaderNotUtf8(String),
@@ -199,7 +202,12 @@ impl CloudEvent {
             }
         }
         if let Some(time) = &self.time {
-            DateTime::parse_from_rfc3339(time).map_err(|_| DecodeError::Time(time.clone()))?;
+            let parsed =
+                DateTime::parse_from_rfc3339(time).map_err(|_| DecodeError::Time(time.clone()))?;
+            // Policies compare times as nanoseconds since the epoch (time.parse_rfc3339_ns).
+            if parsed.timestamp_nanos_opt().is_none() {
+                return Err(DecodeError::TimeOutOfRange(time.clone()));
+            }
         }
         Ok(())
     }
@@ -374,6 +382,19 @@ mod tests {
             CloudEvent::decode(Some(bad_time.as_bytes()), &[]),
             Err(DecodeError::Time("yesterday".into()))
         );
+        // RFC 3339, but past what policies can turn into nanoseconds (time.parse_rfc3339_ns).
+        let far = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"2300-01-01T00:00:00Z"}"#;
+        let err = CloudEvent::decode(Some(far.as_bytes()), &[]).expect_err("out of range");
+        assert_eq!(
+            err,
+            DecodeError::TimeOutOfRange("2300-01-01T00:00:00Z".into())
+        );
+        assert!(
+            err.to_string().contains("1677-09-21 to 2262-04-11"),
+            "{err}"
+        );
+        let edge = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"2262-04-11T00:00:00Z"}"#;
+        assert!(CloudEvent::decode(Some(edge.as_bytes()), &[]).is_ok());
     }
 
     #[test]

@@ -378,6 +378,8 @@ pub struct DecisionInput<'a> {
     pub publisher: &'a Publisher,
     /// The enrichment answers by lookup name.
     pub enrichment: &'a Map<String, Value>,
+    /// Whether its data arrived in the Confluent wire format ([`Admitted::wire`]).
+    pub wire: bool,
 }
 
 /// The decision on an admitted event, as the actions role takes it and a replay repeats it: the
@@ -393,7 +395,7 @@ pub fn decide(evaluator: &mut Evaluator, on: &DecisionInput<'_>, emit: &EmitTopi
         on.publisher,
         on.enrichment,
     );
-    let mut decision = evaluator.decide(document);
+    let mut decision = evaluator.decide_record(document, on.wire);
     let paths = match redaction(evaluator, on.event) {
         Ok(paths) => paths,
         Err(failed) => {

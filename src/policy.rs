@@ -4,10 +4,12 @@
 //! `data`; see [`files`] for what belongs to the production set and what to the tests). They are
 //! loaded once into a template [`regorus::Engine`]; each worker clones it into an [`Evaluator`]
 //! and evaluates one entry rule (by default `data.reflex.decision`) per event. The decision
-//! contract is in [`decision`]. With `[policy] engine = "compiled"` the entry rule is compiled to
-//! regorus's bytecode VM, which decides in a fraction of the time (see [`PolicyEngine`] for the
-//! one difference); the interpreter serves every other rule and is the fallback when a policy
-//! cannot be compiled. Anything off-contract fails closed: undefined, an evaluation
+//! contract is in [`decision`]. With `[policy] engine = "auto"` (the default) the entry rule is
+//! compiled to regorus's bytecode VM, which decides in a fraction of the time, when [`safety`]
+//! proves at load that no rule the decision uses can raise on admitted input (the one way the VM
+//! decides differently, see [`PolicyEngine`]); a sampled cross-check decides some VM decisions
+//! with the interpreter too. The interpreter serves every other rule and is the fallback when a
+//! set is not proved or cannot be compiled. Anything off-contract fails closed: undefined, an evaluation
 //! error, the time limit, a malformed decision, or no policy loaded is a deny with its own
 //! [`Failure`] reason and counter ([`telemetry`]).
 //!
@@ -32,7 +34,9 @@ pub mod input;
 pub mod redact;
 pub mod redaction;
 pub mod reload;
+pub mod safety;
 pub mod shadow;
+mod syntax;
 pub mod telemetry;
 pub mod testing;
 
@@ -49,29 +53,39 @@ use crate::event::CloudEvent;
 pub use decision::{Decision, EmitObligation, Failure};
 use files::PolicyFiles;
 pub use redaction::{Reads, RedactionFailed, RedactionRule, RedactionStats};
+pub use safety::InputFacts;
 
 /// Which regorus evaluator decides the entry rule (`[policy] engine`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyEngine {
-    /// regorus's interpreter: a builtin or arithmetic error anywhere fails the decision closed.
+    /// The compiled engine when the policy set is proved compiled-safe (no rule the decision
+    /// uses can raise an error on validated input, see [`safety`]), else the interpreter; decided
+    /// per policy set at load and at every reload.
     #[default]
+    Auto,
+    /// regorus's interpreter: a builtin or arithmetic error anywhere fails the decision closed.
     Interpreter,
-    /// The entry rule compiled to regorus's VM: several times faster, the same decisions except
-    /// that the VM treats an error inside a rule body as that body not holding (as OPA does by
-    /// default) instead of failing the whole decision closed.
+    /// The entry rule compiled to regorus's VM whatever the proof says: several times faster,
+    /// the same decisions except that the VM treats an error inside a rule body as that body not
+    /// holding (as OPA does by default) instead of failing the whole decision closed.
     Compiled,
 }
 
 impl PolicyEngine {
-    /// The name as configured (`interpreter`, `compiled`).
+    /// The name as configured (`auto`, `interpreter`, `compiled`).
     pub fn name(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::Interpreter => "interpreter",
             Self::Compiled => "compiled",
         }
     }
 }
+
+/// How often the compiled engine's decision is checked against the interpreter's by default
+/// (`[policy] cross_check_every`): one decision in this many.
+pub const DEFAULT_CROSS_CHECK_EVERY: u64 = 1000;
 
 /// The revision recorded when no policy set is loaded.
 pub const NO_REVISION: &str = "none";
@@ -173,6 +187,15 @@ pub struct PolicySet {
     engine: regorus::Engine,
     compiled: Option<compiled::Compiled>,
     engine_kind: PolicyEngine,
+    /// Why `auto` decides with the interpreter (empty when it compiles, or not `auto`).
+    not_compiled: Arc<[String]>,
+    /// Why `auto` decides wire-format records (data validated by a registry's schema) with the
+    /// interpreter although it compiles the set (empty: the VM decides them too).
+    not_compiled_wire: Arc<[String]>,
+    /// What admission guarantees about the input, for the proof.
+    facts: InputFacts,
+    /// One compiled decision in this many is also decided by the interpreter (0: none).
+    cross_check_every: u64,
     entry: String,
     redaction: Option<Arc<RedactionRule>>,
     revision: String,
@@ -268,6 +291,10 @@ impl PolicySet {
             engine,
             compiled: None,
             engine_kind: PolicyEngine::Interpreter,
+            not_compiled: Arc::from(Vec::new()),
+            not_compiled_wire: Arc::from(Vec::new()),
+            facts: InputFacts::envelope(),
+            cross_check_every: DEFAULT_CROSS_CHECK_EVERY,
             entry: entry.to_owned(),
             redaction: None,
             revision: files.revision(),
@@ -362,6 +389,8 @@ impl PolicySet {
         let redact = self.redaction.as_ref().map_or("", |r| r.entry.as_str());
         let mut set = Self::read_bundle(&spec, bytes, &self.entry, self.timeout)?
             .with_redaction(redact)?
+            .with_input_facts(self.facts.clone())
+            .with_cross_check(self.cross_check_every)
             .with_engine(self.engine_kind);
         set.bundle = Some(spec);
         set.bundle_digest = Some(digest(bytes));
@@ -369,28 +398,109 @@ impl PolicySet {
     }
 
     /// Decides with `kind`. For [`PolicyEngine::Compiled`] the entry rule is compiled to the VM
-    /// now (the redaction rule always runs on the interpreter, which fails closed); if the VM compiler does not support something the policy
-    /// uses, the set logs why and keeps evaluating that rule with the interpreter.
+    /// now (the redaction rule always runs on the interpreter, which fails closed); if the VM
+    /// compiler does not support something the policy uses, the set logs why and keeps evaluating
+    /// that rule with the interpreter. For [`PolicyEngine::Auto`] it is compiled only when
+    /// [`safety`] proves that no rule the decision uses can raise on validated input (see
+    /// [`PolicySet::with_input_facts`]); [`PolicySet::not_compiled`] says why not. The choice is
+    /// logged.
     pub fn with_engine(mut self, kind: PolicyEngine) -> Self {
         self.engine_kind = kind;
-        self.compiled = self.compile_rule(&self.entry);
+        let mut reasons = Vec::new();
+        let mut wire = Vec::new();
+        self.compiled = match kind {
+            PolicyEngine::Interpreter => None,
+            PolicyEngine::Compiled => self.compile_rule(&self.entry),
+            PolicyEngine::Auto => {
+                reasons = self.proof(&self.facts);
+                if reasons.is_empty() && self.facts.registry() {
+                    wire = self.proof(&self.facts.without_data());
+                }
+                if reasons.is_empty() {
+                    compiled::Compiled::build(&self.engine, &self.entry)
+                        .map_err(|e| {
+                            reasons.push(format!(
+                                "the compiled engine cannot compile {}: {e}",
+                                self.entry
+                            ))
+                        })
+                        .ok()
+                } else {
+                    None
+                }
+            }
+        };
+        self.not_compiled = Arc::from(reasons);
+        self.not_compiled_wire = Arc::from(if self.compiled.is_some() {
+            wire
+        } else {
+            Vec::new()
+        });
+        telemetry::PolicyEngineChosen {
+            revision: &self.revision,
+            configured: kind,
+            deciding: self.engine(),
+            reasons: &self.not_compiled,
+            wire: &self.not_compiled_wire,
+        }
+        .emit();
         self
     }
 
-    /// `rule` compiled to the VM when the engine is [`PolicyEngine::Compiled`] and it compiles.
+    /// Why the entry rule may raise on input `facts` describes (empty: compiled-safe).
+    fn proof(&self, facts: &InputFacts) -> Vec<String> {
+        let ast = match self.engine.get_ast_as_json() {
+            Ok(ast) => ast,
+            Err(e) => return vec![format!("the syntax tree cannot be read: {e}")],
+        };
+        safety::prove(&ast, &self.entry, &self.data(), facts, &self.dir)
+            .unwrap_or_else(|e| vec![format!("the syntax tree cannot be analysed: {e}")])
+    }
+
+    /// Proves compiled-safety against `facts` (what admission guarantees about the input; by
+    /// default the envelope alone). Call before [`PolicySet::with_engine`]; kept on reload.
+    pub fn with_input_facts(mut self, facts: InputFacts) -> Self {
+        self.facts = facts;
+        self
+    }
+
+    /// Decides one compiled decision in `every` with the interpreter too, counts and logs any
+    /// disagreement, and keeps the interpreter's decision then (0: never). Kept on reload.
+    pub fn with_cross_check(mut self, every: u64) -> Self {
+        self.cross_check_every = every;
+        self
+    }
+
+    /// Why `engine = "auto"` decides this set with the interpreter: each rule expression that
+    /// may raise, as `file:line: what`. Empty when it decides with the compiled engine, or when
+    /// the engine was chosen explicitly.
+    pub fn not_compiled(&self) -> &[String] {
+        &self.not_compiled
+    }
+
+    /// Why `engine = "auto"`, although it compiles this set, decides wire-format records (whose
+    /// data a registry's schema validated, not the schema files) with the interpreter. Empty when
+    /// the compiled engine decides every record.
+    pub fn not_compiled_wire(&self) -> &[String] {
+        &self.not_compiled_wire
+    }
+
+    /// The engine as configured (`auto`, `interpreter`, `compiled`).
+    pub fn configured_engine(&self) -> PolicyEngine {
+        self.engine_kind
+    }
+
+    /// `rule` compiled to the VM, if it compiles (else logged).
     fn compile_rule(&self, rule: &str) -> Option<compiled::Compiled> {
-        match self.engine_kind {
-            PolicyEngine::Interpreter => None,
-            PolicyEngine::Compiled => compiled::Compiled::build(&self.engine, rule)
-                .inspect_err(|error| {
-                    tracing::warn!(
-                        rule,
-                        %error,
-                        "the policy rule does not compile to regorus's VM; evaluating it with the interpreter"
-                    );
-                })
-                .ok(),
-        }
+        compiled::Compiled::build(&self.engine, rule)
+            .inspect_err(|error| {
+                tracing::warn!(
+                    rule,
+                    %error,
+                    "the policy rule does not compile to regorus's VM; evaluating it with the interpreter"
+                );
+            })
+            .ok()
     }
 
     /// Redacts with `rule` (`[policy] redact`, e.g. [`redaction::DEFAULT_RULE`]; `""`: no
@@ -419,6 +529,8 @@ impl PolicySet {
         let redact = self.redaction.as_ref().map_or("", |r| r.entry.as_str());
         Ok(Self::load(dir, &self.entry, self.timeout)?
             .with_redaction(redact)?
+            .with_input_facts(self.facts.clone())
+            .with_cross_check(self.cross_check_every)
             .with_engine(self.engine_kind))
     }
 
@@ -427,9 +539,14 @@ impl PolicySet {
         &self.revision
     }
 
-    /// The evaluator deciding the entry rule.
+    /// The evaluator deciding the entry rule: [`PolicyEngine::Compiled`] or
+    /// [`PolicyEngine::Interpreter`] (what `auto` chose; see [`PolicySet::configured_engine`]).
     pub fn engine(&self) -> PolicyEngine {
-        self.engine_kind
+        if self.compiled.is_some() {
+            PolicyEngine::Compiled
+        } else {
+            PolicyEngine::Interpreter
+        }
     }
 
     /// The Rego modules loaded.
@@ -473,6 +590,7 @@ impl PolicySet {
     pub fn interpreter(&self) -> Evaluator {
         Evaluator {
             machine: None,
+            cross_check_every: 0,
             redactor: redaction::Redactor::new(self.redaction.clone()),
             ..self.evaluator()
         }
@@ -490,6 +608,9 @@ impl PolicySet {
         Evaluator {
             engine: Some(self.engine.clone()),
             machine,
+            machine_for_wire: self.not_compiled_wire.is_empty(),
+            cross_check_every: self.cross_check_every,
+            decisions: 0,
             last_input: None,
             entry: self.entry.clone(),
             revision: self.revision.clone(),
@@ -502,6 +623,12 @@ impl PolicySet {
 pub struct Evaluator {
     engine: Option<regorus::Engine>,
     machine: Option<compiled::Machine>,
+    /// Whether the VM decides wire-format records too ([`PolicySet::not_compiled_wire`]).
+    machine_for_wire: bool,
+    /// One VM decision in this many is also decided by the interpreter (0: none).
+    cross_check_every: u64,
+    /// VM decisions so far.
+    decisions: u64,
     /// The input of the last VM decision, handed to the interpreter by [`Evaluator::eval_rule`].
     last_input: Option<regorus::Value>,
     entry: String,
@@ -515,6 +642,9 @@ impl Evaluator {
         Self {
             engine: None,
             machine: None,
+            machine_for_wire: false,
+            cross_check_every: 0,
+            decisions: 0,
             last_input: None,
             entry: String::new(),
             revision: NO_REVISION.to_owned(),
@@ -544,16 +674,67 @@ impl Evaluator {
         self.redactor.stats()
     }
 
-    /// Decides on one input document, failing closed.
+    /// Decides on one input document, failing closed. With the compiled engine, one decision in
+    /// `[policy] cross_check_every` is decided by the interpreter too; when they disagree the
+    /// interpreter's decision is the one returned (see [`Evaluator::cross_check`]).
     pub fn decide(&mut self, input: regorus::Value) -> Decision {
-        let decision = match self.evaluate(input) {
-            Ok(doc) => Decision::from_document(&doc),
-            Err(failed) => failed,
+        self.decide_record(input, false)
+    }
+
+    /// [`Evaluator::decide`] for an admitted record; `wire`: its data arrived in the Confluent
+    /// wire format and was validated against the registry's schema, not the schema files, so
+    /// the VM decides it only if the set is proved compiled-safe without the data schemas.
+    pub fn decide_record(&mut self, input: regorus::Value, wire: bool) -> Decision {
+        if wire && !self.machine_for_wire && self.machine.is_some() {
+            let decision = to_decision(self.interpret(input));
+            if let Some(failure) = decision.failure {
+                telemetry::PolicyFailedClosed { failure }.emit();
+            }
+            return decision;
+        }
+        let checked = self.machine.is_some() && self.cross_check_every > 0 && {
+            let due = self.decisions % self.cross_check_every == 0;
+            self.decisions = self.decisions.wrapping_add(1);
+            due
+        };
+        let decision = if checked {
+            let compiled = to_decision(self.evaluate(input.clone()));
+            self.cross_check(input, compiled)
+        } else {
+            to_decision(self.evaluate(input))
         };
         if let Some(failure) = decision.failure {
             telemetry::PolicyFailedClosed { failure }.emit();
         }
         decision
+    }
+
+    /// Decides `input` with the interpreter and compares with the compiled engine's decision;
+    /// a disagreement is counted and logged with the event id and both decisions, and the
+    /// interpreter's decision (which fails closed on errors) is returned.
+    pub fn cross_check(&mut self, input: regorus::Value, compiled: Decision) -> Decision {
+        let id = match &input["event"]["id"] {
+            regorus::Value::String(id) => id.to_string(),
+            _ => String::new(),
+        };
+        let interpreted = to_decision(self.interpret(input));
+        let timed_out = [&compiled, &interpreted]
+            .iter()
+            .any(|d| d.failure == Some(Failure::Timeout));
+        let agree = same_decision(&compiled, &interpreted);
+        telemetry::EnginesCompared {
+            agree: agree || timed_out,
+            event_id: &id,
+            revision: &self.revision,
+            compiled: &compiled,
+            interpreted: &interpreted,
+        }
+        .emit();
+        if agree {
+            compiled
+        } else {
+            interpreted
+        }
     }
 
     /// The entry rule's raw value (as JSON) for `input`, or the fail-closed deny.
@@ -570,9 +751,15 @@ impl Evaluator {
                 }
             };
         }
+        self.interpret(input)
+    }
+
+    /// The entry rule's value decided by the interpreter.
+    fn interpret(&mut self, input: regorus::Value) -> Result<Value, Decision> {
         let Some(engine) = self.engine.as_mut() else {
             return Err(Decision::failed(Failure::NoPolicy, None));
         };
+        self.last_input = None;
         engine.set_input(input);
         match engine.eval_rule(self.entry.clone()) {
             Ok(value) => document(&value),
@@ -594,6 +781,19 @@ impl Evaluator {
             Ok(v) => serde_json::to_value(&v).ok(),
         }
     }
+}
+
+/// A decision from an entry rule's value, or the fail-closed deny.
+fn to_decision(value: Result<Value, Decision>) -> Decision {
+    match value {
+        Ok(doc) => Decision::from_document(&doc),
+        Err(failed) => failed,
+    }
+}
+
+/// Whether two engines decided alike: allow, reasons and obligations (not the error text).
+fn same_decision(a: &Decision, b: &Decision) -> bool {
+    a.allow == b.allow && a.reasons == b.reasons && a.obligations == b.obligations
 }
 
 /// The SHA-256 of `bytes`.

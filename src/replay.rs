@@ -187,6 +187,7 @@ pub async fn replay(config: &Config, options: &ReplayOptions) -> Result<ShadowRe
                 now: &now,
                 publisher: &admitted.publisher,
                 enrichment,
+                wire: admitted.wire,
             };
             let candidate = ingest::decide(&mut evaluator, &on, &emit);
             report.record(

@@ -275,6 +275,9 @@ mod tests {
             },
             audit_topic: "reflex.audit".into(),
             bundle: None,
+            engine: crate::policy::PolicyEngine::Auto,
+            schema_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"),
+            registry_url: String::new(),
         }
     }
 

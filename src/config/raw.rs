@@ -290,8 +290,12 @@ pub struct RawPolicy {
     pub emit_topic: String,
     /// Further topics `emit` obligations may name (created at start-up).
     pub emit_topics: Vec<String>,
-    /// Which regorus evaluator decides: `interpreter` or `compiled`.
+    /// Which regorus evaluator decides: `auto` (the compiled engine when the set is proved
+    /// compiled-safe, else the interpreter), `interpreter` or `compiled`.
     pub engine: crate::policy::PolicyEngine,
+    /// With the compiled engine, one decision in this many is decided by the interpreter too
+    /// (disagreements counted and logged; the interpreter's decision is kept). `0`: never.
+    pub cross_check_every: u64,
     /// An OPA-format bundle to decide with instead of `dir`.
     pub bundle: RawPolicyBundle,
 }
@@ -355,7 +359,8 @@ impl Default for RawPolicy {
             reload_interval: Duration::from_secs(2),
             emit_topic: "reflex.policy.events".into(),
             emit_topics: Vec::new(),
-            engine: crate::policy::PolicyEngine::Interpreter,
+            engine: crate::policy::PolicyEngine::Auto,
+            cross_check_every: crate::policy::DEFAULT_CROSS_CHECK_EVERY,
             bundle: RawPolicyBundle::default(),
         }
     }

@@ -152,6 +152,7 @@ impl Harness {
                 now,
                 publisher: &publisher,
                 enrichment: &enrichment,
+                wire: admitted.wire,
             },
             &self.emit,
         );

@@ -132,7 +132,9 @@ impl fmt::Display for Report {
 /// Runs every `test_*` rule and every YAML case of the policy set in `dir`.
 pub fn run(dir: &Path, entry: &str, timeout: std::time::Duration) -> Result<Report, TestError> {
     let files = PolicyFiles::read(dir)?;
-    let production = PolicySet::compile(&files, dir, entry, timeout, false)?;
+    // Every case is decided by both engines (see decide_case), whatever `engine` a worker uses.
+    let production = PolicySet::compile(&files, dir, entry, timeout, false)?
+        .with_engine(super::PolicyEngine::Compiled);
     let with_tests = PolicySet::compile(&files, dir, entry, timeout, true)?;
     let mut report = Report::default();
     let mut engine = with_tests.engine.clone();

@@ -92,6 +92,14 @@ pub struct PolicyStatus {
     pub revision: String,
     /// Why it does not compile (or, for a bundle, cannot be fetched or verified), when so.
     pub refused: Option<String>,
+    /// The engine that decides it (`compiled` or `interpreter`), when it compiles.
+    pub engine: Option<&'static str>,
+    /// `[policy] engine` as configured.
+    pub configured_engine: &'static str,
+    /// Why `engine = "auto"` decides it with the interpreter (`file:line: what may raise`).
+    pub not_compiled: Vec<String>,
+    /// Why `engine = "auto"`, compiling it, decides wire-format records with the interpreter.
+    pub not_compiled_wire: Vec<String>,
     /// The audit topic read.
     pub audit_topic: String,
     /// Records read per partition.
@@ -102,23 +110,34 @@ pub struct PolicyStatus {
 
 /// Compiles the directory and reads the workers' revisions from the audit trail.
 pub fn status(settings: &PolicySettings, tail: i64) -> Result<PolicyStatus, ReplayError> {
-    let (revision, refused) = match &settings.bundle {
+    let (revision, loaded) = match &settings.bundle {
         Some(spec) => {
-            match PolicySet::load_bundle(spec.clone(), &settings.entry, settings.timeout)
-                .and_then(|set| set.with_redaction(&settings.redact))
-            {
-                Ok(set) => (set.revision().to_owned(), None),
-                Err(e) => (String::new(), Some(e.to_string())),
-            }
+            let loaded = PolicySet::load_bundle(spec.clone(), &settings.entry, settings.timeout);
+            let revision = loaded
+                .as_ref()
+                .map(|set| set.revision().to_owned())
+                .unwrap_or_default();
+            (revision, loaded)
         }
-        None => {
-            let revision = files::revision(&settings.dir).map_err(ReplayError::Directory)?;
-            let refused = PolicySet::load(&settings.dir, &settings.entry, settings.timeout)
-                .and_then(|set| set.with_redaction(&settings.redact))
-                .err()
-                .map(|e| e.to_string());
-            (revision, refused)
-        }
+        None => (
+            files::revision(&settings.dir).map_err(ReplayError::Directory)?,
+            PolicySet::load(&settings.dir, &settings.entry, settings.timeout),
+        ),
+    };
+    let loaded = loaded
+        .and_then(|set| set.with_redaction(&settings.redact))
+        .map(|set| {
+            set.with_input_facts(settings.input_facts())
+                .with_engine(settings.engine)
+        });
+    let (refused, engine, not_compiled, not_compiled_wire) = match loaded {
+        Ok(set) => (
+            None,
+            Some(set.engine().name()),
+            set.not_compiled().to_vec(),
+            set.not_compiled_wire().to_vec(),
+        ),
+        Err(e) => (Some(e.to_string()), None, Vec::new(), Vec::new()),
     };
     let workers = running_revisions(&settings.kafka, &settings.audit_topic, tail)?;
     Ok(PolicyStatus {
@@ -127,6 +146,10 @@ pub fn status(settings: &PolicySettings, tail: i64) -> Result<PolicyStatus, Repl
         verified: refused.is_none() && settings.bundle.as_ref().is_some_and(|b| b.key.is_some()),
         revision,
         refused,
+        engine,
+        configured_engine: settings.engine.name(),
+        not_compiled,
+        not_compiled_wire,
         audit_topic: settings.audit_topic.clone(),
         tail,
         workers,
@@ -140,18 +163,38 @@ impl fmt::Display for PolicyStatus {
             None => self.dir.display().to_string(),
         };
         match (&self.refused, &self.bundle) {
-            (None, None) => writeln!(f, "{source}: revision {} (compiles)", self.revision)?,
-            (None, Some(_)) => {
-                let signature = if self.verified {
-                    "signature verified"
+            (None, bundle) => {
+                if bundle.is_some() {
+                    let signature = if self.verified {
+                        "signature verified"
+                    } else {
+                        "not verified: no [policy.bundle] verification_key"
+                    };
+                    writeln!(
+                        f,
+                        "{source}: revision {} ({signature}, compiles)",
+                        self.revision
+                    )?;
                 } else {
-                    "not verified: no [policy.bundle] verification_key"
-                };
-                writeln!(
-                    f,
-                    "{source}: revision {} ({signature}, compiles)",
-                    self.revision
-                )?
+                    writeln!(f, "{source}: revision {} (compiles)", self.revision)?;
+                }
+                let engine = self.engine.unwrap_or("interpreter");
+                if self.configured_engine == "auto" && engine == "compiled" {
+                    writeln!(f, "engine: compiled (auto: proved compiled-safe)")?;
+                    if !self.not_compiled_wire.is_empty() {
+                        writeln!(f, "  wire-format records (data validated by the registry's schema, not the files) are decided by the interpreter:")?;
+                        for why in &self.not_compiled_wire {
+                            writeln!(f, "  {why}")?;
+                        }
+                    }
+                } else if self.configured_engine == "auto" {
+                    writeln!(f, "engine: interpreter (auto: not proved compiled-safe)")?;
+                    for why in &self.not_compiled {
+                        writeln!(f, "  {why}")?;
+                    }
+                } else {
+                    writeln!(f, "engine: {engine} (configured)")?;
+                }
             }
             (Some(e), None) => {
                 writeln!(f, "{source}: revision {} REFUSED: {e}", self.revision)?;

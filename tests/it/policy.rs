@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use reflex::policy::files;
 use reflex::policy::telemetry;
+use reflex::policy::PolicyEngine;
 use reflex::replay::{self, ReplayOptions};
 use reflex::role::actions::{self as worker, RunOptions};
 use serde_json::{json, Value};
@@ -421,6 +422,36 @@ async fn policy_status_as_json_with_no_decisions_yet() {
             .expect("revision")
             .as_str()
     );
+    // The repository's policies are proved compiled-safe: `auto` compiles them.
+    assert_eq!(status["configured_engine"], "auto", "{status}");
+    assert_eq!(status["engine"], "compiled", "{status}");
+    assert_eq!(status["not_compiled"], json!([]), "{status}");
+
+    // A deny rule that may divide by zero: the set is decided by the interpreter, and why.
+    let policies = copy_policies();
+    std::fs::write(
+        policies.path().join("ratio.rego"),
+        "package reflex.business\n\n\
+         deny contains \"too many per item\" if input.event.data.amount / input.event.data.n > 10\n",
+    )
+    .expect("write module");
+    env.use_policies(policies.path(), Duration::from_secs(2));
+    let output = Command::new(reflex_bin())
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(["policy", "status", "--tail", "10"])
+        .output()
+        .expect("run reflex policy status");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("engine: interpreter (auto: not proved compiled-safe)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ratio.rego:3: division input.event.data.amount / input.event.data.n may raise: the divisor is not a non-zero constant"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -464,5 +495,115 @@ fn policy_eval_prints_the_decision_and_the_rules_that_fired() {
     assert!(
         out.contains("reason: a verified publisher signature is required for this event type"),
         "a bare event is decided unsigned: {out}"
+    );
+}
+
+/// A payment authorization `age_minutes` old (the SLA deadline is 15 minutes).
+fn payment(id: &str, age_minutes: i64) -> Value {
+    let time = chrono::Utc::now() - chrono::Duration::minutes(age_minutes);
+    json!({
+        "specversion": "1.0", "id": id, "source": "/payments/gateway", "type": "payment.authorized",
+        "time": time.to_rfc3339(),
+        "data": {"payment_id": "pay-1", "order_id": "ord-1", "amount": 20.0, "currency": "EUR",
+                 "method": "card", "card_last4": "4242"}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_policies_decide_with_the_compiled_engine_by_default_as_the_interpreter_does() {
+    let env = TestEnv::new(2);
+    // Every compiled decision is decided by the interpreter too.
+    let text = std::fs::read_to_string(&env.config_path).expect("read config");
+    std::fs::write(
+        &env.config_path,
+        text.replace(
+            "timeout = \"5s\"\n",
+            "timeout = \"5s\"\ncross_check_every = 1\n",
+        ),
+    )
+    .expect("write config");
+    env.create_topics().await;
+    let config = env.config();
+    // The default engine is auto, and the repository's policies are proved compiled-safe.
+    assert_eq!(config.policy.configured_engine(), PolicyEngine::Auto);
+    assert_eq!(config.policy.not_compiled(), [] as [String; 0]);
+    assert_eq!(config.policy.engine(), PolicyEngine::Compiled);
+
+    // One event for each way the demo decides.
+    let records = vec![
+        Rec::json("allowed-order", &order("allowed-order", "/shop/web", 99.5)),
+        Rec::json("big-order", &order("big-order", "/shop/web", 20_000.0)),
+        Rec::json(
+            "intruder-order",
+            &order("intruder-order", "/shop/intruder", 5.0),
+        ),
+        Rec::json("small-refund", &refund("small-refund", 100.0)),
+        Rec::json("big-refund", &refund("big-refund", 900.0)),
+        Rec::unsigned("unsigned-refund", &refund("unsigned-refund", 100.0)),
+        Rec::json("fresh-payment", &payment("fresh-payment", 1)),
+        Rec::json("late-payment", &payment("late-payment", 60)),
+    ];
+    let expected: Vec<(&str, Vec<&str>)> = vec![
+        ("allowed-order", vec![]),
+        ("big-order", vec!["order above the single-order limit"]),
+        (
+            "intruder-order",
+            vec!["source is not allowed to publish this event type"],
+        ),
+        ("small-refund", vec![]),
+        (
+            "big-refund",
+            vec!["refund above the automatic approval limit"],
+        ),
+        (
+            "unsigned-refund",
+            vec!["a verified publisher signature is required for this event type"],
+        ),
+        ("fresh-payment", vec![]),
+        ("late-payment", vec!["event older than its SLA deadline"]),
+    ];
+    let (checks, disagreements) = (
+        telemetry::cross_checks(),
+        telemetry::cross_check_disagreements(),
+    );
+    produce(&env.events, &records).await;
+    let options = RunOptions {
+        worker_id: "compiled-worker".into(),
+        drain: true,
+    };
+    worker::run(&config, options, CancellationToken::new())
+        .await
+        .expect("the worker drains the topic");
+
+    let audits = wait_for_audits(&env.audit, records.len()).await;
+    for (id, reasons) in &expected {
+        let audit = &audits[*id][0];
+        assert_eq!(
+            audit["decision"]["allow"],
+            reasons.is_empty(),
+            "{id}: {audit}"
+        );
+        assert_eq!(
+            audit["decision"]["reasons"],
+            json!(reasons),
+            "{id}: {audit}"
+        );
+        assert!(
+            audit["decision"].get("failure").is_none(),
+            "{id} decided without failing closed: {audit}"
+        );
+    }
+    // The late payment's decision asks for a breach event, from the compiled engine as well.
+    let emits = &audits["late-payment"][0]["decision"]["obligations"]["emit"];
+    assert_eq!(emits[0]["type"], "reflex.sla.breached", "{emits}");
+    // Each decision was also decided by the interpreter, and none differed.
+    assert!(
+        telemetry::cross_checks() >= checks + records.len() as u64,
+        "every decision is cross-checked"
+    );
+    assert_eq!(
+        telemetry::cross_check_disagreements(),
+        disagreements,
+        "the compiled engine and the interpreter decide the demo alike"
     );
 }

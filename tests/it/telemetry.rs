@@ -334,7 +334,8 @@ async fn prometheus_scrapes_outcomes_dead_letters_stages_and_the_policy_revision
     let info = prometheus.query("reflex_policy_info").await;
     assert_eq!(info.len(), 1, "{info:?}");
     assert_eq!(info[0].0["revision"], revision.as_str());
-    assert_eq!(info[0].0["engine"], "interpreter");
+    // The default engine, auto, decides the repository's policies compiled (they are proved safe).
+    assert_eq!(info[0].0["engine"], "compiled");
     // Caught up: no lag on the events topic.
     let lag = format!(
         "reflex_consumer_lag_records{{topic=\"{}\",partition=\"0\"}}",

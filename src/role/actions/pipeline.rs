@@ -94,6 +94,8 @@ pub struct ProcessorSettings {
 pub struct Admission {
     event: CloudEvent,
     mode: Mode,
+    /// Whether its data arrived in the Confluent wire format.
+    wire: bool,
     publisher: Publisher,
     action: Arc<Action>,
     audit: AuditRecord,
@@ -250,6 +252,7 @@ impl Processor {
         Admitted::Event(Box::new(Admission {
             event: admitted.event,
             mode: admitted.mode,
+            wire: admitted.wire,
             publisher: admitted.publisher,
             action,
             audit,
@@ -269,6 +272,7 @@ impl Processor {
         let Admission {
             event,
             mode,
+            wire,
             publisher,
             action,
             mut audit,
@@ -320,6 +324,7 @@ impl Processor {
                 now: &now,
                 publisher: &publisher,
                 enrichment: &enrichment,
+                wire,
             };
             ingest::decide(&mut evaluator, &on, &self.emit)
         };
