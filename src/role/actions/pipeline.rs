@@ -332,15 +332,11 @@ impl Processor {
         timings.policy = micros(started);
         audit.processed_at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
 
-        // Every copy of the event's data written from here on is redacted.
-        let redact = decision.redact_paths();
-        let redacted;
-        let event = if redact.is_empty() {
-            &event
-        } else {
-            redacted = crate::policy::redact::redacted(&event, &redact);
-            &redacted
-        };
+        // Every copy of the event's data written from here on is redacted: the event is
+        // redacted in place, as nothing after the decision reads what is hidden.
+        let mut event = event;
+        crate::policy::redact::redact_event(&mut event, &decision.redact_paths());
+        let event = &event;
         // The audit record names what was emitted (type, topic, id), not the emitted data.
         let mut emitted = Vec::new();
         for (index, emit) in decision.emits().into_iter().enumerate() {

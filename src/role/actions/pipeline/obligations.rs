@@ -1,5 +1,5 @@
 //! The `emit` obligations of a decision that the pipeline carries out: derived events. (The
-//! `redact` obligation is applied with [`crate::policy::redact::redacted`].)
+//! `redact` obligation is applied with [`crate::policy::redact::redact_event`].)
 
 use serde_json::Value;
 
