@@ -133,7 +133,8 @@ impl Action {
                 if !obligations.is_empty() {
                     extensions.insert(
                         "obligations".to_owned(),
-                        Value::String(Value::Object(obligations.clone()).to_string()),
+                        // The same text as the map's JSON value, without copying the map.
+                        Value::String(serde_json::to_string(obligations).unwrap_or_default()),
                     );
                 }
                 let derived = CloudEvent {

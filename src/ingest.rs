@@ -409,12 +409,7 @@ pub fn decide(evaluator: &mut Evaluator, on: &DecisionInput<'_>, emit: &EmitTopi
     decision
         .obligations
         .insert("redact".to_owned(), json!(paths.as_ref()));
-    if let Some(topic) = decision
-        .emits()
-        .into_iter()
-        .filter_map(|e| e.topic)
-        .find(|t| !emit.allows(t))
-    {
+    if let Some(topic) = decision.emit_topics().find(|t| !emit.allows(t)) {
         let detail = format!(
             "an emit obligation names topic \"{topic}\", which is neither policy.emit_topic nor in policy.emit_topics"
         );

@@ -175,6 +175,29 @@ impl Decision {
             .map(|items| items.iter().filter_map(emit_obligation).collect())
             .unwrap_or_default()
     }
+
+    /// The topics the `emit` obligations name (those naming none are left out), read in place.
+    pub fn emit_topics(&self) -> impl Iterator<Item = &str> {
+        self.obligations
+            .get("emit")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item.get("topic")?.as_str())
+            .filter(|topic| !topic.is_empty())
+    }
+
+    /// [`Decision::emits`] moved out of the decision without copying their data: the `emit`
+    /// obligation is left an empty list, for the caller to fill with what it published.
+    pub fn take_emits(&mut self) -> Vec<EmitObligation> {
+        match self.obligations.get_mut("emit") {
+            Some(Value::Array(items)) => std::mem::take(items)
+                .into_iter()
+                .filter_map(owned_emit_obligation)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 fn check_obligations(obligations: &Map<String, Value>) -> Result<(), &'static str> {
@@ -194,6 +217,26 @@ fn check_obligations(obligations: &Map<String, Value>) -> Result<(), &'static st
         Some(_) => return Err("decision.obligations.emit is not a list"),
     }
     Ok(())
+}
+
+fn owned_emit_obligation(item: Value) -> Option<EmitObligation> {
+    let Value::Object(mut obj) = item else {
+        return None;
+    };
+    let ty = match obj.remove("type") {
+        Some(Value::String(ty)) if !ty.is_empty() => ty,
+        _ => return None,
+    };
+    let topic = match obj.remove("topic") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) if !t.is_empty() => Some(t),
+        Some(_) => return None,
+    };
+    Some(EmitObligation {
+        ty,
+        topic,
+        data: obj.remove("data").unwrap_or(Value::Null),
+    })
 }
 
 fn emit_obligation(item: &Value) -> Option<EmitObligation> {
@@ -257,6 +300,10 @@ mod tests {
         assert_eq!(emits[0].topic, None);
         assert_eq!(emits[0].data["age_seconds"], 1000);
         assert_eq!(emits[1].topic.as_deref(), Some("t"));
+        assert_eq!(d.emit_topics().collect::<Vec<_>>(), ["t"]);
+        let mut taken = d.clone();
+        assert_eq!(taken.take_emits(), emits);
+        assert_eq!(taken.obligations["emit"], serde_json::json!([]));
     }
 
     #[test]

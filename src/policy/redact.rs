@@ -33,6 +33,12 @@ pub fn redact<S: AsRef<str>>(value: &mut Value, paths: &[S]) -> usize {
 /// remove that field, `data` (or `*`) removes all data, and envelope paths match nothing.
 pub fn redacted<S: AsRef<str>>(event: &CloudEvent, paths: &[S]) -> CloudEvent {
     let mut copy = event.clone();
+    redact_event(&mut copy, paths);
+    copy
+}
+
+/// [`redacted`] in place, for a caller that owns the event and needs no unredacted copy.
+pub fn redact_event<S: AsRef<str>>(event: &mut CloudEvent, paths: &[S]) {
     for path in paths {
         let path = path.as_ref();
         let (first, rest) = match path.split_once('.') {
@@ -43,15 +49,14 @@ pub fn redacted<S: AsRef<str>>(event: &CloudEvent, paths: &[S]) -> CloudEvent {
             continue;
         }
         match rest {
-            None => copy.data = None,
+            None => event.data = None,
             Some(rest) => {
-                if let Some(data) = copy.data.as_mut() {
+                if let Some(data) = event.data.as_mut() {
                     redact(data, &[rest]);
                 }
             }
         }
     }
-    copy
 }
 
 fn remove(value: &mut Value, segments: &[&str]) -> usize {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::OptionFuture;
 use futures_util::stream::StreamExt;
+use futures_util::FutureExt as _;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -433,7 +434,16 @@ pub async fn run(
         }
         Ok(())
     };
+    // With several evaluators, the records ready at once are taken together and handed to
+    // tasks in batches.
+    let burst = if role.deciders > 1 {
+        scheduler::EVALUATOR_BATCH * role.deciders
+    } else {
+        1
+    };
     loop {
+        // Records started by the last turn go to their evaluators' tasks.
+        scheduler.flush();
         if let Err(e) = rebalanced(&mut scheduler) {
             tracing::error!(error = %e, "stopping the worker");
             result = Err(e);
@@ -461,57 +471,81 @@ pub async fn run(
                     break;
                 }
             }
+            Some(done) = scheduler.done_rx.recv(), if scheduler.spawned > 0 => {
+                scheduler.spawned -= 1;
+                if let Err(e) = done.and_then(|done| book(&mut summary, &mut scheduler, first_received, done)) {
+                    tracing::error!(error = %e, "record not delivered");
+                    result = Err(e);
+                    break;
+                }
+            }
             _ = commit_check.tick(), if scheduler.transactional() => {
                 if scheduler.commit_due() {
                     scheduler.start_commit(&consumer);
                 }
             }
             message = consumer.recv(), if scheduler.in_flight() < role.max_in_flight => {
-                let message = match message {
-                    Ok(m) => m,
-                    Err(e) => {
-                        if let Some(fatal) = kafka::consumer_fatal(&e, &role.group_id) {
-                            tracing::error!(error = %fatal, "stopping the worker");
-                            result = Err(WorkerError::ConsumerFatal(fatal));
-                            break;
-                        }
-                        if !outage.absorbs(&e) {
-                            tracing::warn!(error = %e, "consumer error");
-                        }
-                        continue;
+                // The first record, and (several evaluators) those ready behind it.
+                let mut next = Some(message);
+                let mut taken = 0;
+                let mut stop = false;
+                while let Some(message) = next.take() {
+                    taken += 1;
+                    if taken < burst && scheduler.in_flight() + 1 < role.max_in_flight {
+                        next = consumer.recv().now_or_never();
                     }
-                };
-                outage.flowing();
-                idle_since = Instant::now();
-                first_received.get_or_insert_with(Instant::now);
-                metrics::RecordConsumed {
-                    topic: message.topic(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    timestamp_ms: message.timestamp().to_millis(),
-                }
-                .emit(&metrics);
-                if let (Some(registry), Some(value)) = (config.registry.as_deref(), message.payload()) {
-                    if !registry.await_schema(value, &shutdown).await {
-                        break;
-                    }
-                }
-                if policy.changed().is_some() {
-                    let set = policy.current();
-                    processor.set_evaluators(|| set.evaluator());
-                    metrics::PolicyActive {
-                        revision: set.revision(),
-                        engine: set.engine(),
+                    let message = match message {
+                        Ok(m) => m,
+                        Err(e) => {
+                            if let Some(fatal) = kafka::consumer_fatal(&e, &role.group_id) {
+                                tracing::error!(error = %fatal, "stopping the worker");
+                                result = Err(WorkerError::ConsumerFatal(fatal));
+                                stop = true;
+                                break;
+                            }
+                            if !outage.absorbs(&e) {
+                                tracing::warn!(error = %e, "consumer error");
+                            }
+                            continue;
+                        }
+                    };
+                    outage.flowing();
+                    idle_since = Instant::now();
+                    first_received.get_or_insert_with(Instant::now);
+                    metrics::RecordConsumed {
+                        topic: message.topic(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        timestamp_ms: message.timestamp().to_millis(),
                     }
                     .emit(&metrics);
+                    if let (Some(registry), Some(value)) = (config.registry.as_deref(), message.payload()) {
+                        if !registry.await_schema(value, &shutdown).await {
+                            stop = true;
+                            break;
+                        }
+                    }
+                    if policy.changed().is_some() {
+                        let set = policy.current();
+                        processor.set_evaluators(|| set.evaluator());
+                        metrics::PolicyActive {
+                            revision: set.revision(),
+                            engine: set.engine(),
+                        }
+                        .emit(&metrics);
+                    }
+                    let message = message.detach();
+                    if let Err(e) = rebalanced(&mut scheduler) {
+                        tracing::error!(error = %e, "stopping the worker");
+                        result = Err(e);
+                        stop = true;
+                        break;
+                    }
+                    scheduler.accept(message);
                 }
-                let message = message.detach();
-                if let Err(e) = rebalanced(&mut scheduler) {
-                    tracing::error!(error = %e, "stopping the worker");
-                    result = Err(e);
+                if stop {
                     break;
                 }
-                scheduler.accept(message);
             }
             _ = drain_check.tick(), if options.drain && scheduler.in_flight() == 0 => {
                 if idle_since.elapsed() > Duration::from_millis(500) && probe.as_ref().is_some_and(|p| kafka::caught_up(&consumer, p, &subscribed)) {
@@ -528,16 +562,30 @@ pub async fn run(
     scheduler.sleep_cancel.cancel();
     let deadline = tokio::time::sleep(role.shutdown_timeout);
     tokio::pin!(deadline);
-    while !scheduler.running.is_empty() {
+    loop {
+        scheduler.flush();
+        if !scheduler.busy() {
+            break;
+        }
         scheduler.revoke(consumer.context().take_revoked());
         tokio::select! {
             () = &mut deadline, if !scheduler.work_cancel.is_cancelled() => {
-                tracing::warn!(in_flight = scheduler.running.len(), "shutdown deadline reached; unfinished records will be re-processed");
+                tracing::warn!(in_flight = scheduler.running.len() + scheduler.spawned, "shutdown deadline reached; unfinished records will be re-processed");
                 scheduler.work_cancel.cancel();
             }
             // Records waiting behind a finished one start in turn, so a clean stop leaves
             // nothing done past the committed offset.
-            Some(done) = scheduler.running.next() => {
+            Some(done) = scheduler.running.next(), if !scheduler.running.is_empty() => {
+                if let Err(e) = done.and_then(|done| book(&mut summary, &mut scheduler, first_received, done)) {
+                    tracing::error!(error = %e, "record not delivered");
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                    break;
+                }
+            }
+            Some(done) = scheduler.done_rx.recv(), if scheduler.spawned > 0 => {
+                scheduler.spawned -= 1;
                 if let Err(e) = done.and_then(|done| book(&mut summary, &mut scheduler, first_received, done)) {
                     tracing::error!(error = %e, "record not delivered");
                     if result.is_ok() {

@@ -332,31 +332,30 @@ impl Processor {
         timings.policy = micros(started);
         audit.processed_at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
 
-        // Every copy of the event's data written from here on is redacted.
-        let redact = decision.redact_paths();
-        let redacted;
-        let event = if redact.is_empty() {
-            &event
-        } else {
-            redacted = crate::policy::redact::redacted(&event, &redact);
-            &redacted
-        };
+        // Every copy of the event's data written from here on is redacted: the event is
+        // redacted in place, as nothing after the decision reads what is hidden.
+        let mut event = event;
+        crate::policy::redact::redact_event(&mut event, &decision.redact_paths());
+        let event = &event;
         // The audit record names what was emitted (type, topic, id), not the emitted data.
-        let mut emitted = Vec::new();
-        for (index, emit) in decision.emits().into_iter().enumerate() {
-            let mut derived =
-                obligations::emitted_event(event, &emit, index, &audit.policy_revision);
-            if self.settings.tracer.is_some() {
-                otel::stamp(&mut derived.extensions);
+        let emits = decision.take_emits();
+        if !emits.is_empty() {
+            let mut emitted = Vec::with_capacity(emits.len());
+            for (index, emit) in emits.into_iter().enumerate() {
+                let topic = emit
+                    .topic
+                    .clone()
+                    .unwrap_or_else(|| self.settings.policy_emit_topic.clone());
+                let ty = emit.ty.clone();
+                let mut derived =
+                    obligations::emitted_event(event, emit, index, &audit.policy_revision);
+                if self.settings.tracer.is_some() {
+                    otel::stamp(&mut derived.extensions);
+                }
+                emitted.push(json!({"type": ty, "topic": topic, "id": derived.id}));
+                let key = derived.id.clone().into_bytes();
+                records.push(obligations::event_record(topic, key, &derived));
             }
-            let topic = emit
-                .topic
-                .unwrap_or_else(|| self.settings.policy_emit_topic.clone());
-            emitted.push(json!({"type": emit.ty, "topic": topic, "id": derived.id}));
-            let key = derived.id.clone().into_bytes();
-            records.push(obligations::event_record(topic, key, &derived));
-        }
-        if !emitted.is_empty() {
             decision
                 .obligations
                 .insert("emit".to_owned(), Value::Array(emitted));

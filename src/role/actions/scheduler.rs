@@ -8,7 +8,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::stream::FuturesUnordered;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt as _;
 use opentelemetry::context::FutureExt as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -116,14 +117,27 @@ pub(super) enum Outputs {
 
 pub(super) type Running = Pin<Box<dyn Future<Output = Result<Finished, WorkerError>> + Send>>;
 
+/// Records handed to a task of their own at once when several evaluators decide: one task per
+/// batch rather than per record, so a second evaluator adds throughput without adding the
+/// hand-offs of a task per record.
+pub(super) const EVALUATOR_BATCH: usize = 32;
+
 /// The actions role's scheduler: key-ordered records in flight, offset tracking per partition,
 /// keys parked in the retry topic.
 pub(super) struct Scheduler<'a> {
     processor: Arc<Processor>,
     outputs: Outputs,
     ordering: Ordering,
-    /// Whether records run as tasks of their own (several evaluators).
+    /// Whether records run in tasks of their own (several evaluators), [`EVALUATOR_BATCH`]
+    /// records to a task.
     spawn: bool,
+    /// Several evaluators: records started but not yet handed to a task ([`Scheduler::flush`]).
+    batch: Vec<Running>,
+    /// Several evaluators: records handed to tasks whose outcome has not been taken yet.
+    pub(super) spawned: usize,
+    /// Several evaluators: the tasks' outcomes, one per record, as each is done.
+    done_tx: tokio::sync::mpsc::UnboundedSender<Result<Finished, WorkerError>>,
+    pub(super) done_rx: tokio::sync::mpsc::UnboundedReceiver<Result<Finished, WorkerError>>,
     retry_topic: &'a str,
     partitions: Partitions<Tp>,
     queue: KeyQueue<Slot, Waiting>,
@@ -162,11 +176,16 @@ impl<'a> Scheduler<'a> {
         shutdown: &CancellationToken,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             processor,
             outputs,
             ordering,
             spawn,
+            batch: Vec::new(),
+            spawned: 0,
+            done_tx,
+            done_rx,
             retry_topic,
             partitions: Partitions::new(),
             queue: KeyQueue::new(),
@@ -186,7 +205,30 @@ impl<'a> Scheduler<'a> {
 impl Scheduler<'_> {
     /// Records running or waiting behind their key.
     pub(super) fn in_flight(&self) -> usize {
-        self.running.len() + self.queue.queued()
+        self.running.len() + self.queue.queued() + self.batch.len() + self.spawned
+    }
+
+    /// Whether a record is running (in this task or in a task of its batch).
+    pub(super) fn busy(&self) -> bool {
+        !self.running.is_empty() || !self.batch.is_empty() || self.spawned > 0
+    }
+
+    /// Several evaluators: hands the records started since the last call to one task, which
+    /// runs them concurrently and reports each outcome as it is done.
+    pub(super) fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.spawned += batch.len();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let mut running: FuturesUnordered<Running> = batch.into_iter().collect();
+            while let Some(finished) = running.next().await {
+                // The worker keeps the receiver until every record it handed over is back.
+                let _ = done.send(finished);
+            }
+        });
     }
 
     /// Takes a consumed record: tracks its offset and starts it, or queues it behind its slot.
@@ -260,11 +302,10 @@ impl Scheduler<'_> {
         let sleep_cancel = self.sleep_cancel.clone();
         let work_cancel = self.work_cancel.clone();
         let input_at = self.spawn.then(|| {
-            format!(
-                "{}/{}/{}",
-                message.topic(),
+            (
+                message.topic().to_owned(),
                 message.partition(),
-                message.offset()
+                message.offset(),
             )
         });
         let work = async move {
@@ -353,18 +394,31 @@ impl Scheduler<'_> {
             })
         };
         match input_at {
-            // With several evaluators, records run as tasks so decisions use every core of the
-            // runtime; with one, in this task, without the hand-offs between threads.
-            Some(input) => {
-                let task = tokio::spawn(work);
-                self.running.push(Box::pin(async move {
-                    task.await.unwrap_or_else(|e| {
-                        Err(WorkerError::Task {
-                            input,
-                            why: e.to_string(),
-                        })
-                    })
-                }));
+            // With several evaluators, records run in tasks of a batch each so decisions use
+            // every core of the runtime; with one, in this task, without the hand-offs between
+            // threads. A record that panics ends as an error naming it; the rest of its batch
+            // runs on.
+            Some((topic, partition, offset)) => {
+                self.batch.push(Box::pin(
+                    std::panic::AssertUnwindSafe(work)
+                        .catch_unwind()
+                        .map(move |result| {
+                            result.unwrap_or_else(|panic| {
+                                let why = panic
+                                    .downcast_ref::<&str>()
+                                    .map(|s| (*s).to_owned())
+                                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                                    .unwrap_or_else(|| "it panicked".to_owned());
+                                Err(WorkerError::Task {
+                                    input: format!("{topic}/{partition}/{offset}"),
+                                    why,
+                                })
+                            })
+                        }),
+                ));
+                if self.batch.len() >= EVALUATOR_BATCH {
+                    self.flush();
+                }
             }
             None => self.running.push(Box::pin(work)),
         }

@@ -1,5 +1,5 @@
 //! The `emit` obligations of a decision that the pipeline carries out: derived events. (The
-//! `redact` obligation is applied with [`crate::policy::redact::redacted`].)
+//! `redact` obligation is applied with [`crate::policy::redact::redact_event`].)
 
 use serde_json::Value;
 
@@ -14,7 +14,7 @@ const OBLIGATION_ID_NAMESPACE: uuid::Uuid =
 /// The CloudEvent an `emit` obligation asks for; its id is stable across re-deliveries.
 pub(super) fn emitted_event(
     event: &CloudEvent,
-    emit: &EmitObligation,
+    emit: EmitObligation,
     index: usize,
     revision: &str,
 ) -> CloudEvent {
@@ -29,12 +29,12 @@ pub(super) fn emitted_event(
         specversion: crate::event::SPEC_VERSION.to_owned(),
         id: uuid::Uuid::new_v5(&OBLIGATION_ID_NAMESPACE, name.as_bytes()).to_string(),
         source: "/reflex/policy".to_owned(),
-        ty: emit.ty.clone(),
+        ty: emit.ty,
         subject: event.subject.clone(),
         time: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
         datacontenttype: Some("application/json".to_owned()),
         dataschema: None,
-        data: Some(emit.data.clone()),
+        data: Some(emit.data),
         extensions,
     }
 }
