@@ -7,7 +7,7 @@ REFLEX := target/release/reflex
 DUCKDB_VERSION := 1.4.4
 LAKE_PY_PACKAGES := duckdb==$(DUCKDB_VERSION) duckdb-ext-httpfs==$(DUCKDB_VERSION).20260205
 
-.PHONY: chaos bench bench-quick scale help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus jaeger policy-test bench-policy lake-tools bench-lake bench-analytics bench-ordering bench-trace
+.PHONY: chaos bench bench-latency bench-quick scale help up down status build check demo test test-unit lint fmt clean-stack pyenv opa prometheus jaeger policy-test bench-policy lake-tools bench-lake bench-analytics bench-ordering bench-trace
 
 help: ## Show the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -112,6 +112,11 @@ bench: up ## Criterion micro-benchmarks, the end-to-end load run (three interlea
 scale: up ## 1, 2 and 4 actions workers (processes) on a 12-partition topic, then a worker joining and one leaving under load, dynamic and static membership; nothing lost (target/bench/scale.md, ~8 min)
 	$(CARGO) build --release --locked --bin reflex --example bench_load
 	@python3 scripts/scale.py
+
+bench-latency: up ## Paced latency alone (produce → audit append; all records, first second, steady state), three repeats, alternating with BENCH_BASELINE if set (target/bench/latency.md); ~3 min
+	$(CARGO) build --release --locked --example bench_load
+	$(CARGO) build --release --locked
+	@python3 scripts/bench.py --only latency --events 50000 --paced-seconds 20
 
 bench-quick: up ## The load run small (30,000 events, three repeats, no criterion): the same report format, ~3 min; compare two runs with scripts/bench-compare.py
 	$(CARGO) build --release --locked --example bare_consumer --example bench_load --example mirror

@@ -3,7 +3,12 @@
 //! ```text
 //! bench_load paced BROKERS TOPIC PAYLOADS_JSONL RATE SECONDS
 //!     Produces the payload lines (JSON CloudEvents) round-robin at RATE events/s for SECONDS,
-//!     each with a fresh `id` and `time` = the moment it is handed to the producer (ms).
+//!     each with a fresh `id` and `time` = the moment it is handed to the producer (ms). The
+//!     producer sends without lingering and knows the topic's metadata before the first event,
+//!     so the latency measured is the worker's, not the load producer's start-up or batching.
+//! bench_load topic BROKERS TOPIC PARTITIONS [NAME=VALUE ...]
+//!     Creates TOPIC with PARTITIONS partitions and the given topic configs (e.g.
+//!     message.timestamp.type=LogAppendTime), unless it exists.
 //! bench_load keyed BROKERS TOPIC PAYLOADS_JSONL COUNT KEYS
 //!     Produces COUNT records as fast as the broker takes them: the payload lines round-robin,
 //!     each with a fresh `id`, keyed by one of KEYS keys (record n has key n mod KEYS, so KEYS = 1
@@ -136,7 +141,16 @@ fn paced(
     if events.is_empty() || rate <= 0.0 {
         bail!("no payloads, or a rate of zero");
     }
-    let producer = producer(brokers)?;
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "1")
+        .set("linger.ms", "0")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let started = Instant::now();
     let total = (rate * seconds) as u64;
     let mut sent = 0u64;
@@ -271,6 +285,40 @@ fn settled(
     println!(
         "{}",
         json!({"records": count, "format": format, "seconds": elapsed})
+    );
+    Ok(())
+}
+
+fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    configs: &[String],
+) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let mut spec = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for config in configs {
+        let (name, value) = config
+            .split_once('=')
+            .with_context(|| format!("topic config {config:?} is not NAME=VALUE"))?;
+        spec = spec.set(name, value);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = runtime.block_on(admin.create_topics([&spec], &AdminOptions::new()))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    println!(
+        "{}",
+        json!({"topic": topic, "partitions": partitions, "configs": configs})
     );
     Ok(())
 }
@@ -452,6 +500,7 @@ fn main() -> anyhow::Result<()> {
         }
         "latency" if args.len() == 4 => latency(arg(1), arg(2), arg(3).parse()?),
         "audit" if args.len() == 4 => audit(arg(1), arg(2), arg(3).parse()?),
+        "topic" if args.len() >= 4 => create_topic(arg(1), arg(2), arg(3).parse()?, &args[4..]),
         "customers" if args.len() == 6 => {
             customers(arg(1), arg(2), arg(3), arg(4).parse()?, arg(5).parse()?)
         }

@@ -22,9 +22,14 @@ and each figure is reported as the median with its range; each ratio is taken wi
 and reported the same way. Busy time comes from each process's own summary (first record
 received to last one done: `reflex run --summary-json`), CPU seconds and peak RSS from
 /usr/bin/time (the whole process, start-up included). Then, once:
-  - paced latency: one actions worker on a fresh topic fed at half the actions role's median
-    events/s for --paced-seconds; latency = the audit record's Kafka timestamp (CreateTime, set
-    by the worker's producer) minus the event's `time` (set by the producer at send, ms);
+  - paced latency: one actions worker on fresh topics fed at half the actions role's median
+    events/s (or --rate) for --paced-seconds, from the moment the load producer sends an event
+    (its `time`, ms; the producer sends without lingering and knows the topic before the first)
+    to the broker appending its audit record (the audit topic stamps LogAppendTime; the
+    acknowledgement follows), or with --audit-time create to the worker handing the audit
+    record to its producer; over all records, the worker's first second and the steady state
+    (after 2 s), with a timeline of the first 3 s (--only latency runs just this, --repeats
+    times, alternating with --baseline, into target/bench/latency.{md,json});
   - CPU ratio: the actions role's CPU per event over the sum of its stages measured alone by
     criterion (decode + validate + policy stage + audit encode, from target/criterion, so
     `cargo bench` must have run) plus the bare consumer's CPU per event;
@@ -35,6 +40,7 @@ reports side by side. The machine's load average is recorded before and after ev
 
 usage: scripts/bench.py [--events N] [--repeats R] [--keys K] [--hot-events H] [--partitions P]
                         [--paced-seconds S] [--wire-events M] [--baseline REFLEX_BINARY]
+                        [--only latency] [--rate EVENTS_PER_S] [--audit-time append|create]
        (the local stack must be up: make up; make bench builds and runs everything)
 """
 import argparse
@@ -175,6 +181,14 @@ def actions_run(name, reflex, env, expected):
     return role_run(name, reflex, env, "actions", expected)
 
 
+def free_listen():
+    """A free 127.0.0.1 port for a worker's telemetry listener (others may run beside this one)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
 def role_env(base, run, name):
     """The environment for a role on topics and groups of its own."""
     return dict(base, REFLEX_TOPICS_EVENTS=f"{run}.{name}", REFLEX_TOPICS_AUDIT=f"{run}.{name}.audit",
@@ -182,40 +196,96 @@ def role_env(base, run, name):
                 REFLEX_ROLES_ACTIONS_GROUP_ID=f"{run}.{name}.actions")
 
 
-def paced_latency(reflex, load, env, run, payloads, rate, seconds):
-    """One actions worker fed at `rate` events/s for `seconds`; latency event time → audit."""
-    env = role_env(env, run, "paced")
-    env["REFLEX_LOG"] = "info"
+def percentiles(values):
+    """p50, p90, p99 and max of a list of latencies (ms), nearest rank; None when empty."""
+    if not values:
+        return {"n": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
+    v = sorted(values)
+    at = lambda p: v[min(len(v) - 1, round(p / 100 * (len(v) - 1)))]
+    return {"n": len(v), "p50_ms": at(50), "p90_ms": at(90), "p99_ms": at(99), "max_ms": v[-1]}
+
+
+# Events sent in the first this many milliseconds of a paced run are left out of the steady state.
+WARM_UP_MS = 2000
+
+
+def latency_figures(lines):
+    """Latency figures from `bench_load audit` lines (audit timestamp, partition, offset, event
+    time, worker): over all records, the first second, the steady state (after WARM_UP_MS), a
+    timeline of the first 3 s in 250 ms steps and the p99 of every second after."""
+    timed = []
+    for line in lines:
+        parts = line.split("\t")
+        if len(parts) >= 5 and parts[3] != "-" and int(parts[0]) >= 0:
+            timed.append((int(parts[3]), int(parts[0]) - int(parts[3]), int(parts[1]), int(parts[2])))
+    if not timed:
+        return {"measured": 0}
+    first = min(t for t, *_ in timed)
+    since = lambda lo, hi: [l for t, l, *_ in timed if lo <= t - first < hi]
+    steps = [dict(from_ms=lo, **percentiles(since(lo, lo + 250))) for lo in range(0, 3000, 250)]
+    last = max(t for t, *_ in timed) - first
+    seconds = [percentiles(since(s * 1000, (s + 1) * 1000))["p99_ms"] for s in range(last // 1000 + 1)]
+    worst = sorted(timed, key=lambda r: -r[1])[:10]
+    return {"measured": len(timed), "all": percentiles([l for _, l, *_ in timed]),
+            "first_second": percentiles(since(0, 1000)), "warm_up_ms": WARM_UP_MS,
+            "steady": percentiles(since(WARM_UP_MS, 1 << 62)), "timeline_250ms": steps,
+            "p99_per_second": seconds,
+            "worst": [{"at_ms": t - first, "latency_ms": l, "partition": p, "offset": o} for t, l, p, o in worst]}
+
+
+def paced_latency(reflex, load, env, run, payloads, rate, seconds, tag="paced", audit_time="append"):
+    """One actions worker (`reflex`) on fresh topics `{run}.{tag}*`, fed at `rate` events/s for
+    `seconds`; latency = event `time` (set by the load producer as it sends) to the audit record's
+    Kafka timestamp. With audit_time "append" the audit topic stamps records with the broker's
+    append time (LogAppendTime: the record is durable and acknowledged right after), so the
+    worker's producer batching counts; with "create", the worker's own time of sending it."""
+    env = role_env(env, run, tag)
+    # As in the drains, the inline actions' per-event log lines stay off; the worker's start-up
+    # (partitions assigned, policy warm-up) is logged.
+    env["REFLEX_LOG"] = "warn,reflex::role::actions=info,reflex::policy=info,reflex::telemetry=info"
+    env["REFLEX_TELEMETRY_LISTEN"] = free_listen()
+    if audit_time == "append":
+        subprocess.run([load, "topic", BROKERS, f"{run}.{tag}.audit", env["REFLEX_TOPICS_PARTITIONS"],
+                        "cleanup.policy=compact", "message.timestamp.type=LogAppendTime"],
+                       check=True, capture_output=True)
     subprocess.run([reflex, "topics"], env=env, check=True, capture_output=True)
-    log_path = OUT / "paced-worker.log"
+    log_path = OUT / f"{tag}-worker.log"
+    load_before = os.getloadavg()
     with open(log_path, "w") as log_file:
-        worker = subprocess.Popen([reflex, "run", "--role", "actions", "--worker-id", "bench-paced"],
+        started = time.monotonic()
+        worker = subprocess.Popen([reflex, "run", "--role", "actions", "--worker-id", f"bench-{tag}"],
                                   env=env, stdout=log_file, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
             while "partitions assigned" not in log_path.read_text():
                 if worker.poll() is not None or time.monotonic() > deadline:
                     sys.exit(f"the paced worker did not start; see {log_path}")
-                time.sleep(0.2)
-            log(f"paced: {rate} events/s for {seconds} s into {run}.paced")
-            out = subprocess.run([load, "paced", BROKERS, f"{run}.paced", str(payloads), str(rate), str(seconds)],
+                time.sleep(0.05)
+            ready_s = time.monotonic() - started
+            log(f"{tag}: worker ready in {ready_s:.2f} s; {rate} events/s for {seconds} s into {run}.{tag}")
+            out = subprocess.run([load, "paced", BROKERS, f"{run}.{tag}", str(payloads), str(rate), str(seconds)],
                                  capture_output=True, text=True)
             if out.returncode != 0:
                 sys.exit(f"paced load failed: {out.stderr[-2000:]}")
             sent = json.loads(out.stdout.strip().splitlines()[-1])
-            lat = subprocess.run([load, "latency", BROKERS, f"{run}.paced.audit", str(sent["records"])],
-                                 capture_output=True, text=True)
-            if lat.returncode != 0:
-                sys.exit(f"latency read failed: {lat.stderr[-2000:]}")
+            load_after = os.getloadavg()
+            audit = subprocess.run([load, "audit", BROKERS, f"{run}.{tag}.audit", str(sent["records"])],
+                                   capture_output=True, text=True)
+            if audit.returncode != 0:
+                sys.exit(f"audit read failed: {audit.stderr[-2000:]}")
         finally:
             worker.send_signal(signal.SIGTERM)
             try:
                 worker.wait(60)
             except subprocess.TimeoutExpired:
                 worker.kill()
-    figures = json.loads(lat.stdout.strip().splitlines()[-1])
+    lines = audit.stdout.strip().splitlines()
+    (OUT / f"{tag}-audit.tsv").write_text("\n".join(lines[:-1]) + "\n")
+    figures = latency_figures(lines[:-1])
     figures.update({"rate_target": rate, "rate_achieved": round(sent["events_per_second"]),
-                    "seconds": seconds, "sent": sent["records"]})
+                    "seconds": seconds, "sent": sent["records"], "audit_time": audit_time,
+                    "worker_ready_seconds": round(ready_s, 2),
+                    "load_before": round(load_before[0], 2), "load_after": round(load_after[0], 2)})
     return figures
 
 
@@ -324,6 +394,15 @@ def main():
                         help="groups held open at once for the analytics role's memory figure (0: skip)")
     parser.add_argument("--baseline", default=os.environ.get("BENCH_BASELINE"),
                         help="another reflex binary whose actions role is measured beside this build's")
+    parser.add_argument("--only", choices=["latency"],
+                        help="latency: only the paced latency, --repeats times, alternating with --baseline "
+                             "if given (target/bench/latency.{md,json})")
+    parser.add_argument("--rate", type=int, default=int(os.environ.get("BENCH_RATE", 0)),
+                        help="events/s for the paced latency (default: half the actions role's median; with "
+                             "--only latency, from one drain of --events events)")
+    parser.add_argument("--audit-time", choices=["append", "create"], default="append",
+                        help="paced latency up to the audit record's append on the broker (LogAppendTime, "
+                             "the default) or to the worker handing it to its producer (CreateTime)")
     args = parser.parse_args()
     started = time.monotonic()
     n, repeats = args.events, max(1, args.repeats)
@@ -344,6 +423,8 @@ def main():
                REFLEX_LAKE_STORE=str(OUT / f"{run}-lake"))
 
     payloads, lines = bench_payloads()
+    if args.only == "latency":
+        return latency_only(args, reflex, loader, env, run, payloads, topic, started)
     subprocess.run([reflex, "topics"], env=env, check=True, capture_output=True)
     log(f"loading {n} events over {args.keys} keys into {topic} ({args.partitions} partitions)")
     loaded = load_topic(loader, topic, payloads, n, args.keys)
@@ -473,12 +554,12 @@ def main():
         log(f"analytics at {g} open groups: peak RSS {am['peak_rss_mib']} MiB, {am['cpu_us_per_record']} CPU-µs per event")
     figures["analytics_checkpoint"] = {"ns_10k_groups": criterion_ns("analytics_checkpoint", "snapshot_10k_groups")}
 
-    rate = max(1, round(figures["summary"]["actions"]["events_per_second"]["median"] / 2))
+    rate = args.rate or max(1, round(figures["summary"]["actions"]["events_per_second"]["median"] / 2))
     if args.paced_seconds > 0:
-        log(f"paced latency: half the actions role's median, {rate} events/s, one worker, fresh topic")
-        figures["paced_latency"] = paced_latency(reflex, loader, env, run, payloads, rate, args.paced_seconds)
-        pl = figures["paced_latency"]
-        log(f"paced latency: p50 {pl['p50_ms']} ms, p99 {pl['p99_ms']} ms, max {pl['max_ms']} ms; steady state p99 {pl['steady_p99_ms']} ms")
+        log(f"paced latency: {rate} events/s, one worker, fresh topic")
+        figures["paced_latency"] = paced_latency(reflex, loader, env, run, payloads, rate, args.paced_seconds,
+                                                 audit_time=args.audit_time)
+        log_latency("paced latency", figures["paced_latency"])
     if args.wire_events > 0:
         log(f"Avro vs JSON through the actions role ({args.wire_events} payment.settled events each)")
         figures["avro_vs_json"] = wire_comparison(reflex, loader, env, run, args.wire_events, args.partitions)
@@ -522,6 +603,76 @@ def main():
     write_markdown(figures, args)
 
 
+def log_latency(label, pl):
+    a, f, st = pl.get("all") or {}, pl.get("first_second") or {}, pl.get("steady") or {}
+    log(f"{label}: all p50 {a.get('p50_ms')} / p99 {a.get('p99_ms')} / max {a.get('max_ms')} ms; first second "
+        f"p99 {f.get('p99_ms')} / max {f.get('max_ms')} ms; steady p99 {st.get('p99_ms')} ms "
+        f"(load {pl['load_before']:.1f} → {pl['load_after']:.1f})")
+
+
+def latency_basis(audit_time):
+    end = ("its audit record's append on the broker (LogAppendTime; acknowledged right after)"
+           if audit_time == "append" else "its audit record's CreateTime (the worker handing it to its producer)")
+    return f"From the event's `time` (set by the load producer as it sends, ms) to {end}."
+
+
+def latency_table(rows):
+    """Markdown rows: per run, all records, the first second and the steady state."""
+    num = lambda v: "n/a" if v is None else f"{v:.0f}"
+    md = ["| build | records | n | p50 ms | p90 ms | p99 ms | max ms | load before → after |",
+          "|---|---|---|---|---|---|---|---|"]
+    for label, pl in rows:
+        for key, what in (("all", "all"), ("first_second", "first second"),
+                          ("steady", f"after the first {pl.get('warm_up_ms', WARM_UP_MS)} ms")):
+            f = pl.get(key) or {}
+            md.append(f"| {label} | {what} | {f.get('n', 0)} | " + " | ".join(
+                num(f.get(k)) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms"))
+                + f" | {pl['load_before']:.1f} → {pl['load_after']:.1f} |")
+    return md
+
+
+def latency_only(args, reflex, loader, env, run, payloads, topic, started):
+    """`--only latency`: the paced latency alone, --repeats times, this build and --baseline
+    alternating (each run on topics of its own); writes target/bench/latency.{md,json}."""
+    rate = args.rate
+    if not rate:
+        subprocess.run([reflex, "topics"], env=env, check=True, capture_output=True)
+        log(f"loading {args.events} events into {topic} to find the actions role's rate")
+        load_topic(loader, topic, payloads, args.events, args.keys)
+        drained = actions_run("actions-rate", reflex, dict(env, REFLEX_TELEMETRY_LISTEN=free_listen()), args.events)
+        rate = max(1, round(drained["events_per_second"] / 2))
+        log(f"actions role: {drained['events_per_second']} events/s; paced at half, {rate} events/s")
+    builds = [("this build", reflex)] + ([("baseline", args.baseline)] if args.baseline else [])
+    runs = {label: [] for label, _ in builds}
+    for i in range(max(1, args.repeats)):
+        for j, (label, binary) in enumerate(builds):
+            tag = f"paced-{j}-{i}"
+            pl = paced_latency(binary, loader, env, run, payloads, rate, args.paced_seconds, tag, args.audit_time)
+            runs[label].append(pl)
+            log_latency(f"[{i + 1}/{args.repeats}] {label}", pl)
+    summary = {label: {part: {k: spread([(r.get(part) or {}).get(k) for r in rs])
+                              for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")}
+                       for part in ("all", "first_second", "steady")}
+               for label, rs in runs.items()}
+    figures = {"rate": rate, "seconds": args.paced_seconds, "repeats": args.repeats, "audit_time": args.audit_time,
+               "baseline": args.baseline, "machine": f"{os.cpu_count()} cores, broker on the same machine",
+               "runs": runs, "summary": summary, "run_seconds": round(time.monotonic() - started)}
+    (OUT / "latency.json").write_text(json.dumps(figures, indent=2))
+    md = ["# reflex paced latency", "",
+          f"{rate} events/s for {args.paced_seconds} s into a fresh topic, one actions worker per run, "
+          f"{len(builds)} build(s) alternating, {args.repeats} repeats; {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"{figures['machine']}.", "", latency_basis(args.audit_time), "", "## Median (lowest–highest) over the repeats", "",
+          "| build | records | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
+    for label, parts in summary.items():
+        for part, what in (("all", "all"), ("first_second", "first second"), ("steady", f"after {WARM_UP_MS} ms")):
+            md.append(f"| {label} | {what} | " + " | ".join(fmt(parts[part][k]) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")) + " |")
+    md += ["", "## Every run, in the order run", ""]
+    md += latency_table([(f"{label} #{i + 1}", pl) for i in range(max(1, args.repeats))
+                         for label, rs in runs.items() if i < len(rs) for pl in [rs[i]]])
+    (OUT / "latency.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
 def write_markdown(figures, args):
     n, repeats, s, r = figures["events"], figures["repeats"], figures["summary"], figures["ratios"]
     md = ["# reflex end-to-end load run", "",
@@ -556,15 +707,9 @@ def write_markdown(figures, args):
            for k, t in figures["targets"].items()]
     pl = figures.get("paced_latency")
     if pl:
-        md += ["", f"## Latency at a paced rate ({pl['rate_target']} events/s = half the actions role's median, "
-               f"achieved {pl['rate_achieved']}/s, {pl['seconds']} s, one worker, fresh topic)", "",
-               "From the event's `time` (set by the producer at send, ms) to its audit record's Kafka timestamp.", "",
-               "| records | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|",
-               "| all " + " | ".join([str(pl["measured"])] + ["n/a" if pl[k] is None else f"{pl[k]:.0f}"
-                                                               for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")]) + " |",
-               f"| steady state (after the first {pl['warm_up_ms']} ms) " + " | ".join(
-                   [str(pl["steady_measured"])] + ["n/a" if pl[k] is None else f"{pl[k]:.0f}"
-                                                   for k in ("steady_p50_ms", "steady_p90_ms", "steady_p99_ms", "steady_max_ms")]) + " |"]
+        md += ["", f"## Latency at a paced rate ({pl['rate_target']} events/s, achieved {pl['rate_achieved']}/s, "
+               f"{pl['seconds']} s, one worker, fresh topic)", "", latency_basis(pl["audit_time"]), "",
+               *latency_table([("this build", pl)])]
     am = figures.get("analytics_many_groups")
     if am:
         md += ["", f"Analytics role with {am['groups']} groups open at once (one event each, a one-day window): "

@@ -38,6 +38,10 @@ pub use read::{
 };
 pub use transaction::{Guarantee, Transaction, TransactionError, TransactionSettings};
 
+/// Longest a consumer's fetch request waits at the broker for records (librdkafka's default is
+/// 500); `[kafka.consumer] "fetch.wait.max.ms"` overrides it.
+pub const FETCH_WAIT_MAX_MS: &str = "100";
+
 /// Largest record reflex produces (dead letters carry the original record).
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 
@@ -120,7 +124,12 @@ pub fn consumer_config(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("fetch.message.max.bytes", MAX_MESSAGE_BYTES.to_string());
+        .set("fetch.message.max.bytes", MAX_MESSAGE_BYTES.to_string())
+        // A fetch request answers as soon as a record arrives, but partitions assigned while
+        // one is waiting on the others join only the next one: librdkafka's 500 ms left the
+        // first records after start-up and after a rebalance waiting that long. An idle
+        // consumer sends a few more empty fetches a second instead.
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
     let mut config = with_properties(config, kafka);
     for (key, value) in &kafka.consumer {
         config.set(key, value);

@@ -770,6 +770,26 @@ impl Evaluator {
         }
     }
 
+    /// Evaluates the entry rule on `input` with every engine this evaluator may decide with (the
+    /// VM, and the interpreter that serves cross-checks, wire-format records and redaction),
+    /// so that what the engines set up on their first evaluation is done before the first
+    /// record. The answer is thrown away: nothing is counted, sampled or logged, and a failure
+    /// (likely on a made-up input) is no decision. Returns how many engines evaluated.
+    pub fn warm(&mut self, input: regorus::Value) -> usize {
+        let mut engines = 0;
+        if let Some(machine) = self.machine.as_mut() {
+            let _ = machine.eval(input.clone());
+            engines += 1;
+        }
+        if let Some(engine) = self.engine.as_mut() {
+            engine.set_input(input);
+            let _ = engine.eval_rule(self.entry.clone());
+            engines += 1;
+        }
+        self.last_input = None;
+        engines
+    }
+
     /// Evaluates another rule (e.g. `data.reflex.business.deny`) on the last input.
     pub fn eval_rule(&mut self, rule: &str) -> Option<Value> {
         let engine = self.engine.as_mut()?;

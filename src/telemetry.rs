@@ -224,6 +224,8 @@ pub struct Metrics {
     /// What the analytics role counted, by analysis.
     analytics: Mutex<analytics::AnalyticsCounts>,
     policy: Mutex<Option<(String, PolicyEngine)>>,
+    /// The last policy warm-up: revision, event types decided, seconds.
+    policy_warm_up: Mutex<Option<(String, usize, f64)>>,
     /// Assigned partitions by topic, so the hot path finds one without allocating.
     partitions: Mutex<BTreeMap<String, BTreeMap<i32, PartitionState>>>,
     started: Instant,
@@ -273,6 +275,7 @@ impl Metrics {
             lake_buffered: AtomicU64::new(0),
             analytics: Mutex::default(),
             policy: Mutex::new(None),
+            policy_warm_up: Mutex::new(None),
             partitions: Mutex::default(),
             started: Instant::now(),
             progress_ms: AtomicU64::new(0),
@@ -757,6 +760,38 @@ impl PolicyActive<'_> {
     /// Sets the policy info metric (and `/readyz`'s policy check).
     pub fn emit(self, metrics: &Metrics) {
         *lock(&metrics.policy) = Some((self.revision.to_owned(), self.engine));
+    }
+}
+
+/// A policy set's evaluators decided every event type once before deciding a record.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyWarmed<'a> {
+    /// The set's revision.
+    pub revision: &'a str,
+    /// Event types decided by each evaluator.
+    pub types: usize,
+    /// Evaluators warmed.
+    pub evaluators: usize,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+impl PolicyWarmed<'_> {
+    /// Logs the warm-up and sets `reflex_policy_warm_up_seconds` and
+    /// `reflex_policy_warmed_types` for the revision.
+    pub fn emit(self, metrics: &Metrics) {
+        tracing::info!(
+            revision = %self.revision,
+            types = self.types,
+            evaluators = self.evaluators,
+            elapsed = ?self.elapsed,
+            "policy engines warmed: each event type decided once before the first record"
+        );
+        *lock(&metrics.policy_warm_up) = Some((
+            self.revision.to_owned(),
+            self.types,
+            self.elapsed.as_secs_f64(),
+        ));
     }
 }
 

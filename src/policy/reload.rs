@@ -292,6 +292,15 @@ impl PolicyWatch {
         self.rx.borrow_and_update().evaluator()
     }
 
+    /// Waits until a set this watch has not seen is loaded (marking it seen; [`Self::current`]
+    /// is then that set). Never returns for a set that is not reloaded. Cancel-safe.
+    pub async fn updated(&mut self) {
+        if self.rx.changed().await.is_err() {
+            // No watcher: nothing new will ever come.
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// An evaluator for a set loaded since the last call, if there is one.
     pub fn changed(&mut self) -> Option<Evaluator> {
         if self.rx.has_changed().unwrap_or(false) {

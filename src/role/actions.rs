@@ -42,6 +42,7 @@ mod rebalance;
 mod scheduler;
 mod traced;
 mod waiting;
+mod warm;
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -222,15 +223,6 @@ pub async fn run(
             brokers: config.kafka.brokers.clone(),
             source,
         })?;
-    let mut subscribed = config.topics.events.clone();
-    subscribed.push(config.topics.retry.clone());
-    let topics: Vec<&str> = subscribed.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|source| WorkerError::Subscribe {
-            topics: subscribed.clone(),
-            source,
-        })?;
     let producer = kafka::producer(&config.kafka, Arc::clone(&outage))?;
     check_retry_partitions(&producer, config)?;
     let transaction = if exactly_once {
@@ -257,6 +249,24 @@ pub async fn run(
     } else {
         None
     };
+    // The producer that writes the outputs: the transactional one in exactly-once mode.
+    let writing = transaction
+        .as_ref()
+        .map_or_else(|| producer.clone(), |t| t.producer().clone());
+    let mut written = vec![
+        config.topics.audit.clone(),
+        config.topics.dlq.clone(),
+        config.topics.retry.clone(),
+    ];
+    written.extend(config.emit_topics());
+    let warmed =
+        tokio::task::block_in_place(|| warm::producer(&writing, &written, kafka::CONNECT_TIMEOUT));
+    tracing::info!(
+        topics = ?warmed.known,
+        unknown = ?warmed.unknown,
+        elapsed = ?warmed.elapsed,
+        "producer warmed: metadata of the topics written fetched before the first record"
+    );
     if config.telemetry.listen.is_some() {
         metrics::lag::spawn(
             &config.kafka,
@@ -265,12 +275,8 @@ pub async fn run(
             config.telemetry.lag_interval,
             telemetry_stop.clone(),
         )?;
-        // The producer that writes the outputs: the transactional one in exactly-once mode.
-        let writing = transaction
-            .as_ref()
-            .map_or_else(|| producer.clone(), |t| t.producer().clone());
         metrics::producer::spawn(
-            writing,
+            writing.clone(),
             config.topics.audit.clone(),
             Arc::clone(&metrics),
             config.telemetry.lag_interval,
@@ -300,6 +306,22 @@ pub async fn run(
     let mut evaluators = vec![policy.evaluator()];
     let set = policy.current();
     evaluators.extend((1..role.deciders).map(|_| set.evaluator()));
+    let types: Arc<[String]> = config.actions.iter().map(|(t, _)| t.to_owned()).collect();
+    let warm_topic = config.topics.events.first().cloned().unwrap_or_default();
+    let warmed = tokio::task::block_in_place(|| {
+        warm::policy(
+            &mut evaluators,
+            types.iter().map(String::as_str),
+            &warm_topic,
+        )
+    });
+    metrics::PolicyWarmed {
+        revision: set.revision(),
+        types: warmed.types,
+        evaluators: warmed.evaluators,
+        elapsed: warmed.elapsed,
+    }
+    .emit(&metrics);
     metrics::PolicyActive {
         revision: set.revision(),
         engine: set.engine(),
@@ -327,6 +349,16 @@ pub async fn run(
             publishers: config.publishers.clone(),
         },
     ));
+    // Subscribed last: the first record finds the engines and the producer warm.
+    let mut subscribed = config.topics.events.clone();
+    subscribed.push(config.topics.retry.clone());
+    let topics: Vec<&str> = subscribed.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|source| WorkerError::Subscribe {
+            topics: subscribed.clone(),
+            source,
+        })?;
     tracing::info!(
         group = %role.group_id,
         topics = ?subscribed,
@@ -362,6 +394,7 @@ pub async fn run(
         Arc::clone(&metrics),
     );
     let mut summary = Summary::default();
+    let mut warming: Option<tokio::task::JoinHandle<warm::Reloaded>> = None;
     let mut first_received: Option<Instant> = None;
     let mut idle_since = Instant::now();
     let mut result = Ok(());
@@ -479,6 +512,37 @@ pub async fn run(
                     break;
                 }
             }
+            // A reloaded set is warmed on a blocking thread while the running one decides; it
+            // decides from the first record taken after it is warm.
+            () = policy.updated(), if warming.is_none() => {
+                let (set, types, topic) = (policy.current(), Arc::clone(&types), warm_topic.clone());
+                let deciders = role.deciders;
+                warming = Some(tokio::task::spawn_blocking(move || warm::reloaded(set, deciders, &types, &topic)));
+            }
+            Some(reloaded) = OptionFuture::from(warming.as_mut()), if warming.is_some() => {
+                warming = None;
+                let warm::Reloaded { set, evaluators, warmed } = reloaded.unwrap_or_else(|e| {
+                    // The warm-up panicked: the set decides unwarmed rather than not at all.
+                    tracing::warn!(error = %e, "policy warm-up stopped unexpectedly; the reloaded set decides without it");
+                    warm::Reloaded { set: policy.current(), evaluators: Vec::new(), warmed: warm::PolicyWarmed::default() }
+                });
+                let mut evaluators = evaluators.into_iter();
+                processor.set_evaluators(|| evaluators.next().unwrap_or_else(|| set.evaluator()));
+                if warmed.evaluators > 0 {
+                    metrics::PolicyWarmed {
+                        revision: set.revision(),
+                        types: warmed.types,
+                        evaluators: warmed.evaluators,
+                        elapsed: warmed.elapsed,
+                    }
+                    .emit(&metrics);
+                }
+                metrics::PolicyActive {
+                    revision: set.revision(),
+                    engine: set.engine(),
+                }
+                .emit(&metrics);
+            }
             _ = commit_check.tick(), if scheduler.transactional() => {
                 if scheduler.commit_due() {
                     scheduler.start_commit(&consumer);
@@ -524,15 +588,6 @@ pub async fn run(
                             stop = true;
                             break;
                         }
-                    }
-                    if policy.changed().is_some() {
-                        let set = policy.current();
-                        processor.set_evaluators(|| set.evaluator());
-                        metrics::PolicyActive {
-                            revision: set.revision(),
-                            engine: set.engine(),
-                        }
-                        .emit(&metrics);
                     }
                     let message = message.detach();
                     if let Err(e) = rebalanced(&mut scheduler) {

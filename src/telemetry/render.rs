@@ -148,6 +148,32 @@ pub fn render(metrics: &Metrics) -> String {
             1,
         );
     }
+    if let Some((revision, types, seconds)) = lock(&metrics.policy_warm_up).as_ref() {
+        family(
+            &mut out,
+            "reflex_policy_warm_up_seconds",
+            "gauge",
+            "How long the policy set's evaluators took to decide every event type once before its first record.",
+        );
+        sample(
+            &mut out,
+            "reflex_policy_warm_up_seconds",
+            &[("revision", revision)],
+            *seconds,
+        );
+        family(
+            &mut out,
+            "reflex_policy_warmed_types",
+            "gauge",
+            "Event types each evaluator decided once before the policy set's first record.",
+        );
+        sample(
+            &mut out,
+            "reflex_policy_warmed_types",
+            &[("revision", revision)],
+            *types,
+        );
+    }
     let mut last = "";
     for counter in policy_telemetry::snapshot() {
         if counter.name != last {

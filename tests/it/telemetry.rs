@@ -1085,3 +1085,126 @@ async fn the_token_guards_everything_but_the_probes() {
     assert!(dom.contains("a token is required"), "{dom}");
     stop_worker(stop, task).await;
 }
+
+/// The `/metrics` sample `series`, once the worker serves it.
+async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    wait_for(series, Duration::from_secs(60), || async {
+        let (_, metrics) = get(addr, "/metrics").await?;
+        sample(&metrics, series)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_policy_set_is_warmed_before_it_decides_and_the_first_record_of_each_type_is_decided_as_the_policy_says(
+) {
+    let policies = copy_policies();
+    let env = TestEnv::new(1);
+    env.use_policies(policies.path(), Duration::from_millis(100));
+    let addr = free_addr();
+    listen_on(&env, addr);
+    env.create_topics().await;
+    let config = env.config();
+    let first = config.policy.revision().to_owned();
+    let types = config.actions.iter().count();
+
+    let (stop, task) = start_worker(&env);
+    // The worker reports the warm-up of the set it starts with: every type with an action.
+    let warmed = metric(
+        addr,
+        &format!("reflex_policy_warmed_types{{revision=\"{first}\"}}"),
+    )
+    .await;
+    assert_eq!(warmed, types as f64);
+    assert!(
+        metric(
+            addr,
+            &format!("reflex_policy_warm_up_seconds{{revision=\"{first}\"}}")
+        )
+        .await
+            >= 0.0
+    );
+
+    // The first record of each type is decided as the policy says, not as a warm-up input was.
+    let records = vec![
+        Rec::json("first-order", &order("first-order", "/shop/web", 99.5)),
+        Rec::json("first-refund", &refund("first-refund", 300.0)),
+        Rec::json(
+            "first-intruder",
+            &order("first-intruder", "/shop/intruder", 5.0),
+        ),
+    ];
+    produce(&env.events, &records).await;
+    let audits = wait_for_audits(&env.audit, records.len()).await;
+    let decided = |id: &str| {
+        let audit = &audits[id][0];
+        assert!(
+            audit["decision"].get("failure").is_none(),
+            "{id} decided without failing closed: {audit}"
+        );
+        (
+            audit["outcome"].as_str().unwrap_or_default().to_owned(),
+            audit["decision"]["reasons"].clone(),
+            audit["policy_revision"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    assert_eq!(
+        decided("first-order"),
+        ("actioned".to_owned(), json!([]), first.clone())
+    );
+    assert_eq!(
+        decided("first-refund"),
+        ("actioned".to_owned(), json!([]), first.clone())
+    );
+    assert_eq!(
+        decided("first-intruder"),
+        (
+            "denied".to_owned(),
+            json!(["source is not allowed to publish this event type"]),
+            first.clone()
+        )
+    );
+
+    // A reloaded set is warmed too before it decides, and then decides by its own rules.
+    let limits = policies.path().join("data/limits.json");
+    let mut data: Value =
+        serde_json::from_str(&std::fs::read_to_string(&limits).expect("read limits"))
+            .expect("limits are JSON");
+    data["limits"]["refund_auto_approve"]["EUR"] = json!(100);
+    std::fs::write(&limits, data.to_string()).expect("write limits");
+    let second = reflex::policy::files::revision(policies.path()).expect("revision");
+    assert_ne!(first, second);
+    let warmed = metric(
+        addr,
+        &format!("reflex_policy_warmed_types{{revision=\"{second}\"}}"),
+    )
+    .await;
+    assert_eq!(warmed, types as f64);
+    // The reloaded set takes over between two records once it is warm.
+    wait_for(
+        "the reloaded set to decide",
+        Duration::from_secs(60),
+        || async {
+            let (_, metrics) = get(addr, "/metrics").await?;
+            metrics
+                .contains(&format!("reflex_policy_info{{revision=\"{second}\""))
+                .then_some(())
+        },
+    )
+    .await;
+    let after = [Rec::json("later-refund", &refund("later-refund", 300.0))];
+    produce(&env.events, &after).await;
+    let audits = wait_for_audits(&env.audit, records.len() + 1).await;
+    let audit = &audits["later-refund"][0];
+    assert_eq!(audit["outcome"], "denied", "{audit}");
+    assert_eq!(
+        audit["decision"]["reasons"],
+        json!(["refund above the automatic approval limit"]),
+        "{audit}"
+    );
+    assert_eq!(audit["policy_revision"], second.as_str(), "{audit}");
+    stop_worker(stop, task).await;
+}
