@@ -104,6 +104,10 @@ struct Pending {
 struct Group {
     values: Vec<Value>,
     touched: u64,
+    /// The sequence number this group is listed under in `State::recency` (at most
+    /// `touched`: a touch does not move it, eviction does).
+    #[serde(skip)]
+    listed: u64,
     windows: BTreeMap<i64, Win>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     baseline: Option<Baseline>,
@@ -125,7 +129,8 @@ pub struct State {
     /// Timers: (end, group, start). Rebuilt on restore.
     #[serde(skip)]
     timers: BTreeSet<(i64, String, i64)>,
-    /// Groups by last use. Rebuilt on restore.
+    /// Every group once, under its `listed` sequence number, so the first entry whose number
+    /// is still the group's `touched` one is the least recently used group. Rebuilt on restore.
     #[serde(skip)]
     recency: BTreeMap<u64, String>,
 }
@@ -154,7 +159,8 @@ impl State {
     fn rebuild(&mut self) {
         self.timers.clear();
         self.recency.clear();
-        for (key, group) in &self.groups {
+        for (key, group) in &mut self.groups {
+            group.listed = group.touched;
             self.recency.insert(group.touched, key.clone());
             for (start, win) in &group.windows {
                 self.timers.insert((win.end, key.clone(), *start));
@@ -170,22 +176,26 @@ impl State {
     fn touch(&mut self, key: &str, values: impl FnOnce() -> Vec<Value>) -> bool {
         self.seq += 1;
         let seq = self.seq;
-        let created = !self.groups.contains_key(key);
-        let group = self.groups.entry(key.to_owned()).or_insert_with(|| Group {
-            values: values(),
-            ..Group::default()
-        });
-        if !created {
-            self.recency.remove(&group.touched);
+        if let Some(group) = self.groups.get_mut(key) {
+            group.touched = seq;
+            return false;
         }
-        group.touched = seq;
+        self.groups.insert(
+            key.to_owned(),
+            Group {
+                values: values(),
+                touched: seq,
+                listed: seq,
+                ..Group::default()
+            },
+        );
         self.recency.insert(seq, key.to_owned());
-        created
+        true
     }
 
     fn remove_group(&mut self, key: &str) {
         if let Some(group) = self.groups.remove(key) {
-            self.recency.remove(&group.touched);
+            self.recency.remove(&group.listed);
             for (start, win) in &group.windows {
                 self.timers.remove(&(win.end, key.to_owned(), *start));
             }
@@ -199,13 +209,27 @@ impl State {
 
     /// Evicts the least recently used groups above `max`, except `keep`.
     fn bound(&mut self, max: usize, keep: &str) {
+        let mut kept = None;
         while self.groups.len() > max {
-            let Some((_, key)) = self.recency.iter().find(|(_, k)| k.as_str() != keep) else {
+            let Some((listed, key)) = self.recency.pop_first() else {
                 break;
             };
-            let key = key.clone();
-            self.remove_group(&key);
-            self.evicted += 1;
+            let Some(group) = self.groups.get_mut(&key) else {
+                continue;
+            };
+            if group.touched != listed {
+                // Used since it was listed: list it again where it belongs now.
+                group.listed = group.touched;
+                self.recency.insert(group.touched, key);
+            } else if key == keep {
+                kept = Some((listed, key));
+            } else {
+                self.remove_group(&key);
+                self.evicted += 1;
+            }
+        }
+        if let Some((listed, key)) = kept {
+            self.recency.insert(listed, key);
         }
     }
 
@@ -468,7 +492,7 @@ fn add(
                 first_id: None,
                 accs: aggregates.iter().map(|(_, a)| Acc::new(a)).collect(),
             };
-            let mut touched: Vec<i64> = Vec::new();
+            let mut touched: Vec<(i64, bool)> = Vec::new();
             if let Window::Session(_) = window {
                 let (mut start, mut end) = windows[0];
                 // Sessions of a group never overlap: merge every one the new one touches.
@@ -495,17 +519,20 @@ fn add(
                 }
                 merged.end = end;
                 group.windows.insert(start, merged);
-                touched.push(start);
+                touched.push((start, true));
             } else {
                 for (start, end) in windows {
                     if closed(end) {
                         continue;
                     }
-                    group.windows.entry(start).or_insert_with(|| new_win(end));
-                    touched.push(start);
+                    let created = !group.windows.contains_key(&start);
+                    if created {
+                        group.windows.insert(start, new_win(end));
+                    }
+                    touched.push((start, created));
                 }
             }
-            for start in touched {
+            for (start, created) in touched {
                 if let Some(win) = group.windows.get_mut(&start) {
                     win.events += 1;
                     if win.first_id.is_none() {
@@ -514,7 +541,10 @@ fn add(
                     for (acc, (_, aggregate)) in win.accs.iter_mut().zip(aggregates) {
                         acc.add(aggregate, obs.event);
                     }
-                    state.timers.insert((win.end, key.clone(), start));
+                    // A window's timer is set when the window is made (every window has one).
+                    if created {
+                        state.timers.insert((win.end, key.clone(), start));
+                    }
                 }
             }
             state.bound(max_groups, &key);

@@ -267,6 +267,41 @@ fn the_group_bound_evicts_the_least_recently_used_and_counts_it() {
     feed(&mut engine, &events, "t");
     assert_eq!(engine.state(0).groups(), 2);
     assert_eq!(engine.state(0).evicted, 1);
+    let held: Vec<&str> = engine.state(0).groups.keys().map(String::as_str).collect();
+    assert_eq!(held, ["o1", "o3"], "o2 was used least recently");
+}
+
+#[test]
+fn the_group_bound_follows_every_use_not_the_first() {
+    // Groups used again and again, in an order that differs from the one they came in: each
+    // eviction takes the group whose latest use is the oldest.
+    let mut engine = Engine::new(analyses(REFUNDS), 3);
+    let orders = [
+        "o1", "o2", "o3", "o1", "o1", "o2", "o4", "o1", "o5", "o2", "o6",
+    ];
+    let events: Vec<(CloudEvent, i64)> = orders
+        .iter()
+        .enumerate()
+        .map(|(i, order)| {
+            ev(
+                &format!("e{i}"),
+                "refund",
+                i as i64 + 1,
+                json!({"order": order}),
+            )
+        })
+        .collect();
+    feed(&mut engine, &events, "t");
+    // o3 goes for o4, o2 (used before o1's latest use) for o5, o4 for o2, o1 for o6.
+    let held: Vec<&str> = engine.state(0).groups.keys().map(String::as_str).collect();
+    assert_eq!(held, ["o2", "o5", "o6"]);
+    assert_eq!(engine.state(0).evicted, 4);
+    assert_eq!(
+        engine.state(0).recency.len(),
+        3,
+        "every group listed once: {:?}",
+        engine.state(0).recency
+    );
 }
 
 #[test]

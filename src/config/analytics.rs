@@ -38,6 +38,9 @@ pub struct RawAnalytics {
     pub checkpoint_interval: Duration,
     /// Also send late events to the dead-letter topic with reason `late`.
     pub dead_letter_late: bool,
+    /// Delete the repartition topics' records below the committed offsets after each
+    /// checkpoint.
+    pub purge_repartition: bool,
 }
 
 impl Default for RawAnalytics {
@@ -51,6 +54,7 @@ impl Default for RawAnalytics {
             idle_timeout: Duration::from_secs(30),
             checkpoint_interval: Duration::from_secs(5),
             dead_letter_late: false,
+            purge_repartition: true,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct AnalyticsConfig {
     pub checkpoint_interval: Duration,
     /// Late events also go to the dead-letter topic.
     pub dead_letter_late: bool,
+    /// Repartition records below the committed offsets are deleted after each checkpoint.
+    pub purge_repartition: bool,
     /// Problems that do not stop reflex (`reflex check` lists them).
     pub warnings: Vec<String>,
 }
@@ -138,6 +144,7 @@ impl AnalyticsConfig {
             idle_timeout: raw.idle_timeout,
             checkpoint_interval: raw.checkpoint_interval,
             dead_letter_late: raw.dead_letter_late,
+            purge_repartition: raw.purge_repartition,
             warnings,
         })
     }

@@ -262,6 +262,7 @@ pub async fn run(
     // Analyses not keyed by their group run from their repartition topics, read in the same
     // group: partition p of each goes with partition p of the inputs.
     let routes = repartition::ensure(config, &inputs).await?;
+    let purger = repartition::Purger::new(config, &routes)?;
     let subscribed: Vec<String> = inputs
         .iter()
         .map(String::as_str)
@@ -320,18 +321,28 @@ pub async fn run(
         worker_id: options.worker_id,
         findings: Vec::new(),
         routes,
+        now: Instant::now(),
+        purger,
     };
     let mut timer = tokio::time::interval(Duration::from_millis(250));
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_checkpoint = Instant::now();
     let mut idle_since = Instant::now();
+    // Records handled as of the last tick: the clock is read per tick, not per record.
+    let mut records_at_tick = 0;
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             _ = timer.tick() => {
+                worker.now = Instant::now();
+                if worker.summary.records != records_at_tick {
+                    records_at_tick = worker.summary.records;
+                    idle_since = worker.now;
+                }
                 metrics.progress();
                 worker.forget_revoked(&consumer);
+                worker.report_groups();
                 worker.adopt_assigned(&consumer).await?;
                 worker.release_idle().await?;
                 if last_checkpoint.elapsed() >= settings.checkpoint_interval {
@@ -367,7 +378,6 @@ pub async fn run(
                     }
                 };
                 outage.flowing();
-                idle_since = Instant::now();
                 metrics::RecordConsumed {
                     topic: message.topic(),
                     partition: message.partition(),

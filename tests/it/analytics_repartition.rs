@@ -1,7 +1,8 @@
 //! The analytics role re-keys through repartition topics on the real broker: orders keyed at
 //! random, counted per customer by two workers, equal a recomputation, and each customer is
 //! reported by one worker only; an analysis of the audit topic counts the actions role's real
-//! denials per event type and hour.
+//! denials per event type and hour. Records of a repartition topic below the committed
+//! offsets are deleted after each checkpoint.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -126,6 +127,10 @@ async fn analytics_two_workers_count_randomly_keyed_orders_per_customer_through_
 ) {
     let env = TestEnv::new(2);
     let (findings, _analyses) = add_analyses(&env, PER_CUSTOMER);
+    // Every forwarded record is read back below: none is purged.
+    let mut config = std::fs::read_to_string(&env.config_path).expect("read config");
+    config.push_str("purge_repartition = false\n");
+    std::fs::write(&env.config_path, config).expect("write config");
     env.create_topics().await;
     let group = format!("{}.analytics", env.group);
     let repartition = format!("{group}-orders_per_customer-repartition");
@@ -239,6 +244,67 @@ async fn analytics_killed_mid_stream_counts_each_order_once_though_it_is_forward
         want,
         "per customer and hour, each order counted once"
     );
+    // The checkpoints deleted the forwarded records below the offsets they committed, and no
+    // further: each partition starts where the group resumes.
+    let group = format!("{}.analytics", env.group);
+    let mut purged = 0;
+    for (p, (low, high)) in watermarks(&repartition).into_iter().enumerate() {
+        let resume = committed(&group, &repartition, p as i32).unwrap_or(0);
+        assert_eq!(
+            low, resume,
+            "{repartition}/{p}: first record kept {low}, committed {resume} (of {high} written)"
+        );
+        purged += low;
+    }
+    assert!(
+        purged > 0,
+        "nothing of {repartition} was purged after the checkpoints"
+    );
+}
+
+/// The low and high watermarks of each partition of `topic`.
+fn watermarks(topic: &str) -> Vec<(i64, i64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    partitions.sort_unstable();
+    partitions
+        .into_iter()
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+        })
+        .collect()
+}
+
+/// The offset `group` committed on `topic`/`partition`, if any.
+fn committed(group: &str, topic: &str, partition: i32) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed.elements().first().and_then(|e| match e.offset() {
+        rdkafka::Offset::Offset(o) => Some(o),
+        _ => None,
+    })
 }
 
 const DENIALS: &str = r#"

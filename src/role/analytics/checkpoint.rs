@@ -404,9 +404,16 @@ impl Worker<'_> {
                 })?;
         }
         if offsets.count() > 0 {
-            if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+            match consumer.commit(&offsets, CommitMode::Sync) {
+                Ok(()) => {
+                    if let Some(purger) = &mut self.purger {
+                        purger.purge(&offsets).await;
+                    }
+                }
                 // The states are written: a later commit, or the replay, covers it.
-                tracing::warn!(error = %e, "commit after checkpoint failed; the input since the previous commit will be read again");
+                Err(e) => {
+                    tracing::warn!(error = %e, "commit after checkpoint failed; the input since the previous commit will be read again")
+                }
             }
         }
         self.summary.checkpoints += 1;

@@ -17,6 +17,11 @@
 //! acknowledged, so after a crash records are forwarded again; a forwarder writes each input
 //! partition's records in order (an idempotent producer), so a copy is recognised by an
 //! original offset at or below the newest already counted and never counted twice.
+//!
+//! After each checkpoint the records below the offsets it committed are deleted
+//! (`purge_repartition`, as Kafka Streams purges its repartition topics): the states written
+//! reflect them and a restarted worker resumes at the committed offsets, so nothing reads them
+//! again and the topics hold only what is still to be analysed.
 
 use std::time::Duration;
 
@@ -24,6 +29,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::AnalyticsError;
 use crate::analytics::Analysis;
@@ -130,6 +136,71 @@ pub async fn ensure(config: &Config, inputs: &[String]) -> Result<Routes, Analyt
     })
 }
 
+/// Deletes the repartition topics' records below the offsets a checkpoint committed.
+pub struct Purger {
+    admin: AdminClient<DefaultClientContext>,
+    topics: Vec<String>,
+    /// Whether the last purge failed (warned once, until one succeeds).
+    failing: bool,
+}
+
+impl Purger {
+    /// A purger when `purge_repartition` is on and some analysis repartitions.
+    pub fn new(config: &Config, routes: &Routes) -> Result<Option<Self>, KafkaSetupError> {
+        let topics: Vec<String> = routes.repartition_topics().map(str::to_owned).collect();
+        if !config.analytics.purge_repartition || topics.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            admin: admin(config)?,
+            topics,
+            failing: false,
+        }))
+    }
+
+    /// Deletes the records below `committed`'s offsets on the repartition topics; a failure
+    /// is a warning (the broker's retention then applies), never an error of the worker.
+    pub async fn purge(&mut self, committed: &TopicPartitionList) {
+        let mut below = TopicPartitionList::new();
+        for e in committed.elements() {
+            if let (true, Offset::Offset(offset)) =
+                (self.topics.iter().any(|t| t == e.topic()), e.offset())
+            {
+                if offset > 0 {
+                    let _ = below.add_partition_offset(
+                        e.topic(),
+                        e.partition(),
+                        Offset::Offset(offset),
+                    );
+                }
+            }
+        }
+        if below.count() == 0 {
+            return;
+        }
+        let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        let failed = match self.admin.delete_records(&below, &options).await {
+            Ok(result) => result.elements().iter().find_map(|e| {
+                e.error()
+                    .err()
+                    .map(|err| format!("{}/{}: {err}", e.topic(), e.partition()))
+            }),
+            Err(e) => Some(e.to_string()),
+        };
+        match failed {
+            Some(error) if !self.failing => {
+                self.failing = true;
+                tracing::warn!(%error, "repartition records below the committed offsets not deleted (grant DeleteRecords on the repartition topics, or set analytics.purge_repartition = false); the broker's retention applies");
+            }
+            Some(error) => tracing::debug!(%error, "repartition purge failed again"),
+            None => {
+                self.failing = false;
+                tracing::debug!(partitions = below.count(), "repartition records purged");
+            }
+        }
+    }
+}
+
 /// The partition count of each of `topics` (`None`: it does not exist); an error names the
 /// topic asked about.
 fn partition_counts(
@@ -154,18 +225,21 @@ fn partition_counts(
     Ok(counts)
 }
 
+fn admin(config: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaSetupError> {
+    kafka::with_properties(kafka::base_config(&config.kafka), &config.kafka)
+        .create()
+        .map_err(|source| KafkaSetupError::Client {
+            what: "admin client",
+            brokers: config.kafka.brokers.clone(),
+            source,
+        })
+}
+
 async fn create(config: &Config, topics: &[String], partitions: i32) -> Result<(), AnalyticsError> {
     if topics.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> =
-        kafka::with_properties(kafka::base_config(&config.kafka), &config.kafka)
-            .create()
-            .map_err(|source| KafkaSetupError::Client {
-                what: "admin client",
-                brokers: config.kafka.brokers.clone(),
-                source,
-            })?;
+    let admin = admin(config)?;
     let specs: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {

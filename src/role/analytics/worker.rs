@@ -57,6 +57,12 @@ pub(super) struct Worker<'a> {
     pub(super) worker_id: String,
     pub(super) findings: Vec<Finding>,
     pub(super) routes: Routes,
+    /// The loop's clock, read once per tick: when an input last had a record, for idle
+    /// release, is known to a tick.
+    pub(super) now: Instant,
+    /// Deletes consumed repartition records after each checkpoint (none: off, or no
+    /// analysis repartitions).
+    pub(super) purger: Option<repartition::Purger>,
 }
 
 impl Worker<'_> {
@@ -69,6 +75,9 @@ impl Worker<'_> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
+        if revoked.is_empty() {
+            return;
+        }
         for p in revoked {
             if self.tasks.remove(&p).is_some() {
                 tracing::debug!(partition = p, "task dropped");
@@ -153,9 +162,9 @@ impl Worker<'_> {
             .map(|t| t.timestamp_millis())
             .or(message.timestamp().to_millis())
             .unwrap_or_default();
-        let origin = Origin::of(&input);
         let mut findings = std::mem::take(&mut self.findings);
         let mut late = 0;
+        let now = self.now;
         {
             self.task(p).await?;
             let routes = &self.routes.topics;
@@ -163,7 +172,7 @@ impl Worker<'_> {
                 return Ok(());
             };
             if let Some(seen) = task.seen.get_mut(message.topic()) {
-                *seen = (Instant::now(), false);
+                *seen = (now, false);
             }
             task.dirty = true;
             consumed(task, message.topic(), message.offset());
@@ -178,6 +187,14 @@ impl Worker<'_> {
             }
         }
         let routes = &self.routes;
+        let forwarding = routes.topics.iter().any(Option::is_some);
+        if !forwarding && late == 0 {
+            self.publish_findings(p, &mut findings).await?;
+            self.findings = findings;
+            self.report(p);
+            return Ok(());
+        }
+        let origin = Origin::of(&input);
         let forwards: Vec<OutRecord> = self
             .config
             .analytics
@@ -228,10 +245,11 @@ impl Worker<'_> {
         };
         let source = source_input(&forwarded.origin.topic, forwarded.origin.partition);
         let mut findings = std::mem::take(&mut self.findings);
+        let now = self.now;
         let late = {
             let task = self.task(p).await?;
             if let Some(seen) = task.seen_sources.get_mut(i) {
-                seen.insert(source.clone(), (Instant::now(), false));
+                seen.insert(source.clone(), (now, false));
             }
             task.dirty = true;
             consumed(task, input.topic, input.offset);
@@ -382,7 +400,7 @@ impl Worker<'_> {
         }
     }
 
-    fn report_groups(&self) {
+    pub(super) fn report_groups(&self) {
         for analysis in self.config.analytics.analyses.iter() {
             metrics::AnalyticsProgress {
                 analysis: &analysis.name,
