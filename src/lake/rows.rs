@@ -144,7 +144,14 @@ impl Builders {
         let Some(builder) = self.payload.get_mut(index) else {
             return 0;
         };
-        match builder.append(value) {
+        let appended = builder.append(value);
+        self.appended(column, appended)
+    }
+
+    /// The bytes a value appended to the payload column `column` added, noting the first value
+    /// that did not fit its column.
+    pub fn appended(&mut self, column: &str, appended: Result<usize, String>) -> usize {
+        match appended {
             Ok(bytes) => bytes,
             Err(mismatch) => {
                 if self.error.is_none() {
@@ -240,9 +247,135 @@ impl Column {
         }
     }
 
+    /// Appends a string as [`Self::append`] appends a JSON string.
+    pub fn append_str(&mut self, value: Option<&str>) -> Result<usize, String> {
+        match (&mut *self, value) {
+            (_, None) => {
+                self.append_null();
+                Ok(NULL_BYTES)
+            }
+            (Self::Str(b), Some(s)) => {
+                b.append_value(s);
+                Ok(s.len() + 4)
+            }
+            (Self::Timestamp(b), Some(s)) => {
+                match chrono::DateTime::parse_from_rfc3339(s) {
+                    Ok(t) => b.append_value(t.timestamp_micros()),
+                    Err(_) => b.append_null(),
+                }
+                Ok(8)
+            }
+            (_, Some(s)) => self.append(Some(&Value::String(s.to_owned()))),
+        }
+    }
+
+    /// Appends an integer as [`Self::append`] appends a JSON integer.
+    pub fn append_int(&mut self, value: Option<i64>) -> Result<usize, String> {
+        match (&mut *self, value) {
+            (_, None) => {
+                self.append_null();
+                Ok(NULL_BYTES)
+            }
+            (Self::Int(b), Some(v)) => {
+                b.append_value(v);
+                Ok(8)
+            }
+            (_, Some(v)) => self.append(Some(&Value::from(v))),
+        }
+    }
+
+    /// Appends a boolean as [`Self::append`] appends a JSON boolean.
+    pub fn append_bool(&mut self, value: Option<bool>) -> Result<usize, String> {
+        match (&mut *self, value) {
+            (_, None) => {
+                self.append_null();
+                Ok(NULL_BYTES)
+            }
+            (Self::Bool(b), Some(v)) => {
+                b.append_value(v);
+                Ok(1)
+            }
+            (_, Some(v)) => self.append(Some(&Value::Bool(v))),
+        }
+    }
+
+    /// Appends a list as [`Self::append`] appends a JSON array, each item by `item`.
+    pub fn append_list<T>(
+        &mut self,
+        items: Option<&[T]>,
+        mut item: impl FnMut(&mut Self, &T) -> Result<usize, String>,
+    ) -> Result<usize, String> {
+        let Some(values) = items else {
+            self.append_null();
+            return Ok(NULL_BYTES);
+        };
+        let Self::List {
+            offsets,
+            nulls,
+            item: builder,
+        } = self
+        else {
+            self.append_null();
+            return Err(format!("an array does not fit a {} column", self.kind()));
+        };
+        let mut bytes = 4;
+        let mut refused = None;
+        for v in values {
+            match item(builder, v) {
+                Ok(n) => bytes += n,
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+        let last = offsets.last().copied().unwrap_or_default();
+        offsets.push(last + i32::try_from(values.len()).unwrap_or(i32::MAX));
+        nulls.append_non_null();
+        match refused {
+            Some(e) => Err(format!("an item: {e}")),
+            None => Ok(bytes),
+        }
+    }
+
+    /// Appends a struct as [`Self::append`] appends a JSON object: each field (by name) by
+    /// `field`; `None` for a null.
+    pub fn append_struct(
+        &mut self,
+        field: Option<impl FnMut(&str, &mut Self) -> Result<usize, String>>,
+    ) -> Result<usize, String> {
+        let Some(mut field) = field else {
+            self.append_null();
+            return Ok(NULL_BYTES);
+        };
+        let Self::Struct {
+            names,
+            children,
+            nulls,
+        } = self
+        else {
+            self.append_null();
+            return Err(format!("an object does not fit a {} column", self.kind()));
+        };
+        let mut bytes = 0;
+        let mut refused = None;
+        for (name, child) in names.iter().zip(children.iter_mut()) {
+            match field(name, child) {
+                Ok(n) => bytes += n,
+                Err(e) => {
+                    refused.get_or_insert(format!("field \"{name}\": {e}"));
+                }
+            }
+        }
+        nulls.append_non_null();
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(bytes),
+        }
+    }
+
     /// Appends a value (`None` when absent); the bytes it adds, or why it does not fit (a null
     /// was appended instead).
-    fn append(&mut self, value: Option<&Value>) -> Result<usize, String> {
+    pub fn append(&mut self, value: Option<&Value>) -> Result<usize, String> {
         let value = match value {
             None | Some(Value::Null) => {
                 self.append_null();

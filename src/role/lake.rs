@@ -27,7 +27,6 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -432,15 +431,13 @@ impl Lake<'_> {
         let tables = Arc::clone(&self.tables);
         if at.topic == self.config.topics.audit {
             let index = tables.audit_index();
-            let record: Option<Value> = message
-                .payload()
-                .and_then(|value| serde_json::from_slice(value).ok());
             let row = tables
                 .get(index)
-                .zip(record.as_ref())
-                .and_then(|(t, record)| t.audit_record(record, at, now));
+                .zip(message.payload())
+                .and_then(|(t, value)| t.audit_record(value, at, now));
+            let hour = row.as_ref().map(|r| (index, r.hour()));
             let append = |rows: &mut Rows| row.as_ref().map_or(0, |r| r.append(rows));
-            return self.push(&tp, at.offset, row.map(|r| (index, r.hour())), &append);
+            return self.push(&tp, at.offset, hour, &append);
         }
         let Some((index, event)) = self.admitted_event(message, at) else {
             return self.push(&tp, at.offset, None, &|_: &mut Rows| 0);
