@@ -558,7 +558,9 @@ fn micros(time: DateTime<Utc>) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lake::encode::{decode_json, encode, encode_batch, EncodeSettings};
+    use crate::lake::encode::{decode_json, encode, encode_batches, EncodeSettings};
+    use crate::lake::rows::BATCH_ROWS;
+    use arrow_array::RecordBatch;
     use serde_json::json;
 
     /// A small deterministic generator, so a failure reproduces.
@@ -690,26 +692,31 @@ mod tests {
             }
         }
         built.seal();
-        let built = built.batch().expect("rows fit the schema").clone();
+        let built = built.batches().expect("rows fit the schema").to_vec();
         let decoded = decode_json(&table.name, &table.schema, json).expect("decodes");
-        assert_eq!(decoded.len(), 1, "{}: one batch", table.name);
-        assert_eq!(built.num_rows(), rows.len());
-        for (column, field) in table.schema.fields().iter().enumerate() {
-            assert_eq!(
-                built.column(column).to_data(),
-                decoded[0].column(column).to_data(),
-                "{}: column {}",
-                table.name,
-                field.name()
-            );
+        assert_eq!(built.len(), decoded.len(), "{}: batches", table.name);
+        assert_eq!(
+            built.iter().map(RecordBatch::num_rows).sum::<usize>(),
+            rows.len()
+        );
+        for (built, decoded) in built.iter().zip(&decoded) {
+            for (column, field) in table.schema.fields().iter().enumerate() {
+                assert_eq!(
+                    built.column(column).to_data(),
+                    decoded.column(column).to_data(),
+                    "{}: column {}",
+                    table.name,
+                    field.name()
+                );
+            }
+            assert_eq!(built, decoded, "{}", table.name);
         }
-        assert_eq!(built, decoded[0], "{}", table.name);
         let settings = EncodeSettings {
             row_group_rows: 50,
             zstd_level: 3,
         };
         let meta = vec![("reflex.topic".to_owned(), "events.t".to_owned())];
-        let from_rows = encode_batch(
+        let from_rows = encode_batches(
             &table.name,
             table.id_column(),
             &built,
@@ -985,6 +992,77 @@ mod tests {
         same_batch(&table, rows, &json);
     }
 
+    /// A file of more rows than a batch holds is built in batches of [`BATCH_ROWS`], each sized
+    /// from the one before; they hold the rows of the JSON path and give the Parquet of all the
+    /// rows as one batch; leaving out rows crosses batches.
+    #[test]
+    fn rows_are_built_in_batches_that_give_the_same_parquet() {
+        let table = Table::audit();
+        let mut rng = Lcg(24);
+        let ingested = DateTime::from_timestamp_micros(1_767_225_600_000_001).expect("time");
+        let n = 2 * BATCH_ROWS + 1000;
+        let texts: Vec<Vec<u8>> = (0..n).map(|n| actions_audit_record(n).encode()).collect();
+        let mut json = Vec::new();
+        let mut built = Rows::default();
+        for (n, text) in texts.iter().enumerate() {
+            let at = coordinates(n as u64, &mut rng);
+            table.audit_row(text, at, ingested, &mut json);
+            let row = table.audit_record(text, at, ingested).expect("a row");
+            row.append(&mut built);
+        }
+        built.seal();
+        let batches = built.batches().expect("rows fit").to_vec();
+        assert_eq!(
+            batches
+                .iter()
+                .map(RecordBatch::num_rows)
+                .collect::<Vec<_>>(),
+            [BATCH_ROWS, BATCH_ROWS, 1000]
+        );
+        let mut decoder = arrow_json::ReaderBuilder::new(table.schema.clone())
+            .with_batch_size(n)
+            .build_decoder()
+            .expect("decoder");
+        assert_eq!(decoder.decode(&json).expect("decodes"), json.len());
+        let whole = decoder.flush().expect("decodes").expect("a batch");
+        for (i, batch) in batches.iter().enumerate() {
+            assert_eq!(
+                *batch,
+                whole.slice(i * BATCH_ROWS, batch.num_rows()),
+                "batch {i}"
+            );
+        }
+        let settings = EncodeSettings {
+            row_group_rows: 2 * BATCH_ROWS,
+            zstd_level: 3,
+        };
+        let parquet = |batches: &[RecordBatch]| {
+            encode_batches("audit", "event_id", batches, settings, Vec::new()).expect("encodes")
+        };
+        assert!(
+            parquet(&batches) == parquet(std::slice::from_ref(&whole)),
+            "the same Parquet"
+        );
+        built.skip(BATCH_ROWS + 10);
+        let rest = built.batches().expect("rows fit").to_vec();
+        assert_eq!(
+            rest.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(),
+            [BATCH_ROWS - 10, 1000]
+        );
+        let skipped = whole.slice(BATCH_ROWS + 10, n - BATCH_ROWS - 10);
+        assert!(
+            parquet(&rest) == parquet(&[skipped]),
+            "the same rows after skipping"
+        );
+        assert_eq!(
+            crate::lake::rows::rows_from(&batches, BATCH_ROWS + 10)
+                .iter()
+                .map(RecordBatch::num_rows)
+                .collect::<Vec<_>>(),
+            [BATCH_ROWS - 10, 1000]
+        );
+    }
+
     /// What the typed reading refuses goes the general way: unnamed properties, other kinds,
     /// duplicate keys, arrays where objects belong.
     #[test]
@@ -1026,7 +1104,7 @@ mod tests {
         row.append(&mut rows);
         rows.seal();
         assert_eq!(
-            rows.batch().expect_err("refused"),
+            rows.batches().expect_err("refused"),
             "column \"decision\": an array does not fit a struct column"
         );
         for text in ["[1, 2]", "\"text\"", "{\"event_id\": "] {
@@ -1048,7 +1126,7 @@ mod tests {
         }
         rows.seal();
         rows.skip(2);
-        let batch = rows.batch().expect("sealed");
+        let batch = &rows.batches().expect("sealed")[0];
         let offsets = batch.column_by_name("kafka_offset").expect("offsets");
         let offsets = offsets
             .as_any()
@@ -1080,7 +1158,7 @@ mod tests {
         table.event(&event, at, Utc::now()).append(&mut rows);
         rows.seal();
         assert_eq!(
-            rows.batch().expect_err("refused"),
+            rows.batches().expect_err("refused"),
             "column \"paid\": a string does not fit a boolean column"
         );
     }
