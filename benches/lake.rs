@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use reflex::event::CloudEvent;
-use reflex::lake::encode::{encode, encode_batch, EncodeSettings};
+use reflex::lake::encode::{encode, encode_batches, EncodeSettings};
 use reflex::lake::rows::Rows;
 use reflex::lake::table::{Coordinates, Table};
 use serde_json::{json, Value};
@@ -90,8 +90,11 @@ fn bench(c: &mut Criterion) {
             table.event(event, at, chrono::Utc::now()).append(&mut rows);
         }
         rows.seal();
-        let batch = rows.batch().unwrap_or_else(|e| panic!("rows: {e}")).clone();
-        encode_batch(&table.name, table.id_column(), &batch, settings, vec![]).map(|p| p.len())
+        let batches = rows
+            .batches()
+            .unwrap_or_else(|e| panic!("rows: {e}"))
+            .to_vec();
+        encode_batches(&table.name, table.id_column(), &batches, settings, vec![]).map(|p| p.len())
     };
     let json_path = |events: &[CloudEvent]| {
         let json = rows(events);

@@ -167,8 +167,10 @@ async fn build(dir: &Path, store: &LakeStore, tables: &Tables) {
                 offset: offset as i64,
                 timestamp_ms: None,
             };
-            let record = audit_record(*n, *n / PARTITIONS);
-            let prepared = table.audit_record(&record, at, now).expect("an audit row");
+            let record = audit_record(*n, *n / PARTITIONS).to_string();
+            let prepared = table
+                .audit_record(record.as_bytes(), at, now)
+                .expect("an audit row");
             let append = |rows: &mut Rows| prepared.append(rows);
             let row = Row {
                 table: index,

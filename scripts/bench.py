@@ -38,9 +38,14 @@ received to last one done: `reflex run --summary-json`), CPU seconds and peak RS
 Writes target/bench/report.md and target/bench/report.json; scripts/bench-compare.py sets two
 reports side by side. The machine's load average is recorded before and after every drain.
 
+With --baseline BIN the baseline build's actions role and lake role are measured beside this
+build's, each alternated with it in every repeat on the same topics. With --only lake, only the
+bare consumer and the lake role are measured (the actions role runs once first to write the
+audit records the lake reads, which every lake drain of the run then reads again).
+
 usage: scripts/bench.py [--events N] [--repeats R] [--keys K] [--hot-events H] [--partitions P]
                         [--paced-seconds S] [--wire-events M] [--baseline REFLEX_BINARY]
-                        [--only latency] [--rate EVENTS_PER_S] [--audit-time append|create]
+                        [--only latency|lake] [--rate EVENTS_PER_S] [--audit-time append|create]
        (the local stack must be up: make up; make bench builds and runs everything)
 """
 import argparse
@@ -393,10 +398,12 @@ def main():
                         default=int(os.environ.get("BENCH_ANALYTICS_GROUPS_MAX", 1_000_000)),
                         help="groups held open at once for the analytics role's memory figure (0: skip)")
     parser.add_argument("--baseline", default=os.environ.get("BENCH_BASELINE"),
-                        help="another reflex binary whose actions role is measured beside this build's")
-    parser.add_argument("--only", choices=["latency"],
+                        help="another reflex binary whose actions and lake roles are measured beside this build's")
+    parser.add_argument("--only", choices=["latency", "lake"],
                         help="latency: only the paced latency, --repeats times, alternating with --baseline "
-                             "if given (target/bench/latency.{md,json})")
+                             "if given (target/bench/latency.{md,json}); lake: only the bare consumer and the "
+                             "lake role (the actions role runs once to write the audit records every lake "
+                             "drain reads)")
     parser.add_argument("--rate", type=int, default=int(os.environ.get("BENCH_RATE", 0)),
                         help="events/s for the paced latency (default: half the actions role's median; with "
                              "--only latency, from one drain of --events events)")
@@ -429,20 +436,23 @@ def main():
     log(f"loading {n} events over {args.keys} keys into {topic} ({args.partitions} partitions)")
     loaded = load_topic(loader, topic, payloads, n, args.keys)
     log(f"loaded at {loaded['events_per_second']:.0f} events/s")
+    only_lake = args.only == "lake"
     hot_topics = {"hot": (f"{run}.hot", 1), "distinct": (f"{run}.distinct", hot_n)}
-    for label, (t, keys) in hot_topics.items():
+    for label, (t, keys) in ({} if only_lake else hot_topics).items():
         subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=t), check=True, capture_output=True)
         load_topic(loader, t, payloads, hot_n, keys)
-    log(f"loaded {hot_n} events under one key into {run}.hot and under {hot_n} keys into {run}.distinct")
     customers = f"{run}.customers"
-    subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=customers), check=True, capture_output=True)
-    load_customers(loader, customers, payloads, n, ANALYTICS_GROUPS)
-    log(f"loaded {n} orders of {ANALYTICS_GROUPS} customers into {customers}")
+    if not only_lake:
+        log(f"loaded {hot_n} events under one key into {run}.hot and under {hot_n} keys into {run}.distinct")
+        subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=customers), check=True,
+                       capture_output=True)
+        load_customers(loader, customers, payloads, n, ANALYTICS_GROUPS)
+        log(f"loaded {n} orders of {ANALYTICS_GROUPS} customers into {customers}")
     # A baseline build may take a record per broker round trip on one key: its hot-key drains
     # get topics of their own, small, measured for both builds.
     small_n = min(hot_n, 3000)
     small_topics = {"hot": (f"{run}.hot-small", 1), "distinct": (f"{run}.distinct-small", small_n)}
-    if args.baseline:
+    if args.baseline and not only_lake:
         for label, (t, keys) in small_topics.items():
             subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=t), check=True, capture_output=True)
             load_topic(loader, t, payloads, small_n, keys)
@@ -482,7 +492,22 @@ def main():
                 "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
                 "cpu_us_per_record": round(cpu * 1e6 / n, 1), "peak_rss_mib": round(rss, 1)}
 
-    for i in range(repeats):
+    def lake(name, i, binary, audit_topic):
+        """The lake role draining the events and `audit_topic`, in a group and a store of its own."""
+        tag = f"{name}-{i}"
+        return role_run(name, binary, dict(
+            env, REFLEX_TOPICS_AUDIT=audit_topic, REFLEX_ROLES_LAKE_GROUP_ID=f"{run}.{tag}",
+            REFLEX_LAKE_STORE=str(OUT / f"{run}-{tag}")), "lake", 2 * n)
+
+    if only_lake:
+        # One actions run writes the audit records that every lake drain reads.
+        measure("actions", 0, lambda: actions_run("actions", reflex, outputs("actions", 0), n))
+        for i in range(repeats):
+            measure("bare_consumer", i, bare)
+            measure("lake", i, lambda: lake("lake", i, reflex, f"{run}.actions-0.audit"))
+            if args.baseline:
+                measure("lake_baseline", i, lambda: lake("lake-baseline", i, args.baseline, f"{run}.actions-0.audit"))
+    for i in range(0 if only_lake else repeats):
         measure("bare_consumer", i, bare)
         measure("mirror", i, lambda: mirror(i))
         measure("actions", i, lambda: actions_run("actions", reflex, outputs("actions", i), n))
@@ -496,9 +521,9 @@ def main():
         measure("actions_exactly_once", i, lambda: actions_run("actions-eos", reflex,
                                                                outputs("eos", i, REFLEX_KAFKA_GUARANTEE="exactly_once"), n))
         # The lake reads the events and the audit records of this repeat's actions run.
-        measure("lake", i, lambda: role_run("lake", reflex, dict(
-            env, REFLEX_TOPICS_AUDIT=f"{run}.actions-{i}.audit", REFLEX_ROLES_LAKE_GROUP_ID=f"{run}.lake-{i}",
-            REFLEX_LAKE_STORE=str(OUT / f"{run}-lake-{i}")), "lake", 2 * n))
+        measure("lake", i, lambda: lake("lake", i, reflex, f"{run}.actions-{i}.audit"))
+        if args.baseline:
+            measure("lake_baseline", i, lambda: lake("lake-baseline", i, args.baseline, f"{run}.actions-{i}.audit"))
         measure("analytics", i, lambda: role_run("analytics", reflex, dict(
             analytics_env(env, run, f"analytics-{i}", "1m", 100_000), REFLEX_TOPICS_EVENTS=customers),
             "analytics", n))
@@ -513,6 +538,8 @@ def main():
                         outputs(f"{build}{label}-small", i, REFLEX_TOPICS_EVENTS=t), small_n))
 
     def per_repeat(a, b, key="events_per_second"):
+        if a not in runs or b not in runs:
+            return None
         return spread([x[key] / y[key] for x, y in zip(runs[a], runs[b]) if x.get(key) and y.get(key)])
 
     figures = {"events": n, "repeats": repeats, "keys": args.keys, "hot_events": hot_n, "hot_events_small": small_n,
@@ -536,12 +563,14 @@ def main():
     if args.baseline:
         ratios["actions_over_baseline"] = per_repeat("actions", "actions_baseline")
         ratios["actions_cpu_over_baseline"] = per_repeat("actions", "actions_baseline", "cpu_us_per_record")
+        ratios["lake_cpu_over_baseline"] = per_repeat("lake", "lake_baseline", "cpu_us_per_record")
+        ratios["lake_rss_over_baseline"] = per_repeat("lake", "lake_baseline", "peak_rss_mib")
         ratios["hot_key_over_distinct_keys_small"] = per_repeat("actions_hot_keys_small", "actions_distinct_keys_small")
         ratios["baseline_hot_key_over_distinct_keys_small"] = per_repeat("actions_baseline_hot_keys_small",
                                                                          "actions_baseline_distinct_keys_small")
         ratios["hot_key_over_baseline_hot_key_small"] = per_repeat("actions_hot_keys_small", "actions_baseline_hot_keys_small")
 
-    if args.analytics_groups_max > 0:
+    if args.analytics_groups_max > 0 and not only_lake:
         g = args.analytics_groups_max
         topic_g = f"{run}.customers-{g}"
         subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=topic_g), check=True, capture_output=True)
@@ -555,12 +584,12 @@ def main():
     figures["analytics_checkpoint"] = {"ns_10k_groups": criterion_ns("analytics_checkpoint", "snapshot_10k_groups")}
 
     rate = args.rate or max(1, round(figures["summary"]["actions"]["events_per_second"]["median"] / 2))
-    if args.paced_seconds > 0:
+    if args.paced_seconds > 0 and not only_lake:
         log(f"paced latency: {rate} events/s, one worker, fresh topic")
         figures["paced_latency"] = paced_latency(reflex, loader, env, run, payloads, rate, args.paced_seconds,
                                                  audit_time=args.audit_time)
         log_latency("paced latency", figures["paced_latency"])
-    if args.wire_events > 0:
+    if args.wire_events > 0 and not only_lake:
         log(f"Avro vs JSON through the actions role ({args.wire_events} payment.settled events each)")
         figures["avro_vs_json"] = wire_comparison(reflex, loader, env, run, args.wire_events, args.partitions)
         ratios["avro_over_json"] = spread([figures["avro_vs_json"]["avro_over_json"]])
@@ -572,7 +601,7 @@ def main():
                 "validate (JSON Schema)": criterion_mean("pipeline", "validate")[0],
                 "policy (input + decision)": criterion_mean("policy", "stage")[0],
                 "audit encode": criterion_mean("pipeline", "audit_encode")[0]}
-    if all(v is not None for v in stage_ns.values()):
+    if all(v is not None for v in stage_ns.values()) and "mirror" in runs:
         stage_sum = sum(stage_ns.values())
         process_ns = criterion_mean("pipeline", "process")[0]
         figures["cpu_breakdown"] = {"stage_ns": {k: round(v) for k, v in stage_ns.items()},
@@ -586,11 +615,12 @@ def main():
         log("criterion estimates missing (run cargo bench first): no CPU ratio")
     figures["ratios"] = ratios
     summary = figures["summary"]
+    figure = lambda process, key: summary.get(process, {}).get(key)
     measured = {"actions_over_mirror": ratios["actions_over_mirror"],
-                "actions_cpu_us_per_event": summary["actions"]["cpu_us_per_record"],
-                "lake_cpu_us_per_record": summary["lake"]["cpu_us_per_record"],
-                "lake_peak_rss_mib": summary["lake"]["peak_rss_mib"],
-                "analytics_cpu_us_per_event": summary["analytics"]["cpu_us_per_record"],
+                "actions_cpu_us_per_event": None if only_lake else figure("actions", "cpu_us_per_record"),
+                "lake_cpu_us_per_record": figure("lake", "cpu_us_per_record"),
+                "lake_peak_rss_mib": figure("lake", "peak_rss_mib"),
+                "analytics_cpu_us_per_event": figure("analytics", "cpu_us_per_record"),
                 "cpu_over_stage_sum": ratios.get("cpu_over_stage_sum"),
                 "hot_key_over_distinct_keys": ratios["hot_key_over_distinct_keys"]}
     figures["targets"] = {k: {"target": f"{op} {v}", "median": measured[k]["median"] if measured[k] else None,
@@ -689,6 +719,7 @@ def write_markdown(figures, args):
               ("actions_two_deciders", "actions role, `deciders = 2`"),
               ("actions_exactly_once", "actions role, `guarantee = \"exactly_once\"`"),
               ("lake", "lake role (events + audit records, per record)"),
+              ("lake_baseline", f"lake role, baseline build ({args.baseline})"),
               ("analytics", f"analytics role, a count window per customer over {ANALYTICS_GROUPS} customers"),
               ("actions_hot_keys", f"actions role, {figures['hot_events']} events under one key"),
               ("actions_distinct_keys", f"actions role, the same {figures['hot_events']} events under distinct keys"),

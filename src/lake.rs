@@ -33,6 +33,7 @@
 //! per row group, and [`find`] reads a file's rows only where its statistics and bloom filters
 //! allow the id (`reflex trace`).
 
+mod audit_record;
 pub mod encode;
 pub mod evolution;
 pub mod find;

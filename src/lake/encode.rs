@@ -13,8 +13,8 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-/// Rows the JSON decoder turns into one record batch.
-const BATCH_ROWS: usize = 8192;
+// The JSON decoder's batches are the builders' batches.
+use super::rows::BATCH_ROWS;
 
 /// False-positive rate of the id column's bloom filters: about 1.2 bytes per row.
 pub const BLOOM_FPP: f64 = 0.01;
@@ -57,13 +57,13 @@ pub struct EncodeSettings {
     pub zstd_level: i32,
 }
 
-/// Encodes a record batch (the rows of [`crate::lake::rows::Rows`]) as one Parquet file, with
+/// Encodes record batches (the rows of [`crate::lake::rows::Rows`]) as one Parquet file, with
 /// a bloom filter on `id_column` (see [`crate::lake::table::Table::id_column`]); `metadata`
 /// goes into its footer.
-pub fn encode_batch(
+pub fn encode_batches(
     table: &str,
     id_column: &str,
-    batch: &RecordBatch,
+    batches: &[RecordBatch],
     settings: EncodeSettings,
     metadata: Vec<(String, String)>,
 ) -> Result<Bytes, EncodeError> {
@@ -71,22 +71,30 @@ pub fn encode_batch(
         table: table.to_owned(),
         source,
     };
-    let properties =
-        properties(id_column, batch.num_rows(), settings, metadata).map_err(parquet_err)?;
-    let capacity = batch.get_array_memory_size() / 4;
+    let Some(first) = batches.first() else {
+        return Err(EncodeError::Row {
+            table: table.to_owned(),
+            message: "no rows to encode".to_owned(),
+        });
+    };
+    let rows = batches.iter().map(RecordBatch::num_rows).sum();
+    let properties = properties(id_column, rows, settings, metadata).map_err(parquet_err)?;
+    let memory: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
     let mut writer = ArrowWriter::try_new(
-        Vec::with_capacity(capacity),
-        batch.schema(),
+        Vec::with_capacity(memory / 4),
+        first.schema(),
         Some(properties),
     )
     .map_err(parquet_err)?;
-    writer.write(batch).map_err(parquet_err)?;
+    for batch in batches {
+        writer.write(batch).map_err(parquet_err)?;
+    }
     let bytes = writer.into_inner().map_err(parquet_err)?;
     Ok(Bytes::from(bytes))
 }
 
 /// Encodes newline-separated JSON rows ([`crate::lake::table::Table::event_row`]) as one
-/// Parquet file, decoding them with arrow-json against `schema`; otherwise as [`encode_batch`].
+/// Parquet file, decoding them with arrow-json against `schema`; otherwise as [`encode_batches`].
 pub fn encode(
     table: &str,
     schema: &SchemaRef,

@@ -419,8 +419,9 @@ mod tests {
                 offset: offset as i64,
                 timestamp_ms: Some(1_767_261_600_000 + offset as i64),
             };
+            let text = record.to_string();
             let prepared = table
-                .audit_record(record, at, chrono::Utc::now())
+                .audit_record(text.as_bytes(), at, chrono::Utc::now())
                 .expect("a row");
             let append = |rows: &mut crate::lake::rows::Rows| prepared.append(rows);
             let row = Row {

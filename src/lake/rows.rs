@@ -1,21 +1,22 @@
 //! The rows of one lake file as Arrow arrays, appended one row at a time.
 //!
 //! [`Rows`] holds an array builder per column of a table's schema; [`crate::lake::table::Table`]
-//! appends an event's or an audit record's values straight from the decoded JSON value, and the
-//! builders become one record batch when the file is written ([`Rows::seal`]). Each value is
-//! read the way arrow-json's decoder reads the JSON row [`crate::lake::table::Table::event_row`]
-//! writes, so the batch is the one that decoder would give: untyped values as their JSON text,
-//! integral floats in integer columns as integers, `date-time` strings as microseconds (`null`
-//! when they are not RFC 3339), numeric strings in number columns parsed. A value that decoder
-//! refuses (a string in a boolean column, an object in a list column) is a null in its column
-//! and makes the file fail to encode with an error naming the column, as it failed before.
+//! appends an event's or an audit record's values straight from the decoded record, and the
+//! builders become record batches of [`BATCH_ROWS`] rows, the last when the file is written
+//! ([`Rows::seal`]). Each value is read the way arrow-json's decoder reads the JSON row
+//! [`crate::lake::table::Table::event_row`] writes, so the batches are the ones that decoder would
+//! give: untyped values as their JSON text, integral floats in integer columns as integers,
+//! `date-time` strings as microseconds (`null` when they are not RFC 3339), numeric strings in
+//! number columns parsed. A value that decoder refuses (a string in a boolean column, an object
+//! in a list column) is a null in its column and makes the file fail to encode with an error
+//! naming the column, as it failed before.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, NullBufferBuilder,
-    StringBuilder, TimestampMicrosecondBuilder, TimestampMillisecondBuilder,
+    ArrayBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
+    NullBufferBuilder, StringBuilder, TimestampMicrosecondBuilder, TimestampMillisecondBuilder,
 };
 use arrow_array::types::{Date32Type, Float64Type, Int64Type};
 use arrow_array::{ArrayRef, ListArray, RecordBatch, StructArray};
@@ -29,65 +30,134 @@ use super::shape::Shape;
 /// Bytes a null adds to a buffer, about (its validity bit and its slot).
 const NULL_BYTES: usize = 1;
 
-/// The rows of one file: column builders while rows are appended, a record batch once sealed.
+/// Rows per record batch. A file's rows are built in batches of this many, each batch's
+/// builders sized from the previous batch's, so a file's buffers are allocated once at their size
+/// instead of regrowing (copying them and touching fresh pages each time) as its rows come. It
+/// is the JSON decoder's batch size ([`super::encode`]) and divides the default row group size,
+/// so the Parquet file is the one a single batch of all the rows gives.
+pub const BATCH_ROWS: usize = 8192;
+
+/// The rows of one file: column builders while rows are appended, record batches once sealed.
 #[derive(Debug, Default)]
 pub struct Rows {
-    state: State,
-}
-
-#[derive(Debug, Default)]
-enum State {
-    /// No row yet.
-    #[default]
-    Empty,
-    /// Rows being appended.
-    Building(Box<Builders>),
-    /// The batch, or why the rows do not fit the schema.
-    Sealed(Result<RecordBatch, String>),
+    /// Batches of [`BATCH_ROWS`] rows, built.
+    built: Vec<RecordBatch>,
+    /// The builders of the rows after them.
+    building: Option<Box<Builders>>,
+    /// Whether rows are no longer appended.
+    sealed: bool,
+    /// Why the rows do not fit the schema: the first value that did not fit its column.
+    error: Option<String>,
 }
 
 impl Rows {
-    /// The builders, made for `schema` and `columns` when this is the first row.
+    /// The builders of the next row, made for `schema` and `columns` when this is the first row
+    /// (or the first of a batch); `None` once sealed.
     pub(crate) fn builders(
         &mut self,
         schema: &SchemaRef,
         envelope: bool,
         columns: &[(String, String, Shape)],
     ) -> Option<&mut Builders> {
-        if matches!(self.state, State::Empty) {
-            let builders = Builders::new(schema, envelope, columns);
-            self.state = State::Building(Box::new(builders));
+        if self.sealed {
+            return None;
         }
-        match &mut self.state {
-            State::Building(builders) => Some(builders),
-            _ => None,
+        if self.building.as_ref().is_some_and(|b| b.rows >= BATCH_ROWS) {
+            self.finish_batch();
+        }
+        let builders = self
+            .building
+            .get_or_insert_with(|| Box::new(Builders::new(schema, envelope, columns)));
+        builders.rows += 1;
+        Some(builders)
+    }
+
+    /// Turns the full builders into a batch and starts the next batch's, sized like them.
+    fn finish_batch(&mut self) {
+        if let Some(builders) = self.building.as_mut() {
+            let next = builders.successor();
+            let full = std::mem::replace(&mut **builders, next);
+            self.keep(full.finish());
         }
     }
 
-    /// Turns the builders into the record batch; rows appended later are refused.
+    fn keep(&mut self, batch: Result<RecordBatch, String>) {
+        match batch {
+            Ok(batch) => self.built.push(batch),
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Turns the builders into record batches; rows appended later are refused.
     pub fn seal(&mut self) {
-        if let State::Building(builders) = std::mem::take(&mut self.state) {
-            self.state = State::Sealed(builders.finish());
+        if self.sealed {
+            return;
+        }
+        self.sealed = true;
+        if let Some(builders) = self.building.take() {
+            if builders.rows > 0 {
+                self.keep(builders.finish());
+            }
         }
     }
 
-    /// Leaves out the first `rows` rows of the sealed batch.
-    pub fn skip(&mut self, rows: usize) {
-        if let State::Sealed(Ok(batch)) = &mut self.state {
-            let rows = rows.min(batch.num_rows());
-            *batch = batch.slice(rows, batch.num_rows() - rows);
+    /// Leaves out the first `rows` rows of the sealed batches.
+    pub fn skip(&mut self, mut rows: usize) {
+        if !self.sealed || self.error.is_some() {
+            return;
+        }
+        while rows > 0 {
+            let more = self.built.len() > 1;
+            let Some(first) = self.built.first_mut() else {
+                return;
+            };
+            if rows >= first.num_rows() && more {
+                rows -= first.num_rows();
+                self.built.remove(0);
+            } else {
+                let rows = rows.min(first.num_rows());
+                *first = first.slice(rows, first.num_rows() - rows);
+                return;
+            }
         }
     }
 
-    /// The sealed batch, or why the rows do not fit their schema (a column and its value).
-    pub fn batch(&self) -> Result<&RecordBatch, String> {
-        match &self.state {
-            State::Sealed(Ok(batch)) => Ok(batch),
-            State::Sealed(Err(e)) => Err(e.clone()),
-            State::Empty => Err("no rows were appended".to_owned()),
-            State::Building(_) => Err("the rows are not sealed".to_owned()),
+    /// The sealed batches, or why the rows do not fit their schema (a column and its value).
+    pub fn batches(&self) -> Result<&[RecordBatch], String> {
+        if !self.sealed {
+            return Err("the rows are not sealed".to_owned());
         }
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        if self.built.is_empty() {
+            return Err("no rows were appended".to_owned());
+        }
+        Ok(&self.built)
     }
+}
+
+/// The rows of `batches` from row `start` on (slices, not copies).
+pub fn rows_from(batches: &[RecordBatch], mut start: usize) -> Vec<RecordBatch> {
+    let mut rest = Vec::with_capacity(batches.len());
+    for batch in batches {
+        if start >= batch.num_rows() {
+            start -= batch.num_rows();
+            continue;
+        }
+        rest.push(batch.slice(start, batch.num_rows() - start));
+        start = 0;
+    }
+    rest
+}
+
+/// A string builder for `items` values, with room for the bytes `like` holds per value and an
+/// eighth more.
+fn strings_like(like: &StringBuilder, items: usize) -> StringBuilder {
+    let bytes = like.values_slice().len() * items / like.len().max(1);
+    StringBuilder::with_capacity(items, bytes + bytes / 8)
 }
 
 /// The builders of one table's columns, in schema order: the envelope (event tables), the
@@ -105,6 +175,8 @@ pub(crate) struct Builders {
     pub kafka: Kafka,
     /// The first value that does not fit its column.
     pub error: Option<String>,
+    /// Rows appended.
+    rows: usize,
 }
 
 /// The envelope columns of an event table.
@@ -136,6 +208,35 @@ impl Builders {
             extra: StringBuilder::new(),
             kafka: Kafka::default(),
             error: None,
+            rows: 0,
+        }
+    }
+
+    /// Empty builders for the next [`BATCH_ROWS`] rows, sized like these.
+    fn successor(&self) -> Self {
+        let rows = BATCH_ROWS;
+        let e = self.envelope.as_ref().map(|e| Envelope {
+            id: strings_like(&e.id, rows),
+            ty: strings_like(&e.ty, rows),
+            source: strings_like(&e.source, rows),
+            subject: strings_like(&e.subject, rows),
+            time: TimestampMicrosecondBuilder::with_capacity(rows),
+        });
+        let k = &self.kafka;
+        Self {
+            schema: Arc::clone(&self.schema),
+            envelope: e,
+            payload: self.payload.iter().map(|c| c.successor(rows)).collect(),
+            extra: strings_like(&self.extra, rows),
+            kafka: Kafka {
+                topic: strings_like(&k.topic, rows),
+                partition: Int32Builder::with_capacity(rows),
+                offset: Int64Builder::with_capacity(rows),
+                timestamp: TimestampMillisecondBuilder::with_capacity(rows),
+                ingested_at: TimestampMicrosecondBuilder::with_capacity(rows),
+            },
+            error: None,
+            rows: 0,
         }
     }
 
@@ -144,7 +245,14 @@ impl Builders {
         let Some(builder) = self.payload.get_mut(index) else {
             return 0;
         };
-        match builder.append(value) {
+        let appended = builder.append(value);
+        self.appended(column, appended)
+    }
+
+    /// The bytes a value appended to the payload column `column` added, noting the first value
+    /// that did not fit its column.
+    pub fn appended(&mut self, column: &str, appended: Result<usize, String>) -> usize {
+        match appended {
             Ok(bytes) => bytes,
             Err(mismatch) => {
                 if self.error.is_none() {
@@ -240,9 +348,182 @@ impl Column {
         }
     }
 
+    /// An empty builder of the same shape for `items` values, sized like this one.
+    fn successor(&self, items: usize) -> Self {
+        match self {
+            Self::Bool(_) => Self::Bool(BooleanBuilder::with_capacity(items)),
+            Self::Int(_) => Self::Int(Int64Builder::with_capacity(items)),
+            Self::Float(_) => Self::Float(Float64Builder::with_capacity(items)),
+            Self::Str(b) => Self::Str(strings_like(b, items)),
+            Self::Json(b) => Self::Json(strings_like(b, items)),
+            Self::Timestamp(_) => {
+                Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(items))
+            }
+            Self::Date(_) => Self::Date(Date32Builder::with_capacity(items)),
+            Self::List { offsets, item, .. } => {
+                // Items per list as in this batch, and an eighth more.
+                let per = item.len() * items / offsets.len().saturating_sub(1).max(1);
+                let mut next = Vec::with_capacity(items + 1);
+                next.push(0);
+                Self::List {
+                    offsets: next,
+                    nulls: NullBufferBuilder::new(items),
+                    item: Box::new(item.successor(per + per / 8)),
+                }
+            }
+            Self::Struct {
+                names, children, ..
+            } => Self::Struct {
+                names: names.clone(),
+                children: children.iter().map(|c| c.successor(items)).collect(),
+                nulls: NullBufferBuilder::new(items),
+            },
+        }
+    }
+
+    /// Values appended.
+    fn len(&self) -> usize {
+        match self {
+            Self::Bool(b) => b.len(),
+            Self::Int(b) => b.len(),
+            Self::Float(b) => b.len(),
+            Self::Str(b) | Self::Json(b) => b.len(),
+            Self::Timestamp(b) => b.len(),
+            Self::Date(b) => b.len(),
+            Self::List { offsets, .. } => offsets.len().saturating_sub(1),
+            Self::Struct { nulls, .. } => nulls.len(),
+        }
+    }
+
+    /// Appends a string as [`Self::append`] appends a JSON string.
+    pub fn append_str(&mut self, value: Option<&str>) -> Result<usize, String> {
+        match (&mut *self, value) {
+            (_, None) => {
+                self.append_null();
+                Ok(NULL_BYTES)
+            }
+            (Self::Str(b), Some(s)) => {
+                b.append_value(s);
+                Ok(s.len() + 4)
+            }
+            (Self::Timestamp(b), Some(s)) => {
+                match chrono::DateTime::parse_from_rfc3339(s) {
+                    Ok(t) => b.append_value(t.timestamp_micros()),
+                    Err(_) => b.append_null(),
+                }
+                Ok(8)
+            }
+            (_, Some(s)) => self.append(Some(&Value::String(s.to_owned()))),
+        }
+    }
+
+    /// Appends an integer as [`Self::append`] appends a JSON integer.
+    pub fn append_int(&mut self, value: Option<i64>) -> Result<usize, String> {
+        match (&mut *self, value) {
+            (_, None) => {
+                self.append_null();
+                Ok(NULL_BYTES)
+            }
+            (Self::Int(b), Some(v)) => {
+                b.append_value(v);
+                Ok(8)
+            }
+            (_, Some(v)) => self.append(Some(&Value::from(v))),
+        }
+    }
+
+    /// Appends a boolean as [`Self::append`] appends a JSON boolean.
+    pub fn append_bool(&mut self, value: Option<bool>) -> Result<usize, String> {
+        match (&mut *self, value) {
+            (_, None) => {
+                self.append_null();
+                Ok(NULL_BYTES)
+            }
+            (Self::Bool(b), Some(v)) => {
+                b.append_value(v);
+                Ok(1)
+            }
+            (_, Some(v)) => self.append(Some(&Value::Bool(v))),
+        }
+    }
+
+    /// Appends a list as [`Self::append`] appends a JSON array, each item by `item`.
+    pub fn append_list<T>(
+        &mut self,
+        items: Option<&[T]>,
+        mut item: impl FnMut(&mut Self, &T) -> Result<usize, String>,
+    ) -> Result<usize, String> {
+        let Some(values) = items else {
+            self.append_null();
+            return Ok(NULL_BYTES);
+        };
+        let Self::List {
+            offsets,
+            nulls,
+            item: builder,
+        } = self
+        else {
+            self.append_null();
+            return Err(format!("an array does not fit a {} column", self.kind()));
+        };
+        let mut bytes = 4;
+        let mut refused = None;
+        for v in values {
+            match item(builder, v) {
+                Ok(n) => bytes += n,
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+        let last = offsets.last().copied().unwrap_or_default();
+        offsets.push(last + i32::try_from(values.len()).unwrap_or(i32::MAX));
+        nulls.append_non_null();
+        match refused {
+            Some(e) => Err(format!("an item: {e}")),
+            None => Ok(bytes),
+        }
+    }
+
+    /// Appends a struct as [`Self::append`] appends a JSON object: each field (by name) by
+    /// `field`; `None` for a null.
+    pub fn append_struct(
+        &mut self,
+        field: Option<impl FnMut(&str, &mut Self) -> Result<usize, String>>,
+    ) -> Result<usize, String> {
+        let Some(mut field) = field else {
+            self.append_null();
+            return Ok(NULL_BYTES);
+        };
+        let Self::Struct {
+            names,
+            children,
+            nulls,
+        } = self
+        else {
+            self.append_null();
+            return Err(format!("an object does not fit a {} column", self.kind()));
+        };
+        let mut bytes = 0;
+        let mut refused = None;
+        for (name, child) in names.iter().zip(children.iter_mut()) {
+            match field(name, child) {
+                Ok(n) => bytes += n,
+                Err(e) => {
+                    refused.get_or_insert(format!("field \"{name}\": {e}"));
+                }
+            }
+        }
+        nulls.append_non_null();
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(bytes),
+        }
+    }
+
     /// Appends a value (`None` when absent); the bytes it adds, or why it does not fit (a null
     /// was appended instead).
-    fn append(&mut self, value: Option<&Value>) -> Result<usize, String> {
+    pub fn append(&mut self, value: Option<&Value>) -> Result<usize, String> {
         let value = match value {
             None | Some(Value::Null) => {
                 self.append_null();

@@ -19,6 +19,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use super::audit_record::Record;
 use super::rows::{Builders, Rows};
 use super::shape::{timestamp_type, Shape};
 use crate::event::CloudEvent;
@@ -275,22 +276,33 @@ impl Table {
         }
     }
 
-    /// An audit record's row (the record decoded as JSON), ready to be appended to its file's
-    /// rows: its hour is the record's `processed_at`, else the record timestamp, else the
-    /// ingestion time (as [`Self::audit_row`]). `None` if the record is not a JSON object.
+    /// An audit record's row (the record's JSON), ready to be appended to its file's rows: its
+    /// hour is the record's `processed_at`, else the record timestamp, else the ingestion time
+    /// (as [`Self::audit_row`]). `None` if the record is not a JSON object. A record of the
+    /// audit record's own shape is read without a JSON value tree ([`super::audit_record`]).
     pub fn audit_record<'a>(
         &'a self,
-        record: &'a Value,
+        value: &'a [u8],
         at: Coordinates<'a>,
         ingested: DateTime<Utc>,
     ) -> Option<AuditRow<'a>> {
-        if !record.is_object() {
-            return None;
-        }
-        let time = record
-            .get("processed_at")
-            .and_then(Value::as_str)
-            .and_then(parse_time);
+        let (record, time) = match Record::parse(value) {
+            Some(record) => {
+                let time = record.processed_at().and_then(parse_time);
+                (AuditValue::Typed(record), time)
+            }
+            None => {
+                let record: Value = serde_json::from_slice(value).ok()?;
+                if !record.is_object() {
+                    return None;
+                }
+                let time = record
+                    .get("processed_at")
+                    .and_then(Value::as_str)
+                    .and_then(parse_time);
+                (AuditValue::Json(record), time)
+            }
+        };
         Some(AuditRow {
             table: self,
             record,
@@ -417,13 +429,23 @@ impl EventRow<'_> {
 }
 
 /// An audit record's row before it is appended ([`Table::audit_record`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct AuditRow<'a> {
     table: &'a Table,
-    record: &'a Value,
+    record: AuditValue<'a>,
     at: Coordinates<'a>,
     ingested: DateTime<Utc>,
     time: Option<DateTime<Utc>>,
+}
+
+/// An audit record as read: of the audit record's own shape, or any JSON object.
+// The typed record lives on the stack for one record, read and appended: boxing it would add an
+// allocation per record to save moving it once.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum AuditValue<'a> {
+    Typed(Record<'a>),
+    Json(Value),
 }
 
 impl AuditRow<'_> {
@@ -440,8 +462,17 @@ impl AuditRow<'_> {
         let Some(b) = self.table.builders(rows) else {
             return 0;
         };
-        let bytes = self.table.append_payload(b, self.record);
+        let bytes = match &self.record {
+            AuditValue::Typed(record) => record.append(&self.table.columns, b),
+            AuditValue::Json(record) => self.table.append_payload(b, record),
+        };
         bytes + append_kafka(b, self.at, self.ingested)
+    }
+
+    /// Whether the record was read without a JSON value tree.
+    #[cfg(test)]
+    fn typed(&self) -> bool {
+        matches!(self.record, AuditValue::Typed(_))
     }
 }
 
@@ -527,7 +558,9 @@ fn micros(time: DateTime<Utc>) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lake::encode::{decode_json, encode, encode_batch, EncodeSettings};
+    use crate::lake::encode::{decode_json, encode, encode_batches, EncodeSettings};
+    use crate::lake::rows::BATCH_ROWS;
+    use arrow_array::RecordBatch;
     use serde_json::json;
 
     /// A small deterministic generator, so a failure reproduces.
@@ -659,26 +692,31 @@ mod tests {
             }
         }
         built.seal();
-        let built = built.batch().expect("rows fit the schema").clone();
+        let built = built.batches().expect("rows fit the schema").to_vec();
         let decoded = decode_json(&table.name, &table.schema, json).expect("decodes");
-        assert_eq!(decoded.len(), 1, "{}: one batch", table.name);
-        assert_eq!(built.num_rows(), rows.len());
-        for (column, field) in table.schema.fields().iter().enumerate() {
-            assert_eq!(
-                built.column(column).to_data(),
-                decoded[0].column(column).to_data(),
-                "{}: column {}",
-                table.name,
-                field.name()
-            );
+        assert_eq!(built.len(), decoded.len(), "{}: batches", table.name);
+        assert_eq!(
+            built.iter().map(RecordBatch::num_rows).sum::<usize>(),
+            rows.len()
+        );
+        for (built, decoded) in built.iter().zip(&decoded) {
+            for (column, field) in table.schema.fields().iter().enumerate() {
+                assert_eq!(
+                    built.column(column).to_data(),
+                    decoded.column(column).to_data(),
+                    "{}: column {}",
+                    table.name,
+                    field.name()
+                );
+            }
+            assert_eq!(built, decoded, "{}", table.name);
         }
-        assert_eq!(built, decoded[0], "{}", table.name);
         let settings = EncodeSettings {
             row_group_rows: 50,
             zstd_level: 3,
         };
         let meta = vec![("reflex.topic".to_owned(), "events.t".to_owned())];
-        let from_rows = encode_batch(
+        let from_rows = encode_batches(
             &table.name,
             table.id_column(),
             &built,
@@ -807,19 +845,272 @@ mod tests {
                 record
             })
             .collect();
+        let texts: Vec<String> = records.iter().map(Value::to_string).collect();
         let mut json = Vec::new();
         let mut rows = Vec::new();
-        for (n, record) in records.iter().enumerate() {
+        for (n, text) in texts.iter().enumerate() {
             let at = coordinates(n as u64, &mut rng);
-            let text = record.to_string();
             let hour = table.audit_row(text.as_bytes(), at, ingested, &mut json);
-            let row = table.audit_record(record, at, ingested);
-            assert_eq!(row.map(|r| r.hour()), hour);
+            let row = table.audit_record(text.as_bytes(), at, ingested);
+            assert_eq!(row.as_ref().map(AuditRow::hour), hour);
             if row.is_some() {
                 rows.push((None, row));
             }
         }
         same_batch(&table, rows, &json);
+    }
+
+    /// An audit record as the actions role writes it, with every field the lake names set or
+    /// left out by `n`.
+    fn actions_audit_record(n: usize) -> crate::audit::AuditRecord {
+        use crate::audit::{AuditRecord, Outcome, Timings};
+        let input = crate::ingest::Input {
+            topic: "events.orders",
+            partition: 2,
+            offset: n as i64,
+            key: None,
+            value: None,
+            headers: &[],
+            timestamp_ms: None,
+        };
+        let mut a = AuditRecord::new(&input, "worker-1");
+        let some = |k: usize| n % k != 0;
+        a.event_id = some(7).then(|| format!("e-{n}"));
+        a.ty = some(5).then(|| "order.placed".to_owned());
+        a.source = Some("/shop".to_owned());
+        a.subject = some(2).then(|| format!("customer \"{n}\" ünï\n"));
+        a.event_time = some(3).then(|| ["2026-01-02T03:04:05.25+02:00", "later"][n % 2].to_owned());
+        a.mode = some(4).then_some(crate::event::Mode::Structured);
+        a.outcome = [
+            Outcome::Actioned,
+            Outcome::Denied,
+            Outcome::DeadLettered,
+            Outcome::Retrying,
+        ][n % 4];
+        a.reason = (n % 4 == 2).then_some(crate::ingest::DeadLetterReason::SchemaInvalid);
+        a.error = (n % 4 == 2).then(|| "data.amount: -1 is less than 0".to_owned());
+        a.decision = some(6).then(|| {
+            let mut obligations = Map::new();
+            if some(2) {
+                obligations.insert("redact".into(), json!(["data.card_last4", n]));
+            }
+            crate::policy::Decision {
+                allow: some(3),
+                reasons: (0..n % 3).map(|i| format!("reason {i} \t")).collect(),
+                obligations,
+                failure: (n % 6 == 1).then_some(crate::policy::Failure::Timeout),
+                detail: (n % 6 == 1).then(|| "over 10ms".to_owned()),
+            }
+        });
+        a.policy_revision = format!("sha256:{n:x}");
+        a.action = some(3).then(|| crate::action::ActionReport {
+            name: "notify".to_owned(),
+            kind: "http",
+            emitted_id: some(2).then(|| format!("x-{n}")),
+            emitted_topic: some(2).then(|| "derived".to_owned()),
+            status: some(5).then_some(200),
+            attempts: some(5).then_some(1 + n as u32 % 3),
+        });
+        a.processed_at = [
+            "2026-01-02T03:04:05.678Z",
+            "2026-01-02T04:00:00+01:00",
+            "not a time",
+        ][n % 3]
+            .to_owned();
+        a.timings_us = Timings {
+            decode: n as u64,
+            validate: 2,
+            enrich: 0,
+            policy: 40,
+            action: u64::from(some(2)),
+        };
+        a.retry_round = (n % 5 == 1).then_some(2);
+        a.origin = (n % 5 == 1).then(|| crate::ingest::headers::Origin {
+            topic: "events.orders".to_owned(),
+            partition: 2,
+            offset: 9,
+        });
+        a.replay_of = (n % 7 == 3).then(|| crate::ingest::headers::ReplayOf {
+            dead_letter: "reflex.dlq/0/4".to_owned(),
+            reason: "schema_invalid".to_owned(),
+        });
+        a.traceid = some(2).then(|| format!("{n:032x}"));
+        a.publisher = some(11).then(|| crate::publisher::Publisher {
+            verified: n % 2 == 0,
+            key_id: some(2).then(|| "support-desk".to_owned()),
+            status: crate::publisher::Status::Unsigned,
+            claimed_key_id: None,
+        });
+        a.lookups = (0..n % 3)
+            .map(|i| crate::enrich::LookupReport {
+                name: format!("lookup-{i}"),
+                source: crate::enrich::LookupSource::Service,
+                status: (i == 0).then_some(200),
+                error: (i == 1).then(|| "timeout".to_owned()),
+            })
+            .collect();
+        a
+    }
+
+    /// The audit records the actions role writes (with `publisher` and `enrichment`, which the
+    /// table keeps in `extra`) are read without a JSON value tree, and their rows are those of
+    /// the JSON path; records with a property the table does not name inside one it names go
+    /// the general way in the same file.
+    #[test]
+    fn actions_audit_records_are_read_without_a_value_tree() {
+        let table = Table::audit();
+        let mut rng = Lcg(22);
+        let ingested = DateTime::from_timestamp_micros(1_767_225_600_000_001).expect("time");
+        let texts: Vec<(bool, Vec<u8>)> = (0..120)
+            .map(|n| {
+                let mut record = actions_audit_record(n);
+                if n % 10 == 9 {
+                    record
+                        .enrichment
+                        .insert("customer".into(), json!({"tier": n}));
+                }
+                let mut text = record.encode();
+                let nested = n % 13 == 4;
+                if nested {
+                    let mut value: Value = serde_json::from_slice(&text).expect("json");
+                    value["timings_us"]["queue"] = json!(n);
+                    text = value.to_string().into_bytes();
+                }
+                (!nested, text)
+            })
+            .collect();
+        let mut json = Vec::new();
+        let mut rows = Vec::new();
+        for (n, (typed, text)) in texts.iter().enumerate() {
+            let at = coordinates(n as u64, &mut rng);
+            let hour = table.audit_row(text, at, ingested, &mut json);
+            let row = table.audit_record(text, at, ingested).expect("a row");
+            assert_eq!(row.typed(), *typed, "record {n}");
+            assert_eq!(Some(row.hour()), hour);
+            rows.push((None, Some(row)));
+        }
+        same_batch(&table, rows, &json);
+    }
+
+    /// A file of more rows than a batch holds is built in batches of [`BATCH_ROWS`], each sized
+    /// from the one before; they hold the rows of the JSON path and give the Parquet of all the
+    /// rows as one batch; leaving out rows crosses batches.
+    #[test]
+    fn rows_are_built_in_batches_that_give_the_same_parquet() {
+        let table = Table::audit();
+        let mut rng = Lcg(24);
+        let ingested = DateTime::from_timestamp_micros(1_767_225_600_000_001).expect("time");
+        let n = 2 * BATCH_ROWS + 1000;
+        let texts: Vec<Vec<u8>> = (0..n).map(|n| actions_audit_record(n).encode()).collect();
+        let mut json = Vec::new();
+        let mut built = Rows::default();
+        for (n, text) in texts.iter().enumerate() {
+            let at = coordinates(n as u64, &mut rng);
+            table.audit_row(text, at, ingested, &mut json);
+            let row = table.audit_record(text, at, ingested).expect("a row");
+            row.append(&mut built);
+        }
+        built.seal();
+        let batches = built.batches().expect("rows fit").to_vec();
+        assert_eq!(
+            batches
+                .iter()
+                .map(RecordBatch::num_rows)
+                .collect::<Vec<_>>(),
+            [BATCH_ROWS, BATCH_ROWS, 1000]
+        );
+        let mut decoder = arrow_json::ReaderBuilder::new(table.schema.clone())
+            .with_batch_size(n)
+            .build_decoder()
+            .expect("decoder");
+        assert_eq!(decoder.decode(&json).expect("decodes"), json.len());
+        let whole = decoder.flush().expect("decodes").expect("a batch");
+        for (i, batch) in batches.iter().enumerate() {
+            assert_eq!(
+                *batch,
+                whole.slice(i * BATCH_ROWS, batch.num_rows()),
+                "batch {i}"
+            );
+        }
+        let settings = EncodeSettings {
+            row_group_rows: 2 * BATCH_ROWS,
+            zstd_level: 3,
+        };
+        let parquet = |batches: &[RecordBatch]| {
+            encode_batches("audit", "event_id", batches, settings, Vec::new()).expect("encodes")
+        };
+        assert!(
+            parquet(&batches) == parquet(std::slice::from_ref(&whole)),
+            "the same Parquet"
+        );
+        built.skip(BATCH_ROWS + 10);
+        let rest = built.batches().expect("rows fit").to_vec();
+        assert_eq!(
+            rest.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(),
+            [BATCH_ROWS - 10, 1000]
+        );
+        let skipped = whole.slice(BATCH_ROWS + 10, n - BATCH_ROWS - 10);
+        assert!(
+            parquet(&rest) == parquet(&[skipped]),
+            "the same rows after skipping"
+        );
+        assert_eq!(
+            crate::lake::rows::rows_from(&batches, BATCH_ROWS + 10)
+                .iter()
+                .map(RecordBatch::num_rows)
+                .collect::<Vec<_>>(),
+            [BATCH_ROWS - 10, 1000]
+        );
+    }
+
+    /// What the typed reading refuses goes the general way: unnamed properties, other kinds,
+    /// duplicate keys, arrays where objects belong.
+    #[test]
+    fn unusual_audit_records_go_the_general_way() {
+        let table = Table::audit();
+        let mut rng = Lcg(23);
+        let ingested = DateTime::from_timestamp_micros(0).expect("time");
+        let texts = [
+            r#"{"event_id": "a", "outcome": "acted", "partition": 1}"#,
+            r#"{"event_id": "a", "new_field": 1}"#,
+            r#"{"event_id": "a", "partition": 1.0}"#,
+            r#"{"event_id": "a", "partition": "2"}"#,
+            r#"{"event_id": "a", "event_id": "b"}"#,
+            r#"{"event_id": "a", "decision": {"allow": true, "why": 1}}"#,
+            r#"{"event_id": "a", "lookups": [null, {"name": "n", "status": 200}]}"#,
+            r#"{"z": {"b": [1, 2.5]}, "event_id": "a", "x": 1, "x": null, "a": "\u00e9"}"#,
+            r#"{"event_id": 7, "topic": null, "processed_at": "2026-01-02T03:04:05Z"}"#,
+        ];
+        let mut json = Vec::new();
+        let mut rows = Vec::new();
+        for (n, text) in texts.iter().enumerate() {
+            let at = coordinates(n as u64, &mut rng);
+            let hour = table.audit_row(text.as_bytes(), at, ingested, &mut json);
+            let row = table
+                .audit_record(text.as_bytes(), at, ingested)
+                .expect("a row");
+            assert_eq!(row.typed(), [0, 1, 6, 7].contains(&n), "{text}");
+            assert_eq!(Some(row.hour()), hour);
+            rows.push((None, Some(row)));
+        }
+        same_batch(&table, rows, &json);
+        // An array where the decision's object belongs fails the file, as arrow-json fails it.
+        let text = r#"{"event_id": "a", "decision": ["x"]}"#;
+        let row = table
+            .audit_record(text.as_bytes(), coordinates(0, &mut rng), ingested)
+            .expect("a row");
+        assert!(!row.typed());
+        let mut rows = Rows::default();
+        row.append(&mut rows);
+        rows.seal();
+        assert_eq!(
+            rows.batches().expect_err("refused"),
+            "column \"decision\": an array does not fit a struct column"
+        );
+        for text in ["[1, 2]", "\"text\"", "{\"event_id\": "] {
+            let at = coordinates(0, &mut rng);
+            assert!(table.audit_record(text.as_bytes(), at, ingested).is_none());
+        }
     }
 
     #[test]
@@ -835,7 +1126,7 @@ mod tests {
         }
         rows.seal();
         rows.skip(2);
-        let batch = rows.batch().expect("sealed");
+        let batch = &rows.batches().expect("sealed")[0];
         let offsets = batch.column_by_name("kafka_offset").expect("offsets");
         let offsets = offsets
             .as_any()
@@ -867,7 +1158,7 @@ mod tests {
         table.event(&event, at, Utc::now()).append(&mut rows);
         rows.seal();
         assert_eq!(
-            rows.batch().expect_err("refused"),
+            rows.batches().expect_err("refused"),
             "column \"paid\": a string does not fit a boolean column"
         );
     }

@@ -6,7 +6,8 @@
 
 use arrow_array::RecordBatch;
 
-use super::encode::{encode_batch, EncodeError, EncodeSettings};
+use super::encode::{encode_batches, EncodeError, EncodeSettings};
+use super::rows::rows_from;
 use super::segment::{file_key, FileRows, Segment, TopicPartition};
 use super::store::{ExistingFile, LakeStore, Put};
 use super::table::{Hour, Table};
@@ -165,7 +166,7 @@ pub async fn write_segment(
         let last_offset = *last_offset;
         // Sealed when the segment was taken; shared, so the segment stays whole for another try
         // while the store is down.
-        let batch = data.batch().map_err(|message| EncodeError::Row {
+        let batches = data.batches().map_err(|message| EncodeError::Row {
             table: table.name.clone(),
             message,
         })?;
@@ -176,7 +177,7 @@ pub async fn write_segment(
             let key = file_key(&table.name, hour, tp, first);
             let range = (first, last_offset);
             let began = std::time::SystemTime::now();
-            let rest = batch.slice(start, batch.num_rows().saturating_sub(start));
+            let rest = rows_from(batches, start);
             let (put, size) = create(store, table, settings, tp, &key, rest, range).await?;
             if put == Put::Created {
                 let count = offsets.len() - start;
@@ -246,7 +247,7 @@ async fn create(
     settings: EncodeSettings,
     tp: &TopicPartition,
     key: &str,
-    rows: RecordBatch,
+    rows: Vec<RecordBatch>,
     (first, last): (i64, i64),
 ) -> Result<(Put, usize), LakeError> {
     let metadata = vec![
@@ -257,7 +258,7 @@ async fn create(
     ];
     let (name, id) = (table.name.clone(), table.id_column());
     let bytes =
-        tokio::task::spawn_blocking(move || encode_batch(&name, id, &rows, settings, metadata))
+        tokio::task::spawn_blocking(move || encode_batches(&name, id, &rows, settings, metadata))
             .await
             .map_err(|e| LakeError::Task {
                 table: table.name.clone(),
