@@ -11,6 +11,7 @@
 //! ([`State::late`]) and reported to the caller, never added. Absence timers fire the same way,
 //! at `first`'s time + `within`.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -171,26 +172,6 @@ impl State {
                 }
             }
         }
-    }
-
-    fn touch(&mut self, key: &str, values: impl FnOnce() -> Vec<Value>) -> bool {
-        self.seq += 1;
-        let seq = self.seq;
-        if let Some(group) = self.groups.get_mut(key) {
-            group.touched = seq;
-            return false;
-        }
-        self.groups.insert(
-            key.to_owned(),
-            Group {
-                values: values(),
-                touched: seq,
-                listed: seq,
-                ..Group::default()
-            },
-        );
-        self.recency.insert(seq, key.to_owned());
-        true
     }
 
     fn remove_group(&mut self, key: &str) {
@@ -435,6 +416,34 @@ fn group_values(analysis: &Analysis, event: &CloudEvent) -> Vec<Value> {
         .collect()
 }
 
+/// Notes a use of group `key` (made with `values` when new) and returns it: one lookup, and
+/// the group is listed in `recency` only when made (see [`State::bound`]).
+fn touch<'a>(
+    groups: &'a mut BTreeMap<String, Group>,
+    recency: &mut BTreeMap<u64, String>,
+    seq: &mut u64,
+    key: &str,
+    values: impl FnOnce() -> Vec<Value>,
+) -> &'a mut Group {
+    *seq += 1;
+    match groups.entry(key.to_owned()) {
+        Entry::Occupied(entry) => {
+            let group = entry.into_mut();
+            group.touched = *seq;
+            group
+        }
+        Entry::Vacant(entry) => {
+            recency.insert(*seq, entry.key().clone());
+            entry.insert(Group {
+                values: values(),
+                touched: *seq,
+                listed: *seq,
+                ..Group::default()
+            })
+        }
+    }
+}
+
 /// Adds the event to the analysis's state; `false` when it is late.
 fn add(
     analysis: &Analysis,
@@ -451,10 +460,16 @@ fn add(
             if closed(t.saturating_add(absence.within)) {
                 return false;
             }
-            state.touch(&key, || group_values(analysis, obs.event));
+            let group = touch(
+                &mut state.groups,
+                &mut state.recency,
+                &mut state.seq,
+                &key,
+                || group_values(analysis, obs.event),
+            );
             let within = absence.within;
             let mut timer = None;
-            if let Some(group) = state.groups.get_mut(&key) {
+            {
                 let pending = group.pending.get_or_insert_with(|| Pending {
                     within,
                     ..Pending::default()
@@ -482,10 +497,13 @@ fn add(
             if windows.iter().all(|(_, end)| closed(*end)) {
                 return false;
             }
-            state.touch(&key, || group_values(analysis, obs.event));
-            let Some(group) = state.groups.get_mut(&key) else {
-                return true;
-            };
+            let group = touch(
+                &mut state.groups,
+                &mut state.recency,
+                &mut state.seq,
+                &key,
+                || group_values(analysis, obs.event),
+            );
             let new_win = |end: i64| Win {
                 end,
                 events: 0,
