@@ -244,15 +244,17 @@ async fn analytics_killed_mid_stream_counts_each_order_once_though_it_is_forward
         want,
         "per customer and hour, each order counted once"
     );
-    // The checkpoints deleted the forwarded records below the offsets they committed, and no
-    // further: each partition starts where the group resumes.
+    // The checkpoints deleted forwarded records, never past the offsets they committed: each
+    // partition still holds everything from where the group resumes (a purge that did not
+    // answer in time leaves more, for the next checkpoint).
     let group = format!("{}.analytics", env.group);
     let mut purged = 0;
     for (p, (low, high)) in watermarks(&repartition).into_iter().enumerate() {
         let resume = committed(&group, &repartition, p as i32).unwrap_or(0);
-        assert_eq!(
-            low, resume,
-            "{repartition}/{p}: first record kept {low}, committed {resume} (of {high} written)"
+        eprintln!("{repartition}/{p}: first record kept {low}, committed {resume}, {high} written");
+        assert!(
+            low <= resume,
+            "{repartition}/{p}: first record kept {low}, past the committed {resume} (of {high} written)"
         );
         purged += low;
     }
