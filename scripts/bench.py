@@ -161,8 +161,9 @@ _ACCEPTED = {}
 
 def accepted_config(reflex, env):
     """The environment with a configuration `reflex` accepts: a baseline build may be older than
-    config/reflex.toml, so each section or key it names as unknown in `reflex check` is left out
-    for it (and listed in the report)."""
+    config/reflex.toml, so each section or key it names as unknown in `reflex check` (or whose
+    value it does not know, such as a newer engine) is left out for it, where its own default
+    applies, and listed in the report."""
     config = pathlib.Path(env["REFLEX_CONFIG"])
     if reflex not in _ACCEPTED:
         lines, left_out = config.read_text().splitlines(), []
@@ -173,7 +174,7 @@ def accepted_config(reflex, env):
                                  capture_output=True, text=True)
             text = out.stdout + out.stderr
             at = re.search(r"^\s*(\d+) \|", text, re.M)
-            if out.returncode == 0 or "unknown field" not in text or not at:
+            if out.returncode == 0 or not re.search(r"unknown (field|variant)", text) or not at:
                 break
             index = int(at.group(1)) - 1
             if not 0 <= index < len(lines):

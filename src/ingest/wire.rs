@@ -102,7 +102,7 @@ pub(super) fn decode(
     }
     let data = match &registered.kind {
         Kind::Avro(schema) => avro::decode(schema, id, payload).map_err(|e| e.to_string()),
-        Kind::Json(_) => serde_json::from_slice::<Value>(payload)
+        Kind::Json(_) => crate::event::json_from_bytes::<Value>(payload)
             .map_err(|e| format!("JSON data for schema id {id} does not parse: {e}")),
     };
     let data = match data {

@@ -201,7 +201,7 @@ fn text<'s>(value: &'s Option<Str<'_>>) -> Option<&'s str> {
 impl<'a> Record<'a> {
     /// Reads an audit record of the known shape; `None` when it is anything else.
     pub(crate) fn parse(value: &'a [u8]) -> Option<Self> {
-        serde_json::from_slice(value).ok()
+        crate::event::json_from_bytes(value).ok()
     }
 
     /// The record's `processed_at`.

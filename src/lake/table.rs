@@ -242,7 +242,7 @@ impl Table {
         ingested: DateTime<Utc>,
         out: &mut Vec<u8>,
     ) -> Option<Hour> {
-        let record: Value = serde_json::from_slice(value).ok()?;
+        let record: Value = crate::event::json_from_bytes(value).ok()?;
         if !record.is_object() {
             return None;
         }
@@ -292,7 +292,7 @@ impl Table {
                 (AuditValue::Typed(record), time)
             }
             None => {
-                let record: Value = serde_json::from_slice(value).ok()?;
+                let record: Value = crate::event::json_from_bytes(value).ok()?;
                 if !record.is_object() {
                     return None;
                 }
