@@ -108,6 +108,7 @@ bench: up ## Criterion micro-benchmarks, the end-to-end load run (three interlea
 	$(CARGO) build --release --locked
 	@python3 scripts/bench.py
 	@$(MAKE) --no-print-directory bench-ordering
+	@python3 scripts/bench.py --add-ordering
 
 scale: up ## 1, 2 and 4 actions workers (processes) on a 12-partition topic, then a worker joining and one leaving under load, dynamic and static membership; nothing lost (target/bench/scale.md, ~8 min)
 	$(CARGO) build --release --locked --bin reflex --example bench_load
