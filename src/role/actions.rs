@@ -454,8 +454,13 @@ pub async fn run(
         // A reader of its own for the rebalance: an idle client would queue librdkafka's
         // connection errors during an outage and report them all at the next rebalance.
         let read = tokio::task::block_in_place(|| {
-            let reader = kafka::reader(&config.kafka)?;
-            waiting::waiting_in_retry(&consumer, &reader, &config.topics.retry, &retry, &processor)
+            waiting::waiting_in_retry(
+                &consumer,
+                || kafka::reader(&config.kafka),
+                &config.topics.retry,
+                &retry,
+                &processor,
+            )
         });
         match read {
             Ok(waiting) => scheduler.learn(waiting),

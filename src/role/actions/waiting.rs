@@ -29,9 +29,14 @@ pub(super) struct Waiting {
 
 /// Keys with a record waiting in `partitions` of the retry topic, with those records' event
 /// ids, in offset order.
+///
+/// The worker's own consumer asks for the committed offsets and the partitions' ends; a reader
+/// (made by `reader`) reads the records only when some partition has any past its committed
+/// offset. Records of the assigned event partitions wait for this, so the common case (nothing
+/// waiting) costs two round trips on a connection already open, not a new client.
 pub(super) fn waiting_in_retry(
     consumer: &StreamConsumer<RebalanceContext>,
-    reader: &crate::kafka::Reader,
+    reader: impl FnOnce() -> Result<crate::kafka::Reader, ReadError>,
     retry_topic: &str,
     partitions: &[i32],
     processor: &Processor,
@@ -60,9 +65,28 @@ pub(super) fn waiting_in_retry(
             (e.partition(), from)
         })
         .collect();
-    let mut reader = TopicReader::open_partitions(reader, retry_topic, &starts)?;
+    let mut pending = false;
+    for (&partition, &from) in &starts {
+        let (low, high) = consumer
+            .fetch_watermarks(retry_topic, partition, Duration::from_secs(10))
+            .map_err(read_err)?;
+        pending |= from.max(low) < high;
+    }
     let mut waiting = Vec::new();
     let mut records = 0u64;
+    if !pending {
+        tracing::info!(
+            topic = retry_topic,
+            partitions = ?partitions,
+            records,
+            waiting = 0,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "no keys waiting in the retry partitions assigned"
+        );
+        return Ok(waiting);
+    }
+    let reader = reader()?;
+    let mut reader = TopicReader::open_partitions(&reader, retry_topic, &starts)?;
     while let Some(message) = reader.next_record()? {
         records += 1;
         let headers = kafka::headers_of(&message);
