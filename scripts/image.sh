@@ -125,6 +125,7 @@ test_image() {
             -e "REFLEX_TOPICS_RETRY=$run.retry" -e "REFLEX_ROLES_ACTIONS_GROUP_ID=$run"
             -e REFLEX_TELEMETRY_LISTEN= -e REFLEX_LOG=warn)
         event='{"specversion":"1.0","id":"'$run'-1","source":"/shop/web","type":"order.placed","subject":"ord-1","time":"2026-12-02T06:00:00Z","datacontenttype":"application/json","data":{"order_id":"ord-1","customer_id":"c-1","amount":12.5,"currency":"EUR","items":[{"sku":"S-1","quantity":1}]}}'
+        out="$(run --network host --read-only "${env[@]}" "$IMAGE" topics 2>&1)" || die "reflex topics failed in $IMAGE: $out"
         out="$(run -i --network host --read-only "${env[@]}" "$IMAGE" produce --topic "$run.orders" <<<"$event" 2>&1)" ||
             die "reflex produce failed in $IMAGE: $out"
         out="$(run --network host --read-only "${env[@]}" "$IMAGE" run --role actions --drain --worker-id image-test 2>&1)" ||

@@ -155,10 +155,17 @@ pub fn probe(
         })
 }
 
-/// Producer settings: acknowledged by all in-sync replicas, idempotent, batched.
+/// Producer settings: acknowledged by all in-sync replicas, idempotent, batched; never
+/// creating a topic.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = base_config(kafka);
     config
+        // librdkafka's producers ask the brokers to create a topic they write or describe and
+        // that does not exist. On a broker with auto.create.topics.enable, a missing audit topic
+        // would come back with the broker's defaults (not compacted, its partition count): only
+        // `reflex topics` and topics.create_missing create topics. A record to a missing topic
+        // fails instead, naming it.
+        .set("allow.auto.create.topics", "false")
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")

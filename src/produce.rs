@@ -35,6 +35,9 @@ pub enum ProduceError {
     /// The input could not be read.
     #[error("cannot read input: {0}")]
     Read(#[from] std::io::Error),
+    /// The destination topic does not exist; reflex's producers never create one.
+    #[error("topic \"{0}\" does not exist: create it first (`reflex topics` creates the configured ones)")]
+    MissingTopic(String),
 }
 
 /// What was produced.
@@ -134,6 +137,28 @@ fn to_record(config: &Config, options: &ProduceOptions, line: &str) -> Result<Ou
     }
 }
 
+/// Whether the brokers answer that `topic` does not exist. Any other answer, or none, leaves
+/// the records to report their own errors.
+async fn topic_missing(producer: &kafka::Producer, topic: &str) -> bool {
+    use rdkafka::producer::Producer as _;
+    use rdkafka::types::RDKafkaRespErr;
+    let (producer, topic) = (producer.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&topic), kafka::CONNECT_TIMEOUT)
+            .is_ok_and(|m| {
+                m.topics().iter().any(|t| {
+                    t.name() == topic
+                        && t.error()
+                            == Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                })
+            })
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// Reads JSON lines from `input` and publishes them.
 pub async fn produce(
     config: &Config,
@@ -141,6 +166,9 @@ pub async fn produce(
     input: impl BufRead,
 ) -> Result<ProduceReport, ProduceError> {
     let producer = kafka::producer(&config.kafka, kafka::Outage::new())?;
+    if topic_missing(&producer, &options.topic).await {
+        return Err(ProduceError::MissingTopic(options.topic.clone()));
+    }
     let started = Instant::now();
     let mut report = ProduceReport::default();
     let mut in_flight = FuturesUnordered::new();

@@ -267,6 +267,12 @@ pub async fn run(
         elapsed = ?warmed.elapsed,
         "producer warmed: metadata of the topics written fetched before the first record"
     );
+    if !warmed.unknown.is_empty() {
+        tracing::warn!(
+            topics = ?warmed.unknown,
+            "topics this worker writes do not exist (or this principal may not describe them): records to them fail, and the worker stops, until they exist; create them with `reflex topics` or set topics.create_missing = true"
+        );
+    }
     if config.telemetry.listen.is_some() {
         metrics::lag::spawn(
             &config.kafka,

@@ -260,3 +260,77 @@ async fn one_hot_keys_outputs_keep_its_offset_order() {
         assert_eq!(outcomes, vec![&json!("actioned")], "{id}");
     }
 }
+
+/// A worker that does not create topics never has one created for it: with the audit topic
+/// missing on a broker that creates topics on demand (as the local stack's does), the first
+/// audit record fails, the worker stops naming the topic, and no audit topic with the broker's
+/// defaults (not compacted) appears.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_audit_topic_stops_the_worker_and_is_never_created_with_the_brokers_defaults() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let env = TestEnv::new(1);
+    let mut config = env.config();
+    config.topics.create_missing = false;
+    // librdkafka waits this long before it calls a topic missing (30 s by default).
+    config
+        .kafka
+        .producer
+        .insert("topic.metadata.propagation.max.ms".into(), "1000".into());
+    let retry = config.topics.retry.clone();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let created = admin
+        .create_topics(
+            &[
+                NewTopic::new(&env.events, 1, TopicReplication::Fixed(1)),
+                NewTopic::new(&retry, 1, TopicReplication::Fixed(1)),
+            ],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topics");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    produce(
+        &env.events,
+        &[Rec::json("o-1", &order("o-1", "web-shop", 10.0))],
+    )
+    .await;
+
+    let options = RunOptions {
+        worker_id: "it-missing-audit".into(),
+        drain: false,
+    };
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(90),
+        worker::run(&config, options, CancellationToken::new()),
+    )
+    .await
+    .expect("the worker stops on its own within 90 s");
+    let error = stopped
+        .expect_err("a record to a missing topic fails")
+        .to_string();
+    assert!(
+        error.contains(&format!("delivery to \"{}\"", env.audit)),
+        "{error}"
+    );
+
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("metadata client");
+    let metadata = probe
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    let names: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    assert!(names.contains(&env.events.as_str()), "{names:?}");
+    assert!(
+        !names.contains(&env.audit.as_str()),
+        "the audit topic was created by the worker: {names:?}"
+    );
+}

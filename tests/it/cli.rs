@@ -259,6 +259,39 @@ fn check_names_each_configuration_error() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn produce_refuses_a_missing_topic_and_creates_none() {
+    let env = TestEnv::new(1);
+    let missing = format!("{}.typo", env.events);
+    let out = reflex(
+        &env.config_path,
+        &["produce", "--topic", &missing, "-"],
+        Some(&format!("{}\n", order("m-1", "/shop/web", 1.0))),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "topic \"{missing}\" does not exist: create it first"
+        )),
+        "{stderr}"
+    );
+    let probe: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("metadata client");
+    let metadata = rdkafka::consumer::Consumer::fetch_metadata(
+        &probe,
+        None,
+        std::time::Duration::from_secs(10),
+    )
+    .expect("metadata");
+    assert!(
+        metadata.topics().iter().all(|t| t.name() != missing),
+        "the topic was created"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn produce_validates_unless_told_not_to() {
     let env = TestEnv::new(1);
     env.create_topics().await;
