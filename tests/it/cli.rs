@@ -407,3 +407,52 @@ fn topics_creates_what_is_missing_and_says_so_as_text_and_json() {
     let out = reflex(&env.config_path, &["topics"], None);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "all topics exist\n");
 }
+
+/// The `THP_enabled` line of a running process's /proc status.
+#[cfg(all(target_os = "linux", feature = "mimalloc"))]
+fn thp_enabled(child: &std::process::Child, listen: std::net::SocketAddr) -> String {
+    // The telemetry listener answers once the worker runs, long after main's first lines.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(listen).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker's listener did not answer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .expect("the worker's /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_owned())
+        .expect("THP_enabled in /proc status (Linux 5.0 and later)")
+}
+
+/// reflex keeps transparent huge pages off for its process unless MIMALLOC_ALLOW_THP is set.
+#[cfg(all(target_os = "linux", feature = "mimalloc"))]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_runs_without_transparent_huge_pages_unless_mimalloc_is_told_otherwise() {
+    let env = TestEnv::new(1);
+    env.create_topics().await;
+    for (allow, expected) in [(None, "0"), (Some("1"), "1")] {
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let mut cmd = Command::new(reflex_bin());
+        cmd.args(["run", "--role", "actions", "--worker-id", "it-thp"])
+            .env("REFLEX_CONFIG", &env.config_path)
+            .env("REFLEX_LOG", "warn")
+            .env("REFLEX_TELEMETRY_LISTEN", listen.to_string())
+            .env_remove("MIMALLOC_ALLOW_THP")
+            .stdout(Stdio::null());
+        if let Some(allow) = allow {
+            cmd.env("MIMALLOC_ALLOW_THP", allow);
+        }
+        let mut child = cmd.spawn().expect("reflex starts");
+        let enabled = thp_enabled(&child, listen);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(enabled, expected, "MIMALLOC_ALLOW_THP={allow:?}");
+    }
+}
