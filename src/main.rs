@@ -406,7 +406,7 @@ enum LakeCommand {
 /// mimalloc's own setting applies). mimalloc asks the kernel for huge pages on its arenas
 /// (`MADV_HUGEPAGE`), and the kernel then zeroes a whole 2 MiB page whenever the allocator
 /// touches fresh memory, which the lake's column buffers and the analytics role's state cycle
-/// through: in A/B drains, 0.62× the lake role's CPU per record and 0.79× the analytics role's,
+/// through: in A/B drains, 0.63× the lake role's CPU per record and 0.79× the analytics role's,
 /// the actions role's unchanged (the README's performance section).
 #[cfg(all(feature = "mimalloc", target_os = "linux"))]
 fn transparent_huge_pages_off() {

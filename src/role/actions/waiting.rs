@@ -33,7 +33,8 @@ pub(super) struct Waiting {
 /// The worker's own consumer asks for the committed offsets and the partitions' ends; a reader
 /// (made by `reader`) reads the records only when some partition has any past its committed
 /// offset. Records of the assigned event partitions wait for this, so the common case (nothing
-/// waiting) costs two round trips on a connection already open, not a new client.
+/// waiting) costs a round trip for the committed offsets and one per partition for its ends,
+/// on a connection already open, not a new client.
 pub(super) fn waiting_in_retry(
     consumer: &StreamConsumer<RebalanceContext>,
     reader: impl FnOnce() -> Result<crate::kafka::Reader, ReadError>,
