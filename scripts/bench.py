@@ -41,14 +41,15 @@ received to last one done: `reflex run --summary-json`), CPU seconds and peak RS
 Writes target/bench/report.md and target/bench/report.json; scripts/bench-compare.py sets two
 reports side by side. The machine's load average is recorded before and after every drain.
 
-With --baseline BIN the baseline build's actions role and lake role are measured beside this
-build's, each alternated with it in every repeat on the same topics. With --only lake, only the
-bare consumer and the lake role are measured (the actions role runs once first to write the
-audit records the lake reads, which every lake drain of the run then reads again).
+With --baseline BIN the baseline build's actions, lake and analytics roles are measured beside
+this build's, each alternated with it in every repeat on the same topics. With --only lake, only
+the bare consumer and the lake role are measured (the actions role runs once first to write the
+audit records the lake reads, which every lake drain of the run then reads again). With --only
+analytics, only the bare consumer and the analytics role, both on the customers' orders.
 
 usage: scripts/bench.py [--events N] [--repeats R] [--keys K] [--hot-events H] [--partitions P]
                         [--paced-seconds S] [--wire-events M] [--baseline REFLEX_BINARY]
-                        [--only latency|lake] [--rate EVENTS_PER_S] [--audit-time append|create]
+                        [--only latency|lake|analytics] [--rate EVENTS_PER_S] [--audit-time append|create]
        (the local stack must be up: make up; make bench builds and runs everything)
 """
 import argparse
@@ -490,11 +491,12 @@ def main():
                         help="groups held open at once for the analytics role's memory figure (0: skip)")
     parser.add_argument("--baseline", default=os.environ.get("BENCH_BASELINE"),
                         help="another reflex binary whose actions and lake roles are measured beside this build's")
-    parser.add_argument("--only", choices=["latency", "lake"],
+    parser.add_argument("--only", choices=["latency", "lake", "analytics"],
                         help="latency: only the paced latency, --repeats times, alternating with --baseline "
                              "if given (target/bench/latency.{md,json}); lake: only the bare consumer and the "
                              "lake role (the actions role runs once to write the audit records every lake "
-                             "drain reads)")
+                             "drain reads); analytics: only the bare consumer and the analytics role, on the "
+                             "customers' orders")
     parser.add_argument("--rate", type=int, default=int(os.environ.get("BENCH_RATE", 0)),
                         help="events/s for the paced latency (default: half the actions role's median; with "
                              "--only latency, from one drain of --events events)")
@@ -527,18 +529,22 @@ def main():
     payloads, lines = bench_payloads()
     if args.only == "latency":
         return latency_only(args, reflex, loader, env, run, payloads, topic, started)
+    only_lake, only_analytics = args.only == "lake", args.only == "analytics"
+    customers = f"{run}.customers"
+    if only_analytics:
+        topic = customers
     subprocess.run([reflex, "topics"], env=env, check=True, capture_output=True)
-    log(f"loading {n} events over {args.keys} keys into {topic} ({args.partitions} partitions)")
-    loaded = load_topic(loader, topic, payloads, n, args.keys)
-    log(f"loaded at {loaded['events_per_second']:.0f} events/s")
-    only_lake = args.only == "lake"
+    if not only_analytics:
+        log(f"loading {n} events over {args.keys} keys into {topic} ({args.partitions} partitions)")
+        loaded = load_topic(loader, topic, payloads, n, args.keys)
+        log(f"loaded at {loaded['events_per_second']:.0f} events/s")
     hot_topics = {"hot": (f"{run}.hot", 1), "distinct": (f"{run}.distinct", hot_n)}
-    for label, (t, keys) in ({} if only_lake else hot_topics).items():
+    for label, (t, keys) in ({} if args.only else hot_topics).items():
         subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=t), check=True, capture_output=True)
         load_topic(loader, t, payloads, hot_n, keys)
-    customers = f"{run}.customers"
     if not only_lake:
-        log(f"loaded {hot_n} events under one key into {run}.hot and under {hot_n} keys into {run}.distinct")
+        if not only_analytics:
+            log(f"loaded {hot_n} events under one key into {run}.hot and under {hot_n} keys into {run}.distinct")
         subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=customers), check=True,
                        capture_output=True)
         load_customers(loader, customers, payloads, n, ANALYTICS_GROUPS)
@@ -547,7 +553,7 @@ def main():
     # get topics of their own, small, measured for both builds.
     small_n = min(hot_n, 3000)
     small_topics = {"hot": (f"{run}.hot-small", 1), "distinct": (f"{run}.distinct-small", small_n)}
-    if args.baseline and not only_lake:
+    if args.baseline and not args.only:
         for label, (t, keys) in small_topics.items():
             subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=t), check=True, capture_output=True)
             load_topic(loader, t, payloads, small_n, keys)
@@ -594,6 +600,17 @@ def main():
             env, REFLEX_TOPICS_AUDIT=audit_topic, REFLEX_ROLES_LAKE_GROUP_ID=f"{run}.{tag}",
             REFLEX_LAKE_STORE=str(OUT / f"{run}-{tag}")), "lake", 2 * n)
 
+    def analytics(name, i, binary):
+        """The analytics role's count window per customer over the customers' orders."""
+        return role_run(name, binary, dict(analytics_env(env, run, f"{name}-{i}", "1m", 100_000),
+                                           REFLEX_TOPICS_EVENTS=customers), "analytics", n)
+
+    if only_analytics:
+        for i in range(repeats):
+            measure("bare_consumer", i, bare)
+            measure("analytics", i, lambda: analytics("analytics", i, reflex))
+            if args.baseline:
+                measure("analytics_baseline", i, lambda: analytics("analytics-baseline", i, args.baseline))
     if only_lake:
         # One actions run writes the audit records that every lake drain reads.
         measure("actions", 0, lambda: actions_run("actions", reflex, outputs("actions", 0), n))
@@ -602,7 +619,7 @@ def main():
             measure("lake", i, lambda: lake("lake", i, reflex, f"{run}.actions-0.audit"))
             if args.baseline:
                 measure("lake_baseline", i, lambda: lake("lake-baseline", i, args.baseline, f"{run}.actions-0.audit"))
-    for i in range(0 if only_lake else repeats):
+    for i in range(0 if args.only else repeats):
         measure("bare_consumer", i, bare)
         measure("mirror", i, lambda: mirror(i))
         measure("actions", i, lambda: actions_run("actions", reflex, outputs("actions", i), n))
@@ -619,9 +636,9 @@ def main():
         measure("lake", i, lambda: lake("lake", i, reflex, f"{run}.actions-{i}.audit"))
         if args.baseline:
             measure("lake_baseline", i, lambda: lake("lake-baseline", i, args.baseline, f"{run}.actions-{i}.audit"))
-        measure("analytics", i, lambda: role_run("analytics", reflex, dict(
-            analytics_env(env, run, f"analytics-{i}", "1m", 100_000), REFLEX_TOPICS_EVENTS=customers),
-            "analytics", n))
+        measure("analytics", i, lambda: analytics("analytics", i, reflex))
+        if args.baseline:
+            measure("analytics_baseline", i, lambda: analytics("analytics-baseline", i, args.baseline))
         for label, (t, _) in hot_topics.items():
             measure(f"actions_{label}_keys", i, lambda: actions_run(
                 f"actions-{label}", reflex, outputs(label, i, REFLEX_TOPICS_EVENTS=t), hot_n))
@@ -660,12 +677,13 @@ def main():
         ratios["actions_cpu_over_baseline"] = per_repeat("actions", "actions_baseline", "cpu_us_per_record")
         ratios["lake_cpu_over_baseline"] = per_repeat("lake", "lake_baseline", "cpu_us_per_record")
         ratios["lake_rss_over_baseline"] = per_repeat("lake", "lake_baseline", "peak_rss_mib")
+        ratios["analytics_cpu_over_baseline"] = per_repeat("analytics", "analytics_baseline", "cpu_us_per_record")
         ratios["hot_key_over_distinct_keys_small"] = per_repeat("actions_hot_keys_small", "actions_distinct_keys_small")
         ratios["baseline_hot_key_over_distinct_keys_small"] = per_repeat("actions_baseline_hot_keys_small",
                                                                          "actions_baseline_distinct_keys_small")
         ratios["hot_key_over_baseline_hot_key_small"] = per_repeat("actions_hot_keys_small", "actions_baseline_hot_keys_small")
 
-    if args.analytics_groups_max > 0 and not only_lake:
+    if args.analytics_groups_max > 0 and not args.only:
         g = args.analytics_groups_max
         topic_g = f"{run}.customers-{g}"
         subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=topic_g), check=True, capture_output=True)
@@ -678,13 +696,13 @@ def main():
         log(f"analytics at {g} open groups: peak RSS {am['peak_rss_mib']} MiB, {am['cpu_us_per_record']} CPU-µs per event")
     figures["analytics_checkpoint"] = {"ns_10k_groups": criterion_ns("analytics_checkpoint", "snapshot_10k_groups")}
 
-    rate = args.rate or max(1, round(figures["summary"]["actions"]["events_per_second"]["median"] / 2))
-    if args.paced_seconds > 0 and not only_lake:
+    if args.paced_seconds > 0 and not args.only:
+        rate = args.rate or max(1, round(figures["summary"]["actions"]["events_per_second"]["median"] / 2))
         log(f"paced latency: {rate} events/s, one worker, fresh topic")
         figures["paced_latency"] = paced_latency(reflex, loader, env, run, payloads, rate, args.paced_seconds,
                                                  audit_time=args.audit_time)
         log_latency("paced latency", figures["paced_latency"])
-    if args.wire_events > 0 and not only_lake:
+    if args.wire_events > 0 and not args.only:
         log(f"Avro vs JSON through the actions role ({args.wire_events} payment.settled events each)")
         figures["avro_vs_json"] = wire_comparison(reflex, loader, env, run, args.wire_events, args.partitions)
         ratios["avro_over_json"] = spread([figures["avro_vs_json"]["avro_over_json"]])
@@ -694,7 +712,7 @@ def main():
     summary = figures["summary"]
     figure = lambda process, key: summary.get(process, {}).get(key)
     measured = {"actions_over_mirror": ratios["actions_over_mirror"],
-                "actions_cpu_us_per_event": None if only_lake else figure("actions", "cpu_us_per_record"),
+                "actions_cpu_us_per_event": None if args.only else figure("actions", "cpu_us_per_record"),
                 "lake_cpu_us_per_record": figure("lake", "cpu_us_per_record"),
                 "lake_peak_rss_mib": figure("lake", "peak_rss_mib"),
                 "analytics_cpu_us_per_event": figure("analytics", "cpu_us_per_record"),
@@ -806,6 +824,7 @@ def write_markdown(figures, args):
               ("lake", "lake role (events + audit records, per record)"),
               ("lake_baseline", f"lake role, baseline build ({args.baseline})"),
               ("analytics", f"analytics role, a count window per customer over {ANALYTICS_GROUPS} customers"),
+              ("analytics_baseline", f"analytics role, baseline build ({args.baseline})"),
               ("actions_hot_keys", f"actions role, {figures['hot_events']} events under one key"),
               ("actions_distinct_keys", f"actions role, the same {figures['hot_events']} events under distinct keys"),
               ("actions_hot_keys_small", f"actions role, {figures['hot_events_small']} events under one key"),

@@ -11,8 +11,8 @@
 //! ([`State::late`]) and reported to the caller, never added. Absence timers fire the same way,
 //! at `first`'s time + `within`.
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat};
@@ -120,7 +120,9 @@ struct Group {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
     inputs: BTreeMap<String, Input>,
-    groups: BTreeMap<String, Group>,
+    /// Looked up once or more per event: hashed, and written in key order.
+    #[serde(serialize_with = "in_key_order")]
+    groups: HashMap<String, Group>,
     seq: u64,
     watermark: Option<i64>,
     /// Late events counted.
@@ -419,7 +421,7 @@ fn group_values(analysis: &Analysis, event: &CloudEvent) -> Vec<Value> {
 /// Notes a use of group `key` (made with `values` when new) and returns it: one lookup, and
 /// the group is listed in `recency` only when made (see [`State::bound`]).
 fn touch<'a>(
-    groups: &'a mut BTreeMap<String, Group>,
+    groups: &'a mut HashMap<String, Group>,
     recency: &mut BTreeMap<u64, String>,
     seq: &mut u64,
     key: &str,
@@ -844,3 +846,12 @@ fn finding(
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+/// Writes a map in the order of its keys, so a checkpoint of the same state is the same bytes.
+fn in_key_order<S: serde::Serializer>(
+    map: &HashMap<String, Group>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let ordered: BTreeMap<&String, &Group> = map.iter().collect();
+    ordered.serialize(serializer)
+}

@@ -283,7 +283,7 @@ pub async fn run(
         writing: HashMap::new(),
         tasks: JoinSet::new(),
         max_writing: lake_cfg.max_segments_writing,
-        admitter: Admitter::new(config),
+        admitter: Admitter::new(config).untimed(),
         evaluator: policy.evaluator(),
         metrics: Arc::clone(&metrics),
         store_outage: StoreOutage::new(),

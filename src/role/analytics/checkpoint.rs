@@ -182,7 +182,36 @@ pub(super) async fn ensure_changelog(config: &Config) -> Result<(), AnalyticsErr
 }
 
 impl Worker<'_> {
-    pub(super) async fn restore(&self, p: i32) -> Result<Task, AnalyticsError> {
+    /// The tasks of partitions `ps`, each restored from its latest checkpoint: one read of the
+    /// changelog for them all.
+    pub(super) async fn restore(&self, ps: &[i32]) -> Result<Vec<(i32, Task)>, AnalyticsError> {
+        let settings = &self.config.analytics;
+        let wanted: BTreeSet<String> = ps
+            .iter()
+            .flat_map(|&p| {
+                settings
+                    .analyses
+                    .iter()
+                    .map(move |a| changelog_key(&a.name, p))
+            })
+            .collect();
+        let kafka = self.config.kafka.clone();
+        let topic = settings.changelog_topic.clone();
+        let found = tokio::task::spawn_blocking(move || read_changelog(&kafka, &topic, &wanted))
+            .await
+            .map_err(|e| AnalyticsError::Changelog {
+                topic: settings.changelog_topic.clone(),
+                message: e.to_string(),
+            })?
+            .map_err(|source| AnalyticsError::Restore {
+                topic: settings.changelog_topic.clone(),
+                source,
+            })?;
+        Ok(ps.iter().map(|&p| (p, self.restored(p, &found))).collect())
+    }
+
+    /// The task of partition `p` from `found`, the changelog's latest records of its keys.
+    fn restored(&self, p: i32, found: &BTreeMap<String, Vec<u8>>) -> Task {
         let settings = &self.config.analytics;
         let mut engine = Engine::new(Arc::clone(&settings.analyses), settings.max_groups);
         for (i, route) in self.routes.topics.iter().enumerate() {
@@ -201,23 +230,10 @@ impl Worker<'_> {
             .enumerate()
             .map(|(i, a)| (changelog_key(&a.name, p), i))
             .collect();
-        let kafka = self.config.kafka.clone();
-        let topic = settings.changelog_topic.clone();
-        let wanted: BTreeSet<String> = keys.keys().cloned().collect();
-        let found = tokio::task::spawn_blocking(move || read_changelog(&kafka, &topic, &wanted))
-            .await
-            .map_err(|e| AnalyticsError::Changelog {
-                topic: settings.changelog_topic.clone(),
-                message: e.to_string(),
-            })?
-            .map_err(|source| AnalyticsError::Restore {
-                topic: settings.changelog_topic.clone(),
-                source,
-            })?;
         let mut stale = BTreeSet::new();
         let mut parts = vec![Vec::new(); settings.analyses.len()];
         for (key, &i) in &keys {
-            let (state, replaced) = assemble(key, &found);
+            let (state, replaced) = assemble(key, found);
             stale.extend(replaced);
             let Some(bytes) = state else { continue };
             if let Ok(head) = serde_json::from_slice::<Head>(&found[key]) {
@@ -263,7 +279,7 @@ impl Worker<'_> {
             }
         }
         let now = Instant::now();
-        Ok(Task {
+        Task {
             reported: (0..settings.analyses.len())
                 .map(|i| (engine.state(i).late, engine.state(i).evicted))
                 .collect(),
@@ -292,7 +308,7 @@ impl Worker<'_> {
             dirty: false,
             stale,
             parts,
-        })
+        }
     }
 
     /// Checkpoints every task: findings acknowledged, states written and acknowledged, then

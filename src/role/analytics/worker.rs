@@ -96,14 +96,16 @@ impl Worker<'_> {
         let Ok(assignment) = consumer.assignment() else {
             return Ok(());
         };
-        let partitions: std::collections::BTreeSet<i32> = assignment
+        let partitions: Vec<i32> = assignment
             .elements()
             .iter()
             .map(|e| e.partition())
             .filter(|p| !self.tasks.contains_key(p))
+            .collect::<std::collections::BTreeSet<i32>>()
+            .into_iter()
             .collect();
-        for p in partitions {
-            self.task(p).await?;
+        if !partitions.is_empty() {
+            self.tasks.extend(self.restore(&partitions).await?);
         }
         Ok(())
     }
@@ -111,8 +113,7 @@ impl Worker<'_> {
     /// The task of partition `p`, restored from the changelog the first time.
     async fn task(&mut self, p: i32) -> Result<&mut Task, AnalyticsError> {
         if !self.tasks.contains_key(&p) {
-            let task = self.restore(p).await?;
-            self.tasks.insert(p, task);
+            self.tasks.extend(self.restore(&[p]).await?);
         }
         Ok(self
             .tasks
