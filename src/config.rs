@@ -321,6 +321,21 @@ impl Config {
         topics
     }
 
+    /// The topics reflex writes that `topics` does not name: the topics of emit actions and
+    /// `emit` obligations, and the analyses' findings topic when analyses are declared. Created
+    /// with the configured ones (`reflex topics`, `topics.create_missing`), since no reflex
+    /// producer creates a topic.
+    pub fn written_topics(&self) -> Vec<String> {
+        let mut topics = self.emit_topics();
+        if !self.analytics.analyses.is_empty() {
+            topics.push(self.analytics.topic.clone());
+        }
+        topics.retain(|t| !self.topics.events.contains(t));
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
     /// Reads `path`, applies the process's `REFLEX_*` variables, and validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

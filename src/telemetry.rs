@@ -439,9 +439,7 @@ impl Metrics {
                 .and_then(|o| o.down_for())
                 .map(|d| format!("Kafka brokers unreachable for {:.0}s", d.as_secs_f64()));
             let problem = match (&check.error, check.answered) {
-                (Some(error), _) => {
-                    Some(format!("the brokers did not answer the producer: {error}"))
-                }
+                (Some(error), _) => Some(error.clone()),
                 (None, None) => Some("the producer has not reached the brokers yet".to_owned()),
                 (None, Some(_)) => down,
             };
@@ -867,10 +865,10 @@ impl ActionAttempted<'_> {
     }
 }
 
-/// The worker's producer was asked for the brokers' metadata.
+/// The worker's producer was asked for the brokers' metadata of a topic it writes.
 #[derive(Debug, Clone, Copy)]
 pub struct ProducerChecked<'a> {
-    /// The error, if the brokers did not answer.
+    /// What failed, as `/readyz` says it: the brokers did not answer, or the topic is missing.
     pub error: Option<&'a str>,
 }
 
@@ -887,7 +885,7 @@ impl ProducerChecked<'_> {
             }
             Some(error) => {
                 if check.error.is_none() {
-                    tracing::debug!(error, "the producer's metadata request was not answered");
+                    tracing::debug!(error, "the producer check failed");
                 }
                 check.error = Some(error.to_owned());
             }

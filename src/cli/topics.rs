@@ -15,9 +15,11 @@ pub struct TopicsReport {
     pub created: Vec<String>,
 }
 
-/// Creates every configured topic that is missing.
+/// Creates every configured topic that is missing, and every topic reflex writes
+/// ([`Config::written_topics`]).
 pub async fn report(config: &Config) -> Result<TopicsReport, KafkaSetupError> {
-    let created = kafka::ensure_topics(&config.kafka, &config.topics, &[]).await?;
+    let created =
+        kafka::ensure_topics(&config.kafka, &config.topics, &config.written_topics()).await?;
     Ok(TopicsReport { created })
 }
 

@@ -217,4 +217,25 @@ mod tests {
         assert!(w.contains("analytics.topic = \"reflex.analytics\""), "{w}");
         assert!(w.contains("topics.events"), "{w}");
     }
+
+    #[test]
+    fn the_findings_topic_is_among_the_topics_written_unless_it_is_an_event_topic() {
+        let dir = fixture("order.rate");
+        let config = load(&dir, "\"events.orders\"", "").expect("valid");
+        assert!(
+            config
+                .written_topics()
+                .contains(&"reflex.analytics".to_owned()),
+            "{:?}",
+            config.written_topics()
+        );
+        let config = load(&dir, "\"events.orders\", \"reflex.analytics\"", "").expect("valid");
+        assert!(
+            !config
+                .written_topics()
+                .contains(&"reflex.analytics".to_owned()),
+            "an event topic is created as one: {:?}",
+            config.written_topics()
+        );
+    }
 }

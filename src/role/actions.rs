@@ -192,7 +192,7 @@ pub async fn run(
         .await?;
     }
     if config.topics.create_missing {
-        let extra = emitted_topics(config);
+        let extra = config.written_topics();
         let created = kafka::ensure_topics(&config.kafka, &config.topics, &extra).await?;
         if !created.is_empty() {
             tracing::info!(topics = ?created, "created topics");
@@ -705,11 +705,4 @@ pub async fn run(
         let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
     }
     result.map(|()| summary)
-}
-
-/// Topics that emit actions write to, created with the others.
-fn emitted_topics(config: &Config) -> Vec<String> {
-    let mut topics = config.emit_topics();
-    topics.retain(|t| !config.topics.events.contains(t));
-    topics
 }

@@ -221,7 +221,7 @@ pub async fn run(
         .await?;
     }
     if config.topics.create_missing {
-        kafka::ensure_topics(&config.kafka, &config.topics, &[]).await?;
+        kafka::ensure_topics(&config.kafka, &config.topics, &config.written_topics()).await?;
         ensure_changelog(config).await?;
     }
     let mut inputs: Vec<String> = config
@@ -315,7 +315,7 @@ pub async fn run(
         inputs,
         producer,
         metrics: Arc::clone(&metrics),
-        admitter: Admitter::new(config),
+        admitter: Admitter::new(config).untimed(),
         tasks: BTreeMap::new(),
         summary: AnalyticsSummary::default(),
         worker_id: options.worker_id,

@@ -1,12 +1,15 @@
 //! The producer check of `/readyz`: a task that asks the brokers for one topic's metadata on
-//! the worker's own producer every interval, so a producer that cannot reach Kafka turns the
-//! worker unready (beside the outage the producer's connection failures open, see
+//! the worker's own producer every interval, so a producer that cannot reach Kafka, or a topic
+//! the worker writes that does not exist (its producers never create one), turns the worker
+//! unready (beside the outage the producer's connection failures open, see
 //! [`crate::kafka::Outage`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::metadata::Metadata;
 use rdkafka::producer::Producer as _;
+use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
 use super::{Metrics, ProducerChecked};
@@ -38,23 +41,43 @@ pub fn spawn(
                 producer
                     .client()
                     .fetch_metadata(Some(&topic), QUERY_TIMEOUT)
-                    .map(|_| ())
+                    .map(|metadata| topic_problem(&metadata, &topic))
             })
             .await;
             let Ok(answer) = answer else {
                 continue;
             };
             match answer {
-                Ok(()) => {
+                Ok(problem) => {
                     // The brokers answered: an outage is over even while no record flows.
                     metrics.outage().answered();
-                    ProducerChecked { error: None }.emit(&metrics);
+                    ProducerChecked {
+                        error: problem.as_deref(),
+                    }
+                    .emit(&metrics);
                 }
                 Err(e) => ProducerChecked {
-                    error: Some(&e.to_string()),
+                    error: Some(&format!("the brokers did not answer the producer: {e}")),
                 }
                 .emit(&metrics),
             }
         }
     });
+}
+
+/// What is wrong with `topic` in the brokers' answer: missing, or another error of theirs.
+fn topic_problem(metadata: &Metadata, topic: &str) -> Option<String> {
+    let error = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(Some(RDKafkaErrorCode::UnknownTopicOrPartition), |t| {
+            t.error().map(RDKafkaErrorCode::from)
+        })?;
+    Some(match error {
+        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => format!(
+            "topic \"{topic}\" does not exist: create it (`reflex topics` creates the configured ones)"
+        ),
+        other => format!("the brokers answered the producer about topic \"{topic}\": {other}"),
+    })
 }

@@ -198,7 +198,7 @@ fn readiness_needs_a_producer_that_reached_the_brokers_once_it_has_one() {
     ProducerChecked { error: None }.emit(&m);
     assert_eq!(m.readiness(), Ok(()));
     ProducerChecked {
-        error: Some("Local: Broker transport failure"),
+        error: Some("the brokers did not answer the producer: Local: Broker transport failure"),
     }
     .emit(&m);
     assert_eq!(

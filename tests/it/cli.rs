@@ -386,7 +386,7 @@ async fn produce_validates_unless_told_not_to() {
 }
 
 #[test]
-fn topics_creates_what_is_missing_and_says_so_as_text_and_json() {
+fn topics_creates_what_is_missing_and_what_reflex_writes_and_says_so_as_text_and_json() {
     let env = TestEnv::new(1);
     let out = reflex(&env.config_path, &["topics", "--json"], None);
     assert!(
@@ -399,7 +399,16 @@ fn topics_creates_what_is_missing_and_says_so_as_text_and_json() {
         .as_array()
         .map(|t| t.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    for topic in [&env.events, &env.audit, &env.dlq] {
+    // The configured topics, and the ones reflex writes that they do not name: no reflex
+    // producer creates a topic.
+    for topic in [
+        &env.events,
+        &env.audit,
+        &env.dlq,
+        &env.shipments,
+        &env.refunds_approved,
+        &env.policy_events,
+    ] {
         assert!(created.contains(&topic.as_str()), "{topic} in {report}");
     }
     let out = reflex(&env.config_path, &["topics", "--json"], None);

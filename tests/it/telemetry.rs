@@ -440,6 +440,24 @@ async fn readyz_is_unavailable_until_partitions_are_assigned() {
         "{body}"
     );
     assert!(body.ends_with("\nreadyz check failed\n"), "{body}");
+    // The audit topic is missing too, and no producer of the worker creates it: the producer
+    // check names it.
+    let missing = format!(
+        "\n[-]producer failed: topic \"{}\" does not exist: create it (`reflex topics` creates the configured ones)\n",
+        env.audit
+    );
+    let missing = missing.as_str();
+    let (status, body) = wait_for(
+        "the producer check to name the missing audit topic",
+        Duration::from_secs(30),
+        || async move {
+            get(addr, "/readyz")
+                .await
+                .filter(|(_, body)| body.contains(missing))
+        },
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
 
     env.create_topics().await;
     let ready = wait_for("/readyz to turn ready", Duration::from_secs(60), || async {
