@@ -11,17 +11,23 @@
 //! ([`State::late`]) and reported to the caller, never added. Absence timers fire the same way,
 //! at `first`'s time + `within`.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat};
+// Group keys come from event data: hashed with hashbrown's randomly seeded foldhash, several
+// times faster than the standard library's SipHash on short keys.
+use hashbrown::hash_map::EntryRef;
+use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+
+mod windows;
 
 use super::aggregate::Acc;
 use super::spec::{Absence, Aggregate, Analysis, Anomaly, Direction, FieldValue, Kind, Window};
 use crate::event::{CloudEvent, SPEC_VERSION};
+use windows::Windows;
 
 /// Name space of finding ids (UUID v5 of analysis, window and group).
 const FINDING_NAMESPACE: uuid::Uuid =
@@ -101,15 +107,22 @@ struct Pending {
     within: i64,
 }
 
+/// A group's text, shared by the group map, the timers and the recency list (one allocation
+/// per group, not one per timer or listing).
+type Key = Arc<str>;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Group {
+    /// Its key in [`State::groups`]. Set when made or restored.
+    #[serde(skip)]
+    key: Key,
     values: Vec<Value>,
     touched: u64,
     /// The sequence number this group is listed under in `State::recency` (at most
     /// `touched`: a touch does not move it, eviction does).
     #[serde(skip)]
     listed: u64,
-    windows: BTreeMap<i64, Win>,
+    windows: Windows<Win>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     baseline: Option<Baseline>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,8 +134,8 @@ struct Group {
 pub struct State {
     inputs: BTreeMap<String, Input>,
     /// Looked up once or more per event: hashed, and written in key order.
-    #[serde(serialize_with = "in_key_order")]
-    groups: HashMap<String, Group>,
+    #[serde(serialize_with = "in_key_order", deserialize_with = "keyed")]
+    groups: HashMap<Key, Group>,
     seq: u64,
     watermark: Option<i64>,
     /// Late events counted.
@@ -131,11 +144,14 @@ pub struct State {
     pub evicted: u64,
     /// Timers: (end, group, start). Rebuilt on restore.
     #[serde(skip)]
-    timers: BTreeSet<(i64, String, i64)>,
+    timers: BTreeSet<(i64, Key, i64)>,
     /// Every group once, under its `listed` sequence number, so the first entry whose number
     /// is still the group's `touched` one is the least recently used group. Rebuilt on restore.
     #[serde(skip)]
-    recency: BTreeMap<u64, String>,
+    recency: BTreeMap<u64, Key>,
+    /// Reused per event: the event's group key, and the windows it falls in.
+    #[serde(skip)]
+    scratch: (String, Vec<(i64, i64)>),
 }
 
 impl State {
@@ -163,10 +179,11 @@ impl State {
         self.timers.clear();
         self.recency.clear();
         for (key, group) in &mut self.groups {
+            group.key = key.clone();
             group.listed = group.touched;
             self.recency.insert(group.touched, key.clone());
-            for (start, win) in &group.windows {
-                self.timers.insert((win.end, key.clone(), *start));
+            for (start, win) in group.windows.iter() {
+                self.timers.insert((win.end, key.clone(), start));
             }
             if let Some(p) = &group.pending {
                 for t in p.first.iter().map(|(t, _)| *t).chain(p.then) {
@@ -179,12 +196,12 @@ impl State {
     fn remove_group(&mut self, key: &str) {
         if let Some(group) = self.groups.remove(key) {
             self.recency.remove(&group.listed);
-            for (start, win) in &group.windows {
-                self.timers.remove(&(win.end, key.to_owned(), *start));
+            for (start, win) in group.windows.iter() {
+                self.timers.remove(&(win.end, group.key.clone(), start));
             }
             if let Some(p) = &group.pending {
                 for t in p.first.iter().map(|(t, _)| *t).chain(p.then) {
-                    self.timers.remove(&(t + p.within, key.to_owned(), t));
+                    self.timers.remove(&(t + p.within, group.key.clone(), t));
                 }
             }
         }
@@ -197,14 +214,14 @@ impl State {
             let Some((listed, key)) = self.recency.pop_first() else {
                 break;
             };
-            let Some(group) = self.groups.get_mut(&key) else {
+            let Some(group) = self.groups.get_mut(&*key) else {
                 continue;
             };
             if group.touched != listed {
                 // Used since it was listed: list it again where it belongs now.
                 group.listed = group.touched;
                 self.recency.insert(group.touched, key);
-            } else if key == keep {
+            } else if &*key == keep {
                 kept = Some((listed, key));
             } else {
                 self.remove_group(&key);
@@ -389,24 +406,23 @@ impl Engine {
     }
 }
 
-/// The windows that contain `t`, as (start, end).
-fn windows_of(window: Window, t: i64) -> Vec<(i64, i64)> {
+/// The windows that contain `t`, as (start, end), earliest first, into `out` (emptied first).
+fn windows_of(window: Window, t: i64, out: &mut Vec<(i64, i64)>) {
+    out.clear();
     match window {
         Window::Tumbling(size) => {
             let start = t - t.rem_euclid(size);
-            vec![(start, start + size)]
+            out.push((start, start + size));
         }
         Window::Hopping { size, advance } => {
             let mut start = t - t.rem_euclid(advance);
-            let mut out = Vec::new();
             while start + size > t {
                 out.push((start, start + size));
                 start -= advance;
             }
             out.reverse();
-            out
         }
-        Window::Session(gap) => vec![(t, t + gap)],
+        Window::Session(gap) => out.push((t, t + gap)),
     }
 }
 
@@ -418,30 +434,35 @@ fn group_values(analysis: &Analysis, event: &CloudEvent) -> Vec<Value> {
         .collect()
 }
 
-/// Notes a use of group `key` (made with `values` when new) and returns it: one lookup, and
-/// the group is listed in `recency` only when made (see [`State::bound`]).
+/// Notes a use of group `key` (made with `values` when new) and returns it. The key is
+/// copied only when the group is made, and the group is listed in `recency` only then (see
+/// [`State::bound`]).
 fn touch<'a>(
-    groups: &'a mut HashMap<String, Group>,
-    recency: &mut BTreeMap<u64, String>,
+    groups: &'a mut HashMap<Key, Group>,
+    recency: &mut BTreeMap<u64, Key>,
     seq: &mut u64,
     key: &str,
     values: impl FnOnce() -> Vec<Value>,
 ) -> &'a mut Group {
     *seq += 1;
-    match groups.entry(key.to_owned()) {
-        Entry::Occupied(entry) => {
+    match groups.entry_ref(key) {
+        EntryRef::Occupied(entry) => {
             let group = entry.into_mut();
             group.touched = *seq;
             group
         }
-        Entry::Vacant(entry) => {
-            recency.insert(*seq, entry.key().clone());
-            entry.insert(Group {
+        EntryRef::Vacant(entry) => {
+            let entry = entry.insert_entry(Group {
                 values: values(),
                 touched: *seq,
                 listed: *seq,
                 ..Group::default()
-            })
+            });
+            let key = entry.key().clone();
+            recency.insert(*seq, key.clone());
+            let group = entry.into_mut();
+            group.key = key;
+            group
         }
     }
 }
@@ -456,119 +477,156 @@ fn add(
 ) -> bool {
     let t = obs.time_ms;
     let closed = |end: i64| watermark.is_some_and(|w| end <= w);
-    let key = analysis.group_key(obs.event);
-    match &analysis.kind {
-        Kind::Absence(absence) => {
-            if closed(t.saturating_add(absence.within)) {
-                return false;
-            }
-            let group = touch(
-                &mut state.groups,
-                &mut state.recency,
-                &mut state.seq,
-                &key,
-                || group_values(analysis, obs.event),
-            );
-            let within = absence.within;
-            let mut timer = None;
-            {
-                let pending = group.pending.get_or_insert_with(|| Pending {
-                    within,
-                    ..Pending::default()
-                });
-                if obs.event.ty == absence.first {
-                    if pending.first.as_ref().is_none_or(|(ft, _)| t < *ft) {
-                        pending.first = Some((t, obs.event.id.clone()));
-                        timer = Some((t + within, t));
-                    }
-                } else if pending.then.is_none_or(|bt| t < bt) {
-                    pending.then = Some(t);
-                    timer = Some((t + within, t));
-                }
-            }
-            if let Some((end, start)) = timer {
-                state.timers.insert((end, key.clone(), start));
-            }
-            state.bound(max_groups, &key);
-            true
-        }
+    let (mut key, mut windows) = std::mem::take(&mut state.scratch);
+    analysis.write_group_key(obs.event, &mut key);
+    let added = match &analysis.kind {
+        Kind::Absence(absence) => add_pending(analysis, absence, state, obs, &key, closed),
         Kind::Windowed {
             window, aggregates, ..
         } => {
-            let windows = windows_of(*window, t);
+            windows_of(*window, t, &mut windows);
             if windows.iter().all(|(_, end)| closed(*end)) {
-                return false;
-            }
-            let group = touch(
-                &mut state.groups,
-                &mut state.recency,
-                &mut state.seq,
-                &key,
-                || group_values(analysis, obs.event),
-            );
-            let new_win = |end: i64| Win {
-                end,
-                events: 0,
-                first_id: None,
-                accs: aggregates.iter().map(|(_, a)| Acc::new(a)).collect(),
-            };
-            let mut touched: Vec<(i64, bool)> = Vec::new();
-            if let Window::Session(_) = window {
-                let (mut start, mut end) = windows[0];
-                // Sessions of a group never overlap: merge every one the new one touches.
-                let overlapping: Vec<i64> = group
-                    .windows
-                    .range(..=end)
-                    .filter(|(_, w)| w.end >= start)
-                    .map(|(s, _)| *s)
-                    .collect();
-                let mut merged = new_win(end);
-                for s in overlapping {
-                    if let Some(old) = group.windows.remove(&s) {
-                        state.timers.remove(&(old.end, key.clone(), s));
-                        start = start.min(s);
-                        end = end.max(old.end);
-                        merged.events += old.events;
-                        if merged.first_id.is_none() {
-                            merged.first_id = old.first_id;
-                        }
-                        for (acc, other) in merged.accs.iter_mut().zip(old.accs) {
-                            acc.merge(other);
-                        }
-                    }
-                }
-                merged.end = end;
-                group.windows.insert(start, merged);
-                touched.push((start, true));
+                false
             } else {
-                for (start, end) in windows {
-                    if closed(end) {
-                        continue;
-                    }
-                    let created = !group.windows.contains_key(&start);
-                    if created {
-                        group.windows.insert(start, new_win(end));
-                    }
-                    touched.push((start, created));
+                add_windowed(
+                    state,
+                    obs,
+                    &key,
+                    *window,
+                    &windows,
+                    aggregates,
+                    closed,
+                    || group_values(analysis, obs.event),
+                );
+                true
+            }
+        }
+    };
+    if added {
+        state.bound(max_groups, &key);
+    }
+    state.scratch = (key, windows);
+    added
+}
+
+/// Adds an absence's event to its group's pending pair; `false` when it is late.
+fn add_pending(
+    analysis: &Analysis,
+    absence: &Absence,
+    state: &mut State,
+    obs: Observation<'_>,
+    key: &str,
+    closed: impl Fn(i64) -> bool,
+) -> bool {
+    let t = obs.time_ms;
+    if closed(t.saturating_add(absence.within)) {
+        return false;
+    }
+    let group = touch(
+        &mut state.groups,
+        &mut state.recency,
+        &mut state.seq,
+        key,
+        || group_values(analysis, obs.event),
+    );
+    let within = absence.within;
+    let pending = group.pending.get_or_insert_with(|| Pending {
+        within,
+        ..Pending::default()
+    });
+    let timer = if obs.event.ty == absence.first {
+        let earliest = pending.first.as_ref().is_none_or(|(ft, _)| t < *ft);
+        if earliest {
+            pending.first = Some((t, obs.event.id.clone()));
+        }
+        earliest
+    } else {
+        let earliest = pending.then.is_none_or(|bt| t < bt);
+        if earliest {
+            pending.then = Some(t);
+        }
+        earliest
+    };
+    if timer {
+        state.timers.insert((t + within, group.key.clone(), t));
+    }
+    true
+}
+
+/// Counts the event in its group's open `windows` (those of a session merged into one).
+#[allow(clippy::too_many_arguments)]
+fn add_windowed(
+    state: &mut State,
+    obs: Observation<'_>,
+    key: &str,
+    window: Window,
+    windows: &[(i64, i64)],
+    aggregates: &[(String, Aggregate)],
+    closed: impl Fn(i64) -> bool,
+    values: impl FnOnce() -> Vec<Value>,
+) {
+    let group = touch(
+        &mut state.groups,
+        &mut state.recency,
+        &mut state.seq,
+        key,
+        values,
+    );
+    let new_win = |end: i64| Win {
+        end,
+        events: 0,
+        first_id: None,
+        accs: aggregates.iter().map(|(_, a)| Acc::new(a)).collect(),
+    };
+    let count = |win: &mut Win| {
+        win.events += 1;
+        if win.first_id.is_none() {
+            win.first_id = Some(obs.event.id.clone());
+        }
+        for (acc, (_, aggregate)) in win.accs.iter_mut().zip(aggregates) {
+            acc.add(aggregate, obs.event);
+        }
+    };
+    if let Window::Session(_) = window {
+        let (mut start, mut end) = windows[0];
+        // Sessions of a group never overlap: merge every one the new one touches.
+        let overlapping: Vec<i64> = group
+            .windows
+            .iter()
+            .filter(|(s, w)| *s <= end && w.end >= start)
+            .map(|(s, _)| s)
+            .collect();
+        let mut merged = new_win(end);
+        for s in overlapping {
+            if let Some(old) = group.windows.remove(s) {
+                state.timers.remove(&(old.end, group.key.clone(), s));
+                start = start.min(s);
+                end = end.max(old.end);
+                merged.events += old.events;
+                if merged.first_id.is_none() {
+                    merged.first_id = old.first_id;
+                }
+                for (acc, other) in merged.accs.iter_mut().zip(old.accs) {
+                    acc.merge(other);
                 }
             }
-            for (start, created) in touched {
-                if let Some(win) = group.windows.get_mut(&start) {
-                    win.events += 1;
-                    if win.first_id.is_none() {
-                        win.first_id = Some(obs.event.id.clone());
-                    }
-                    for (acc, (_, aggregate)) in win.accs.iter_mut().zip(aggregates) {
-                        acc.add(aggregate, obs.event);
-                    }
-                    // A window's timer is set when the window is made (every window has one).
-                    if created {
-                        state.timers.insert((win.end, key.clone(), start));
-                    }
-                }
-            }
-            state.bound(max_groups, &key);
-            true
+        }
+        merged.end = end;
+        count(&mut merged);
+        group.windows.insert(start, merged);
+        // A window's timer is set when the window is made (every window has one).
+        state.timers.insert((end, group.key.clone(), start));
+        return;
+    }
+    for &(start, end) in windows {
+        if closed(end) {
+            continue;
+        }
+        let (win, made) = group.windows.get_or_insert_with(start, || new_win(end));
+        count(win);
+        // A window's timer is set when the window is made (every window has one).
+        if made {
+            state.timers.insert((end, group.key.clone(), start));
         }
     }
 }
@@ -605,10 +663,10 @@ fn advance_to(
                 condition,
                 anomaly,
             } => {
-                let Some(group) = state.groups.get_mut(&key) else {
+                let Some(group) = state.groups.get_mut(&*key) else {
                     continue;
                 };
-                let Some(mut win) = group.windows.remove(&start) else {
+                let Some(mut win) = group.windows.remove(start) else {
                     continue;
                 };
                 let values: Vec<Option<f64>> = win
@@ -667,7 +725,7 @@ fn advance_to(
                     if w - next > MAX_EMPTY_WINDOWS * size {
                         next = w - w.rem_euclid(*size);
                     }
-                    group.windows.entry(next).or_insert_with(|| Win {
+                    group.windows.get_or_insert_with(next, || Win {
                         end: next + size,
                         events: 0,
                         first_id: None,
@@ -675,7 +733,6 @@ fn advance_to(
                     });
                     state.timers.insert((next + size, key.clone(), next));
                 } else if group.windows.is_empty() && group.baseline.is_none() {
-                    let key = key.clone();
                     state.remove_group(&key);
                 }
             }
@@ -847,11 +904,20 @@ fn finding(
 #[path = "engine_tests.rs"]
 mod tests;
 
-/// Writes a map in the order of its keys, so a checkpoint of the same state is the same bytes.
+/// Writes the groups in the order of their keys, so a checkpoint of the same state is the same
+/// bytes.
 fn in_key_order<S: serde::Serializer>(
-    map: &HashMap<String, Group>,
+    map: &HashMap<Key, Group>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    let ordered: BTreeMap<&String, &Group> = map.iter().collect();
+    let ordered: BTreeMap<&str, &Group> = map.iter().map(|(k, g)| (&**k, g)).collect();
     ordered.serialize(serializer)
+}
+
+/// Reads the groups written by [`in_key_order`].
+fn keyed<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<HashMap<Key, Group>, D::Error> {
+    let read = BTreeMap::<String, Group>::deserialize(deserializer)?;
+    Ok(read.into_iter().map(|(k, g)| (Key::from(k), g)).collect())
 }

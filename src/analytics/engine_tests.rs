@@ -267,7 +267,7 @@ fn the_group_bound_evicts_the_least_recently_used_and_counts_it() {
     feed(&mut engine, &events, "t");
     assert_eq!(engine.state(0).groups(), 2);
     assert_eq!(engine.state(0).evicted, 1);
-    let mut held: Vec<&str> = engine.state(0).groups.keys().map(String::as_str).collect();
+    let mut held: Vec<&str> = engine.state(0).groups.keys().map(|k| &**k).collect();
     held.sort_unstable();
     assert_eq!(held, ["o1", "o3"], "o2 was used least recently");
 }
@@ -294,7 +294,7 @@ fn the_group_bound_follows_every_use_not_the_first() {
         .collect();
     feed(&mut engine, &events, "t");
     // o3 goes for o4, o2 (used before o1's latest use) for o5, o4 for o2, o1 for o6.
-    let mut held: Vec<&str> = engine.state(0).groups.keys().map(String::as_str).collect();
+    let mut held: Vec<&str> = engine.state(0).groups.keys().map(|k| &**k).collect();
     held.sort_unstable();
     assert_eq!(held, ["o2", "o5", "o6"]);
     assert_eq!(engine.state(0).evicted, 4);

@@ -107,16 +107,22 @@ impl Analysis {
     /// one); empty without a grouping.
     pub fn group_key(&self, event: &crate::event::CloudEvent) -> String {
         let mut key = String::new();
+        self.write_group_key(event, &mut key);
+        key
+    }
+
+    /// [`Self::group_key`] into `key`, emptied first (a buffer reused from event to event).
+    pub fn write_group_key(&self, event: &crate::event::CloudEvent, key: &mut String) {
+        key.clear();
         for (i, field) in self.group_by.iter().enumerate() {
             if i > 0 {
                 key.push('/');
             }
             match field.get(event) {
-                Some(v) => key.push_str(&v.text()),
+                Some(v) => v.write_text(key),
                 None => key.push('-'),
             }
         }
-        key
     }
 
     /// The record key the event is re-keyed by on the way to the analysis's repartition

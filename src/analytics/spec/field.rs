@@ -97,10 +97,21 @@ impl FieldValue<'_> {
 
     /// A stable text form: strings as they are, anything else as compact JSON.
     pub fn text(self) -> String {
+        let mut text = String::new();
+        self.write_text(&mut text);
+        text
+    }
+
+    /// [`Self::text`] appended to `out`.
+    pub fn write_text(self, out: &mut String) {
         match self {
-            Self::Text(s) => s.to_owned(),
-            Self::Json(Value::String(s)) => s.clone(),
-            Self::Json(v) => v.to_string(),
+            Self::Text(s) => out.push_str(s),
+            Self::Json(Value::String(s)) => out.push_str(s),
+            Self::Json(v) => {
+                use std::fmt::Write as _;
+                // Writing to a String cannot fail.
+                let _ = write!(out, "{v}");
+            }
         }
     }
 }
