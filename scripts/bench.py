@@ -45,7 +45,8 @@ With --baseline BIN the baseline build's actions, lake and analytics roles are m
 this build's, each alternated with it in every repeat on the same topics. With --only lake, only
 the bare consumer and the lake role are measured (the actions role runs once first to write the
 audit records the lake reads, which every lake drain of the run then reads again). With --only
-analytics, only the bare consumer and the analytics role, both on the customers' orders.
+analytics, only the bare consumer and the analytics role, both on the customers' orders, and the
+analytics role's memory at --analytics-groups-max open groups (with --baseline, both builds').
 
 usage: scripts/bench.py [--events N] [--repeats R] [--keys K] [--hot-events H] [--partitions P]
                         [--paced-seconds S] [--wire-events M] [--baseline REFLEX_BINARY]
@@ -496,7 +497,7 @@ def main():
                              "if given (target/bench/latency.{md,json}); lake: only the bare consumer and the "
                              "lake role (the actions role runs once to write the audit records every lake "
                              "drain reads); analytics: only the bare consumer and the analytics role, on the "
-                             "customers' orders")
+                             "customers' orders, and its memory at --analytics-groups-max open groups")
     parser.add_argument("--rate", type=int, default=int(os.environ.get("BENCH_RATE", 0)),
                         help="events/s for the paced latency (default: half the actions role's median; with "
                              "--only latency, from one drain of --events events)")
@@ -683,17 +684,24 @@ def main():
                                                                          "actions_baseline_distinct_keys_small")
         ratios["hot_key_over_baseline_hot_key_small"] = per_repeat("actions_hot_keys_small", "actions_baseline_hot_keys_small")
 
-    if args.analytics_groups_max > 0 and not args.only:
+    if args.analytics_groups_max > 0 and args.only in (None, "analytics"):
         g = args.analytics_groups_max
         topic_g = f"{run}.customers-{g}"
         subprocess.run([reflex, "topics"], env=dict(env, REFLEX_TOPICS_EVENTS=topic_g), check=True, capture_output=True)
         load_customers(loader, topic_g, payloads, g, g)
         log(f"analytics: {g} orders of {g} customers, one day's window: {g} groups open at once")
-        figures["analytics_many_groups"] = dict(role_run("analytics-many", reflex, dict(
-            analytics_env(env, run, "analytics-many", "24h", 2 * g), REFLEX_TOPICS_EVENTS=topic_g), "analytics", g),
-            groups=g)
-        am = figures["analytics_many_groups"]
-        log(f"analytics at {g} open groups: peak RSS {am['peak_rss_mib']} MiB, {am['cpu_us_per_record']} CPU-µs per event")
+        builds = [("analytics_many_groups", "analytics-many", reflex)]
+        if args.baseline:
+            builds.append(("analytics_many_groups_baseline", "analytics-many-baseline", args.baseline))
+        for name, tag, binary in builds:
+            figures[name] = dict(role_run(tag, binary, dict(
+                analytics_env(env, run, tag, "24h", 2 * g), REFLEX_TOPICS_EVENTS=topic_g), "analytics", g),
+                groups=g)
+            am = figures[name]
+            log(f"{name} at {g} open groups: peak RSS {am['peak_rss_mib']} MiB, {am['cpu_us_per_record']} CPU-µs per event")
+        if args.baseline:
+            new, old = figures["analytics_many_groups"], figures["analytics_many_groups_baseline"]
+            ratios["analytics_many_groups_rss_over_baseline"] = spread([new["peak_rss_mib"] / old["peak_rss_mib"]])
     figures["analytics_checkpoint"] = {"ns_10k_groups": criterion_ns("analytics_checkpoint", "snapshot_10k_groups")}
 
     if args.paced_seconds > 0 and not args.only:
@@ -845,11 +853,13 @@ def write_markdown(figures, args):
         md += ["", f"## Latency at a paced rate ({pl['rate_target']} events/s, achieved {pl['rate_achieved']}/s, "
                f"{pl['seconds']} s, one worker, fresh topic)", "", latency_basis(pl["audit_time"]), "",
                *latency_table([("this build", pl)])]
-    am = figures.get("analytics_many_groups")
-    if am:
-        md += ["", f"Analytics role with {am['groups']} groups open at once (one event each, a one-day window): "
-               f"peak RSS {am['peak_rss_mib']} MiB, {am['cpu_us_per_record']} CPU-µs per event, "
-               f"{am['events_per_second']} events/s."]
+    for key, who in (("analytics_many_groups", "Analytics role"),
+                     ("analytics_many_groups_baseline", "The baseline build's analytics role")):
+        am = figures.get(key)
+        if am:
+            md += ["", f"{who} with {am['groups']} groups open at once (one event each, a one-day window): "
+                   f"peak RSS {am['peak_rss_mib']} MiB, {am['cpu_us_per_record']} CPU-µs per event, "
+                   f"{am['events_per_second']} events/s."]
     ck = figures.get("analytics_checkpoint", {}).get("ns_10k_groups")
     if ck:
         md += [f"A checkpoint of 10 000 open groups (criterion, `analytics_checkpoint/snapshot_10k_groups`): {ck / 1e6:.2f} ms."]
