@@ -79,9 +79,20 @@ pub async fn check(config: &Config) -> Vec<Endpoint> {
             result,
         });
         if reached {
-            let emitted = config.emit_topics();
-            for topic in crate::kafka::access::check(&config.kafka, &config.topics, &emitted).await
-            {
+            let mut others: Vec<(String, &'static str)> = config
+                .emit_topics()
+                .into_iter()
+                .map(|t| (t, "write (emitted events)"))
+                .collect();
+            if !config.analytics.analyses.is_empty() {
+                let analytics = &config.analytics;
+                others.push((analytics.topic.clone(), "write (analytics findings)"));
+                others.push((
+                    analytics.changelog_topic.clone(),
+                    "read, write (analytics state)",
+                ));
+            }
+            for topic in crate::kafka::access::check(&config.kafka, &config.topics, &others).await {
                 endpoints.push(Endpoint {
                     kind: "topic",
                     address: format!("{} ({})", topic.topic, topic.role),

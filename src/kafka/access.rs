@@ -64,14 +64,19 @@ fn choose(
     Ok(Probe::Timestamp(now_ms + bound + 24 * 3_600_000))
 }
 
-/// Checks every topic of `topics` (and `extra`, which the worker writes events to).
-pub async fn check(kafka: &KafkaConfig, topics: &Topics, extra: &[String]) -> Vec<TopicCheck> {
+/// Checks every topic of `topics`, and `extra`: other topics reflex uses, each with what it does
+/// there (`"write (emitted events)"`; a role containing "write" is probed for writing).
+pub async fn check(
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    extra: &[(String, &'static str)],
+) -> Vec<TopicCheck> {
     let mut wanted: Vec<(String, &'static str)> =
         topics.events.iter().map(|t| (t.clone(), "read")).collect();
     wanted.push((topics.audit.clone(), "write (audit)"));
     wanted.push((topics.dlq.clone(), "write (dead letters)"));
     wanted.push((topics.retry.clone(), "read, write (retries)"));
-    wanted.extend(extra.iter().map(|t| (t.clone(), "write (emitted events)")));
+    wanted.extend(extra.iter().cloned());
 
     let visible = match visible_topics(kafka).await {
         Ok(visible) => visible,

@@ -37,8 +37,7 @@ use crate::kafka::read::ReadError;
 use crate::kafka::{self, KafkaSetupError};
 use crate::telemetry::{self as metrics, Metrics};
 
-pub use checkpoint::changelog_key;
-use checkpoint::ensure_changelog;
+pub use checkpoint::{changelog_key, ensure_changelog};
 use worker::Worker;
 
 /// Why the analytics role stopped.

@@ -571,3 +571,58 @@ emit = "reflex.analytics.refunds_high"
         found.values().next()
     );
 }
+
+/// `reflex topics` creates the analytics role's changelog with the other topics (a deployment
+/// whose workers may not create topics runs it once), and `reflex check --connect` checks that
+/// reflex may write the findings and the changelog, probing the compacted changelog with a
+/// record it refuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn topics_creates_the_changelog_and_check_connect_probes_the_findings_and_the_changelog() {
+    let a = AnalyticsEnv::new(1);
+    let changelog = format!("{}.changelog", a.findings);
+    let out = Command::new(reflex_bin())
+        .args(["topics", "--json"])
+        .env("REFLEX_CONFIG", &a.env.config_path)
+        .env("REFLEX_LOG", "warn")
+        .output()
+        .expect("reflex topics runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let created: Vec<&str> = report["created"]
+        .as_array()
+        .map(|t| t.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for topic in [&a.findings, &changelog] {
+        assert!(created.contains(&topic.as_str()), "{topic} in {report}");
+    }
+
+    let endpoints = reflex::connectivity::check(&a.env.config()).await;
+    let checked = |address: String| {
+        endpoints
+            .iter()
+            .find(|e| e.kind == "topic" && e.address == address)
+            .unwrap_or_else(|| panic!("{address} is checked: {endpoints:?}"))
+    };
+    let findings = checked(format!("{} (write (analytics findings))", a.findings));
+    let state = checked(format!("{changelog} (read, write (analytics state))"));
+    for endpoint in [findings, state] {
+        assert!(
+            endpoint
+                .result
+                .as_ref()
+                .is_ok_and(|d| d.contains("write allowed")),
+            "{endpoint}"
+        );
+    }
+    assert!(
+        state
+            .result
+            .as_ref()
+            .is_ok_and(|d| d.contains("compacted topic refuses")),
+        "the changelog is compacted, so the probe is a record without key: {state}"
+    );
+}

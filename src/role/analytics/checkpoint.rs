@@ -140,8 +140,8 @@ fn fingerprint(analysis: &crate::analytics::Analysis) -> String {
         }
 }
 
-/// Creates the changelog topic, compacted, if it does not exist.
-pub(super) async fn ensure_changelog(config: &Config) -> Result<(), AnalyticsError> {
+/// Creates the changelog topic, compacted, if it does not exist; `true` when it created it.
+pub async fn ensure_changelog(config: &Config) -> Result<bool, AnalyticsError> {
     let topic = &config.analytics.changelog_topic;
     let admin: AdminClient<DefaultClientContext> =
         kafka::with_properties(kafka::base_config(&config.kafka), &config.kafka)
@@ -167,9 +167,11 @@ pub(super) async fn ensure_changelog(config: &Config) -> Result<(), AnalyticsErr
                 topic: topic.clone(),
                 message: e.to_string(),
             })?;
+    let mut created = false;
     for result in results {
         match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(_) => created = true,
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((_, code)) => {
                 return Err(AnalyticsError::Changelog {
                     topic: topic.clone(),
@@ -178,7 +180,7 @@ pub(super) async fn ensure_changelog(config: &Config) -> Result<(), AnalyticsErr
             }
         }
     }
-    Ok(())
+    Ok(created)
 }
 
 impl Worker<'_> {
