@@ -125,6 +125,9 @@ struct Group {
     windows: Windows<Win>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     baseline: Option<Baseline>,
+    /// A seasonal anomaly's baselines, by the window's start within the season (ms).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    seasonal: BTreeMap<i64, Baseline>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pending: Option<Pending>,
 }
@@ -685,7 +688,7 @@ fn advance_to(
                     });
                 let judged = anomaly
                     .as_ref()
-                    .and_then(|a| judge(a, group, values[a.metric]));
+                    .and_then(|a| judge(a, group, start, values[a.metric]));
                 if met || judged.is_some() {
                     let mut data = window_data(
                         analysis,
@@ -697,17 +700,20 @@ fn advance_to(
                         win.events,
                     );
                     if let (Some(j), Some(a)) = (&judged, anomaly) {
-                        data.insert(
-                            "anomaly".into(),
-                            json!({
-                                "metric": aggregates[a.metric].0,
-                                "value": values[a.metric],
-                                "mean": j.mean,
-                                "stddev": j.stddev,
-                                "z": j.z,
-                                "threshold": a.threshold,
-                            }),
-                        );
+                        let mut judged = json!({
+                            "metric": aggregates[a.metric].0,
+                            "value": values[a.metric],
+                            "mean": j.mean,
+                            "stddev": j.stddev,
+                            "z": j.z,
+                            "threshold": a.threshold,
+                        });
+                        if let Some(season) = a.season {
+                            // Which baseline judged it: the window's place in the season.
+                            judged["season_ms"] = json!(season);
+                            judged["season_offset_ms"] = json!(start.rem_euclid(season));
+                        }
+                        data.insert("anomaly".into(), judged);
                     }
                     out.push(finding(
                         analysis,
@@ -732,7 +738,10 @@ fn advance_to(
                         accs: aggregates.iter().map(|(_, a)| Acc::new(a)).collect(),
                     });
                     state.timers.insert((next + size, key.clone(), next));
-                } else if group.windows.is_empty() && group.baseline.is_none() {
+                } else if group.windows.is_empty()
+                    && group.baseline.is_none()
+                    && group.seasonal.is_empty()
+                {
                     state.remove_group(&key);
                 }
             }
@@ -746,10 +755,19 @@ struct Judgement {
     z: f64,
 }
 
-/// Judges a window's value against the group's baseline, then learns it.
-fn judge(anomaly: &Anomaly, group: &mut Group, value: Option<f64>) -> Option<Judgement> {
+/// Judges the value of the window starting at `start` against the group's baseline (with a
+/// season, the baseline of the window's place in it), then learns it.
+fn judge(
+    anomaly: &Anomaly,
+    group: &mut Group,
+    start: i64,
+    value: Option<f64>,
+) -> Option<Judgement> {
     let value = value?;
-    let baseline = group.baseline.get_or_insert_with(Baseline::default);
+    let baseline = match anomaly.season {
+        Some(season) => group.seasonal.entry(start.rem_euclid(season)).or_default(),
+        None => group.baseline.get_or_insert_with(Baseline::default),
+    };
     let mut judgement = None;
     if baseline.n >= anomaly.warmup && baseline.n > 0 {
         let stddev = baseline.var.max(0.0).sqrt();

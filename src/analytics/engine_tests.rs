@@ -408,3 +408,94 @@ fn obs<'a>(
         offset,
     }
 }
+
+#[test]
+fn a_seasonal_anomaly_judges_each_window_against_the_same_place_in_past_seasons() {
+    // Four-minute seasons: 20 orders in each of a season's first two minutes, 2 in each of its
+    // last two; then minute 24, a season's first, brings 2. One baseline per place in the
+    // season has learned 20 there and fires; one baseline for every minute has learned the
+    // swing as spread, and 2 is within it.
+    let declare = |season: &str| {
+        analyses(&format!(
+            "[rate]\ntypes = [\"order\"]\nwindow = {{ tumbling = \"1m\" }}\naggregates = {{ orders = \"count\" }}\nanomaly = {{ metric = \"orders\", warmup = 3, threshold = 3.0{season} }}\nemit = \"rate.odd\"\n"
+        ))
+    };
+    let mut events = Vec::new();
+    let mut n = 0;
+    for minute in 0..26 {
+        let per = if minute % 4 < 2 && minute != 24 {
+            20
+        } else {
+            2
+        };
+        for _ in 0..per {
+            n += 1;
+            events.push(ev(&format!("o{n}"), "order", minute, json!({})));
+        }
+    }
+    // Closes every window up to minute 25.
+    events.push(ev("tick", "order", 26, json!({})));
+
+    let (seasonal, _) = feed(
+        &mut Engine::new(declare(", season = \"4m\""), 100),
+        &events,
+        "t",
+    );
+    let starts: Vec<&Value> = seasonal
+        .iter()
+        .map(|f| &f.event.data.as_ref().expect("data")["window"]["start"])
+        .collect();
+    assert_eq!(
+        starts,
+        [&json!("1970-01-01T00:24:00.000Z")],
+        "only the quiet busy minute: {seasonal:?}"
+    );
+    let anomaly = &seasonal[0].event.data.as_ref().expect("data")["anomaly"];
+    assert_eq!(anomaly["season_ms"], json!(240_000));
+    assert_eq!(anomaly["season_offset_ms"], json!(0));
+    assert_eq!(anomaly["mean"], json!(20.0));
+
+    let (flat, _) = feed(&mut Engine::new(declare(""), 100), &events, "t");
+    assert!(
+        flat.is_empty(),
+        "one baseline for every minute takes the swing for spread: {flat:?}"
+    );
+}
+
+#[test]
+fn a_season_must_be_a_whole_number_of_windows() {
+    let declared = "[rate]\ntypes = [\"order\"]\nwindow = { tumbling = \"1h\" }\naggregates = { orders = \"count\" }\nanomaly = { metric = \"orders\", season = \"90m\" }\nemit = \"rate.odd\"\n";
+    let error = parse_file(Path::new("t.toml"), declared)
+        .expect_err("90m is not a whole number of 1h windows")
+        .to_string();
+    assert!(
+        error.contains("\"rate\"") && error.contains("anomaly.season") && error.contains("1h 30m"),
+        "{error}"
+    );
+    let daily = declared.replace("90m", "1d");
+    let parsed = parse_file(Path::new("t.toml"), &daily).expect("a day of hours");
+    let Kind::Windowed {
+        anomaly: Some(a), ..
+    } = &parsed[0].kind
+    else {
+        panic!("an anomaly analysis: {parsed:?}");
+    };
+    assert_eq!(a.season, Some(86_400_000));
+    // Without a season it reads as before seasons existed, so a checkpoint's fingerprint (of
+    // the declaration's Debug text) still matches and the learned baselines are kept.
+    let plain = parse_file(
+        Path::new("t.toml"),
+        &declared.replace(", season = \"90m\"", ""),
+    )
+    .expect("no season");
+    let Kind::Windowed {
+        anomaly: Some(a), ..
+    } = &plain[0].kind
+    else {
+        panic!("an anomaly analysis: {plain:?}");
+    };
+    assert_eq!(
+        format!("{a:?}"),
+        "Anomaly { metric: 0, alpha: 0.2, threshold: 3.0, warmup: 10, direction: Both }"
+    );
+}

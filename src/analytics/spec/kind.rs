@@ -174,7 +174,7 @@ pub fn parse_condition(text: &str, names: &[String]) -> Result<Vec<Clause>, Stri
 }
 
 /// An online baseline per group and the rule that calls a window's value anomalous.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Anomaly {
     /// Index of the aggregate watched.
     pub metric: usize,
@@ -186,6 +186,28 @@ pub struct Anomaly {
     pub warmup: u32,
     /// Which side counts.
     pub direction: Direction,
+    /// The season's length in ms, a multiple of the window's: a window is judged against, and
+    /// teaches, the baseline of its position in the season (the same hour of past days), not
+    /// the one of the windows just before it. `None`: one baseline.
+    pub season: Option<i64>,
+}
+
+/// As derived, except that a declaration without a season prints as it did before seasons
+/// existed: a checkpoint's state is kept only while the Debug text of its analysis is the same,
+/// so the baselines learned before the upgrade stay.
+impl std::fmt::Debug for Anomaly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("Anomaly");
+        out.field("metric", &self.metric)
+            .field("alpha", &self.alpha)
+            .field("threshold", &self.threshold)
+            .field("warmup", &self.warmup)
+            .field("direction", &self.direction);
+        if let Some(season) = self.season {
+            out.field("season", &season);
+        }
+        out.finish()
+    }
 }
 
 /// "`then` with the same `correlate` value did not follow `first` within `within`".

@@ -66,7 +66,13 @@ struct RawAnomaly {
     warmup: u32,
     #[serde(default)]
     direction: Direction,
+    /// The season's length: one baseline per window position within it.
+    #[serde(default, with = "humantime_serde")]
+    season: Option<Duration>,
 }
+
+/// Baselines a seasonal anomaly keeps per group at most: a week of minutes.
+const MAX_SEASON_SLOTS: i64 = 7 * 24 * 60;
 
 fn default_alpha() -> f64 {
     0.2
@@ -249,12 +255,29 @@ pub(super) fn build(path: &Path, name: &str, raw: RawAnalysis) -> Result<Analysi
                     ),
                 )
             })?;
-            if !matches!(window, Window::Tumbling(_)) {
+            let Window::Tumbling(size) = window else {
                 return Err(invalid(
                     "anomaly",
                     "an anomaly baseline needs a tumbling window (one value per period)".into(),
                 ));
-            }
+            };
+            let season = match a.season {
+                None => None,
+                Some(season) => {
+                    let ms = i64::try_from(season.as_millis()).unwrap_or(i64::MAX);
+                    if ms <= size || ms % size != 0 || ms / size > MAX_SEASON_SLOTS {
+                        return Err(invalid(
+                            "anomaly.season",
+                            format!(
+                                "\"{}\" must be a whole number of windows ({} ms each), more than one and at most {MAX_SEASON_SLOTS}: e.g. \"1d\" with a window of \"1h\"",
+                                humantime::format_duration(season),
+                                size
+                            ),
+                        ));
+                    }
+                    Some(ms)
+                }
+            };
             if !(a.alpha > 0.0 && a.alpha <= 1.0) {
                 return Err(invalid(
                     "anomaly.alpha",
@@ -273,6 +296,7 @@ pub(super) fn build(path: &Path, name: &str, raw: RawAnalysis) -> Result<Analysi
                 threshold: a.threshold,
                 warmup: a.warmup,
                 direction: a.direction,
+                season,
             })
         }
     };
