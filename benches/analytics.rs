@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
             for (offset, event) in events.iter().enumerate() {
                 engine.observe(
                     Observation {
-                        event,
+                        event: event.into(),
                         time_ms: offset as i64 * 10,
                         topic: "events",
                         offset: offset as i64,
@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
     let mut out = Vec::new();
     for (offset, event) in events.iter().take(GROUPS).enumerate() {
         let obs = Observation {
-            event,
+            event: event.into(),
             time_ms: 0,
             topic: "events",
             offset: offset as i64,

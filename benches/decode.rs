@@ -54,6 +54,11 @@ fn bench(c: &mut Criterion) {
     group.bench_function("cloudevent_structured", |b| {
         b.iter(|| CloudEvent::decode(Some(black_box(structured.as_bytes())), &[]).expect("decodes"))
     });
+    group.bench_function("cloudevent_structured_tape", |b| {
+        b.iter(|| {
+            CloudEvent::decode_structured_tape(black_box(structured.as_bytes())).expect("decodes")
+        })
+    });
     group.bench_function("cloudevent_binary", |b| {
         b.iter(|| {
             CloudEvent::decode(Some(black_box(value.as_slice())), black_box(&borrowed))
@@ -71,6 +76,9 @@ fn bench(c: &mut Criterion) {
             serde_json::from_slice::<serde_json::Value>(black_box(PAYMENT_JSON.as_bytes()))
                 .expect("parses")
         })
+    });
+    group.bench_function("data_json_tape", |b| {
+        b.iter(|| reflex::event::tape::Tape::parse(black_box(PAYMENT_JSON)).expect("parses"))
     });
     group.finish();
 }

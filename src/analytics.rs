@@ -43,7 +43,7 @@ pub fn run_offline(
             })?;
         let observed = engine.observe(
             Observation {
-                event,
+                event: event.into(),
                 time_ms,
                 topic: "input",
                 offset: i64::try_from(offset).unwrap_or(i64::MAX),

@@ -10,6 +10,8 @@ use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod tape;
+
 /// Record headers as owned name/value pairs.
 pub type OwnedHeaders = Vec<(String, Vec<u8>)>;
 
@@ -71,6 +73,58 @@ pub struct CloudEvent {
     pub extensions: BTreeMap<String, Value>,
 }
 
+/// An event as a reader of its fields sees it: its attributes, and its `data` either in the
+/// event or, read without a `Value` tree ([`CloudEvent::decode_structured_tape`]), on a tape.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef<'a> {
+    /// The attributes; also the `data`, unless that is on `tape`.
+    pub attributes: &'a CloudEvent,
+    /// The `data`, when it is on a tape.
+    pub tape: Option<tape::TapeNode<'a>>,
+}
+
+impl<'a> From<&'a CloudEvent> for EventRef<'a> {
+    fn from(event: &'a CloudEvent) -> Self {
+        Self {
+            attributes: event,
+            tape: None,
+        }
+    }
+}
+
+impl EventRef<'_> {
+    /// The whole event, its `data` as a `Value`.
+    pub fn to_event(&self) -> CloudEvent {
+        let mut event = self.attributes.clone();
+        if let Some(tape) = self.tape {
+            event.data = Some(tape.to_json());
+        }
+        event
+    }
+}
+
+/// A structured [`CloudEvent`] as read with its `data` on a tape: the same attributes.
+#[derive(Deserialize)]
+struct Taped<'a> {
+    specversion: String,
+    id: String,
+    source: String,
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    time: Option<String>,
+    #[serde(default)]
+    datacontenttype: Option<String>,
+    #[serde(default)]
+    dataschema: Option<String>,
+    #[serde(default, borrow)]
+    data: Option<tape::Tape<'a>>,
+    #[serde(flatten)]
+    extensions: BTreeMap<String, Value>,
+}
+
 /// Why a record is not a usable CloudEvent.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
@@ -130,6 +184,34 @@ impl CloudEvent {
             ));
         }
         Ok(event)
+    }
+
+    /// Decodes a structured record as [`Self::decode`] does, with its `data` read onto a
+    /// [`tape::Tape`] rather than into the event (whose `data` is then `None`): for readers of a
+    /// few fields, which need no `Value` tree. Accepts and rejects exactly what `decode` does.
+    pub fn decode_structured_tape(
+        value: &[u8],
+    ) -> Result<(Self, Option<tape::Tape<'_>>), DecodeError> {
+        let taped: Taped<'_> = json_from_bytes(value).map_err(|e| classify_json_error(&e))?;
+        if taped.extensions.contains_key("data_base64") {
+            return Err(DecodeError::UnsupportedData(
+                "application/octet-stream (data_base64)".into(),
+            ));
+        }
+        let event = Self {
+            specversion: taped.specversion,
+            id: taped.id,
+            source: taped.source,
+            ty: taped.ty,
+            subject: taped.subject,
+            time: taped.time,
+            datacontenttype: taped.datacontenttype,
+            dataschema: taped.dataschema,
+            data: None,
+            extensions: taped.extensions,
+        };
+        event.check()?;
+        Ok((event, taped.data))
     }
 
     /// Decodes the `ce_*` headers of a binary-mode record whose value is decoded elsewhere.

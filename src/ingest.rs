@@ -19,7 +19,8 @@ use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::event::{CloudEvent, Mode};
+use crate::event::tape::Tape;
+use crate::event::{CloudEvent, EventRef, Mode};
 use crate::policy::redaction::RedactionFailed;
 use crate::policy::{telemetry, Decision, Evaluator, Failure};
 use crate::publisher::{Keyring, Publisher};
@@ -102,6 +103,25 @@ pub struct Admitted {
     pub publisher: Publisher,
     /// Stage timings.
     pub timings: AdmitTimings,
+}
+
+/// An event admitted for reading its fields ([`Admitter::admit_fields`]).
+#[derive(Debug)]
+pub struct AdmittedFields<'a> {
+    /// The event; its `data` is `None` when the data is on `tape`.
+    pub event: CloudEvent,
+    /// The data of a structured event, read onto a tape.
+    pub tape: Option<Tape<'a>>,
+}
+
+impl AdmittedFields<'_> {
+    /// The event as its fields are read.
+    pub fn view(&self) -> EventRef<'_> {
+        EventRef {
+            attributes: &self.event,
+            tape: self.tape.as_ref().map(Tape::root),
+        }
+    }
 }
 
 /// A record that did not pass admission: its dead-letter reason and explanation.
@@ -190,6 +210,42 @@ impl Admitter {
             (Some(registry), Some(value)) => registry.await_schema(value, shutdown).await,
             _ => true,
         }
+    }
+
+    /// [`Self::admit`] for readers of an event's fields (the analytics role): the same
+    /// answer, with a structured event's `data` read onto a tape and validated there, without
+    /// a `Value` tree. Any other record, and any the tape does not admit (data that is not
+    /// valid, an object with a key twice, a type without a JSON Schema), takes `admit` itself.
+    /// The publisher's signature, which such readers do not use, is not verified.
+    pub fn admit_fields<'a>(&self, input: &Input<'a>) -> Result<AdmittedFields<'a>, Rejection> {
+        if let Some(admitted) = self.admit_on_tape(input) {
+            return Ok(admitted);
+        }
+        self.admit(input).map(|a| AdmittedFields {
+            event: a.event,
+            tape: None,
+        })
+    }
+
+    /// A structured event admitted with its data on a tape, or `None` for [`Self::admit`].
+    fn admit_on_tape<'a>(&self, input: &Input<'a>) -> Option<AdmittedFields<'a>> {
+        let value = input.value?;
+        let binary = input
+            .headers
+            .iter()
+            .any(|(name, _)| *name == "ce_specversion");
+        if binary
+            || input.size() > self.max_event_bytes
+            || crate::schema::wire::looks_like_wire(value)
+        {
+            return None;
+        }
+        let (event, tape) = CloudEvent::decode_structured_tape(value).ok()?;
+        let data = tape.as_ref().filter(|tape| !tape.reads_as_value())?;
+        if self.schemas.valid_on_tape(&event.ty, data.root()) != Some(true) {
+            return None;
+        }
+        Some(AdmittedFields { event, tape })
     }
 
     /// Size limit → decode (structured, binary or wire format) → schema validation, and the

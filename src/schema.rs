@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::event::tape::{TapeJson, TapeNode};
+
 /// Why the schema directory could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -94,6 +96,8 @@ struct Compiled {
     kind: Kind,
     /// The schema as JSON Schema (Avro schemas translated), from which the lake derives columns.
     json_schema: Value,
+    /// A JSON Schema compiled again for data on a tape ([`crate::event::tape`]).
+    on_tape: Option<jsonschema::Validator<TapeJson>>,
 }
 
 /// A compiled schema of either format.
@@ -218,6 +222,14 @@ impl SchemaRegistry {
                 Kind::Avro(schema) => avro::to_json_schema(schema),
                 Kind::Json(_) => serde_json::from_str(&text).unwrap_or(Value::Null),
             };
+            // The same schema, which compiled above: it compiles for the tape too.
+            let on_tape = match &kind {
+                Kind::Json(_) => jsonschema::options_for::<TapeJson>()
+                    .should_validate_formats(true)
+                    .build(&json_schema)
+                    .ok(),
+                Kind::Avro(_) => None,
+            };
             schemas.insert(
                 ty,
                 Compiled {
@@ -225,6 +237,7 @@ impl SchemaRegistry {
                     text,
                     kind,
                     json_schema,
+                    on_tape,
                 },
             );
         }
@@ -260,6 +273,14 @@ impl SchemaRegistry {
     /// The JSON Schema of a type's `data` (for an Avro type, its JSON Schema equivalent).
     pub fn schema(&self, ty: &str) -> Option<&Value> {
         self.schemas.get(ty).map(|c| &c.json_schema)
+    }
+
+    /// Whether data on a tape is valid against the JSON Schema of `ty`: `None` if the type has
+    /// none (no schema, or an Avro one); then, and when it is not valid, [`Self::validate`]
+    /// on the data as a `Value` gives the answer and the violations.
+    pub fn valid_on_tape(&self, ty: &str, data: TapeNode<'_>) -> Option<bool> {
+        let validator = self.schemas.get(ty)?.on_tape.as_ref()?;
+        Some(validator.is_valid(data))
     }
 
     /// Validates `data` against the schema of `ty`. `None` if the type has no schema; otherwise

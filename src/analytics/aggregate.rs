@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tdigest::TDigest;
 
 use super::spec::{Aggregate, FieldValue};
-use crate::event::CloudEvent;
+use crate::event::EventRef;
 
 /// HyperLogLog++ precision: 2^14 registers, 0.81 % standard error.
 pub const HLL_PRECISION: u8 = 14;
@@ -79,7 +79,8 @@ impl Acc {
     }
 
     /// Adds one event.
-    pub fn add(&mut self, aggregate: &Aggregate, event: &CloudEvent) {
+    pub fn add<'e>(&mut self, aggregate: &Aggregate, event: impl Into<EventRef<'e>>) {
+        let event = event.into();
         let number = |field: &super::spec::Field| {
             field
                 .get(event)
@@ -231,7 +232,7 @@ mod tests {
     use super::*;
     use crate::analytics::spec::Field;
 
-    fn event(amount: f64, who: &str) -> CloudEvent {
+    fn event(amount: f64, who: &str) -> crate::event::CloudEvent {
         serde_json::from_value(serde_json::json!({
             "specversion": "1.0", "id": "e", "source": who, "type": "t",
             "data": {"amount": amount}

@@ -26,7 +26,7 @@ mod windows;
 
 use super::aggregate::Acc;
 use super::spec::{Absence, Aggregate, Analysis, Anomaly, Direction, FieldValue, Kind, Window};
-use crate::event::{CloudEvent, SPEC_VERSION};
+use crate::event::{CloudEvent, EventRef, SPEC_VERSION};
 use windows::Windows;
 
 /// Name space of finding ids (UUID v5 of analysis, window and group).
@@ -39,7 +39,7 @@ const MAX_EMPTY_WINDOWS: i64 = 100;
 #[derive(Debug, Clone, Copy)]
 pub struct Observation<'a> {
     /// The event.
-    pub event: &'a CloudEvent,
+    pub event: EventRef<'a>,
     /// Its event time (ms since the epoch): `time`, or the record's timestamp without one.
     pub time_ms: i64,
     /// The input topic it was read from (the task fixes the partition).
@@ -429,7 +429,7 @@ fn windows_of(window: Window, t: i64, out: &mut Vec<(i64, i64)>) {
     }
 }
 
-fn group_values(analysis: &Analysis, event: &CloudEvent) -> Vec<Value> {
+fn group_values(analysis: &Analysis, event: EventRef<'_>) -> Vec<Value> {
     analysis
         .group_by
         .iter()
@@ -537,10 +537,10 @@ fn add_pending(
         within,
         ..Pending::default()
     });
-    let timer = if obs.event.ty == absence.first {
+    let timer = if obs.event.attributes.ty == absence.first {
         let earliest = pending.first.as_ref().is_none_or(|(ft, _)| t < *ft);
         if earliest {
-            pending.first = Some((t, obs.event.id.clone()));
+            pending.first = Some((t, obs.event.attributes.id.clone()));
         }
         earliest
     } else {
@@ -584,7 +584,7 @@ fn add_windowed(
     let count = |win: &mut Win| {
         win.events += 1;
         if win.first_id.is_none() {
-            win.first_id = Some(obs.event.id.clone());
+            win.first_id = Some(obs.event.attributes.id.clone());
         }
         for (acc, (_, aggregate)) in win.accs.iter_mut().zip(aggregates) {
             acc.add(aggregate, obs.event);

@@ -20,7 +20,7 @@ fn feed(engine: &mut Engine, events: &[(CloudEvent, i64)], topic: &str) -> (Vec<
     for (offset, (event, time_ms)) in events.iter().enumerate() {
         let o = engine.observe(
             Observation {
-                event,
+                event: event.into(),
                 time_ms: *time_ms,
                 topic,
                 offset: offset as i64,
@@ -55,7 +55,7 @@ fn the_slowest_input_holds_the_watermark_until_it_catches_up_or_is_idle() {
     ];
     for (offset, (event, time_ms)) in events.iter().enumerate() {
         let obs = Observation {
-            event,
+            event: event.into(),
             time_ms: *time_ms,
             topic: "t",
             offset: offset as i64,
@@ -66,7 +66,7 @@ fn the_slowest_input_holds_the_watermark_until_it_catches_up_or_is_idle() {
     let (other, t) = ev("d", "other", 62, json!({}));
     engine.observe(
         Observation {
-            event: &other,
+            event: (&other).into(),
             time_ms: t,
             topic: "u",
             offset: 0,
@@ -326,7 +326,7 @@ fn a_restored_checkpoint_skips_what_it_reflects_and_ends_the_same() {
     for (offset, (event, time_ms)) in events.iter().enumerate().take(25) {
         first.observe(
             Observation {
-                event,
+                event: event.into(),
                 time_ms: *time_ms,
                 topic: "t",
                 offset: offset as i64,
@@ -359,7 +359,7 @@ fn pending_absences_survive_a_checkpoint() {
     let (tick, t) = ev("z", "other", 100, json!({}));
     after.observe(
         Observation {
-            event: &tick,
+            event: (&tick).into(),
             time_ms: t,
             topic: "t",
             offset: 1,
@@ -402,7 +402,7 @@ fn obs<'a>(
     offset: i64,
 ) -> Observation<'a> {
     Observation {
-        event,
+        event: event.into(),
         time_ms: *time_ms,
         topic,
         offset,
@@ -498,4 +498,84 @@ fn a_season_must_be_a_whole_number_of_windows() {
         format!("{a:?}"),
         "Anomaly { metric: 0, alpha: 0.2, threshold: 3.0, warmup: 10, direction: Both }"
     );
+}
+
+/// The analytics role reads admitted events with their data on a tape: its findings are the
+/// ones the same events give with their data as a `Value` (groups by text, number and nested
+/// field, a filter, numeric aggregates from numbers and numeric strings, distinct values).
+#[test]
+fn events_read_on_a_tape_find_what_their_values_find() {
+    let decls = analyses(
+        r#"
+[by_customer]
+types = ["order"]
+group_by = ["data.customer", "data.tier", "data.address.country", "data.items.0.sku"]
+where = { "data.channel" = "web" }
+window = { tumbling = "1m" }
+aggregates = { n = "count", total = "sum(data.amount)", top = "max(data.amount)", low = "min(data.amount)", mean = "avg(data.amount)", skus = "count_distinct(data.items.0.sku)", p50 = "p50(data.amount)" }
+condition = "n >= 1"
+emit = "orders.seen"
+"#,
+    );
+    let texts: Vec<String> = (0..40)
+        .map(|i| {
+            let amount = if i % 3 == 0 {
+                json!(format!("{}.5", i))
+            } else {
+                json!(i * 7 % 13)
+            };
+            let channel = if i % 5 == 0 { "shop" } else { "web" };
+            json!({
+                "specversion": "1.0", "id": format!("e{i}"), "source": "/s", "type": "order",
+                "time": format!("2026-12-03T08:{:02}:00Z", i / 4),
+                "data": {
+                    "customer": format!("c\"{}", i % 3), "tier": i % 2, "channel": channel,
+                    "amount": amount, "address": {"country": if i % 2 == 0 { "DE" } else { "FR" }},
+                    "items": [{"sku": format!("s{}", i % 4)}, {"sku": "other"}]
+                }
+            })
+            .to_string()
+        })
+        .collect();
+    let findings = |on_tape: bool| {
+        let mut engine = Engine::new(decls.clone(), 100);
+        let mut out = Vec::new();
+        for (offset, text) in texts.iter().enumerate() {
+            let (event, tape) =
+                CloudEvent::decode_structured_tape(text.as_bytes()).expect("decodes");
+            let whole = EventRef {
+                attributes: &event,
+                tape: tape.as_ref().map(|t| t.root()),
+            }
+            .to_event();
+            let read = if on_tape {
+                EventRef {
+                    attributes: &event,
+                    tape: tape.as_ref().map(|t| t.root()),
+                }
+            } else {
+                EventRef::from(&whole)
+            };
+            let time_ms = event.parsed_time().expect("time").timestamp_millis();
+            engine.observe(
+                Observation {
+                    event: read,
+                    time_ms,
+                    topic: "t",
+                    offset: offset as i64,
+                },
+                &mut out,
+            );
+        }
+        engine.flush(&mut out);
+        out
+    };
+    let by_value = findings(false);
+    assert!(by_value.len() > 10, "{by_value:?}");
+    assert!(
+        by_value.iter().any(|f| f.key.contains("c\"1/1/FR/s")),
+        "{:?}",
+        by_value.iter().map(|f| &f.key).collect::<Vec<_>>()
+    );
+    assert_eq!(findings(true), by_value);
 }

@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::event::EventRef;
+
 pub use field::{Field, FieldValue};
 pub use kind::{parse_condition, Absence, Aggregate, Anomaly, Clause, Direction, Kind, Op, Window};
 use raw::{build, RawAnalysis};
@@ -95,8 +97,9 @@ pub struct Analysis {
 
 impl Analysis {
     /// Whether the event is of a source type and passes the filter.
-    pub fn reads(&self, event: &crate::event::CloudEvent) -> bool {
-        self.types.contains(&event.ty)
+    pub fn reads<'e>(&self, event: impl Into<EventRef<'e>>) -> bool {
+        let event = event.into();
+        self.types.contains(&event.attributes.ty)
             && self
                 .filter
                 .iter()
@@ -105,14 +108,15 @@ impl Analysis {
 
     /// The event's group as text: the `group_by` values joined by `/` (`-` for a missing
     /// one); empty without a grouping.
-    pub fn group_key(&self, event: &crate::event::CloudEvent) -> String {
+    pub fn group_key<'e>(&self, event: impl Into<EventRef<'e>>) -> String {
         let mut key = String::new();
         self.write_group_key(event, &mut key);
         key
     }
 
     /// [`Self::group_key`] into `key`, emptied first (a buffer reused from event to event).
-    pub fn write_group_key(&self, event: &crate::event::CloudEvent, key: &mut String) {
+    pub fn write_group_key<'e>(&self, event: impl Into<EventRef<'e>>, key: &mut String) {
+        let event = event.into();
         key.clear();
         for (i, field) in self.group_by.iter().enumerate() {
             if i > 0 {
@@ -128,7 +132,7 @@ impl Analysis {
     /// The record key the event is re-keyed by on the way to the analysis's repartition
     /// topic: its group, or the analysis's name when it has no grouping (one group, one
     /// partition).
-    pub fn partition_key(&self, event: &crate::event::CloudEvent) -> String {
+    pub fn partition_key<'e>(&self, event: impl Into<EventRef<'e>>) -> String {
         if self.group_by.is_empty() {
             self.name.clone()
         } else {

@@ -12,9 +12,11 @@
 use serde_json::Map;
 
 use super::{
-    decide, policy_document, Admitter, DeadLetterReason, DecisionInput, EmitTopics, Input,
+    decide, policy_document, Admitted, Admitter, DeadLetterReason, DecisionInput, EmitTopics,
+    Input, Rejection,
 };
 use crate::config::Config;
+use crate::event::CloudEvent;
 use crate::policy::Evaluator;
 use crate::publisher::Publisher;
 
@@ -113,7 +115,9 @@ impl Harness {
             headers,
             timestamp_ms: Some(1_700_000_000_000),
         };
-        let admitted = match self.admitter.admit(&input) {
+        let admitted = self.admitter.admit(&input);
+        self.fields_agree(&input, &admitted);
+        let admitted = match admitted {
             Ok(admitted) => admitted,
             Err(rejection) => {
                 assert!(
@@ -163,6 +167,46 @@ impl Harness {
         assert!(!self.revision.is_empty());
         Outcome::Decided {
             allow: decision.allow,
+        }
+    }
+
+    /// [`Admitter::admit_fields`] answers as `admit` does: the same event, or the same reason.
+    /// Where a structured event's data reads onto a tape, its schema says there what it says of
+    /// the data as a `Value`.
+    fn fields_agree(&self, input: &Input<'_>, admitted: &Result<Admitted, Rejection>) {
+        match (admitted, self.admitter.admit_fields(input)) {
+            (Ok(admitted), Ok(fields)) => assert_eq!(
+                fields.view().to_event(),
+                admitted.event,
+                "admit_fields read another event"
+            ),
+            (Err(rejected), Err(fields)) => assert_eq!(
+                rejected.reason, fields.reason,
+                "admit_fields rejected for another reason"
+            ),
+            (admitted, fields) => panic!(
+                "admit and admit_fields disagree: {:?} against {:?}",
+                admitted.as_ref().map(|a| &a.event).map_err(|r| r.reason),
+                fields.map(|f| f.view().to_event()).map_err(|r| r.reason)
+            ),
+        }
+        let Some(value) = input.value.filter(|_| input.headers.is_empty()) else {
+            return;
+        };
+        let Ok((event, Some(tape))) = CloudEvent::decode_structured_tape(value) else {
+            return;
+        };
+        let schemas = &self.admitter.schemas;
+        if let Some(valid) = schemas.valid_on_tape(&event.ty, tape.root()) {
+            if !tape.reads_as_value() {
+                let violations = schemas.validate(&event.ty, &tape.to_value());
+                assert_eq!(
+                    Some(valid),
+                    violations.map(|v| v.is_empty()),
+                    "the schema of {} judged the data on a tape otherwise",
+                    event.ty
+                );
+            }
         }
     }
 }

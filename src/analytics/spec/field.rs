@@ -2,6 +2,9 @@
 
 use serde_json::Value;
 
+use crate::event::tape::TapeNode;
+use crate::event::EventRef;
+
 /// A field of an event: an envelope attribute (`source`, `type`, `subject`, `id`, `time`, an
 /// extension) or a path into `data` (`data.customer.id`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +33,20 @@ impl Field {
     }
 
     /// The field's value in `event`, if present.
-    pub fn get<'e>(&self, event: &'e crate::event::CloudEvent) -> Option<FieldValue<'e>> {
+    pub fn get<'e>(&self, event: impl Into<EventRef<'e>>) -> Option<FieldValue<'e>> {
+        let EventRef {
+            attributes: event,
+            tape,
+        } = event.into();
+        if let (Some(path), Some(mut node)) = (&self.data_path, tape) {
+            for segment in path {
+                node = match node.get(segment) {
+                    Some(member) => member,
+                    None => node.index(segment.parse::<usize>().ok()?)?,
+                };
+            }
+            return (!node.null()).then_some(FieldValue::Tape(node));
+        }
         if let Some(path) = &self.data_path {
             let mut value = event.data.as_ref()?;
             for segment in path {
@@ -64,6 +80,8 @@ pub enum FieldValue<'e> {
     Text(&'e str),
     /// A JSON value (a data field or an extension).
     Json(&'e Value),
+    /// A data field on a tape.
+    Tape(TapeNode<'e>),
 }
 
 impl FieldValue<'_> {
@@ -73,6 +91,10 @@ impl FieldValue<'_> {
             Self::Json(Value::Number(n)) => n.as_f64(),
             Self::Json(Value::String(s)) => s.parse().ok(),
             Self::Text(s) => s.parse().ok(),
+            Self::Tape(node) => match node.number() {
+                Some(n) => n.as_f64(),
+                None => node.str()?.parse().ok(),
+            },
             Self::Json(_) => None,
         }
     }
@@ -82,6 +104,7 @@ impl FieldValue<'_> {
         match self {
             Self::Text(s) => Value::String(s.to_owned()),
             Self::Json(v) => v.clone(),
+            Self::Tape(node) => node.to_json(),
         }
     }
 
@@ -92,6 +115,11 @@ impl FieldValue<'_> {
             (Self::Json(Value::Number(a)), Value::Number(b)) => a.as_f64() == b.as_f64(),
             (Self::Json(v), w) => v == w,
             (Self::Text(_), _) => false,
+            (Self::Tape(node), w) => match (node.str(), node.number(), w) {
+                (Some(s), _, Value::String(w)) => s == w,
+                (_, Some(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+                _ => node.to_json() == *w,
+            },
         }
     }
 
@@ -107,6 +135,15 @@ impl FieldValue<'_> {
         match self {
             Self::Text(s) => out.push_str(s),
             Self::Json(Value::String(s)) => out.push_str(s),
+            Self::Tape(node) => {
+                use std::fmt::Write as _;
+                match (node.str(), node.number()) {
+                    (Some(s), _) => out.push_str(s),
+                    // Writing to a String cannot fail.
+                    (_, Some(n)) => drop(write!(out, "{n}")),
+                    _ => drop(write!(out, "{}", node.to_json())),
+                }
+            }
             Self::Json(v) => {
                 use std::fmt::Write as _;
                 // Writing to a String cannot fail.

@@ -15,6 +15,7 @@ use crate::analytics::{Engine, Finding, Observation};
 use crate::config::Config;
 use crate::event::CloudEvent;
 use crate::ingest::headers::{dead_letter, Letter, Origin, WORKER};
+use crate::ingest::AdmittedFields;
 use crate::ingest::Input;
 use crate::ingest::{Admitter, DeadLetterReason, OutRecord};
 use crate::kafka;
@@ -139,14 +140,14 @@ impl Worker<'_> {
             match message.payload().and_then(|v| {
                 crate::analytics::audit_event(v, message.topic(), p, message.offset())
             }) {
-                Some(event) => Ok(event),
+                Some(event) => Ok(AdmittedFields { event, tape: None }),
                 None => return Ok(()),
             }
         } else {
-            self.admitter.admit(&input).map(|a| a.event)
+            self.admitter.admit_fields(&input)
         };
-        let event = match admitted {
-            Ok(event) => event,
+        let admitted = match admitted {
+            Ok(admitted) => admitted,
             Err(rejection) => {
                 tracing::debug!(
                     topic = message.topic(),
@@ -158,7 +159,9 @@ impl Worker<'_> {
                 return Ok(());
             }
         };
+        let event = admitted.view();
         let time_ms = event
+            .attributes
             .parsed_time()
             .map(|t| t.timestamp_millis())
             .or(message.timestamp().to_millis())
@@ -178,7 +181,7 @@ impl Worker<'_> {
             task.dirty = true;
             consumed(task, message.topic(), message.offset());
             let observation = Observation {
-                event: &event,
+                event,
                 time_ms,
                 topic: message.topic(),
                 offset: message.offset(),
@@ -196,6 +199,8 @@ impl Worker<'_> {
             return Ok(());
         }
         let origin = Origin::of(&input);
+        // Forwarded whole, with its data as a `Value`: made once, for the first analysis.
+        let mut whole = None;
         let forwards: Vec<OutRecord> = self
             .config
             .analytics
@@ -204,12 +209,13 @@ impl Worker<'_> {
             .zip(&routes.topics)
             .filter_map(|(analysis, topic)| {
                 let topic = topic.as_deref()?;
-                analysis.reads(&event).then(|| {
+                analysis.reads(event).then(|| {
+                    let whole = whole.get_or_insert_with(|| event.to_event());
                     repartition::forward(
                         analysis,
                         topic,
                         routes.partitions,
-                        &event,
+                        whole,
                         time_ms,
                         &origin,
                     )
@@ -220,7 +226,8 @@ impl Worker<'_> {
             self.summary.repartitioned += 1;
             self.publish(p, record).await?;
         }
-        self.late(p, &input, &origin, &event, late).await?;
+        self.late(p, &input, &origin, event.attributes, late)
+            .await?;
         self.publish_findings(p, &mut findings).await?;
         self.findings = findings;
         self.report(p);
@@ -258,7 +265,7 @@ impl Worker<'_> {
                 .observe_for(
                     i,
                     Observation {
-                        event: &forwarded.event,
+                        event: (&forwarded.event).into(),
                         time_ms: forwarded.time_ms,
                         topic: &source,
                         offset: forwarded.origin.offset,
