@@ -6,7 +6,9 @@
 //! - [`Admitter::admit`] is the one admission: size limit → structured, binary or wire-format
 //!   decode → schema validation, giving an [`Admitted`] event, with its publisher's signature
 //!   verified ([`crate::publisher`]), or a [`Rejection`] with its dead-letter reason. A missing
-//!   or bad signature is not a rejection: the policy decides on it.
+//!   or bad signature is not a rejection: the policy decides on it. [`Admitter::admit_fields`]
+//!   gives the same answer to readers of a few fields (the analytics role), with a structured
+//!   event's data on a tape instead of in a `Value`.
 //! - [`policy_input`] is the one builder of the policy input document `{event, publisher,
 //!   enrichment, context}`, and [`decide`] the one decision on it: the full decision, the allowed `emit`
 //!   topics, and the redaction paths, which come from the event alone.

@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //! - [`config`]: the configuration file, `REFLEX_*` overrides and start-up validation.
-//! - [`event`]: CloudEvents 1.0 decoding, structured and binary mode.
+//! - [`event`]: CloudEvents 1.0 decoding, structured and binary mode; [`event::tape`], an
+//!   event's data read without a `Value` tree, for readers of a few fields.
 //! - [`schema`]: the file schema registry (JSON Schema or Avro per event type), the wire format.
 //! - [`registry`]: a Confluent-compatible HTTP schema registry with a cache of schemas by id.
 //! - [`policy`]: Rego policies with regorus; the decision contract (emit obligations); the pure
