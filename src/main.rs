@@ -16,7 +16,9 @@ use reflex::role::actions::{self as actions_role, RunOptions};
 use reflex::role::lake::LakeRunOptions;
 
 /// mimalloc as the global allocator: a record allocates and frees many small buffers, often on
-/// different threads (the README's performance section gives what it saves, measured).
+/// different threads (the README's performance section gives what it saves, measured). Built
+/// with mimalloc's `override`, it is also the process's `malloc`, so librdkafka's buffers come
+/// from it rather than from glibc's per-thread arenas.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
