@@ -133,13 +133,14 @@ impl Worker<'_> {
         let p = message.partition();
         let headers = kafka::headers_of(message);
         let input = kafka::input_of(message, &headers);
-        if let Some(i) = self.routes.analysis_of(message.topic()) {
+        if let Some(i) = self.routes.analysis_of(input.topic) {
             return self.handle_forwarded(i, &input).await;
         }
-        let admitted = if message.topic() == self.config.topics.audit {
-            match message.payload().and_then(|v| {
-                crate::analytics::audit_event(v, message.topic(), p, message.offset())
-            }) {
+        let admitted = if input.topic == self.config.topics.audit {
+            match message
+                .payload()
+                .and_then(|v| crate::analytics::audit_event(v, input.topic, p, input.offset))
+            {
                 Some(event) => Ok(AdmittedFields { event, tape: None }),
                 None => return Ok(()),
             }
@@ -150,9 +151,9 @@ impl Worker<'_> {
             Ok(admitted) => admitted,
             Err(rejection) => {
                 tracing::debug!(
-                    topic = message.topic(),
+                    topic = input.topic,
                     partition = p,
-                    offset = message.offset(),
+                    offset = input.offset,
                     reason = rejection.reason.code(),
                     "not an event for the analyses"
                 );
@@ -164,7 +165,7 @@ impl Worker<'_> {
             .attributes
             .parsed_time()
             .map(|t| t.timestamp_millis())
-            .or(message.timestamp().to_millis())
+            .or(input.timestamp_ms)
             .unwrap_or_default();
         let mut findings = std::mem::take(&mut self.findings);
         let mut late = 0;
@@ -175,16 +176,16 @@ impl Worker<'_> {
             let Some(task) = self.tasks.get_mut(&p) else {
                 return Ok(());
             };
-            if let Some(seen) = task.seen.get_mut(message.topic()) {
+            if let Some(seen) = task.seen.get_mut(input.topic) {
                 *seen = (now, false);
             }
             task.dirty = true;
-            consumed(task, message.topic(), message.offset());
+            consumed(task, input.topic, input.offset);
             let observation = Observation {
                 event,
                 time_ms,
-                topic: message.topic(),
-                offset: message.offset(),
+                topic: input.topic,
+                offset: input.offset,
             };
             for (i, _) in routes.iter().enumerate().filter(|(_, r)| r.is_none()) {
                 late += task.engine.observe_for(i, observation, &mut findings).late;
