@@ -2,7 +2,8 @@
 //! (the input built by `ingest::policy_input` from a decoded event, then `Evaluator::decide`)
 //! repeated over the inputs of `benches/policy-inputs.json`.
 //!
-//! usage: policy_profile [ROUNDS]   (default 2000 rounds over every input)
+//! usage: policy_profile [ROUNDS] [ENGINE]   (default 2000 rounds over every input; ENGINE is
+//! `interpreter` (the default), `compiled` or `auto`, as `[policy] engine`)
 //!
 //! `valgrind --tool=callgrind target/release/examples/policy_profile 200` counts instructions
 //! repeatably even on a loaded machine; without valgrind it prints the mean time per decision.
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use reflex::event::{CloudEvent, Mode};
 use reflex::ingest::{policy_input, Input};
-use reflex::policy::PolicySet;
+use reflex::policy::{PolicyEngine, PolicySet};
 use serde_json::Value;
 
 fn main() -> anyhow::Result<()> {
@@ -23,11 +24,18 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(2000);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // A generous limit: under valgrind the first decision (which prepares the engine) is slow.
+    let engine = match std::env::args().nth(2).as_deref() {
+        None | Some("interpreter") => PolicyEngine::Interpreter,
+        Some("compiled") => PolicyEngine::Compiled,
+        Some("auto") => PolicyEngine::Auto,
+        Some(other) => anyhow::bail!("unknown engine {other:?}: interpreter, compiled or auto"),
+    };
     let set = PolicySet::load(
         &root.join("policies"),
         "data.reflex.decision",
         Duration::from_secs(60),
-    )?;
+    )?
+    .with_engine(engine);
     let text = std::fs::read_to_string(root.join("benches/policy-inputs.json"))?;
     let cases: Vec<Value> = serde_json::from_str(&text)?;
     let mut events = Vec::new();

@@ -8,8 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-
 use crate::event::{CloudEvent, Mode};
 use crate::publisher::Publisher;
 
@@ -38,62 +36,64 @@ pub fn document(
     enrichment: &serde_json::Map<String, serde_json::Value>,
     context: &Context<'_>,
 ) -> regorus::Value {
-    let mut doc = BTreeMap::new();
-    doc.insert(key("event"), event_value(event));
-    doc.insert(key("publisher"), publisher_value(publisher));
-    let enrichment: BTreeMap<_, _> = enrichment
-        .iter()
-        .map(|(k, v)| (regorus::Value::from(k.as_str()), json(v)))
-        .collect();
-    doc.insert(key("enrichment"), regorus::Value::from(enrichment));
-    let mut ctx = BTreeMap::new();
-    ctx.insert(key("topic"), regorus::Value::from(context.topic));
-    ctx.insert(key("partition"), regorus::Value::from(context.partition));
-    ctx.insert(key("offset"), regorus::Value::from(context.offset));
-    ctx.insert(key("mode"), regorus::Value::from(mode_name(context.mode)));
-    ctx.insert(
-        key("kafka_timestamp_ms"),
-        context
-            .kafka_timestamp_ms
-            .map_or(regorus::Value::Null, regorus::Value::from),
-    );
-    ctx.insert(key("now"), regorus::Value::from(context.now));
-    doc.insert(key("context"), regorus::Value::from(ctx));
-    regorus::Value::from(doc)
+    KEYS.with(|k| {
+        let enrichment = object(
+            enrichment
+                .iter()
+                .map(|(name, v)| (regorus::Value::from(name.as_str()), json(v))),
+        );
+        let ctx = object([
+            (k.topic.clone(), regorus::Value::from(context.topic)),
+            (k.partition.clone(), regorus::Value::from(context.partition)),
+            (k.offset.clone(), regorus::Value::from(context.offset)),
+            (k.mode.clone(), k.mode_name(context.mode)),
+            (
+                k.kafka_timestamp_ms.clone(),
+                context
+                    .kafka_timestamp_ms
+                    .map_or(regorus::Value::Null, regorus::Value::from),
+            ),
+            (k.now.clone(), regorus::Value::from(context.now)),
+        ]);
+        object([
+            (k.event.clone(), event_value(k, event)),
+            (k.publisher.clone(), publisher_value(k, publisher)),
+            (k.enrichment.clone(), enrichment),
+            (k.context.clone(), ctx),
+        ])
+    })
 }
 
 /// The input document of the redaction rule: `{"event": …}` and nothing else, so the rule's
 /// value cannot depend on when or where the event is decided.
 pub fn event_document(event: &CloudEvent) -> regorus::Value {
-    let mut doc = BTreeMap::new();
-    doc.insert(key("event"), event_value(event));
-    regorus::Value::from(doc)
+    KEYS.with(|k| object([(k.event.clone(), event_value(k, event))]))
 }
 
 /// The CloudEvent as its JSON form would read (absent optional attributes left out,
 /// extensions at the top level).
-fn event_value(event: &CloudEvent) -> regorus::Value {
+fn event_value(k: &Keys, event: &CloudEvent) -> regorus::Value {
     let mut obj = BTreeMap::new();
     obj.insert(
-        key("specversion"),
+        k.specversion.clone(),
         regorus::Value::from(&*event.specversion),
     );
-    obj.insert(key("id"), regorus::Value::from(&*event.id));
-    obj.insert(key("source"), regorus::Value::from(&*event.source));
-    obj.insert(key("type"), regorus::Value::from(&*event.ty));
+    obj.insert(k.id.clone(), regorus::Value::from(&*event.id));
+    obj.insert(k.source.clone(), regorus::Value::from(&*event.source));
+    obj.insert(k.ty.clone(), regorus::Value::from(&*event.ty));
     let optional = [
-        ("subject", &event.subject),
-        ("time", &event.time),
-        ("datacontenttype", &event.datacontenttype),
-        ("dataschema", &event.dataschema),
+        (&k.subject, &event.subject),
+        (&k.time, &event.time),
+        (&k.datacontenttype, &event.datacontenttype),
+        (&k.dataschema, &event.dataschema),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
-            obj.insert(key(name), regorus::Value::from(value.as_str()));
+            obj.insert(name.clone(), regorus::Value::from(value.as_str()));
         }
     }
     if let Some(data) = &event.data {
-        obj.insert(key("data"), json(data));
+        obj.insert(k.data.clone(), json(data));
     }
     // Extensions last, as serde writes the flattened map after the named attributes (so an
     // extension that repeats a name would win there too).
@@ -105,34 +105,141 @@ fn event_value(event: &CloudEvent) -> regorus::Value {
 
 /// `input.publisher`: `{verified, key_id, status}`, and `claimed_key_id` when the record names
 /// one (see [`Publisher::policy_value`]).
-fn publisher_value(publisher: &Publisher) -> regorus::Value {
-    let mut obj = BTreeMap::new();
-    obj.insert(key("verified"), regorus::Value::from(publisher.verified));
-    obj.insert(
-        key("key_id"),
-        publisher
-            .key_id
-            .as_deref()
-            .map_or(regorus::Value::Null, regorus::Value::from),
-    );
-    obj.insert(key("status"), regorus::Value::from(publisher.status.name()));
-    if let Some(claimed) = &publisher.claimed_key_id {
-        obj.insert(
-            key("claimed_key_id"),
-            regorus::Value::from(claimed.as_str()),
-        );
+fn publisher_value(k: &Keys, publisher: &Publisher) -> regorus::Value {
+    let key_id = publisher
+        .key_id
+        .as_deref()
+        .map_or(regorus::Value::Null, regorus::Value::from);
+    let verified = regorus::Value::from(publisher.verified);
+    let status = regorus::Value::from(publisher.status.name());
+    match &publisher.claimed_key_id {
+        Some(claimed) => object([
+            (k.verified.clone(), verified),
+            (k.key_id.clone(), key_id),
+            (k.status.clone(), status),
+            (
+                k.claimed_key_id.clone(),
+                regorus::Value::from(claimed.as_str()),
+            ),
+        ]),
+        None => object([
+            (k.verified.clone(), verified),
+            (k.key_id.clone(), key_id),
+            (k.status.clone(), status),
+        ]),
     }
-    regorus::Value::from(obj)
 }
 
-/// A borrowed JSON value as a regorus value, without an intermediate copy.
+/// A borrowed JSON value as a regorus value, read in place: the value regorus's own
+/// deserializer makes of it (integers as integers, other numbers as floats, objects in key
+/// order), without going through serde's visitor for every node.
 pub fn json(value: &serde_json::Value) -> regorus::Value {
-    // Deserializing from a `serde_json::Value` cannot fail for a type that accepts any JSON.
-    regorus::Value::deserialize(value).unwrap_or(regorus::Value::Null)
+    match value {
+        serde_json::Value::Null => regorus::Value::Null,
+        serde_json::Value::Bool(b) => regorus::Value::from(*b),
+        serde_json::Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => regorus::Value::from(u),
+            (None, Some(i)) => regorus::Value::from(i),
+            // Every other JSON number is a finite float.
+            (None, None) => n
+                .as_f64()
+                .map_or(regorus::Value::Null, regorus::Value::from),
+        },
+        serde_json::Value::String(s) => regorus::Value::from(s.as_str()),
+        serde_json::Value::Array(items) => {
+            regorus::Value::from(items.iter().map(json).collect::<Vec<_>>())
+        }
+        serde_json::Value::Object(members) => object(
+            members
+                .iter()
+                .map(|(name, v)| (regorus::Value::from(name.as_str()), json(v))),
+        ),
+    }
 }
 
-fn key(name: &'static str) -> regorus::Value {
-    regorus::Value::from(name)
+/// An object of `members` (an empty one as regorus makes it).
+fn object(members: impl IntoIterator<Item = (regorus::Value, regorus::Value)>) -> regorus::Value {
+    let map: BTreeMap<regorus::Value, regorus::Value> = members.into_iter().collect();
+    if map.is_empty() {
+        regorus::Value::new_object()
+    } else {
+        regorus::Value::from(map)
+    }
+}
+
+/// The member names of the input document and the mode names, made once per thread and shared
+/// (a clone is a reference count), instead of a string allocated per name per event.
+struct Keys {
+    event: regorus::Value,
+    publisher: regorus::Value,
+    enrichment: regorus::Value,
+    context: regorus::Value,
+    topic: regorus::Value,
+    partition: regorus::Value,
+    offset: regorus::Value,
+    mode: regorus::Value,
+    kafka_timestamp_ms: regorus::Value,
+    now: regorus::Value,
+    specversion: regorus::Value,
+    id: regorus::Value,
+    source: regorus::Value,
+    ty: regorus::Value,
+    subject: regorus::Value,
+    time: regorus::Value,
+    datacontenttype: regorus::Value,
+    dataschema: regorus::Value,
+    data: regorus::Value,
+    verified: regorus::Value,
+    key_id: regorus::Value,
+    status: regorus::Value,
+    claimed_key_id: regorus::Value,
+    modes: [regorus::Value; 3],
+}
+
+impl Keys {
+    fn new() -> Self {
+        let v = regorus::Value::from;
+        Self {
+            event: v("event"),
+            publisher: v("publisher"),
+            enrichment: v("enrichment"),
+            context: v("context"),
+            topic: v("topic"),
+            partition: v("partition"),
+            offset: v("offset"),
+            mode: v("mode"),
+            kafka_timestamp_ms: v("kafka_timestamp_ms"),
+            now: v("now"),
+            specversion: v("specversion"),
+            id: v("id"),
+            source: v("source"),
+            ty: v("type"),
+            subject: v("subject"),
+            time: v("time"),
+            datacontenttype: v("datacontenttype"),
+            dataschema: v("dataschema"),
+            data: v("data"),
+            verified: v("verified"),
+            key_id: v("key_id"),
+            status: v("status"),
+            claimed_key_id: v("claimed_key_id"),
+            modes: [Mode::Structured, Mode::Binary, Mode::Plain].map(|m| v(mode_name(m))),
+        }
+    }
+
+    fn mode_name(&self, mode: Mode) -> regorus::Value {
+        let i = match mode {
+            Mode::Structured => 0,
+            Mode::Binary => 1,
+            Mode::Plain => 2,
+        };
+        self.modes[i].clone()
+    }
+}
+
+thread_local! {
+    /// Per thread, so that two threads deciding at once do not contend for the counts.
+    static KEYS: Keys = Keys::new();
 }
 
 fn mode_name(mode: Mode) -> &'static str {
@@ -175,7 +282,9 @@ mod tests {
             json!({"specversion": "1.0", "id": "o-1", "source": "/shop/web", "type": "order.placed",
                    "subject": "ord-1", "time": "2026-03-01T10:00:00Z", "datacontenttype": "application/json",
                    "data": {"amount": 99.5, "n": 3, "big": 18446744073709551615u64, "neg": -4,
-                            "items": [{"sku": "S-1", "quantity": 1}], "none": null, "ok": true}}),
+                            "items": [{"sku": "S-1", "quantity": 1}], "none": null, "ok": true,
+                            "empty": {}, "nothing": [], "small": -0.0, "exp": 1e300,
+                            "nested": {"z": {"y": [1, "two", {"x": false}]}, "a": "ü\u{1}"}}}),
             json!({"specversion": "1.0", "id": "p-1", "source": "/payments", "type": "payment.settled",
                    "traceparent": "00-abc", "partitionkey": 7, "dataschema": "urn:x"}),
             json!({"specversion": "1.0", "id": "r-1", "source": "/desk", "type": "refund.requested",
