@@ -152,7 +152,8 @@ pub fn decode_json(
 }
 
 /// The writer's settings: zstd, row groups, the id column's bloom filter sized for the rows of
-/// one row group (the filter is per row group; ids are distinct), the footer's metadata.
+/// one row group (the filter is per row group; ids are distinct) and no dictionary for it, the
+/// footer's metadata.
 fn properties(
     id_column: &str,
     rows: usize,
@@ -167,7 +168,11 @@ fn properties(
         .set_max_row_group_size(settings.row_group_rows)
         .set_column_bloom_filter_enabled(id_path.clone(), true)
         .set_column_bloom_filter_fpp(id_path.clone(), BLOOM_FPP)
-        .set_column_bloom_filter_ndv(id_path, distinct)
+        .set_column_bloom_filter_ndv(id_path.clone(), distinct)
+        // Ids are distinct: a dictionary would hold every one of them (each hashed and copied
+        // into it, with an index per row) until it outgrew its page and the writer fell back to
+        // plain values anyway.
+        .set_column_dictionary_enabled(id_path, false)
         .set_key_value_metadata(Some(
             metadata
                 .into_iter()
@@ -254,7 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn the_id_column_alone_has_a_bloom_filter_that_knows_its_ids() {
+    fn the_id_column_alone_has_a_bloom_filter_that_knows_its_ids_and_no_dictionary() {
         use parquet::file::properties::ReaderProperties;
         use parquet::file::reader::{FileReader, SerializedFileReader};
         use parquet::file::serialized_reader::ReadOptionsBuilder;
@@ -305,6 +310,17 @@ mod tests {
                 let bloom = row_group.get_column_bloom_filter(column);
                 assert_eq!(bloom.is_some(), column == id, "column {column}");
             }
+            // Plain values, no dictionary, for the distinct ids; a dictionary for the others.
+            let dictionary = |column: usize| {
+                row_group
+                    .metadata()
+                    .column(column)
+                    .dictionary_page_offset()
+                    .is_some()
+            };
+            let source = table.schema.index_of("source").expect("a source column");
+            assert!(!dictionary(id), "the id column has no dictionary");
+            assert!(dictionary(source), "the source column has one");
             let bloom = row_group.get_column_bloom_filter(id).expect("bloom filter");
             let first = group * 20;
             assert!(bloom.check(&format!("e-{first}").as_str()));
