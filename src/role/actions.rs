@@ -217,6 +217,13 @@ pub async fn run(
         .create_with_context(RebalanceContext::new(
             Arc::clone(&metrics),
             Arc::clone(&outage),
+            // Under exactly-once, a crashed owner's open transaction holds its offsets
+            // unstable until it is fenced or times out: librdkafka waits for them itself.
+            if exactly_once {
+                None
+            } else {
+                rebalance::reset_offset(consumer_config.get("auto.offset.reset"))
+            },
         ))
         .map_err(|source| KafkaSetupError::Client {
             what: "consumer",

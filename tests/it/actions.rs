@@ -334,3 +334,92 @@ async fn a_missing_audit_topic_stops_the_worker_and_is_never_created_with_the_br
         "the audit topic was created by the worker: {names:?}"
     );
 }
+
+/// A new group starts each partition where `auto.offset.reset` says (the worker gives the
+/// partitions without a committed offset their start itself, at assignment): with `latest`,
+/// the records produced before the worker joined are not taken, those produced after are.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_group_with_latest_starts_at_the_end_of_each_partition() {
+    let env = TestEnv::new(2);
+    env.create_topics().await;
+    let before: Vec<Rec> = (0..4)
+        .map(|i| {
+            let id = format!("before-{i}");
+            Rec::json(&id, &order(&id, "/shop/web", 10.0))
+        })
+        .collect();
+    produce(&env.events, &before).await;
+
+    let mut config = env.config();
+    config
+        .kafka
+        .consumer
+        .insert("auto.offset.reset".into(), "latest".into());
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let options = RunOptions {
+                worker_id: "it-latest".into(),
+                drain: false,
+            };
+            worker::run(&config, options, shutdown).await
+        }
+    });
+    // Until the worker has its partitions, a record sent may still be before their start: one
+    // is sent every half second until one is answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut sent = 0;
+    loop {
+        let id = format!("after-{sent}");
+        produce(
+            &env.events,
+            &[Rec::json(&id, &order(&id, "/shop/web", 10.0))],
+        )
+        .await;
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if audits_by_key(&env.audit)
+            .keys()
+            .any(|k| k.starts_with("after-"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "none of {sent} records sent after the worker started was answered in 90 s"
+        );
+    }
+    // One more, sent once the worker surely has its partitions, is answered too.
+    produce(
+        &env.events,
+        &[Rec::json(
+            "after-last",
+            &order("after-last", "/shop/web", 10.0),
+        )],
+    )
+    .await;
+    let audits = loop {
+        let audits = audits_by_key(&env.audit);
+        if audits.contains_key("after-last") {
+            break audits;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last record was not answered"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    shutdown.cancel();
+    worker
+        .await
+        .expect("the worker task ends")
+        .expect("the worker stops cleanly");
+    for i in 0..4 {
+        assert!(
+            !audits.contains_key(&format!("before-{i}")),
+            "before-{i}, produced before the group existed, was taken: {:?}",
+            audits.keys().collect::<Vec<_>>()
+        );
+    }
+}
