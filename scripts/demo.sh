@@ -192,10 +192,12 @@ python3 scripts/lake-sql.py "@$out/views.sql" "
     FROM audit WHERE event_id LIKE '$run-%' GROUP BY ALL ORDER BY 1, 2, 3"
 
 echo
-# The analytics role's findings: decided, acted on and audited like any event.
+# This run's analytics findings: decided, acted on and audited like any event. (Their ids come
+# from analysis, window and group, so they are told from earlier runs' by when they were decided.)
 python3 scripts/lake-sql.py "@$out/views.sql" "
     SELECT type, outcome, count(*) AS findings FROM audit
-    WHERE type LIKE 'reflex.analytics.%' GROUP BY ALL ORDER BY 1, 2"
+    WHERE type LIKE 'reflex.analytics.%' AND processed_at >= TIMESTAMPTZ '$started'
+    GROUP BY ALL ORDER BY 1, 2"
 
 cat <<NOTE
 
