@@ -1,6 +1,7 @@
 //! The `reflex` command line: parses arguments, sets up logging, loads the configuration,
 //! calls into the library and maps the result to an exit code.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -885,8 +886,10 @@ fn init_logging(filter: &str, format: LogFormat) {
         Ok(f) => (f, None),
         Err(e) => (tracing_subscriber::EnvFilter::new("info"), Some(e)),
     };
+    // Colours only on a terminal: a pipe or file (a container's log, a test's) gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
