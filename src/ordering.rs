@@ -234,6 +234,9 @@ pub enum Verdict {
     /// It is in the retry topic already (read again from its event topic after a crash or a
     /// rebalance): its copy there runs in its turn, so this one is only booked.
     AlreadyWaiting,
+    /// Its copy in the retry topic, learned at an assignment, ran before the event was read
+    /// again from its event topic: it is not run a second time.
+    AlreadyRan,
 }
 
 /// Keys with events in the retry topic, each with the ids of those events in their order.
@@ -244,25 +247,54 @@ pub enum Verdict {
 /// assignors give partition `p` of every topic to the same member. A worker forgets the keys of
 /// the partitions it loses, and learns those of the partitions it gains by reading their retry
 /// partition from the group's committed offset before it takes their records.
+///
+/// A worker that sent an event to the retry topic and stopped before committing its offset
+/// leaves both copies to the next owner: the one in the retry topic, learned at the assignment
+/// ([`Parking::hand_over`]), and the one in the event topic, read again. Whichever comes first,
+/// the event runs once: read again while its copy waits, it is [`Verdict::AlreadyWaiting`];
+/// read again after its copy ran, [`Verdict::AlreadyRan`].
 #[derive(Debug)]
 pub struct Parking<K> {
     keys: HashMap<K, VecDeque<String>>,
+    /// Events learned from the retry topic at an assignment whose event-topic copy has not been
+    /// read again yet, by id.
+    handed: HashMap<String, K>,
+    /// Of those, the ones whose retry copy is done with.
+    ran: HashMap<String, K>,
 }
 
 impl<K> Default for Parking<K> {
     fn default() -> Self {
         Self {
             keys: HashMap::new(),
+            handed: HashMap::new(),
+            ran: HashMap::new(),
         }
     }
 }
 
-impl<K: Eq + Hash> Parking<K> {
+impl<K: Eq + Hash + Clone> Parking<K> {
     /// No parked keys.
     pub fn new() -> Self {
-        Self {
-            keys: HashMap::new(),
+        Self::default()
+    }
+
+    /// Event `id` of `key` waits in the retry topic, as read at an assignment: parked, and its
+    /// copy in the event topic, if read again, runs at most once between the two.
+    pub fn hand_over(&mut self, key: K, id: &str) {
+        self.handed.insert(id.to_owned(), key.clone());
+        self.park(key, id);
+    }
+
+    /// The verdict on event `id` of `key` read from an event topic (not the retry topic).
+    pub fn verdict_on_event(&mut self, key: &K, id: &str) -> Verdict {
+        if !self.handed.is_empty() {
+            self.handed.remove(id);
         }
+        if !self.ran.is_empty() && self.ran.remove(id).is_some() {
+            return Verdict::AlreadyRan;
+        }
+        self.verdict(key, id, false)
     }
 
     /// The verdict on event `id` of `key`, read from the retry topic (`from_retry`) or from an
@@ -295,6 +327,9 @@ impl<K: Eq + Hash> Parking<K> {
 
     /// Event `id` of `key` is done with (actioned, denied or dead-lettered).
     pub fn resolve(&mut self, key: &K, id: &str) {
+        if let Some(handed) = self.handed.remove(id) {
+            self.ran.insert(id.to_owned(), handed);
+        }
         if let Some(parked) = self.keys.get_mut(key) {
             parked.retain(|p| p != id);
             if parked.is_empty() {
@@ -305,6 +340,8 @@ impl<K: Eq + Hash> Parking<K> {
 
     /// Forgets the keys for which `lost` holds; returns how many.
     pub fn forget(&mut self, mut lost: impl FnMut(&K) -> bool) -> usize {
+        self.handed.retain(|_, key| !lost(key));
+        self.ran.retain(|_, key| !lost(key));
         let before = self.keys.len();
         self.keys.retain(|key, _| !lost(key));
         before - self.keys.len()
@@ -392,6 +429,46 @@ mod tests {
             p.verdict(&"k", "e3", false),
             Verdict::WaitBehind("e1".into())
         );
+    }
+
+    #[test]
+    fn an_event_handed_over_runs_once_whichever_copy_comes_first() {
+        let mut p: Parking<&str> = Parking::new();
+        p.hand_over("k", "e1");
+        p.hand_over("k", "e2");
+        // e1: the event-topic copy first, then the retry copy runs.
+        assert_eq!(p.verdict_on_event(&"k", "e1"), Verdict::AlreadyWaiting);
+        assert_eq!(p.verdict(&"k", "e1", true), Verdict::Run);
+        p.resolve(&"k", "e1");
+        // e2: the retry copy runs first, then the event-topic copy is read again.
+        assert_eq!(p.verdict(&"k", "e2", true), Verdict::Run);
+        p.resolve(&"k", "e2");
+        assert_eq!(p.verdict_on_event(&"k", "e2"), Verdict::AlreadyRan);
+        // Each only once: a later read of the same id is an ordinary event again, and e1,
+        // whose copy was read before its retry ran, is not remembered.
+        assert_eq!(p.verdict_on_event(&"k", "e2"), Verdict::Run);
+        assert_eq!(p.verdict_on_event(&"k", "e1"), Verdict::Run);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn an_event_sent_to_retry_by_this_worker_is_not_remembered_after_it_runs() {
+        let mut p: Parking<&str> = Parking::new();
+        p.park("k", "e1");
+        p.resolve(&"k", "e1");
+        assert_eq!(p.verdict_on_event(&"k", "e1"), Verdict::Run);
+    }
+
+    #[test]
+    fn a_lost_partition_forgets_its_handed_over_events() {
+        let mut p: Parking<(i32, &str)> = Parking::new();
+        p.hand_over((0, "k"), "e1");
+        p.hand_over((1, "k"), "e2");
+        p.resolve(&(0, "k"), "e1");
+        p.resolve(&(1, "k"), "e2");
+        p.forget(|(partition, _)| *partition == 0);
+        assert_eq!(p.verdict_on_event(&(0, "k"), "e1"), Verdict::Run);
+        assert_eq!(p.verdict_on_event(&(1, "k"), "e2"), Verdict::AlreadyRan);
     }
 
     #[test]

@@ -438,6 +438,88 @@ async fn keys_run_concurrently_and_each_key_keeps_its_order() {
     );
 }
 
+/// Sets the committed offset of `group` on partition 0 of `topic` back to the start, as when
+/// the worker that had read it was killed before its commit.
+fn rewind(group: &str, topic: &str) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut start = rdkafka::TopicPartitionList::new();
+    start
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(0))
+        .expect("offset");
+    consumer
+        .commit(&start, CommitMode::Sync)
+        .expect("the group's offset is set back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_read_again_after_its_retry_copy_ran_is_not_run_twice() {
+    let service = ActionService::start();
+    service.set_behaviour("/orders/waits", Behaviour::fail(503, 1));
+    // Four records in flight at most: the event's copy in the event topic is read only after
+    // the records before it are done, long after its copy in the retry topic is due.
+    let env = http_env(
+        1,
+        &service,
+        "max_attempts = 1",
+        "retry_delay = \"1s\"\nretry_rounds = 3\nmax_in_flight = 4",
+    );
+    env.create_topics().await;
+    let mut records: Vec<Rec> = (0..300)
+        .map(|i| order_of(&format!("f{i}"), "fill"))
+        .collect();
+    records.push(order_of("e1", "waits"));
+    produce(&env.events, &records).await;
+
+    // The first worker sends e1 to the retry topic, then stops; its commit is then lost, as if
+    // it had been killed: the next owner reads the event topic from the start.
+    let stop = CancellationToken::new();
+    let config = env.config();
+    let token = stop.clone();
+    let first = tokio::spawn(async move {
+        worker::run(
+            &config,
+            RunOptions {
+                worker_id: "w-before".into(),
+                drain: false,
+            },
+            token,
+        )
+        .await
+    });
+    let audits = wait_for_audits(&env.audit, 301).await;
+    assert_eq!(audits["e1"][0]["outcome"], "retrying", "{:?}", audits["e1"]);
+    stop.cancel();
+    first
+        .await
+        .expect("join")
+        .expect("first worker stops cleanly");
+    rewind(&env.group, &env.events);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let summary = drain(&env, "w-after").await;
+    assert_eq!(
+        service.requests_to("/orders/fill").len(),
+        600,
+        "the next owner read the event topic again from the start"
+    );
+    assert_eq!(
+        calls(&service, "waits"),
+        ["e1", "e1"],
+        "e1 failed once, then ran once from the retry topic; its copy read again did not run"
+    );
+    let audits = audits_by_key(&env.audit);
+    let outcomes: Vec<&str> = audits["e1"]
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(outcomes, ["retrying", "actioned"], "{summary:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_waiting_in_the_retry_topic_keeps_its_order_across_a_handover() {
     let service = ActionService::start();

@@ -59,6 +59,9 @@ pub(super) struct Finished {
     /// At least once: the output records handed to the producer, whose acknowledgements the
     /// record's offset still waits for.
     pending: Option<Pending>,
+    /// Read again after its copy from the retry topic ran ([`Verdict::AlreadyRan`]): no audit
+    /// record or outputs of its own, but done with, so its offset is stored.
+    ran_already: bool,
 }
 
 impl Finished {
@@ -290,9 +293,23 @@ impl Scheduler<'_> {
                 .remove(&(message.partition(), message.offset()));
         let verdict = match (&admitted, &park_key) {
             (Admitted::Event(_), Some(_)) if superseded => Verdict::AlreadyWaiting,
-            (Admitted::Event(a), Some(k)) => self.parking.verdict(k, a.event_id(), from_retry),
+            (Admitted::Event(a), Some(k)) if from_retry => {
+                self.parking.verdict(k, a.event_id(), true)
+            }
+            (Admitted::Event(a), Some(k)) => self.parking.verdict_on_event(k, a.event_id()),
             _ => Verdict::Run,
         };
+        if verdict == Verdict::AlreadyRan {
+            if let Admitted::Event(a) = &admitted {
+                tracing::info!(
+                    id = a.event_id(),
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "event read again after its copy from the retry topic ran; not run a second time"
+                );
+            }
+        }
         drop(headers);
         let processor = Arc::clone(&self.processor);
         let producer = match &self.outputs {
@@ -320,7 +337,15 @@ impl Scheduler<'_> {
                 audit: None,
                 outputs: Vec::new(),
                 pending: None,
+                ran_already: false,
             };
+            if verdict == Verdict::AlreadyRan {
+                // Its audit record and outputs are its retry copy's; only its offset is stored.
+                return Ok(Finished {
+                    ran_already: true,
+                    ..abandoned(slot)
+                });
+            }
             if let Some(due) = due {
                 let wait = due.saturating_sub(chrono::Utc::now().timestamp_millis());
                 if wait > 0 {
@@ -338,7 +363,9 @@ impl Scheduler<'_> {
                 (Admitted::Event(a), Verdict::WaitBehind(first)) => {
                     processor.wait_behind(&input, *a, &first)
                 }
-                (Admitted::Event(a), Verdict::AlreadyWaiting) => processor.already_waiting(*a),
+                (Admitted::Event(a), Verdict::AlreadyWaiting | Verdict::AlreadyRan) => {
+                    processor.already_waiting(*a)
+                }
                 (Admitted::Event(a), Verdict::Run) => {
                     let stages = processor.complete(&input, *a, &work_cancel);
                     match &span {
@@ -370,6 +397,7 @@ impl Scheduler<'_> {
                     audit: Some(processed.audit),
                     outputs: processed.records,
                     pending: None,
+                    ran_already: false,
                 });
             };
             let sent = Instant::now();
@@ -391,6 +419,7 @@ impl Scheduler<'_> {
                 audit: Some(processed.audit),
                 outputs: Vec::new(),
                 pending: Some(Pending { handed, span, sent }),
+                ran_already: false,
             })
         };
         match input_at {
@@ -453,7 +482,7 @@ impl Scheduler<'_> {
             }
             return Ok(());
         }
-        if done.audit.is_some() {
+        if done.audit.is_some() || done.ran_already {
             match self.transaction() {
                 None => {
                     if let Some(upto) =
@@ -490,7 +519,7 @@ impl Scheduler<'_> {
             }
         }
         if let Some(slot) = done.slot {
-            if done.audit.is_none() {
+            if done.audit.is_none() && !done.ran_already {
                 // Abandoned at shutdown: the records behind it must not overtake it; they are
                 // re-delivered after it.
                 while self.queue.finish(&slot).is_some() {}
@@ -685,7 +714,7 @@ impl Scheduler<'_> {
         }
         self.superseded.extend(superseded);
         for w in waiting {
-            self.parking.park(w.key, &w.id);
+            self.parking.hand_over(w.key, &w.id);
         }
     }
 }
