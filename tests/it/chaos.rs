@@ -5,9 +5,8 @@
 //! - every produced id has a final audit record (actioned, or dead-lettered for bad input) and
 //!   every bad input is in the dead-letter topic;
 //! - an event was processed more than once only by a worker that was killed (`kill -9`, or a
-//!   pause past its session timeout), after a killed worker sent it to the retry topic, or by a
-//!   worker whose partitions were revoked before the repeat (each worker's log lines carry its
-//!   id, so the reconciler sees whose were);
+//!   pause past its session timeout), or by a worker whose partitions were revoked before the
+//!   repeat (each worker's log lines carry its id, so the reconciler sees whose were);
 //! - each key's events were processed in offset order;
 //! - each valid event is in the lake exactly once (DuckDB over the `<table>_raw` views).
 //!
@@ -413,19 +412,12 @@ fn reconcile(
             // was killed, or (with `rebalances`) its partition was taken away meanwhile.
             for (done, again) in finals.iter().zip(&finals[1..]) {
                 let worker = &done.0;
-                // A killed worker that sent the event to the retry topic had not committed its
-                // offset: its successor reads the event again, besides running the retry copy.
-                let handed_by_killed = records.iter().any(|a| {
-                    a["outcome"] == "retrying"
-                        && a["processed_at"].as_str().unwrap_or_default() < again.1.as_str()
-                        && killed.contains(a["worker"].as_str().unwrap_or_default())
-                });
                 if exactly_once {
                     f.violations.push(format!(
                         "{}: two final audit records under exactly_once, the first by {worker}",
                         p.id
                     ));
-                } else if killed.contains(worker) || handed_by_killed || rebalances {
+                } else if killed.contains(worker) || rebalances {
                 } else if revoked_between(revocations, worker, &done.1, &again.1) {
                     // Work in flight when a partition is revoked is done again by its next
                     // owner; where the scenario expects no rebalance, one happened anyway.
