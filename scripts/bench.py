@@ -54,6 +54,7 @@ usage: scripts/bench.py [--events N] [--repeats R] [--keys K] [--hot-events H] [
        (the local stack must be up: make up; make bench builds and runs everything)
 """
 import argparse
+import atexit
 import datetime as dt
 import json
 import os
@@ -478,6 +479,16 @@ def add_ordering():
     log(f"added the key-ordered concurrency run to {OUT / 'report.md'}: {ratio}× sequential")
 
 
+def delete_topics(run):
+    """Deletes the run's topics from the local broker, so runs do not pile partitions up there."""
+    if BROKERS != "127.0.0.1:9092":
+        return
+    done = subprocess.run([str(REPO / "scripts/stack.sh"), "delete-topics", run + "[.-].*"],
+                          capture_output=True, text=True)
+    log(done.stdout.strip() if done.returncode == 0 else
+        f"the run's topics were not deleted: {done.stderr.strip()}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_EVENTS", 200_000)))
@@ -514,6 +525,7 @@ def main():
     hot_n = min(args.hot_events, n)
     OUT.mkdir(parents=True, exist_ok=True)
     run = "bench-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+    atexit.register(delete_topics, run)
     topic = f"{run}.events"
     reflex = str(TARGET / "release/reflex")
     loader = str(TARGET / "release/examples/bench_load")

@@ -7,6 +7,7 @@
 #   scripts/stack.sh fetch  [SERVICE...]          only download what a service needs
 #   scripts/stack.sh kill-broker N                kill -9 broker N of a BROKERS=3 cluster
 #   scripts/stack.sh start-broker N               start broker N again, wait until it answers
+#   scripts/stack.sh delete-topics REGEX          delete the local broker's topics matching REGEX
 #
 # SERVICE defaults to all of: kafka registry s3. Each service NAME provides the functions
 # NAME_up, NAME_down, NAME_status (and optionally NAME_fetch); add new services
@@ -323,6 +324,23 @@ kafka_scram_user() {
     fi
     touch "$marker"
     say "kafka: SASL_SSL on $KAFKA_HOST:$KAFKA_SASL_SSL_PORT (SCRAM user $KAFKA_SCRAM_USER, password in $KAFKA_TLS/scram-password), mutual TLS on $KAFKA_HOST:$KAFKA_SSL_PORT, CA $KAFKA_TLS/ca.pem"
+}
+
+# Deletes the topics whose whole name matches the Java regular expression $1 (none is fine):
+# `make bench` removes its run's topics with it, and `scripts/stack.sh delete-topics 'it-.*'`
+# those that failed tests kept.
+kafka_delete_topics() {
+    local pattern="$1" log="$KAFKA_LOGS/delete-topics.log"
+    [[ -n $pattern ]] || die "delete-topics needs a regular expression, e.g. 'bench-.*'"
+    port_open "$KAFKA_HOST" "$KAFKA_PORT" || die "kafka: nothing answers on $KAFKA_ADDR (make up)"
+    mkdir -p "$KAFKA_LOGS"
+    if ! java -Xmx256m -Dlog4j2.configurationFile="$KAFKA_CONF/tools-log4j2.xml" -cp "$KAFKA_LIBS/*" \
+        org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_ADDR" --delete \
+        --if-exists --topic "$pattern" >"$log" 2>&1; then
+        show_log_tail "$log"
+        die "kafka: could not delete the topics matching $pattern (full log: $log)"
+    fi
+    say "kafka: deleted the topics matching $pattern"
 }
 
 kafka_write_config() {
@@ -980,6 +998,10 @@ main() {
             start_broker "$@"
             return
             ;;
+        delete-topics)
+            kafka_delete_topics "${1:-}"
+            return
+            ;;
     esac
 
     CLEAN=false
@@ -1027,7 +1049,7 @@ main() {
             done
             ;;
         -h | --help | help) usage 0 ;;
-        *) die "unknown command: $cmd (use up, down, status, fetch, kill-broker or start-broker)" ;;
+        *) die "unknown command: $cmd (use up, down, status, fetch, kill-broker, start-broker or delete-topics)" ;;
     esac
 }
 

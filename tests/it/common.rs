@@ -160,6 +160,58 @@ types = ["reflex.analytics.refunds_high", "reflex.analytics.payment_not_settled"
     }
 }
 
+impl Drop for TestEnv {
+    /// Deletes the test's topics, so runs do not pile partitions up on the local broker. A
+    /// failed test keeps them, to be looked at.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let topics = [
+            self.events.clone(),
+            self.audit.clone(),
+            self.dlq.clone(),
+            format!("{}.retry", self.dlq),
+            self.shipments.clone(),
+            self.refunds_approved.clone(),
+            self.policy_events.clone(),
+        ];
+        delete_topics(&topics);
+    }
+}
+
+/// Deletes `topics` (those that exist), waiting for the broker's answer; off any runtime, so it
+/// can run in a `Drop`.
+pub fn delete_topics(topics: &[String]) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let topics = topics.to_vec();
+    let deleting = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let Ok(admin) = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create::<AdminClient<DefaultClientContext>>()
+        else {
+            return;
+        };
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let _ = runtime.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(15),
+                admin.delete_topics(&names, &options),
+            )
+            .await
+        });
+    });
+    let _ = deleting.join();
+}
+
 /// A record to produce.
 pub struct Rec {
     pub key: Option<String>,
