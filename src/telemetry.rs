@@ -57,6 +57,9 @@
 //!   an action, by service, result (status class `2xx` … `5xx`, or `timeout`, `connect`,
 //!   `circuit_open`, `error`) and attempt number (`1`, `2`, `3`, `4+`);
 //!   `reflex_action_attempt_duration_seconds{service}` (histogram): their durations;
+//! - `reflex_events_read_again_total` (counter): events read again from their event topic
+//!   after their copy in the retry topic, handed over with the partition, ran: not run a
+//!   second time (the worker that sent them there stopped before committing);
 //! - `reflex_spans_started_total`, `reflex_spans_exported_total` and
 //!   `reflex_spans_dropped_total{reason}` (counters, `queue_full` or `export_failed`): the
 //!   OpenTelemetry spans of this worker (all 0 while tracing is off);
@@ -217,6 +220,8 @@ pub struct Metrics {
     transactions: OnceLock<std::sync::Arc<crate::kafka::transaction::TransactionStats>>,
     stages: [Histogram; Stage::ALL.len()],
     in_flight: AtomicU64,
+    /// Events read again after their retry copy ran ([`EventReadAgain`]).
+    read_again: AtomicU64,
     /// What the lake role wrote, by table.
     lake: Mutex<BTreeMap<String, LakeTable>>,
     lake_present: AtomicU64,
@@ -270,6 +275,7 @@ impl Metrics {
             transactions: OnceLock::new(),
             stages: std::array::from_fn(|_| Histogram::default()),
             in_flight: AtomicU64::new(0),
+            read_again: AtomicU64::new(0),
             lake: Mutex::new(lake),
             lake_present: AtomicU64::new(0),
             lake_buffered: AtomicU64::new(0),
@@ -667,6 +673,18 @@ impl OutputsDelivered {
         metrics
             .stage(Stage::Delivery)
             .observe(self.elapsed.as_secs_f64());
+    }
+}
+
+/// An event was read again from its event topic after its copy in the retry topic, learned
+/// with the partition, ran: it is not run a second time.
+#[derive(Debug, Clone, Copy)]
+pub struct EventReadAgain;
+
+impl EventReadAgain {
+    /// Counts it.
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.read_again.fetch_add(1, Ordering::Relaxed);
     }
 }
 

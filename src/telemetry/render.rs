@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 
 use super::histogram::HistogramSnapshot;
 use super::{lock, LakeTable, Metrics, Stage, OUTCOMES};
@@ -208,6 +209,18 @@ fn render_actions(out: &mut String, metrics: &Metrics) {
             );
         }
     }
+    family(
+        out,
+        "reflex_events_read_again_total",
+        "counter",
+        "Events read again from their event topic after their retry copy, handed over with the partition, ran; not run a second time.",
+    );
+    sample(
+        out,
+        "reflex_events_read_again_total",
+        &[],
+        metrics.read_again.load(Ordering::Relaxed),
+    );
     family(
         out,
         "reflex_dead_letters_total",

@@ -641,3 +641,12 @@ fn actions_are_counted_by_result_and_lookups_by_source() {
         "0"
     );
 }
+
+#[test]
+fn events_read_again_after_their_retry_copy_ran_are_counted() {
+    let m = metrics();
+    assert!(render(&m).contains("\nreflex_events_read_again_total 0\n"));
+    EventReadAgain.emit(&m);
+    EventReadAgain.emit(&m);
+    assert!(render(&m).contains("\nreflex_events_read_again_total 2\n"));
+}

@@ -25,7 +25,7 @@ use crate::audit::AuditRecord;
 use crate::ingest::{headers, OutRecord};
 use crate::kafka::{self, Transaction, TransactionError};
 use crate::ordering::{KeyQueue, Ordering, Parking, Partitions, Verdict};
-use crate::telemetry::{Metrics, OutputsDelivered};
+use crate::telemetry::{EventReadAgain, Metrics, OutputsDelivered};
 
 /// A topic partition.
 pub(super) type Tp = (String, i32);
@@ -309,6 +309,7 @@ impl Scheduler<'_> {
                     "event read again after its copy from the retry topic ran; not run a second time"
                 );
             }
+            EventReadAgain.emit(&self.metrics);
         }
         drop(headers);
         let processor = Arc::clone(&self.processor);
