@@ -629,6 +629,7 @@ pub async fn run(
         }
     }
 
+    consumer.context().stopping();
     // Let the records in progress, and those waiting behind their key, finish within the
     // deadline, storing offsets as they do. Records waiting for their retry time are left for
     // the next owner, with the records of their key behind them.

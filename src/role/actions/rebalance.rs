@@ -2,6 +2,7 @@
 //! partitions are taken away, partitions without a committed offset are assigned where
 //! `auto.offset.reset` says they start, and the worker learns which partitions it lost and gained.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -30,6 +31,10 @@ pub(super) struct RebalanceContext {
     /// Where an assigned partition without a committed offset starts (`auto.offset.reset`),
     /// given to librdkafka with the assignment; `None`: librdkafka looks it up itself.
     uncommitted_start: Option<Offset>,
+    /// Set when the worker stops: a partition assigned from then on (a rebalance that was under
+    /// way) is revoked at once, so its start is not looked up; the lookup could only hold up
+    /// the consumer's close.
+    stopping: AtomicBool,
 }
 
 /// How long an assignment waits for the group's committed offsets before leaving the lookup to
@@ -124,7 +129,13 @@ impl RebalanceContext {
             transaction: OnceLock::new(),
             failed: Mutex::default(),
             uncommitted_start,
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// The worker is stopping: assignments from now on go to librdkafka as they are.
+    pub(super) fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     /// Commits `transaction` before partitions are taken away from now on.
@@ -172,7 +183,9 @@ impl ClientContext for RebalanceContext {
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let (Rebalance::Assign(partitions), Some(start)) = (rebalance, self.uncommitted_start) {
-            start_uncommitted(consumer, partitions, start);
+            if !self.stopping.load(Ordering::Relaxed) {
+                start_uncommitted(consumer, partitions, start);
+            }
         }
         if let Rebalance::Revoke(partitions) = rebalance {
             tracing::info!(
