@@ -79,9 +79,12 @@ need_mvn() {
         die "mvn not found: install Maven 3 to fetch the Kafka jars (Debian: apt-get install maven)"
 }
 
-# True if the process exists and is not a zombie (zombies have an empty cmdline).
+# True if PID is a running process and not a zombie (zombies have an empty cmdline). A thread's
+# id is not one: /proc/TID exists for every thread of every process, so a pid file outliving its
+# process can name a thread of another one.
 pid_alive() {
-    [[ -n $1 && -r /proc/$1/cmdline ]] && [[ -n "$(tr -d '\0' </proc/"$1"/cmdline 2>/dev/null)" ]]
+    [[ -n $1 && -r /proc/$1/cmdline ]] && [[ -n "$(tr -d '\0' </proc/"$1"/cmdline 2>/dev/null)" ]] &&
+        grep -qx "Tgid:[[:space:]]*$1" /proc/"$1"/status 2>/dev/null
 }
 
 # True if something accepts TCP connections on HOST PORT.

@@ -55,7 +55,9 @@ registry_probe() {
 registry_pid() {
     local pid
     pid="$(cat "$REGISTRY_PIDFILE" 2>/dev/null || true)"
-    if [[ -n $pid ]] && pid_alive "$pid"; then
+    # The pid must still be this stack's registry: a pid file left behind by a process that died
+    # may name another process now, and `registry_up` kills what it names when it is not ready.
+    if [[ -n $pid ]] && pid_alive "$pid" && tr '\0' ' ' </proc/"$pid"/cmdline | grep -qF -- "$REGISTRY_DATA/registry"; then
         printf '%s' "$pid"
         return 0
     fi
