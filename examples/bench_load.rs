@@ -1,11 +1,12 @@
 //! Load and measurement helpers for `scripts/bench.py` that Python would be too slow for.
 //!
 //! ```text
-//! bench_load paced BROKERS TOPIC PAYLOADS_JSONL RATE SECONDS
+//! bench_load paced BROKERS TOPIC PAYLOADS_JSONL RATE SECONDS [LINGER_MS]
 //!     Produces the payload lines (JSON CloudEvents) round-robin at RATE events/s for SECONDS,
 //!     each with a fresh `id` and `time` = the moment it is handed to the producer (ms). The
-//!     producer sends without lingering and knows the topic's metadata before the first event,
-//!     so the latency measured is the worker's, not the load producer's start-up or batching.
+//!     producer lingers LINGER_MS (5, librdkafka's default) and knows the topic's metadata
+//!     before the first event, so the latency measured is the worker's and a provider's usual
+//!     batching, not the load producer's start-up.
 //! bench_load topic BROKERS TOPIC PARTITIONS [NAME=VALUE ...]
 //!     Creates TOPIC with PARTITIONS partitions and the given topic configs (e.g.
 //!     message.timestamp.type=LogAppendTime), unless it exists.
@@ -25,10 +26,15 @@
 //!     `data.customer_id` = `c-{n mod GROUPS}` (also its key) and an event `time` 10 ms after
 //!     the previous one's (100 events per second of event time, from one day ago), so the
 //!     analytics role's windows close as the stream moves on.
+//! bench_load appends BROKERS TOPIC EXPECTED
+//!     Reads TOPIC from its start until EXPECTED records (or 20 s without one) and prints one line
+//!     per record (tab-separated): partition, offset, Kafka timestamp (ms); then the JSON line
+//!     with the count. With `message.timestamp.type=LogAppendTime`, when the broker appended it.
 //! bench_load audit BROKERS AUDIT_TOPIC EXPECTED
 //!     Reads the audit topic until 3 s without a record once EXPECTED have come (20 s before),
 //!     and prints one line per audit record (tab-separated): its Kafka timestamp (ms), the input
-//!     partition and offset it reports, the event's `time` (ms, or -) and the worker; then the
+//!     partition and offset it reports, the event's `time` (ms, or -), the worker and the audit
+//!     record's `processed_at` (ms, or -); then the
 //!     JSON line with the count.
 //! ```
 //! Each prints one JSON line with its figures.
@@ -136,6 +142,7 @@ fn paced(
     payloads: &str,
     rate: f64,
     seconds: f64,
+    linger_ms: u32,
 ) -> anyhow::Result<()> {
     let events = payload_lines(payloads)?;
     if events.is_empty() || rate <= 0.0 {
@@ -144,7 +151,11 @@ fn paced(
     let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("acks", "1")
-        .set("linger.ms", "0")
+        // 5 by default: librdkafka's default (and the Java client's since Kafka 4.0), as an
+        // event provider would run it. Without lingering (0), every record went to the broker
+        // in a request of its own: at 5 000 events/s that took more than one of this machine's
+        // two cores from the broker, and the latency measured was the broker's queue.
+        .set("linger.ms", linger_ms.to_string())
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
@@ -466,14 +477,51 @@ fn audit(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
             .as_str()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map_or_else(|| "-".to_owned(), |t| t.timestamp_millis().to_string());
+        let processed_at = audit["processed_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map_or_else(|| "-".to_owned(), |t| t.timestamp_millis().to_string());
         writeln!(
             out,
-            "{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}",
             message.timestamp().to_millis().unwrap_or(-1),
             audit["partition"].as_i64().unwrap_or(-1),
             audit["offset"].as_i64().unwrap_or(-1),
             event_time,
             audit["worker"].as_str().unwrap_or("-"),
+            processed_at,
+        )?;
+    }
+    writeln!(out, "{}", json!({"records": records, "expected": expected}))?;
+    Ok(())
+}
+
+fn appends(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-appends-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut records = 0u64;
+    let mut idle = Instant::now();
+    while records < expected && idle.elapsed() < Duration::from_secs(20) {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        idle = Instant::now();
+        records += 1;
+        writeln!(
+            out,
+            "{}\t{}\t{}",
+            message.partition(),
+            message.offset(),
+            message.timestamp().to_millis().unwrap_or(-1),
         )?;
     }
     writeln!(out, "{}", json!({"records": records, "expected": expected}))?;
@@ -484,9 +532,14 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
     match arg(0) {
-        "paced" if args.len() == 6 => {
-            paced(arg(1), arg(2), arg(3), arg(4).parse()?, arg(5).parse()?)
-        }
+        "paced" if args.len() == 6 || args.len() == 7 => paced(
+            arg(1),
+            arg(2),
+            arg(3),
+            arg(4).parse()?,
+            arg(5).parse()?,
+            args.get(6).map_or(Ok(5), |l| l.parse())?,
+        ),
         "settled" if args.len() == 7 => settled(
             arg(1),
             arg(2),
@@ -500,6 +553,7 @@ fn main() -> anyhow::Result<()> {
         }
         "latency" if args.len() == 4 => latency(arg(1), arg(2), arg(3).parse()?),
         "audit" if args.len() == 4 => audit(arg(1), arg(2), arg(3).parse()?),
+        "appends" if args.len() == 4 => appends(arg(1), arg(2), arg(3).parse()?),
         "topic" if args.len() >= 4 => create_topic(arg(1), arg(2), arg(3).parse()?, &args[4..]),
         "customers" if args.len() == 6 => {
             customers(arg(1), arg(2), arg(3), arg(4).parse()?, arg(5).parse()?)

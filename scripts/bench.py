@@ -24,11 +24,12 @@ received to last one done: `reflex run --summary-json`), CPU seconds and peak RS
 /usr/bin/time (the whole process, start-up included). Then, once:
   - paced latency: one actions worker on fresh topics fed at half the actions role's median
     events/s (or --rate) for --paced-seconds, from the moment the load producer sends an event
-    (its `time`, ms; the producer sends without lingering and knows the topic before the first)
-    to the broker appending its audit record (the audit topic stamps LogAppendTime; the
-    acknowledgement follows), or with --audit-time create to the worker handing the audit
-    record to its producer; over all records, the worker's first second and the steady state
-    (after 2 s), with a timeline of the first 3 s (--only latency runs just this, --repeats
+    (its `time`, ms; the producer lingers 5 ms, librdkafka's default, and knows the topic
+    before the first) to the broker appending its audit record (the audit topic stamps
+    LogAppendTime; the acknowledgement follows), or with --audit-time create to the worker
+    handing the audit record to its producer; over all records, the worker's first second and
+    the steady state (after 2 s), with a timeline of the first 3 s, and split at the audit
+    record's `processed_at` into event to decision and decision to append (--only latency runs just this, --repeats
     times, alternating with --baseline, into target/bench/latency.{md,json}, after one short
     run that is not counted, for a broker just started);
   - CPU ratio: the actions role's CPU per event over the sum of its stages measured alone:
@@ -254,17 +255,30 @@ def percentiles(values):
 
 # Events sent in the first this many milliseconds of a paced run are left out of the steady state.
 WARM_UP_MS = 2000
+# linger.ms of the paced latency's load producer (--paced-linger-ms).
+PACED_LINGER_MS = 5
 
 
-def latency_figures(lines):
+def latency_figures(lines, appended=None):
     """Latency figures from `bench_load audit` lines (audit timestamp, partition, offset, event
-    time, worker): over all records, the first second, the steady state (after WARM_UP_MS), a
+    time, worker, processed_at): over all records, the first second, the steady state (after WARM_UP_MS), a
     timeline of the first 3 s in 250 ms steps and the p99 of every second after."""
-    timed = []
+    timed, before, after, to_append, appended_to_processed = [], [], [], [], []
     for line in lines:
         parts = line.split("\t")
         if len(parts) >= 5 and parts[3] != "-" and int(parts[0]) >= 0:
             timed.append((int(parts[3]), int(parts[0]) - int(parts[3]), int(parts[1]), int(parts[2])))
+            # The worker's `processed_at` splits it: event time to the audit record made (the
+            # load producer, the broker appending the event, the fetch, the worker), and from
+            # there to the audit record appended (the worker's producer and the broker). The
+            # event's own append time (`appended`, by partition and offset) splits the first part.
+            if len(parts) >= 6 and parts[5] != "-":
+                before.append(int(parts[5]) - int(parts[3]))
+                after.append(int(parts[0]) - int(parts[5]))
+                at = (appended or {}).get((int(parts[1]), int(parts[2])))
+                if at is not None and at >= 0:
+                    to_append.append(at - int(parts[3]))
+                    appended_to_processed.append(int(parts[5]) - at)
     if not timed:
         return {"measured": 0}
     first = min(t for t, *_ in timed)
@@ -277,6 +291,10 @@ def latency_figures(lines):
             "first_second": percentiles(since(0, 1000)), "warm_up_ms": WARM_UP_MS,
             "steady": percentiles(since(WARM_UP_MS, 1 << 62)), "timeline_250ms": steps,
             "p99_per_second": seconds,
+            "event_to_processed": percentiles(before) if before else None,
+            "processed_to_append": percentiles(after) if after else None,
+            "event_to_append": percentiles(to_append) if to_append else None,
+            "append_to_processed": percentiles(appended_to_processed) if appended_to_processed else None,
             "worst": [{"at_ms": t - first, "latency_ms": l, "partition": p, "offset": o} for t, l, p, o in worst]}
 
 
@@ -295,6 +313,9 @@ def paced_latency(reflex, load, env, run, payloads, rate, seconds, tag="paced", 
         subprocess.run([load, "topic", BROKERS, f"{run}.{tag}.audit", env["REFLEX_TOPICS_PARTITIONS"],
                         "cleanup.policy=compact", "message.timestamp.type=LogAppendTime"],
                        check=True, capture_output=True)
+        # The events' own append times split the latency at the broker (see latency_figures).
+        subprocess.run([load, "topic", BROKERS, f"{run}.{tag}", env["REFLEX_TOPICS_PARTITIONS"],
+                        "message.timestamp.type=LogAppendTime"], check=True, capture_output=True)
     env = accepted_config(reflex, env)
     subprocess.run([reflex, "topics"], env=env, check=True, capture_output=True)
     log_path = OUT / f"{tag}-worker.log"
@@ -311,7 +332,8 @@ def paced_latency(reflex, load, env, run, payloads, rate, seconds, tag="paced", 
                 time.sleep(0.05)
             ready_s = time.monotonic() - started
             log(f"{tag}: worker ready in {ready_s:.2f} s; {rate} events/s for {seconds} s into {run}.{tag}")
-            out = subprocess.run([load, "paced", BROKERS, f"{run}.{tag}", str(payloads), str(rate), str(seconds)],
+            out = subprocess.run([load, "paced", BROKERS, f"{run}.{tag}", str(payloads), str(rate), str(seconds),
+                                  str(PACED_LINGER_MS)],
                                  capture_output=True, text=True)
             if out.returncode != 0:
                 sys.exit(f"paced load failed: {out.stderr[-2000:]}")
@@ -321,6 +343,16 @@ def paced_latency(reflex, load, env, run, payloads, rate, seconds, tag="paced", 
                                    capture_output=True, text=True)
             if audit.returncode != 0:
                 sys.exit(f"audit read failed: {audit.stderr[-2000:]}")
+            appended = {}
+            if audit_time == "append":
+                events = subprocess.run([load, "appends", BROKERS, f"{run}.{tag}", str(sent["records"])],
+                                        capture_output=True, text=True)
+                if events.returncode != 0:
+                    sys.exit(f"reading the events' append times failed: {events.stderr[-2000:]}")
+                (OUT / f"{tag}-appends.tsv").write_text(events.stdout)
+                for line in events.stdout.strip().splitlines()[:-1]:
+                    p, o, t = line.split("\t")
+                    appended[(int(p), int(o))] = int(t)
         finally:
             worker.send_signal(signal.SIGTERM)
             try:
@@ -329,7 +361,7 @@ def paced_latency(reflex, load, env, run, payloads, rate, seconds, tag="paced", 
                 worker.kill()
     lines = audit.stdout.strip().splitlines()
     (OUT / f"{tag}-audit.tsv").write_text("\n".join(lines[:-1]) + "\n")
-    figures = latency_figures(lines[:-1])
+    figures = latency_figures(lines[:-1], appended)
     figures.update({"rate_target": rate, "rate_achieved": round(sent["events_per_second"]),
                     "seconds": seconds, "sent": sent["records"], "audit_time": audit_time,
                     "worker_ready_seconds": round(ready_s, 2),
@@ -517,7 +549,12 @@ def main():
                              "the default) or to the worker handing it to its producer (CreateTime)")
     parser.add_argument("--add-ordering", action="store_true",
                         help="only add target/bench/ordering.json (make bench-ordering) to report.{json,md}")
+    parser.add_argument("--paced-linger-ms", type=int, default=PACED_LINGER_MS,
+                        help="linger.ms of the paced latency's load producer (default 5, librdkafka's; 0 "
+                             "sends every event in a request of its own, which saturates a broker "
+                             "sharing 2 cores)")
     args = parser.parse_args()
+    globals()["PACED_LINGER_MS"] = args.paced_linger_ms
     if args.add_ordering:
         return add_ordering()
     started = time.monotonic()
@@ -759,17 +796,25 @@ def log_latency(label, pl):
 def latency_basis(audit_time):
     end = ("its audit record's append on the broker (LogAppendTime; acknowledged right after)"
            if audit_time == "append" else "its audit record's CreateTime (the worker handing it to its producer)")
-    return f"From the event's `time` (set by the load producer as it sends, ms) to {end}."
+    return (f"From the event's `time` (set by the load producer as it hands the event to its producer, which "
+            f"lingers {PACED_LINGER_MS} ms; ms) to {end}.")
 
 
 def latency_table(rows):
-    """Markdown rows: per run, all records, the first second and the steady state."""
+    """Markdown rows: per run, all records, the first second and the steady state, and all
+    records split at the worker's `processed_at` (a baseline build may not write it)."""
     num = lambda v: "n/a" if v is None else f"{v:.0f}"
     md = ["| build | records | n | p50 ms | p90 ms | p99 ms | max ms | load before → after |",
           "|---|---|---|---|---|---|---|---|"]
     for label, pl in rows:
         for key, what in (("all", "all"), ("first_second", "first second"),
-                          ("steady", f"after the first {pl.get('warm_up_ms', WARM_UP_MS)} ms")):
+                          ("steady", f"after the first {pl.get('warm_up_ms', WARM_UP_MS)} ms"),
+                          ("event_to_append", "all: event `time` → its append"),
+                          ("append_to_processed", "all: event append → `processed_at`"),
+                          ("event_to_processed", "all: event `time` → `processed_at`"),
+                          ("processed_to_append", "all: `processed_at` → audit append")):
+            if key.startswith(("event_", "processed_", "append_")) and not pl.get(key):
+                continue
             f = pl.get(key) or {}
             md.append(f"| {label} | {what} | {f.get('n', 0)} | " + " | ".join(
                 num(f.get(k)) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms"))
@@ -807,6 +852,7 @@ def latency_only(args, reflex, loader, env, run, payloads, topic, started):
                        for part in ("all", "first_second", "steady")}
                for label, rs in runs.items()}
     figures = {"rate": rate, "seconds": args.paced_seconds, "repeats": args.repeats, "audit_time": args.audit_time,
+               "load_linger_ms": PACED_LINGER_MS,
                "baseline": args.baseline, "machine": f"{os.cpu_count()} cores, broker on the same machine",
                "runs": runs, "summary": summary, "warm_up_run": warm_up.get("all"),
                "run_seconds": round(time.monotonic() - started)}
