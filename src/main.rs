@@ -493,6 +493,7 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
                     serde_json::json!({
                         "role": "actions",
                         "records": summary.total(),
+                        "read_again": summary.read_again,
                         "busy_seconds": summary.busy_ms as f64 / 1000.0,
                         "types": summary.types,
                     }),

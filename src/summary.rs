@@ -32,6 +32,9 @@ pub struct Summary {
     pub types: BTreeMap<String, TypeCounts>,
     /// Milliseconds from the first record received to the last one fully acknowledged.
     pub busy_ms: u64,
+    /// Records read again from their event topic after their copy from the retry topic ran:
+    /// their offsets are stored, with no audit record of their own.
+    pub read_again: u64,
 }
 
 impl Summary {
@@ -113,11 +116,37 @@ impl fmt::Display for Summary {
             "{:<width$}  {a:>8}  {d:>8}  {q:>8}  {r:>8}  {all:>8}",
             "all"
         )?;
+        if self.read_again > 0 {
+            write!(
+                f,
+                "\n{} records read again after their retry copy ran (not run again, no audit record of their own)",
+                self.read_again
+            )?;
+        }
         if self.busy_ms > 0 {
             let secs = self.busy_ms as f64 / 1000.0;
             let rate = all as f64 / secs;
             write!(f, "\n{all} records in {secs:.2}s from the first received to the last acknowledged ({rate:.0} records/s)")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_again_are_named_only_when_there_are_some() {
+        let mut summary = Summary::default();
+        assert!(!summary.to_string().contains("read again"));
+        summary.read_again = 2;
+        assert!(
+            summary
+                .to_string()
+                .contains("2 records read again after their retry copy ran"),
+            "{summary}"
+        );
+        assert_eq!(summary.total(), 0, "they have no audit record of their own");
     }
 }

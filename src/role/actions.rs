@@ -424,6 +424,9 @@ pub async fn run(
                 first: Option<Instant>,
                 done: Finished|
      -> Result<(), WorkerError> {
+        if done.ran_already() {
+            summary.read_again += 1;
+        }
         if let Some(audit) = done.outcome() {
             summary.record(audit);
             metrics::EventProcessed { audit }.emit(&metrics);

@@ -562,7 +562,7 @@ async fn an_event_read_again_after_its_retry_copy_ran_is_not_run_twice() {
         metrics = crate::outage::scrape(listen).unwrap_or_default();
     }
     stop.cancel();
-    second
+    let summary = second
         .await
         .expect("join")
         .expect("second worker stops cleanly");
@@ -573,6 +573,10 @@ async fn an_event_read_again_after_its_retry_copy_ran_is_not_run_twice() {
     );
     let read_again = crate::outage::metric(&metrics, "reflex_events_read_again_total");
     let seen = outcomes();
+    assert_eq!(
+        summary.read_again as f64, read_again,
+        "the worker's summary counts the copy read again as /metrics does"
+    );
     if read_again >= 1.0 {
         assert_eq!(read_again, 1.0);
         assert_eq!(

@@ -71,6 +71,11 @@ impl Finished {
     pub(super) fn outcome(&self) -> Option<&AuditRecord> {
         self.audit.as_ref().filter(|_| self.pending.is_none())
     }
+
+    /// Whether the record was read again after its retry copy ran ([`Verdict::AlreadyRan`]).
+    pub(super) fn ran_already(&self) -> bool {
+        self.ran_already
+    }
 }
 
 /// At least once: a record whose outputs are in the producer's hands.
