@@ -27,6 +27,8 @@ pub fn unique(prefix: &str) -> String {
 
 /// The topics and group of one test.
 pub struct TestEnv {
+    /// The prefix of every topic of the test (`{run}.…`).
+    run: String,
     pub _dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub events: String,
@@ -53,6 +55,7 @@ impl TestEnv {
             policy_events: format!("{run}.policy"),
             group: format!("{run}.group"),
             _dir: dir,
+            run,
         };
         let repo = repo();
         let text = format!(
@@ -161,32 +164,43 @@ types = ["reflex.analytics.refunds_high", "reflex.analytics.payment_not_settled"
 }
 
 impl Drop for TestEnv {
-    /// Deletes the test's topics, so runs do not pile partitions up on the local broker. A
+    /// Deletes the test's topics, so runs do not pile partitions up on the local broker: every
+    /// topic named `{run}.…`, the roles' own (findings, changelog, repartition) included. A
     /// failed test keeps them, to be looked at.
     fn drop(&mut self) {
         if std::thread::panicking() {
             return;
         }
-        let topics = [
-            self.events.clone(),
-            self.audit.clone(),
-            self.dlq.clone(),
-            format!("{}.retry", self.dlq),
-            self.shipments.clone(),
-            self.refunds_approved.clone(),
-            self.policy_events.clone(),
-        ];
-        delete_topics(&topics);
+        delete_topics_of(&format!("{}.", self.run));
     }
 }
 
-/// Deletes `topics` (those that exist), waiting for the broker's answer; off any runtime, so it
-/// can run in a `Drop`.
-pub fn delete_topics(topics: &[String]) {
+/// Deletes the topics whose names start with `prefix`, waiting for the broker's answer; off any
+/// runtime, so it can run in a `Drop`.
+pub fn delete_topics_of(prefix: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
-    let topics = topics.to_vec();
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let prefix = prefix.to_owned();
     let deleting = std::thread::spawn(move || {
+        let Ok(consumer) = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create::<BaseConsumer>()
+        else {
+            return;
+        };
+        let Ok(metadata) = consumer.fetch_metadata(None, Duration::from_secs(10)) else {
+            return;
+        };
+        let topics: Vec<String> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .filter(|name| name.starts_with(&prefix))
+            .collect();
+        if topics.is_empty() {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
