@@ -28,10 +28,15 @@ received to last one done: `reflex run --summary-json`), CPU seconds and peak RS
     before the first) to the broker appending its audit record (the audit topic stamps
     LogAppendTime; the acknowledgement follows), or with --audit-time create to the worker
     handing the audit record to its producer; over all records, the worker's first second and
-    the steady state (after 2 s), with a timeline of the first 3 s, and split at the audit
-    record's `processed_at` into event to decision and decision to append (--only latency runs just this, --repeats
-    times, alternating with --baseline, into target/bench/latency.{md,json}, after one short
-    run that is not counted, for a broker just started);
+    the steady state (after 2 s), with a timeline of the first 3 s, and split at the event's
+    own append (the event topic stamps LogAppendTime too) and the audit record's
+    `processed_at`. Without --rate, also at half the sustained rate: one worker fed the drain's
+    rate for up to 15 s, beside the load producer and the broker's produce path on this
+    machine, makes fewer audit records per second than it drains a filled topic; half of what
+    it made while the events were sent (--only latency runs just this, at half the sustained
+    rate unless --half-of drain, --repeats times, alternating with --baseline, into
+    target/bench/latency.{md,json}, after one short run that is not counted, for a broker just
+    started);
   - CPU ratio: the actions role's CPU per event over the sum of its stages measured alone:
     `mirror`'s CPU per event (consume, produce one audit-sized record, offsets after
     acknowledgement) plus criterion's `pipeline/process` (decode, validate, policy with the
@@ -281,6 +286,13 @@ def latency_figures(lines, appended=None):
                     appended_to_processed.append(int(parts[5]) - at)
     if not timed:
         return {"measured": 0}
+    # What the worker got through while the load was being sent (event times span the sending):
+    # the rate it was fed when it kept up, else what it sustains beside the producer and broker.
+    first_sent, last_sent = min(t for t, *_ in timed), max(t for t, *_ in timed)
+    processed_at = [int(p[5]) for p in (line.split("\t") for line in lines) if len(p) >= 6 and p[5] != "-"]
+    window_s = (last_sent - first_sent) / 1000
+    while_sending = (round(sum(1 for t in processed_at if first_sent <= t <= last_sent) / window_s)
+                     if processed_at and window_s > 0 else None)
     first = min(t for t, *_ in timed)
     since = lambda lo, hi: [l for t, l, *_ in timed if lo <= t - first < hi]
     steps = [dict(from_ms=lo, **percentiles(since(lo, lo + 250))) for lo in range(0, 3000, 250)]
@@ -293,6 +305,7 @@ def latency_figures(lines, appended=None):
             "p99_per_second": seconds,
             "event_to_processed": percentiles(before) if before else None,
             "processed_to_append": percentiles(after) if after else None,
+            "processed_per_second_while_sending": while_sending,
             "event_to_append": percentiles(to_append) if to_append else None,
             "append_to_processed": percentiles(appended_to_processed) if appended_to_processed else None,
             "worst": [{"at_ms": t - first, "latency_ms": l, "partition": p, "offset": o} for t, l, p, o in worst]}
@@ -366,6 +379,18 @@ def paced_latency(reflex, load, env, run, payloads, rate, seconds, tag="paced", 
                     "seconds": seconds, "sent": sent["records"], "audit_time": audit_time,
                     "worker_ready_seconds": round(ready_s, 2),
                     "load_before": round(load_before[0], 2), "load_after": round(load_after[0], 2)})
+    return figures
+
+
+def sustained_rate(reflex, load, env, run, payloads, rate, seconds):
+    """What one actions worker sustains while the load is produced on the same machine: fed at
+    `rate` (the drain's events/s, more than it keeps up with beside the load producer and the
+    broker's produce path) for up to 15 s, the audit records it made while events were being
+    sent, per second. A drain reads a topic filled beforehand, so half its rate is not half of
+    this machine's capacity for a worker fed live."""
+    figures = paced_latency(reflex, load, env, run, payloads, rate, min(15.0, seconds), "paced-saturation")
+    log(f"saturation: fed {figures['rate_achieved']} events/s, the worker made "
+        f"{figures['processed_per_second_while_sending']} audit records/s while they were sent")
     return figures
 
 
@@ -549,6 +574,9 @@ def main():
                              "the default) or to the worker handing it to its producer (CreateTime)")
     parser.add_argument("--add-ordering", action="store_true",
                         help="only add target/bench/ordering.json (make bench-ordering) to report.{json,md}")
+    parser.add_argument("--half-of", choices=["sustained", "drain"], default="sustained",
+                        help="--only latency without --rate: pace at half the rate one worker sustains while "
+                             "the load is produced on this machine (default), or half its drain of a filled topic")
     parser.add_argument("--paced-linger-ms", type=int, default=PACED_LINGER_MS,
                         help="linger.ms of the paced latency's load producer (default 5, librdkafka's; 0 "
                              "sends every event in a request of its own, which saturates a broker "
@@ -754,11 +782,20 @@ def main():
     figures["analytics_checkpoint"] = {"ns_10k_groups": criterion_ns("analytics_checkpoint", "snapshot_10k_groups")}
 
     if args.paced_seconds > 0 and not args.only:
-        rate = args.rate or max(1, round(figures["summary"]["actions"]["events_per_second"]["median"] / 2))
-        log(f"paced latency: {rate} events/s, one worker, fresh topic")
+        drained = figures["summary"]["actions"]["events_per_second"]["median"]
+        rate = args.rate or max(1, round(drained / 2))
+        log(f"paced latency: {rate} events/s (half the drain), one worker, fresh topic")
         figures["paced_latency"] = paced_latency(reflex, loader, env, run, payloads, rate, args.paced_seconds,
                                                  audit_time=args.audit_time)
         log_latency("paced latency", figures["paced_latency"])
+        if not args.rate:
+            sustained = sustained_rate(reflex, loader, env, run, payloads, drained, args.paced_seconds)
+            figures["paced_saturation"] = sustained
+            half = max(1, round(sustained["processed_per_second_while_sending"] / 2))
+            log(f"paced latency: {half} events/s (half the sustained rate), one worker, fresh topic")
+            figures["paced_latency_sustained_half"] = paced_latency(
+                reflex, loader, env, run, payloads, half, args.paced_seconds, "paced-sustained-half", args.audit_time)
+            log_latency("paced latency, half the sustained rate", figures["paced_latency_sustained_half"])
     if args.wire_events > 0 and not args.only:
         log(f"Avro vs JSON through the actions role ({args.wire_events} payment.settled events each)")
         figures["avro_vs_json"] = wire_comparison(reflex, loader, env, run, args.wire_events, args.partitions)
@@ -832,7 +869,12 @@ def latency_only(args, reflex, loader, env, run, payloads, topic, started):
         load_topic(loader, topic, payloads, args.events, args.keys)
         drained = actions_run("actions-rate", reflex, dict(env, REFLEX_TELEMETRY_LISTEN=free_listen()), args.events)
         rate = max(1, round(drained["events_per_second"] / 2))
-        log(f"actions role: {drained['events_per_second']} events/s; paced at half, {rate} events/s")
+        log(f"actions role: {drained['events_per_second']} events/s drained")
+        if args.half_of == "sustained":
+            sustained = sustained_rate(reflex, loader, env, run, payloads, round(drained["events_per_second"]),
+                                       args.paced_seconds)
+            rate = max(1, round(sustained["processed_per_second_while_sending"] / 2))
+        log(f"paced at half the {args.half_of} rate: {rate} events/s")
     builds = [("this build", reflex)] + ([("baseline", args.baseline)] if args.baseline else [])
     runs = {label: [] for label, _ in builds}
     # A broker just started (`make up`) appends slowly while it loads its partitions and warms
@@ -851,14 +893,16 @@ def latency_only(args, reflex, loader, env, run, payloads, topic, started):
                               for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")}
                        for part in ("all", "first_second", "steady")}
                for label, rs in runs.items()}
-    figures = {"rate": rate, "seconds": args.paced_seconds, "repeats": args.repeats, "audit_time": args.audit_time,
+    figures = {"rate": rate, "half_of": None if args.rate else args.half_of,
+               "seconds": args.paced_seconds, "repeats": args.repeats, "audit_time": args.audit_time,
                "load_linger_ms": PACED_LINGER_MS,
                "baseline": args.baseline, "machine": f"{os.cpu_count()} cores, broker on the same machine",
                "runs": runs, "summary": summary, "warm_up_run": warm_up.get("all"),
                "run_seconds": round(time.monotonic() - started)}
     (OUT / "latency.json").write_text(json.dumps(figures, indent=2))
     md = ["# reflex paced latency", "",
-          f"{rate} events/s for {args.paced_seconds} s into a fresh topic, one actions worker per run, "
+          f"{rate} events/s" + ("" if args.rate else f" (half the {args.half_of} rate)")
+          + f" for {args.paced_seconds} s into a fresh topic, one actions worker per run, "
           f"{len(builds)} build(s) alternating, {args.repeats} repeats; {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
           f"{figures['machine']}.", "", latency_basis(args.audit_time), "", "## Median (lowest–highest) over the repeats", "",
           "| build | records | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
@@ -908,9 +952,17 @@ def write_markdown(figures, args):
            for k, t in figures["targets"].items()]
     pl = figures.get("paced_latency")
     if pl:
-        md += ["", f"## Latency at a paced rate ({pl['rate_target']} events/s, achieved {pl['rate_achieved']}/s, "
-               f"{pl['seconds']} s, one worker, fresh topic)", "", latency_basis(pl["audit_time"]), "",
-               *latency_table([("this build", pl)])]
+        md += ["", f"## Latency at a paced rate ({pl['rate_target']} events/s, half the drain's, achieved "
+               f"{pl['rate_achieved']}/s, {pl['seconds']} s, one worker, fresh topic)", "",
+               latency_basis(pl["audit_time"]), "", *latency_table([("this build", pl)])]
+    sat, half = figures.get("paced_saturation"), figures.get("paced_latency_sustained_half")
+    if sat and half:
+        md += ["", f"## Latency at half the sustained rate ({half['rate_target']} events/s)", "",
+               f"Fed the drain's rate ({sat['rate_achieved']} events/s for {sat['seconds']} s) on this machine, "
+               f"beside the load producer and the broker's produce path, one worker made "
+               f"{sat['processed_per_second_while_sending']} audit records/s while the events were sent "
+               f"(p50 latency {(sat.get('all') or {}).get('p50_ms')} ms: it fell behind). Half of that:", "",
+               *latency_table([("this build", half)])]
     for key, who in (("analytics_many_groups", "Analytics role"),
                      ("analytics_many_groups_baseline", "The baseline build's analytics role")):
         am = figures.get(key)
