@@ -114,7 +114,7 @@ scale: up ## 1, 2 and 4 actions workers (processes) on a 12-partition topic, the
 	$(CARGO) build --release --locked --bin reflex --example bench_load
 	@python3 scripts/scale.py
 
-bench-latency: up ## Paced latency alone (produce → audit append; all records, first second, steady state), three repeats, alternating with BENCH_BASELINE if set (target/bench/latency.md); ~3 min
+bench-latency: up ## Paced latency alone at half the rate one worker sustains beside the load (produce → audit append; all records, first second, steady state, split at the event append), three repeats, alternating with BENCH_BASELINE if set (target/bench/latency.md); ~4 min
 	$(CARGO) build --release --locked --example bench_load
 	$(CARGO) build --release --locked
 	@python3 scripts/bench.py --only latency --events 50000 --paced-seconds 20

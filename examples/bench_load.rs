@@ -347,13 +347,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 const WARM_UP_MS: i64 = 2000;
 
 fn latency(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bench-latency-{}", std::process::id()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    consumer.subscribe(&[topic])?;
+    let consumer = from_start(brokers, topic, "latency")?;
     let mut timed: Vec<(i64, f64)> = Vec::with_capacity(expected as usize);
     let (mut records, mut without_time) = (0u64, 0u64);
     let mut idle = Instant::now();
@@ -446,15 +440,24 @@ fn customers(
     Ok(())
 }
 
-fn audit(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
-    use std::io::Write;
+/// A consumer of `topic` from its start, in a group of its own named after `purpose`.
+fn from_start(brokers: &str, topic: &str, purpose: &str) -> anyhow::Result<BaseConsumer> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bench-audit-{}", std::process::id()))
+        .set(
+            "group.id",
+            format!("bench-{purpose}-{}", std::process::id()),
+        )
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()?;
     consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
+fn audit(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let consumer = from_start(brokers, topic, "audit")?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut records = 0u64;
@@ -498,13 +501,7 @@ fn audit(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
 
 fn appends(brokers: &str, topic: &str, expected: u64) -> anyhow::Result<()> {
     use std::io::Write;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bench-appends-{}", std::process::id()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    consumer.subscribe(&[topic])?;
+    let consumer = from_start(brokers, topic, "appends")?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut records = 0u64;
