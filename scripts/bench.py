@@ -264,6 +264,38 @@ WARM_UP_MS = 2000
 PACED_LINGER_MS = 5
 
 
+def broker_state():
+    """The local broker's age and collections (its state may move these noisy figures too):
+    minutes since it started and, when the JDK's `jstat` is there, its young collections so far
+    and their seconds. None when the broker is not this repo's local stack."""
+    try:
+        pid = int((REPO / ".stack" / "kafka" / "kafka.pid").read_text().strip())
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        uptime_s = float(pathlib.Path("/proc/uptime").read_text().split()[0])
+        started_s = int(stat[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    state = {"pid": pid, "up_minutes": round((uptime_s - started_s) / 60)}
+    try:
+        out = subprocess.run(["jstat", "-gcutil", str(pid)], capture_output=True, text=True, timeout=10)
+        head, row = out.stdout.strip().splitlines()[-2:]
+        gc = dict(zip(head.split(), row.split()))
+        state.update(young_collections=int(gc["YGC"]), young_collection_seconds=float(gc["YGCT"]))
+    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired):
+        pass
+    return state
+
+
+def broker_line(state):
+    if not state:
+        return "the broker is not this repo's local stack"
+    line = f"the broker up {state['up_minutes']} min"
+    if "young_collections" in state:
+        line += (f", {state['young_collections']} young collections so far "
+                 f"({state['young_collection_seconds']:.1f} s)")
+    return line
+
+
 def latency_figures(lines, appended=None):
     """Latency figures from `bench_load audit` lines (audit timestamp, partition, offset, event
     time, worker, processed_at): over all records, the first second, the steady state (after WARM_UP_MS), a
@@ -604,6 +636,7 @@ def main():
                REFLEX_ROLES_ACTIONS_GROUP_ID=f"{run}.actions", REFLEX_ROLES_LAKE_GROUP_ID=f"{run}.lake",
                REFLEX_LAKE_STORE=str(OUT / f"{run}-lake"))
 
+    broker_at_start = broker_state()
     payloads, lines = bench_payloads()
     if args.only == "latency":
         return latency_only(args, reflex, loader, env, run, payloads, topic, started)
@@ -735,7 +768,8 @@ def main():
     figures = {"events": n, "repeats": repeats, "keys": args.keys, "hot_events": hot_n, "hot_events_small": small_n,
                "partitions": args.partitions, "payload_lines": len(lines), "audit_bytes_mirrored": AUDIT_BYTES,
                "machine": f"{os.cpu_count()} cores, broker on the same machine",
-               "load_average_start": runs["bare_consumer"][0]["load_before"], "runs": runs}
+               "load_average_start": runs["bare_consumer"][0]["load_before"], "broker_start": broker_at_start,
+               "runs": runs}
     figures["summary"] = {name: {k: spread([r.get(k) for r in rs])
                                  for k in ("events_per_second", "cpu_us_per_record", "peak_rss_mib", "busy_seconds")}
                           for name, rs in runs.items()}
@@ -817,6 +851,7 @@ def main():
                               (measured[k]["median"] >= v if op == "≥" else measured[k]["median"] <= v)}
                           for k, (op, v) in TARGETS.items()}
     figures["load_average_end"] = os.getloadavg()
+    figures["broker_end"] = broker_state()
     figures["run_seconds"] = round(time.monotonic() - started)
     figures["config_left_out"] = {binary: left for binary, (_, left) in _ACCEPTED.items() if left}
     (OUT / "report.json").write_text(json.dumps(figures, indent=2))
@@ -862,6 +897,7 @@ def latency_table(rows):
 def latency_only(args, reflex, loader, env, run, payloads, topic, started):
     """`--only latency`: the paced latency alone, --repeats times, this build and --baseline
     alternating (each run on topics of its own); writes target/bench/latency.{md,json}."""
+    broker_at_start = broker_state()
     rate = args.rate
     if not rate:
         subprocess.run([reflex, "topics"], env=env, check=True, capture_output=True)
@@ -898,13 +934,16 @@ def latency_only(args, reflex, loader, env, run, payloads, topic, started):
                "load_linger_ms": PACED_LINGER_MS,
                "baseline": args.baseline, "machine": f"{os.cpu_count()} cores, broker on the same machine",
                "runs": runs, "summary": summary, "warm_up_run": warm_up.get("all"),
+               "broker_start": broker_at_start, "broker_end": broker_state(),
                "run_seconds": round(time.monotonic() - started)}
     (OUT / "latency.json").write_text(json.dumps(figures, indent=2))
     md = ["# reflex paced latency", "",
           f"{rate} events/s" + ("" if args.rate else f" (half the {args.half_of} rate)")
           + f" for {args.paced_seconds} s into a fresh topic, one actions worker per run, "
           f"{len(builds)} build(s) alternating, {args.repeats} repeats; {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{figures['machine']}.", "", latency_basis(args.audit_time), "", "## Median (lowest–highest) over the repeats", "",
+          f"{figures['machine']}; at the start {broker_line(broker_at_start)}, at the end "
+          f"{broker_line(figures['broker_end'])}.", "", latency_basis(args.audit_time), "",
+          "## Median (lowest–highest) over the repeats", "",
           "| build | records | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
     for label, parts in summary.items():
         for part, what in (("all", "all"), ("first_second", "first second"), ("steady", f"after {WARM_UP_MS} ms")):
@@ -993,7 +1032,8 @@ def write_markdown(figures, args):
         md += ["", f"`{binary}` does not know these parts of the configuration; they were left out of its own: "
                + ", ".join(f"`{item}`" for item in left) + "."]
     md += ["", f"Load average at start {figures['load_average_start']:.1f}, at end {figures['load_average_end'][0]:.1f} "
-           f"(each drain's load before and after is in report.json); the whole run took {figures['run_seconds']} s."]
+           f"(each drain's load before and after is in report.json); the whole run took {figures['run_seconds']} s. "
+           f"At the start {broker_line(figures.get('broker_start'))}; at the end {broker_line(figures.get('broker_end'))}."]
     (OUT / "report.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
