@@ -1,6 +1,6 @@
 //! A fixed amount of policy work for an instruction-counting profiler: the worker's policy step
-//! (the input built by `ingest::policy_input` from a decoded event, then `Evaluator::decide`)
-//! repeated over the inputs of `benches/policy-inputs.json`.
+//! (`ingest::decide`: the input built from a decoded event, as far as the rules read it, the
+//! decision and the redaction rule) repeated over the inputs of `benches/policy-inputs.json`.
 //!
 //! usage: policy_profile [ROUNDS] [ENGINE]   (default 2000 rounds over every input; ENGINE is
 //! `interpreter` (the default), `compiled` or `auto`, as `[policy] engine`)
@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reflex::event::{CloudEvent, Mode};
-use reflex::ingest::{policy_input, Input};
+use reflex::ingest::{decide, DecisionInput, EmitTopics, Input};
 use reflex::policy::{PolicyEngine, PolicySet};
 use serde_json::Value;
 
@@ -35,6 +35,7 @@ fn main() -> anyhow::Result<()> {
         "data.reflex.decision",
         Duration::from_secs(60),
     )?
+    .with_redaction(reflex::policy::redaction::DEFAULT_RULE)?
     .with_engine(engine);
     let text = std::fs::read_to_string(root.join("benches/policy-inputs.json"))?;
     let cases: Vec<Value> = serde_json::from_str(&text)?;
@@ -49,6 +50,12 @@ fn main() -> anyhow::Result<()> {
         events.push((event, now, input["context"].clone()));
     }
     let mut evaluator = set.evaluator();
+    let publisher = reflex::publisher::Publisher::unsigned();
+    let enrichment = serde_json::Map::new();
+    let emit = EmitTopics {
+        default: "reflex.policy.events".to_owned(),
+        allowed: Vec::new(),
+    };
     let mut allowed = 0usize;
     let started = Instant::now();
     for _ in 0..rounds {
@@ -62,14 +69,16 @@ fn main() -> anyhow::Result<()> {
                 headers: &[],
                 timestamp_ms: context["kafka_timestamp_ms"].as_i64(),
             };
-            let decision = evaluator.decide(policy_input(
+            let on = DecisionInput {
                 event,
-                Mode::Structured,
-                &input,
+                mode: Mode::Structured,
+                input: &input,
                 now,
-                &reflex::publisher::Publisher::unsigned(),
-                &serde_json::Map::new(),
-            ));
+                publisher: &publisher,
+                enrichment: &enrichment,
+                wire: false,
+            };
+            let decision = decide(&mut evaluator, &on, &emit);
             allowed += usize::from(decision.allow);
         }
     }

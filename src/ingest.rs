@@ -348,15 +348,25 @@ pub fn policy_input(
         event,
         publisher,
         enrichment,
-        &crate::policy::input::Context {
-            topic: input.topic,
-            partition: input.partition,
-            offset: input.offset,
-            mode,
-            kafka_timestamp_ms: input.timestamp_ms,
-            now: &now,
-        },
+        &policy_context(mode, input, &now),
     )
+}
+
+/// The input's `context` member for a record; `now` is the decision's moment in RFC 3339 with
+/// milliseconds.
+fn policy_context<'a>(
+    mode: Mode,
+    input: &Input<'a>,
+    now: &'a str,
+) -> crate::policy::input::Context<'a> {
+    crate::policy::input::Context {
+        topic: input.topic,
+        partition: input.partition,
+        offset: input.offset,
+        mode,
+        kafka_timestamp_ms: input.timestamp_ms,
+        now,
+    }
 }
 
 /// [`policy_input`] as JSON (the same document; `policy_input` builds it without this copy).
@@ -459,15 +469,21 @@ pub struct DecisionInput<'a> {
 /// or if the redaction rule cannot say what to hide; its `redact` obligation holds the redaction
 /// rule's paths ([`redaction`]).
 pub fn decide(evaluator: &mut Evaluator, on: &DecisionInput<'_>, emit: &EmitTopics) -> Decision {
-    let document = policy_input(
-        on.event,
-        on.mode,
-        on.input,
-        on.now,
-        on.publisher,
-        on.enrichment,
+    let now = on.now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let context = policy_context(on.mode, on.input, &now);
+    let mut decision = evaluator.decide_with(
+        |reads| match reads {
+            Some(reads) => crate::policy::input::projected(
+                on.event,
+                on.publisher,
+                on.enrichment,
+                &context,
+                reads,
+            ),
+            None => crate::policy::input::document(on.event, on.publisher, on.enrichment, &context),
+        },
+        on.wire,
     );
-    let mut decision = evaluator.decide_record(document, on.wire);
     let paths = match redaction(evaluator, on.event) {
         Ok(paths) => paths,
         Err(failed) => {

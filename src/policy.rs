@@ -31,6 +31,7 @@ pub mod decision;
 pub mod explain;
 pub mod files;
 pub mod input;
+pub mod projection;
 pub mod redact;
 pub mod redaction;
 pub mod reload;
@@ -52,6 +53,7 @@ use crate::event::CloudEvent;
 
 pub use decision::{Decision, EmitObligation, Failure};
 use files::PolicyFiles;
+pub use projection::Projection;
 pub use redaction::{Reads, RedactionFailed, RedactionRule, RedactionStats};
 pub use safety::InputFacts;
 
@@ -197,6 +199,8 @@ pub struct PolicySet {
     /// One compiled decision in this many is also decided by the interpreter (0: none).
     cross_check_every: u64,
     entry: String,
+    /// What of the input the entry rule can read (`None`: all of it).
+    reads: Option<Arc<Projection>>,
     redaction: Option<Arc<RedactionRule>>,
     revision: String,
     modules: Vec<PathBuf>,
@@ -287,6 +291,7 @@ impl PolicySet {
                 found: packages.join(", "),
             });
         }
+        let reads = input_reads(&engine, entry);
         Ok(Self {
             engine,
             compiled: None,
@@ -296,6 +301,7 @@ impl PolicySet {
             facts: InputFacts::envelope(),
             cross_check_every: DEFAULT_CROSS_CHECK_EVERY,
             entry: entry.to_owned(),
+            reads,
             redaction: None,
             revision: files.revision(),
             modules,
@@ -585,6 +591,12 @@ impl PolicySet {
         self.compiled.is_some()
     }
 
+    /// What of the input document the entry rule can read (see [`projection`]); `None` when it
+    /// may read all of it.
+    pub fn input_reads(&self) -> Option<&Projection> {
+        self.reads.as_deref()
+    }
+
     /// An evaluator that decides (and redacts) with the interpreter even when the rules are
     /// compiled (for comparisons: benchmarks, and checking that both decide the same).
     pub fn interpreter(&self) -> Evaluator {
@@ -612,6 +624,7 @@ impl PolicySet {
             cross_check_every: self.cross_check_every,
             decisions: 0,
             last_input: None,
+            reads: self.reads.clone(),
             entry: self.entry.clone(),
             revision: self.revision.clone(),
             redactor: redaction::Redactor::new(self.redaction.clone()),
@@ -631,6 +644,8 @@ pub struct Evaluator {
     decisions: u64,
     /// The input of the last VM decision, handed to the interpreter by [`Evaluator::eval_rule`].
     last_input: Option<regorus::Value>,
+    /// What of the input the entry rule can read ([`PolicySet::input_reads`]).
+    reads: Option<Arc<Projection>>,
     entry: String,
     revision: String,
     redactor: redaction::Redactor,
@@ -646,6 +661,7 @@ impl Evaluator {
             cross_check_every: 0,
             decisions: 0,
             last_input: None,
+            reads: None,
             entry: String::new(),
             revision: NO_REVISION.to_owned(),
             redactor: redaction::Redactor::new(None),
@@ -685,6 +701,20 @@ impl Evaluator {
     /// wire format and was validated against the registry's schema, not the schema files, so
     /// the VM decides it only if the set is proved compiled-safe without the data schemas.
     pub fn decide_record(&mut self, input: regorus::Value, wire: bool) -> Decision {
+        self.decide_with(|_| input.clone(), wire)
+    }
+
+    /// [`Evaluator::decide_record`] on the input `build` makes: given the parts the entry rule
+    /// can read ([`PolicySet::input_reads`]), it may build only those; given `None`, it builds
+    /// the whole document. A cross-checked decision is decided by the interpreter on the whole
+    /// document, so the check covers the projection too.
+    pub fn decide_with(
+        &mut self,
+        build: impl Fn(Option<&Projection>) -> regorus::Value,
+        wire: bool,
+    ) -> Decision {
+        let reads = self.reads.clone();
+        let input = build(reads.as_deref());
         if wire && !self.machine_for_wire && self.machine.is_some() {
             let decision = to_decision(self.interpret(input));
             if let Some(failure) = decision.failure {
@@ -698,8 +728,13 @@ impl Evaluator {
             due
         };
         let decision = if checked {
-            let compiled = to_decision(self.evaluate(input.clone()));
-            self.cross_check(input, compiled)
+            let whole = if reads.is_some() {
+                build(None)
+            } else {
+                input.clone()
+            };
+            let compiled = to_decision(self.evaluate(input));
+            self.cross_check(whole, compiled)
         } else {
             to_decision(self.evaluate(input))
         };
@@ -799,6 +834,25 @@ impl Evaluator {
         match engine.eval_rule(rule.to_owned()) {
             Ok(regorus::Value::Undefined) | Err(_) => None,
             Ok(v) => serde_json::to_value(&v).ok(),
+        }
+    }
+}
+
+/// What of the input `entry` can read, when that is less than all of it (see [`projection`]).
+fn input_reads(engine: &regorus::Engine, entry: &str) -> Option<Arc<Projection>> {
+    let reads = engine
+        .get_ast_as_json()
+        .map_err(|e| e.to_string())
+        .and_then(|ast| Projection::of_rule(&ast, entry));
+    match reads {
+        Ok(reads) if !reads.is_whole() => {
+            tracing::debug!(entry, reads = ?reads, "the decision reads only these parts of the input");
+            Some(Arc::new(reads))
+        }
+        Ok(_) => None,
+        Err(error) => {
+            tracing::debug!(entry, %error, "what the decision reads is not known: it gets the whole input");
+            None
         }
     }
 }

@@ -35,6 +35,8 @@ pub enum Verdict {
     Ok {
         /// The entry rule.
         entry: String,
+        /// The parts of the input the entry rule can read (workers build only those).
+        entry_reads: String,
         /// The redaction rule, or `off`.
         redaction: String,
         /// The event fields the redaction rule reads.
@@ -60,6 +62,13 @@ pub fn check(dir: &Path, settings: &PolicySettings) -> PolicyCheckReport {
             set.revision().to_owned(),
             Verdict::Ok {
                 entry: set.entry().to_owned(),
+                entry_reads: set.input_reads().map_or_else(
+                    || "the whole input".to_owned(),
+                    |reads| match reads.paths() {
+                        paths if paths.is_empty() => "nothing of the input".to_owned(),
+                        paths => paths.join(", "),
+                    },
+                ),
                 redaction: set
                     .redaction()
                     .map_or_else(|| "off".to_owned(), |r| r.entry.clone()),
@@ -97,13 +106,14 @@ impl fmt::Display for PolicyCheckReport {
         match &self.verdict {
             Verdict::Ok {
                 entry,
+                entry_reads,
                 redaction,
                 redaction_reads,
                 modules,
                 packages,
             } => {
                 writeln!(f, "{}: ok, revision {}", self.dir, self.revision)?;
-                writeln!(f, "  entry     {entry}")?;
+                writeln!(f, "  entry     {entry} (reads {entry_reads})")?;
                 match redaction_reads {
                     Some(reads) => writeln!(f, "  redaction {redaction} (reads {reads})")?,
                     None => writeln!(f, "  redaction {redaction}")?,
@@ -295,7 +305,7 @@ mod tests {
         assert_eq!(
             report.to_string(),
             format!(
-                "{d}: ok, revision {}\n  entry     data.reflex.decision\n  redaction data.reflex.redact (reads event.type)\n  modules   1\n  packages  data.reflex",
+                "{d}: ok, revision {}\n  entry     data.reflex.decision (reads nothing of the input)\n  redaction data.reflex.redact (reads event.type)\n  modules   1\n  packages  data.reflex",
                 report.revision
             )
         );

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use super::projection::Projection;
 use crate::event::{CloudEvent, Mode};
 use crate::publisher::Publisher;
 
@@ -37,31 +38,98 @@ pub fn document(
     context: &Context<'_>,
 ) -> regorus::Value {
     KEYS.with(|k| {
-        let enrichment = object(
-            enrichment
-                .iter()
-                .map(|(name, v)| (regorus::Value::from(name.as_str()), json(v))),
-        );
-        let ctx = object([
-            (k.topic.clone(), regorus::Value::from(context.topic)),
-            (k.partition.clone(), regorus::Value::from(context.partition)),
-            (k.offset.clone(), regorus::Value::from(context.offset)),
-            (k.mode.clone(), k.mode_name(context.mode)),
-            (
-                k.kafka_timestamp_ms.clone(),
-                context
-                    .kafka_timestamp_ms
-                    .map_or(regorus::Value::Null, regorus::Value::from),
-            ),
-            (k.now.clone(), regorus::Value::from(context.now)),
-        ]);
         object([
             (k.event.clone(), event_value(k, event)),
             (k.publisher.clone(), publisher_value(k, publisher)),
-            (k.enrichment.clone(), enrichment),
-            (k.context.clone(), ctx),
+            (
+                k.enrichment.clone(),
+                enrichment_value(enrichment, &Projection::Whole),
+            ),
+            (k.context.clone(), context_value(k, context)),
         ])
     })
+}
+
+/// [`document`] with only the parts `reads` holds (see [`super::projection`]): the decision is
+/// the same, and the event's data is built only as far as the rules read it.
+pub fn projected(
+    event: &CloudEvent,
+    publisher: &Publisher,
+    enrichment: &serde_json::Map<String, serde_json::Value>,
+    context: &Context<'_>,
+    reads: &Projection,
+) -> regorus::Value {
+    let Projection::Fields(members) = reads else {
+        return document(event, publisher, enrichment, context);
+    };
+    KEYS.with(|k| {
+        object(members.iter().filter_map(|(name, member)| {
+            let value = match name.as_str() {
+                "event" => event_projected(k, event, &member.reads),
+                // Small and fixed: built whole.
+                "publisher" => publisher_value(k, publisher),
+                "enrichment" => enrichment_value(enrichment, &member.reads),
+                "context" => context_value(k, context),
+                _ => return None,
+            };
+            Some((member.key.clone(), value))
+        }))
+    })
+}
+
+/// `input.enrichment`: the lookups' values, as far as `reads` reads them.
+fn enrichment_value(
+    enrichment: &serde_json::Map<String, serde_json::Value>,
+    reads: &Projection,
+) -> regorus::Value {
+    object(enrichment.iter().filter_map(|(name, v)| {
+        let reads = reads.member(name)?;
+        Some((regorus::Value::from(name.as_str()), reads.json(v)))
+    }))
+}
+
+/// `input.context`.
+fn context_value(k: &Keys, context: &Context<'_>) -> regorus::Value {
+    object([
+        (k.topic.clone(), regorus::Value::from(context.topic)),
+        (k.partition.clone(), regorus::Value::from(context.partition)),
+        (k.offset.clone(), regorus::Value::from(context.offset)),
+        (k.mode.clone(), k.mode_name(context.mode)),
+        (
+            k.kafka_timestamp_ms.clone(),
+            context
+                .kafka_timestamp_ms
+                .map_or(regorus::Value::Null, regorus::Value::from),
+        ),
+        (k.now.clone(), regorus::Value::from(context.now)),
+    ])
+}
+
+/// [`event_value`] with only the members `reads` reads (an extension wins over an attribute of
+/// the same name there too).
+fn event_projected(k: &Keys, event: &CloudEvent, reads: &Projection) -> regorus::Value {
+    let Projection::Fields(members) = reads else {
+        return event_value(k, event);
+    };
+    object(members.iter().filter_map(|(name, member)| {
+        if let Some(value) = event.extensions.get(name) {
+            return Some((member.key.clone(), member.reads.json(value)));
+        }
+        let text = |s: &str| regorus::Value::from(s);
+        let value = match name.as_str() {
+            "specversion" => text(&event.specversion),
+            "id" => text(&event.id),
+            "source" => text(&event.source),
+            "type" => text(&event.ty),
+            "subject" => text(event.subject.as_deref()?),
+            "time" => text(event.time.as_deref()?),
+            "datacontenttype" => text(event.datacontenttype.as_deref()?),
+            "dataschema" => text(event.dataschema.as_deref()?),
+            "data" => member.reads.json(event.data.as_ref()?),
+            _ => return None,
+        };
+        Some((member.key.clone(), value))
+    }))
 }
 
 /// The input document of the redaction rule: `{"event": …}` and nothing else, so the rule's
@@ -158,7 +226,9 @@ pub fn json(value: &serde_json::Value) -> regorus::Value {
 }
 
 /// An object of `members` (an empty one as regorus makes it).
-fn object(members: impl IntoIterator<Item = (regorus::Value, regorus::Value)>) -> regorus::Value {
+pub(crate) fn object(
+    members: impl IntoIterator<Item = (regorus::Value, regorus::Value)>,
+) -> regorus::Value {
     let map: BTreeMap<regorus::Value, regorus::Value> = members.into_iter().collect();
     if map.is_empty() {
         regorus::Value::new_object()

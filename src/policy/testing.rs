@@ -180,7 +180,9 @@ pub fn run(dir: &Path, entry: &str, timeout: std::time::Duration) -> Result<Repo
 /// The decision document for one case (`None` when undefined), with the error if any.
 ///
 /// The case is decided by the interpreter and, when the set's entry rule is compiled, by the VM
-/// workers decide with; if the two disagree the case has no decision and the error shows both.
+/// workers decide with, on the parts of the input the rules read (see
+/// [`super::projection`]); if the two disagree the case has no decision and the error shows
+/// both.
 pub fn decide_case(set: &PolicySet, case: &Case) -> (Option<Value>, Option<String>) {
     let interpreted = interpret_case(set, case);
     let Some(compiled) = &set.compiled else {
@@ -196,7 +198,12 @@ pub fn decide_case(set: &PolicySet, case: &Case) -> (Option<Value>, Option<Strin
             )
         }
     };
-    let vm = match machine.eval(regorus::Value::from(case.input.clone())) {
+    // Workers give the VM only the parts of the input the rules read: so does the case.
+    let input = match set.input_reads() {
+        Some(reads) => reads.json(&case.input),
+        None => regorus::Value::from(case.input.clone()),
+    };
+    let vm = match machine.eval(input) {
         Ok(regorus::Value::Undefined) | Err(_) => None,
         Ok(v) => serde_json::to_value(&v).ok(),
     };
