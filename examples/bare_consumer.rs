@@ -2,7 +2,8 @@
 //! (reflex's `consumer_config`) that reads a topic to its end and discards the payloads.
 //!
 //! usage: bare_consumer BROKERS TOPIC EXPECTED_RECORDS
-//! Prints one JSON line: {"records": N, "seconds": S, "events_per_second": R}.
+//! Prints one JSON line: {"records": N, "bytes": B, "seconds": S, "startup_cpu_seconds": C,
+//! "events_per_second": R}, S from the first record received, C the CPU used before it.
 
 use std::time::{Duration, Instant};
 
@@ -36,16 +37,26 @@ async fn main() -> anyhow::Result<()> {
     let mut count = 0u64;
     let mut bytes = 0u64;
     let mut started = None;
+    let mut startup_cpu = None;
     while count < expected {
         let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
-        started.get_or_insert_with(Instant::now);
+        if started.is_none() {
+            started = Some(Instant::now());
+            startup_cpu = reflex::summary::process_cpu();
+        }
         bytes += message.payload().map_or(0, |p| p.len() as u64);
         count += 1;
     }
     let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
     println!(
-        "{{\"records\": {count}, \"bytes\": {bytes}, \"seconds\": {seconds:.3}, \"events_per_second\": {:.0}}}",
-        count as f64 / seconds.max(1e-9)
+        "{}",
+        serde_json::json!({
+            "records": count,
+            "bytes": bytes,
+            "seconds": (seconds * 1000.0).round() / 1000.0,
+            "startup_cpu_seconds": startup_cpu.map(|d: Duration| d.as_secs_f64()),
+            "events_per_second": (count as f64 / seconds.max(1e-9)).round(),
+        })
     );
     Ok(())
 }

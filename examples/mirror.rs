@@ -5,8 +5,9 @@
 //! with as many records in flight as the actions role allows by default.
 //!
 //! usage: mirror BROKERS TOPIC OUT_TOPIC EXPECTED_RECORDS VALUE_BYTES SUMMARY_JSON
-//! Writes {"records", "busy_seconds", "events_per_second"} to SUMMARY_JSON, busy from the first
-//! record received to the last one acknowledged.
+//! Writes {"records", "busy_seconds", "startup_cpu_seconds", "events_per_second"} to
+//! SUMMARY_JSON, busy from the first record received to the last one acknowledged, and the CPU
+//! the process used before the first record.
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let mut acks = FuturesUnordered::new();
     let (mut received, mut acknowledged) = (0u64, 0u64);
     let mut started = None;
+    let mut startup_cpu = None;
     while acknowledged < expected {
         tokio::select! {
             Some(done) = acks.next(), if !acks.is_empty() => {
@@ -67,7 +69,10 @@ async fn main() -> anyhow::Result<()> {
                 if received < expected && acks.len() < MAX_IN_FLIGHT =>
             {
                 let message = message??;
-                started.get_or_insert_with(Instant::now);
+                if started.is_none() {
+                    started = Some(Instant::now());
+                    startup_cpu = reflex::summary::process_cpu();
+                }
                 received += 1;
                 let (partition, offset) = (message.partition(), message.offset());
                 let generation = partitions.start(partition, offset);
@@ -88,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
     let report = serde_json::json!({
         "records": acknowledged,
         "busy_seconds": seconds,
+        "startup_cpu_seconds": startup_cpu.map(|d: Duration| d.as_secs_f64()),
         "events_per_second": acknowledged as f64 / seconds.max(1e-9),
     });
     std::fs::write(summary, report.to_string())?;

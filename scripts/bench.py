@@ -21,7 +21,9 @@ Every drain is repeated --repeats times, the repeats interleaved (all processes 
 and each figure is reported as the median with its range; each ratio is taken within a repeat
 and reported the same way. Busy time comes from each process's own summary (first record
 received to last one done: `reflex run --summary-json`), CPU seconds and peak RSS from
-/usr/bin/time (the whole process, start-up included). Then, once:
+/usr/bin/time (the whole process, start-up included; the targets use this figure). Beside it,
+"after start-up": the same less the CPU the process had used when its first record arrived
+(the summary's `startup_cpu_seconds`), what a record costs once the worker is running. Then, once:
   - paced latency: one actions worker on fresh topics fed at half the actions role's median
     events/s (or --rate) for --paced-seconds, from the moment the load producer sends an event
     (its `time`, ms; the producer lingers 5 ms, librdkafka's default, and knows the topic
@@ -224,7 +226,9 @@ def role_run(name, reflex, env, role, expected):
         log(f"{name}: {records} records, expected {expected}")
     return {"records": records, "events_per_second": round(records / max(busy, 1e-9)),
             "busy_seconds": round(busy, 3), "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
-            "cpu_us_per_record": round(cpu * 1e6 / max(records, 1), 1), "peak_rss_mib": round(rss, 1),
+            "cpu_us_per_record": round(cpu * 1e6 / max(records, 1), 1),
+            "cpu_us_per_record_working": working_cpu(cpu, summary.get("startup_cpu_seconds"), records),
+            "startup_cpu_seconds": summary.get("startup_cpu_seconds"), "peak_rss_mib": round(rss, 1),
             **({"rows": summary.get("rows"), "files": summary.get("files"), "parquet_bytes": summary.get("bytes")}
                if role == "lake" else {})}
 
@@ -457,6 +461,14 @@ def spread(values):
             "high": round(max(values), 3), "runs": [round(v, 3) for v in values]}
 
 
+def working_cpu(cpu, startup, records):
+    """CPU-µs per record after start-up: the process's CPU less what it had used when its first
+    record arrived (its summary's `startup_cpu_seconds`; None from a build that does not say)."""
+    if startup is None:
+        return None
+    return round(max(cpu - startup, 0.0) * 1e6 / max(records, 1), 1)
+
+
 def fmt(s, digits=0):
     if s is None:
         return "n/a"
@@ -683,15 +695,18 @@ def main():
         figures["load_before"], figures["load_after"] = round(before, 2), round(os.getloadavg()[0], 2)
         runs.setdefault(name, []).append(figures)
         rate = figures.get("events_per_second")
+        working = figures.get("cpu_us_per_record_working")
         log(f"[{i + 1}/{repeats}] {name}: {rate} events/s, {figures.get('cpu_us_per_record', '-')} CPU-µs per record"
-            f" (load {before:.1f})")
+            + (f" ({working} after start-up)" if working is not None else "") + f" (load {before:.1f})")
 
     def bare():
         out, wall, cpu, rss = timed("bare", [str(TARGET / "release/examples/bare_consumer"), BROKERS, topic, str(n)])
         b = json.loads(out.strip().splitlines()[-1])
         return {"records": n, "events_per_second": round(b["events_per_second"]), "busy_seconds": b["seconds"],
                 "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
-                "cpu_us_per_record": round(cpu * 1e6 / n, 1), "peak_rss_mib": round(rss, 1)}
+                "cpu_us_per_record": round(cpu * 1e6 / n, 1),
+                "cpu_us_per_record_working": working_cpu(cpu, b.get("startup_cpu_seconds"), n),
+                "startup_cpu_seconds": b.get("startup_cpu_seconds"), "peak_rss_mib": round(rss, 1)}
 
     def mirror(i):
         out_topic = f"{run}.mirror-{i}"
@@ -702,7 +717,9 @@ def main():
         m = summary_of(summary)
         return {"records": n, "events_per_second": round(m["events_per_second"]), "busy_seconds": round(m["busy_seconds"], 3),
                 "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
-                "cpu_us_per_record": round(cpu * 1e6 / n, 1), "peak_rss_mib": round(rss, 1)}
+                "cpu_us_per_record": round(cpu * 1e6 / n, 1),
+                "cpu_us_per_record_working": working_cpu(cpu, m.get("startup_cpu_seconds"), n),
+                "startup_cpu_seconds": m.get("startup_cpu_seconds"), "peak_rss_mib": round(rss, 1)}
 
     def lake(name, i, binary, audit_topic):
         """The lake role draining the events and `audit_topic`, in a group and a store of its own."""
@@ -771,7 +788,8 @@ def main():
                "load_average_start": runs["bare_consumer"][0]["load_before"], "broker_start": broker_at_start,
                "runs": runs}
     figures["summary"] = {name: {k: spread([r.get(k) for r in rs])
-                                 for k in ("events_per_second", "cpu_us_per_record", "peak_rss_mib", "busy_seconds")}
+                                 for k in ("events_per_second", "cpu_us_per_record", "cpu_us_per_record_working",
+                                           "startup_cpu_seconds", "peak_rss_mib", "busy_seconds")}
                           for name, rs in runs.items()}
     ratios = {
         "actions_over_mirror": per_repeat("actions", "mirror"),
@@ -962,7 +980,7 @@ def write_markdown(figures, args):
           f"{repeats} repeats, interleaved; {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
           "Each figure: median (lowest–highest) over the repeats. Events/s from each process's busy time "
           "(first record received to last one done); CPU and peak RSS of the whole process.", "",
-          "| process | events/s | CPU-µs per record | peak RSS MiB |", "|---|---|---|---|"]
+          "| process | events/s | CPU-µs per record | … after start-up | peak RSS MiB |", "|---|---|---|---|---|"]
     labels = [("bare_consumer", "bare rdkafka consumer (ceiling)"),
               ("mirror", f"mirror: consume + produce a {AUDIT_BYTES}-byte record, offsets after ack (ceiling)"),
               ("actions", "actions role"),
@@ -983,7 +1001,8 @@ def write_markdown(figures, args):
     for key, label in labels:
         if key in s:
             f = s[key]
-            md.append(f"| {label} | {fmt(f['events_per_second'])} | {fmt(f['cpu_us_per_record'], 1)} | {fmt(f['peak_rss_mib'])} |")
+            md.append(f"| {label} | {fmt(f['events_per_second'])} | {fmt(f['cpu_us_per_record'], 1)} | "
+                      f"{fmt(f.get('cpu_us_per_record_working'), 1)} | {fmt(f['peak_rss_mib'])} |")
     md += ["", "## Ratios (within each repeat) and targets", "", "| ratio | median (range) |", "|---|---|"]
     md += [f"| {k} | {fmt(v, 3)} |" for k, v in r.items()]
     md += ["", "| target | wanted | median | |", "|---|---|---|---|"]

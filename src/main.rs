@@ -87,8 +87,8 @@ enum Command {
         #[arg(long, env = "REFLEX_INSTANCE_ID")]
         instance_id: Option<String>,
         /// Also write the summary as JSON to this file when the worker stops (records, busy
-        /// seconds from the first record received to the last one done, counts), for
-        /// benchmarks and scripts.
+        /// seconds from the first record received to the last one done, the CPU seconds used
+        /// before the first record arrived, counts), for benchmarks and scripts.
         #[arg(long, value_name = "FILE")]
         summary_json: Option<PathBuf>,
     },
@@ -495,6 +495,7 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
                         "records": summary.total(),
                         "read_again": summary.read_again,
                         "busy_seconds": summary.busy_ms as f64 / 1000.0,
+                        "startup_cpu_seconds": summary.startup_cpu.map(|d| d.as_secs_f64()),
                         "types": summary.types,
                     }),
                 )?;
@@ -558,6 +559,10 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
                         "busy_seconds".into(),
                         (summary.busy_ms as f64 / 1000.0).into(),
                     );
+                    fields.insert(
+                        "startup_cpu_seconds".into(),
+                        summary.startup_cpu.map(|d| d.as_secs_f64()).into(),
+                    );
                 }
                 write_summary(&path, json)?;
             }
@@ -584,6 +589,14 @@ fn real_main(args: Cli) -> anyhow::Result<ExitCode> {
                 let mut json = serde_json::to_value(&summary)?;
                 if let Some(fields) = json.as_object_mut() {
                     fields.insert("role".into(), "analytics".into());
+                    fields.insert(
+                        "busy_seconds".into(),
+                        (summary.busy_ms as f64 / 1000.0).into(),
+                    );
+                    fields.insert(
+                        "startup_cpu_seconds".into(),
+                        summary.startup_cpu.map(|d| d.as_secs_f64()).into(),
+                    );
                 }
                 write_summary(&path, json)?;
             }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -35,6 +36,28 @@ pub struct Summary {
     /// Records read again from their event topic after their copy from the retry topic ran:
     /// their offsets are stored, with no audit record of their own.
     pub read_again: u64,
+    /// CPU time the process had used when its first record arrived: start-up, not work.
+    #[serde(skip)]
+    pub startup_cpu: Option<Duration>,
+}
+
+/// The CPU time this process has used so far, all threads together (Linux; `None` elsewhere).
+/// A worker reads it once, when its first record arrives, so that a run's summary can tell
+/// the cost of starting (configuration, schemas, policies, clients, joining the group) from
+/// the cost of its records.
+pub fn process_cpu() -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        Some(Duration::new(
+            u64::try_from(t.tv_sec).ok()?,
+            u32::try_from(t.tv_nsec).ok()?,
+        ))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
 }
 
 impl Summary {
@@ -148,5 +171,24 @@ mod tests {
             "{summary}"
         );
         assert_eq!(summary.total(), 0, "they have no audit record of their own");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_process_cpu_time_grows_with_work_done() {
+        let before = process_cpu().expect("Linux reports a process's CPU time");
+        // Work until the clock moves (its resolution is the scheduler's, not a fixed step).
+        let mut x = 0u64;
+        let mut after = before;
+        for round in 0..10_000u64 {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i ^ round));
+            }
+            after = process_cpu().expect("still reported");
+            if after > before {
+                break;
+            }
+        }
+        assert!(after > before, "{before:?} then {after:?} ({x})");
     }
 }

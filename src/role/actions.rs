@@ -596,7 +596,10 @@ pub async fn run(
                     };
                     outage.flowing();
                     idle_since = Instant::now();
-                    first_received.get_or_insert_with(Instant::now);
+                    if first_received.is_none() {
+                        first_received = Some(Instant::now());
+                        summary.startup_cpu = crate::summary::process_cpu();
+                    }
                     metrics::RecordConsumed {
                         topic: message.topic(),
                         partition: message.partition(),

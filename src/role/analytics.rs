@@ -122,6 +122,13 @@ pub struct AnalyticsSummary {
     pub checkpoints: u64,
     /// Records forwarded to repartition topics.
     pub repartitioned: u64,
+    /// Milliseconds of work: from the first record received to the last, plus closing the
+    /// windows and the last checkpoint at the stop (time spent idle before a drained worker
+    /// stops is left out).
+    pub busy_ms: u64,
+    /// CPU time the process had used when its first record arrived: start-up, not work.
+    #[serde(skip)]
+    pub startup_cpu: Option<Duration>,
 }
 
 impl std::fmt::Display for AnalyticsSummary {
@@ -130,7 +137,13 @@ impl std::fmt::Display for AnalyticsSummary {
             f,
             "analytics: {} records, {} findings, {} late events, {} checkpoints, {} records repartitioned",
             self.records, self.findings, self.late, self.checkpoints, self.repartitioned
-        )
+        )?;
+        if self.busy_ms > 0 {
+            let secs = self.busy_ms as f64 / 1000.0;
+            let rate = self.records as f64 / secs;
+            write!(f, "\n{} records in {secs:.2}s from the first received to the last done ({rate:.0} records/s)", self.records)?;
+        }
+        Ok(())
     }
 }
 
@@ -329,6 +342,10 @@ pub async fn run(
     let mut idle_since = Instant::now();
     // Records handled as of the last tick: the clock is read per tick, not per record.
     let mut records_at_tick = 0;
+    // When the first and the latest record arrived, and when stopping began (the summary's
+    // busy time): one clock read per record.
+    let mut received: Option<(Instant, Instant)> = None;
+    let mut stopping: Option<Instant> = None;
     loop {
         tokio::select! {
             biased;
@@ -357,6 +374,7 @@ pub async fn run(
                         continue;
                     }
                     tracing::info!("all partitions consumed to their end");
+                    stopping = Some(Instant::now());
                     // The input ends here: every partition is as idle as it will get.
                     worker.release_all().await?;
                     break;
@@ -377,6 +395,11 @@ pub async fn run(
                     }
                 };
                 outage.flowing();
+                let now = Instant::now();
+                if received.is_none() {
+                    worker.summary.startup_cpu = crate::summary::process_cpu();
+                }
+                received = Some((received.map_or(now, |(first, _)| first), now));
                 metrics::RecordConsumed {
                     topic: message.topic(),
                     partition: message.partition(),
@@ -392,7 +415,12 @@ pub async fn run(
         }
     }
     worker.forget_revoked(&consumer);
+    let stopping = stopping.unwrap_or_else(Instant::now);
     worker.checkpoint(&consumer).await?;
+    if let Some((first, last)) = received {
+        let busy = last.duration_since(first) + stopping.elapsed();
+        worker.summary.busy_ms = u64::try_from(busy.as_millis()).unwrap_or(u64::MAX);
+    }
     consumer.unsubscribe();
     tracing::info!(
         findings = worker.summary.findings,

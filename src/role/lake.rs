@@ -69,6 +69,9 @@ pub struct LakeSummary {
     /// Milliseconds of work: from the first record received to the last, plus the final
     /// writes at the stop (time spent idle before a drained worker stops is left out).
     pub busy_ms: u64,
+    /// CPU time the process had used when its first record arrived: start-up, not work.
+    #[serde(skip)]
+    pub startup_cpu: Option<std::time::Duration>,
 }
 
 impl std::fmt::Display for LakeSummary {
@@ -340,6 +343,9 @@ pub async fn run(
                 };
                 outage.flowing();
                 idle_since = Instant::now();
+                if received.is_none() {
+                    lake.summary.startup_cpu = crate::summary::process_cpu();
+                }
                 received = Some((received.map_or(idle_since, |(first, _)| first), idle_since));
                 metrics::RecordConsumed {
                     topic: message.topic(),

@@ -528,6 +528,14 @@ emit = "reflex.analytics.refunds_high"
         first.findings, 0,
         "one refund per order is no finding: {first}"
     );
+    // The summary tells the work from the start-up and the idle wait before a drain stops.
+    assert_eq!(first.records, ORDERS as u64, "{first}");
+    assert!(first.busy_ms > 0, "{first}");
+    assert!(first.startup_cpu.is_some(), "{first:?}");
+    assert!(
+        first.to_string().contains(&format!("{ORDERS} records in ")),
+        "{first}"
+    );
 
     // The changelog's head for the task names its parts.
     let changelog = format!("{findings}.changelog");
