@@ -11,7 +11,8 @@
 //! ([`State::late`]) and reported to the caller, never added. Absence timers fire the same way,
 //! at `first`'s time + `within`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat};
@@ -21,12 +22,15 @@ use hashbrown::hash_map::EntryRef;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use smallvec::SmallVec;
 
+mod timers;
 mod windows;
 
 use super::aggregate::Acc;
 use super::spec::{Absence, Aggregate, Analysis, Anomaly, Direction, FieldValue, Kind, Window};
 use crate::event::{CloudEvent, EventRef, SPEC_VERSION};
+use timers::Timers;
 use windows::Windows;
 
 /// Name space of finding ids (UUID v5 of analysis, window and group).
@@ -85,7 +89,8 @@ struct Win {
     events: u64,
     /// The first event counted, for `causationid`.
     first_id: Option<String>,
-    accs: Vec<Acc>,
+    /// One per aggregate: in place for up to two.
+    accs: SmallVec<[Acc; 2]>,
 }
 
 /// An EWMA mean and variance of a group's metric.
@@ -116,6 +121,8 @@ struct Group {
     /// Its key in [`State::groups`]. Set when made or restored.
     #[serde(skip)]
     key: Key,
+    /// The `group_by` values, for findings; empty when the one `group_by` field is a string,
+    /// which is then the key itself ([`values_of`]).
     values: Vec<Value>,
     touched: u64,
     /// The sequence number this group is listed under in `State::recency` (at most
@@ -145,9 +152,9 @@ pub struct State {
     pub late: u64,
     /// Groups evicted at the `max_groups` bound.
     pub evicted: u64,
-    /// Timers: (end, group, start). Rebuilt on restore.
+    /// When each window ends and each absence is due. Rebuilt on restore.
     #[serde(skip)]
-    timers: BTreeSet<(i64, Key, i64)>,
+    timers: Timers,
     /// Every group once, under its `listed` sequence number, so the first entry whose number
     /// is still the group's `touched` one is the least recently used group. Rebuilt on restore.
     #[serde(skip)]
@@ -179,34 +186,47 @@ impl State {
     }
 
     fn rebuild(&mut self) {
-        self.timers.clear();
         self.recency.clear();
         for (key, group) in &mut self.groups {
             group.key = key.clone();
             group.listed = group.touched;
             self.recency.insert(group.touched, key.clone());
+        }
+        self.rebuild_timers();
+    }
+
+    /// Sets the timers of every open window and pending absence, and no others.
+    fn rebuild_timers(&mut self) {
+        self.timers.clear();
+        for (key, group) in &self.groups {
             for (start, win) in group.windows.iter() {
-                self.timers.insert((win.end, key.clone(), start));
+                self.timers.insert(win.end, key.clone(), start);
             }
             if let Some(p) = &group.pending {
                 for t in p.first.iter().map(|(t, _)| *t).chain(p.then) {
-                    self.timers.insert((t + p.within, key.clone(), t));
+                    self.timers.insert(t + p.within, key.clone(), t);
                 }
             }
         }
     }
 
-    fn remove_group(&mut self, key: &str) {
+    /// Drops group `key`; `firing`: one of its timers is the one firing (already taken out).
+    fn remove_group(&mut self, key: &str, firing: bool) {
         if let Some(group) = self.groups.remove(key) {
             self.recency.remove(&group.listed);
-            for (start, win) in group.windows.iter() {
-                self.timers.remove(&(win.end, group.key.clone(), start));
-            }
-            if let Some(p) = &group.pending {
-                for t in p.first.iter().map(|(t, _)| *t).chain(p.then) {
-                    self.timers.remove(&(t + p.within, group.key.clone(), t));
-                }
-            }
+            let pending = group.pending.as_ref().map_or(0, |p| {
+                usize::from(p.first.is_some()) + usize::from(p.then.is_some())
+            });
+            let timers = group.windows.len() + pending;
+            self.timers
+                .went_stale(timers.saturating_sub(usize::from(firing)));
+        }
+    }
+
+    /// Rebuilds the timers once stale ones are most of them.
+    fn tidy(&mut self) {
+        if self.timers.wants_rebuild() {
+            self.rebuild_timers();
         }
     }
 
@@ -227,7 +247,7 @@ impl State {
             } else if &*key == keep {
                 kept = Some((listed, key));
             } else {
-                self.remove_group(&key);
+                self.remove_group(&key, false);
                 self.evicted += 1;
             }
         }
@@ -376,6 +396,7 @@ impl Engine {
         }
         let watermark = state.compute_watermark(analysis.allowed_lateness);
         advance(analysis, state, watermark, out);
+        state.tidy();
         observed
     }
 
@@ -395,16 +416,17 @@ impl Engine {
         }
         let watermark = state.compute_watermark(analysis.allowed_lateness);
         advance(analysis, state, watermark, out);
+        state.tidy();
     }
 
     /// Closes every window and fires every timer, as at the end of a finite input.
     pub fn flush(&mut self, out: &mut Vec<Finding>) {
         for (analysis, state) in self.analyses.iter().zip(&mut self.states) {
             // Anomaly groups would refill empty windows forever: close what holds events.
-            let last = state.timers.iter().map(|(end, _, _)| *end).max();
-            if let Some(last) = last {
+            if let Some(last) = state.timers.last_due() {
                 advance_to(analysis, state, last, out, false);
             }
+            state.tidy();
         }
     }
 }
@@ -430,11 +452,25 @@ fn windows_of(window: Window, t: i64, out: &mut Vec<(i64, i64)>) {
 }
 
 fn group_values(analysis: &Analysis, event: EventRef<'_>) -> Vec<Value> {
+    if let [field] = analysis.group_by.as_slice() {
+        if field.get(event).is_some_and(FieldValue::is_str) {
+            return Vec::new();
+        }
+    }
     analysis
         .group_by
         .iter()
         .map(|f| f.get(event).map_or(Value::Null, FieldValue::to_json))
         .collect()
+}
+
+/// A group's `group_by` values (see [`Group::values`]).
+fn values_of<'g>(analysis: &Analysis, key: &str, values: &'g [Value]) -> Cow<'g, [Value]> {
+    if values.is_empty() && analysis.group_by.len() == 1 {
+        Cow::Owned(vec![Value::String(key.to_owned())])
+    } else {
+        Cow::Borrowed(values)
+    }
 }
 
 /// Notes a use of group `key` (made with `values` when new) and returns it. The key is
@@ -537,21 +573,27 @@ fn add_pending(
         within,
         ..Pending::default()
     });
-    let timer = if obs.event.attributes.ty == absence.first {
+    // (whether the event is the earliest of its kind, whether it replaces an earlier one)
+    let (timer, replaced) = if obs.event.attributes.ty == absence.first {
         let earliest = pending.first.as_ref().is_none_or(|(ft, _)| t < *ft);
+        let replaced = earliest && pending.first.is_some();
         if earliest {
             pending.first = Some((t, obs.event.attributes.id.clone()));
         }
-        earliest
+        (earliest, replaced)
     } else {
         let earliest = pending.then.is_none_or(|bt| t < bt);
+        let replaced = earliest && pending.then.is_some();
         if earliest {
             pending.then = Some(t);
         }
-        earliest
+        (earliest, replaced)
     };
     if timer {
-        state.timers.insert((t + within, group.key.clone(), t));
+        state.timers.insert(t + within, group.key.clone(), t);
+    }
+    if replaced {
+        state.timers.went_stale(1);
     }
     true
 }
@@ -602,7 +644,7 @@ fn add_windowed(
         let mut merged = new_win(end);
         for s in overlapping {
             if let Some(old) = group.windows.remove(s) {
-                state.timers.remove(&(old.end, group.key.clone(), s));
+                state.timers.went_stale(1);
                 start = start.min(s);
                 end = end.max(old.end);
                 merged.events += old.events;
@@ -618,7 +660,7 @@ fn add_windowed(
         count(&mut merged);
         group.windows.insert(start, merged);
         // A window's timer is set when the window is made (every window has one).
-        state.timers.insert((end, group.key.clone(), start));
+        state.timers.insert(end, group.key.clone(), start);
         return;
     }
     for &(start, end) in windows {
@@ -629,7 +671,7 @@ fn add_windowed(
         count(win);
         // A window's timer is set when the window is made (every window has one).
         if made {
-            state.timers.insert((end, group.key.clone(), start));
+            state.timers.insert(end, group.key.clone(), start);
         }
     }
 }
@@ -651,102 +693,125 @@ fn advance_to(
     refill: bool,
 ) {
     state.watermark = Some(state.watermark.map_or(w, |old| old.max(w)));
-    while let Some(first) = state.timers.first() {
-        if first.0 > w {
-            break;
-        }
-        let Some((end, key, start)) = state.timers.pop_first() else {
-            break;
-        };
-        match &analysis.kind {
-            Kind::Absence(absence) => fire_absence(analysis, absence, state, &key, start, out),
-            Kind::Windowed {
-                window,
-                aggregates,
-                condition,
-                anomaly,
-            } => {
-                let Some(group) = state.groups.get_mut(&*key) else {
-                    continue;
-                };
-                let Some(mut win) = group.windows.remove(start) else {
-                    continue;
-                };
-                let values: Vec<Option<f64>> = win
-                    .accs
-                    .iter_mut()
-                    .zip(aggregates)
-                    .map(|(acc, (_, a))| acc.value(a))
-                    .collect();
-                let met = !condition.is_empty()
-                    && condition.iter().all(|c| {
-                        aggregates
-                            .iter()
-                            .position(|(n, _)| *n == c.name)
-                            .and_then(|i| values[i])
-                            .is_some_and(|v| c.op.holds(v, c.value))
-                    });
-                let judged = anomaly
-                    .as_ref()
-                    .and_then(|a| judge(a, group, start, values[a.metric]));
-                if met || judged.is_some() {
-                    let mut data = window_data(
-                        analysis,
-                        aggregates,
-                        &group.values,
-                        start,
-                        end,
-                        &values,
-                        win.events,
-                    );
-                    if let (Some(j), Some(a)) = (&judged, anomaly) {
-                        let mut judged = json!({
-                            "metric": aggregates[a.metric].0,
-                            "value": values[a.metric],
-                            "mean": j.mean,
-                            "stddev": j.stddev,
-                            "z": j.z,
-                            "threshold": a.threshold,
-                        });
-                        if let Some(season) = a.season {
-                            // Which baseline judged it: the window's place in the season.
-                            judged["season_ms"] = json!(season);
-                            judged["season_offset_ms"] = json!(start.rem_euclid(season));
-                        }
-                        data.insert("anomaly".into(), judged);
-                    }
-                    out.push(finding(
-                        analysis,
-                        &key,
-                        &group.values,
-                        start,
-                        end,
-                        data,
-                        win.first_id.take(),
-                    ));
+    while let Some((end, fired)) = state.timers.pop_due(w) {
+        for (key, start) in &fired {
+            let live = match &analysis.kind {
+                Kind::Absence(absence) => fire_absence(analysis, absence, state, key, *start, out),
+                Kind::Windowed { .. } => {
+                    close_window(analysis, state, (*start, end), key, w, out, refill)
                 }
-                if let (Some(_), Window::Tumbling(size), true) = (anomaly, window, refill) {
-                    // The next period exists even if no event comes: a silent period is a 0.
-                    let mut next = end;
-                    if w - next > MAX_EMPTY_WINDOWS * size {
-                        next = w - w.rem_euclid(*size);
-                    }
-                    group.windows.get_or_insert_with(next, || Win {
-                        end: next + size,
-                        events: 0,
-                        first_id: None,
-                        accs: aggregates.iter().map(|(_, a)| Acc::new(a)).collect(),
-                    });
-                    state.timers.insert((next + size, key.clone(), next));
-                } else if group.windows.is_empty()
-                    && group.baseline.is_none()
-                    && group.seasonal.is_empty()
-                {
-                    state.remove_group(&key);
-                }
+            };
+            if !live {
+                state.timers.fired_stale();
             }
         }
+        state.timers.recycle(fired);
     }
+}
+
+/// Closes group `key`'s window `(start, end)` at watermark `w`, emitting its finding if it
+/// meets the condition or the anomaly rule; `false` when there is no such window (its timer
+/// was stale: the group evicted, or the session merged into another).
+fn close_window(
+    analysis: &Analysis,
+    state: &mut State,
+    (start, end): (i64, i64),
+    key: &Key,
+    w: i64,
+    out: &mut Vec<Finding>,
+    refill: bool,
+) -> bool {
+    let Kind::Windowed {
+        window,
+        aggregates,
+        condition,
+        anomaly,
+    } = &analysis.kind
+    else {
+        return false;
+    };
+    let Some(group) = state.groups.get_mut(&**key) else {
+        return false;
+    };
+    if group.windows.get(start).is_none_or(|win| win.end != end) {
+        return false;
+    }
+    let Some(mut win) = group.windows.remove(start) else {
+        return false;
+    };
+    let values: SmallVec<[Option<f64>; 4]> = win
+        .accs
+        .iter_mut()
+        .zip(aggregates)
+        .map(|(acc, (_, a))| acc.value(a))
+        .collect();
+    let met = !condition.is_empty()
+        && condition.iter().all(|c| {
+            aggregates
+                .iter()
+                .position(|(n, _)| *n == c.name)
+                .and_then(|i| values[i])
+                .is_some_and(|v| c.op.holds(v, c.value))
+        });
+    let judged = anomaly
+        .as_ref()
+        .and_then(|a| judge(a, group, start, values[a.metric]));
+    if met || judged.is_some() {
+        let mut data = window_data(
+            analysis,
+            aggregates,
+            &values_of(analysis, key, &group.values),
+            start,
+            end,
+            &values,
+            win.events,
+        );
+        if let (Some(j), Some(a)) = (&judged, anomaly) {
+            let mut judged = json!({
+                "metric": aggregates[a.metric].0,
+                "value": values[a.metric],
+                "mean": j.mean,
+                "stddev": j.stddev,
+                "z": j.z,
+                "threshold": a.threshold,
+            });
+            if let Some(season) = a.season {
+                // Which baseline judged it: the window's place in the season.
+                judged["season_ms"] = json!(season);
+                judged["season_offset_ms"] = json!(start.rem_euclid(season));
+            }
+            data.insert("anomaly".into(), judged);
+        }
+        out.push(finding(
+            analysis,
+            key,
+            start,
+            end,
+            data,
+            win.first_id.take(),
+        ));
+    }
+    if let (Some(_), Window::Tumbling(size), true) = (anomaly, window, refill) {
+        // The next period exists even if no event comes: a silent period is a 0.
+        let mut next = end;
+        if w - next > MAX_EMPTY_WINDOWS * size {
+            next = w - w.rem_euclid(*size);
+        }
+        let (_, made) = group.windows.get_or_insert_with(next, || Win {
+            end: next + size,
+            events: 0,
+            first_id: None,
+            accs: aggregates.iter().map(|(_, a)| Acc::new(a)).collect(),
+        });
+        // A window's timer is set when the window is made (every window has one).
+        if made {
+            state.timers.insert(next + size, key.clone(), next);
+        }
+    } else if group.windows.is_empty() && group.baseline.is_none() && group.seasonal.is_empty() {
+        // The window was its last timer, and is taken out already.
+        state.remove_group(key, false);
+    }
+    true
 }
 
 struct Judgement {
@@ -806,12 +871,12 @@ fn fire_absence(
     key: &str,
     start: i64,
     out: &mut Vec<Finding>,
-) {
+) -> bool {
     let Some(group) = state.groups.get(key) else {
-        return;
+        return false;
     };
     let Some(pending) = &group.pending else {
-        return;
+        return false;
     };
     match &pending.first {
         Some((ta, id)) if *ta == start => {
@@ -823,7 +888,8 @@ fn fire_absence(
                     "window".into(),
                     json!({"start": rfc3339(*ta), "end": rfc3339(deadline)}),
                 );
-                data.insert("group".into(), group_object(analysis, &group.values));
+                let values = values_of(analysis, key, &group.values);
+                data.insert("group".into(), group_object(analysis, &values));
                 data.insert(
                     "absence".into(),
                     json!({"first": absence.first, "then": absence.then, "first_id": id}),
@@ -831,17 +897,21 @@ fn fire_absence(
                 out.push(finding(
                     analysis,
                     key,
-                    &group.values,
                     *ta,
                     deadline,
                     data,
                     Some(id.clone()),
                 ));
             }
-            state.remove_group(key);
+            state.remove_group(key, true);
+            true
         }
-        None if pending.then == Some(start) => state.remove_group(key),
-        _ => {}
+        None if pending.then == Some(start) => {
+            state.remove_group(key, true);
+            true
+        }
+        // The follow-up's timer while the first event's is still to fire (or a stale one).
+        _ => false,
     }
 }
 
@@ -889,7 +959,6 @@ fn window_data(
 fn finding(
     analysis: &Analysis,
     key: &str,
-    group: &[Value],
     start: i64,
     end: i64,
     data: Map<String, Value>,
@@ -899,7 +968,7 @@ fn finding(
     if let Some(cause) = cause {
         extensions.insert("causationid".to_owned(), Value::String(cause));
     }
-    let subject = (!group.is_empty()).then(|| key.to_owned());
+    let subject = (!analysis.group_by.is_empty()).then(|| key.to_owned());
     Finding {
         analysis: analysis.name.clone(),
         key: subject.clone().unwrap_or_else(|| analysis.name.clone()),

@@ -1,18 +1,19 @@
 //! A group's open windows, by start.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
 
 /// A group's open windows by start, in order. A group holds one open window of a tumbling or
-/// session analysis and a few of a hopping one: a sorted vector of exactly that many is one
-/// small allocation, where a B-tree allocates a node of eleven. Written as a map from start to
-/// window, as a `BTreeMap` is.
+/// session analysis and a few of a hopping one: the first is held in place, without an
+/// allocation (a B-tree allocates a node of eleven), and more go to a sorted vector. Written
+/// as a map from start to window, as a `BTreeMap` is.
 #[derive(Debug, Clone)]
-pub(super) struct Windows<W>(Vec<(i64, W)>);
+pub(super) struct Windows<W>(SmallVec<[(i64, W); 1]>);
 
 impl<W> Default for Windows<W> {
     fn default() -> Self {
-        Self(Vec::new())
+        Self(SmallVec::new())
     }
 }
 
@@ -45,9 +46,6 @@ impl<W> Windows<W> {
         let (i, made) = match self.position(start) {
             Ok(i) => (i, false),
             Err(i) => {
-                if self.0.capacity() == 0 {
-                    self.0.reserve_exact(1);
-                }
                 self.0.insert(i, (start, make()));
                 (i, true)
             }
@@ -59,13 +57,19 @@ impl<W> Windows<W> {
     pub(super) fn insert(&mut self, start: i64, window: W) {
         match self.position(start) {
             Ok(i) => self.0[i].1 = window,
-            Err(i) => {
-                if self.0.capacity() == 0 {
-                    self.0.reserve_exact(1);
-                }
-                self.0.insert(i, (start, window));
-            }
+            Err(i) => self.0.insert(i, (start, window)),
         }
+    }
+
+    /// The window starting at `start`.
+    pub(super) fn get(&self, start: i64) -> Option<&W> {
+        let i = self.position(start).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    /// How many windows are open.
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// Takes out the window starting at `start`.
@@ -110,7 +114,10 @@ mod tests {
         assert_eq!(written, serde_json::to_string(&as_map).expect("serialises"));
         let read: Windows<String> = serde_json::from_str(&written).expect("reads back");
         assert_eq!(read.iter().map(|(s, _)| s).collect::<Vec<_>>(), [0, 10, 20]);
+        assert_eq!(windows.get(20), Some(&"b"));
+        assert_eq!(windows.len(), 3);
         assert_eq!(windows.remove(10), Some("m"));
+        assert_eq!(windows.get(10), None);
         assert_eq!(windows.remove(10), None);
         assert!(!windows.is_empty());
     }

@@ -108,6 +108,15 @@ impl FieldValue<'_> {
         }
     }
 
+    /// Whether it is a string (an attribute, or a JSON string).
+    pub fn is_str(self) -> bool {
+        match self {
+            Self::Text(_) | Self::Json(Value::String(_)) => true,
+            Self::Json(_) => false,
+            Self::Tape(node) => node.str().is_some(),
+        }
+    }
+
     /// Whether it equals `want` (a string attribute equals a JSON string; numbers by value).
     pub fn equals(self, want: &Value) -> bool {
         match (self, want) {
