@@ -376,7 +376,13 @@ impl Metrics {
 
     /// Notes that the worker's loop made progress (`/healthz`).
     pub fn progress(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.progress_at(Instant::now());
+    }
+
+    /// Notes progress made at `now` (a clock the caller read anyway).
+    pub fn progress_at(&self, now: Instant) {
+        let since = now.saturating_duration_since(self.started);
+        let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
         self.progress_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -704,7 +710,12 @@ pub struct RecordConsumed<'a> {
 impl RecordConsumed<'_> {
     /// Moves the partition's position (lag) and notes progress.
     pub fn emit(self, metrics: &Metrics) {
-        metrics.progress();
+        self.emit_at(metrics, Instant::now());
+    }
+
+    /// [`Self::emit`], the record having arrived at `now`.
+    pub fn emit_at(self, metrics: &Metrics, now: Instant) {
+        metrics.progress_at(now);
         let mut partitions = lock(&metrics.partitions);
         // A record of a partition revoked meanwhile is not tracked.
         if let Some(state) = partitions

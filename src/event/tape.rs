@@ -71,8 +71,8 @@ impl<'a> Tape<'a> {
 impl<'de: 'a, 'a> Deserialize<'de> for Tape<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let mut builder = Builder {
-            entries: Vec::with_capacity(32),
-            keys: Vec::new(),
+            // An event's data is a few dozen values: one allocation, seldom grown.
+            entries: Vec::with_capacity(64),
             value_only: false,
         };
         ValueSeed(&mut builder).deserialize(deserializer)?;
@@ -85,8 +85,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for Tape<'a> {
 
 struct Builder<'a> {
     entries: Vec<Entry<'a>>,
-    /// The keys of the objects being read, innermost last, to find a key written twice.
-    keys: Vec<u32>,
     value_only: bool,
 }
 
@@ -103,16 +101,30 @@ impl Builder<'_> {
         }
     }
 
-    /// Whether a key of the object whose keys start at `keys[from..]` is written twice.
-    fn has_duplicate_key(&self, from: usize) -> bool {
-        let keys = &self.keys[from..];
-        if keys.len() <= 32 {
-            return keys.iter().enumerate().any(|(i, &a)| {
-                let a = self.key(a);
-                keys[i + 1..].iter().any(|&b| self.key(b) == a)
-            });
+    /// The keys of the object at `at`, whose members are the last entries (read just now).
+    fn member_keys(&self, at: u32) -> impl Iterator<Item = &str> {
+        let end = self.index();
+        let mut i = at + 1;
+        std::iter::from_fn(move || {
+            if i >= end {
+                return None;
+            }
+            let key = self.key(i);
+            i = after(&self.entries, i + 1);
+            Some(key)
+        })
+    }
+
+    /// Whether a key of the object at `at`, with `len` members read just now, is written
+    /// twice.
+    fn has_duplicate_key(&self, at: u32, len: u32) -> bool {
+        if len <= 32 {
+            return self
+                .member_keys(at)
+                .enumerate()
+                .any(|(i, a)| self.member_keys(at).skip(i + 1).any(|b| b == a));
         }
-        let mut sorted: Vec<&str> = keys.iter().map(|&k| self.key(k)).collect();
+        let mut sorted: Vec<&str> = self.member_keys(at).collect();
         sorted.sort_unstable();
         sorted.windows(2).any(|pair| pair[0] == pair[1])
     }
@@ -203,16 +215,14 @@ impl<'de: 'a, 'a> Visitor<'de> for ValueSeed<'_, 'a> {
         let builder = self.0;
         let at = builder.entries.len();
         builder.entries.push(Entry::Object { len: 0, end: 0 });
-        let keys_from = builder.keys.len();
         let mut len = 0u32;
         while map.next_key_seed(KeySeed(builder))?.is_some() {
             map.next_value_seed(ValueSeed(builder))?;
             len = len.saturating_add(1);
         }
-        if builder.has_duplicate_key(keys_from) {
+        if len > 1 && builder.has_duplicate_key(u32::try_from(at).unwrap_or(u32::MAX), len) {
             builder.value_only = true;
         }
-        builder.keys.truncate(keys_from);
         let end = builder.index();
         builder.entries[at] = Entry::Object { len, end };
         Ok(())
@@ -257,8 +267,6 @@ impl<'a> KeySeed<'_, 'a> {
         if key == RAW_VALUE_KEY {
             self.0.value_only = true;
         }
-        let at = self.0.index();
-        self.0.keys.push(at);
         self.0.entries.push(Entry::Key(key));
     }
 }
@@ -653,6 +661,11 @@ mod tests {
         assert!(raw.reads_as_value());
         let nested_same = Tape::parse(r#"{"a": {"a": {"a": 1}}, "b": {"a": 2}}"#).expect("json");
         assert!(!nested_same.reads_as_value());
+        // Keys are found past members that are containers themselves.
+        let past = Tape::parse(r#"{"a": [1, {"a": 2}], "c": {"a": {"b": 1}}, "a": 0}"#);
+        assert!(past.expect("json").reads_as_value());
+        let apart = Tape::parse(r#"{"a": [1, {"a": 2}], "c": {"a": {"a": 1}}, "d": 0}"#);
+        assert!(!apart.expect("json").reads_as_value());
         let many: Map<String, Value> = (0..40).map(|i| (format!("k{i}"), json!(i))).collect();
         let text = serde_json::to_string(&many).expect("json");
         assert!(!Tape::parse(&text).expect("json").reads_as_value());

@@ -406,7 +406,7 @@ pub async fn run(
                     offset: message.offset(),
                     timestamp_ms: message.timestamp().to_millis(),
                 }
-                .emit(&metrics);
+                .emit_at(&metrics, now);
                 if !worker.admitter.prepare(message.payload(), &shutdown).await {
                     break;
                 }
