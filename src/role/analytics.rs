@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -39,6 +40,10 @@ use crate::telemetry::{self as metrics, Metrics};
 
 pub use checkpoint::{changelog_key, ensure_changelog};
 use worker::Worker;
+
+/// Records handled one after another without looking at the timer or the stop signal (those
+/// already received, never waiting for more).
+const BURST: usize = 64;
 
 /// Why the analytics role stopped.
 #[derive(Debug, thiserror::Error)]
@@ -381,36 +386,51 @@ pub async fn run(
                 }
             }
             message = consumer.recv() => {
-                worker.forget_revoked(&consumer);
-                let message = match message {
-                    Ok(m) => m,
-                    Err(e) => {
-                        if let Some(fatal) = kafka::consumer_fatal(&e, &settings.group_id) {
-                            return Err(AnalyticsError::ConsumerFatal(fatal));
+                // The first record, and those already waiting behind it, up to a burst: the
+                // other branches are polled once per burst, not once per record.
+                let mut next = Some(message);
+                let mut taken = 0;
+                let mut stop = false;
+                while let Some(message) = next.take() {
+                    taken += 1;
+                    worker.forget_revoked(&consumer);
+                    match message {
+                        Err(e) => {
+                            if let Some(fatal) = kafka::consumer_fatal(&e, &settings.group_id) {
+                                return Err(AnalyticsError::ConsumerFatal(fatal));
+                            }
+                            if !outage.absorbs(&e) {
+                                tracing::warn!(error = %e, "consumer error");
+                            }
                         }
-                        if !outage.absorbs(&e) {
-                            tracing::warn!(error = %e, "consumer error");
+                        Ok(message) => {
+                            outage.flowing();
+                            let now = Instant::now();
+                            if received.is_none() {
+                                worker.summary.startup_cpu = crate::summary::process_cpu();
+                            }
+                            received = Some((received.map_or(now, |(first, _)| first), now));
+                            metrics::RecordConsumed {
+                                topic: message.topic(),
+                                partition: message.partition(),
+                                offset: message.offset(),
+                                timestamp_ms: message.timestamp().to_millis(),
+                            }
+                            .emit_at(&metrics, now);
+                            if !worker.admitter.prepare(message.payload(), &shutdown).await {
+                                stop = true;
+                                break;
+                            }
+                            worker.handle(&message).await?;
                         }
-                        continue;
                     }
-                };
-                outage.flowing();
-                let now = Instant::now();
-                if received.is_none() {
-                    worker.summary.startup_cpu = crate::summary::process_cpu();
+                    if taken < BURST {
+                        next = consumer.recv().now_or_never();
+                    }
                 }
-                received = Some((received.map_or(now, |(first, _)| first), now));
-                metrics::RecordConsumed {
-                    topic: message.topic(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    timestamp_ms: message.timestamp().to_millis(),
-                }
-                .emit_at(&metrics, now);
-                if !worker.admitter.prepare(message.payload(), &shutdown).await {
+                if stop {
                     break;
                 }
-                worker.handle(&message).await?;
             }
         }
     }
