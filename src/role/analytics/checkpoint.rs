@@ -355,11 +355,14 @@ impl Worker<'_> {
                         continue;
                     }
                 };
-                let value = format!(
-                    "{{\"spec\":{},\"state\":{}}}",
-                    serde_json::Value::String(fingerprint(analysis)),
-                    String::from_utf8_lossy(&state)
-                );
+                // {"spec": <fingerprint>, "state": <state>}, the state's JSON copied as it is.
+                let spec = serde_json::Value::String(fingerprint(analysis)).to_string();
+                let mut value = Vec::with_capacity(state.len() + spec.len() + 20);
+                value.extend_from_slice(b"{\"spec\":");
+                value.extend_from_slice(spec.as_bytes());
+                value.extend_from_slice(b",\"state\":");
+                value.extend_from_slice(&state);
+                value.push(b'}');
                 if self.routes.topics.get(i).is_some_and(Option::is_none) {
                     for (topic, offset) in task.engine.state(i).offsets() {
                         let entry = next.entry(topic.to_owned()).or_insert(offset);
@@ -369,7 +372,7 @@ impl Worker<'_> {
                 bytes += value.len() as u64;
                 let head_key = changelog_key(&analysis.name, *p);
                 let generation = uuid::Uuid::new_v4().simple().to_string();
-                let mut written = records_for(&head_key, value.into_bytes(), &generation);
+                let mut written = records_for(&head_key, value, &generation);
                 let head = written.pop();
                 // The parts first, acknowledged, then the head that names them.
                 let mut part_deliveries = Vec::new();
