@@ -216,17 +216,37 @@ impl<'de: 'a, 'a> Visitor<'de> for ValueSeed<'_, 'a> {
         let at = builder.entries.len();
         builder.entries.push(Entry::Object { len: 0, end: 0 });
         let mut len = 0u32;
+        // A bit per key, chosen by its length and ends: only an object in which two keys share
+        // one can have a key twice, and only such an object's keys are compared.
+        let (mut seen, mut shared) = (0u64, false);
         while map.next_key_seed(KeySeed(builder))?.is_some() {
+            let bit = builder.entries.last().map_or(0, key_bit);
+            shared |= seen & bit != 0;
+            seen |= bit;
             map.next_value_seed(ValueSeed(builder))?;
             len = len.saturating_add(1);
         }
-        if len > 1 && builder.has_duplicate_key(u32::try_from(at).unwrap_or(u32::MAX), len) {
+        if shared && builder.has_duplicate_key(u32::try_from(at).unwrap_or(u32::MAX), len) {
             builder.value_only = true;
         }
         let end = builder.index();
         builder.entries[at] = Entry::Object { len, end };
         Ok(())
     }
+}
+
+/// One of 64 bits for a key entry, from its length and its first and last bytes (equal keys
+/// always get the same bit).
+fn key_bit(entry: &Entry<'_>) -> u64 {
+    let Entry::Key(key) = entry else {
+        return 0;
+    };
+    let bytes = key.as_bytes();
+    let (first, last) = (bytes.first(), bytes.last());
+    let mix = (bytes.len() as u64).wrapping_mul(0x9E37_79B9)
+        ^ u64::from(first.copied().unwrap_or(0)).wrapping_mul(0x85EB_CA6B)
+        ^ u64::from(last.copied().unwrap_or(0)).wrapping_mul(0xC2B2_AE35);
+    1 << ((mix ^ (mix >> 17)) & 63)
 }
 
 struct KeySeed<'b, 'a>(&'b mut Builder<'a>);
@@ -666,6 +686,14 @@ mod tests {
         assert!(past.expect("json").reads_as_value());
         let apart = Tape::parse(r#"{"a": [1, {"a": 2}], "c": {"a": {"a": 1}}, "d": 0}"#);
         assert!(!apart.expect("json").reads_as_value());
+        // Distinct keys of one length and the same ends are compared, and told apart.
+        let alike = Tape::parse(r#"{"axb": 1, "ayb": 2}"#).expect("json");
+        assert!(!alike.reads_as_value());
+        let alike_twice = Tape::parse(r#"{"axb": 1, "ayb": 2, "axb": 3}"#).expect("json");
+        assert!(alike_twice.reads_as_value());
+        // A key written once escaped and once not is the same key.
+        let escaped = Tape::parse(r#"{"ab": 1, "a\u0062": 2}"#).expect("json");
+        assert!(escaped.reads_as_value());
         let many: Map<String, Value> = (0..40).map(|i| (format!("k{i}"), json!(i))).collect();
         let text = serde_json::to_string(&many).expect("json");
         assert!(!Tape::parse(&text).expect("json").reads_as_value());
