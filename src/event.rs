@@ -4,6 +4,7 @@
 //! carries the attributes in `ce_*` headers and `data` as the value. This module turns either
 //! into a [`CloudEvent`] and knows nothing about Kafka clients: headers arrive as name/bytes pairs.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, FixedOffset};
@@ -73,12 +74,82 @@ pub struct CloudEvent {
     pub extensions: BTreeMap<String, Value>,
 }
 
-/// An event as a reader of its fields sees it: its attributes, and its `data` either in the
-/// event or, read without a `Value` tree ([`CloudEvent::decode_structured_tape`]), on a tape.
+/// An event's attributes, borrowed: from a [`CloudEvent`], or straight from a structured
+/// record read with its `data` on a tape ([`TapedEvent`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Attributes<'a> {
+    /// `specversion`.
+    pub specversion: &'a str,
+    /// `id`.
+    pub id: &'a str,
+    /// `source`.
+    pub source: &'a str,
+    /// `type`.
+    pub ty: &'a str,
+    /// `subject`.
+    pub subject: Option<&'a str>,
+    /// `time` as written by the producer.
+    pub time: Option<&'a str>,
+    /// `datacontenttype`.
+    pub datacontenttype: Option<&'a str>,
+    /// `dataschema`.
+    pub dataschema: Option<&'a str>,
+    /// `data`, when the event holds it as a value (not when it is on a tape).
+    pub data: Option<&'a Value>,
+    /// Extension attributes.
+    pub extensions: &'a BTreeMap<String, Value>,
+}
+
+impl Attributes<'_> {
+    /// The event they describe, owned, with their `data` (none when it is on a tape).
+    pub fn to_event(&self) -> CloudEvent {
+        let owned = |s: Option<&str>| s.map(str::to_owned);
+        CloudEvent {
+            specversion: self.specversion.to_owned(),
+            id: self.id.to_owned(),
+            source: self.source.to_owned(),
+            ty: self.ty.to_owned(),
+            subject: owned(self.subject),
+            time: owned(self.time),
+            datacontenttype: owned(self.datacontenttype),
+            dataschema: owned(self.dataschema),
+            data: self.data.cloned(),
+            extensions: self.extensions.clone(),
+        }
+    }
+
+    /// Checks the required attributes and the timestamp; returns the time, parsed.
+    fn check(&self) -> Result<Option<DateTime<FixedOffset>>, DecodeError> {
+        if self.specversion.is_empty() {
+            return Err(DecodeError::Missing("specversion"));
+        }
+        if self.specversion != SPEC_VERSION {
+            return Err(DecodeError::SpecVersion(self.specversion.to_owned()));
+        }
+        for (name, value) in [("id", self.id), ("source", self.source), ("type", self.ty)] {
+            if value.trim().is_empty() {
+                return Err(DecodeError::Missing(name));
+            }
+        }
+        let Some(time) = self.time else {
+            return Ok(None);
+        };
+        let parsed =
+            DateTime::parse_from_rfc3339(time).map_err(|_| DecodeError::Time(time.to_owned()))?;
+        // Policies compare times as nanoseconds since the epoch (time.parse_rfc3339_ns).
+        if parsed.timestamp_nanos_opt().is_none() {
+            return Err(DecodeError::TimeOutOfRange(time.to_owned()));
+        }
+        Ok(Some(parsed))
+    }
+}
+
+/// An event as a reader of its fields sees it: its attributes, and its `data` either in them
+/// or, read without a `Value` tree ([`CloudEvent::decode_structured_tape`]), on a tape.
 #[derive(Debug, Clone, Copy)]
 pub struct EventRef<'a> {
     /// The attributes; also the `data`, unless that is on `tape`.
-    pub attributes: &'a CloudEvent,
+    pub attributes: Attributes<'a>,
     /// The `data`, when it is on a tape.
     pub tape: Option<tape::TapeNode<'a>>,
 }
@@ -86,7 +157,7 @@ pub struct EventRef<'a> {
 impl<'a> From<&'a CloudEvent> for EventRef<'a> {
     fn from(event: &'a CloudEvent) -> Self {
         Self {
-            attributes: event,
+            attributes: event.attributes(),
             tape: None,
         }
     }
@@ -95,7 +166,7 @@ impl<'a> From<&'a CloudEvent> for EventRef<'a> {
 impl EventRef<'_> {
     /// The whole event, its `data` as a `Value`.
     pub fn to_event(&self) -> CloudEvent {
-        let mut event = self.attributes.clone();
+        let mut event = self.attributes.to_event();
         if let Some(tape) = self.tape {
             event.data = Some(tape.to_json());
         }
@@ -103,26 +174,69 @@ impl EventRef<'_> {
     }
 }
 
-/// A structured [`CloudEvent`] as read with its `data` on a tape: the same attributes.
-#[derive(Deserialize)]
-struct Taped<'a> {
-    specversion: String,
-    id: String,
-    source: String,
-    #[serde(rename = "type")]
-    ty: String,
-    #[serde(default)]
-    subject: Option<String>,
-    #[serde(default)]
-    time: Option<String>,
-    #[serde(default)]
-    datacontenttype: Option<String>,
-    #[serde(default)]
-    dataschema: Option<String>,
+/// A structured CloudEvent read with its `data` on a tape and its attributes borrowed from the
+/// record wherever they hold no escape ([`CloudEvent::decode_structured_tape`]).
+#[derive(Debug, Deserialize)]
+pub struct TapedEvent<'a> {
+    #[serde(borrow)]
+    specversion: Cow<'a, str>,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    source: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default, borrow)]
+    subject: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    time: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    datacontenttype: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    dataschema: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     data: Option<tape::Tape<'a>>,
     #[serde(flatten)]
     extensions: BTreeMap<String, Value>,
+    /// `time`, parsed when the event was checked.
+    #[serde(skip)]
+    parsed_time: Option<DateTime<FixedOffset>>,
+}
+
+impl<'a> TapedEvent<'a> {
+    /// The attributes (the `data` is on [`Self::tape`]).
+    pub fn attributes(&self) -> Attributes<'_> {
+        Attributes {
+            specversion: &self.specversion,
+            id: &self.id,
+            source: &self.source,
+            ty: &self.ty,
+            subject: self.subject.as_deref(),
+            time: self.time.as_deref(),
+            datacontenttype: self.datacontenttype.as_deref(),
+            dataschema: self.dataschema.as_deref(),
+            data: None,
+            extensions: &self.extensions,
+        }
+    }
+
+    /// The `data`, on a tape; `None` when the event has none.
+    pub fn tape(&self) -> Option<&tape::Tape<'a>> {
+        self.data.as_ref()
+    }
+
+    /// The event time, as checked; `None` when the producer did not set one.
+    pub fn parsed_time(&self) -> Option<DateTime<FixedOffset>> {
+        self.parsed_time
+    }
+
+    /// The event as its fields are read.
+    pub fn view(&self) -> EventRef<'_> {
+        EventRef {
+            attributes: self.attributes(),
+            tape: self.data.as_ref().map(tape::Tape::root),
+        }
+    }
 }
 
 /// Why a record is not a usable CloudEvent.
@@ -187,31 +301,19 @@ impl CloudEvent {
     }
 
     /// Decodes a structured record as [`Self::decode`] does, with its `data` read onto a
-    /// [`tape::Tape`] rather than into the event (whose `data` is then `None`): for readers of a
-    /// few fields, which need no `Value` tree. Accepts and rejects exactly what `decode` does.
-    pub fn decode_structured_tape(
-        value: &[u8],
-    ) -> Result<(Self, Option<tape::Tape<'_>>), DecodeError> {
-        let taped: Taped<'_> = json_from_bytes(value).map_err(|e| classify_json_error(&e))?;
+    /// [`tape::Tape`] rather than into a `Value`, and its attributes borrowed from `value`: for
+    /// readers of a few fields, which need no `Value` tree and no owned copy. Accepts and
+    /// rejects exactly what `decode` does.
+    pub fn decode_structured_tape(value: &[u8]) -> Result<TapedEvent<'_>, DecodeError> {
+        let mut taped: TapedEvent<'_> =
+            json_from_bytes(value).map_err(|e| classify_json_error(&e))?;
         if taped.extensions.contains_key("data_base64") {
             return Err(DecodeError::UnsupportedData(
                 "application/octet-stream (data_base64)".into(),
             ));
         }
-        let event = Self {
-            specversion: taped.specversion,
-            id: taped.id,
-            source: taped.source,
-            ty: taped.ty,
-            subject: taped.subject,
-            time: taped.time,
-            datacontenttype: taped.datacontenttype,
-            dataschema: taped.dataschema,
-            data: None,
-            extensions: taped.extensions,
-        };
-        event.check()?;
-        Ok((event, taped.data))
+        taped.parsed_time = taped.attributes().check()?;
+        Ok(taped)
     }
 
     /// Decodes the `ce_*` headers of a binary-mode record whose value is decoded elsewhere.
@@ -278,30 +380,23 @@ impl CloudEvent {
 
     /// Checks the required attributes and the timestamp.
     fn check(&self) -> Result<(), DecodeError> {
-        if self.specversion.is_empty() {
-            return Err(DecodeError::Missing("specversion"));
+        self.attributes().check().map(drop)
+    }
+
+    /// The attributes, borrowed (with the `data`).
+    pub fn attributes(&self) -> Attributes<'_> {
+        Attributes {
+            specversion: &self.specversion,
+            id: &self.id,
+            source: &self.source,
+            ty: &self.ty,
+            subject: self.subject.as_deref(),
+            time: self.time.as_deref(),
+            datacontenttype: self.datacontenttype.as_deref(),
+            dataschema: self.dataschema.as_deref(),
+            data: self.data.as_ref(),
+            extensions: &self.extensions,
         }
-        if self.specversion != SPEC_VERSION {
-            return Err(DecodeError::SpecVersion(self.specversion.clone()));
-        }
-        for (name, value) in [
-            ("id", &self.id),
-            ("source", &self.source),
-            ("type", &self.ty),
-        ] {
-            if value.trim().is_empty() {
-                return Err(DecodeError::Missing(name));
-            }
-        }
-        if let Some(time) = &self.time {
-            let parsed =
-                DateTime::parse_from_rfc3339(time).map_err(|_| DecodeError::Time(time.clone()))?;
-            // Policies compare times as nanoseconds since the epoch (time.parse_rfc3339_ns).
-            if parsed.timestamp_nanos_opt().is_none() {
-                return Err(DecodeError::TimeOutOfRange(time.clone()));
-            }
-        }
-        Ok(())
     }
 
     /// The event time, parsed; `None` when the producer did not set one.
@@ -512,6 +607,37 @@ mod tests {
         );
         let edge = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"2262-04-11T00:00:00Z"}"#;
         assert!(CloudEvent::decode(Some(edge.as_bytes()), &[]).is_ok());
+    }
+
+    #[test]
+    fn decoding_onto_a_tape_reads_and_rejects_what_decode_does() {
+        let records = [
+            ORDER,
+            // Escapes in attributes (owned, not borrowed), no time, no data.
+            r#"{"specversion":"1.0","id":"a\"b\u00e9","source":"\/s","type":"t","subject":"x\ny"}"#,
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"2026-01-01T10:00:00+02:00","ext":{"k":[1]}}"#,
+            r#"{"specversion":"1.0","source":"/s","type":"t"}"#,
+            r#"{"specversion":"0.3","id":"1","source":"/s","type":"t"}"#,
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"yesterday"}"#,
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"2300-01-01T00:00:00Z"}"#,
+            r#"{"specversion":"1.0","id":"1","id":"2","source":"/s","type":"t"}"#,
+            r#"{"specversion":"1.0","id":7,"source":"/s","type":"t"}"#,
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"AA=="}"#,
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":[1,{"a":null}]}"#,
+        ];
+        for record in records {
+            let whole = CloudEvent::decode(Some(record.as_bytes()), &[]).map(|(event, _)| event);
+            let taped = CloudEvent::decode_structured_tape(record.as_bytes());
+            let read = taped.as_ref().map(|event| event.view().to_event());
+            assert_eq!(read.as_ref().map_err(|e| *e), whole.as_ref(), "{record}");
+            if let (Ok(taped), Ok(whole)) = (&taped, &whole) {
+                assert_eq!(taped.parsed_time(), whole.parsed_time(), "{record}");
+            }
+        }
+        let escaped = CloudEvent::decode_structured_tape(records[1].as_bytes()).expect("decodes");
+        assert_eq!(escaped.attributes().id, "a\"b\u{e9}");
+        assert_eq!(escaped.attributes().subject, Some("x\ny"));
+        assert!(escaped.tape().is_none());
     }
 
     #[test]

@@ -16,13 +16,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::event::tape::Tape;
-use crate::event::{CloudEvent, EventRef, Mode};
+use crate::event::{CloudEvent, EventRef, Mode, TapedEvent};
 use crate::policy::redaction::RedactionFailed;
 use crate::policy::{telemetry, Decision, Evaluator, Failure};
 use crate::publisher::{Keyring, Publisher};
@@ -109,19 +109,27 @@ pub struct Admitted {
 
 /// An event admitted for reading its fields ([`Admitter::admit_fields`]).
 #[derive(Debug)]
-pub struct AdmittedFields<'a> {
-    /// The event; its `data` is `None` when the data is on `tape`.
-    pub event: CloudEvent,
-    /// The data of a structured event, read onto a tape.
-    pub tape: Option<Tape<'a>>,
+pub enum AdmittedFields<'a> {
+    /// A structured event: its attributes borrowed from the record, its data on a tape.
+    Taped(TapedEvent<'a>),
+    /// Any other event, decoded whole.
+    Whole(CloudEvent),
 }
 
 impl AdmittedFields<'_> {
     /// The event as its fields are read.
     pub fn view(&self) -> EventRef<'_> {
-        EventRef {
-            attributes: &self.event,
-            tape: self.tape.as_ref().map(Tape::root),
+        match self {
+            Self::Taped(event) => event.view(),
+            Self::Whole(event) => EventRef::from(event),
+        }
+    }
+
+    /// The event time, parsed; `None` when the producer did not set one.
+    pub fn parsed_time(&self) -> Option<DateTime<FixedOffset>> {
+        match self {
+            Self::Taped(event) => event.parsed_time(),
+            Self::Whole(event) => event.parsed_time(),
         }
     }
 }
@@ -223,10 +231,7 @@ impl Admitter {
         if let Some(admitted) = self.admit_on_tape(input) {
             return Ok(admitted);
         }
-        self.admit(input).map(|a| AdmittedFields {
-            event: a.event,
-            tape: None,
-        })
+        self.admit(input).map(|a| AdmittedFields::Whole(a.event))
     }
 
     /// A structured event admitted with its data on a tape, or `None` for [`Self::admit`].
@@ -242,12 +247,16 @@ impl Admitter {
         {
             return None;
         }
-        let (event, tape) = CloudEvent::decode_structured_tape(value).ok()?;
-        let data = tape.as_ref().filter(|tape| !tape.reads_as_value())?;
-        if self.schemas.valid_on_tape(&event.ty, data.root()) != Some(true) {
+        let event = CloudEvent::decode_structured_tape(value).ok()?;
+        let data = event.tape().filter(|tape| !tape.reads_as_value())?;
+        if self
+            .schemas
+            .valid_on_tape(event.attributes().ty, data.root())
+            != Some(true)
+        {
             return None;
         }
-        Some(AdmittedFields { event, tape })
+        Some(AdmittedFields::Taped(event))
     }
 
     /// Size limit → decode (structured, binary or wire format) → schema validation, and the

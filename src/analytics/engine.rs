@@ -578,7 +578,7 @@ fn add_pending(
         let earliest = pending.first.as_ref().is_none_or(|(ft, _)| t < *ft);
         let replaced = earliest && pending.first.is_some();
         if earliest {
-            pending.first = Some((t, obs.event.attributes.id.clone()));
+            pending.first = Some((t, obs.event.attributes.id.to_owned()));
         }
         (earliest, replaced)
     } else {
@@ -626,7 +626,7 @@ fn add_windowed(
     let count = |win: &mut Win| {
         win.events += 1;
         if win.first_id.is_none() {
-            win.first_id = Some(obs.event.attributes.id.clone());
+            win.first_id = Some(obs.event.attributes.id.to_owned());
         }
         for (acc, (_, aggregate)) in win.accs.iter_mut().zip(aggregates) {
             acc.add(aggregate, obs.event);

@@ -595,18 +595,10 @@ emit = "orders.seen"
         let mut engine = Engine::new(decls.clone(), 100);
         let mut out = Vec::new();
         for (offset, text) in texts.iter().enumerate() {
-            let (event, tape) =
-                CloudEvent::decode_structured_tape(text.as_bytes()).expect("decodes");
-            let whole = EventRef {
-                attributes: &event,
-                tape: tape.as_ref().map(|t| t.root()),
-            }
-            .to_event();
+            let event = CloudEvent::decode_structured_tape(text.as_bytes()).expect("decodes");
+            let whole = event.view().to_event();
             let read = if on_tape {
-                EventRef {
-                    attributes: &event,
-                    tape: tape.as_ref().map(|t| t.root()),
-                }
+                event.view()
             } else {
                 EventRef::from(&whole)
             };

@@ -99,7 +99,7 @@ impl Analysis {
     /// Whether the event is of a source type and passes the filter.
     pub fn reads<'e>(&self, event: impl Into<EventRef<'e>>) -> bool {
         let event = event.into();
-        self.types.contains(&event.attributes.ty)
+        self.types.iter().any(|t| t == event.attributes.ty)
             && self
                 .filter
                 .iter()

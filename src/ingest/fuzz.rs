@@ -193,18 +193,20 @@ impl Harness {
         let Some(value) = input.value.filter(|_| input.headers.is_empty()) else {
             return;
         };
-        let Ok((event, Some(tape))) = CloudEvent::decode_structured_tape(value) else {
+        let Ok(event) = CloudEvent::decode_structured_tape(value) else {
+            return;
+        };
+        let (ty, Some(tape)) = (event.attributes().ty, event.tape()) else {
             return;
         };
         let schemas = &self.admitter.schemas;
-        if let Some(valid) = schemas.valid_on_tape(&event.ty, tape.root()) {
+        if let Some(valid) = schemas.valid_on_tape(ty, tape.root()) {
             if !tape.reads_as_value() {
-                let violations = schemas.validate(&event.ty, &tape.to_value());
+                let violations = schemas.validate(ty, &tape.to_value());
                 assert_eq!(
                     Some(valid),
                     violations.map(|v| v.is_empty()),
-                    "the schema of {} judged the data on a tape otherwise",
-                    event.ty
+                    "the schema of {ty} judged the data on a tape otherwise"
                 );
             }
         }

@@ -48,7 +48,7 @@ impl Field {
             return (!node.null()).then_some(FieldValue::Tape(node));
         }
         if let Some(path) = &self.data_path {
-            let mut value = event.data.as_ref()?;
+            let mut value = event.data?;
             for segment in path {
                 value = match value {
                     Value::Object(map) => map.get(segment)?,
@@ -59,14 +59,14 @@ impl Field {
             return (!value.is_null()).then_some(FieldValue::Json(value));
         }
         let text = match self.name.as_str() {
-            "id" => &event.id,
-            "source" => &event.source,
-            "type" => &event.ty,
-            "specversion" => &event.specversion,
-            "subject" => event.subject.as_ref()?,
-            "time" => event.time.as_ref()?,
-            "datacontenttype" => event.datacontenttype.as_ref()?,
-            "dataschema" => event.dataschema.as_ref()?,
+            "id" => event.id,
+            "source" => event.source,
+            "type" => event.ty,
+            "specversion" => event.specversion,
+            "subject" => event.subject?,
+            "time" => event.time?,
+            "datacontenttype" => event.datacontenttype?,
+            "dataschema" => event.dataschema?,
             other => return event.extensions.get(other).map(FieldValue::Json),
         };
         Some(FieldValue::Text(text))

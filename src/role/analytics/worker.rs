@@ -13,7 +13,7 @@ use super::repartition::{self, source_input, Routes};
 use super::{AnalyticsContext, AnalyticsError, AnalyticsSummary};
 use crate::analytics::{Engine, Finding, Observation};
 use crate::config::Config;
-use crate::event::CloudEvent;
+use crate::event::Attributes;
 use crate::ingest::headers::{dead_letter, Letter, Origin, WORKER};
 use crate::ingest::AdmittedFields;
 use crate::ingest::Input;
@@ -141,7 +141,7 @@ impl Worker<'_> {
                 .payload()
                 .and_then(|v| crate::analytics::audit_event(v, input.topic, p, input.offset))
             {
-                Some(event) => Ok(AdmittedFields { event, tape: None }),
+                Some(event) => Ok(AdmittedFields::Whole(event)),
                 None => return Ok(()),
             }
         } else {
@@ -161,8 +161,7 @@ impl Worker<'_> {
             }
         };
         let event = admitted.view();
-        let time_ms = event
-            .attributes
+        let time_ms = admitted
             .parsed_time()
             .map(|t| t.timestamp_millis())
             .or(input.timestamp_ms)
@@ -275,8 +274,14 @@ impl Worker<'_> {
                 )
                 .late
         };
-        self.late(p, input, &forwarded.origin, &forwarded.event, late)
-            .await?;
+        self.late(
+            p,
+            input,
+            &forwarded.origin,
+            forwarded.event.attributes(),
+            late,
+        )
+        .await?;
         self.publish_findings(p, &mut findings).await?;
         self.findings = findings;
         self.report(p);
@@ -289,7 +294,7 @@ impl Worker<'_> {
         p: i32,
         input: &Input<'_>,
         origin: &Origin,
-        event: &CloudEvent,
+        event: Attributes<'_>,
         late: u32,
     ) -> Result<(), AnalyticsError> {
         if late == 0 || !self.config.analytics.dead_letter_late {
@@ -297,7 +302,7 @@ impl Worker<'_> {
         }
         let error = format!(
             "event time {} is behind the watermark of {late} analyses: their windows had closed",
-            event.time.as_deref().unwrap_or("(record timestamp)"),
+            event.time.unwrap_or("(record timestamp)"),
         );
         let record = dead_letter(
             input,
@@ -307,7 +312,7 @@ impl Worker<'_> {
                 error: &error,
                 origin,
                 worker: &self.worker_id,
-                event_type: Some(&event.ty),
+                event_type: Some(event.ty),
                 retry_round: None,
                 context: None,
             },
