@@ -116,6 +116,9 @@ struct Pending {
 /// per group, not one per timer or listing).
 type Key = Arc<str>;
 
+/// The groups of one analysis in one task, by key.
+type Groups = HashMap<Key, Box<Group>>;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Group {
     /// Its key in [`State::groups`]. Set when made or restored.
@@ -143,9 +146,10 @@ struct Group {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
     inputs: BTreeMap<String, Input>,
-    /// Looked up once or more per event: hashed, and written in key order.
+    /// Looked up once or more per event: hashed, and written in key order. Boxed, so that
+    /// the table's free slots (up to half of it after it grows) cost a pointer, not a group.
     #[serde(serialize_with = "in_key_order", deserialize_with = "keyed")]
-    groups: HashMap<Key, Group>,
+    groups: Groups,
     seq: u64,
     watermark: Option<i64>,
     /// Late events counted.
@@ -477,7 +481,7 @@ fn values_of<'g>(analysis: &Analysis, key: &str, values: &'g [Value]) -> Cow<'g,
 /// copied only when the group is made, and the group is listed in `recency` only then (see
 /// [`State::bound`]).
 fn touch<'a>(
-    groups: &'a mut HashMap<Key, Group>,
+    groups: &'a mut Groups,
     recency: &mut BTreeMap<u64, Key>,
     seq: &mut u64,
     key: &str,
@@ -491,12 +495,12 @@ fn touch<'a>(
             group
         }
         EntryRef::Vacant(entry) => {
-            let entry = entry.insert_entry(Group {
+            let entry = entry.insert_entry(Box::new(Group {
                 values: values(),
                 touched: *seq,
                 listed: *seq,
                 ..Group::default()
-            });
+            }));
             let key = entry.key().clone();
             recency.insert(*seq, key.clone());
             let group = entry.into_mut();
@@ -993,18 +997,16 @@ mod tests;
 
 /// Writes the groups in the order of their keys, so a checkpoint of the same state is the same
 /// bytes.
-fn in_key_order<S: serde::Serializer>(
-    map: &HashMap<Key, Group>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    let ordered: BTreeMap<&str, &Group> = map.iter().map(|(k, g)| (&**k, g)).collect();
+fn in_key_order<S: serde::Serializer>(map: &Groups, serializer: S) -> Result<S::Ok, S::Error> {
+    let ordered: BTreeMap<&str, &Group> = map.iter().map(|(k, g)| (&**k, &**g)).collect();
     ordered.serialize(serializer)
 }
 
 /// Reads the groups written by [`in_key_order`].
-fn keyed<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<HashMap<Key, Group>, D::Error> {
+fn keyed<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Groups, D::Error> {
     let read = BTreeMap::<String, Group>::deserialize(deserializer)?;
-    Ok(read.into_iter().map(|(k, g)| (Key::from(k), g)).collect())
+    Ok(read
+        .into_iter()
+        .map(|(k, g)| (Key::from(k), Box::new(g)))
+        .collect())
 }
